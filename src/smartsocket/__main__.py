@@ -1,0 +1,3 @@
+from smartsocket.cli import main
+
+raise SystemExit(main())

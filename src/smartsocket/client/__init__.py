@@ -1,0 +1,5 @@
+"""The Python client."""
+
+from smartsocket.client.client import Client, connect
+
+__all__ = ["Client", "connect"]

@@ -1,0 +1,430 @@
+"""The Python client: events, acks both ways, automatic reconnect, offline buffer, heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as ssl_module
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from smartsocket.acks import AckTracker
+from smartsocket.client.backoff import backoff_delay
+from smartsocket.errors import AckError, ConnectionClosed, OfflineBufferFull
+from smartsocket.handlers import Handler
+from smartsocket.protocol import SUBPROTOCOL, envelope
+from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode, ErrorCode
+from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
+from smartsocket.transport import ClientConnection, HandshakeError, connect as ws_connect
+
+logger = logging.getLogger("smartsocket.client")
+
+# Events the client emits locally (never sent by the server under these names).
+LOCAL_EVENTS = frozenset({"connect", "disconnect", "reconnecting", "reconnect_failed", "error"})
+
+
+class Client:
+    """A SmartSocket client. ``await Client(url).connect()`` or ``await connect(url)``.
+
+    Local events: ``connect()``, ``disconnect(exc: ConnectionClosed)``,
+    ``reconnecting(attempt)``, ``reconnect_failed()``, ``error(info)`` (a ``$error`` from the
+    server, as a dict).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reconnect: bool = True,
+        reconnect_delay: float = 1.0,
+        reconnect_delay_max: float = 30.0,
+        randomization_factor: float = 0.5,
+        max_reconnect_attempts: int | None = 10,
+        ack_timeout: float = 30.0,
+        max_buffered: int = 1000,
+        connect_timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        max_message_size: int | None = 16 << 20,
+    ) -> None:
+        if reconnect_delay <= 0 or reconnect_delay_max < reconnect_delay:
+            raise ValueError("need 0 < reconnect_delay <= reconnect_delay_max")
+        if not 0 <= randomization_factor < 1:
+            raise ValueError("randomization_factor must be in [0, 1)")
+        self.url = url
+        self.reconnect = reconnect
+        self.reconnect_delay = reconnect_delay
+        self.reconnect_delay_max = reconnect_delay_max
+        self.randomization_factor = randomization_factor
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.ack_timeout = ack_timeout
+        self.max_buffered = max_buffered
+        self.connect_timeout = connect_timeout
+        self.headers = dict(headers or {})
+        self.ssl = ssl
+        self.max_message_size = max_message_size
+        self.sid: str | None = None
+        self.welcome: dict[str, Any] = {}
+        self.latency: float | None = None  # last measured $ping round trip, seconds
+        self._handlers: dict[str, list[Handler]] = {}
+        self._acks = AckTracker()
+        self._conn: ClientConnection | None = None
+        self._ready = False  # $welcome received on the current connection
+        self._buffer: deque[tuple[bytes, bool]] = deque()
+        self._closing = False
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._welcomed: asyncio.Future[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_seen = 0.0
+        self._ping_sent: dict[int, float] = {}
+
+    # public API
+
+    @property
+    def connected(self) -> bool:
+        return self._ready
+
+    def on(self, event: str, handler: Callable[..., Any] | None = None) -> Callable[..., Any]:
+        """Handle ``event``: ``handler(data)``; its return value answers a server ``call``."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._handlers.setdefault(event, []).append(Handler(fn, max_args=1))
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    def off(self, event: str, handler: Callable[..., Any] | None = None) -> None:
+        if handler is None:
+            self._handlers.pop(event, None)
+        elif event in self._handlers:
+            self._handlers[event] = [h for h in self._handlers[event] if h.fn is not handler]
+
+    def send(self, event: str, data: Any = None, *, binary: bool | None = None) -> None:
+        """Send ``event``; while disconnected it waits in the offline buffer (bounded by
+        ``max_buffered``: OfflineBufferFull when full) and goes out in order on reconnect."""
+        _check_event_name(event)
+        if binary is None:
+            binary = envelope.needs_binary(data)
+        self._send_or_buffer(envelope.encode_event(event, data, binary=binary), binary)
+
+    emit = send
+
+    async def call(
+        self, event: str, data: Any = None, *, timeout: float | None = None,
+        binary: bool | None = None,
+    ) -> Any:
+        """Send ``event`` and wait for the server's ack reply.
+
+        Raises AckTimeout, AckError (the server answered with an error) or ConnectionClosed
+        (the connection dropped before the reply).
+        """
+        _check_event_name(event)
+        if binary is None:
+            binary = envelope.needs_binary(data)
+        ack_id, future = self._acks.create(event, self.ack_timeout if timeout is None else timeout)
+        try:
+            self._send_or_buffer(envelope.encode_event(event, data, ack_id, binary=binary), binary)
+        except OfflineBufferFull:
+            self._acks.resolve(ack_id, None)
+            raise
+        return await future
+
+    async def connect(self) -> Client:
+        """Connect and wait for the server's ``$welcome``; raises if the first attempt fails
+        (later drops are handled by automatic reconnect)."""
+        self._closing = False
+        await self._open()
+        return self
+
+    async def close(self) -> None:
+        """Close for good: no reconnect; pending calls fail with ConnectionClosed."""
+        self._closing = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.close(CloseCode.NORMAL, "client closed")
+            await self._wait_disconnected(conn)
+        self._acks.fail_all(ConnectionClosed(CloseCode.NORMAL, "client closed"))
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def __aenter__(self) -> Client:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # connection management
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._welcomed = loop.create_future()
+        link = _Link(self)
+        try:
+            conn = await ws_connect(
+                self.url, link, subprotocol=SUBPROTOCOL, extra_headers=self.headers,
+                ssl=self.ssl, max_message_size=self.max_message_size,
+                timeout=self.connect_timeout,
+            )
+        except HandshakeError as exc:
+            raise ConnectionError(f"handshake with {self.url} failed: {exc}") from exc
+        if conn.subprotocol != SUBPROTOCOL:
+            conn.close(CloseCode.PROTOCOL_ERROR, "subprotocol not accepted")
+            raise ConnectionError(f"{self.url} did not accept subprotocol {SUBPROTOCOL}")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._welcomed), self.connect_timeout)
+        except TimeoutError:
+            conn.abort()
+            raise ConnectionError(f"no $welcome from {self.url}") from None
+
+    async def _wait_disconnected(self, conn: ClientConnection) -> None:
+        deadline = time.monotonic() + 3.0
+        while not conn.disconnected and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    def _on_welcome(self, link: _Link, info: Any) -> None:
+        if type(info) is not dict or type(info.get("sid")) is not str:
+            logger.warning("invalid $welcome: %r", info)
+            return
+        self.welcome = info
+        self.sid = info["sid"]
+        self._ready = True
+        self._last_seen = time.monotonic()
+        self._arm_watchdog()
+        conn = self._conn
+        while self._buffer and conn is not None and not conn.closed:
+            payload, binary = self._buffer.popleft()
+            conn.send_message(payload, binary)
+        if self._welcomed is not None and not self._welcomed.done():
+            self._welcomed.set_result(None)
+        self._emit_local("connect")
+
+    def _on_close(self, link: _Link, code: int, reason: str) -> None:
+        if link.conn is not self._conn:
+            return
+        was_ready = self._ready
+        self._ready = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        closed = ConnectionClosed(code, reason)
+        self._acks.fail_all(closed)
+        if self._welcomed is not None and not self._welcomed.done():
+            self._welcomed.set_exception(ConnectionError(f"closed before $welcome: {closed}"))
+            self._welcomed.exception()  # retrieved: _open reports it
+        if was_ready:
+            self._emit_local("disconnect", closed)
+        if (
+            was_ready
+            and self.reconnect
+            and not self._closing
+            and code not in NO_RECONNECT_CODES
+        ):
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        attempt = 0
+        while not self._closing:
+            attempt += 1
+            if self.max_reconnect_attempts is not None and attempt > self.max_reconnect_attempts:
+                logger.warning("giving up on %s after %d attempts", self.url, attempt - 1)
+                self._emit_local("reconnect_failed")
+                return
+            delay = backoff_delay(
+                attempt, base=self.reconnect_delay, maximum=self.reconnect_delay_max,
+                jitter=self.randomization_factor,
+            )
+            self._emit_local("reconnecting", attempt)
+            await asyncio.sleep(delay)
+            if self._closing:
+                return
+            try:
+                await self._open()
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                logger.info("reconnect attempt %d to %s failed: %s", attempt, self.url, exc)
+                continue
+            return
+
+    # heartbeat: the server pings every pingInterval; silence longer than
+    # pingInterval + pingTimeout means the server (or the path to it) is gone.
+
+    def _arm_watchdog(self) -> None:
+        interval = self.welcome.get("pingInterval", 25000) / 1000
+        timeout = self.welcome.get("pingTimeout", 20000) / 1000
+        limit = interval + timeout
+        self._watchdog = asyncio.get_running_loop().call_later(limit, self._check_alive, limit)
+
+    def _check_alive(self, limit: float) -> None:
+        silent = time.monotonic() - self._last_seen
+        conn = self._conn
+        if conn is None or not self._ready:
+            return
+        if silent >= limit:
+            logger.warning("no traffic from %s for %.1f s: reconnecting", self.url, silent)
+            conn.abort()
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(
+            limit - silent, self._check_alive, limit
+        )
+
+    # sending
+
+    def _send_or_buffer(self, payload: bytes, binary: bool) -> None:
+        conn = self._conn
+        if self._ready and conn is not None and not conn.closed:
+            conn.send_message(payload, binary)
+            return
+        if self._closing and self._reconnect_task is None:
+            raise ConnectionClosed(CloseCode.NORMAL, "client is closed")
+        if len(self._buffer) >= self.max_buffered:
+            raise OfflineBufferFull(f"{self.max_buffered} messages already wait for reconnect")
+        self._buffer.append((payload, binary))
+
+    # inbound
+
+    def _on_message(self, link: _Link, payload: bytes | memoryview, binary: bool) -> None:
+        self._last_seen = time.monotonic()
+        try:
+            packet = envelope.decode(payload, binary=binary)
+        except InvalidUTF8:
+            link.close(CloseCode.INVALID_TEXT, "invalid UTF-8")
+            return
+        except EnvelopeError as exc:
+            logger.warning("bad message from server: %s", exc)
+            return
+        if type(packet) is AckReply:
+            info = packet.error
+            error = AckError(info.code, info.message) if info is not None else None
+            if not self._acks.resolve(packet.ack_id, packet.result, error):
+                logger.debug("late or unknown ack %d", packet.ack_id)
+            return
+        assert type(packet) is Event
+        name = packet.name
+        if name[0] == "$":
+            self._system_event(link, packet)
+            return
+        handlers = self._handlers.get(name)
+        if not handlers:
+            if packet.ack_id is not None:
+                link.send(envelope.encode_ack_error(
+                    packet.ack_id, ErrorCode.UNKNOWN_EVENT, f"no handler for {name!r}"
+                ))
+            return
+        for index, handler in enumerate(handlers):
+            self._invoke(link, handler, packet, packet.ack_id if index == 0 else None)
+
+    def _system_event(self, link: _Link, packet: Event) -> None:
+        name = packet.name
+        if name == "$welcome":
+            self._on_welcome(link, packet.data)
+        elif name == "$ping":
+            link.send(envelope.encode_event("$pong", packet.data))
+        elif name == "$pong":
+            sent = self._ping_sent.pop(packet.data, None) if type(packet.data) is int else None
+            if sent is not None:
+                self.latency = time.monotonic() - sent
+        elif name == "$error":
+            logger.info("server reported an error: %r", packet.data)
+            self._emit_local("error", packet.data)
+
+    def _invoke(self, link: _Link, handler: Handler, packet: Event, ack_id: int | None) -> None:
+        try:
+            data = handler.convert(packet.data)
+            result = handler.fn(*(data,)[: handler.arity])
+        except Exception as exc:
+            self._handler_failed(link, handler, packet.name, ack_id, exc)
+            return
+        if handler.is_async or asyncio.iscoroutine(result):
+            self._spawn(self._finish(link, handler, packet.name, ack_id, result))
+        elif ack_id is not None:
+            link.reply(ack_id, result)
+
+    async def _finish(
+        self, link: _Link, handler: Handler, event: str, ack_id: int | None, coro: Any
+    ) -> None:
+        try:
+            result = await coro
+        except Exception as exc:
+            self._handler_failed(link, handler, event, ack_id, exc)
+            return
+        if ack_id is not None:
+            link.reply(ack_id, result)
+
+    def _handler_failed(
+        self, link: _Link, handler: Handler, event: str, ack_id: int | None, exc: Exception
+    ) -> None:
+        if isinstance(exc, AckError):
+            code, message = exc.code, exc.message
+        elif isinstance(exc, msgspec.ValidationError):
+            code, message = ErrorCode.INVALID_PAYLOAD, str(exc)
+        else:
+            logger.error("handler %s for %r failed", handler.name, event, exc_info=exc)
+            code, message = ErrorCode.INTERNAL_ERROR, "client handler failed"
+        if ack_id is not None:
+            link.send(envelope.encode_ack_error(ack_id, code, message))
+
+    def _emit_local(self, event: str, *args: Any) -> None:
+        for handler in self._handlers.get(event, ()):
+            try:
+                result = handler.fn(*args[: handler.arity])
+                if asyncio.iscoroutine(result):
+                    self._spawn(result)
+            except Exception:
+                logger.exception("%r handler %s failed", event, handler.name)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class _Link:
+    """Binds one connection attempt to the client, so callbacks from an old connection
+    cannot disturb a newer one."""
+
+    __slots__ = ("client", "conn")
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.conn: ClientConnection | None = None
+
+    def on_open(self, conn: ClientConnection) -> None:  # type: ignore[override]
+        self.conn = conn
+        self.client._conn = conn  # before anything is read: $welcome may come with the 101
+
+    def on_message(self, payload: bytes | memoryview, binary: bool) -> None:
+        if self.conn is self.client._conn:
+            self.client._on_message(self, payload, binary)
+
+    def on_close(self, code: int, reason: str) -> None:
+        self.client._on_close(self, code, reason)
+
+    def send(self, payload: bytes, binary: bool = False) -> None:
+        if self.conn is not None:
+            self.conn.send_message(payload, binary)
+
+    def reply(self, ack_id: int, result: Any) -> None:
+        binary = envelope.needs_binary(result)
+        self.send(envelope.encode_ack(ack_id, result, binary=binary), binary)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.conn is not None:
+            self.conn.close(code, reason)
+
+
+def _check_event_name(event: str) -> None:
+    if type(event) is not str or not event:
+        raise ValueError("event name must be a non-empty string")
+    if event[0] == "$":
+        raise ValueError(f"event names starting with '$' are reserved: {event!r}")
+
+
+async def connect(url: str, **options: Any) -> Client:
+    """Create a ``Client`` with ``options`` and connect it."""
+    return await Client(url, **options).connect()

@@ -1,0 +1,146 @@
+"""Server configuration: one frozen dataclass.
+
+Keyword arguments, environment variables and CLI flags all map onto ``Config``. Each field's
+metadata says how to check it and which env vars set it (``SMARTSOCKET_<NAME>``, plus the bare
+names the seed README documents, e.g. ``PORT``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from smartsocket.errors import ConfigError
+
+# Bare env var names from the seed README; every option also reads SMARTSOCKET_<NAME>.
+_SEED_ENV = {
+    "port": "PORT",
+    "host": "HOST",
+    "enable_compression": "ENABLE_COMPRESSION",
+    "enable_metrics": "ENABLE_METRICS",
+    "max_connections": "MAX_CONNECTIONS",
+    "enable_encryption": "ENABLE_ENCRYPTION",
+}
+
+
+def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "min": min, "max": max})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every server option, with its default. Durations are in seconds, sizes in bytes."""
+
+    port: int = _opt(8080, "TCP port to listen on (0 picks a free port)", min=0, max=65535)
+    host: str = _opt("0.0.0.0", "interface to bind")
+    enable_compression: bool = _opt(True, "negotiate permessage-deflate (RFC 7692)")
+    compression_threshold: int = _opt(256, "compress messages of at least this many bytes", min=0)
+    enable_metrics: bool = _opt(True, "collect metrics for /smartsocket/stats")
+    max_connections: int = _opt(10_000, "simultaneous connections; more get HTTP 503", min=1)
+    enable_encryption: bool = _opt(False, "serve wss:// (needs ssl_certfile and ssl_keyfile)")
+    ssl_certfile: str | None = _opt(None, "PEM certificate chain for TLS")
+    ssl_keyfile: str | None = _opt(None, "PEM private key for TLS")
+    message_timeout: float = _opt(30.0, "default ack timeout for server-to-client calls", min=0.001)
+    max_message_size: int = _opt(1 << 20, "largest inbound message; larger closes with 1009", min=64)
+    ping_interval: float = _opt(25.0, "seconds between $ping heartbeats", min=0.01)
+    ping_timeout: float = _opt(20.0, "seconds to wait for $pong before closing (4002)", min=0.01)
+    handshake_timeout: float = _opt(5.0, "seconds to complete the HTTP upgrade", min=0.01)
+    shutdown_timeout: float = _opt(10.0, "seconds close() waits for handlers and clients", min=0)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = _field_type(f)
+            if value is None and f.default is None:
+                continue
+            if expected is float and type(value) is int:
+                object.__setattr__(self, f.name, float(value))
+                value = float(value)
+            if type(value) is not expected:
+                raise ConfigError(f.name, f"expected {expected.__name__}, got {value!r}")
+            low, high = f.metadata["min"], f.metadata["max"]
+            if low is not None and value < low:
+                raise ConfigError(f.name, f"must be >= {low}, got {value!r}")
+            if high is not None and value > high:
+                raise ConfigError(f.name, f"must be <= {high}, got {value!r}")
+        if self.enable_encryption and not (self.ssl_certfile and self.ssl_keyfile):
+            raise ConfigError("enable_encryption", "needs ssl_certfile and ssl_keyfile")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (validated; unknown names raise ConfigError)."""
+        _check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Defaults, overlaid by environment variables, overlaid by ``overrides``."""
+        _check_names(overrides)
+        values = env_values(os.environ if environ is None else environ)
+        values.update(overrides)
+        return cls(**values)
+
+
+def env_names(name: str) -> list[str]:
+    """Env vars that set option ``name``, highest precedence first."""
+    names = [f"SMARTSOCKET_{name.upper()}"]
+    if name in _SEED_ENV:
+        names.append(_SEED_ENV[name])
+    return names
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Options set by env vars, parsed to their types (ConfigError names the bad variable)."""
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        for var in env_names(f.name):
+            raw = environ.get(var)
+            if raw is not None and raw != "":
+                values[f.name] = parse_value(f.name, raw, source=var)
+                break
+    return values
+
+
+def parse_value(name: str, raw: str, *, source: str | None = None) -> Any:
+    """Parse a string (env var or CLI flag) into option ``name``'s type."""
+    f = _FIELDS[name]
+    kind = _field_type(f)
+    label = source or name
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(label, f"expected true/false, got {raw!r}")
+    if kind is str:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(label, f"expected {kind.__name__}, got {raw!r}") from None
+
+
+def option_fields() -> tuple[dataclasses.Field[Any], ...]:
+    return fields(Config)
+
+
+def field_type(name: str) -> type:
+    return _field_type(_FIELDS[name])
+
+
+def _field_type(f: dataclasses.Field[Any]) -> type:
+    # Annotations are strings (postponed evaluation): map them once to runtime types.
+    return _TYPES[str(f.type).replace(" | None", "")]
+
+
+_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def _check_names(values: Mapping[str, Any]) -> None:
+    for name in values:
+        if name not in _FIELDS:
+            raise ConfigError(name, "unknown option")

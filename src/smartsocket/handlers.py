@@ -1,0 +1,71 @@
+"""Event handlers: sync or async callables, with optional typed payload validation."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+_UNTYPED = (inspect.Parameter.empty, Any, object)
+
+
+class Handler:
+    """A registered handler, inspected once so each call does no introspection.
+
+    ``arity`` is how many positional arguments it takes (a server-level handler gets
+    ``(socket, data)``, a socket-level or client handler ``(data)``; fewer are allowed).
+    ``data_type`` is the annotation of the data parameter, validated with msgspec.
+    """
+
+    __slots__ = ("arity", "data_type", "fn", "is_async", "name")
+
+    def __init__(self, fn: Callable[..., Any], *, max_args: int) -> None:
+        if not callable(fn):
+            raise TypeError(f"handler must be callable, got {fn!r}")
+        self.fn = fn
+        self.name = getattr(fn, "__qualname__", repr(fn))
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+        )
+        params = _positional_params(fn)
+        if len(params) > max_args:
+            raise TypeError(f"handler {self.name} takes {len(params)} arguments, at most {max_args}")
+        self.arity = len(params)
+        self.data_type: Any = None
+        if self.arity == max_args:
+            self.data_type = _annotation(fn, params[-1])
+
+    def convert(self, data: Any) -> Any:
+        """Validate ``data`` against the annotation (raises msgspec.ValidationError)."""
+        if self.data_type is None:
+            return data
+        return msgspec.convert(data, self.data_type)
+
+
+def _positional_params(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p for p in sig.parameters.values() if p.kind in kinds]
+
+
+def _annotation(fn: Callable[..., Any], param: inspect.Parameter) -> Any:
+    if param.annotation in _UNTYPED:
+        return None
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception as exc:
+        raise TypeError(f"cannot resolve the annotations of {fn!r}: {exc}") from exc
+    hint = hints.get(param.name)
+    return None if hint in _UNTYPED else hint
+
+
+def describe_validation_error(exc: msgspec.ValidationError) -> str:
+    """msgspec names the field at fault, e.g. "Expected `str`, got `int` - at `$.text`"."""
+    return str(exc)

@@ -1,0 +1,183 @@
+"""Envelopes of protocol v1: the arrays inside text (JSON) and binary (MessagePack) frames.
+
+    event:          ["name", data]
+    event with ack: ["name", data, id]            id: positive int, unique per sender while pending
+    ack reply:      [id, result]
+    ack error:      [id, null, {"code": "...", "message": "..."}]
+
+Sans-I/O: bytes in, packets out, and back. The server and both clients share it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from smartsocket.protocol.codes import ErrorCode
+
+# Largest ack id accepted: ids must survive a round trip through JavaScript numbers.
+MAX_ACK_ID: Final = 2**53 - 1
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+_msgpack_decode = msgspec.msgpack.Decoder().decode
+
+
+class EnvelopeError(ValueError):
+    """A message that is not a valid v1 envelope; ``code`` is the error code to report."""
+
+    def __init__(self, code: ErrorCode, message: str, *, ack_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ack_id = ack_id
+
+
+class InvalidUTF8(ValueError):
+    """A text message whose bytes are not UTF-8 (RFC 6455 8.1: close with 1007)."""
+
+
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """An inbound event; ``ack_id`` is set when the sender waits for a reply."""
+
+    name: str
+    data: Any
+    ack_id: int | None = None
+
+
+class AckErrorInfo(msgspec.Struct, frozen=True, gc=False):
+    code: str
+    message: str
+
+
+class AckReply(msgspec.Struct, frozen=True, gc=False):
+    """A reply to an event we sent with an ack id; ``error`` is set for an ack error."""
+
+    ack_id: int
+    result: Any
+    error: AckErrorInfo | None = None
+
+
+Packet = Event | AckReply
+
+
+def decode(payload: bytes | memoryview, *, binary: bool) -> Packet:
+    """Decode one whole message into a packet.
+
+    Raises ``InvalidUTF8`` for a text message that is not UTF-8 and ``EnvelopeError`` for
+    anything else that is not a v1 envelope.
+    """
+    try:
+        obj = _msgpack_decode(payload) if binary else _json_decode(payload)
+    except UnicodeDecodeError as exc:
+        if binary:
+            raise EnvelopeError(ErrorCode.BAD_MESSAGE, "invalid UTF-8 in MessagePack") from exc
+        raise InvalidUTF8("text message is not valid UTF-8") from exc
+    except msgspec.DecodeError as exc:
+        # JSON syntax outside strings is ASCII, so a syntax error may hide bad UTF-8 there.
+        if not binary and not _is_utf8(payload):
+            raise InvalidUTF8("text message is not valid UTF-8") from exc
+        kind = "MessagePack" if binary else "JSON"
+        raise EnvelopeError(ErrorCode.BAD_MESSAGE, f"malformed {kind}: {exc}") from exc
+    return parse(obj)
+
+
+def parse(obj: Any) -> Packet:
+    """Turn a decoded array into a packet, validating its shape."""
+    if type(obj) is not list or not 1 <= len(obj) <= 3:
+        raise EnvelopeError(ErrorCode.BAD_MESSAGE, "a message must be an array of 1 to 3 items")
+    head = obj[0]
+    if type(head) is str:
+        ack_id: int | None = None
+        if len(obj) == 3:
+            ack_id = _check_ack_id(obj[2])
+        if not head:
+            raise EnvelopeError(ErrorCode.BAD_MESSAGE, "event name is empty", ack_id=ack_id)
+        return Event(head, obj[1] if len(obj) > 1 else None, ack_id)
+    if type(head) is int:
+        ack_id = _check_ack_id(head)
+        if len(obj) == 1:
+            raise EnvelopeError(ErrorCode.BAD_MESSAGE, "ack reply without a result")
+        if len(obj) == 3:
+            return AckReply(ack_id, None, _parse_error(obj[2]))
+        return AckReply(ack_id, obj[1])
+    raise EnvelopeError(ErrorCode.BAD_MESSAGE, "first item must be an event name or an ack id")
+
+
+def _check_ack_id(value: Any) -> int:
+    if type(value) is not int or not 0 < value <= MAX_ACK_ID:
+        raise EnvelopeError(
+            ErrorCode.BAD_MESSAGE, f"ack id must be an integer in 1..{MAX_ACK_ID}"
+        )
+    return value
+
+
+def _parse_error(value: Any) -> AckErrorInfo:
+    if type(value) is dict:
+        code = value.get("code")
+        message = value.get("message", "")
+        if type(code) is str and type(message) is str:
+            return AckErrorInfo(code, message)
+    raise EnvelopeError(ErrorCode.BAD_MESSAGE, 'ack error must be {"code": str, "message": str}')
+
+
+def _is_utf8(payload: bytes | memoryview) -> bool:
+    try:
+        bytes(payload).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def needs_binary(data: Any) -> bool:
+    """Whether ``data`` holds bytes at the top level or one level down.
+
+    Such payloads go in binary (MessagePack) frames so bytes arrive as bytes. Deeper bytes would
+    be base64 text in JSON: pass ``binary=True`` when sending such payloads.
+    """
+    kind = type(data)
+    if kind is bytes or kind is bytearray or kind is memoryview:
+        return True
+    if kind is dict:
+        return any(type(v) in _BYTES_TYPES for v in data.values())
+    if kind is list or kind is tuple:
+        return any(type(v) in _BYTES_TYPES for v in data)
+    return False
+
+
+_BYTES_TYPES: Final = frozenset({bytes, bytearray, memoryview})
+
+
+def encode_event(name: str, data: Any, ack_id: int | None = None, *, binary: bool = False) -> bytes:
+    """Encode an event (with an ack id when the sender waits for a reply)."""
+    packet = (name, data) if ack_id is None else (name, data, ack_id)
+    return _msgpack_encode(packet) if binary else _json_encode(packet)
+
+
+def encode_ack(ack_id: int, result: Any, *, binary: bool = False) -> bytes:
+    return _msgpack_encode((ack_id, result)) if binary else _json_encode((ack_id, result))
+
+
+def encode_ack_error(ack_id: int, code: str, message: str) -> bytes:
+    return _json_encode((ack_id, None, {"code": code, "message": message}))
+
+
+def encode_error(
+    code: str,
+    message: str,
+    *,
+    event: str | None = None,
+    ack_id: int | None = None,
+    retry_after: float | None = None,
+) -> bytes:
+    """Encode a ``$error`` event: something the peer sent was refused."""
+    info: dict[str, Any] = {"code": code, "message": message}
+    if event is not None:
+        info["event"] = event
+    if ack_id is not None:
+        info["id"] = ack_id
+    if retry_after is not None:
+        info["retryAfter"] = retry_after
+    return _json_encode(("$error", info))

@@ -1,0 +1,490 @@
+"""``SmartSocket``: configuration, handlers, routing of requests, fan-out and lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from smartsocket.config import Config
+from smartsocket.errors import AckError
+from smartsocket.handlers import Handler
+from smartsocket.metrics import Stats
+from smartsocket.protocol import SUBPROTOCOL, envelope
+from smartsocket.protocol.codes import CloseCode, ErrorCode
+from smartsocket.protocol.envelope import Event
+from smartsocket.server import http
+from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
+from smartsocket.server.socket import Socket
+from smartsocket.transport import (
+    CLOSE_TIMEOUT,
+    Accept,
+    HandshakeRequest,
+    HttpResponse,
+    build_frame,
+    create_server,
+)
+
+logger = logging.getLogger("smartsocket.server")
+
+WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})
+Exclude = Socket | str | Iterable[Socket | str] | None
+
+
+class SmartSocket:
+    """A real-time WebSocket server: named events, acks, rooms and broadcasts.
+
+    ``SmartSocket(8080, enable_compression=False)``; options are ``Config`` fields.
+    ``SmartSocket.from_env()`` also reads environment variables.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        host: str | None = None,
+        config: Config | None = None,
+        **options: Any,
+    ) -> None:
+        if port is not None:
+            options["port"] = port
+        if host is not None:
+            options["host"] = host
+        self.config = (config or Config()).replace(**options)
+        self._registry = RoomRegistry()
+        self._sockets: dict[str, Socket] = {}
+        self._handlers: dict[str, list[Handler]] = {}
+        self._connection_handlers: list[Handler] = []
+        self._message_hooks: list[Callable[[Socket, str, Any], Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stats: Stats | None = Stats() if self.config.enable_metrics else None
+        self._server: asyncio.Server | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed: asyncio.Event | None = None
+        self._port: int | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> SmartSocket:
+        """A server configured by env vars (``PORT``, ``SMARTSOCKET_*``), then ``options``."""
+        return cls(config=Config.from_env(environ, **options))
+
+    # registration
+
+    def on_connection(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """Call ``handler(socket)`` for each new connection (sync or async; a decorator too)."""
+        self._connection_handlers.append(Handler(handler, max_args=1))
+        return handler
+
+    def on(
+        self, event: str, handler: Callable[..., Any] | None = None
+    ) -> Callable[..., Any]:
+        """Handle ``event`` from any client: ``handler(socket, data)``; the return value is the
+        ack reply. ``"disconnect"`` handlers get ``(socket, reason)``. Usable as a decorator."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._handlers.setdefault(event, []).append(Handler(fn, max_args=2))
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    def on_message(self, hook: Callable[[Socket, str, Any], Any]) -> Callable[..., Any]:
+        """Call ``hook(socket, event, data)`` for every inbound event (e.g. custom metrics)."""
+        self._message_hooks.append(hook)
+        return hook
+
+    # rooms and broadcasts
+
+    def room(self, name: str) -> Room:
+        """The room called ``name`` (created when someone joins it)."""
+        return Room(self, name)
+
+    @property
+    def rooms(self) -> Mapping[str, Room]:
+        return RoomsView(self)
+
+    def remove_room(self, name: str) -> None:
+        """Make every member leave ``name``."""
+        for socket in self._registry.pop(name):
+            socket._rooms.discard(name)
+
+    @property
+    def sockets(self) -> Mapping[str, Socket]:
+        """Connected sockets by id (read-only)."""
+        return types.MappingProxyType(self._sockets)
+
+    def broadcast(
+        self, event: str, data: Any = None, *, exclude: Exclude = None,
+        binary: bool | None = None,
+    ) -> int:
+        """Send ``event`` to every connected socket except ``exclude``."""
+        senders = {s: s._send_frame for s in self._sockets.values()}
+        return self._fanout(senders, event, data, exclude, binary)
+
+    emit = broadcast
+
+    def _fanout(
+        self, members: Mapping[Socket, SendFrame], event: str, data: Any,
+        exclude: Exclude, binary: bool | None,
+    ) -> int:
+        """Encode and frame once, then hand the same bytes to each member (hot path)."""
+        if not members:
+            return 0
+        if event[:1] == "$" or not event:
+            raise ValueError(f"invalid event name {event!r}")
+        if binary is None:
+            binary = envelope.needs_binary(data)
+        payload = envelope.encode_event(event, data, binary=binary)
+        frame = build_frame(payload, binary=binary)
+        if exclude is None:
+            for send in members.values():
+                send(frame)
+            count = len(members)
+        else:
+            skip = self._resolve_exclude(exclude)
+            count = 0
+            for socket, send in members.items():
+                if socket not in skip:
+                    send(frame)
+                    count += 1
+        if self._stats is not None:
+            self._stats.record_out(count, len(payload), len(payload))
+        return count
+
+    def _resolve_exclude(self, exclude: Exclude) -> set[Socket]:
+        items: Iterable[Socket | str] = (
+            (exclude,) if isinstance(exclude, Socket | str) else exclude or ()
+        )
+        skip: set[Socket] = set()
+        for item in items:
+            if isinstance(item, Socket):
+                skip.add(item)
+            elif item in self._sockets:
+                skip.add(self._sockets[item])
+        return skip
+
+    # inbound events
+
+    def _dispatch(self, socket: Socket, packet: Event) -> None:
+        name = packet.name
+        for hook in self._message_hooks:
+            try:
+                hook(socket, name, packet.data)
+            except Exception:
+                logger.exception("on_message hook %r failed", hook)
+        handlers = socket._handlers_for(name)
+        if handlers is not None:
+            with_socket = False
+        else:
+            handlers = self._handlers.get(name)
+            with_socket = True
+            if not handlers:
+                if packet.ack_id is not None:
+                    socket.reject(
+                        ErrorCode.UNKNOWN_EVENT, f"no handler for {name!r}",
+                        ack_id=packet.ack_id,
+                    )
+                return
+        # Every handler runs; the first one's return value is the ack reply.
+        for index, handler in enumerate(handlers):
+            ack_id = packet.ack_id if index == 0 else None
+            self._invoke(socket, handler, with_socket, name, packet.data, ack_id)
+
+    def _invoke(
+        self, socket: Socket, handler: Handler, with_socket: bool, event: str, data: Any,
+        ack_id: int | None,
+    ) -> None:
+        try:
+            if handler.data_type is not None:
+                data = handler.convert(data)
+            args = (socket, data) if with_socket else (data,)
+            result = handler.fn(*args[: handler.arity])
+        except msgspec.ValidationError as exc:
+            socket.reject(ErrorCode.INVALID_PAYLOAD, str(exc), event=event, ack_id=ack_id)
+            return
+        except Exception as exc:
+            self._handler_failed(socket, handler, event, ack_id, exc)
+            return
+        if handler.is_async or asyncio.iscoroutine(result):
+            self._spawn(self._finish(socket, handler, event, ack_id, result))
+        elif ack_id is not None:
+            socket.reply(ack_id, result)
+
+    async def _finish(
+        self, socket: Socket, handler: Handler, event: str, ack_id: int | None, coro: Any
+    ) -> None:
+        try:
+            result = await coro
+        except Exception as exc:
+            self._handler_failed(socket, handler, event, ack_id, exc)
+            return
+        if ack_id is not None:
+            socket.reply(ack_id, result)
+
+    def _handler_failed(
+        self, socket: Socket, handler: Handler, event: str, ack_id: int | None, exc: Exception
+    ) -> None:
+        if isinstance(exc, AckError):  # the application's own refusal: no stack trace
+            socket.reject(exc.code, exc.message, event=event, ack_id=ack_id)
+            return
+        logger.error("handler %s for %r failed", handler.name, event, exc_info=exc)
+        socket.reject(ErrorCode.INTERNAL_ERROR, "internal server error", event=event, ack_id=ack_id)
+        self._emit_local(socket, "error", exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit_local(self, socket: Socket, event: str, arg: Any) -> None:
+        """Run local ``disconnect``/``error`` handlers, socket-level then server-level."""
+        calls: list[tuple[Handler, tuple[Any, ...]]] = []
+        for handler in socket._handlers_for(event) or ():
+            calls.append((handler, (arg,)))
+        for handler in self._handlers.get(event, ()):
+            calls.append((handler, (socket, arg)))
+        for handler, args in calls:
+            try:
+                result = handler.fn(*args[: handler.arity])
+                if asyncio.iscoroutine(result):
+                    self._spawn(_log_failure(result, handler, event))
+            except Exception:
+                logger.exception("%r handler %s failed", event, handler.name)
+
+    # connection lifecycle (called by Socket)
+
+    def _on_open(self, socket: Socket) -> None:
+        self._sockets[socket.id] = socket
+        if self._stats is not None:
+            self._stats.total_connections += 1
+        logger.debug("connected %s from %s", socket.id, socket.remote_address)
+        socket._send_payload(self._welcome(socket), False)
+        if not self._connection_handlers:
+            return
+        handlers = self._connection_handlers
+        if any(h.is_async for h in handlers):
+            socket._inbox = []  # hold events until on_connection has registered handlers
+            self._spawn(self._run_connection_handlers(socket, handlers))
+            return
+        for handler in handlers:
+            try:
+                handler.fn(*(socket,)[: handler.arity])
+            except Exception:
+                logger.exception("on_connection handler %s failed", handler.name)
+                socket._fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
+                return
+
+    async def _run_connection_handlers(self, socket: Socket, handlers: list[Handler]) -> None:
+        try:
+            for handler in handlers:
+                result = handler.fn(*(socket,)[: handler.arity])
+                if asyncio.iscoroutine(result):
+                    await result
+        except Exception:
+            logger.exception("on_connection handler failed for %s", socket.id)
+            socket._fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
+            return
+        socket._flush_inbox()
+
+    def _welcome(self, socket: Socket) -> bytes:
+        cfg = self.config
+        return envelope.encode_event(
+            "$welcome",
+            {
+                "sid": socket.id,
+                "token": socket.token,
+                "protocol": 1,
+                "pingInterval": round(cfg.ping_interval * 1000),
+                "pingTimeout": round(cfg.ping_timeout * 1000),
+                "maxMessageSize": cfg.max_message_size,
+                "ackTimeout": round(cfg.message_timeout * 1000),
+            },
+        )
+
+    def _on_close(self, socket: Socket, code: int, reason: str) -> None:
+        self._sockets.pop(socket.id, None)
+        logger.debug("disconnected %s: %d %s", socket.id, code, reason)
+        self._emit_local(socket, "disconnect", reason or str(code))
+
+    # HTTP and upgrade routing
+
+    def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
+        if not request.is_upgrade:
+            return http.route(self, request)
+        if request.path not in WS_PATHS:
+            return HttpResponse(404, b"no WebSocket endpoint here; use / or /smartsocket\n")
+        if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+            return HttpResponse(
+                426, b"WebSocket version 13 required\n",
+                headers={"Sec-WebSocket-Version": "13"},
+            )
+        headers: dict[str, str] = {}
+        offered = request.headers.get("Sec-WebSocket-Protocol")
+        if offered is not None:
+            names = [p.strip() for p in offered.split(",")]
+            if SUBPROTOCOL not in names:
+                return HttpResponse(
+                    400, f"unsupported subprotocol; this server speaks {SUBPROTOCOL}\n".encode()
+                )
+            headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
+        if self._closing:
+            return HttpResponse(503, b"server is shutting down\n", headers={"Retry-After": "1"})
+        if len(self._sockets) >= self.config.max_connections:
+            return HttpResponse(503, b"server full\n", headers={"Retry-After": "5"})
+        return Accept(Socket(self, request), headers)
+
+    def stats(self) -> dict[str, Any]:
+        """The figures served at /smartsocket/stats."""
+        if self._stats is None:
+            return {"connections": len(self._sockets), "rooms": len(self._registry),
+                    "metrics": "disabled"}
+        return self._stats.snapshot(connections=len(self._sockets), rooms=len(self._registry))
+
+    # lifecycle
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``); the configured one before start."""
+        return self._port if self._port is not None else self.config.port
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.config.enable_encryption else "ws"
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}/"
+
+    async def start(self) -> None:
+        """Start listening (returns once the port is bound)."""
+        if self._server is not None:
+            return
+        cfg = self.config
+        self._closed = asyncio.Event()
+        self._closing = False
+        self._server = await create_server(
+            self._route,
+            host=cfg.host,
+            port=cfg.port,
+            max_message_size=cfg.max_message_size,
+            handshake_timeout=cfg.handshake_timeout,
+            ssl=self._ssl_context(),
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
+        logger.info("listening on %s", self.url)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if not cfg.enable_encryption:
+            return None
+        assert cfg.ssl_certfile is not None and cfg.ssl_keyfile is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+        return context
+
+    async def serve(self) -> None:
+        """Start, then run until ``close()``."""
+        await self.start()
+        assert self._closed is not None
+        await self._closed.wait()
+
+    async def __aenter__(self) -> SmartSocket:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Graceful shutdown: stop accepting, let running handlers finish (up to ``timeout``,
+        default ``shutdown_timeout``), close every client with 1001, wait for them to go."""
+        if self._server is None or self._closing:
+            if self._closed is not None:
+                await self._closed.wait()
+            return
+        self._closing = True
+        deadline = time.monotonic() + (
+            self.config.shutdown_timeout if timeout is None else timeout
+        )
+        server = self._server
+        server.close()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        for socket in list(self._sockets.values()):
+            socket._fail(CloseCode.GOING_AWAY, "server shutting down")
+        wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
+        while self._sockets and time.monotonic() < wait_until:
+            await asyncio.sleep(0.01)
+        for socket in list(self._sockets.values()):
+            if socket._conn is not None:
+                socket._conn.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._server = None
+        self._port = None
+        assert self._closed is not None
+        self._closed.set()
+        logger.info("closed")
+
+    def listen(self, callback: Callable[[], Any] | None = None) -> None:
+        """Run the server until SIGINT or SIGTERM, then close gracefully (blocking)."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            await self.start()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, lambda: loop.create_task(self.close()))
+            if callback is not None:
+                callback()
+            assert self._closed is not None
+            await self._closed.wait()
+
+        run(main())
+
+    async def _heartbeat(self) -> None:
+        """Every ping_interval: close sockets that missed the last $pong, ping the rest."""
+        interval, timeout = self.config.ping_interval, self.config.ping_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            value = int(time.monotonic() * 1000)
+            now = time.monotonic()
+            pinged = list(self._sockets.values())
+            for socket in pinged:
+                socket._ping(value, now)
+            loop.call_later(timeout, self._check_pongs, pinged, value)
+
+    def _check_pongs(self, pinged: list[Socket], value: int) -> None:
+        for socket in pinged:
+            if socket.connected and socket._ping_overdue(value):
+                socket._fail(CloseCode.HEARTBEAT_TIMEOUT, "no $pong in time")
+
+
+async def _log_failure(coro: Any, handler: Handler, event: str) -> None:
+    try:
+        await coro
+    except Exception:
+        logger.exception("%r handler %s failed", event, handler.name)
+
+
+def run(main: Any) -> None:
+    """Run a coroutine on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

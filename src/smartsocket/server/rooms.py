@@ -1,0 +1,136 @@
+"""Room membership and room handles.
+
+The registry maps a room name to its members: ``{socket: send_frame}``, so a broadcast loop is
+one dict iteration and one bound-method call per member. Empty rooms are dropped at once;
+``Room`` is a cheap handle by name, valid whether or not the room has members right now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smartsocket.server.app import SmartSocket
+    from smartsocket.server.socket import Socket
+
+SendFrame = Callable[[bytes], None]
+Exclude = "Socket | str | Iterable[Socket | str] | None"
+
+
+class RoomRegistry:
+    """Which sockets are in which room, on this node."""
+
+    __slots__ = ("_rooms",)
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, dict[Socket, SendFrame]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rooms
+
+    def names(self) -> list[str]:
+        return list(self._rooms)
+
+    def add(self, name: str, socket: Socket, send: SendFrame) -> bool:
+        """Add ``socket``; True if it was not a member yet."""
+        members = self._rooms.get(name)
+        if members is None:
+            members = self._rooms[name] = {}
+        elif socket in members:
+            return False
+        members[socket] = send
+        return True
+
+    def discard(self, name: str, socket: Socket) -> bool:
+        """Remove ``socket``; True if it was a member. The last member out drops the room."""
+        members = self._rooms.get(name)
+        if members is None or members.pop(socket, None) is None:
+            return False
+        if not members:
+            del self._rooms[name]
+        return True
+
+    def members(self, name: str) -> Mapping[Socket, SendFrame]:
+        return self._rooms.get(name) or _EMPTY
+
+    def pop(self, name: str) -> dict[Socket, SendFrame]:
+        return self._rooms.pop(name, None) or {}
+
+
+_EMPTY: Mapping[Any, Any] = {}
+
+
+class Room:
+    """A room by name. ``server.room(name)`` returns one; members come and go."""
+
+    __slots__ = ("_server", "name")
+
+    def __init__(self, server: SmartSocket, name: str) -> None:
+        self._server = server
+        self.name = name
+
+    def broadcast(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        exclude: Socket | str | Iterable[Socket | str] | None = None,
+        binary: bool | None = None,
+    ) -> int:
+        """Send ``event`` to every member except ``exclude`` (sockets or socket ids).
+
+        The message is encoded and framed once for all members. Returns the deliveries made.
+        """
+        members = self._server._registry.members(self.name)
+        return self._server._fanout(members, event, data, exclude, binary)
+
+    emit = broadcast
+
+    @property
+    def sockets(self) -> list[Socket]:
+        return list(self._server._registry.members(self.name))
+
+    def socket_count(self) -> int:
+        return len(self._server._registry.members(self.name))
+
+    def __len__(self) -> int:
+        return self.socket_count()
+
+    def __contains__(self, socket: object) -> bool:
+        return socket in self._server._registry.members(self.name)
+
+    def __iter__(self) -> Iterator[Socket]:
+        return iter(self.sockets)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Room) and other.name == self.name and other._server is self._server
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r} members={self.socket_count()}>"
+
+
+class RoomsView(Mapping[str, Room]):
+    """``server.rooms``: a read-only mapping of the rooms that have members."""
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: SmartSocket) -> None:
+        self._server = server
+
+    def __getitem__(self, name: str) -> Room:
+        if name not in self._server._registry:
+            raise KeyError(name)
+        return Room(self._server, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._server._registry.names())
+
+    def __len__(self) -> int:
+        return len(self._server._registry)

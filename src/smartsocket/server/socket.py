@@ -1,0 +1,309 @@
+"""One client connection on the server: inbound dispatch, sends, acks, rooms, heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from smartsocket.acks import AckTracker
+from smartsocket.errors import AckError, ConnectionClosed
+from smartsocket.handlers import Handler
+from smartsocket.protocol import envelope
+from smartsocket.protocol.codes import CloseCode, ErrorCode
+from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
+from smartsocket.transport import HandshakeRequest, ServerConnection, build_frame
+
+if TYPE_CHECKING:
+    from smartsocket.server.app import SmartSocket
+
+logger = logging.getLogger("smartsocket.server")
+
+# Names with a local meaning; a client may not send events with these names.
+LOCAL_EVENTS = frozenset({"connect", "disconnect", "error"})
+
+_decode = envelope.decode
+_encode_event = envelope.encode_event
+_needs_binary = envelope.needs_binary
+
+
+class Socket:
+    """A connected client. Created by the server; the application gets it in
+    ``on_connection`` and in every server-level handler."""
+
+    __slots__ = (
+        "__weakref__",
+        "_acks",
+        "_conn",
+        "_handlers",
+        "_inbox",
+        "_ping_sent_at",
+        "_ping_value",
+        "_rooms",
+        "_send_frame",
+        "_server",
+        "close_code",
+        "close_reason",
+        "connected",
+        "data",
+        "id",
+        "request",
+        "token",
+    )
+
+    def __init__(self, server: SmartSocket, request: HandshakeRequest) -> None:
+        self._server = server
+        self.request = request
+        self.id = secrets.token_urlsafe(12)
+        self.token = secrets.token_urlsafe(24)  # session token for resuming (protocol.md)
+        self.data: dict[str, Any] = {}
+        self.connected = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._rooms: set[str] = set()
+        self._handlers: dict[str, list[Handler]] | None = None
+        self._acks = AckTracker()
+        self._conn: ServerConnection | None = None
+        self._send_frame: Callable[[bytes], None] = _drop
+        # Packets that arrived while an async on_connection handler was still running.
+        self._inbox: list[envelope.Packet] | None = None
+        self._ping_value: int | None = None
+        self._ping_sent_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Socket {self.id} rooms={sorted(self._rooms)}>"
+
+    # public API
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        return frozenset(self._rooms)
+
+    @property
+    def remote_address(self) -> tuple[Any, ...] | None:
+        return self._conn.remote_address if self._conn is not None else None
+
+    def on(
+        self, event: str, handler: Callable[..., Any] | None = None
+    ) -> Callable[..., Any]:
+        """Handle ``event`` from this client: ``handler(data)``; its return value is the ack.
+
+        Also ``"disconnect"`` (``handler(reason)``) and ``"error"`` (``handler(exc)``).
+        Usable as a decorator. Socket handlers take precedence over server-level ones.
+        """
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if self._handlers is None:
+                self._handlers = {}
+            self._handlers.setdefault(event, []).append(Handler(fn, max_args=1))
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    def off(self, event: str, handler: Callable[..., Any] | None = None) -> None:
+        """Remove one handler of ``event``, or all of them."""
+        if self._handlers is None or event not in self._handlers:
+            return
+        if handler is None:
+            del self._handlers[event]
+        else:
+            self._handlers[event] = [h for h in self._handlers[event] if h.fn is not handler]
+
+    def send(self, event: str, data: Any = None, *, binary: bool | None = None) -> None:
+        """Send ``event`` to this client (fire and forget)."""
+        _check_event_name(event)
+        if binary is None:
+            binary = _needs_binary(data)
+        self._send_payload(_encode_event(event, data, binary=binary), binary)
+
+    emit = send
+
+    async def call(
+        self, event: str, data: Any = None, *, timeout: float | None = None,
+        binary: bool | None = None,
+    ) -> Any:
+        """Send ``event`` and wait for the client's ack reply (server-to-client ack).
+
+        Raises AckTimeout after ``timeout`` (default: ``message_timeout``), AckError if the
+        client answered with an error, ConnectionClosed if the connection closes first.
+        """
+        _check_event_name(event)
+        if not self.connected:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        if timeout is None:
+            timeout = self._server.config.message_timeout
+        if binary is None:
+            binary = _needs_binary(data)
+        ack_id, future = self._acks.create(event, timeout)
+        self._send_payload(_encode_event(event, data, ack_id, binary=binary), binary)
+        return await future
+
+    def join(self, room: str) -> None:
+        """Join ``room`` (no-op if already a member)."""
+        if type(room) is not str or not room:
+            raise ValueError("room name must be a non-empty string")
+        if self.connected and self._server._registry.add(room, self, self._send_frame):
+            self._rooms.add(room)
+
+    def leave(self, room: str) -> None:
+        if self._server._registry.discard(room, self):
+            self._rooms.discard(room)
+
+    def disconnect(self, code: int = CloseCode.KICKED, reason: str = "") -> None:
+        """Close the connection (default 4000: kicked by the application)."""
+        if self._conn is not None:
+            self._conn.close(code, reason)
+
+    # transport callbacks (ConnectionHandler)
+
+    def on_open(self, conn: ServerConnection) -> None:  # type: ignore[override]
+        self._conn = conn
+        self._send_frame = conn.send_frame
+        self.connected = True
+        self._server._on_open(self)
+
+    def on_message(self, payload: bytes | memoryview, binary: bool) -> None:
+        stats = self._server._stats
+        if stats is not None:
+            stats.messages_in += 1
+            stats.bytes_in += len(payload)
+        try:
+            packet = _decode(payload, binary=binary)
+        except InvalidUTF8 as exc:
+            self._fail(CloseCode.INVALID_TEXT, str(exc))
+            return
+        except EnvelopeError as exc:
+            self.reject(exc.code, exc.message, ack_id=exc.ack_id)
+            return
+        if self._inbox is not None:
+            self._inbox.append(packet)
+        else:
+            self._handle(packet)
+
+    def on_close(self, code: int, reason: str) -> None:
+        self.connected = False
+        self.close_code = code
+        self.close_reason = reason
+        self._send_frame = _drop
+        self._acks.fail_all(ConnectionClosed(code, reason))
+        registry = self._server._registry
+        for room in self._rooms:
+            registry.discard(room, self)
+        self._server._on_close(self, code, reason)
+        self._rooms.clear()
+
+    # dispatch
+
+    def _handle(self, packet: envelope.Packet) -> None:
+        if type(packet) is Event:
+            name = packet.name
+            if name[0] == "$":
+                self._system_event(packet)
+            elif name in LOCAL_EVENTS:
+                self.reject(
+                    ErrorCode.RESERVED_EVENT, f"{name!r} is a local event name",
+                    event=name, ack_id=packet.ack_id,
+                )
+            else:
+                self._server._dispatch(self, packet)
+        else:
+            assert type(packet) is AckReply
+            info = packet.error
+            error = AckError(info.code, info.message) if info is not None else None
+            if not self._acks.resolve(packet.ack_id, packet.result, error):
+                self.reject(
+                    ErrorCode.UNKNOWN_ACK, f"no pending call with id {packet.ack_id}",
+                    ack_id=None,
+                )
+
+    def _system_event(self, packet: Event) -> None:
+        name = packet.name
+        if name == "$pong":
+            if packet.data == self._ping_value and self._ping_value is not None:
+                self._ping_value = None
+                stats = self._server._stats
+                if stats is not None:
+                    stats.rtt.append(time.monotonic() - self._ping_sent_at)
+        elif name == "$ping":  # the client measures its own round trip
+            self._send_payload(_encode_event("$pong", packet.data), False)
+        else:
+            self.reject(
+                ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
+                event=name, ack_id=packet.ack_id,
+            )
+
+    def _handlers_for(self, event: str) -> list[Handler] | None:
+        if self._handlers is not None:
+            handlers = self._handlers.get(event)
+            if handlers:
+                return handlers
+        return None
+
+    def _flush_inbox(self) -> None:
+        inbox, self._inbox = self._inbox, None
+        for packet in inbox or ():
+            if not self.connected:
+                break
+            self._handle(packet)
+
+    # sending
+
+    def _send_payload(self, payload: bytes, binary: bool) -> None:
+        self._send_frame(build_frame(payload, binary=binary))
+        stats = self._server._stats
+        if stats is not None:
+            stats.record_out(1, len(payload), len(payload))
+
+    def reply(self, ack_id: int, result: Any) -> None:
+        """Send the ack reply for ``ack_id`` (done for you when a handler returns)."""
+        binary = _needs_binary(result)
+        self._send_payload(envelope.encode_ack(ack_id, result, binary=binary), binary)
+
+    def reject(
+        self, code: str, message: str, *, event: str | None = None, ack_id: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Refuse something the client sent: an ack error if it waits for an ack, else $error."""
+        if ack_id is not None:
+            payload = envelope.encode_ack_error(ack_id, code, message)
+        else:
+            payload = envelope.encode_error(code, message, event=event, retry_after=retry_after)
+        stats = self._server._stats
+        if stats is not None:
+            stats.errors_sent += 1
+        self._send_payload(payload, False)
+
+    def _fail(self, code: int, reason: str) -> None:
+        logger.info("closing %s: %s (%d)", self.id, reason, code)
+        if self._conn is not None:
+            self._conn.close(code, reason)
+
+    # heartbeat
+
+    def _ping(self, value: int, now: float) -> None:
+        self._ping_value = value
+        self._ping_sent_at = now
+        self._send_payload(_encode_event("$ping", value), False)
+
+    def _ping_overdue(self, value: int) -> bool:
+        return self._ping_value == value
+
+
+def _drop(frame: bytes) -> None:
+    """Where sends go once the socket is closed."""
+
+
+def _check_event_name(event: str) -> None:
+    if type(event) is not str or not event:
+        raise ValueError("event name must be a non-empty string")
+    if event[0] == "$":
+        raise ValueError(f"event names starting with '$' are reserved: {event!r}")
+
+
+def validation_message(exc: msgspec.ValidationError) -> str:
+    return str(exc)

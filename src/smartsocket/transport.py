@@ -1,0 +1,429 @@
+"""The picows adapter: the only module that imports picows.
+
+It turns picows frames into whole, validated messages for a ``ConnectionHandler`` and gives the
+layers above a small write API. Server-side writes are coalesced: every frame for a connection
+in one event-loop iteration goes out in one ``write``/``writev`` at the end of the iteration
+(DESIGN.md: the number of system calls, not Python, bounds fan-out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as ssl_module
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import picows
+from picows import WSFrame, WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse
+
+from smartsocket.protocol.assembler import (
+    FrameError,
+    MessageAssembler,
+    check_close_payload,
+)
+from smartsocket.protocol.codes import CloseCode
+
+logger = logging.getLogger("smartsocket.transport")
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+# How long we wait for the peer's answer to our close frame before dropping the TCP connection.
+CLOSE_TIMEOUT = 2.0
+_pack_16 = struct.Struct("!BBH").pack
+_pack_64 = struct.Struct("!BBQ").pack
+
+
+def build_frame(payload: bytes, *, binary: bool = False, rsv1: bool = False) -> bytes:
+    """An unmasked (server-to-client) data frame carrying ``payload`` in one piece."""
+    b0 = (0x82 if binary else 0x81) | (0x40 if rsv1 else 0)
+    n = len(payload)
+    if n < 126:
+        return bytes((b0, n)) + payload
+    if n < 65536:
+        return _pack_16(b0, 126, n) + payload
+    return _pack_64(b0, 127, n) + payload
+
+
+class ConnectionHandler(Protocol):
+    """What the layer above implements for each connection."""
+
+    def on_open(self, conn: Connection) -> None: ...
+
+    def on_message(self, payload: bytes | memoryview, binary: bool) -> None:
+        """A whole message. A memoryview is only valid during the call: decode it at once."""
+
+    def on_close(self, code: int, reason: str) -> None: ...
+
+
+class Connection(picows.WSListener):  # type: ignore[misc]
+    """One WebSocket connection: frames in, messages out to ``handler``."""
+
+    __slots__ = (
+        "_assembler",
+        "_close_timer",
+        "_max_size",
+        "_tr",
+        "closed",
+        "disconnected",
+        "handler",
+        "paused",
+        "remote_address",
+    )
+
+    def __init__(self, handler: ConnectionHandler, *, max_message_size: int | None) -> None:
+        self.handler = handler
+        self._max_size = max_message_size
+        self._assembler = MessageAssembler(max_size=max_message_size)
+        self._tr: WSTransport | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.closed = False  # a close frame was sent or the transport is gone: send nothing more
+        self.disconnected = False  # the TCP connection is gone
+        self.paused = False  # the OS send buffer is over its high-water mark
+        self.remote_address: tuple[Any, ...] | None = None
+
+    # picows callbacks
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._tr = transport
+        self.remote_address = transport.underlying_transport.get_extra_info("peername")
+        self.handler.on_open(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        op = frame.msg_type
+        # Fast path: a whole, uncompressed message in one frame.
+        if (
+            (op is _TEXT or op is _BINARY)
+            and frame.fin
+            and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+            and not self._assembler.in_message
+        ):
+            if self._max_size is not None and frame.payload_size > self._max_size:
+                self._protocol_error(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                return
+            self.handler.on_message(frame.get_payload_as_memoryview(), op is _BINARY)
+            return
+        if op is _CLOSE:
+            self._on_close_frame(frame.get_payload_as_bytes())
+            return
+        if op is not _TEXT and op is not _BINARY and op is not _CONTINUATION:
+            return  # PING is answered by picows; PONG needs nothing
+        try:
+            message = self._assembler.feed(
+                op.value, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3, frame.get_payload_as_bytes()
+            )
+        except FrameError as exc:
+            self._protocol_error(exc.code, exc.reason)
+            return
+        if message is not None:
+            self.handler.on_message(message.payload, message.binary)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        self.disconnected = True
+        self._drop_buffer()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        code, reason = _close_outcome(transport)
+        self.handler.on_close(code, reason)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    # closing
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        try:
+            code, reason = check_close_payload(payload)
+        except FrameError as exc:
+            self._protocol_error(exc.code, exc.reason)
+            return
+        if self.closed:  # the answer to our close: the handshake is complete
+            self._disconnect()
+        else:  # RFC 6455 5.5.1: echo the close, then the server drops TCP
+            self.close(code, reason)
+            self._disconnect()
+
+    def _protocol_error(self, code: int, reason: str) -> None:
+        logger.info("closing %s: %s (%d)", self.remote_address, reason, code)
+        self.close(code, reason)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Send a close frame (after anything already queued) and drop the connection once the
+        peer answers, or after ``CLOSE_TIMEOUT``."""
+        tr = self._tr
+        if self.closed or tr is None:
+            return
+        self._flush_now()
+        self.closed = True
+        self._drop_buffer()
+        reason_bytes = reason.encode()[:123]  # control frames carry at most 125 bytes
+        tr.send_close(picows.WSCloseCode(code), reason_bytes)
+        loop = asyncio.get_running_loop()
+        self._close_timer = loop.call_later(CLOSE_TIMEOUT, self._disconnect)
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close handshake."""
+        if self._tr is not None:
+            self.closed = True
+            self._tr.disconnect(graceful=False)
+
+    def _disconnect(self) -> None:
+        if self._tr is not None:
+            self._tr.disconnect()
+
+    # writing: overridden by the server and client sides
+
+    def send_message(self, payload: bytes, binary: bool = False, rsv1: bool = False) -> None:
+        raise NotImplementedError
+
+    def _flush_now(self) -> None:
+        pass
+
+    def _drop_buffer(self) -> None:
+        pass
+
+    @property
+    def write_buffer_size(self) -> int:
+        if self._tr is None or self.closed:
+            return 0
+        size: int = self._tr.underlying_transport.get_write_buffer_size()
+        return size
+
+
+def _close_outcome(transport: WSTransport) -> tuple[int, str]:
+    """The close code and reason of a finished connection: the peer's, else ours, else 1006."""
+    handshake = transport.close_handshake
+    if handshake is not None:
+        info = handshake.recv if handshake.recv is not None else handshake.sent
+        if info is not None:
+            code = int(info.code)
+            return (code if code else CloseCode.NORMAL), info.reason
+    return 1006, "connection lost"
+
+
+class WriteCoalescer:
+    """Flushes every connection that has queued frames once, at the end of the loop iteration.
+
+    The first frame queued for a connection in an iteration registers it here; ``call_soon``
+    runs the flush after the current batch of I/O callbacks, so under load batches grow by
+    themselves and under light load no latency is added.
+    """
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[ServerConnection] = []
+        self._scheduled = False
+
+    def add(self, conn: ServerConnection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        dirty = self._dirty
+        self._dirty = []
+        self._scheduled = False
+        for conn in dirty:
+            conn._flush_now()
+
+
+class ServerConnection(Connection):
+    """Server side: frames are unmasked, so they can be built once and shared by a broadcast."""
+
+    __slots__ = ("_coalescer", "_out", "_raw")
+
+    def __init__(
+        self,
+        handler: ConnectionHandler,
+        coalescer: WriteCoalescer,
+        *,
+        max_message_size: int | None,
+    ) -> None:
+        super().__init__(handler, max_message_size=max_message_size)
+        self._coalescer = coalescer
+        self._out: list[bytes] = []
+        self._raw: asyncio.Transport | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._raw = transport.underlying_transport
+        super().on_ws_connected(transport)
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a prebuilt frame; it goes out with the connection's other frames this loop
+        iteration. Hot path: one call per delivery of a broadcast."""
+        out = self._out
+        if not out:
+            if self.closed:
+                return
+            self._coalescer.add(self)
+        out.append(frame)
+
+    def send_message(self, payload: bytes, binary: bool = False, rsv1: bool = False) -> None:
+        self.send_frame(build_frame(payload, binary=binary, rsv1=rsv1))
+
+    def _flush_now(self) -> None:
+        out = self._out
+        if not out or self.closed or self._raw is None:
+            return
+        if len(out) == 1:
+            self._raw.write(out[0])
+        else:
+            self._raw.writelines(out)  # one writev for the whole batch
+        out.clear()
+
+    def _drop_buffer(self) -> None:
+        self._out.clear()
+
+
+class ClientConnection(Connection):
+    """Client side: frames must be masked per frame, so picows frames and writes each one."""
+
+    __slots__ = ("subprotocol",)
+
+    def __init__(self, handler: ConnectionHandler, *, max_message_size: int | None) -> None:
+        super().__init__(handler, max_message_size=max_message_size)
+        self.subprotocol: str | None = None
+
+    def send_message(self, payload: bytes, binary: bool = False, rsv1: bool = False) -> None:
+        if self.closed or self._tr is None:
+            return
+        self._tr.send(_BINARY if binary else _TEXT, payload, rsv1=rsv1)
+
+
+# HTTP side of the listener
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRequest:
+    """An HTTP request that reached the listener (a WebSocket upgrade or a plain GET)."""
+
+    path: str
+    query: Mapping[str, list[str]]
+    headers: Mapping[str, str]  # case-insensitive
+
+    @property
+    def is_upgrade(self) -> bool:
+        return "websocket" in self.headers.get("Upgrade", "").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A plain HTTP response; picows sends it with ``Connection: close``."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Accept a WebSocket upgrade; ``handler`` receives the connection's events."""
+
+    handler: ConnectionHandler
+    headers: Mapping[str, str] = field(default_factory=dict)  # e.g. Sec-WebSocket-Protocol
+
+
+Router = Callable[[HandshakeRequest], "HttpResponse | Accept"]
+
+
+async def create_server(
+    router: Router,
+    *,
+    host: str | None,
+    port: int,
+    max_message_size: int | None,
+    handshake_timeout: float,
+    ssl: ssl_module.SSLContext | None = None,
+    reuse_port: bool = False,
+) -> asyncio.Server:
+    """Listen on host:port; ``router`` decides what each request gets."""
+    coalescer = WriteCoalescer(asyncio.get_running_loop())
+
+    def factory(request: WSUpgradeRequest) -> Any:
+        path, _, query = request.path.decode("latin-1").partition("?")
+        req = HandshakeRequest(path, parse_qs(query), request.headers)
+        try:
+            outcome = router(req)
+        except Exception:
+            logger.exception("router failed for %s", path)
+            outcome = HttpResponse(500, b"internal server error\n")
+        if isinstance(outcome, HttpResponse):
+            return picows.WSUpgradeResponseWithListener(_http_response(outcome), None)
+        listener = ServerConnection(outcome.handler, coalescer, max_message_size=max_message_size)
+        if outcome.headers:
+            response = WSUpgradeResponse.create_101_response(extra_headers=dict(outcome.headers))
+            return picows.WSUpgradeResponseWithListener(response, listener)
+        return listener
+
+    return await picows.ws_create_server(
+        factory,
+        host,
+        port,
+        websocket_handshake_timeout=handshake_timeout,
+        max_frame_size=max_message_size or 2**62,
+        read_buffer_init_size=1024,  # grows on demand; small buffers keep idle connections cheap
+        ssl=ssl,
+        reuse_port=reuse_port or None,
+        logger_name="server",
+    )
+
+
+def _http_response(resp: HttpResponse) -> WSUpgradeResponse:
+    headers = {"Content-Type": resp.content_type, "Cache-Control": "no-store", **resp.headers}
+    if resp.status >= 400:
+        return WSUpgradeResponse.create_error_response(resp.status, resp.body, headers)
+    response = WSUpgradeResponse.create_ok_response(resp.body, headers)
+    if resp.status != 200:
+        from http import HTTPStatus
+
+        response.status = HTTPStatus(resp.status)
+    return response
+
+
+async def connect(
+    url: str,
+    handler: ConnectionHandler,
+    *,
+    subprotocol: str,
+    extra_headers: Mapping[str, str] | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    max_message_size: int | None,
+    timeout: float,
+) -> ClientConnection:
+    """Open a client connection offering ``subprotocol``; ``handler`` gets its events."""
+    headers = {"Sec-WebSocket-Protocol": subprotocol, **(extra_headers or {})}
+
+    def factory(request: WSUpgradeRequest, response: WSUpgradeResponse) -> ClientConnection:
+        conn = ClientConnection(handler, max_message_size=max_message_size)
+        conn.subprotocol = response.headers.get("Sec-WebSocket-Protocol")
+        return conn
+
+    transport, listener = await picows.ws_connect(
+        factory,
+        url,
+        ssl_context=ssl,
+        websocket_handshake_timeout=timeout,
+        max_frame_size=max_message_size or 2**62,
+        extra_headers=headers,
+        max_redirects=0,
+        logger_name="client",
+    )
+    assert isinstance(listener, ClientConnection)
+    return listener
+
+
+HandshakeError = picows.WSHandshakeError
