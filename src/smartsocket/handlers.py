@@ -30,12 +30,14 @@ class Handler:
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
         )
-        params = _positional_params(fn)
+        params, var_args = _positional_params(fn)
         if len(params) > max_args:
-            raise TypeError(f"handler {self.name} takes {len(params)} arguments, at most {max_args}")
-        self.arity = len(params)
+            raise TypeError(
+                f"handler {self.name} takes {len(params)} arguments, at most {max_args}"
+            )
+        self.arity = max_args if var_args else len(params)
         self.data_type: Any = None
-        if self.arity == max_args:
+        if len(params) == max_args:
             self.data_type = _annotation(fn, params[-1])
 
     def convert(self, data: Any) -> Any:
@@ -45,13 +47,16 @@ class Handler:
         return msgspec.convert(data, self.data_type)
 
 
-def _positional_params(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+def _positional_params(fn: Callable[..., Any]) -> tuple[list[inspect.Parameter], bool]:
+    """The positional parameters, and whether ``*args`` takes any number more."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
-        return []
+        return [], True
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return [p for p in sig.parameters.values() if p.kind in kinds]
+    params = [p for p in sig.parameters.values() if p.kind in kinds]
+    var_args = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in sig.parameters.values())
+    return params, var_args
 
 
 def _annotation(fn: Callable[..., Any], param: inspect.Parameter) -> Any:

@@ -14,7 +14,8 @@ import ssl as ssl_module
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from http import HTTPStatus
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 import picows
@@ -50,10 +51,13 @@ def build_frame(payload: bytes, *, binary: bool = False, rsv1: bool = False) -> 
     return _pack_64(b0, 127, n) + payload
 
 
-class ConnectionHandler(Protocol):
+C_contra = TypeVar("C_contra", bound="Connection", contravariant=True)
+
+
+class ConnectionHandler(Protocol[C_contra]):
     """What the layer above implements for each connection."""
 
-    def on_open(self, conn: Connection) -> None: ...
+    def on_open(self, conn: C_contra) -> None: ...
 
     def on_message(self, payload: bytes | memoryview, binary: bool) -> None:
         """A whole message. A memoryview is only valid during the call: decode it at once."""
@@ -61,7 +65,7 @@ class ConnectionHandler(Protocol):
     def on_close(self, code: int, reason: str) -> None: ...
 
 
-class Connection(picows.WSListener):  # type: ignore[misc]
+class Connection(picows.WSListener):
     """One WebSocket connection: frames in, messages out to ``handler``."""
 
     __slots__ = (
@@ -76,7 +80,7 @@ class Connection(picows.WSListener):  # type: ignore[misc]
         "remote_address",
     )
 
-    def __init__(self, handler: ConnectionHandler, *, max_message_size: int | None) -> None:
+    def __init__(self, handler: ConnectionHandler[Any], *, max_message_size: int | None) -> None:
         self.handler = handler
         self._max_size = max_message_size
         self._assembler = MessageAssembler(max_size=max_message_size)
@@ -115,7 +119,8 @@ class Connection(picows.WSListener):  # type: ignore[misc]
             return  # PING is answered by picows; PONG needs nothing
         try:
             message = self._assembler.feed(
-                op.value, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3, frame.get_payload_as_bytes()
+                op.value, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3,
+                frame.get_payload_as_bytes(),
             )
         except FrameError as exc:
             self._protocol_error(exc.code, exc.reason)
@@ -206,7 +211,7 @@ def _close_outcome(transport: WSTransport) -> tuple[int, str]:
     if handshake is not None:
         info = handshake.recv if handshake.recv is not None else handshake.sent
         if info is not None:
-            code = int(info.code)
+            code = info.code.value
             return (code if code else CloseCode.NORMAL), info.reason
     return 1006, "connection lost"
 
@@ -247,7 +252,7 @@ class ServerConnection(Connection):
 
     def __init__(
         self,
-        handler: ConnectionHandler,
+        handler: ConnectionHandler[ServerConnection],
         coalescer: WriteCoalescer,
         *,
         max_message_size: int | None,
@@ -293,7 +298,9 @@ class ClientConnection(Connection):
 
     __slots__ = ("subprotocol",)
 
-    def __init__(self, handler: ConnectionHandler, *, max_message_size: int | None) -> None:
+    def __init__(
+        self, handler: ConnectionHandler[ClientConnection], *, max_message_size: int | None
+    ) -> None:
         super().__init__(handler, max_message_size=max_message_size)
         self.subprotocol: str | None = None
 
@@ -333,7 +340,7 @@ class HttpResponse:
 class Accept:
     """Accept a WebSocket upgrade; ``handler`` receives the connection's events."""
 
-    handler: ConnectionHandler
+    handler: ConnectionHandler[ServerConnection]
     headers: Mapping[str, str] = field(default_factory=dict)  # e.g. Sec-WebSocket-Protocol
 
 
@@ -384,19 +391,18 @@ async def create_server(
 
 def _http_response(resp: HttpResponse) -> WSUpgradeResponse:
     headers = {"Content-Type": resp.content_type, "Cache-Control": "no-store", **resp.headers}
+    response: WSUpgradeResponse
     if resp.status >= 400:
-        return WSUpgradeResponse.create_error_response(resp.status, resp.body, headers)
-    response = WSUpgradeResponse.create_ok_response(resp.body, headers)
-    if resp.status != 200:
-        from http import HTTPStatus
-
+        response = WSUpgradeResponse.create_error_response(resp.status, resp.body, headers)
+    else:
+        response = WSUpgradeResponse.create_ok_response(resp.body, headers)
         response.status = HTTPStatus(resp.status)
     return response
 
 
 async def connect(
     url: str,
-    handler: ConnectionHandler,
+    handler: ConnectionHandler[ClientConnection],
     *,
     subprotocol: str,
     extra_headers: Mapping[str, str] | None = None,
@@ -412,7 +418,7 @@ async def connect(
         conn.subprotocol = response.headers.get("Sec-WebSocket-Protocol")
         return conn
 
-    transport, listener = await picows.ws_connect(
+    _, listener = await picows.ws_connect(
         factory,
         url,
         ssl_context=ssl,

@@ -20,6 +20,6 @@ def backoff_delay(
         raise ValueError("attempt starts at 1")
     delay = min(maximum, base * 2 ** min(attempt - 1, 62))
     if jitter:
-        spread = (rng or random).uniform(-jitter, jitter)
+        spread: float = (rng or random).uniform(-jitter, jitter)
         delay = min(maximum, delay * (1 + spread))
-    return max(0.0, delay)
+    return float(max(0.0, delay))

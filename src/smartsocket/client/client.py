@@ -19,7 +19,8 @@ from smartsocket.handlers import Handler
 from smartsocket.protocol import SUBPROTOCOL, envelope
 from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
-from smartsocket.transport import ClientConnection, HandshakeError, connect as ws_connect
+from smartsocket.transport import ClientConnection, HandshakeError
+from smartsocket.transport import connect as ws_connect
 
 logger = logging.getLogger("smartsocket.client")
 
@@ -81,7 +82,8 @@ class Client:
         self._welcomed: asyncio.Future[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_seen = 0.0
-        self._ping_sent: dict[int, float] = {}
+        self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
+        self._ping_seq = 0
 
     # public API
 
@@ -133,6 +135,21 @@ class Client:
             self._acks.resolve(ack_id, None)
             raise
         return await future
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Measure the round trip to the server with ``$ping``/``$pong``, in seconds."""
+        conn = self._conn
+        if not self._ready or conn is None:
+            raise ConnectionClosed(None, "not connected")
+        self._ping_seq += 1
+        seq = self._ping_seq
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pings[seq] = (time.monotonic(), future)
+        conn.send_message(envelope.encode_event("$ping", seq))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pings.pop(seq, None)
 
     async def connect(self) -> Client:
         """Connect and wait for the server's ``$welcome``; raises if the first attempt fails
@@ -326,9 +343,11 @@ class Client:
         elif name == "$ping":
             link.send(envelope.encode_event("$pong", packet.data))
         elif name == "$pong":
-            sent = self._ping_sent.pop(packet.data, None) if type(packet.data) is int else None
-            if sent is not None:
-                self.latency = time.monotonic() - sent
+            entry = self._pings.pop(packet.data, None) if type(packet.data) is int else None
+            if entry is not None:
+                self.latency = time.monotonic() - entry[0]
+                if not entry[1].done():
+                    entry[1].set_result(self.latency)
         elif name == "$error":
             logger.info("server reported an error: %r", packet.data)
             self._emit_local("error", packet.data)
@@ -394,7 +413,7 @@ class _Link:
         self.client = client
         self.conn: ClientConnection | None = None
 
-    def on_open(self, conn: ClientConnection) -> None:  # type: ignore[override]
+    def on_open(self, conn: ClientConnection) -> None:
         self.conn = conn
         self.client._conn = conn  # before anything is read: $welcome may come with the 101
 

@@ -136,10 +136,10 @@ class SmartSocket:
         exclude: Exclude, binary: bool | None,
     ) -> int:
         """Encode and frame once, then hand the same bytes to each member (hot path)."""
+        if type(event) is not str or event[:1] in ("$", ""):
+            raise ValueError(f"invalid event name {event!r}")
         if not members:
             return 0
-        if event[:1] == "$" or not event:
-            raise ValueError(f"invalid event name {event!r}")
         if binary is None:
             binary = envelope.needs_binary(data)
         payload = envelope.encode_event(event, data, binary=binary)
@@ -462,7 +462,9 @@ class SmartSocket:
             await asyncio.sleep(interval)
             value = int(time.monotonic() * 1000)
             now = time.monotonic()
-            pinged = list(self._sockets.values())
+            # A socket with a $ping still unanswered is not pinged again: the check scheduled
+            # for that ping decides its fate.
+            pinged = [s for s in self._sockets.values() if s._ping_value is None]
             for socket in pinged:
                 socket._ping(value, now)
             loop.call_later(timeout, self._check_pongs, pinged, value)

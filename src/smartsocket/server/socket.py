@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -161,7 +160,7 @@ class Socket:
 
     # transport callbacks (ConnectionHandler)
 
-    def on_open(self, conn: ServerConnection) -> None:  # type: ignore[override]
+    def on_open(self, conn: ServerConnection) -> None:
         self._conn = conn
         self._send_frame = conn.send_frame
         self.connected = True

@@ -1,0 +1,12 @@
+.PHONY: test serve bench lint
+
+# Every test suite, from a fresh machine (installs what it needs, starts services).
+test:
+	./scripts/test
+
+# Install and run the demo server on :8080.
+serve:
+	python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/smartsocket serve
+
+lint:
+	.venv/bin/ruff check src tests bench && .venv/bin/mypy

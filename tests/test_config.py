@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from smartsocket import Config, ConfigError, SmartSocket
+from smartsocket.cli import build_parser, config_from_args
+
+
+def test_defaults_match_the_seed() -> None:
+    c = Config()
+    assert (c.port, c.enable_compression, c.enable_metrics, c.max_connections) == (
+        8080, True, True, 10_000,
+    )
+    assert c.enable_encryption is False and c.message_timeout == 30.0
+
+
+def test_env_vars_seed_names_and_prefixed_names() -> None:
+    env = {
+        "PORT": "9000",
+        "HOST": "127.0.0.1",
+        "ENABLE_COMPRESSION": "false",
+        "ENABLE_METRICS": "0",
+        "MAX_CONNECTIONS": "5",
+        "SMARTSOCKET_PING_INTERVAL": "2.5",
+        "SMARTSOCKET_PORT": "9001",  # the prefixed name wins over the seed name
+    }
+    c = Config.from_env(env)
+    assert (c.port, c.host, c.enable_compression, c.enable_metrics) == (
+        9001, "127.0.0.1", False, False,
+    )
+    assert c.max_connections == 5 and c.ping_interval == 2.5
+
+
+def test_overrides_win_over_env() -> None:
+    assert Config.from_env({"PORT": "9000"}, port=1234).port == 1234
+
+
+@pytest.mark.parametrize(
+    ("env", "option"),
+    [
+        ({"PORT": "http"}, "PORT"),
+        ({"PORT": "70000"}, "port"),
+        ({"ENABLE_COMPRESSION": "maybe"}, "ENABLE_COMPRESSION"),
+        ({"SMARTSOCKET_MAX_MESSAGE_SIZE": "10"}, "max_message_size"),
+        ({"SMARTSOCKET_PING_TIMEOUT": "-1"}, "ping_timeout"),
+        ({"ENABLE_ENCRYPTION": "true"}, "enable_encryption"),
+    ],
+)
+def test_invalid_values_name_the_option(env: dict[str, str], option: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env(env)
+    assert str(info.value).startswith(option)
+
+
+def test_keyword_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="max_connections"):
+        SmartSocket(max_connections=0)
+    with pytest.raises(ConfigError, match="no_such_option"):
+        SmartSocket(no_such_option=1)
+    with pytest.raises(ConfigError, match="port"):
+        SmartSocket("8080")  # type: ignore[arg-type]
+    assert SmartSocket(9000, enable_compression=False).config.enable_compression is False
+
+
+def test_cli_flags_map_onto_config_over_env() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--port", "9100", "--no-enable-compression", "--ping-interval", "3"]
+    )
+    c = config_from_args(args, {"PORT": "9000", "ENABLE_METRICS": "false"})
+    assert (c.port, c.enable_compression, c.enable_metrics, c.ping_interval) == (
+        9100, False, False, 3.0,
+    )
+    bad = build_parser().parse_args(["serve", "--max-connections", "lots"])
+    with pytest.raises(ConfigError, match="--max-connections"):
+        config_from_args(bad, {})
