@@ -33,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         envs = ", ".join(env_names(f.name))
         help_text = f"{f.metadata['help']} (default {f.default!r}; env {envs})"
         if field_type(f.name) is bool:
+            # enable_compression: --compression/--no-compression (and the long form)
+            flags = [flag]
+            if f.name.startswith("enable_"):
+                flags.insert(0, "--" + f.name.removeprefix("enable_").replace("_", "-"))
             serve.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                 help=help_text,
             )
         else:
