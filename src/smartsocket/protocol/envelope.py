@@ -140,10 +140,15 @@ def needs_binary(data: Any) -> bool:
     kind = type(data)
     if kind is bytes or kind is bytearray or kind is memoryview:
         return True
+    # Plain loops: a generator inside any() costs more than the check itself on small payloads.
     if kind is dict:
-        return any(type(v) in _BYTES_TYPES for v in data.values())
-    if kind is list or kind is tuple:
-        return any(type(v) in _BYTES_TYPES for v in data)
+        for value in data.values():
+            if type(value) in _BYTES_TYPES:
+                return True
+    elif kind is list or kind is tuple:
+        for value in data:
+            if type(value) in _BYTES_TYPES:
+                return True
     return False
 
 

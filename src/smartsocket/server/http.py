@@ -1,7 +1,15 @@
-"""Plain HTTP GETs on the WebSocket port: stats, health and a small index page."""
+"""Plain HTTP GETs on the WebSocket port: stats, health and static files.
+
+Files in the package's ``static/`` folder are served at ``/smartsocket/<name>``; ``index.html``
+(if present) is also served at ``/``. They are read once, at first request, and kept in memory.
+"""
 
 from __future__ import annotations
 
+import mimetypes
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -13,19 +21,57 @@ if TYPE_CHECKING:
     from smartsocket.server.app import SmartSocket
 
 _JSON = "application/json"
+Route = Callable[["SmartSocket", HandshakeRequest], HttpResponse]
+
+
+def _stats(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
+    return HttpResponse(200, msgspec.json.encode(server.stats()), _JSON)
+
+
+def _health(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
+    body = {
+        "status": "closing" if server._closing else "ok",
+        "version": __version__,
+        "connections": len(server._sockets),
+    }
+    return HttpResponse(503 if server._closing else 200, msgspec.json.encode(body), _JSON)
+
+
+ROUTES: dict[str, Route] = {
+    "/smartsocket/stats": _stats,
+    "/smartsocket/health": _health,
+}
 
 
 def route(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
     path = request.path.rstrip("/") or "/"
-    if path == "/smartsocket/stats":
-        return HttpResponse(200, msgspec.json.encode(server.stats()), _JSON)
-    if path == "/smartsocket/health":
-        body = {"status": "closing" if server._closing else "ok", "version": __version__,
-                "connections": len(server._sockets)}
-        return HttpResponse(503 if server._closing else 200, msgspec.json.encode(body), _JSON)
+    handler = ROUTES.get(path)
+    if handler is not None:
+        return handler(server, request)
     if path == "/":
+        page = static_file("index.html")
+        if page is not None:
+            return page
         return HttpResponse(200, _INDEX.format(url=server.url).encode(), "text/html; charset=utf-8")
+    if path.startswith("/smartsocket/"):
+        page = static_file(path.removeprefix("/smartsocket/"))
+        if page is not None:
+            return page
     return HttpResponse(404, b"not found\n")
+
+
+@cache
+def static_file(name: str) -> HttpResponse | None:
+    """A file of the package's static folder, or None (never outside that folder)."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    resource = resources.files("smartsocket").joinpath("static", name)
+    if not resource.is_file():
+        return None
+    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    if kind.startswith("text/") or kind in ("application/javascript", "text/javascript"):
+        kind += "; charset=utf-8"
+    return HttpResponse(200, resource.read_bytes(), kind, {"Cache-Control": "max-age=300"})
 
 
 _INDEX = """<!doctype html>
