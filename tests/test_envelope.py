@@ -27,7 +27,9 @@ def test_round_trips() -> None:
     assert decode(encode_ack_error(5, "c", "m"), binary=False) == AckReply(
         5, None, AckErrorInfo("c", "m")
     )
-    assert decode(encode_event("b", b"\x00", binary=True), binary=True) == Event("b", b"\x00")
+    assert decode(encode_event("b", b"\x00", binary=True), binary=True) == Event(
+        "b", b"\x00", None, binary=True
+    )
     assert decode(b'["ping"]', binary=False) == Event("ping", None)
 
 

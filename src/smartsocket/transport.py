@@ -26,7 +26,7 @@ from smartsocket.protocol.assembler import (
     MessageAssembler,
     check_close_payload,
 )
-from smartsocket.protocol.codes import CloseCode
+from smartsocket.protocol.codes import CloseCode, is_valid_close_code
 
 logger = logging.getLogger("smartsocket.transport")
 
@@ -34,6 +34,7 @@ _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
+_PING = WSMsgType.PING
 # How long we wait for the peer's answer to our close frame before dropping the TCP connection.
 CLOSE_TIMEOUT = 2.0
 _pack_16 = struct.Struct("!BBH").pack
@@ -112,11 +113,17 @@ class Connection(picows.WSListener):
                 return
             self.handler.on_message(frame.get_payload_as_memoryview(), op is _BINARY)
             return
-        if op is _CLOSE:
-            self._on_close_frame(frame.get_payload_as_bytes())
-            return
         if op is not _TEXT and op is not _BINARY and op is not _CONTINUATION:
-            return  # PING is answered by picows; PONG needs nothing
+            # Control frames. picows' auto-pong is off so that RSV bits are checked here too
+            # (RFC 6455 5.2: no extension defines them on control frames).
+            if frame.rsv1 or frame.rsv2 or frame.rsv3:
+                self._protocol_error(CloseCode.PROTOCOL_ERROR, "RSV bit set on a control frame")
+            elif op is _CLOSE:
+                self._on_close_frame(frame.get_payload_as_bytes())
+            elif op is _PING and not self.closed:
+                self._flush_now()  # keep our frames in order before picows writes the pong
+                transport.send_pong(frame.get_payload_as_bytes())
+            return  # PONG needs nothing
         try:
             message = self._assembler.feed(
                 op.value, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3,
@@ -168,10 +175,13 @@ class Connection(picows.WSListener):
         tr = self._tr
         if self.closed or tr is None:
             return
+        if not is_valid_close_code(code):
+            raise ValueError(f"{code} may not be sent in a close frame")
+        # Control frames carry at most 125 bytes: cut the reason on a character boundary.
+        reason_bytes = reason.encode()[:123].decode("utf-8", "ignore").encode()
         self._flush_now()
         self.closed = True
         self._drop_buffer()
-        reason_bytes = reason.encode()[:123]  # control frames carry at most 125 bytes
         tr.send_close(picows.WSCloseCode(code), reason_bytes)
         loop = asyncio.get_running_loop()
         self._close_timer = loop.call_later(CLOSE_TIMEOUT, self._disconnect)
@@ -381,6 +391,7 @@ async def create_server(
         host,
         port,
         websocket_handshake_timeout=handshake_timeout,
+        enable_auto_pong=False,  # on_ws_frame answers pings after checking RSV bits
         max_frame_size=max_message_size or 2**62,
         read_buffer_init_size=1024,  # grows on demand; small buffers keep idle connections cheap
         ssl=ssl,
@@ -423,6 +434,7 @@ async def connect(
         url,
         ssl_context=ssl,
         websocket_handshake_timeout=timeout,
+        enable_auto_pong=False,  # on_ws_frame answers pings after checking RSV bits
         max_frame_size=max_message_size or 2**62,
         extra_headers=headers,
         max_redirects=0,

@@ -328,10 +328,7 @@ class Client:
             return
         handlers = self._handlers.get(name)
         if not handlers:
-            if packet.ack_id is not None:
-                link.send(envelope.encode_ack_error(
-                    packet.ack_id, ErrorCode.UNKNOWN_EVENT, f"no handler for {name!r}"
-                ))
+            link.reject(packet, ErrorCode.UNKNOWN_EVENT, f"no handler for {name!r}")
             return
         for index, handler in enumerate(handlers):
             self._invoke(link, handler, packet, packet.ack_id if index == 0 else None)
@@ -357,36 +354,37 @@ class Client:
             data = handler.convert(packet.data)
             result = handler.fn(*(data,)[: handler.arity])
         except Exception as exc:
-            self._handler_failed(link, handler, packet.name, ack_id, exc)
+            self._handler_failed(link, handler, packet, ack_id, exc)
             return
         if handler.is_async or asyncio.iscoroutine(result):
-            self._spawn(self._finish(link, handler, packet.name, ack_id, result))
+            self._spawn(self._finish(link, handler, packet, ack_id, result))
         elif ack_id is not None:
-            link.reply(ack_id, result)
+            link.reply(ack_id, result, packet.binary)
 
     async def _finish(
-        self, link: _Link, handler: Handler, event: str, ack_id: int | None, coro: Any
+        self, link: _Link, handler: Handler, packet: Event, ack_id: int | None, coro: Any
     ) -> None:
         try:
             result = await coro
         except Exception as exc:
-            self._handler_failed(link, handler, event, ack_id, exc)
+            self._handler_failed(link, handler, packet, ack_id, exc)
             return
         if ack_id is not None:
-            link.reply(ack_id, result)
+            link.reply(ack_id, result, packet.binary)
 
     def _handler_failed(
-        self, link: _Link, handler: Handler, event: str, ack_id: int | None, exc: Exception
+        self, link: _Link, handler: Handler, packet: Event, ack_id: int | None, exc: Exception
     ) -> None:
         if isinstance(exc, AckError):
             code, message = exc.code, exc.message
         elif isinstance(exc, msgspec.ValidationError):
             code, message = ErrorCode.INVALID_PAYLOAD, str(exc)
         else:
-            logger.error("handler %s for %r failed", handler.name, event, exc_info=exc)
+            logger.error("handler %s for %r failed", handler.name, packet.name, exc_info=exc)
             code, message = ErrorCode.INTERNAL_ERROR, "client handler failed"
         if ack_id is not None:
-            link.send(envelope.encode_ack_error(ack_id, code, message))
+            link.send(envelope.encode_ack_error(ack_id, code, message, binary=packet.binary),
+                      packet.binary)
 
     def _emit_local(self, event: str, *args: Any) -> None:
         for handler in self._handlers.get(event, ()):
@@ -428,9 +426,15 @@ class _Link:
         if self.conn is not None:
             self.conn.send_message(payload, binary)
 
-    def reply(self, ack_id: int, result: Any) -> None:
-        binary = envelope.needs_binary(result)
+    def reply(self, ack_id: int, result: Any, binary: bool) -> None:
+        binary = binary or envelope.needs_binary(result)
         self.send(envelope.encode_ack(ack_id, result, binary=binary), binary)
+
+    def reject(self, packet: Event, code: str, message: str) -> None:
+        if packet.ack_id is not None:
+            binary = packet.binary
+            payload = envelope.encode_ack_error(packet.ack_id, code, message, binary=binary)
+            self.send(payload, binary)
 
     def close(self, code: int, reason: str) -> None:
         if self.conn is not None:

@@ -40,11 +40,13 @@ class InvalidUTF8(ValueError):
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):
-    """An inbound event; ``ack_id`` is set when the sender waits for a reply."""
+    """An inbound event; ``ack_id`` is set when the sender waits for a reply. ``binary``: it
+    came in a binary (MessagePack) frame, so its reply goes in one too."""
 
     name: str
     data: Any
     ack_id: int | None = None
+    binary: bool = False
 
 
 class AckErrorInfo(msgspec.Struct, frozen=True, gc=False):
@@ -81,10 +83,10 @@ def decode(payload: bytes | memoryview, *, binary: bool) -> Packet:
             raise InvalidUTF8("text message is not valid UTF-8") from exc
         kind = "MessagePack" if binary else "JSON"
         raise EnvelopeError(ErrorCode.BAD_MESSAGE, f"malformed {kind}: {exc}") from exc
-    return parse(obj)
+    return parse(obj, binary=binary)
 
 
-def parse(obj: Any) -> Packet:
+def parse(obj: Any, *, binary: bool = False) -> Packet:
     """Turn a decoded array into a packet, validating its shape."""
     if type(obj) is not list or not 1 <= len(obj) <= 3:
         raise EnvelopeError(ErrorCode.BAD_MESSAGE, "a message must be an array of 1 to 3 items")
@@ -95,7 +97,7 @@ def parse(obj: Any) -> Packet:
             ack_id = _check_ack_id(obj[2])
         if not head:
             raise EnvelopeError(ErrorCode.BAD_MESSAGE, "event name is empty", ack_id=ack_id)
-        return Event(head, obj[1] if len(obj) > 1 else None, ack_id)
+        return Event(head, obj[1] if len(obj) > 1 else None, ack_id, binary)
     if type(head) is int:
         ack_id = _check_ack_id(head)
         if len(obj) == 1:
@@ -165,8 +167,9 @@ def encode_ack(ack_id: int, result: Any, *, binary: bool = False) -> bytes:
     return _msgpack_encode((ack_id, result)) if binary else _json_encode((ack_id, result))
 
 
-def encode_ack_error(ack_id: int, code: str, message: str) -> bytes:
-    return _json_encode((ack_id, None, {"code": code, "message": message}))
+def encode_ack_error(ack_id: int, code: str, message: str, *, binary: bool = False) -> bytes:
+    packet = (ack_id, None, {"code": code, "message": message})
+    return _msgpack_encode(packet) if binary else _json_encode(packet)
 
 
 def encode_error(

@@ -190,53 +190,59 @@ class SmartSocket:
                 if packet.ack_id is not None:
                     socket.reject(
                         ErrorCode.UNKNOWN_EVENT, f"no handler for {name!r}",
-                        ack_id=packet.ack_id,
+                        ack_id=packet.ack_id, binary=packet.binary,
                     )
                 return
         # Every handler runs; the first one's return value is the ack reply.
         for index, handler in enumerate(handlers):
-            ack_id = packet.ack_id if index == 0 else None
-            self._invoke(socket, handler, with_socket, name, packet.data, ack_id)
+            self._invoke(socket, handler, with_socket, packet, index == 0)
 
     def _invoke(
-        self, socket: Socket, handler: Handler, with_socket: bool, event: str, data: Any,
-        ack_id: int | None,
+        self, socket: Socket, handler: Handler, with_socket: bool, packet: Event, answer: bool
     ) -> None:
+        ack_id = packet.ack_id if answer else None
         try:
-            if handler.data_type is not None:
-                data = handler.convert(data)
+            data = packet.data if handler.data_type is None else handler.convert(packet.data)
             args = (socket, data) if with_socket else (data,)
             result = handler.fn(*args[: handler.arity])
         except msgspec.ValidationError as exc:
-            socket.reject(ErrorCode.INVALID_PAYLOAD, str(exc), event=event, ack_id=ack_id)
+            socket.reject(
+                ErrorCode.INVALID_PAYLOAD, str(exc), event=packet.name, ack_id=ack_id,
+                binary=packet.binary,
+            )
             return
         except Exception as exc:
-            self._handler_failed(socket, handler, event, ack_id, exc)
+            self._handler_failed(socket, handler, packet, ack_id, exc)
             return
         if handler.is_async or asyncio.iscoroutine(result):
-            self._spawn(self._finish(socket, handler, event, ack_id, result))
+            self._spawn(self._finish(socket, handler, packet, ack_id, result))
         elif ack_id is not None:
-            socket.reply(ack_id, result)
+            socket.reply(ack_id, result, binary=packet.binary)
 
     async def _finish(
-        self, socket: Socket, handler: Handler, event: str, ack_id: int | None, coro: Any
+        self, socket: Socket, handler: Handler, packet: Event, ack_id: int | None, coro: Any
     ) -> None:
         try:
             result = await coro
         except Exception as exc:
-            self._handler_failed(socket, handler, event, ack_id, exc)
+            self._handler_failed(socket, handler, packet, ack_id, exc)
             return
         if ack_id is not None:
-            socket.reply(ack_id, result)
+            socket.reply(ack_id, result, binary=packet.binary)
 
     def _handler_failed(
-        self, socket: Socket, handler: Handler, event: str, ack_id: int | None, exc: Exception
+        self, socket: Socket, handler: Handler, packet: Event, ack_id: int | None,
+        exc: Exception,
     ) -> None:
+        event, binary = packet.name, packet.binary
         if isinstance(exc, AckError):  # the application's own refusal: no stack trace
-            socket.reject(exc.code, exc.message, event=event, ack_id=ack_id)
+            socket.reject(exc.code, exc.message, event=event, ack_id=ack_id, binary=binary)
             return
         logger.error("handler %s for %r failed", handler.name, event, exc_info=exc)
-        socket.reject(ErrorCode.INTERNAL_ERROR, "internal server error", event=event, ack_id=ack_id)
+        socket.reject(
+            ErrorCode.INTERNAL_ERROR, "internal server error", event=event, ack_id=ack_id,
+            binary=binary,
+        )
         self._emit_local(socket, "error", exc)
 
     def _spawn(self, coro: Any) -> None:

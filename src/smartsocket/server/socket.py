@@ -206,7 +206,7 @@ class Socket:
             elif name in LOCAL_EVENTS:
                 self.reject(
                     ErrorCode.RESERVED_EVENT, f"{name!r} is a local event name",
-                    event=name, ack_id=packet.ack_id,
+                    event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
             else:
                 self._server._dispatch(self, packet)
@@ -229,11 +229,12 @@ class Socket:
                 if stats is not None:
                     stats.rtt.append(time.monotonic() - self._ping_sent_at)
         elif name == "$ping":  # the client measures its own round trip
-            self._send_payload(_encode_event("$pong", packet.data), False)
+            binary = packet.binary
+            self._send_payload(_encode_event("$pong", packet.data, binary=binary), binary)
         else:
             self.reject(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
-                event=name, ack_id=packet.ack_id,
+                event=name, ack_id=packet.ack_id, binary=packet.binary,
             )
 
     def _handlers_for(self, event: str) -> list[Handler] | None:
@@ -258,24 +259,26 @@ class Socket:
         if stats is not None:
             stats.record_out(1, len(payload), len(payload))
 
-    def reply(self, ack_id: int, result: Any) -> None:
-        """Send the ack reply for ``ack_id`` (done for you when a handler returns)."""
-        binary = _needs_binary(result)
+    def reply(self, ack_id: int, result: Any, *, binary: bool = False) -> None:
+        """Send the ack reply for ``ack_id`` (done for you when a handler returns). It goes in
+        a binary frame if the request came in one (``binary``) or the result holds bytes."""
+        binary = binary or _needs_binary(result)
         self._send_payload(envelope.encode_ack(ack_id, result, binary=binary), binary)
 
     def reject(
         self, code: str, message: str, *, event: str | None = None, ack_id: int | None = None,
-        retry_after: float | None = None,
+        retry_after: float | None = None, binary: bool = False,
     ) -> None:
         """Refuse something the client sent: an ack error if it waits for an ack, else $error."""
         if ack_id is not None:
-            payload = envelope.encode_ack_error(ack_id, code, message)
+            payload = envelope.encode_ack_error(ack_id, code, message, binary=binary)
         else:
             payload = envelope.encode_error(code, message, event=event, retry_after=retry_after)
+            binary = False
         stats = self._server._stats
         if stats is not None:
             stats.errors_sent += 1
-        self._send_payload(payload, False)
+        self._send_payload(payload, binary)
 
     def _fail(self, code: int, reason: str) -> None:
         logger.info("closing %s: %s (%d)", self.id, reason, code)
