@@ -38,6 +38,14 @@ class Config:
     host: str = _opt("0.0.0.0", "interface to bind")
     enable_compression: bool = _opt(True, "negotiate permessage-deflate (RFC 7692)")
     compression_threshold: int = _opt(256, "compress messages of at least this many bytes", min=0)
+    compression_level: int = _opt(1, "zlib level 1-9 (1: fastest, same ratio on chat-sized JSON)",
+                                  min=1, max=9)
+    compression_context_takeover: bool = _opt(
+        False, "keep a compressor per connection (better ratio, ~256 KiB each at 15 window bits)"
+    )
+    compression_max_window_bits: int = _opt(15, "largest deflate window (9-15; smaller: less "
+                                             "memory per connection with context takeover)",
+                                             min=9, max=15)
     enable_metrics: bool = _opt(True, "collect metrics for /smartsocket/stats")
     max_connections: int = _opt(10_000, "simultaneous connections; more get HTTP 503", min=1)
     enable_encryption: bool = _opt(False, "serve wss:// (needs ssl_certfile and ssl_keyfile)")

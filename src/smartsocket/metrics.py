@@ -17,6 +17,7 @@ class Stats:
 
     __slots__ = (
         "bytes_in",
+        "bytes_in_wire",
         "bytes_out_payload",
         "bytes_out_wire",
         "compressed_out",
@@ -36,7 +37,8 @@ class Stats:
         self.started_wall = time.time()
         self.total_connections = 0
         self.messages_in = 0
-        self.bytes_in = 0
+        self.bytes_in = 0  # inflated
+        self.bytes_in_wire = 0
         self.messages_out = 0
         self.bytes_out_payload = 0
         self.bytes_out_wire = 0
@@ -60,7 +62,7 @@ class Stats:
         """The seed README's JSON shape, plus exact numbers under ``raw``."""
         uptime = time.monotonic() - self.started
         payload = self.bytes_in + self.bytes_out_payload
-        wire = self.bytes_in + self.bytes_out_wire
+        wire = self.bytes_in_wire + self.bytes_out_wire
         latency = sum(self.rtt) / len(self.rtt) if self.rtt else None
         speed = wire / uptime if uptime > 0 else 0.0
         saved = 1 - wire / payload if payload else 0.0
@@ -88,6 +90,7 @@ class Stats:
                 "messagesIn": self.messages_in,
                 "messagesOut": self.messages_out,
                 "bytesIn": self.bytes_in,
+                "bytesInWire": self.bytes_in_wire,
                 "bytesOutPayload": self.bytes_out_payload,
                 "bytesOutWire": self.bytes_out_wire,
                 "compressedMessagesOut": self.compressed_out,

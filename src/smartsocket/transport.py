@@ -21,6 +21,16 @@ from urllib.parse import parse_qs
 import picows
 from picows import WSFrame, WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse
 
+from smartsocket.compression import (
+    DecompressedTooLarge,
+    DeflateError,
+    DeflateParams,
+    MessageDeflater,
+    MessageInflater,
+    NegotiationError,
+    accept_response,
+    client_offer,
+)
 from smartsocket.protocol.assembler import (
     FrameError,
     MessageAssembler,
@@ -60,8 +70,9 @@ class ConnectionHandler(Protocol[C_contra]):
 
     def on_open(self, conn: C_contra) -> None: ...
 
-    def on_message(self, payload: bytes | memoryview, binary: bool) -> None:
-        """A whole message. A memoryview is only valid during the call: decode it at once."""
+    def on_message(self, payload: bytes | memoryview, binary: bool, wire_size: int) -> None:
+        """A whole message (inflated if it was compressed; ``wire_size`` is what it took on
+        the wire). A memoryview is only valid during the call: decode it at once."""
 
     def on_close(self, code: int, reason: str) -> None: ...
 
@@ -72,19 +83,30 @@ class Connection(picows.WSListener):
     __slots__ = (
         "_assembler",
         "_close_timer",
+        "_inflater",
         "_max_size",
         "_tr",
         "closed",
+        "deflater",
         "disconnected",
         "handler",
         "paused",
         "remote_address",
     )
 
-    def __init__(self, handler: ConnectionHandler[Any], *, max_message_size: int | None) -> None:
+    def __init__(
+        self,
+        handler: ConnectionHandler[Any],
+        *,
+        max_message_size: int | None,
+        deflater: MessageDeflater | None = None,
+        inflater: MessageInflater | None = None,
+    ) -> None:
         self.handler = handler
         self._max_size = max_message_size
-        self._assembler = MessageAssembler(max_size=max_message_size)
+        self.deflater = deflater  # permessage-deflate negotiated: compress what pays
+        self._inflater = inflater
+        self._assembler = MessageAssembler(max_size=max_message_size, deflate=inflater is not None)
         self._tr: WSTransport | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self.closed = False  # a close frame was sent or the transport is gone: send nothing more
@@ -111,7 +133,9 @@ class Connection(picows.WSListener):
             if self._max_size is not None and frame.payload_size > self._max_size:
                 self._protocol_error(CloseCode.MESSAGE_TOO_BIG, "message too big")
                 return
-            self.handler.on_message(frame.get_payload_as_memoryview(), op is _BINARY)
+            self.handler.on_message(
+                frame.get_payload_as_memoryview(), op is _BINARY, frame.payload_size
+            )
             return
         if op is not _TEXT and op is not _BINARY and op is not _CONTINUATION:
             # Control frames. picows' auto-pong is off so that RSV bits are checked here too
@@ -132,8 +156,20 @@ class Connection(picows.WSListener):
         except FrameError as exc:
             self._protocol_error(exc.code, exc.reason)
             return
-        if message is not None:
-            self.handler.on_message(message.payload, message.binary)
+        if message is None:
+            return
+        payload = message.payload
+        if message.compressed:
+            assert self._inflater is not None  # the assembler refuses RSV1 otherwise
+            try:
+                payload = self._inflater.decompress(payload, self._max_size)
+            except DeflateError as exc:
+                self._protocol_error(CloseCode.INVALID_TEXT, str(exc))
+                return
+            except DecompressedTooLarge as exc:
+                self._protocol_error(CloseCode.MESSAGE_TOO_BIG, str(exc))
+                return
+        self.handler.on_message(payload, message.binary, len(message.payload))
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True
@@ -198,7 +234,19 @@ class Connection(picows.WSListener):
 
     # writing: overridden by the server and client sides
 
-    def send_message(self, payload: bytes, binary: bool = False, rsv1: bool = False) -> None:
+    def send_message(self, payload: bytes, binary: bool = False) -> int:
+        """Send one message, compressed when deflate was negotiated and it pays; returns the
+        payload bytes it took on the wire."""
+        deflater = self.deflater
+        if deflater is not None and len(payload) >= deflater.threshold:
+            compressed = deflater.compress(payload)
+            if compressed is not None:
+                self._send(compressed, binary, True)
+                return len(compressed)
+        self._send(payload, binary, False)
+        return len(payload)
+
+    def _send(self, payload: bytes, binary: bool, rsv1: bool) -> None:
         raise NotImplementedError
 
     def _flush_now(self) -> None:
@@ -266,8 +314,19 @@ class ServerConnection(Connection):
         coalescer: WriteCoalescer,
         *,
         max_message_size: int | None,
+        deflate: DeflateParams | None = None,
+        compression_level: int = 1,
+        compression_threshold: int = 256,
     ) -> None:
-        super().__init__(handler, max_message_size=max_message_size)
+        deflater = inflater = None
+        if deflate is not None:
+            deflater = MessageDeflater(
+                deflate, True, level=compression_level, threshold=compression_threshold
+            )
+            inflater = MessageInflater(deflate, True)
+        super().__init__(
+            handler, max_message_size=max_message_size, deflater=deflater, inflater=inflater
+        )
         self._coalescer = coalescer
         self._out: list[bytes] = []
         self._raw: asyncio.Transport | None = None
@@ -286,7 +345,7 @@ class ServerConnection(Connection):
             self._coalescer.add(self)
         out.append(frame)
 
-    def send_message(self, payload: bytes, binary: bool = False, rsv1: bool = False) -> None:
+    def _send(self, payload: bytes, binary: bool, rsv1: bool) -> None:
         self.send_frame(build_frame(payload, binary=binary, rsv1=rsv1))
 
     def _flush_now(self) -> None:
@@ -309,12 +368,23 @@ class ClientConnection(Connection):
     __slots__ = ("subprotocol",)
 
     def __init__(
-        self, handler: ConnectionHandler[ClientConnection], *, max_message_size: int | None
+        self,
+        handler: ConnectionHandler[ClientConnection],
+        *,
+        max_message_size: int | None,
+        deflate: DeflateParams | None = None,
+        compression_threshold: int = 256,
     ) -> None:
-        super().__init__(handler, max_message_size=max_message_size)
+        deflater = inflater = None
+        if deflate is not None:
+            deflater = MessageDeflater(deflate, False, threshold=compression_threshold)
+            inflater = MessageInflater(deflate, False)
+        super().__init__(
+            handler, max_message_size=max_message_size, deflater=deflater, inflater=inflater
+        )
         self.subprotocol: str | None = None
 
-    def send_message(self, payload: bytes, binary: bool = False, rsv1: bool = False) -> None:
+    def _send(self, payload: bytes, binary: bool, rsv1: bool) -> None:
         if self.closed or self._tr is None:
             return
         self._tr.send(_BINARY if binary else _TEXT, payload, rsv1=rsv1)
@@ -335,6 +405,14 @@ class HandshakeRequest:
     def is_upgrade(self) -> bool:
         return "websocket" in self.headers.get("Upgrade", "").lower()
 
+    def header(self, name: str) -> str | None:
+        """All values of a header that may repeat, joined with ", " (RFC 9110 5.3)."""
+        getall = getattr(self.headers, "getall", None)
+        if getall is None:
+            return self.headers.get(name)
+        values: list[str] = getall(name, [])
+        return ", ".join(values) if values else None
+
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
@@ -352,6 +430,7 @@ class Accept:
 
     handler: ConnectionHandler[ServerConnection]
     headers: Mapping[str, str] = field(default_factory=dict)  # e.g. Sec-WebSocket-Protocol
+    deflate: DeflateParams | None = None  # negotiated permessage-deflate, if any
 
 
 Router = Callable[[HandshakeRequest], "HttpResponse | Accept"]
@@ -366,6 +445,8 @@ async def create_server(
     handshake_timeout: float,
     ssl: ssl_module.SSLContext | None = None,
     reuse_port: bool = False,
+    compression_level: int = 1,
+    compression_threshold: int = 256,
 ) -> asyncio.Server:
     """Listen on host:port; ``router`` decides what each request gets."""
     coalescer = WriteCoalescer(asyncio.get_running_loop())
@@ -380,7 +461,11 @@ async def create_server(
             outcome = HttpResponse(500, b"internal server error\n")
         if isinstance(outcome, HttpResponse):
             return picows.WSUpgradeResponseWithListener(_http_response(outcome), None)
-        listener = ServerConnection(outcome.handler, coalescer, max_message_size=max_message_size)
+        listener = ServerConnection(
+            outcome.handler, coalescer, max_message_size=max_message_size,
+            deflate=outcome.deflate, compression_level=compression_level,
+            compression_threshold=compression_threshold,
+        )
         if outcome.headers:
             response = WSUpgradeResponse.create_101_response(extra_headers=dict(outcome.headers))
             return picows.WSUpgradeResponseWithListener(response, listener)
@@ -420,12 +505,25 @@ async def connect(
     ssl: ssl_module.SSLContext | None = None,
     max_message_size: int | None,
     timeout: float,
+    compression: bool = True,
+    compression_threshold: int = 256,
 ) -> ClientConnection:
-    """Open a client connection offering ``subprotocol``; ``handler`` gets its events."""
+    """Open a client connection offering ``subprotocol`` (and permessage-deflate when
+    ``compression``); ``handler`` gets its events."""
     headers = {"Sec-WebSocket-Protocol": subprotocol, **(extra_headers or {})}
+    if compression:
+        headers["Sec-WebSocket-Extensions"] = client_offer()
 
     def factory(request: WSUpgradeRequest, response: WSUpgradeResponse) -> ClientConnection:
-        conn = ClientConnection(handler, max_message_size=max_message_size)
+        answer = response.headers.getall("Sec-WebSocket-Extensions", [])
+        # NegotiationError here fails the handshake: RFC 7692 7 (and 6455 9.1).
+        params = accept_response(", ".join(answer) or None) if compression else None
+        if params is None and answer:
+            raise NegotiationError("server answered an extension that was not offered")
+        conn = ClientConnection(
+            handler, max_message_size=max_message_size, deflate=params,
+            compression_threshold=compression_threshold,
+        )
         conn.subprotocol = response.headers.get("Sec-WebSocket-Protocol")
         return conn
 

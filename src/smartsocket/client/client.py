@@ -14,6 +14,7 @@ import msgspec
 
 from smartsocket.acks import AckTracker
 from smartsocket.client.backoff import backoff_delay
+from smartsocket.compression import NegotiationError
 from smartsocket.errors import AckError, ConnectionClosed, OfflineBufferFull
 from smartsocket.handlers import Handler
 from smartsocket.protocol import SUBPROTOCOL, envelope
@@ -51,6 +52,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
         ssl: ssl_module.SSLContext | None = None,
         max_message_size: int | None = 16 << 20,
+        compression: bool = True,
     ) -> None:
         if reconnect_delay <= 0 or reconnect_delay_max < reconnect_delay:
             raise ValueError("need 0 < reconnect_delay <= reconnect_delay_max")
@@ -68,6 +70,7 @@ class Client:
         self.headers = dict(headers or {})
         self.ssl = ssl
         self.max_message_size = max_message_size
+        self.compression = compression
         self.sid: str | None = None
         self.welcome: dict[str, Any] = {}
         self.latency: float | None = None  # last measured $ping round trip, seconds
@@ -187,9 +190,9 @@ class Client:
             conn = await ws_connect(
                 self.url, link, subprotocol=SUBPROTOCOL, extra_headers=self.headers,
                 ssl=self.ssl, max_message_size=self.max_message_size,
-                timeout=self.connect_timeout,
+                timeout=self.connect_timeout, compression=self.compression,
             )
-        except HandshakeError as exc:
+        except (HandshakeError, NegotiationError) as exc:
             raise ConnectionError(f"handshake with {self.url} failed: {exc}") from exc
         if conn.subprotocol != SUBPROTOCOL:
             conn.close(CloseCode.PROTOCOL_ERROR, "subprotocol not accepted")
@@ -306,6 +309,7 @@ class Client:
     # inbound
 
     def _on_message(self, link: _Link, payload: bytes | memoryview, binary: bool) -> None:
+        """A whole message from the server (already inflated)."""
         self._last_seen = time.monotonic()
         try:
             packet = envelope.decode(payload, binary=binary)
@@ -415,7 +419,7 @@ class _Link:
         self.conn = conn
         self.client._conn = conn  # before anything is read: $welcome may come with the 101
 
-    def on_message(self, payload: bytes | memoryview, binary: bool) -> None:
+    def on_message(self, payload: bytes | memoryview, binary: bool, wire_size: int) -> None:
         if self.conn is self.client._conn:
             self.client._on_message(self, payload, binary)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from smartsocket import compression
 from smartsocket.config import Config
 from smartsocket.errors import AckError
 from smartsocket.handlers import Handler
@@ -23,7 +24,7 @@ from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import Event
 from smartsocket.server import http
 from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
-from smartsocket.server.socket import Socket
+from smartsocket.server.socket import OWN, PLAIN, Socket
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
@@ -135,7 +136,8 @@ class SmartSocket:
         self, members: Mapping[Socket, SendFrame], event: str, data: Any,
         exclude: Exclude, binary: bool | None,
     ) -> int:
-        """Encode and frame once, then hand the same bytes to each member (hot path)."""
+        """Encode and frame once (compress at most once), then hand the same bytes to each
+        member (hot path: one bound-method call per delivery)."""
         if type(event) is not str or event[:1] in ("$", ""):
             raise ValueError(f"invalid event name {event!r}")
         if not members:
@@ -144,20 +146,66 @@ class SmartSocket:
             binary = envelope.needs_binary(data)
         payload = envelope.encode_event(event, data, binary=binary)
         frame = build_frame(payload, binary=binary)
-        if exclude is None:
-            for send in members.values():
-                send(frame)
-            count = len(members)
-        else:
-            skip = self._resolve_exclude(exclude)
-            count = 0
-            for socket, send in members.items():
-                if socket not in skip:
+        skip = self._resolve_exclude(exclude) if exclude is not None else None
+        size = len(payload)
+        if not self.config.enable_compression or size < self.config.compression_threshold:
+            # No member can get a compressed frame: the tightest loop.
+            if skip is None:
+                for send in members.values():
                     send(frame)
-                    count += 1
-        if self._stats is not None:
-            self._stats.record_out(count, len(payload), len(payload))
-        return count
+                count = len(members)
+            else:
+                count = 0
+                for socket, send in members.items():
+                    if socket not in skip:
+                        send(frame)
+                        count += 1
+            if self._stats is not None:
+                self._stats.record_out(count, size, size)
+            return count
+        return self._fanout_compressed(members, payload, frame, binary, skip)
+
+    def _fanout_compressed(
+        self, members: Mapping[Socket, SendFrame], payload: bytes, frame: bytes, binary: bool,
+        skip: set[Socket] | None,
+    ) -> int:
+        """Fan-out when some members may take compressed frames. Members without context
+        takeover share one compressed frame, compressed on first need; the rest get the plain
+        frame or use their own deflater."""
+        size = len(payload)
+        shared: bytes | None = None  # the compressed frame, once made
+        wire = size
+        plain = shared_count = own_count = 0
+        stats = self._stats
+        for socket, send in members.items():
+            if skip is not None and socket in skip:
+                continue
+            mode = socket._zmode
+            if mode == PLAIN:
+                send(frame)
+                plain += 1
+            elif mode == OWN:
+                assert socket._conn is not None
+                own_wire = socket._conn.send_message(payload, binary)
+                own_count += 1
+                if stats is not None:
+                    stats.record_out(1, size, own_wire)
+            else:
+                if shared is None:
+                    compressed = compression.compress_once(
+                        payload, threshold=0, level=self.config.compression_level
+                    )
+                    if compressed is None:  # saves < 10%: everyone gets the plain frame
+                        shared = frame
+                    else:
+                        shared = build_frame(compressed, binary=binary, rsv1=True)
+                        wire = len(compressed)
+                send(shared)
+                shared_count += 1
+        if stats is not None:
+            stats.record_out(plain, size, size)
+            stats.record_out(shared_count, size, wire)
+        return plain + shared_count + own_count
 
     def _resolve_exclude(self, exclude: Exclude) -> set[Socket]:
         items: Iterable[Socket | str] = (
@@ -345,7 +393,16 @@ class SmartSocket:
             return HttpResponse(503, b"server is shutting down\n", headers={"Retry-After": "1"})
         if len(self._sockets) >= self.config.max_connections:
             return HttpResponse(503, b"server full\n", headers={"Retry-After": "5"})
-        return Accept(Socket(self, request), headers)
+        deflate = None
+        if self.config.enable_compression:
+            deflate = compression.negotiate(
+                request.header("Sec-WebSocket-Extensions"),
+                context_takeover=self.config.compression_context_takeover,
+                max_window_bits=self.config.compression_max_window_bits,
+            )
+            if deflate is not None:
+                headers["Sec-WebSocket-Extensions"] = deflate.response_header()
+        return Accept(Socket(self, request), headers, deflate)
 
     def stats(self) -> dict[str, Any]:
         """The figures served at /smartsocket/stats."""
@@ -383,6 +440,8 @@ class SmartSocket:
             max_message_size=cfg.max_message_size,
             handshake_timeout=cfg.handshake_timeout,
             ssl=self._ssl_context(),
+            compression_level=cfg.compression_level,
+            compression_threshold=cfg.compression_threshold,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())

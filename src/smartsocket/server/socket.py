@@ -8,20 +8,20 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from smartsocket.acks import AckTracker
 from smartsocket.errors import AckError, ConnectionClosed
 from smartsocket.handlers import Handler
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
-from smartsocket.transport import HandshakeRequest, ServerConnection, build_frame
+from smartsocket.transport import HandshakeRequest, ServerConnection
 
 if TYPE_CHECKING:
     from smartsocket.server.app import SmartSocket
 
 logger = logging.getLogger("smartsocket.server")
+
+PLAIN, SHARED, OWN = 0, 1, 2  # Socket._zmode
 
 # Names with a local meaning; a client may not send events with these names.
 LOCAL_EVENTS = frozenset({"connect", "disconnect", "error"})
@@ -46,6 +46,7 @@ class Socket:
         "_rooms",
         "_send_frame",
         "_server",
+        "_zmode",
         "close_code",
         "close_reason",
         "connected",
@@ -73,6 +74,9 @@ class Socket:
         self._inbox: list[envelope.Packet] | None = None
         self._ping_value: int | None = None
         self._ping_sent_at = 0.0
+        # How broadcasts reach this socket: PLAIN frames, the SHARED compressed frame, or
+        # compressed by its OWN deflater (context takeover).
+        self._zmode = PLAIN
 
     def __repr__(self) -> str:
         return f"<Socket {self.id} rooms={sorted(self._rooms)}>"
@@ -163,14 +167,18 @@ class Socket:
     def on_open(self, conn: ServerConnection) -> None:
         self._conn = conn
         self._send_frame = conn.send_frame
+        deflater = conn.deflater
+        if deflater is not None:
+            self._zmode = SHARED if deflater.stateless and deflater.window_bits == 15 else OWN
         self.connected = True
         self._server._on_open(self)
 
-    def on_message(self, payload: bytes | memoryview, binary: bool) -> None:
+    def on_message(self, payload: bytes | memoryview, binary: bool, wire_size: int) -> None:
         stats = self._server._stats
         if stats is not None:
             stats.messages_in += 1
             stats.bytes_in += len(payload)
+            stats.bytes_in_wire += wire_size
         try:
             packet = _decode(payload, binary=binary)
         except InvalidUTF8 as exc:
@@ -254,10 +262,13 @@ class Socket:
     # sending
 
     def _send_payload(self, payload: bytes, binary: bool) -> None:
-        self._send_frame(build_frame(payload, binary=binary))
+        conn = self._conn
+        if conn is None or not self.connected:
+            return
+        wire = conn.send_message(payload, binary)
         stats = self._server._stats
         if stats is not None:
-            stats.record_out(1, len(payload), len(payload))
+            stats.record_out(1, len(payload), wire)
 
     def reply(self, ack_id: int, result: Any, *, binary: bool = False) -> None:
         """Send the ack reply for ``ack_id`` (done for you when a handler returns). It goes in
@@ -306,6 +317,3 @@ def _check_event_name(event: str) -> None:
     if event[0] == "$":
         raise ValueError(f"event names starting with '$' are reserved: {event!r}")
 
-
-def validation_message(exc: msgspec.ValidationError) -> str:
-    return str(exc)
