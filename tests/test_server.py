@@ -270,8 +270,9 @@ async def test_invalid_names_are_refused_locally() -> None:
             sockets[0].send("$welcome", 1)
         with pytest.raises(ValueError):
             server.room("r").broadcast("", 1)
-        with pytest.raises(ValueError):
+        with pytest.raises(AckError) as info:  # LimitExceeded: an ack error inside handlers
             sockets[0].join("")
+        assert info.value.code == "invalid_name"
 
 
 async def test_independent_websockets_client_speaks_v1(demo: SmartSocket) -> None:

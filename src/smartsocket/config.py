@@ -57,6 +57,29 @@ class Config:
     ping_timeout: float = _opt(20.0, "seconds to wait for $pong before closing (4002)", min=0.01)
     handshake_timeout: float = _opt(5.0, "seconds to complete the HTTP upgrade", min=0.01)
     shutdown_timeout: float = _opt(10.0, "seconds close() waits for handlers and clients", min=0)
+    # security and limits
+    api_keys: str | None = _opt(None, "comma-separated API keys; clients must present one")
+    auth_timeout: float = _opt(10.0, "seconds an unauthenticated socket may take to $auth",
+                               min=0.01)
+    allowed_origins: str | None = _opt(None, "comma-separated origins allowed to connect "
+                                       "(https://*.example.com); others get HTTP 403")
+    max_connections_per_ip: int = _opt(1000, "connections per client IP (0: no limit); more "
+                                       "are closed with 1013", min=0)
+    max_rooms_per_socket: int = _opt(100, "rooms one socket may be in", min=1)
+    max_name_length: int = _opt(128, "longest event or room name", min=1)
+    max_pending_acks: int = _opt(256, "calls awaiting an ack per socket, each direction", min=1)
+    rate_limit_messages: float = _opt(200.0, "events per second per socket (0: off)", min=0)
+    rate_limit_burst: float = _opt(400.0, "events a socket may send at once", min=1)
+    rate_limit_bytes: int = _opt(4 << 20, "bytes per second per socket (0: off)", min=0)
+    rate_limit_strikes: int = _opt(50, "refused events within 10 s before closing with 4008",
+                                   min=1)
+    room_rate_limit_messages: float = _opt(0.0, "broadcasts per second per room (0: off)",
+                                           min=0)
+    write_buffer_high: int = _opt(64 << 10, "bytes queued for a socket before it counts as "
+                                  "slow", min=1024)
+    max_write_buffer: int = _opt(4 << 20, "bytes queued for a slow socket before it is "
+                                 "dropped (4009)", min=1024)
+    stats_token: str | None = _opt(None, "token required by /smartsocket/stats and /metrics")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -76,6 +99,16 @@ class Config:
                 raise ConfigError(f.name, f"must be <= {high}, got {value!r}")
         if self.enable_encryption and not (self.ssl_certfile and self.ssl_keyfile):
             raise ConfigError("enable_encryption", "needs ssl_certfile and ssl_keyfile")
+        if self.max_write_buffer < self.write_buffer_high:
+            raise ConfigError("max_write_buffer", "must be >= write_buffer_high")
+        if self.api_keys is not None and not any(k.strip() for k in self.api_keys.split(",")):
+            raise ConfigError("api_keys", "holds no key")
+        try:
+            from smartsocket.security import parse_origins
+
+            parse_origins(self.allowed_origins)
+        except ValueError as exc:
+            raise ConfigError("allowed_origins", str(exc)) from None
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated; unknown names raise ConfigError)."""

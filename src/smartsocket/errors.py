@@ -30,10 +30,11 @@ class AckError(SmartSocketError):
     ``raise AckError("not_in_room", "join the room first")``.
     """
 
-    def __init__(self, code: str, message: str = "") -> None:
+    def __init__(self, code: str, message: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds, for rate limits
 
 
 class AckTimeout(AckError, TimeoutError):

@@ -23,9 +23,13 @@ class Stats:
         "compressed_out",
         "compressed_out_payload",
         "compressed_out_wire",
+        "dropped_slow",
         "errors_sent",
         "messages_in",
         "messages_out",
+        "rate_limit_closes",
+        "rate_limited",
+        "rejected_connections",
         "rtt",
         "started",
         "started_wall",
@@ -46,6 +50,10 @@ class Stats:
         self.compressed_out_payload = 0
         self.compressed_out_wire = 0
         self.errors_sent = 0
+        self.rate_limited = 0  # events refused by a rate limit
+        self.rate_limit_closes = 0  # sockets closed with 4008
+        self.dropped_slow = 0  # sockets dropped as slow consumers (4009)
+        self.rejected_connections = 0  # upgrades refused (origin, auth, limits)
         self.rtt: deque[float] = deque(maxlen=1024)  # recent $ping round trips, seconds
 
     def record_out(self, count: int, payload: int, wire: int) -> None:
@@ -95,6 +103,10 @@ class Stats:
                 "bytesOutWire": self.bytes_out_wire,
                 "compressedMessagesOut": self.compressed_out,
                 "errorsSent": self.errors_sent,
+                "rateLimited": self.rate_limited,
+                "rateLimitCloses": self.rate_limit_closes,
+                "droppedSlow": self.dropped_slow,
+                "rejectedConnections": self.rejected_connections,
                 "latencySeconds": latency,
                 "latencySamples": len(self.rtt),
                 "bytesPerSecond": speed,

@@ -306,7 +306,7 @@ class WriteCoalescer:
 class ServerConnection(Connection):
     """Server side: frames are unmasked, so they can be built once and shared by a broadcast."""
 
-    __slots__ = ("_coalescer", "_out", "_raw")
+    __slots__ = ("_coalescer", "_high", "_max_buffer", "_out", "_raw")
 
     def __init__(
         self,
@@ -317,7 +317,11 @@ class ServerConnection(Connection):
         deflate: DeflateParams | None = None,
         compression_level: int = 1,
         compression_threshold: int = 256,
+        write_buffer_high: int = 64 << 10,
+        max_write_buffer: int | None = None,
     ) -> None:
+        self._high = write_buffer_high
+        self._max_buffer = max_write_buffer
         deflater = inflater = None
         if deflate is not None:
             deflater = MessageDeflater(
@@ -332,7 +336,9 @@ class ServerConnection(Connection):
         self._raw: asyncio.Transport | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
-        self._raw = transport.underlying_transport
+        self._raw = raw = transport.underlying_transport
+        # Over the high-water mark the transport calls pause_writing: the socket is slow.
+        raw.set_write_buffer_limits(high=self._high, low=self._high // 4)
         super().on_ws_connected(transport)
 
     def send_frame(self, frame: bytes) -> None:
@@ -352,11 +358,22 @@ class ServerConnection(Connection):
         out = self._out
         if not out or self.closed or self._raw is None:
             return
+        raw = self._raw
         if len(out) == 1:
-            self._raw.write(out[0])
+            raw.write(out[0])
         else:
-            self._raw.writelines(out)  # one writev for the whole batch
+            raw.writelines(out)  # one writev for the whole batch
         out.clear()
+        # A peer that does not read makes our buffer grow: past the hard limit it is dropped,
+        # so one slow reader cannot hold the server's memory (checked only once it is slow).
+        if (
+            self.paused
+            and self._max_buffer is not None
+            and raw.get_write_buffer_size() > self._max_buffer
+        ):
+            logger.info("dropping slow consumer %s", self.remote_address)
+            self.close(CloseCode.SLOW_CONSUMER, "too slow to read")
+            self.abort()
 
     def _drop_buffer(self) -> None:
         self._out.clear()
@@ -447,6 +464,8 @@ async def create_server(
     reuse_port: bool = False,
     compression_level: int = 1,
     compression_threshold: int = 256,
+    write_buffer_high: int = 64 << 10,
+    max_write_buffer: int | None = None,
 ) -> asyncio.Server:
     """Listen on host:port; ``router`` decides what each request gets."""
     coalescer = WriteCoalescer(asyncio.get_running_loop())
@@ -464,7 +483,8 @@ async def create_server(
         listener = ServerConnection(
             outcome.handler, coalescer, max_message_size=max_message_size,
             deflate=outcome.deflate, compression_level=compression_level,
-            compression_threshold=compression_threshold,
+            compression_threshold=compression_threshold, write_buffer_high=write_buffer_high,
+            max_write_buffer=max_write_buffer,
         )
         if outcome.headers:
             response = WSUpgradeResponse.create_101_response(extra_headers=dict(outcome.headers))

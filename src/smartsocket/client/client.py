@@ -321,7 +321,11 @@ class Client:
             return
         if type(packet) is AckReply:
             info = packet.error
-            error = AckError(info.code, info.message) if info is not None else None
+            error = (
+                AckError(info.code, info.message, retry_after=info.retry_after)
+                if info is not None
+                else None
+            )
             if not self._acks.resolve(packet.ack_id, packet.result, error):
                 logger.debug("late or unknown ack %d", packet.ack_id)
             return

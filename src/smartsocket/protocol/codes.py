@@ -24,6 +24,7 @@ class CloseCode(IntEnum):
     UNAUTHORIZED = 4001  # authentication failed: do not reconnect
     HEARTBEAT_TIMEOUT = 4002  # no $pong in time: reconnect
     RATE_LIMITED = 4008  # sustained abuse: reconnect with backoff
+    SLOW_CONSUMER = 4009  # read too slowly, its send buffer overflowed: reconnect
 
 
 # RFC 6455 7.4: codes a peer may put in a close frame. 1004-1006 and 1015 are reserved for
@@ -51,3 +52,8 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"  # the handler raised an unexpected exception
     TIMEOUT = "timeout"  # an ack did not arrive in time (local only, never sent)
     DISCONNECTED = "disconnected"  # the connection closed before the ack arrived (local only)
+    UNAUTHORIZED = "unauthorized"  # the socket must $auth before anything else
+    INVALID_NAME = "invalid_name"  # event or room name too long or with control characters
+    RATE_LIMITED = "rate_limited"  # too many events or bytes; see retryAfter
+    ROOM_LIMIT = "room_limit"  # the socket is in max_rooms_per_socket rooms already
+    TOO_MANY_PENDING = "too_many_pending"  # max_pending_acks calls are already waiting

@@ -52,6 +52,7 @@ class Event(msgspec.Struct, frozen=True, gc=False):
 class AckErrorInfo(msgspec.Struct, frozen=True, gc=False):
     code: str
     message: str
+    retry_after: float | None = None
 
 
 class AckReply(msgspec.Struct, frozen=True, gc=False):
@@ -120,8 +121,9 @@ def _parse_error(value: Any) -> AckErrorInfo:
     if type(value) is dict:
         code = value.get("code")
         message = value.get("message", "")
+        retry = value.get("retryAfter")
         if type(code) is str and type(message) is str:
-            return AckErrorInfo(code, message)
+            return AckErrorInfo(code, message, retry if type(retry) in (int, float) else None)
     raise EnvelopeError(ErrorCode.BAD_MESSAGE, 'ack error must be {"code": str, "message": str}')
 
 
@@ -167,8 +169,14 @@ def encode_ack(ack_id: int, result: Any, *, binary: bool = False) -> bytes:
     return _msgpack_encode((ack_id, result)) if binary else _json_encode((ack_id, result))
 
 
-def encode_ack_error(ack_id: int, code: str, message: str, *, binary: bool = False) -> bytes:
-    packet = (ack_id, None, {"code": code, "message": message})
+def encode_ack_error(
+    ack_id: int, code: str, message: str, *, binary: bool = False,
+    retry_after: float | None = None,
+) -> bytes:
+    info: dict[str, Any] = {"code": code, "message": message}
+    if retry_after is not None:
+        info["retryAfter"] = retry_after
+    packet = (ack_id, None, info)
     return _msgpack_encode(packet) if binary else _json_encode(packet)
 
 

@@ -22,7 +22,9 @@ from smartsocket.metrics import Stats
 from smartsocket.protocol import SUBPROTOCOL, envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import Event
+from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
 from smartsocket.server import http
+from smartsocket.server.admission import Admission
 from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
 from smartsocket.server.socket import OWN, PLAIN, Socket
 from smartsocket.transport import (
@@ -59,19 +61,45 @@ class SmartSocket:
             options["port"] = port
         if host is not None:
             options["host"] = host
-        self.config = (config or Config()).replace(**options)
+        self._config = (config or Config()).replace(**options)
         self._registry = RoomRegistry()
+        self._open: dict[Socket, None] = {}  # every open connection, admitted or not
+        self._limit_overrides: dict[str, RateLimit] = {}
+        self._admission = Admission(self)
+        self._default_limit: RateLimit | None = None
+        self._room_limits: dict[str, TokenBucket] = {}
         self._sockets: dict[str, Socket] = {}
         self._handlers: dict[str, list[Handler]] = {}
         self._connection_handlers: list[Handler] = []
         self._message_hooks: list[Callable[[Socket, str, Any], Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._stats: Stats | None = Stats() if self.config.enable_metrics else None
+        self._stats: Stats | None = None
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed: asyncio.Event | None = None
         self._port: int | None = None
+        self.config = self._config
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """Replace the configuration (before ``start()``): what derives from it is rebuilt."""
+        if self._server is not None:
+            raise RuntimeError("cannot reconfigure a running server")
+        hook = self._admission._hook
+        self._config = config
+        self._admission = Admission(self)
+        self._admission._hook = hook
+        self._stats = Stats() if config.enable_metrics else None
+        self._default_limit = None
+        if config.rate_limit_messages or config.rate_limit_bytes:
+            self._default_limit = RateLimit(
+                config.rate_limit_messages, config.rate_limit_burst, config.rate_limit_bytes
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> SmartSocket:
@@ -96,6 +124,26 @@ class SmartSocket:
             return fn
 
         return register(handler) if handler is not None else register
+
+    def authenticate(self, hook: Callable[..., Any]) -> Callable[..., Any]:
+        """Authenticate connections: ``hook(request: AuthRequest)`` (sync or async) returns the
+        identity (stored as ``socket.identity`` and ``socket.data["identity"]``), or None /
+        raises AuthError to refuse. It runs at the upgrade (refusal: HTTP 401; async hooks run
+        just after it, refusal: close 4001) and again for a ``$auth`` message. A decorator."""
+        self._admission.set_hook(hook)
+        return hook
+
+    def rate_limit(
+        self, event: str, messages: float | None, *, burst: float | None = None,
+        bytes: float | None = None,
+    ) -> None:
+        """Per-socket rate limit for one event, instead of the default one (None: no limit)."""
+        self._limit_overrides[event] = RateLimit(messages, burst, bytes)
+
+    def _new_limiter(self) -> Limiter | None:
+        if self._default_limit is None and not self._limit_overrides:
+            return None
+        return Limiter(self._default_limit, self._limit_overrides)
 
     def on_message(self, hook: Callable[[Socket, str, Any], Any]) -> Callable[..., Any]:
         """Call ``hook(socket, event, data)`` for every inbound event (e.g. custom metrics)."""
@@ -207,6 +255,21 @@ class SmartSocket:
             stats.record_out(shared_count, size, wire)
         return plain + shared_count + own_count
 
+    def _check_room_rate(self, name: str) -> None:
+        """Per-room broadcast rate (room_rate_limit_messages): raise LimitExceeded when over."""
+        bucket = self._room_limits.get(name)
+        if bucket is None:
+            rate = self.config.room_rate_limit_messages
+            bucket = self._room_limits[name] = TokenBucket(rate, 2 * rate)
+        wait = bucket.take(time.monotonic())
+        if wait:
+            if self._stats is not None:
+                self._stats.rate_limited += 1
+            raise LimitExceeded(
+                ErrorCode.RATE_LIMITED, f"room {name!r} is over its broadcast rate",
+                retry_after=round(wait, 3),
+            )
+
     def _resolve_exclude(self, exclude: Exclude) -> set[Socket]:
         items: Iterable[Socket | str] = (
             (exclude,) if isinstance(exclude, Socket | str) else exclude or ()
@@ -249,6 +312,14 @@ class SmartSocket:
         self, socket: Socket, handler: Handler, with_socket: bool, packet: Event, answer: bool
     ) -> None:
         ack_id = packet.ack_id if answer else None
+        if handler.is_async and ack_id is not None:
+            if socket._running >= self.config.max_pending_acks:
+                socket.reject(
+                    ErrorCode.TOO_MANY_PENDING, "too many calls in progress", ack_id=ack_id,
+                    binary=packet.binary,
+                )
+                return
+            socket._running += 1
         try:
             data = packet.data if handler.data_type is None else handler.convert(packet.data)
             args = (socket, data) if with_socket else (data,)
@@ -258,9 +329,13 @@ class SmartSocket:
                 ErrorCode.INVALID_PAYLOAD, str(exc), event=packet.name, ack_id=ack_id,
                 binary=packet.binary,
             )
+            if handler.is_async and ack_id is not None:
+                socket._running -= 1
             return
         except Exception as exc:
             self._handler_failed(socket, handler, packet, ack_id, exc)
+            if handler.is_async and ack_id is not None:
+                socket._running -= 1
             return
         if handler.is_async or asyncio.iscoroutine(result):
             self._spawn(self._finish(socket, handler, packet, ack_id, result))
@@ -275,6 +350,9 @@ class SmartSocket:
         except Exception as exc:
             self._handler_failed(socket, handler, packet, ack_id, exc)
             return
+        finally:
+            if handler.is_async and ack_id is not None:
+                socket._running -= 1
         if ack_id is not None:
             socket.reply(ack_id, result, binary=packet.binary)
 
@@ -284,7 +362,10 @@ class SmartSocket:
     ) -> None:
         event, binary = packet.name, packet.binary
         if isinstance(exc, AckError):  # the application's own refusal: no stack trace
-            socket.reject(exc.code, exc.message, event=event, ack_id=ack_id, binary=binary)
+            socket.reject(
+                exc.code, exc.message, event=event, ack_id=ack_id, binary=binary,
+                retry_after=exc.retry_after,
+            )
             return
         logger.error("handler %s for %r failed", handler.name, event, exc_info=exc)
         socket.reject(
@@ -316,6 +397,15 @@ class SmartSocket:
     # connection lifecycle (called by Socket)
 
     def _on_open(self, socket: Socket) -> None:
+        self._open[socket] = None
+        if self._admission.open(socket) and socket.authenticated:
+            self._admit(socket)
+
+    def _auth_message(self, socket: Socket, packet: Event) -> None:
+        self._admission.auth_message(socket, packet)
+
+    def _admit(self, socket: Socket) -> None:
+        """The socket is authenticated: welcome it and hand it to the application."""
         self._sockets[socket.id] = socket
         if self._stats is not None:
             self._stats.total_connections += 1
@@ -364,7 +454,12 @@ class SmartSocket:
         )
 
     def _on_close(self, socket: Socket, code: int, reason: str) -> None:
-        self._sockets.pop(socket.id, None)
+        self._open.pop(socket, None)
+        self._admission.close(socket)
+        if self._stats is not None and code == CloseCode.SLOW_CONSUMER:
+            self._stats.dropped_slow += 1
+        if self._sockets.pop(socket.id, None) is None:
+            return  # never admitted: the application never saw it
         logger.debug("disconnected %s: %d %s", socket.id, code, reason)
         self._emit_local(socket, "disconnect", reason or str(code))
 
@@ -391,8 +486,12 @@ class SmartSocket:
             headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
         if self._closing:
             return HttpResponse(503, b"server is shutting down\n", headers={"Retry-After": "1"})
-        if len(self._sockets) >= self.config.max_connections:
-            return HttpResponse(503, b"server full\n", headers={"Retry-After": "5"})
+        if len(self._open) >= self.config.max_connections:
+            return self._refuse(HttpResponse(503, b"server full\n", headers={"Retry-After": "5"}))
+        admitted = self._admission.check_upgrade(request)
+        if isinstance(admitted, HttpResponse):
+            return self._refuse(admitted)
+        authenticated, identity = admitted
         deflate = None
         if self.config.enable_compression:
             deflate = compression.negotiate(
@@ -402,7 +501,13 @@ class SmartSocket:
             )
             if deflate is not None:
                 headers["Sec-WebSocket-Extensions"] = deflate.response_header()
-        return Accept(Socket(self, request), headers, deflate)
+        socket = Socket(self, request, authenticated=authenticated, identity=identity)
+        return Accept(socket, headers, deflate)
+
+    def _refuse(self, response: HttpResponse) -> HttpResponse:
+        if self._stats is not None:
+            self._stats.rejected_connections += 1
+        return response
 
     def stats(self) -> dict[str, Any]:
         """The figures served at /smartsocket/stats."""
@@ -442,6 +547,8 @@ class SmartSocket:
             ssl=self._ssl_context(),
             compression_level=cfg.compression_level,
             compression_threshold=cfg.compression_threshold,
+            write_buffer_high=cfg.write_buffer_high,
+            max_write_buffer=cfg.max_write_buffer,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
@@ -486,12 +593,12 @@ class SmartSocket:
             self._heartbeat_task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
-        for socket in list(self._sockets.values()):
+        for socket in list(self._open):
             socket._fail(CloseCode.GOING_AWAY, "server shutting down")
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
-        while self._sockets and time.monotonic() < wait_until:
+        while self._open and time.monotonic() < wait_until:
             await asyncio.sleep(0.01)
-        for socket in list(self._sockets.values()):
+        for socket in list(self._open):
             if socket._conn is not None:
                 socket._conn.abort()
         for task in list(self._tasks):
@@ -530,6 +637,8 @@ class SmartSocket:
             # A socket with a $ping still unanswered is not pinged again: the check scheduled
             # for that ping decides its fate.
             pinged = [s for s in self._sockets.values() if s._ping_value is None]
+            for name in [n for n in self._room_limits if n not in self._registry]:
+                del self._room_limits[name]  # the room emptied: forget its bucket
             for socket in pinged:
                 socket._ping(value, now)
             loop.call_later(timeout, self._check_pongs, pinged, value)

@@ -6,6 +6,7 @@ Files in the package's ``static/`` folder are served at ``/smartsocket/<name>``;
 
 from __future__ import annotations
 
+import hmac
 import mimetypes
 from collections.abc import Callable
 from functools import cache
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from smartsocket._version import __version__
+from smartsocket.security import bearer_token
 from smartsocket.transport import HandshakeRequest, HttpResponse
 
 if TYPE_CHECKING:
@@ -24,7 +26,18 @@ _JSON = "application/json"
 Route = Callable[["SmartSocket", HandshakeRequest], HttpResponse]
 
 
+def authorized(server: SmartSocket, request: HandshakeRequest) -> bool:
+    """Whether the request carries ``stats_token`` (when one is configured)."""
+    expected = server.config.stats_token
+    if not expected:
+        return True
+    token = bearer_token(request.headers, request.query) or ""
+    return hmac.compare_digest(token.encode(), expected.encode())
+
+
 def _stats(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
+    if not authorized(server, request):
+        return HttpResponse(401, b"stats token required\n", headers={"WWW-Authenticate": "Bearer"})
     return HttpResponse(200, msgspec.json.encode(server.stats()), _JSON)
 
 

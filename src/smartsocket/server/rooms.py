@@ -84,9 +84,13 @@ class Room:
         """Send ``event`` to every member except ``exclude`` (sockets or socket ids).
 
         The message is encoded and framed once for all members. Returns the deliveries made.
+        With ``room_rate_limit_messages`` set, raises LimitExceeded (``rate_limited``) when the
+        room is over its rate; in a handler that becomes the sender's ack error.
         """
-        members = self._server._registry.members(self.name)
-        return self._server._fanout(members, event, data, exclude, binary)
+        server = self._server
+        if server.config.room_rate_limit_messages:
+            server._check_room_rate(self.name)
+        return server._fanout(server._registry.members(self.name), event, data, exclude, binary)
 
     emit = broadcast
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -14,6 +15,7 @@ from smartsocket.handlers import Handler
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
+from smartsocket.security import LimitExceeded, TokenBucket, check_name
 from smartsocket.transport import HandshakeRequest, ServerConnection
 
 if TYPE_CHECKING:
@@ -38,25 +40,34 @@ class Socket:
     __slots__ = (
         "__weakref__",
         "_acks",
+        "_auth_timer",
         "_conn",
         "_handlers",
         "_inbox",
+        "_limiter",
         "_ping_sent_at",
         "_ping_value",
         "_rooms",
+        "_running",
         "_send_frame",
         "_server",
+        "_strikes",
         "_zmode",
+        "authenticated",
         "close_code",
         "close_reason",
         "connected",
         "data",
         "id",
+        "identity",
         "request",
         "token",
     )
 
-    def __init__(self, server: SmartSocket, request: HandshakeRequest) -> None:
+    def __init__(
+        self, server: SmartSocket, request: HandshakeRequest, *, authenticated: bool = True,
+        identity: Any = None,
+    ) -> None:
         self._server = server
         self.request = request
         self.id = secrets.token_urlsafe(12)
@@ -77,6 +88,16 @@ class Socket:
         # How broadcasts reach this socket: PLAIN frames, the SHARED compressed frame, or
         # compressed by its OWN deflater (context takeover).
         self._zmode = PLAIN
+        # Until authenticated a socket may only send $auth and $ping (server/app.py).
+        self.authenticated = authenticated
+        self.identity = identity
+        if identity is not None:
+            self.data["identity"] = identity
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._limiter = server._new_limiter()
+        cfg = server.config
+        self._strikes = TokenBucket(cfg.rate_limit_strikes / 10, cfg.rate_limit_strikes)
+        self._running = 0  # async handlers that owe this socket an ack
 
     def __repr__(self) -> str:
         return f"<Socket {self.id} rooms={sorted(self._rooms)}>"
@@ -138,6 +159,10 @@ class Socket:
         _check_event_name(event)
         if not self.connected:
             raise ConnectionClosed(self.close_code, self.close_reason)
+        if len(self._acks) >= self._server.config.max_pending_acks:
+            raise LimitExceeded(
+                ErrorCode.TOO_MANY_PENDING, "max_pending_acks calls already wait for this socket"
+            )
         if timeout is None:
             timeout = self._server.config.message_timeout
         if binary is None:
@@ -147,10 +172,22 @@ class Socket:
         return await future
 
     def join(self, room: str) -> None:
-        """Join ``room`` (no-op if already a member)."""
-        if type(room) is not str or not room:
-            raise ValueError("room name must be a non-empty string")
-        if self.connected and self._server._registry.add(room, self, self._send_frame):
+        """Join ``room`` (no-op if already a member).
+
+        Raises LimitExceeded (an AckError: in a handler it becomes the ack error) with code
+        ``invalid_name`` or ``room_limit``.
+        """
+        cfg = self._server.config
+        problem = check_name("room", room, cfg.max_name_length)
+        if problem is not None:
+            raise LimitExceeded(ErrorCode.INVALID_NAME, problem)
+        if room in self._rooms or not self.connected:
+            return
+        if len(self._rooms) >= cfg.max_rooms_per_socket:
+            raise LimitExceeded(
+                ErrorCode.ROOM_LIMIT, f"a socket may be in {cfg.max_rooms_per_socket} rooms"
+            )
+        if self._server._registry.add(room, self, self._send_frame):
             self._rooms.add(room)
 
     def leave(self, room: str) -> None:
@@ -187,6 +224,14 @@ class Socket:
         except EnvelopeError as exc:
             self.reject(exc.code, exc.message, ack_id=exc.ack_id)
             return
+        if type(packet) is Event:
+            limiter = self._limiter
+            if limiter is not None:
+                now = time.monotonic()
+                wait = limiter.check(packet.name, len(payload), now)
+                if wait:
+                    self._rate_limited(packet, wait, now)
+                    return
         if self._inbox is not None:
             self._inbox.append(packet)
         else:
@@ -211,6 +256,16 @@ class Socket:
             name = packet.name
             if name[0] == "$":
                 self._system_event(packet)
+            elif not self.authenticated:
+                self.reject(
+                    ErrorCode.UNAUTHORIZED, "authenticate with $auth first",
+                    event=name, ack_id=packet.ack_id, binary=packet.binary,
+                )
+            elif len(name) > self._server.config.max_name_length or not name.isprintable():
+                self.reject(
+                    ErrorCode.INVALID_NAME, "event name too long or not printable",
+                    ack_id=packet.ack_id, binary=packet.binary,
+                )
             elif name in LOCAL_EVENTS:
                 self.reject(
                     ErrorCode.RESERVED_EVENT, f"{name!r} is a local event name",
@@ -221,7 +276,11 @@ class Socket:
         else:
             assert type(packet) is AckReply
             info = packet.error
-            error = AckError(info.code, info.message) if info is not None else None
+            error = (
+                AckError(info.code, info.message, retry_after=info.retry_after)
+                if info is not None
+                else None
+            )
             if not self._acks.resolve(packet.ack_id, packet.result, error):
                 self.reject(
                     ErrorCode.UNKNOWN_ACK, f"no pending call with id {packet.ack_id}",
@@ -239,6 +298,8 @@ class Socket:
         elif name == "$ping":  # the client measures its own round trip
             binary = packet.binary
             self._send_payload(_encode_event("$pong", packet.data, binary=binary), binary)
+        elif name == "$auth":
+            self._server._auth_message(self, packet)
         else:
             self.reject(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
@@ -282,7 +343,9 @@ class Socket:
     ) -> None:
         """Refuse something the client sent: an ack error if it waits for an ack, else $error."""
         if ack_id is not None:
-            payload = envelope.encode_ack_error(ack_id, code, message, binary=binary)
+            payload = envelope.encode_ack_error(
+                ack_id, code, message, binary=binary, retry_after=retry_after
+            )
         else:
             payload = envelope.encode_error(code, message, event=event, retry_after=retry_after)
             binary = False
@@ -290,6 +353,19 @@ class Socket:
         if stats is not None:
             stats.errors_sent += 1
         self._send_payload(payload, binary)
+
+    def _rate_limited(self, packet: Event, wait: float, now: float) -> None:
+        stats = self._server._stats
+        if stats is not None:
+            stats.rate_limited += 1
+        self.reject(
+            ErrorCode.RATE_LIMITED, "too many events; slow down", event=packet.name,
+            ack_id=packet.ack_id, retry_after=round(wait, 3), binary=packet.binary,
+        )
+        if self._strikes.take(now):  # refused too often: abuse, not a burst
+            if stats is not None:
+                stats.rate_limit_closes += 1
+            self._fail(CloseCode.RATE_LIMITED, "rate limit abuse")
 
     def _fail(self, code: int, reason: str) -> None:
         logger.info("closing %s: %s (%d)", self.id, reason, code)

@@ -1,0 +1,217 @@
+"""Building blocks of the server's defences, free of I/O: token buckets, origin matching,
+API keys and name rules. The server wires them in (``server/app.py``, ``server/socket.py``)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlsplit
+
+from smartsocket.errors import AckError
+
+
+class LimitExceeded(AckError):
+    """A limit refused something; handlers that let it propagate answer with this ack error.
+
+    ``retry_after`` (seconds) is set for rate limits.
+    """
+
+
+class AuthError(Exception):
+    """Raise from an ``authenticate`` hook to refuse a connection (its message is logged,
+    never sent)."""
+
+
+class TokenBucket:
+    """``rate`` tokens per second, holding at most ``burst``. Starts full.
+
+    ``take(n)`` returns 0.0 when the tokens were taken, else the seconds until they would be
+    there (nothing is taken then). Time comes from the caller so a message costs one clock read.
+    """
+
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be > 0")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+
+    def take(self, now: float, amount: float = 1.0) -> float:
+        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if tokens >= amount:
+            self._tokens = tokens - amount
+            return 0.0
+        self._tokens = tokens
+        if amount > self.burst:  # can never fit: wait as if for a full bucket
+            return (self.burst - tokens) / self.rate + (amount - self.burst) / self.rate
+        return (amount - tokens) / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Events per second and/or bytes per second, with bursts (default: twice the rate).
+    A rate of None or 0 is no limit."""
+
+    messages: float | None
+    burst: float | None = None
+    bytes: float | None = None
+    bytes_burst: float | None = None
+
+    def buckets(self) -> tuple[TokenBucket | None, TokenBucket | None]:
+        count = size = None
+        if self.messages:
+            count = TokenBucket(self.messages, self.burst or 2 * self.messages)
+        if self.bytes:
+            size = TokenBucket(self.bytes, self.bytes_burst or 2 * self.bytes)
+        return count, size
+
+
+class Limiter:
+    """The buckets of one subject (a socket or a room): one for all events, one per event with
+    an override. ``check`` answers how long to wait (0.0: go ahead)."""
+
+    __slots__ = ("_buckets", "_default", "_overrides")
+
+    def __init__(self, default: RateLimit | None, overrides: Mapping[str, RateLimit]) -> None:
+        self._default = default.buckets() if default is not None else None
+        self._overrides = overrides
+        self._buckets: dict[str, tuple[TokenBucket | None, TokenBucket | None]] = {}
+
+    def check(self, event: str, size: int, now: float) -> float:
+        limit = self._overrides.get(event)
+        if limit is not None:
+            buckets = self._buckets.get(event)
+            if buckets is None:
+                buckets = self._buckets[event] = limit.buckets()
+        elif self._default is not None:
+            buckets = self._default
+        else:
+            return 0.0
+        count, volume = buckets
+        wait = count.take(now) if count is not None else 0.0
+        if wait or volume is None:
+            return wait
+        wait = volume.take(now, size)
+        if wait and count is not None:
+            count._tokens += 1  # give the message token back: the message is refused
+        return wait
+
+
+# --- origins -----------------------------------------------------------------------------------
+
+
+def parse_origins(spec: str | None) -> tuple[re.Pattern[str], ...] | None:
+    """``allowed_origins`` ("https://app.example.com, https://*.example.com") as patterns;
+    None means every origin is allowed."""
+    if spec is None or not spec.strip():
+        return None
+    patterns = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if item == "*":
+            return None
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ValueError(f"not an origin (scheme://host[:port]): {item!r}")
+        escaped = re.escape(f"{parts.scheme}://{parts.netloc}".lower())
+        patterns.append(re.compile(escaped.replace(r"\*", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*") + r"\Z"))
+    return tuple(patterns)
+
+
+def origin_allowed(origin: str | None, patterns: Iterable[re.Pattern[str]] | None) -> bool:
+    """Browsers always send Origin on WebSocket upgrades; clients that send none (servers,
+    CLI tools) cannot be hijacked through a victim's cookies and are let through."""
+    if patterns is None or origin is None:
+        return True
+    origin = origin.strip().lower().rstrip("/")
+    return any(p.match(origin) for p in patterns)
+
+
+# --- API keys ----------------------------------------------------------------------------------
+
+
+class ApiKeys:
+    """A set of API keys, compared in constant time."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, spec: str) -> None:
+        self._keys = [k.strip().encode() for k in spec.split(",") if k.strip()]
+        if not self._keys:
+            raise ValueError("api_keys holds no key")
+
+    def identify(self, token: str | None) -> str | None:
+        """A non-secret name for the key (``key:<sha256 prefix>``), or None if it is unknown."""
+        if token is None:
+            return None
+        candidate = token.encode()
+        found = None
+        for key in self._keys:  # no early exit: the time does not depend on which key matched
+            if hmac.compare_digest(key, candidate):
+                found = key
+        if found is None:
+            return None
+        return "key:" + hashlib.sha256(found).hexdigest()[:12]
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """What an ``authenticate`` hook sees. ``token`` is the bearer token from the
+    ``Authorization`` header, the ``token`` query parameter or the ``$auth`` message, in that
+    order; ``auth`` is the ``$auth`` message's data (None at upgrade time)."""
+
+    path: str
+    headers: Mapping[str, str]
+    query: Mapping[str, list[str]]
+    remote_address: tuple[Any, ...] | None
+    token: str | None = None
+    auth: Any = None
+    cookies: Mapping[str, str] = field(default_factory=dict)
+
+
+def bearer_token(headers: Mapping[str, str], query: Mapping[str, list[str]]) -> str | None:
+    value = headers.get("Authorization", "")
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    tokens = query.get("token")
+    return tokens[0] if tokens else None
+
+
+def parse_cookies(headers: Mapping[str, str]) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(headers.get("Cookie", ""))
+    except Exception:  # a malformed Cookie header is no credential, not an error
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+# --- names -------------------------------------------------------------------------------------
+
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(kind: str, name: object, max_length: int) -> str | None:
+    """Why ``name`` is not a valid event or room name, or None when it is."""
+    if type(name) is not str or not name:
+        return f"{kind} name must be a non-empty string"
+    if len(name) > max_length:
+        return f"{kind} name longer than {max_length} characters"
+    if _FORBIDDEN.search(name):
+        return f"{kind} name has control characters"
+    return None

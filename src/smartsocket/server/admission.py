@@ -1,0 +1,210 @@
+"""Who may connect, and when a connection becomes a socket the application sees.
+
+Checks at the upgrade (origin, authentication when credentials are already there) answer
+with an HTTP error before any WebSocket exists. After the upgrade: the per-IP limit, async
+authentication hooks and the ``$auth`` message. A socket is *admitted* (gets ``$welcome`` and
+reaches ``on_connection``) only once authenticated; until then it may send only ``$auth`` and
+``$ping``, for at most ``auth_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from smartsocket.handlers import Handler
+from smartsocket.protocol.codes import CloseCode, ErrorCode
+from smartsocket.protocol.envelope import Event
+from smartsocket.security import (
+    ApiKeys,
+    AuthError,
+    AuthRequest,
+    bearer_token,
+    origin_allowed,
+    parse_cookies,
+    parse_origins,
+)
+from smartsocket.transport import HandshakeRequest, HttpResponse
+
+if TYPE_CHECKING:
+    from smartsocket.server.app import SmartSocket
+    from smartsocket.server.socket import Socket
+
+logger = logging.getLogger("smartsocket.security")
+
+_UNAUTHORIZED = HttpResponse(401, b"unauthorized\n", headers={"WWW-Authenticate": "Bearer"})
+
+
+class Admission:
+    """Origin, authentication and per-IP policy of one server."""
+
+    def __init__(self, server: SmartSocket) -> None:
+        cfg = server.config
+        self._server = server
+        self._origins = parse_origins(cfg.allowed_origins)
+        self._api_keys = ApiKeys(cfg.api_keys) if cfg.api_keys else None
+        self._hook: Handler | None = None
+        self._per_ip: dict[Any, int] = {}
+
+    @property
+    def required(self) -> bool:
+        return self._hook is not None or self._api_keys is not None
+
+    def set_hook(self, fn: Callable[..., Any]) -> None:
+        self._hook = Handler(fn, max_args=1)
+
+    # at the upgrade
+
+    def check_upgrade(self, request: HandshakeRequest) -> HttpResponse | tuple[bool, Any]:
+        """An HTTP refusal, or (authenticated, identity) for the new socket."""
+        if not origin_allowed(request.headers.get("Origin"), self._origins):
+            logger.info("refused origin %r", request.headers.get("Origin"))
+            return HttpResponse(403, b"origin not allowed\n")
+        if not self.required:
+            return True, None
+        hook = self._hook
+        if hook is not None and hook.is_async:
+            return False, None  # runs once the socket is open (see open())
+        auth = self._auth_request(request, None)
+        try:
+            identity = self._call_sync(auth)
+        except AuthError as exc:
+            logger.info("authentication refused: %s", exc)
+            return _UNAUTHORIZED
+        if identity is None and auth.token is not None:
+            return _UNAUTHORIZED  # wrong credentials: no second chance through $auth
+        return identity is not None, identity
+
+    # after the upgrade
+
+    def open(self, socket: Socket) -> bool:
+        """A new connection; False if it was refused (and is being closed)."""
+        limit = self._server.config.max_connections_per_ip
+        ip = _ip(socket.remote_address)
+        count = self._per_ip.get(ip, 0) + 1
+        self._per_ip[ip] = count
+        if limit and count > limit:
+            logger.info("too many connections from %s", ip)
+            socket._fail(CloseCode.TRY_AGAIN_LATER, "too many connections from your address")
+            return False
+        if socket.authenticated:
+            return True
+        loop = asyncio.get_running_loop()
+        socket._auth_timer = loop.call_later(
+            self._server.config.auth_timeout, self._auth_timed_out, socket
+        )
+        hook = self._hook
+        if hook is not None and hook.is_async:
+            auth = self._auth_request(socket.request, socket.remote_address)
+            self._server._spawn(self._authenticate_async(socket, auth, upgrade=True))
+        return True
+
+    def close(self, socket: Socket) -> None:
+        ip = _ip(socket.remote_address)
+        count = self._per_ip.get(ip, 0) - 1
+        if count > 0:
+            self._per_ip[ip] = count
+        else:
+            self._per_ip.pop(ip, None)
+        if socket._auth_timer is not None:
+            socket._auth_timer.cancel()
+            socket._auth_timer = None
+
+    def auth_message(self, socket: Socket, packet: Event) -> None:
+        """``["$auth", {"token": ...} | anything]`` from a socket."""
+        if socket.authenticated:
+            socket.reject(
+                ErrorCode.BAD_MESSAGE, "already authenticated", event="$auth",
+                ack_id=packet.ack_id, binary=packet.binary,
+            )
+            return
+        if not self.required:  # nothing to check: cannot happen, sockets start authenticated
+            return
+        data = packet.data
+        token = data.get("token") if type(data) is dict else None
+        auth = self._auth_request(socket.request, socket.remote_address, auth=data)
+        if type(token) is str:
+            auth = _with_token(auth, token)
+        hook = self._hook
+        if hook is not None and hook.is_async:
+            self._server._spawn(self._authenticate_async(socket, auth, upgrade=False))
+            return
+        try:
+            identity = self._call_sync(auth)
+        except AuthError as exc:
+            logger.info("authentication refused: %s", exc)
+            identity = None
+        self._settle(socket, identity, final=True)
+
+    async def _authenticate_async(
+        self, socket: Socket, auth: AuthRequest, *, upgrade: bool
+    ) -> None:
+        assert self._hook is not None
+        try:
+            identity = await self._hook.fn(auth)
+        except AuthError as exc:
+            logger.info("authentication refused: %s", exc)
+            identity = None
+        except Exception:
+            logger.exception("authenticate hook failed")
+            identity = None
+        # At the upgrade, no identity and no credentials yet: wait for $auth.
+        self._settle(socket, identity, final=not upgrade or auth.token is not None)
+
+    def _settle(self, socket: Socket, identity: Any, *, final: bool) -> None:
+        if not socket.connected or socket.authenticated:
+            return
+        if identity is None:
+            if final:
+                self._refuse(socket)
+            return
+        socket.authenticated = True
+        socket.identity = identity
+        socket.data["identity"] = identity
+        if socket._auth_timer is not None:
+            socket._auth_timer.cancel()
+            socket._auth_timer = None
+        self._server._admit(socket)
+
+    def _refuse(self, socket: Socket) -> None:
+        stats = self._server._stats
+        if stats is not None:
+            stats.rejected_connections += 1
+        socket._fail(CloseCode.UNAUTHORIZED, "unauthorized")
+
+    def _auth_timed_out(self, socket: Socket) -> None:
+        socket._auth_timer = None
+        if socket.connected and not socket.authenticated:
+            self._refuse(socket)
+
+    def _call_sync(self, auth: AuthRequest) -> Any:
+        if self._hook is not None:
+            return self._hook.fn(auth)
+        assert self._api_keys is not None
+        return self._api_keys.identify(auth.token)
+
+    @staticmethod
+    def _auth_request(
+        request: HandshakeRequest, remote: tuple[Any, ...] | None, auth: Any = None
+    ) -> AuthRequest:
+        return AuthRequest(
+            path=request.path,
+            headers=request.headers,
+            query=request.query,
+            remote_address=remote,
+            token=bearer_token(request.headers, request.query),
+            auth=auth,
+            cookies=parse_cookies(request.headers),
+        )
+
+
+def _with_token(auth: AuthRequest, token: str) -> AuthRequest:
+    from dataclasses import replace
+
+    return replace(auth, token=token)
+
+
+def _ip(address: tuple[Any, ...] | None) -> Any:
+    return address[0] if address else None
