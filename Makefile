@@ -10,3 +10,7 @@ serve:
 
 lint:
 	.venv/bin/ruff check src tests bench && .venv/bin/mypy
+
+# The benchmark suite (see bench/RESULTS.md); `make bench ARGS="ack --quick"` for a subset.
+bench:
+	.venv/bin/python -m bench run $(or $(ARGS),all)

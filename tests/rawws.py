@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -146,6 +147,17 @@ class RawClient:
         loop = asyncio.get_running_loop()
         transport, buffer = await loop.create_connection(_Buffer, host, port)
         return cls(transport, buffer)
+
+    @classmethod
+    async def open_socket(cls, sock: socket.socket) -> RawClient:
+        """Wrap an already connected socket (e.g. one with a tiny receive buffer)."""
+        loop = asyncio.get_running_loop()
+        transport, buffer = await loop.create_connection(_Buffer, sock=sock)
+        return cls(transport, buffer)
+
+    def pause_reading(self) -> None:
+        """Stop reading: the peer's data piles up in the kernel, then in the server."""
+        self._transport.pause_reading()
 
     # HTTP
 

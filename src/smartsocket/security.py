@@ -46,8 +46,10 @@ class TokenBucket:
         self._stamp = time.monotonic()
 
     def take(self, now: float, amount: float = 1.0) -> float:
-        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
+        tokens = self._tokens
+        if now > self._stamp:  # a caller's clock read may predate the bucket's creation
+            tokens = min(self.burst, tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
         if tokens >= amount:
             self._tokens = tokens - amount
             return 0.0

@@ -123,12 +123,13 @@ class Connection(picows.WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         op = frame.msg_type
-        # Fast path: a whole, uncompressed message in one frame.
+        # Fast path: a whole, uncompressed message in one frame, on an open connection.
         if (
             (op is _TEXT or op is _BINARY)
             and frame.fin
             and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
             and not self._assembler.in_message
+            and not self.closed
         ):
             if self._max_size is not None and frame.payload_size > self._max_size:
                 self._protocol_error(CloseCode.MESSAGE_TOO_BIG, "message too big")
@@ -137,6 +138,8 @@ class Connection(picows.WSListener):
                 frame.get_payload_as_memoryview(), op is _BINARY, frame.payload_size
             )
             return
+        if self.closed and op is not _CLOSE:
+            return  # we sent a close frame: RFC 6455 1.4, the rest is discarded
         if op is not _TEXT and op is not _BINARY and op is not _CONTINUATION:
             # Control frames. picows' auto-pong is off so that RSV bits are checked here too
             # (RFC 6455 5.2: no extension defines them on control frames).

@@ -1,0 +1,213 @@
+"""Command line: ``python -m bench {run,setup,build,list}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from bench.common import log
+from bench.servers import BASELINE, PEERS, Peer, PeerUnavailable
+from bench.workloads import WORKLOADS, Options, Workload
+
+
+def _pick(spec: str, registry: dict, what: str) -> list:  # type: ignore[type-arg]
+    names = (
+        list(registry)
+        if spec.strip() in ("all", "")
+        else [s.strip() for s in spec.split(",") if s.strip()]
+    )
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(registry)})")
+    seen: list[str] = []
+    for n in names:
+        if n not in seen:
+            seen.append(n)
+    return [registry[n] for n in seen]
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def conv(s: str) -> float:
+        v = kind(s)
+        if v <= 0:
+            raise argparse.ArgumentTypeError("must be > 0")
+        return v
+
+    return conv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="SmartSocket benchmarks: a C epoll load generator against several "
+        "WebSocket servers (127.0.0.1 only).",
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run workloads against peers and update bench/RESULTS.md")
+    r.add_argument("workloads", help=f"comma-separated workloads or 'all' ({', '.join(WORKLOADS)})")
+    r.add_argument(
+        "--peers", default="all", help=f"comma-separated peers or 'all' ({', '.join(PEERS)})"
+    )
+    r.add_argument(
+        "--duration",
+        type=_positive(float),
+        help="measured window of throughput runs, s (default 10)",
+    )
+    r.add_argument(
+        "--latency-duration",
+        type=_positive(float),
+        help="measured window of latency runs, s (default 3)",
+    )
+    r.add_argument(
+        "--warmup", type=float, help="unmeasured warm-up before each window, s (default 1)"
+    )
+    r.add_argument(
+        "--repeat", type=_positive(int), help="repetitions; the table shows the median (default 3)"
+    )
+    r.add_argument(
+        "--quick", action="store_true", help="2 s windows, 1 repeat (explicit options still win)"
+    )
+    r.add_argument("--clients", type=_positive(int), help="ack: connections (default 50)")
+    r.add_argument(
+        "--inflight",
+        type=_positive(int),
+        help="ack: requests in flight per connection (default 16)",
+    )
+    r.add_argument(
+        "--members",
+        type=_positive(int),
+        help="fanout: room members incl. the publisher (default 1000)",
+    )
+    r.add_argument(
+        "--window",
+        type=_positive(int),
+        help="fanout: messages not yet fully delivered (default 32)",
+    )
+    r.add_argument("--payload-size", type=_positive(int), help="payload bytes (default 64)")
+    r.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help=f"peer the ratios are computed against (default {BASELINE})",
+    )
+    r.add_argument("--no-pin", action="store_true", help="do not pin server/generator to cores 0/1")
+    r.add_argument(
+        "--no-write",
+        action="store_true",
+        help="do not touch bench/RESULTS.md (JSON is still written)",
+    )
+    r.add_argument(
+        "--smartsocket-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `python -m smartsocket serve` "
+        "(repeatable, e.g. --smartsocket-arg=--no-metrics)",
+    )
+    r.add_argument(
+        "--smartsocket-path",
+        default=None,
+        help="WebSocket path of the smartsocket peer (default /)",
+    )
+
+    s = sub.add_parser(
+        "setup", help="build the load generator and install the Node peer's packages"
+    )
+    s.add_argument("--peers", default="all")
+    sub.add_parser("build", help="(re)build the load generator")
+    rp = sub.add_parser("report", help="re-render bench/RESULTS.md from a raw results JSON file")
+    rp.add_argument("json", nargs="?", default=None, help="default: bench/out/latest.json")
+    sub.add_parser("list", help="list workloads and peers")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "list":
+        print("workloads:")
+        for w in WORKLOADS.values():
+            print(f"  {w.name:<10} {w.description}")
+            for m in w.measures:
+                print(f"  {'':<10}   - {m.key}: {m.title} [{m.unit}]")
+        print("peers:")
+        for p in PEERS.values():
+            print(f"  {p.name:<16} ({p.proto}) {p.description}")
+        return 0
+
+    if args.cmd == "report":
+        from bench import report
+
+        return report.rerender(args.json)
+
+    from bench import loadgen
+
+    if args.cmd == "build":
+        try:
+            print(loadgen.ensure_built(force=True))
+        except loadgen.BuildError as e:
+            log(f"error: {e}")
+            return 2
+        return 0
+
+    if args.cmd == "setup":
+        try:
+            print(loadgen.ensure_built())
+        except loadgen.BuildError as e:
+            log(f"error: {e}")
+            return 2
+        rc = 0
+        for p in _pick(args.peers, PEERS, "peer"):
+            try:
+                p.prepare()
+                log(f"{p.name}: ready")
+            except PeerUnavailable as e:
+                log(f"{p.name}: unavailable: {e}")
+                rc = 1
+        return rc
+
+    # run
+    workloads: list[Workload] = _pick(args.workloads, WORKLOADS, "workload")
+    peers: list[Peer] = _pick(args.peers, PEERS, "peer")
+    opts = Options()
+    if args.quick:
+        opts.apply_quick()
+    for name in (
+        "duration",
+        "latency_duration",
+        "warmup",
+        "repeat",
+        "clients",
+        "inflight",
+        "members",
+        "window",
+        "payload_size",
+    ):
+        v = getattr(args, name)
+        if v is not None:
+            setattr(opts, name, v)
+    if opts.warmup < 0:
+        raise SystemExit("--warmup must be >= 0")
+    sm = PEERS["smartsocket"]
+    sm.extra_args = list(args.smartsocket_arg)
+    if args.smartsocket_path:
+        sm.ws_path = args.smartsocket_path
+
+    from bench import runner
+
+    try:
+        return runner.run(
+            workloads,
+            peers,
+            opts,
+            pin=not args.no_pin,
+            baseline=args.baseline,
+            write=not args.no_write,
+        )
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
