@@ -354,6 +354,7 @@ async def test_stats_token() -> None:
                     assert b"tok" not in body
                     return int(r.status)
             except urllib.error.HTTPError as exc:
+                exc.close()
                 return exc.code
 
         loop = asyncio.get_running_loop()

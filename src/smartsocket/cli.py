@@ -13,6 +13,7 @@ from typing import Any
 from smartsocket._version import __version__
 from smartsocket.config import Config, env_names, field_type, option_fields, parse_value
 from smartsocket.errors import ConfigError
+from smartsocket.logs import JsonFormatter
 from smartsocket.server import SmartSocket
 
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--app", help="module:attr of a SmartSocket instance or factory(config)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     for f in option_fields():
         flag = "--" + f.name.replace("_", "-")
         envs = ", ".join(env_names(f.name))
@@ -43,7 +45,72 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             serve.add_argument(flag, dest=f.name, default=None, metavar="VALUE", help=help_text)
+    stats = commands.add_parser(
+        "stats", help="print a server's /smartsocket/stats",
+        description="Fetch URL/smartsocket/stats (ws:// and wss:// URLs work too) and print it.",
+    )
+    stats.add_argument("url", help="the server, e.g. http://localhost:8080 or ws://host:8080/")
+    stats.add_argument("--json", action="store_true", help="print the raw JSON")
+    stats.add_argument("--token", help="the server's stats_token, if it has one")
     return parser
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    """``smartsocket stats URL``: the stats as a table (or JSON)."""
+    import json
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(args.url if "://" in args.url else "http://" + args.url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    url = urlunsplit((scheme, parts.netloc, "/smartsocket/stats", "", ""))
+    request = urllib.request.Request(url)
+    if args.token:
+        request.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            stats = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"smartsocket: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(format_stats(stats))
+    return 0
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A two-column table of the figures people look at first."""
+    t = stats.get("transmission", {})
+    rates = stats.get("rates", {})
+    latency = stats.get("latency", {})
+    process = stats.get("process", {})
+
+    def num(value: Any, unit: str = "", digits: int = 1) -> str:
+        return "-" if value is None else f"{value:,.{digits}f}{unit}"
+
+    rows = [
+        ("connections", f"{stats.get('connections', 0):,}"),
+        ("total connections", f"{stats.get('totalConnections', 0):,}"),
+        ("rooms", f"{stats.get('rooms', 0):,}"),
+        ("uptime", f"{stats.get('uptime', 0):,} s"),
+        ("messages in / s", num(rates.get("messagesInPerSecond"))),
+        ("messages out / s", num(rates.get("messagesOutPerSecond"))),
+        ("bytes in / s", num(rates.get("bytesInPerSecond"), " B", 0)),
+        ("bytes out / s", num(rates.get("bytesOutPerSecond"), " B", 0)),
+        ("latency p50 / p99", f"{num(latency.get('p50Ms'), ' ms', 2)} / "
+                              f"{num(latency.get('p99Ms'), ' ms', 2)}"),
+        ("total messages", f"{t.get('totalMessages', 0):,}"),
+        ("data transmitted", str(t.get("totalDataTransmitted", "-"))),
+        ("on the wire", str(t.get("totalCompressed", "-"))),
+        ("bandwidth saved", str(t.get("bandwidthSaved", "-"))),
+        ("memory (RSS)", num((process.get("rssBytes") or 0) / 1048576, " MiB")),
+        ("CPU", num(process.get("cpuPercent"), " %")),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
@@ -76,9 +143,14 @@ def load_app(spec: str, config: Config) -> SmartSocket:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "stats":
+        return stats_command(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_json:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connection at INFO
     try:

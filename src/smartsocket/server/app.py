@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
+from prometheus_client import CollectorRegistry
 
-from smartsocket import compression
+from smartsocket import compression, prometheus
 from smartsocket.config import Config
 from smartsocket.errors import AckError
 from smartsocket.handlers import Handler
@@ -23,7 +24,7 @@ from smartsocket.protocol import SUBPROTOCOL, envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import Event
 from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
-from smartsocket.server import http
+from smartsocket.server import http, live
 from smartsocket.server.admission import Admission
 from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
 from smartsocket.server.socket import OWN, PLAIN, Socket
@@ -76,6 +77,9 @@ class SmartSocket:
         self._stats: Stats | None = None
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._sampler: asyncio.TimerHandle | None = None
+        self._prometheus: CollectorRegistry | None = None
+        self._stats_subscribers: dict[Any, None] = {}  # /smartsocket/live connections
         self._closing = False
         self._closed: asyncio.Event | None = None
         self._port: int | None = None
@@ -468,6 +472,8 @@ class SmartSocket:
     def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
         if not request.is_upgrade:
             return http.route(self, request)
+        if request.path == live.PATH:
+            return live.accept(self, request)
         if request.path not in WS_PATHS:
             return HttpResponse(404, b"no WebSocket endpoint here; use / or /smartsocket\n")
         if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
@@ -509,12 +515,21 @@ class SmartSocket:
             self._stats.rejected_connections += 1
         return response
 
+    def _metrics_registry(self) -> CollectorRegistry:
+        if self._prometheus is None:
+            self._prometheus = prometheus.registry_for(self)
+        return self._prometheus
+
     def stats(self) -> dict[str, Any]:
         """The figures served at /smartsocket/stats."""
         if self._stats is None:
             return {"connections": len(self._sockets), "rooms": len(self._registry),
                     "metrics": "disabled"}
-        return self._stats.snapshot(connections=len(self._sockets), rooms=len(self._registry))
+        return self._stats.snapshot(
+            connections=len(self._sockets),
+            rooms=len(self._registry),
+            top_rooms=self._registry.largest(10),
+        )
 
     # lifecycle
 
@@ -551,7 +566,10 @@ class SmartSocket:
             max_write_buffer=cfg.max_write_buffer,
         )
         self._port = self._server.sockets[0].getsockname()[1]
-        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
+        loop = asyncio.get_running_loop()
+        self._heartbeat_task = loop.create_task(self._heartbeat())
+        if self._stats is not None:
+            self._sampler = loop.call_later(1.0, self._sample)
         logger.info("listening on %s", self.url)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -591,8 +609,12 @@ class SmartSocket:
         server.close()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        live.close_all(self)
         for socket in list(self._open):
             socket._fail(CloseCode.GOING_AWAY, "server shutting down")
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
@@ -642,6 +664,14 @@ class SmartSocket:
             for socket in pinged:
                 socket._ping(value, now)
             loop.call_later(timeout, self._check_pongs, pinged, value)
+
+    def _sample(self) -> None:
+        """Once a second: counters for the rates in the stats, and the live stats stream."""
+        assert self._stats is not None
+        self._stats.sample()
+        self._sampler = asyncio.get_running_loop().call_later(1.0, self._sample)
+        if self._stats_subscribers:
+            live.push(self)
 
     def _check_pongs(self, pinged: list[Socket], value: int) -> None:
         for socket in pinged:

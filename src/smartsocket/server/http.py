@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from smartsocket import prometheus
 from smartsocket._version import __version__
 from smartsocket.security import bearer_token
 from smartsocket.transport import HandshakeRequest, HttpResponse
@@ -50,9 +51,23 @@ def _health(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
     return HttpResponse(503 if server._closing else 200, msgspec.json.encode(body), _JSON)
 
 
+def _metrics(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
+    if not authorized(server, request):
+        return HttpResponse(401, b"stats token required\n", headers={"WWW-Authenticate": "Bearer"})
+    body = prometheus.exposition(server._metrics_registry())
+    return HttpResponse(200, body, prometheus.CONTENT_TYPE)
+
+
+def _dashboard(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
+    page = static_file("dashboard.html")
+    return page if page is not None else HttpResponse(404, b"dashboard not installed\n")
+
+
 ROUTES: dict[str, Route] = {
     "/smartsocket/stats": _stats,
     "/smartsocket/health": _health,
+    "/metrics": _metrics,
+    "/smartsocket/dashboard": _dashboard,
 }
 
 

@@ -7,6 +7,7 @@ one dict iteration and one bound-method call per member. Empty rooms are dropped
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,11 @@ class RoomRegistry:
 
     def pop(self, name: str) -> dict[Socket, SendFrame]:
         return self._rooms.pop(name, None) or {}
+
+    def largest(self, count: int) -> list[tuple[str, int]]:
+        """The ``count`` rooms with the most members, with their sizes."""
+        sizes = ((name, len(members)) for name, members in self._rooms.items())
+        return heapq.nlargest(count, sizes, key=lambda item: item[1])
 
 
 _EMPTY: Mapping[Any, Any] = {}

@@ -294,7 +294,7 @@ class Socket:
                 self._ping_value = None
                 stats = self._server._stats
                 if stats is not None:
-                    stats.rtt.append(time.monotonic() - self._ping_sent_at)
+                    stats.record_rtt(time.monotonic() - self._ping_sent_at)
         elif name == "$ping":  # the client measures its own round trip
             binary = packet.binary
             self._send_payload(_encode_event("$pong", packet.data, binary=binary), binary)
