@@ -374,7 +374,10 @@ class ServerConnection(Connection):
             and self._max_buffer is not None
             and raw.get_write_buffer_size() > self._max_buffer
         ):
-            logger.info("dropping slow consumer %s", self.remote_address)
+            logger.info(
+                "dropping slow consumer %s", self.remote_address,
+                extra={"event": "limit", "limit": "slow_consumer"},
+            )
             self.close(CloseCode.SLOW_CONSUMER, "too slow to read")
             self.abort()
 

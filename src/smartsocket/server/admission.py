@@ -60,7 +60,10 @@ class Admission:
     def check_upgrade(self, request: HandshakeRequest) -> HttpResponse | tuple[bool, Any]:
         """An HTTP refusal, or (authenticated, identity) for the new socket."""
         if not origin_allowed(request.headers.get("Origin"), self._origins):
-            logger.info("refused origin %r", request.headers.get("Origin"))
+            logger.info(
+                "refused origin %r", request.headers.get("Origin"),
+                extra={"event": "limit", "limit": "origin"},
+            )
             return HttpResponse(403, b"origin not allowed\n")
         if not self.required:
             return True, None
@@ -86,7 +89,10 @@ class Admission:
         count = self._per_ip.get(ip, 0) + 1
         self._per_ip[ip] = count
         if limit and count > limit:
-            logger.info("too many connections from %s", ip)
+            logger.info(
+                "too many connections from %s", ip,
+                extra={"event": "limit", "limit": "connections_per_ip", "ip": str(ip)},
+            )
             socket._fail(CloseCode.TRY_AGAIN_LATER, "too many connections from your address")
             return False
         if socket.authenticated:

@@ -413,7 +413,10 @@ class SmartSocket:
         self._sockets[socket.id] = socket
         if self._stats is not None:
             self._stats.total_connections += 1
-        logger.debug("connected %s from %s", socket.id, socket.remote_address)
+        logger.debug(
+            "connected %s from %s", socket.id, socket.remote_address,
+            extra={"event": "connect", "sid": socket.id, "remote": str(socket.remote_address)},
+        )
         socket._send_payload(self._welcome(socket), False)
         if not self._connection_handlers:
             return
@@ -464,7 +467,10 @@ class SmartSocket:
             self._stats.dropped_slow += 1
         if self._sockets.pop(socket.id, None) is None:
             return  # never admitted: the application never saw it
-        logger.debug("disconnected %s: %d %s", socket.id, code, reason)
+        logger.debug(
+            "disconnected %s: %d %s", socket.id, code, reason,
+            extra={"event": "disconnect", "sid": socket.id, "code": code, "reason": reason},
+        )
         self._emit_local(socket, "disconnect", reason or str(code))
 
     # HTTP and upgrade routing

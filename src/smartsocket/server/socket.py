@@ -358,6 +358,10 @@ class Socket:
         stats = self._server._stats
         if stats is not None:
             stats.rate_limited += 1
+        logger.debug(
+            "rate limited %s on %r", self.id, packet.name,
+            extra={"event": "limit", "limit": "rate", "sid": self.id, "retry_after": wait},
+        )
         self.reject(
             ErrorCode.RATE_LIMITED, "too many events; slow down", event=packet.name,
             ack_id=packet.ack_id, retry_after=round(wait, 3), binary=packet.binary,
@@ -368,7 +372,10 @@ class Socket:
             self._fail(CloseCode.RATE_LIMITED, "rate limit abuse")
 
     def _fail(self, code: int, reason: str) -> None:
-        logger.info("closing %s: %s (%d)", self.id, reason, code)
+        logger.info(
+            "closing %s: %s (%d)", self.id, reason, code,
+            extra={"event": "close", "sid": self.id, "code": code, "reason": reason},
+        )
         if self._conn is not None:
             self._conn.close(code, reason)
 
