@@ -358,3 +358,20 @@ async def test_metrics_disabled() -> None:
     async with running(server), connected(server) as client:
         assert await client.call("echo", 1) == 1
         assert server.stats()["metrics"] == "disabled"
+
+
+async def test_async_with_and_serve_until_close() -> None:
+    server = SmartSocket(port=0, host="127.0.0.1")
+    server.on("echo", lambda socket, data: data)
+    async with server:
+        assert server.port != 0 and server.url.endswith(f":{server.port}/")
+        async with connected(server) as client:
+            assert await client.call("echo", "in context") == "in context"
+    assert server._server is None  # closed on exit
+
+    runner = asyncio.ensure_future(server.serve())
+    await wait_for(lambda: server._server is not None)
+    async with connected(server) as client:
+        assert await client.call("echo", "serving") == "serving"
+    await server.close()
+    await asyncio.wait_for(runner, 5)  # serve() returns once closed
