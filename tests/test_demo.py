@@ -26,3 +26,31 @@ async def test_chat_outside_room_is_refused(demo: SmartSocket) -> None:
             assert exc.code == "not_in_room"
         else:
             raise AssertionError("expected not_in_room")
+
+
+async def test_presence_members_and_typing(demo: SmartSocket) -> None:
+    async with connected(demo) as a, connected(demo) as b:
+        presence = Recorder(a, "presence")
+        typing = Recorder(a, "typing")
+        await a.call("join", {"room": "r", "name": "Ann"})
+        await b.call("join", {"room": "r", "name": "  Bob  "})
+        assert await presence.next("presence") == {
+            "room": "r", "id": b.sid, "name": "Bob", "joined": True
+        }
+        members = await a.call("members", {"room": "r"})
+        assert sorted(m["name"] for m in members["members"]) == ["Ann", "Bob"]
+        assert await b.call("typing", {"room": "r", "typing": True}) == {"delivered": 1}
+        assert await typing.next("typing") == {
+            "room": "r", "from": b.sid, "name": "Bob", "typing": True
+        }
+        await b.call("leave", {"room": "r"})
+        assert (await presence.next("presence"))["joined"] is False
+        try:
+            await b.call("members", {"room": "r"})
+        except AckError as exc:
+            assert exc.code == "not_in_room"
+        else:
+            raise AssertionError("expected not_in_room")
+        await b.call("join", {"room": "r"})
+        assert (await presence.next("presence"))["joined"] is True
+    # b disconnected while in the room: a was told (a closed too, so nothing more to check)

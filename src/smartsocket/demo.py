@@ -1,10 +1,19 @@
 """The demo app ``smartsocket serve`` runs. Its events are a stable contract (README):
 
 - ``echo`` (any data) -> ack with the same data;
-- ``join`` ``{"room"}`` -> ack ``{"room", "members"}``; ``leave`` ``{"room"}`` -> ack ``{"room"}``;
+- ``join`` ``{"room", "name"?}`` -> ack ``{"room", "members"}``; the room's other members get
+  ``presence`` ``{"room", "id", "name", "joined": true}`` (``name``: an optional display name,
+  at most 32 characters, kept for the connection);
+- ``leave`` ``{"room"}`` -> ack ``{"room"}``; leaving or disconnecting sends ``presence`` with
+  ``"joined": false``;
 - ``chat`` ``{"room", "text"}`` -> every other member gets ``chat`` ``{"room", "text", "from",
-  "timestamp"}``; ack ``{"delivered": n}``; a sender outside the room gets ack error
-  ``not_in_room``.
+  "name", "timestamp"}``; ack ``{"delivered": n}``; a sender outside the room gets ack error
+  ``not_in_room``;
+- ``members`` ``{"room"}`` -> ack ``{"room", "members": [{"id", "name"}]}`` (members only);
+- ``typing`` ``{"room", "typing": bool}`` -> the other members get ``typing`` ``{"room",
+  "from", "name", "typing"}``; ack ``{"delivered": n}`` (members only).
+
+The chat page served at ``/`` (static/index.html) is built on these events.
 """
 
 from __future__ import annotations
@@ -18,9 +27,16 @@ from smartsocket.config import Config
 from smartsocket.errors import AckError
 from smartsocket.server import SmartSocket, Socket
 
+MAX_NAME = 32
+
 
 class RoomRequest(msgspec.Struct):
     room: str
+
+
+class JoinRequest(msgspec.Struct):
+    room: str
+    name: str | None = None
 
 
 class ChatMessage(msgspec.Struct):
@@ -28,21 +44,47 @@ class ChatMessage(msgspec.Struct):
     text: str
 
 
+class TypingRequest(msgspec.Struct):
+    room: str
+    typing: bool = True
+
+
 def create_app(config: Config | None = None) -> SmartSocket:
     server = SmartSocket(config=config)
+
+    def person(socket: Socket) -> dict[str, Any]:
+        return {"id": socket.id, "name": socket.data.get("name")}
+
+    def member_of(socket: Socket, room: str) -> None:
+        if room not in socket.rooms:
+            raise AckError("not_in_room", f"join {room!r} first")
+
+    def presence(socket: Socket, room: str, joined: bool) -> None:
+        message = {"room": room, **person(socket), "joined": joined}
+        server.room(room).broadcast("presence", message, exclude=socket)
 
     @server.on("echo")
     def echo(socket: Socket, data: Any) -> Any:
         return data
 
     @server.on("join")
-    def join(socket: Socket, data: RoomRequest) -> dict[str, Any]:
+    def join(socket: Socket, data: JoinRequest) -> dict[str, Any]:
+        renamed = False
+        if data.name is not None:
+            name = data.name.strip()[:MAX_NAME] or None
+            renamed = name != socket.data.get("name")
+            socket.data["name"] = name
+        new = data.room not in socket.rooms
         socket.join(data.room)
+        if new or renamed:
+            presence(socket, data.room, True)
         return {"room": data.room, "members": server.room(data.room).socket_count()}
 
     @server.on("leave")
     def leave(socket: Socket, data: RoomRequest) -> dict[str, Any]:
-        socket.leave(data.room)
+        if data.room in socket.rooms:
+            socket.leave(data.room)
+            presence(socket, data.room, False)
         return {"room": data.room}
 
     @server.on("chat")
@@ -53,9 +95,30 @@ def create_app(config: Config | None = None) -> SmartSocket:
             "room": data.room,
             "text": data.text,
             "from": socket.id,
+            "name": socket.data.get("name"),
             "timestamp": int(time.time() * 1000),
         }
-        delivered = server.room(data.room).broadcast("chat", message, exclude=socket)
-        return {"delivered": delivered}
+        return {"delivered": server.room(data.room).broadcast("chat", message, exclude=socket)}
+
+    @server.on("members")
+    def members(socket: Socket, data: RoomRequest) -> dict[str, Any]:
+        member_of(socket, data.room)
+        return {"room": data.room, "members": [person(s) for s in server.room(data.room).sockets]}
+
+    @server.on("typing")
+    def typing(socket: Socket, data: TypingRequest) -> dict[str, Any]:
+        member_of(socket, data.room)
+        message = {
+            "room": data.room,
+            "from": socket.id,
+            "name": socket.data.get("name"),
+            "typing": data.typing,
+        }
+        return {"delivered": server.room(data.room).broadcast("typing", message, exclude=socket)}
+
+    @server.on("disconnect")
+    def gone(socket: Socket, reason: str) -> None:
+        for room in socket.rooms:  # still listed here; the socket already left the rooms
+            presence(socket, room, False)
 
     return server

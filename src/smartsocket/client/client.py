@@ -217,13 +217,15 @@ class Client:
         self._ready = True
         self._last_seen = time.monotonic()
         self._arm_watchdog()
+        # "connect" handlers run first, so what they send (e.g. re-joining rooms) reaches the
+        # server before the messages buffered while offline (the browser client does the same).
+        self._emit_local("connect")
         conn = self._conn
         while self._buffer and conn is not None and not conn.closed:
             payload, binary = self._buffer.popleft()
             conn.send_message(payload, binary)
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_result(None)
-        self._emit_local("connect")
 
     def _on_close(self, link: _Link, code: int, reason: str) -> None:
         if link.conn is not self._conn:
@@ -356,6 +358,8 @@ class Client:
         elif name == "$error":
             logger.info("server reported an error: %r", packet.data)
             self._emit_local("error", packet.data)
+        elif name == "$presence":  # {"room", "joined"|"left": {"sid", "info"}}
+            self._emit_local("$presence", packet.data)
 
     def _invoke(self, link: _Link, handler: Handler, packet: Event, ack_id: int | None) -> None:
         try:

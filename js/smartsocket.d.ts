@@ -1,0 +1,160 @@
+// Type declarations of smartsocket-client (SmartSocket protocol v1).
+
+/** Anything JSON can carry, plus bytes (sent as MessagePack; received as Uint8Array). */
+export type Payload = any;
+
+/** A WebSocket constructor: the browser's, or e.g. `WebSocket` from the `ws` npm package. */
+export interface WebSocketConstructor {
+  new (url: string, protocols?: string | string[], options?: any): WebSocketLike;
+}
+
+export interface WebSocketLike {
+  readonly readyState: number;
+  binaryType: string;
+  send(data: string | ArrayBufferLike | ArrayBufferView): void;
+  close(code?: number, reason?: string): void;
+  addEventListener(type: string, listener: (event: any) => void): void;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+}
+
+export interface SmartSocketOptions {
+  /** Reconnect by itself after a drop (not after close codes 1000, 4000, 4001). Default true. */
+  reconnect?: boolean;
+  /** First reconnect delay in ms; doubles every attempt. Default 1000. */
+  reconnectDelay?: number;
+  /** Longest reconnect delay in ms. Default 30000. */
+  reconnectDelayMax?: number;
+  /** Each delay is spread by +/- this fraction, in [0, 1). Default 0.5. */
+  randomizationFactor?: number;
+  /** Give up (event `reconnect_failed`) after this many attempts; null: never. Default 10. */
+  maxReconnectAttempts?: number | null;
+  /** Default timeout of call(), in ms. Default 30000. */
+  ackTimeout?: number;
+  /** Messages kept while disconnected. Default 1000. */
+  maxBuffered?: number;
+  /** Time for a connection attempt to get its `$welcome`, in ms. Default 10000. */
+  connectTimeout?: number;
+  /** Credentials sent as `["$auth", auth]` on every connection (or a function returning them,
+   * or a Promise of them), for servers that require authentication. */
+  auth?: Record<string, unknown> | (() => Record<string, unknown> | Promise<Record<string, unknown>>) | null;
+  /** WebSocket implementation (default: the global `WebSocket`). Node 20: pass `ws`'s. */
+  WebSocket?: WebSocketConstructor | null;
+  /** Third argument of the WebSocket constructor (e.g. `{headers}` with `ws`). */
+  wsOptions?: Record<string, unknown> | null;
+}
+
+export interface WelcomeInfo {
+  sid: string;
+  token: string;
+  protocol: number;
+  pingInterval: number;
+  pingTimeout: number;
+  maxMessageSize: number;
+  ackTimeout: number;
+  [key: string]: unknown;
+}
+
+export interface DisconnectInfo {
+  code: number;
+  reason: string;
+}
+
+/** `$error` data: something this client sent was refused. */
+export interface ServerErrorInfo {
+  code: string;
+  message: string;
+  event?: string;
+  id?: number;
+  retryAfter?: number;
+}
+
+export interface CallOptions {
+  /** Milliseconds to wait for the ack (default: `ackTimeout`); 0 or Infinity: no limit. */
+  timeout?: number;
+  /** Force a MessagePack (true) or JSON (false) frame; default: MessagePack when the data holds
+   * bytes at the top level or one level down. */
+  binary?: boolean;
+}
+
+export interface SendOptions {
+  binary?: boolean;
+}
+
+/** Errors of this client. `code`: an ack error code from the server (e.g. "not_in_room",
+ * "invalid_payload", "rate_limited") or a local one: "timeout", "disconnected", "closed",
+ * "offline_buffer_full", "message_too_big", "connect_failed", "reserved_event". */
+export declare class SmartSocketError extends Error {
+  constructor(code: string, message: string, extra?: Record<string, unknown>);
+  code: string;
+  /** Seconds, with "rate_limited". */
+  retryAfter?: number;
+  /** With "disconnected" and "connect_failed": the WebSocket close code. */
+  closeCode?: number;
+  closeReason?: string;
+}
+
+export type Handler = (this: SmartSocket, data: any) => unknown;
+
+export interface LocalEvents {
+  connect: () => void;
+  disconnect: (info: DisconnectInfo) => void;
+  reconnecting: (attempt: number) => void;
+  reconnect_failed: () => void;
+  error: (info: ServerErrorInfo) => void;
+}
+
+type NotLocal<E extends string> = E & (E extends keyof LocalEvents ? never : unknown);
+
+export declare class SmartSocket {
+  /** @param url ws(s)://host:port/ ; default: the page's host (ws:// or wss:// like the page). */
+  constructor(url?: string, options?: SmartSocketOptions);
+  constructor(options: SmartSocketOptions);
+
+  readonly url: string;
+  readonly options: Required<SmartSocketOptions>;
+  /** Socket id (`sid`) of the current connection; new for every connection. */
+  readonly id: string | null;
+  /** Whether the `$welcome` of the current connection arrived. */
+  readonly connected: boolean;
+  /** The last `$welcome` data. */
+  readonly welcome: WelcomeInfo | null;
+  /** Last round trip measured by ping(), in ms. */
+  readonly latency: number | null;
+
+  /** Connect; resolves on `$welcome`, rejects (code "connect_failed") if this attempt fails. */
+  connect(): Promise<this>;
+  /** Local events: connect, disconnect ({code, reason}), reconnecting (attempt),
+   * reconnect_failed, error ($error data). */
+  on<E extends keyof LocalEvents>(event: E, handler: LocalEvents[E]): this;
+  /** Server events: the first handler's return value (or resolved Promise) answers a server
+   * `call`; a thrown error (its `code`, else "client_error") becomes an ack error. */
+  on<E extends string>(event: NotLocal<E>, handler: Handler): this;
+  once<E extends keyof LocalEvents>(event: E, handler: LocalEvents[E]): this;
+  once<E extends string>(event: NotLocal<E>, handler: Handler): this;
+  off(event: string, handler?: (...args: any[]) => unknown): this;
+  /** Fire and forget; buffered while disconnected (throws "offline_buffer_full" when full). */
+  send(event: string, data?: Payload, options?: SendOptions): this;
+  /** Same as send(). */
+  emit(event: string, data?: Payload, options?: SendOptions): this;
+  /** Request/response: resolves with the server's ack reply, rejects with SmartSocketError. */
+  call<T = any>(event: string, data?: Payload, options?: CallOptions): Promise<T>;
+  /** Round trip to the server in ms. */
+  ping(timeout?: number): Promise<number>;
+  /** Close for good (no reconnect). */
+  close(): Promise<void>;
+
+  static SmartSocketError: typeof SmartSocketError;
+  static msgpack: { encode: typeof encode; decode: typeof decode };
+}
+
+/** Whether `data` would be sent as MessagePack (bytes at the top level or one level down). */
+export declare function needsBinary(data: unknown): boolean;
+/** MessagePack encoding of `value`. */
+export declare function encode(value: unknown): Uint8Array;
+/** Decodes one MessagePack value (bin -> Uint8Array, 64-bit ints beyond 2^53 -> bigint). */
+export declare function decode(input: ArrayBuffer | ArrayBufferView): any;
+export declare const msgpack: { encode: typeof encode; decode: typeof decode };
+export default SmartSocket;
