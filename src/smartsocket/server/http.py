@@ -63,7 +63,12 @@ def _dashboard(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
     return page if page is not None else HttpResponse(404, b"dashboard not installed\n")
 
 
+def _favicon(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
+    return HttpResponse(204)  # browsers ask on every page: answer without a 404 in the console
+
+
 ROUTES: dict[str, Route] = {
+    "/favicon.ico": _favicon,
     "/smartsocket/stats": _stats,
     "/smartsocket/health": _health,
     "/metrics": _metrics,
