@@ -65,7 +65,7 @@ async def test_compression_saved_is_wire_versus_payload() -> None:
         after = server.stats()["raw"]
         sock = server.sockets[clients[0].sid or ""]
         now_ms = int(time.time() * 1000)  # the server's timestamp has as many digits
-        message = {"room": "r", "text": TEXT, "from": sock.id, "timestamp": now_ms}
+        message = {"room": "r", "text": TEXT, "from": sock.id, "name": None, "timestamp": now_ms}
         payload = encode_event("chat", message)
         # The broadcast went to 2 members, compressed once: its wire size is what
         # compress_once makes of it.
