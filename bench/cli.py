@@ -87,6 +87,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--payload-size", type=_positive(int), help="payload bytes (default 64)")
     r.add_argument(
+        "--half-load",
+        type=_positive(float),
+        help="ack/half-load: fraction of the peer's measured ack rate (default 0.5)",
+    )
+    r.add_argument(
+        "--deflate-payload",
+        type=_positive(int),
+        help="fanout-deflate: chat text bytes, made of words (default 1024)",
+    )
+    r.add_argument(
+        "--deflate-window",
+        type=_positive(int),
+        help="fanout-deflate: messages not yet fully delivered (default 16)",
+    )
+    r.add_argument(
+        "--idle-connections",
+        type=_positive(int),
+        help="idle: connections to open (default 10000; the generator needs as many fds)",
+    )
+    r.add_argument(
+        "--idle-settle",
+        type=_positive(float),
+        help="idle: wait after the last handshake before reading RSS, s (default 2)",
+    )
+    r.add_argument(
+        "--idle-hold", type=_positive(float), help="idle: hold time after that, s (default 2)"
+    )
+    r.add_argument("--rooms", type=_positive(int), help="rooms: number of rooms (default 1000)")
+    r.add_argument(
+        "--room-members", type=_positive(int), help="rooms: members per room (default 10)"
+    )
+    r.add_argument(
+        "--room-window",
+        type=_positive(int),
+        help="rooms: messages per room not yet fully delivered (default 2)",
+    )
+    r.add_argument("--no-charts", action="store_true", help="do not write bench/charts/*.png")
+    r.add_argument(
         "--baseline",
         default=BASELINE,
         help=f"peer the ratios are computed against (default {BASELINE})",
@@ -118,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("build", help="(re)build the load generator")
     rp = sub.add_parser("report", help="re-render bench/RESULTS.md from a raw results JSON file")
     rp.add_argument("json", nargs="?", default=None, help="default: bench/out/latest.json")
+    rp.add_argument("--no-charts", action="store_true", help="do not rewrite bench/charts/*.png")
     sub.add_parser("list", help="list workloads and peers")
     return ap
 
@@ -127,35 +166,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "list":
         print("workloads:")
         for w in WORKLOADS.values():
-            print(f"  {w.name:<10} {w.description}")
+            print(f"  {w.name:<15} {w.description}")
             for m in w.measures:
-                print(f"  {'':<10}   - {m.key}: {m.title} [{m.unit}]")
+                print(f"  {'':<15}   - {m.key}: {m.title} [{m.unit}]")
         print("peers:")
         for p in PEERS.values():
-            print(f"  {p.name:<16} ({p.proto}) {p.description}")
+            print(f"  {p.name:<22} ({p.proto}) {p.description}")
         return 0
 
     if args.cmd == "report":
         from bench import report
 
-        return report.rerender(args.json)
+        return report.rerender(args.json, charts=not args.no_charts)
 
     from bench import loadgen
 
     if args.cmd == "build":
         try:
             print(loadgen.ensure_built(force=True))
+            print(loadgen.ensure_cref_built(force=True))
         except loadgen.BuildError as e:
             log(f"error: {e}")
             return 2
         return 0
 
     if args.cmd == "setup":
+        if not loadgen.zlib_header_present():
+            log(f"error: {loadgen.ZLIB_HINT}")
+            return 2
         try:
             print(loadgen.ensure_built())
         except loadgen.BuildError as e:
             log(f"error: {e}")
             return 2
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            log("note: matplotlib is missing, so no charts: pip install -e '.[bench]'")
         rc = 0
         for p in _pick(args.peers, PEERS, "peer"):
             try:
@@ -182,16 +229,26 @@ def main(argv: list[str] | None = None) -> int:
         "members",
         "window",
         "payload_size",
+        "half_load",
+        "deflate_payload",
+        "deflate_window",
+        "idle_connections",
+        "idle_settle",
+        "idle_hold",
+        "rooms",
+        "room_members",
+        "room_window",
     ):
         v = getattr(args, name)
         if v is not None:
             setattr(opts, name, v)
     if opts.warmup < 0:
         raise SystemExit("--warmup must be >= 0")
-    sm = PEERS["smartsocket"]
-    sm.extra_args = list(args.smartsocket_arg)
-    if args.smartsocket_path:
-        sm.ws_path = args.smartsocket_path
+    for name in ("smartsocket", "smartsocket-nodeflate"):
+        sm = PEERS[name]
+        sm.extra_args = list(args.smartsocket_arg)
+        if args.smartsocket_path:
+            sm.ws_path = args.smartsocket_path
 
     from bench import runner
 
@@ -203,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             pin=not args.no_pin,
             baseline=args.baseline,
             write=not args.no_write,
+            charts=not args.no_charts,
         )
     except KeyboardInterrupt:
         log("interrupted")

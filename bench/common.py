@@ -111,6 +111,23 @@ def _proc_cpu_table() -> list[tuple[int, int, int]]:
     return table
 
 
+def session_rss_kb(sid: int) -> int:
+    """Resident set size (VmRSS, KiB) of every live process in session ``sid``, summed."""
+    total = 0
+    for pid, s, _ticks in _proc_cpu_table():
+        if s != sid:
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def session_cpu_seconds(sid: int) -> float:
     """user+sys CPU seconds of every live process in session ``sid``.
 

@@ -12,34 +12,77 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, BUILD_DIR, Sample, log, pin_preexec, pin_prefix
+from bench.common import (
+    BENCH_DIR,
+    BUILD_DIR,
+    Sample,
+    log,
+    pin_preexec,
+    pin_prefix,
+    session_rss_kb,
+)
 
 SOURCE = BENCH_DIR / "loadgen" / "loadgen.c"
 BINARY = BUILD_DIR / "loadgen"
+CREF_SOURCE = BENCH_DIR / "peers" / "cref" / "cref.c"
+CREF_BINARY = BUILD_DIR / "cref"
+
+# Both C programs link zlib (permessage-deflate): its header comes with a distro package.
+ZLIB_HINT = (
+    "zlib's development files are missing (zlib.h): install them, on Debian/Ubuntu with "
+    "`apt-get install zlib1g-dev` (Fedora: zlib-devel, Alpine: zlib-dev)"
+)
 
 
 class BuildError(RuntimeError):
     pass
 
 
-def ensure_built(force: bool = False) -> Path:
-    """Compile the generator with the system C compiler when missing or stale."""
-    if not force and BINARY.exists() and BINARY.stat().st_mtime >= SOURCE.stat().st_mtime:
-        return BINARY
+def zlib_header_present() -> bool:
+    """True when the C compiler finds zlib.h (checked with the preprocessor only)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return False
+    proc = subprocess.run(
+        [cc, "-E", "-x", "c", "-"],
+        input="#include <zlib.h>\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc.returncode == 0
+
+
+def _build(source: Path, binary: Path, what: str, force: bool) -> Path:
+    if not force and binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise BuildError("no C compiler found (need `cc` or `gcc`)")
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = BINARY.with_suffix(".tmp")
-    cmd = [cc, "-O2", "-Wall", "-o", str(tmp), str(SOURCE)]
-    log(f"building load generator: {' '.join(cmd)}")
+    tmp = binary.with_suffix(".tmp")
+    cmd = [cc, "-O2", "-Wall", "-o", str(tmp), str(source), "-lz"]
+    log(f"building {what}: {' '.join(cmd)}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise BuildError(f"compiling {SOURCE.name} failed:\n{proc.stderr.strip()}")
+        err = proc.stderr.strip()
+        if "zlib.h" in err or "-lz" in err or "cannot find -lz" in err:
+            raise BuildError(f"compiling {source.name} failed: {ZLIB_HINT}\n{err}")
+        raise BuildError(f"compiling {source.name} failed:\n{err}")
     if proc.stderr.strip():
         log(proc.stderr.strip())
-    tmp.replace(BINARY)
-    return BINARY
+    tmp.replace(binary)
+    return binary
+
+
+def ensure_built(force: bool = False) -> Path:
+    """Compile the generator with the system C compiler when missing or stale."""
+    return _build(SOURCE, BINARY, "load generator", force)
+
+
+def ensure_cref_built(force: bool = False) -> Path:
+    """Compile the C reference server (bench/peers/cref/cref.c) when missing or stale."""
+    return _build(CREF_SOURCE, CREF_BINARY, "C reference server", force)
 
 
 @dataclass
@@ -74,11 +117,17 @@ def run(
     server_sid: int | None,
     core: int | None,
     timeout_s: float,
+    rss: bool = False,
 ) -> LoadgenRun:
     """Run the generator; sample the server's and other processes' CPU at the
-    ``#MEASURE_START`` / ``#MEASURE_END`` markers it prints."""
+    ``#MEASURE_START`` / ``#MEASURE_END`` markers it prints.  With ``rss``, the
+    server's resident memory is also read before the generator starts and at
+    both markers."""
     binary = ensure_built()
     argv = [*pin_prefix(core), str(binary), *args]
+    rss_kb: dict[str, int] = {}
+    if rss and server_sid:
+        rss_kb["before"] = session_rss_kb(server_sid)
     t0 = time.monotonic()
     proc = subprocess.Popen(
         argv,
@@ -99,8 +148,12 @@ def run(
             line = line.strip()
             if line == "#MEASURE_START":
                 samples["start"] = Sample.take(server_sid, exclude)
+                if rss and server_sid:
+                    rss_kb["start"] = session_rss_kb(server_sid)
             elif line == "#MEASURE_END":
                 samples["end"] = Sample.take(server_sid, exclude)
+                if rss and server_sid:
+                    rss_kb["end"] = session_rss_kb(server_sid)
             elif line:
                 lines.append(line)
 
@@ -171,6 +224,8 @@ def run(
             "other_cpu_s": b.other_cpu_since(a),
             "other_top": b.top_others(a),
         }
+    if rss_kb:
+        window["rss_kb"] = rss_kb
     return LoadgenRun(
         argv=argv,
         result=result,

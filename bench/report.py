@@ -8,12 +8,18 @@ subset of workloads replaces only their blocks and keeps the others.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, RESULTS_MD
+from bench.common import BENCH_DIR, REPO_ROOT, RESULTS_MD, log
+from bench.servers import BASELINE, SECOND_BASELINE
 from bench.workloads import WORKLOADS, Options, Workload
+
+CHART_DIR = BENCH_DIR / "charts"
 
 DASH, TIMES, MICRO = "\u2013", "\u00d7", "\u00b5"  # en dash, multiplication sign, micro sign
 START = "<!-- results:start -->"
@@ -65,6 +71,19 @@ def _esc(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
+def _row_data(row: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one table row kept in RESULTS.md (for the targets and the charts)."""
+    keys = ("metric", "lat_p50_us", "lat_p99_us", "gen_cpu", "server_cpu", "ok_runs", "runs")
+    d = {k: row[k] for k in keys if row.get(k) is not None}
+    if row.get("extra"):
+        d["extra"] = row["extra"]
+    if row.get("notes"):
+        d["notes"] = row["notes"]
+    if "metric" not in row:
+        d["failed"] = row.get("skipped") or row.get("error") or "no run"
+    return d
+
+
 def render_workload(
     wl: Workload,
     summary: dict[str, Any],
@@ -74,6 +93,7 @@ def render_workload(
     json_path: Path,
 ) -> str:
     baseline = meta["baseline"]
+    second = SECOND_BASELINE
     o = meta["options"]
     mode = (
         f"**quick** ({o['duration']:g} s windows, {o['repeat']} repeat)"
@@ -86,6 +106,10 @@ def render_workload(
         else "**not pinned**"
     )
     la = meta.get("loadavg_start") or []
+    try:
+        src = json_path.resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        src = json_path
     lines = [
         f"<!-- workload:{wl.name}:start -->",
         f"### {wl.name}: {wl.description}",
@@ -93,36 +117,49 @@ def render_workload(
         f"Run {meta['started_utc']}: {mode}, {o['warmup']:g} s warm-up, {pin}; "
         f"{meta['cpu_count']} x {meta['cpu_model']}, Linux {meta['kernel']}"
         + (f", load avg {la[0]:.2f} at start" if la else "")
-        + f". Raw results: `{json_path.relative_to(REPO_ROOT)}` (git-ignored).",
+        + f". Raw results: `{src}` (git-ignored).",
     ]
+    data: dict[str, Any] = {
+        "run": meta["started_utc"],
+        "quick": bool(o["quick"]),
+        "repeat": o["repeat"],
+        "measures": {},
+    }
     for m in wl.measures:
         rows = summary.get(m.key, {})
+        data["measures"][m.key] = {peer: _row_data(row) for peer, row in rows.items()}
+        xh = "".join(f" {x.header} |" for x in m.extras)
+        xa = "---:|" * len(m.extras)
         lines += [
             "",
             f"**{m.title}** ({m.params(opts)})",
             "",
-            f"| peer | {m.unit} | min {DASH} max | {TIMES} {baseline} | latency p50 / p99 "
-            "| gen CPU | server CPU | other load | runs | notes |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            f"| peer | {m.unit} | min {DASH} max | {TIMES} {baseline} | {TIMES} {second} |"
+            f"{xh} {m.lat_label} | gen CPU | server CPU | other load | runs | notes |",
+            f"|---|---:|---:|---:|---:|{xa}---:|---:|---:|---:|---:|---|",
         ]
         for peer, row in rows.items():
             if "metric" not in row:
                 why = row.get("skipped") or row.get("error") or skipped.get(peer) or "no run"
+                blanks = " |" * (len(m.extras) + 7)
                 lines.append(
-                    f"| {peer} | {DASH} | | | | | | | {row.get('ok_runs', 0)}/{row.get('runs', 0)} "
+                    f"| {peer} | {DASH} |{blanks} {row.get('ok_runs', 0)}/{row.get('runs', 0)} "
                     f"| {'skipped' if row.get('skipped') else 'failed'}: {_esc(why)} |"
                 )
                 continue
             ratio = row.get("ratio")
-            ratio_s = DASH if ratio is None else f"{ratio:.2f}"
+            ratio2 = row.get("ratio2")
             rng = f"{_metric(row['min'], m.unit)} {DASH} {_metric(row['max'], m.unit)}"
             lat = f"{_us(row['lat_p50_us'])} / {_us(row['lat_p99_us'])}"
             notes = "; ".join(row["notes"]) if row["notes"] else "ok"
+            ex = row.get("extra") or {}
             cells = [
                 peer,
                 _metric(row["metric"], m.unit),
                 rng,
-                ratio_s,
+                DASH if ratio is None else f"{ratio:.2f}",
+                DASH if ratio2 is None else f"{ratio2:.2f}",
+                *[x.fmt(ex[x.key]) if x.key in ex else DASH for x in m.extras],
                 lat,
                 _pct(row["gen_cpu"]),
                 _pct(row["server_cpu"]),
@@ -131,8 +168,238 @@ def render_workload(
                 _esc(notes),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    chart = CHART_DIR / f"{wl.name}.png"
+    if chart.exists():
+        lines += ["", f"![{wl.name} chart](charts/{wl.name}.png)"]
+    lines.append(f"<!-- data {json.dumps(data, separators=(',', ':'), sort_keys=True)} -->")
     lines.append(f"<!-- workload:{wl.name}:end -->")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# targets (from the issue), checked against the numbers kept in each block
+
+SMART = "smartsocket"
+
+
+@dataclass
+class Target:
+    text: str
+    workload: str
+    measure: str
+    # (data of the measure: peer -> row) -> (measured text, met?) or None: no data
+    check: Callable[[dict[str, Any]], tuple[str, bool] | None]
+    other: str | None = None  # the peer compared with, if any
+
+
+def _is_problem(note: str) -> bool:
+    """A note that makes a comparison doubtful (not the informational ones)."""
+    return not note.startswith(("neither server nor generator", "permessage-deflate not"))
+
+
+def _ratio_target(
+    other: str, need: float, higher_is_better: bool = True
+) -> Callable[[dict[str, Any]], tuple[str, bool] | None]:
+    def check(rows: dict[str, Any]) -> tuple[str, bool] | None:
+        a = rows.get(SMART, {}).get("metric")
+        b = rows.get(other, {}).get("metric")
+        if not a or not b:
+            return None
+        r = a / b if higher_is_better else b / a
+        return f"{r:.2f}x", r >= need
+
+    return check
+
+
+def _rss_abs(limit: float) -> Callable[[dict[str, Any]], tuple[str, bool] | None]:
+    def check(rows: dict[str, Any]) -> tuple[str, bool] | None:
+        a = rows.get(SMART, {}).get("metric")
+        if a is None:
+            return None
+        return f"{a:.1f} KiB", a <= limit
+
+    return check
+
+
+def _rss_rel(other: str, factor: float) -> Callable[[dict[str, Any]], tuple[str, bool] | None]:
+    def check(rows: dict[str, Any]) -> tuple[str, bool] | None:
+        a = rows.get(SMART, {}).get("metric")
+        b = rows.get(other, {}).get("metric")
+        if a is None or not b:
+            return None
+        return f"{a:.1f} vs {b:.1f} KiB ({a / b:.2f}x)", a <= factor * b
+
+    return check
+
+
+def _p99_over_p50(rows: dict[str, Any]) -> tuple[str, bool] | None:
+    row = rows.get(SMART, {})
+    p50, p99 = row.get("lat_p50_us"), row.get("lat_p99_us")
+    if not p50 or not p99:
+        return None
+    return f"p50 {_us(p50)}, p99 {_us(p99)}: {p99 / p50:.1f}x", p99 <= 3 * p50
+
+
+TARGETS = [
+    Target("acked req/s >= 8x python-socketio", "ack", "ack", _ratio_target(BASELINE, 8), BASELINE),
+    Target(
+        "acked req/s >= 1.2x Node Socket.IO",
+        "ack",
+        "ack",
+        _ratio_target(SECOND_BASELINE, 1.2),
+        SECOND_BASELINE,
+    ),
+    Target(
+        "room fan-out >= 20x python-socketio",
+        "fanout",
+        "fanout",
+        _ratio_target(BASELINE, 20),
+        BASELINE,
+    ),
+    Target(
+        "room fan-out >= 3x Node Socket.IO",
+        "fanout",
+        "fanout",
+        _ratio_target(SECOND_BASELINE, 3),
+        SECOND_BASELINE,
+    ),
+    Target(
+        "compressed fan-out >= 10x python-socketio",
+        "fanout-deflate",
+        "fanout-deflate",
+        _ratio_target(BASELINE, 10),
+        BASELINE,
+    ),
+    Target(
+        "many rooms >= 8x python-socketio", "rooms", "rooms", _ratio_target(BASELINE, 8), BASELINE
+    ),
+    Target("RSS per idle connection <= 15 KB at 10k connections", "idle", "idle", _rss_abs(15)),
+    Target(
+        "RSS per idle connection <= Node Socket.IO",
+        "idle",
+        "idle",
+        _rss_rel(SECOND_BASELINE, 1),
+        SECOND_BASELINE,
+    ),
+    Target(
+        "RSS per idle connection <= 0.5x python-socketio",
+        "idle",
+        "idle",
+        _rss_rel(BASELINE, 0.5),
+        BASELINE,
+    ),
+    Target("p99 latency at 50% of max load <= 3x p50", "ack", "ack/half-load", _p99_over_p50),
+]
+
+DATA_RE = re.compile(r"<!-- data (?P<json>\{.*?\}) -->")
+
+
+def _block_data(inner: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for m in BLOCK_RE.finditer(inner):
+        d = DATA_RE.search(m.group(0))
+        if d:
+            try:
+                out[m.group("name")] = json.loads(d.group("json"))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _informational(data: dict[str, dict[str, Any]]) -> list[str]:
+    """Lines that are not targets but belong next to them."""
+    lines = []
+    for wl, d in data.items():
+        measures = {m.key: m for m in WORKLOADS[wl].measures} if wl in WORKLOADS else {}
+        for mkey, rows in d.get("measures", {}).items():
+            a = rows.get(SMART, {}).get("metric")
+            c = rows.get("c-reference", {}).get("metric")
+            m = measures.get(mkey)
+            if not a or not c or m is None or "/" in mkey:
+                continue
+            if m.higher_is_better:
+                lines.append(
+                    f"`{mkey}`: SmartSocket reaches {a / c:.0%} of the C reference server's "
+                    f"{m.unit} (this machine's limit)"
+                )
+            else:
+                lines.append(
+                    f"`{mkey}`: SmartSocket {a:,.1f} vs the C reference server {c:,.1f} {m.unit}"
+                )
+    fd = data.get("fanout-deflate", {}).get("measures", {}).get("fanout-deflate", {})
+    on, off = fd.get(SMART, {}), fd.get("smartsocket-nodeflate", {})
+    won, woff = (on.get("extra") or {}).get("wire"), (off.get("extra") or {}).get("wire")
+    if won and woff and on.get("metric") and off.get("metric"):
+        lines.append(
+            f"compression on vs off (SmartSocket, same run): {on['metric'] / off['metric']:.2f}x "
+            f"the deliveries/s, {won:,.0f} vs {woff:,.0f} wire bytes per message "
+            f"({1 - won / woff:.0%} saved)"
+        )
+    return lines
+
+
+def render_targets(inner: str) -> str:
+    data = _block_data(inner)
+    lines = [
+        "<!-- workload:targets:start -->",
+        "### Targets",
+        "",
+        "From the benchmark issue; each ratio is between peers of the same run (the workload's "
+        "block below). Recomputed from the blocks' numbers whenever a workload is run. A "
+        "result marked *checks* compares a row whose notes report a failed check or a busy "
+        "machine: read those notes first.",
+        "",
+        "| target | run | measured | status |",
+        "|---|---|---:|---|",
+    ]
+    for t in TARGETS:
+        d = data.get(t.workload)
+        rows = (d or {}).get("measures", {}).get(t.measure)
+        res = t.check(rows) if rows else None
+        run = DASH
+        if d:
+            run = f"`{t.workload}` {d.get('run', '')}" + (" (quick)" if d.get("quick") else "")
+        if res is None:
+            lines.append(f"| {t.text} | {run} | {DASH} | no data |")
+        else:
+            val, ok = res
+            flagged = [
+                p
+                for p in (SMART, t.other)
+                if p and any(_is_problem(n) for n in (rows or {}).get(p, {}).get("notes", []))
+            ]
+            status = "met" if ok else "**not met**"
+            if flagged:
+                status += f" (*checks*: {', '.join(flagged)})"
+            lines.append(f"| {t.text} | {run} | {val} | {status} |")
+    info = _informational(data)
+    if info:
+        lines += ["", *[f"- {x}" for x in info]]
+    lines.append("<!-- workload:targets:end -->")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# charts (matplotlib: the `bench` extra)
+
+
+def write_charts(
+    workloads: list[Workload], summary: dict[str, Any], meta: dict[str, Any]
+) -> list[Path]:
+    """One PNG per workload in bench/charts/ (a panel per measure). Needs matplotlib."""
+    try:
+        from bench import charts
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        log(f"charts skipped: {e} (install the bench extra: pip install -e '.[bench]')")
+        return []
+    out = []
+    for wl in workloads:
+        path = charts.workload_chart(wl, summary, meta, CHART_DIR / f"{wl.name}.png")
+        if path:
+            out.append(path)
+    if out:
+        log(f"charts: {', '.join(str(p.relative_to(REPO_ROOT)) for p in out)}")
+    return out
 
 
 def update_results_md(blocks: dict[str, str], path: Path = RESULTS_MD) -> None:
@@ -142,20 +409,21 @@ def update_results_md(blocks: dict[str, str], path: Path = RESULTS_MD) -> None:
     head, rest = text.split(START, 1)
     inner, tail = rest.split(END, 1)
     existing = {m.group("name"): m.group(0) for m in BLOCK_RE.finditer(inner)}
+    existing.pop("targets", None)
     existing.update(blocks)
     order = [n for n in WORKLOADS if n in existing] + sorted(
         n for n in existing if n not in WORKLOADS
     )
     body = "\n\n".join(existing[n] for n in order)
+    body = render_targets(body) + "\n\n" + body
     path.write_text(f"{head}{START}\n{INTRO}\n\n{body}\n{END}{tail}")
 
 
-def rerender(json_file: str | None) -> int:
-    """Rebuild the results blocks of RESULTS.md from a saved raw results file."""
-    import json
+def rerender(json_file: str | None, charts: bool = True) -> int:
+    """Rebuild the results blocks (and charts) of RESULTS.md from a saved raw results file."""
     from dataclasses import fields
 
-    from bench.common import OUT_DIR, log
+    from bench.common import OUT_DIR
 
     path = Path(json_file) if json_file else OUT_DIR / "latest.json"
     doc = json.loads(path.read_text())
@@ -163,10 +431,11 @@ def rerender(json_file: str | None) -> int:
     known = {f.name for f in fields(Options)}
     opts = Options(**{k: v for k, v in meta["options"].items() if k in known})
     src = Path(meta.get("json_path", path)).resolve()
+    wls = [WORKLOADS[name] for name in meta["workloads"] if name in WORKLOADS]
+    if charts:
+        write_charts(wls, doc["summary"], meta)
     blocks = {
-        name: render_workload(WORKLOADS[name], doc["summary"], meta, doc["skipped"], opts, src)
-        for name in meta["workloads"]
-        if name in WORKLOADS
+        wl.name: render_workload(wl, doc["summary"], meta, doc["skipped"], opts, src) for wl in wls
     }
     update_results_md(blocks)
     log(f"updated {RESULTS_MD.relative_to(REPO_ROOT)} from {path}")

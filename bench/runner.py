@@ -23,8 +23,14 @@ from bench.common import (
     log,
     pinning_available,
 )
-from bench.servers import Peer, PeerUnavailable, RunningServer, ServerStartError
-from bench.workloads import Measure, Options, Workload
+from bench.servers import (
+    SECOND_BASELINE,
+    Peer,
+    PeerUnavailable,
+    RunningServer,
+    ServerStartError,
+)
+from bench.workloads import Measure, NeedsEarlierMeasure, Options, Workload
 
 GEN_BUSY = 0.90  # generator CPU above this: it may be the bottleneck
 OTHER_BUSY = 0.10  # foreign CPU load above this: the machine was busy
@@ -60,7 +66,7 @@ def make_record(
         "error": None if lr.ok else lr.error,
         "unit": m.unit,
         "argv": lr.argv,
-        "server_cmd": peer.command(server.port),
+        "server_cmd": peer.command(server.port, wl.name),
         "server_log": str(server.log_path.relative_to(REPO_ROOT)),
         "loadgen": r,
         "loadgen_rusage": lr.gen_rusage,
@@ -69,7 +75,21 @@ def make_record(
     }
     if not lr.ok:
         return rec
-    rec["metric"] = m.metric(r)
+    try:
+        rec["metric"] = m.metric(r, lr.window)
+    except (KeyError, ValueError, TypeError, ZeroDivisionError) as e:
+        rec["ok"] = False
+        rec["error"] = f"no metric: {e}"
+        return rec
+    extra: dict[str, float] = {}
+    for x in m.extras:
+        try:
+            v = x.value(r, lr.window)
+        except (KeyError, ValueError, TypeError, ZeroDivisionError):
+            v = None
+        if v is not None:
+            extra[x.key] = float(v)
+    rec["extra"] = extra
     lat = r.get("lat_us", {})
     rec["lat_p50_us"] = lat.get("p50")
     rec["lat_p99_us"] = lat.get("p99")
@@ -106,14 +126,17 @@ def progress_line(tag: str, rec: dict[str, Any], elapsed: float) -> str:
         return f"{head} FAILED: {rec['error']}"
     if rec["unit"].endswith("/s"):
         val = f"{_fmt_rate(rec['metric'])} {rec['unit']}"
-    else:
+    elif rec["unit"].startswith("p50"):
         val = f"p50 {_fmt_us(rec['metric'])}"
+    else:
+        val = f"{rec['metric']:.2f} {rec['unit']}"
     lat = f"p50/p99 {_fmt_us(rec['lat_p50_us'] or 0)}/{_fmt_us(rec['lat_p99_us'] or 0)}"
     srv = "?" if rec["server_cpu"] is None else f"{rec['server_cpu']:.0%}"
     oth = "?" if rec["other_load"] is None else f"{rec['other_load']:.0%}"
     status = "ok" if not rec["notes"] else "WARN: " + "; ".join(rec["notes"])
     cpu = f"gen {rec['gen_cpu']:.0%}  srv {srv}  other {oth}"
-    return f"{head} {val:>22}  {lat:<22} {cpu}  ({elapsed:.1f} s)  {status}"
+    ex = "".join(f"  {k}={v:,.4g}" for k, v in (rec.get("extra") or {}).items())
+    return f"{head} {val:>22}  {lat:<22} {cpu}{ex}  ({elapsed:.1f} s)  {status}"
 
 
 def summarize(
@@ -122,13 +145,19 @@ def summarize(
     peers: list[Peer],
     baseline: str,
     skipped: dict[str, str],
+    second: str = SECOND_BASELINE,
 ) -> dict[str, Any]:
-    """Median per (measure, peer) plus ratios against the baseline peer."""
+    """Median per (measure, peer) plus ratios against the baseline peers."""
     out: dict[str, Any] = {}
     for wl in workloads:
         for m in wl.measures:
             rows: dict[str, Any] = {}
             for peer in peers:
+                takes_part, why_not = peer.applies(wl.name)
+                if not takes_part:
+                    if why_not:
+                        rows[peer.name] = {"runs": 0, "ok_runs": 0, "skipped": why_not}
+                    continue
                 recs = [r for r in records if r["measure"] == m.key and r["peer"] == peer.name]
                 oks = [r for r in recs if r["ok"]]
                 row: dict[str, Any] = {"runs": len(recs), "ok_runs": len(oks)}
@@ -157,7 +186,13 @@ def summarize(
                         f"{fails} run(s) failed: {next(r['error'] for r in recs if not r['ok'])}"
                     )
                 other = [r["other_load"] for r in oks if r.get("other_load") is not None]
+                extra: dict[str, float] = {}
+                for x in m.extras:
+                    xs = [r["extra"][x.key] for r in oks if x.key in (r.get("extra") or {})]
+                    if xs:
+                        extra[x.key] = statistics.median(xs)
                 row.update(
+                    extra=extra,
                     metric=statistics.median(vals),
                     min=min(vals),
                     max=max(vals),
@@ -169,13 +204,29 @@ def summarize(
                     notes=notes,
                 )
                 rows[peer.name] = row
-            base = rows.get(baseline, {}).get("metric")
-            for row in rows.values():
-                v = row.get("metric")
-                if base and v:
-                    row["ratio"] = v / base if m.higher_is_better else base / v
+            for key, ref in (("ratio", baseline), ("ratio2", second)):
+                base = rows.get(ref, {}).get("metric")
+                for row in rows.values():
+                    v = row.get("metric")
+                    if base and v:
+                        row[key] = v / base if m.higher_is_better else base / v
             out[m.key] = rows
     return out
+
+
+def _raise_nofile() -> None:
+    """Servers inherit our fd limit: the idle and rooms workloads need >10,000 sockets."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 65536
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        if want < 10300:
+            log(f"warning: fd limit {want}: the idle and rooms workloads need ~10,300")
+    except (ImportError, ValueError, OSError) as e:  # pragma: no cover
+        log(f"warning: cannot raise RLIMIT_NOFILE: {e}")
 
 
 def _prune_logs(keep: int = 200) -> None:
@@ -195,12 +246,14 @@ def run(
     pin: bool = True,
     baseline: str = "python-socketio",
     write: bool = True,
+    charts: bool = True,
 ) -> int:
     try:
         loadgen.ensure_built()
     except loadgen.BuildError as e:
         log(f"error: {e}")
         return 2
+    _raise_nofile()
 
     pinned = pin and pinning_available()
     if pin and not pinned:
@@ -239,7 +292,10 @@ def run(
     }
     records: list[dict[str, Any]] = []
     failed_measures: set[tuple[str, str]] = set()  # (peer, measure) that failed once: not retried
-    total_runs = sum(len(w.measures) for w in workloads) * opts.repeat * len(active)
+    total_runs = sum(
+        len(w.measures) * opts.repeat * sum(1 for p in active if p.applies(w.name)[0])
+        for w in workloads
+    )
     done = 0
     t_all = time.monotonic()
     log(
@@ -250,6 +306,8 @@ def run(
     for wl in workloads:
         for rep in range(1, opts.repeat + 1):
             for peer in active:
+                if not peer.applies(wl.name)[0]:
+                    continue
                 if peer.name in skipped:
                     done += len(wl.measures)
                     continue
@@ -257,7 +315,8 @@ def run(
                 if not todo:
                     done += len(wl.measures)
                     continue
-                server = RunningServer(peer, server_core)
+                prev: dict[str, dict[str, Any]] = {}
+                server = RunningServer(peer, server_core, workload=wl.name)
                 try:
                     server.start()
                 except ServerStartError as e:
@@ -279,21 +338,31 @@ def run(
                             log(f"{tag} {peer.name}: server exited; skipping {m.key}")
                             failed_measures.add((peer.name, m.key))
                             continue
+                        try:
+                            margs = m.args(opts, prev)
+                        except NeedsEarlierMeasure as e:
+                            log(f"{tag} {peer.name}: skipping {m.key}: {e}")
+                            continue
                         args = [
                             *("--proto", peer.proto, "--port", str(server.port)),
                             *("--path", peer.ws_path, "--warmup", str(opts.warmup)),
                             *("--connect-timeout", str(opts.connect_timeout)),
-                            *("--drain-timeout", str(opts.drain_timeout)),
-                            *m.args(opts),
+                            *("--drain-timeout", str(m.drain_timeout(opts))),
+                            *margs,
                         ]
                         t0 = time.monotonic()
                         lr = loadgen.run(
-                            args, server_sid=server.pid, core=gen_core, timeout_s=m.timeout_s(opts)
+                            args,
+                            server_sid=server.pid,
+                            core=gen_core,
+                            timeout_s=m.timeout_s(opts),
+                            rss=m.rss,
                         )
                         rec = make_record(wl, m, peer, rep, lr, server, opts, pinned)
-                        if lr.ok and not server.alive():
+                        if rec["ok"] and not server.alive():
                             rec["notes"].append("server exited during the run")
                         records.append(rec)
+                        prev[m.key] = rec
                         log(progress_line(tag, rec, time.monotonic() - t0))
                         if not rec["ok"]:
                             failed_measures.add((peer.name, m.key))
@@ -317,6 +386,8 @@ def run(
     (OUT_DIR / "latest.json").write_text(json.dumps(doc, indent=1, default=str))
     log(f"raw results: {json_path.relative_to(REPO_ROOT)}")
 
+    if write and charts and records:
+        report.write_charts(workloads, summary, meta)
     blocks = {
         wl.name: report.render_workload(wl, summary, meta, skipped, opts, json_path)
         for wl in workloads

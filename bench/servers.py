@@ -35,6 +35,10 @@ NODE_DIR = PEERS_DIR / "node"
 SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 
 
+# workloads in which the generator offers permessage-deflate
+DEFLATE_WORKLOADS = {"fanout-deflate"}
+
+
 class PeerUnavailable(RuntimeError):
     """The peer cannot be run on this machine (missing tool, broken CLI...)."""
 
@@ -47,11 +51,23 @@ class Peer:
     ws_path: str = "/"
     notes: str = ""
     extra_args: list[str] = field(default_factory=list)
+    # workload -> why this peer does not take part (shown in that workload's table)
+    not_in: dict[str, str] = field(default_factory=dict)
+    # when set, the peer takes part only in these workloads (silently absent elsewhere)
+    only_in: set[str] | None = None
 
     def prepare(self) -> None:
         """Check availability / do explicit setup steps. Raise PeerUnavailable."""
 
-    def command(self, port: int) -> list[str]:
+    def applies(self, workload: str) -> tuple[bool, str | None]:
+        """(takes part, reason shown when it does not; None: leave it out of the table)."""
+        if self.only_in is not None and workload not in self.only_in:
+            return False, None
+        if workload in self.not_in:
+            return False, self.not_in[workload]
+        return True, None
+
+    def command(self, port: int, workload: str = "") -> list[str]:
         raise NotImplementedError
 
     @property
@@ -61,16 +77,22 @@ class Peer:
 
 class PythonScriptPeer(Peer):
     def __init__(
-        self, name: str, proto: str, description: str, script: Path, ws_path: str = "/"
+        self,
+        name: str,
+        proto: str,
+        description: str,
+        script: Path,
+        ws_path: str = "/",
+        not_in: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(name, proto, description, ws_path=ws_path)
+        super().__init__(name, proto, description, ws_path=ws_path, not_in=not_in or {})
         self.script = script
 
     def prepare(self) -> None:
         if not self.script.exists():
             raise PeerUnavailable(f"{self.script} is missing")
 
-    def command(self, port: int) -> list[str]:
+    def command(self, port: int, workload: str = "") -> list[str]:
         return [project_python(), str(self.script), "--host", HOST, "--port", str(port)]
 
 
@@ -95,8 +117,31 @@ class NodeSocketIOPeer(Peer):
     def cwd(self) -> Path:
         return NODE_DIR
 
-    def command(self, port: int) -> list[str]:
-        return [shutil.which("node") or "node", "server.js", "--host", HOST, "--port", str(port)]
+    # ws' own default threshold, which engine.io also applies when deflate is switched on
+    DEFLATE_THRESHOLD = 1024
+
+    def command(self, port: int, workload: str = "") -> list[str]:
+        cmd = [shutil.which("node") or "node", "server.js", "--host", HOST, "--port", str(port)]
+        if workload in DEFLATE_WORKLOADS:
+            cmd += ["--per-message-deflate", str(self.DEFLATE_THRESHOLD)]
+        return cmd
+
+
+class CRefPeer(Peer):
+    """bench/peers/cref/cref.c: a minimal C epoll server (this machine's limit)."""
+
+    def prepare(self) -> None:
+        from bench import loadgen
+
+        try:
+            loadgen.ensure_cref_built()
+        except loadgen.BuildError as e:
+            raise PeerUnavailable(str(e)) from e
+
+    def command(self, port: int, workload: str = "") -> list[str]:
+        from bench.loadgen import CREF_BINARY
+
+        return [str(CREF_BINARY), "--host", HOST, "--port", str(port)]
 
 
 class SmartSocketPeer(Peer):
@@ -116,9 +161,19 @@ class SmartSocketPeer(Peer):
         "--rate-limit-bytes", "0",
     ]  # fmt: skip
 
-    def command(self, port: int) -> list[str]:
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        variant_args: list[str] | None = None,
+        only_in: set[str] | None = None,
+    ) -> None:
+        super().__init__(name, "smartsocket", description, only_in=only_in)
+        self.variant_args = variant_args or []
+
+    def command(self, port: int, workload: str = "") -> list[str]:
         cmd = [project_python(), "-m", "smartsocket", "serve", "--port", str(port), "--host", HOST]
-        return cmd + self.FLAGS + self.extra_args
+        return cmd + self.FLAGS + self.variant_args + self.extra_args
 
 
 PEERS: dict[str, Peer] = {
@@ -142,15 +197,27 @@ PEERS: dict[str, Peer] = {
             "smartsocket",
             "raw picows + msgspec speaking the SmartSocket v1 wire format (transport ceiling)",
             PEERS_DIR / "picows_server.py",
+            not_in={"fanout-deflate": "picows has no permessage-deflate"},
         ),
         SmartSocketPeer(
             "smartsocket",
+            "SmartSocket (`python -m smartsocket serve`), compression on (its default)",
+        ),
+        SmartSocketPeer(
+            "smartsocket-nodeflate",
+            "SmartSocket with `--no-compression` (fanout-deflate only: the same run, deflate off)",
+            variant_args=["--no-compression"],
+            only_in=DEFLATE_WORKLOADS,
+        ),
+        CRefPeer(
+            "c-reference",
             "smartsocket",
-            "SmartSocket (`python -m smartsocket serve`)",
+            "minimal C epoll server (bench/peers/cref/cref.c): this machine's limit",
         ),
     ]
 }
 BASELINE = "python-socketio"
+SECOND_BASELINE = "socketio-node"  # the second ratio column
 
 
 class ServerStartError(RuntimeError):
@@ -162,8 +229,11 @@ class ServerStartError(RuntimeError):
 class RunningServer:
     """A started peer. Use as a context manager; always stops the process."""
 
-    def __init__(self, peer: Peer, core: int | None, ready_timeout: float = 30.0) -> None:
+    def __init__(
+        self, peer: Peer, core: int | None, ready_timeout: float = 30.0, workload: str = ""
+    ) -> None:
         self.peer = peer
+        self.workload = workload
         self.core = core
         self.ready_timeout = ready_timeout
         self.port = free_port()
@@ -199,7 +269,7 @@ class RunningServer:
         return "\n".join(lines[-n:])
 
     def start(self) -> None:
-        cmd = pin_prefix(self.core) + self.peer.command(self.port)
+        cmd = pin_prefix(self.core) + self.peer.command(self.port, self.workload)
         env = dict(os.environ, PYTHONUNBUFFERED="1", NODE_ENV="production")
         with open(self.log_path, "wb") as logf:
             logf.write(f"$ {' '.join(cmd)}\n".encode())

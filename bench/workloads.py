@@ -13,7 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-Result = dict[str, Any]
+Result = dict[str, Any]  # the generator's JSON result
+Window = dict[
+    str, Any
+]  # CPU/RSS samples taken around the measured window (loadgen.LoadgenRun.window)
+Prev = dict[str, dict[str, Any]]  # measure key -> record, same peer and repetition
+
+
+class NeedsEarlierMeasure(RuntimeError):
+    """A measure's arguments depend on a measure that did not succeed."""
 
 
 @dataclass
@@ -28,6 +36,15 @@ class Options:
     members: int = 1000
     window: int = 32
     payload_size: int = 64
+    half_load: float = 0.5  # ack/half-load: fraction of the peer's measured ack rate
+    deflate_payload: int = 1024  # fanout-deflate: chat text bytes (words)
+    deflate_window: int = 16  # fanout-deflate: messages not yet fully delivered
+    idle_connections: int = 10000
+    idle_settle: float = 2.0  # idle: wait after the last handshake before reading RSS
+    idle_hold: float = 2.0  # idle: connections held open after that (CPU of idle sockets)
+    rooms: int = 1000
+    room_members: int = 10
+    room_window: int = 2  # rooms: messages per room not yet fully delivered
     connect_timeout: float = 60.0
     drain_timeout: float = 5.0
 
@@ -37,6 +54,18 @@ class Options:
         self.latency_duration = 1.0
         self.warmup = 0.5
         self.repeat = 1
+        self.idle_settle = 1.0
+        self.idle_hold = 1.0
+
+
+@dataclass
+class Extra:
+    """One more column of a measure's table: a number taken from each run (median shown)."""
+
+    key: str
+    header: str
+    value: Callable[[Result, Window], float | None]
+    fmt: Callable[[float], str]
 
 
 @dataclass
@@ -45,14 +74,31 @@ class Measure:
     title: str
     unit: str  # of the headline metric
     higher_is_better: bool
-    args: Callable[[Options], list[str]]  # loadgen arguments (besides proto/port/path)
-    metric: Callable[[Result], float]
+    args: Callable[[Options, Prev], list[str]]  # loadgen arguments (besides proto/port/path)
+    metric: Callable[[Result, Window], float]
     window_s: Callable[[Options], float]
     checks: Callable[[Result, Options], list[str]] = field(default=lambda r, o: [])
     params: Callable[[Options], str] = field(default=lambda o: "")
+    extras: list[Extra] = field(default_factory=list)
+    rss: bool = False  # read the server's RSS before the run and at the window markers
+    setup_s: Callable[[Options], float] = field(default=lambda o: 0.0)  # extra time budget
+    drain_s: Callable[[Options], float] | None = None  # drain timeout (default: options')
+    lat_label: str = "latency p50 / p99"
+    # an extra to chart as a panel of its own: (extra key, title, unit); lower is better
+    chart_extra: tuple[str, str, str] | None = None
+
+    def drain_timeout(self, o: Options) -> float:
+        return self.drain_s(o) if self.drain_s else o.drain_timeout
 
     def timeout_s(self, o: Options) -> float:
-        return o.connect_timeout + o.warmup + self.window_s(o) + o.drain_timeout + 30.0
+        return (
+            o.connect_timeout
+            + max(o.warmup, o.idle_settle)
+            + self.window_s(o)
+            + self.drain_timeout(o)
+            + self.setup_s(o)
+            + 30.0
+        )
 
 
 @dataclass
@@ -60,6 +106,7 @@ class Workload:
     name: str
     description: str
     measures: list[Measure]
+    chart_log: bool = True  # log scale when the values span more than 20x
 
 
 # --------------------------------------------------------------------------
@@ -106,15 +153,121 @@ def fanout_checks(r: Result, o: Options) -> list[str]:
         notes.append(f"sender received its own message {r['self_deliveries']} times")
     if r.get("bad_seq") or r.get("over_deliveries"):
         notes.append(
-            f"bad/duplicate deliveries: {r.get('bad_seq', 0) + r.get('over_deliveries', 0)}"
+            f"bad/duplicate/cross-room deliveries: "
+            f"{r.get('bad_seq', 0) + r.get('over_deliveries', 0)}"
         )
-    if r.get("join_members_max") not in (None, -1, o.members):
+    if r.get("join_members_max") not in (None, -1, r.get("members")):
         notes.append(f"room reported {r.get('join_members_max')} members")
+    return notes
+
+
+def deflate_checks(r: Result, o: Options) -> list[str]:
+    notes = fanout_checks(r, o)
+    d = r.get("deflate") or {}
+    if d.get("inflate_errors"):
+        notes.append(f"{d['inflate_errors']} messages failed to inflate")
+    if not d.get("negotiated"):
+        notes.append("permessage-deflate not negotiated: sent uncompressed")
+    elif d.get("negotiated") != r.get("clients"):
+        notes.append(
+            f"deflate negotiated on {d.get('negotiated')} of {r.get('clients')} connections"
+        )
+    return notes
+
+
+def idle_checks(r: Result, o: Options) -> list[str]:
+    notes = common_checks(r, o)
+    if r.get("ready") != r.get("clients"):
+        notes.append(f"only {r.get('ready')} of {r.get('clients')} connections ready")
+    return notes
+
+
+def half_load_checks(r: Result, o: Options) -> list[str]:
+    notes = ack_checks(r, o)
+    offered = float(r.get("rate_offered") or 0)
+    got = float(r.get("rate") or 0)
+    if offered and got < 0.95 * offered:
+        notes.append(f"server kept up with only {got / offered:.0%} of the offered rate")
+    if r.get("rate_blocked"):
+        notes.append("requests waited for a free in-flight slot (server behind)")
     return notes
 
 
 def _lat(r: Result, k: str) -> float:
     return float(r.get("lat_us", {}).get(k, 0.0))
+
+
+def _rate(r: Result, w: Window) -> float:
+    return float(r["rate"])
+
+
+def _rss_per_conn_kib(r: Result, w: Window) -> float:
+    """(RSS with every connection open, after the settle time - RSS before) / connections."""
+    rss = w.get("rss_kb") or {}
+    before, after = rss.get("before"), rss.get("start")
+    n = r.get("ready") or 0
+    if before is None or after is None or not n:
+        raise ValueError("no RSS samples")
+    return max(0.0, float(after - before) / float(n))
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _ack_args(o: Options, prev: Prev) -> list[str]:
+    return [
+        *("--workload", "ack", "--clients", str(o.clients), "--inflight", str(o.inflight)),
+        *("--payload-size", str(o.payload_size), "--duration", str(o.duration)),
+    ]
+
+
+def _half_load_args(o: Options, prev: Prev) -> list[str]:
+    base = prev.get("ack")
+    if not base or not base.get("ok") or not base.get("metric"):
+        raise NeedsEarlierMeasure("needs a successful `ack` throughput run first")
+    rate = max(1.0, float(base["metric"]) * o.half_load)
+    return [
+        *("--workload", "ack", "--clients", str(o.clients), "--inflight", str(o.inflight)),
+        *("--rate", f"{rate:.0f}", "--payload-size", str(o.payload_size)),
+        *("--duration", str(o.latency_duration)),
+    ]
+
+
+def _fanout_args(members: int, window: int, payload: int, duration: float) -> list[str]:
+    return [
+        *("--workload", "fanout", "--members", str(members), "--window", str(window)),
+        *("--payload-size", str(payload), "--duration", str(duration)),
+    ]
+
+
+def _fmt_int(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def _fmt_x(v: float) -> str:
+    return f"{v:.1f}x"
+
+
+def _fmt_pct(v: float) -> str:
+    return f"{v:.0%}"
+
+
+def _fmt_s(v: float) -> str:
+    return f"{v:.2f} s"
+
+
+def _fmt_us(v: float) -> str:
+    return f"{v:,.0f} \u00b5s" if v >= 10 else f"{v:.1f} \u00b5s"
+
+
+def _fmt_mib(v: float) -> str:
+    return f"{v / 1024:,.1f} MiB"
+
+
+def _wire_saved(r: Result, w: Window) -> float | None:
+    wire, pay = r.get("wire_bytes_per_delivery"), r.get("payload_bytes_per_delivery")
+    return 1.0 - wire / pay if wire and pay else None
 
 
 # --------------------------------------------------------------------------
@@ -125,27 +278,16 @@ WORKLOADS: dict[str, Workload] = {
     for w in [
         Workload(
             "ack",
-            "acked request/response: `echo` with an ack, many requests in flight; "
-            "plus a sequential single-client latency measure",
+            "acked request/response: `echo` with an ack, many requests in flight; a sequential "
+            "single-client latency measure; and latency at half of the peer's measured maximum",
             [
                 Measure(
                     key="ack",
                     title="ack throughput",
                     unit="acks/s",
                     higher_is_better=True,
-                    args=lambda o: [
-                        "--workload",
-                        "ack",
-                        "--clients",
-                        str(o.clients),
-                        "--inflight",
-                        str(o.inflight),
-                        "--payload-size",
-                        str(o.payload_size),
-                        "--duration",
-                        str(o.duration),
-                    ],
-                    metric=lambda r: float(r["rate"]),
+                    args=_ack_args,
+                    metric=_rate,
                     window_s=lambda o: o.duration,
                     checks=ack_checks,
                     params=lambda o: (
@@ -158,21 +300,48 @@ WORKLOADS: dict[str, Workload] = {
                     title="ack round-trip latency",
                     unit="p50 \u00b5s",
                     higher_is_better=False,
-                    args=lambda o: [
-                        "--workload",
-                        "latency",
-                        "--payload-size",
-                        str(o.payload_size),
-                        "--duration",
-                        str(o.latency_duration),
+                    args=lambda o, prev: [
+                        *("--workload", "latency", "--payload-size", str(o.payload_size)),
+                        *("--duration", str(o.latency_duration)),
                     ],
-                    metric=lambda r: _lat(r, "p50"),
+                    metric=lambda r, w: _lat(r, "p50"),
                     window_s=lambda o: o.latency_duration,
                     checks=ack_checks,
                     params=lambda o: (
                         "1 client, 1 request in flight (sequential), "
                         f"{o.latency_duration:g} s window"
                     ),
+                ),
+                Measure(
+                    key="ack/half-load",
+                    title="ack latency at half load",
+                    unit="p50 \u00b5s",
+                    higher_is_better=False,
+                    args=_half_load_args,
+                    metric=lambda r, w: _lat(r, "p50"),
+                    window_s=lambda o: o.latency_duration,
+                    checks=half_load_checks,
+                    params=lambda o: (
+                        f"{o.clients} clients, requests sent on a fixed schedule at "
+                        f"{o.half_load:.0%} of the peer's own `ack` rate of the same repetition "
+                        f"(open loop, at most {o.inflight} in flight per client; latency counted "
+                        f"from the scheduled send time), {o.latency_duration:g} s window"
+                    ),
+                    extras=[
+                        Extra(
+                            "offered",
+                            "offered req/s",
+                            lambda r, w: float(r.get("rate_offered") or 0) or None,
+                            _fmt_int,
+                        ),
+                        Extra("achieved", "achieved req/s", _rate, _fmt_int),
+                        Extra(
+                            "p99_over_p50",
+                            "p99 / p50",
+                            lambda r, w: _ratio(_lat(r, "p99"), _lat(r, "p50")),
+                            _fmt_x,
+                        ),
+                    ],
                 ),
             ],
         ),
@@ -186,19 +355,10 @@ WORKLOADS: dict[str, Workload] = {
                     title="fan-out deliveries",
                     unit="deliveries/s",
                     higher_is_better=True,
-                    args=lambda o: [
-                        "--workload",
-                        "fanout",
-                        "--members",
-                        str(o.members),
-                        "--window",
-                        str(o.window),
-                        "--payload-size",
-                        str(o.payload_size),
-                        "--duration",
-                        str(o.duration),
-                    ],
-                    metric=lambda r: float(r["rate"]),
+                    args=lambda o, prev: _fanout_args(
+                        o.members, o.window, o.payload_size, o.duration
+                    ),
+                    metric=_rate,
                     window_s=lambda o: o.duration,
                     checks=fanout_checks,
                     params=lambda o: (
@@ -212,19 +372,10 @@ WORKLOADS: dict[str, Workload] = {
                     title="fan-out delivery latency, one message at a time",
                     unit="p50 \u00b5s",
                     higher_is_better=False,
-                    args=lambda o: [
-                        "--workload",
-                        "fanout",
-                        "--members",
-                        str(o.members),
-                        "--window",
-                        "1",
-                        "--payload-size",
-                        str(o.payload_size),
-                        "--duration",
-                        str(o.latency_duration),
-                    ],
-                    metric=lambda r: _lat(r, "p50"),
+                    args=lambda o, prev: _fanout_args(
+                        o.members, 1, o.payload_size, o.latency_duration
+                    ),
+                    metric=lambda r, w: _lat(r, "p50"),
                     window_s=lambda o: o.latency_duration,
                     checks=fanout_checks,
                     params=lambda o: (
@@ -233,6 +384,147 @@ WORKLOADS: dict[str, Workload] = {
                     ),
                 ),
             ],
+        ),
+        Workload(
+            "fanout-deflate",
+            "room broadcast with permessage-deflate offered: ~1 KB chat text made of words, "
+            "SmartSocket with compression on and off, the Socket.IO peers with theirs on",
+            [
+                Measure(
+                    key="fanout-deflate",
+                    title="compressed fan-out deliveries",
+                    unit="deliveries/s",
+                    higher_is_better=True,
+                    args=lambda o, prev: [
+                        *_fanout_args(o.members, o.deflate_window, o.deflate_payload, o.duration),
+                        "--deflate",
+                        "--words",
+                    ],
+                    metric=_rate,
+                    window_s=lambda o: o.duration,
+                    checks=deflate_checks,
+                    drain_s=lambda o: max(o.drain_timeout, 10.0),
+                    chart_extra=("wire", "wire bytes per delivered message", "bytes"),
+                    params=lambda o: (
+                        f"{o.members} members, window {o.deflate_window} messages, "
+                        f"{o.deflate_payload} B chat text of words, the generator offers "
+                        "`permessage-deflate; client_max_window_bits`, "
+                        f"{o.duration:g} s window; wire B/msg = bytes on the wire per delivered "
+                        "chat frame (header + payload), payload B/msg = the same frame inflated"
+                    ),
+                    extras=[
+                        Extra(
+                            "wire",
+                            "wire B/msg",
+                            lambda r, w: r.get("wire_bytes_per_delivery") or None,
+                            _fmt_int,
+                        ),
+                        Extra(
+                            "payload",
+                            "payload B/msg",
+                            lambda r, w: r.get("payload_bytes_per_delivery") or None,
+                            _fmt_int,
+                        ),
+                        Extra("saved", "wire saved", _wire_saved, _fmt_pct),
+                    ],
+                ),
+            ],
+        ),
+        Workload(
+            "rooms",
+            "many rooms: R rooms of M members (R x M connections); the first member of every "
+            "room publishes `chat` with at most W messages of its room not yet fully delivered",
+            [
+                Measure(
+                    key="rooms",
+                    title="many-rooms deliveries",
+                    unit="deliveries/s",
+                    higher_is_better=True,
+                    args=lambda o, prev: [
+                        *("--workload", "rooms", "--rooms", str(o.rooms)),
+                        *("--members", str(o.room_members), "--window", str(o.room_window)),
+                        *("--payload-size", str(o.payload_size), "--duration", str(o.duration)),
+                        *("--connect-concurrency", "128"),
+                    ],
+                    metric=_rate,
+                    window_s=lambda o: o.duration,
+                    checks=fanout_checks,
+                    drain_s=lambda o: max(o.drain_timeout, 10.0),
+                    params=lambda o: (
+                        f"{o.rooms * o.room_members:,} connections in {o.rooms:,} rooms of "
+                        f"{o.room_members}; {o.rooms:,} concurrent publishers (one per room), "
+                        f"window {o.room_window} per room, {o.payload_size} B text, "
+                        f"{o.duration:g} s window"
+                    ),
+                    extras=[
+                        Extra(
+                            "messages",
+                            "messages/s",
+                            lambda r, w: (
+                                float(r.get("chat_acks_window") or 0)
+                                / float(r.get("duration_s") or 1)
+                            ),
+                            _fmt_int,
+                        ),
+                        Extra("setup", "connect + join", lambda r, w: r.get("setup_s"), _fmt_s),
+                    ],
+                ),
+            ],
+        ),
+        Workload(
+            "idle",
+            "idle connections: N WebSocket connections opened and held; server memory per "
+            "connection and connect time",
+            [
+                Measure(
+                    key="idle",
+                    title="idle connections: server RSS per connection",
+                    unit="KiB/conn",
+                    higher_is_better=False,
+                    args=lambda o, prev: [
+                        *("--workload", "idle", "--clients", str(o.idle_connections)),
+                        *("--warmup", str(o.idle_settle), "--duration", str(o.idle_hold)),
+                    ],
+                    metric=_rss_per_conn_kib,
+                    window_s=lambda o: o.idle_hold,
+                    checks=idle_checks,
+                    rss=True,
+                    lat_label="handshake p50 / p99",
+                    params=lambda o: (
+                        f"{o.idle_connections:,} connections, at most 64 handshakes at a time; "
+                        "RSS/conn = (server VmRSS with every connection open, "
+                        f"{o.idle_settle:g} s after the last handshake, - VmRSS before the "
+                        "first) / connections; handshake = TCP connect to the ready signal "
+                        "(`$welcome`, or Socket.IO's connect packet)"
+                    ),
+                    extras=[
+                        Extra("connect", "connect all", lambda r, w: r.get("setup_s"), _fmt_s),
+                        Extra(
+                            "per_conn",
+                            "per conn",
+                            lambda r, w: (
+                                float(r["setup_s"]) * 1e6 / r["ready"]
+                                if r.get("setup_s") and r.get("ready")
+                                else None
+                            ),
+                            _fmt_us,
+                        ),
+                        Extra(
+                            "rss_before",
+                            "RSS before",
+                            lambda r, w: (w.get("rss_kb") or {}).get("before"),
+                            _fmt_mib,
+                        ),
+                        Extra(
+                            "rss_after",
+                            "RSS with conns",
+                            lambda r, w: (w.get("rss_kb") or {}).get("start"),
+                            _fmt_mib,
+                        ),
+                    ],
+                ),
+            ],
+            chart_log=False,
         ),
     ]
 }

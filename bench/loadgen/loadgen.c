@@ -9,9 +9,26 @@
  * Workloads:
  *   ack      N clients x K acked "echo" requests in flight        -> acks/s
  *   latency  1 client, 1 request in flight (sequential)           -> RTT percentiles
+ *   ack --rate R  the same N clients, but requests leave on a fixed schedule of R/s
+ *            (open loop, at most K in flight per client); latency is measured
+ *            from the scheduled send time                           -> p50/p99 at that load
  *   fanout   M members join one room, member 0 publishes "chat"
  *            messages with at most W messages not fully delivered -> deliveries/s
  *            + delivery latency (send timestamp carried in the text)
+ *   rooms    R rooms of M members (R x M connections); the first member of
+ *            every room publishes with at most W messages of its room not
+ *            fully delivered                                      -> deliveries/s
+ *   idle     N connections opened (at most C handshakes at a time) and held
+ *            idle; the caller reads the server's RSS               -> connect time
+ *
+ * --deflate offers permessage-deflate (client_max_window_bits) and inflates
+ * compressed (RSV1) messages with zlib: one inflater per connection when the
+ * server keeps its context; when it answers server_no_context_takeover every
+ * message stands alone, so a payload identical to one inflated just before
+ * (the same broadcast reaching the next member) is taken from a small cache
+ * after a full byte comparison.  --words fills chat text with words instead of
+ * 'x' (realistic, compressible).  Wire bytes of every delivered chat frame are
+ * counted (header + payload as received).
  *
  * Phases: setup (connect + handshake (+ join)), warmup (traffic, not counted),
  * measure (counted; "#MEASURE_START"/"#MEASURE_END" lines are printed on
@@ -45,28 +62,32 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* ------------------------------------------------------------------ */
 /* options                                                              */
 
 enum { P_SMART = 0, P_SIO = 1 };
-enum { W_ACK = 0, W_LATENCY = 1, W_FANOUT = 2 };
+enum { W_ACK = 0, W_LATENCY = 1, W_FANOUT = 2, W_ROOMS = 3, W_IDLE = 4 };
 static const char *proto_names[] = {"smartsocket", "socketio"};
-static const char *wl_names[] = {"ack", "latency", "fanout"};
+static const char *wl_names[] = {"ack", "latency", "fanout", "rooms", "idle"};
 
 static struct {
     int proto, workload, port, clients, inflight, members, window, payload;
-    int connect_conc;
-    double duration, warmup, connect_timeout, drain_timeout;
+    int connect_conc, rooms, deflate, words;
+    double duration, warmup, connect_timeout, drain_timeout, rate;
     const char *path, *room;
     long long max_messages;
 } opt = {
     .proto = P_SMART, .workload = W_ACK, .port = 0, .clients = 50,
     .inflight = 16, .members = 1000, .window = 8, .payload = 64,
-    .connect_conc = 64, .duration = 10.0, .warmup = 1.0,
-    .connect_timeout = 30.0, .drain_timeout = 5.0, .path = NULL,
+    .connect_conc = 64, .rooms = 1000, .deflate = 0, .words = 0,
+    .duration = 10.0, .warmup = 1.0,
+    .connect_timeout = 30.0, .drain_timeout = 5.0, .rate = 0.0, .path = NULL,
     .room = NULL, .max_messages = 2000000000LL,
 };
+
+static inline int is_fan(void) { return opt.workload == W_FANOUT || opt.workload == W_ROOMS; }
 
 /* ------------------------------------------------------------------ */
 /* time, rng, histogram                                                 */
@@ -203,12 +224,25 @@ struct conn {
     int fd, idx, state, dirty, epollout;
     uint8_t *rbuf; size_t rlen, rcap;
     uint8_t *wbuf; size_t wlen, woff, wcap;
-    uint8_t *frag; size_t flen, fcap; int fop, in_frag;
+    uint8_t *frag; size_t flen, fcap; int fop, in_frag, fcomp; size_t fwire;
     int inflight;
     uint32_t next_id;
     struct slot *slots; uint32_t smask;
+    int pmd, nctx;       /* permessage-deflate negotiated; server_no_context_takeover */
+    z_stream *zs;        /* inflater (context takeover only), created on first use */
+    int64_t t_connect;   /* connect() time, for the handshake latency of "idle" */
     char key[32];
 };
+
+/* fan-out state: one entry per room (fanout: 1 room; rooms: R rooms) */
+struct room {
+    uint64_t next_seq, low_seq;
+    uint32_t *cnt;       /* deliveries per pending sequence number (ring) */
+    int pump;            /* queued in pump_list */
+    char name[64];
+};
+static struct room *rooms;
+static int n_rooms, *pump_list, n_pump;
 
 static struct conn *conns;
 static struct conn **dirty_list;
@@ -229,8 +263,15 @@ static long long msgs_sent, msgs_complete, chat_acks, chat_acks_window, delivere
 static long long delivered_mismatch, deliveries_total, deliveries_window, self_deliveries;
 static long long bad_seq, over_deliveries;
 static long long msgs_sent_window;
-static uint32_t *seq_cnt; static uint64_t seq_mask, low_seq, next_seq;
+static uint64_t seq_mask;
 static uint32_t expected_per_msg;
+/* wire accounting of delivered chat frames (measured window) */
+static size_t cur_msg_wire, cur_msg_len; static int cur_msg_comp;
+static long long wire_bytes_window, payload_bytes_window, compressed_window;
+static long long n_pmd, n_nctx, inflate_calls, inflate_hits, inflate_errors;
+/* rate mode (ack --rate) */
+static int64_t t_rate0; static long long sched_n, rate_blocked; static int rate_rr;
+static int64_t sched_t0; /* when > 0: the t0 alloc_id stores */
 static char *payload_str; /* 'p' * payload */
 static int64_t t_start, t_setup_done, t_measure_start, t_measure_end, t_drain_start, t_end;
 static struct rusage ru_m0, ru_m1;
@@ -348,7 +389,7 @@ static uint32_t alloc_id(struct conn *c, int kind) {
         struct slot *s = &c->slots[id & c->smask];
         if (!s->pending) {
             s->id = id; s->pending = 1; s->kind = (uint8_t)kind;
-            s->t0 = (opt.workload == W_LATENCY) ? now_ns() : g_now;
+            s->t0 = sched_t0 > 0 ? sched_t0 : (opt.workload == W_LATENCY) ? now_ns() : g_now;
             c->inflight++; g_inflight++; sent_total++;
             return id;
         }
@@ -372,46 +413,130 @@ static void send_echo(struct conn *c) {
     ws_send(c, 1, msgbuf, (size_t)n);
 }
 
+static inline int room_of(const struct conn *c) { return c->idx / opt.members; }
+static inline int is_publisher(const struct conn *c) { return c->idx % opt.members == 0; }
+
 static void send_join(struct conn *c) {
     uint32_t id = alloc_id(c, K_JOIN);
+    const char *room = rooms[room_of(c)].name;
     int n;
     if (opt.proto == P_SMART)
-        n = snprintf(msgbuf, msgcap, "[\"join\",{\"room\":\"%s\"},%u]", opt.room, id);
+        n = snprintf(msgbuf, msgcap, "[\"join\",{\"room\":\"%s\"},%u]", room, id);
     else
-        n = snprintf(msgbuf, msgcap, "42%u[\"join\",{\"room\":\"%s\"}]", id, opt.room);
+        n = snprintf(msgbuf, msgcap, "42%u[\"join\",{\"room\":\"%s\"}]", id, room);
     c->state = CS_JOINING;
     ws_send(c, 1, msgbuf, (size_t)n);
+}
+
+/* chat text made of common words: compresses like real chat, never repeats exactly */
+static const char *const WORDS[] = {
+    "the", "be", "to", "of", "and", "a", "in", "that", "have", "it", "for", "not", "on", "with",
+    "he", "as", "you", "do", "at", "this", "but", "his", "by", "from", "they", "we", "say", "her",
+    "she", "or", "an", "will", "my", "one", "all", "would", "there", "their", "what", "so", "up",
+    "out", "if", "about", "who", "get", "which", "go", "me", "when", "make", "can", "like", "time",
+    "no", "just", "him", "know", "take", "people", "into", "year", "your", "good", "some", "could",
+    "them", "see", "other", "than", "then", "now", "look", "only", "come", "its", "over", "think",
+    "also", "back", "after", "use", "two", "how", "our", "work", "first", "well", "way", "even",
+    "new", "want", "because", "any", "these", "give", "day", "most", "us", "meeting", "tomorrow",
+    "deploy", "server", "release", "coffee", "lunch", "weekend", "thanks", "great", "sounds",
+    "review", "branch", "merge", "ticket", "customer", "dashboard", "latency", "room", "message",
+    "client", "issue", "fixed", "broken", "again", "please", "check", "later", "today", "really",
+};
+#define N_WORDS (sizeof WORDS / sizeof WORDS[0])
+
+static int fill_text(char *text, int tl, int want) {
+    if (!opt.words) {
+        while (tl < want) text[tl++] = 'x';
+        return tl;
+    }
+    int cap = 1; /* capitalize the next word */
+    while (tl < want) {
+        const char *w = WORDS[rng64() % N_WORDS];
+        int wl = (int)strlen(w);
+        if (tl + wl + 2 > want) { while (tl < want) text[tl++] = '.'; break; }
+        memcpy(text + tl, w, (size_t)wl);
+        if (cap) text[tl] = (char)toupper((unsigned char)text[tl]);
+        tl += wl;
+        uint64_t r = rng64() % 16;
+        cap = 0;
+        if (r == 0) { text[tl++] = '.'; cap = 1; }
+        else if (r == 1) text[tl++] = ',';
+        else if (r == 2) { text[tl++] = '?'; cap = 1; }
+        text[tl++] = ' ';
+    }
+    return tl;
 }
 
 static int send_chat(struct conn *c) {
     uint32_t id = alloc_id(c, K_CHAT);
     if (!id) return 0;
-    uint64_t seq = next_seq++;
-    seq_cnt[seq & seq_mask] = 0;
+    int r = room_of(c);
+    struct room *R = &rooms[r];
+    uint64_t seq = R->next_seq++;
+    R->cnt[seq & seq_mask] = 0;
     char *text = textbuf;
-    int tl = snprintf(text, 64, "t=%lld s=%llu ", (long long)now_ns(), (unsigned long long)seq);
-    int want = opt.payload;
-    while (tl < want) text[tl++] = 'x';
+    int tl = snprintf(text, 80, "t=%lld s=%llu r=%d ", (long long)now_ns(), (unsigned long long)seq, r);
+    tl = fill_text(text, tl, opt.payload);
     text[tl] = 0;
     int n;
     if (opt.proto == P_SMART)
-        n = snprintf(msgbuf, msgcap, "[\"chat\",{\"room\":\"%s\",\"text\":\"%s\"},%u]", opt.room, text, id);
+        n = snprintf(msgbuf, msgcap, "[\"chat\",{\"room\":\"%s\",\"text\":\"%s\"},%u]", R->name, text, id);
     else
-        n = snprintf(msgbuf, msgcap, "42%u[\"chat\",{\"room\":\"%s\",\"text\":\"%s\"}]", id, opt.room, text);
+        n = snprintf(msgbuf, msgcap, "42%u[\"chat\",{\"room\":\"%s\",\"text\":\"%s\"}]", id, R->name, text);
     ws_send(c, 1, msgbuf, (size_t)n);
     msgs_sent++;
     if (phase == PH_MEASURE) msgs_sent_window++;
     return 1;
 }
 
-static void pump_publisher(void) {
-    if (opt.workload != W_FANOUT) return;
-    if (phase != PH_WARMUP && phase != PH_MEASURE) return;
-    struct conn *c = &conns[0];
+static inline void mark_pump(int r) {
+    if (!rooms[r].pump) { rooms[r].pump = 1; pump_list[n_pump++] = r; }
+}
+
+static void pump_room(int r) {
+    struct room *R = &rooms[r];
+    struct conn *c = &conns[r * opt.members];
     if (c->state == CS_CLOSED) return;
-    while (next_seq - low_seq < (uint64_t)opt.window && (uint32_t)c->inflight < (c->smask + 1) / 2 &&
+    while (R->next_seq - R->low_seq < (uint64_t)opt.window && (uint32_t)c->inflight < (c->smask + 1) / 2 &&
            msgs_sent < opt.max_messages) {
         if (!send_chat(c)) break;
+    }
+}
+
+/* publish on every room whose window or ack slots opened up since the last call */
+static void pump_publisher(void) {
+    if (!is_fan()) return;
+    if (phase != PH_WARMUP && phase != PH_MEASURE) return;
+    int n = n_pump;
+    n_pump = 0;
+    for (int i = 0; i < n; i++) {
+        int r = pump_list[i];
+        rooms[r].pump = 0;
+        pump_room(r);
+    }
+}
+
+/* ack --rate: send the requests that are due on the fixed schedule */
+static void send_echo(struct conn *c);
+static int64_t rate_next_due(void) {
+    return t_rate0 + (int64_t)((double)(sched_n + 1) * 1e9 / opt.rate);
+}
+static void pump_rate(void) {
+    if (opt.rate <= 0 || (phase != PH_WARMUP && phase != PH_MEASURE)) return;
+    int64_t t = now_ns();
+    double due = (double)(t - t_rate0) * opt.rate / 1e9;
+    while ((double)sched_n < due && sent_total < opt.max_messages) {
+        struct conn *c = NULL;
+        for (int tries = 0; tries < n_conns; tries++) {
+            struct conn *x = &conns[rate_rr];
+            rate_rr = (rate_rr + 1) % n_conns;
+            if (x->state == CS_READY && x->inflight < opt.inflight) { c = x; break; }
+        }
+        if (!c) { rate_blocked++; return; } /* every client has K in flight: the server is behind */
+        sched_t0 = t_rate0 + (int64_t)((double)sched_n * 1e9 / opt.rate);
+        send_echo(c);
+        sched_t0 = 0;
+        sched_n++;
     }
 }
 
@@ -455,7 +580,8 @@ static void start_traffic_conn(struct conn *c);
 static void on_ready(struct conn *c) {
     c->state = CS_READY;
     n_ready++;
-    if (opt.workload == W_FANOUT) send_join(c);
+    if (opt.workload == W_IDLE && phase == PH_SETUP) hist_add(now_ns() - c->t_connect);
+    if (is_fan()) send_join(c);
 }
 
 static void on_ack(struct conn *c, uint32_t id, const uint8_t *res, const uint8_t *e, int is_err) {
@@ -475,7 +601,7 @@ static void on_ack(struct conn *c, uint32_t id, const uint8_t *res, const uint8_
                 echo_mismatch++;
         }
         if (phase == PH_MEASURE) { acks_window++; hist_add(t - s->t0); }
-        if (phase == PH_WARMUP || phase == PH_MEASURE) send_echo(c);
+        if ((phase == PH_WARMUP || phase == PH_MEASURE) && opt.rate <= 0) send_echo(c);
         break;
     case K_JOIN: {
         if (is_err) out_fail("setup", "join refused by server on connection %d: %.*s", c->idx,
@@ -493,6 +619,7 @@ static void on_ack(struct conn *c, uint32_t id, const uint8_t *res, const uint8_
         long long d = find_int_field(res, (size_t)(e - res), "\"delivered\"");
         if (d >= 0) delivered_acked_sum += d;
         if (d != (long long)expected_per_msg) delivered_mismatch++;
+        mark_pump(room_of(c));
         break;
     }
     }
@@ -500,22 +627,31 @@ static void on_ack(struct conn *c, uint32_t id, const uint8_t *res, const uint8_
 
 static void on_chat(struct conn *c, const uint8_t *p, const uint8_t *e) {
     deliveries_total++;
-    if (c == &conns[0]) self_deliveries++;
+    if (!is_fan()) { other_msgs++; return; }
+    if (is_publisher(c)) { self_deliveries++; return; }
     const uint8_t *f = memmem(p, (size_t)(e - p), "\"t=", 3);
     if (!f) { bad_seq++; return; }
-    unsigned long long ts, seq;
+    unsigned long long ts, seq, r;
     const uint8_t *q = parse_u64(f + 3, e, &ts);
-    if (!q || q + 3 > e || memcmp(q, " s=", 3) != 0 || !parse_u64(q + 3, e, &seq)) { bad_seq++; return; }
+    if (!q || q + 3 > e || memcmp(q, " s=", 3) != 0 || !(q = parse_u64(q + 3, e, &seq)) ||
+        q + 3 > e || memcmp(q, " r=", 3) != 0 || !parse_u64(q + 3, e, &r)) { bad_seq++; return; }
+    if (r != (unsigned long long)room_of(c)) { bad_seq++; return; } /* another room's message */
     if (phase == PH_MEASURE) {
         deliveries_window++;
         hist_add(g_now - (int64_t)ts);
+        wire_bytes_window += (long long)cur_msg_wire;
+        payload_bytes_window += (long long)cur_msg_len;
+        compressed_window += cur_msg_comp;
     }
-    if (seq < low_seq || seq >= next_seq) { bad_seq++; return; }
-    uint32_t *cnt = &seq_cnt[seq & seq_mask];
+    struct room *R = &rooms[r];
+    if (seq < R->low_seq || seq >= R->next_seq) { bad_seq++; return; }
+    uint32_t *cnt = &R->cnt[seq & seq_mask];
     (*cnt)++;
     if (*cnt == expected_per_msg) {
         msgs_complete++;
-        while (low_seq < next_seq && seq_cnt[low_seq & seq_mask] >= expected_per_msg) low_seq++;
+        uint64_t before = R->low_seq;
+        while (R->low_seq < R->next_seq && R->cnt[R->low_seq & seq_mask] >= expected_per_msg) R->low_seq++;
+        if (R->low_seq != before) mark_pump((int)r);
     } else if (*cnt > expected_per_msg) {
         over_deliveries++;
     }
@@ -629,7 +765,95 @@ static void on_message(struct conn *c, const uint8_t *p, size_t len) {
 
 #define MAX_FRAME (64u << 20)
 
-static void handle_frame(struct conn *c, int fin, int op, uint8_t *pl, size_t len) {
+/* permessage-deflate: raw inflate of one message (RFC 7692 7.2.2: append 00 00 ff ff) */
+static uint8_t *inf_buf; static size_t inf_cap;
+static z_stream zs_shared; static int zs_shared_ok;
+
+static z_stream *new_inflater(void) {
+    z_stream *zs = calloc(1, sizeof *zs);
+    if (!zs || inflateInit2(zs, -15) != Z_OK) { fprintf(stderr, "loadgen: inflateInit2 failed\n"); exit(3); }
+    return zs;
+}
+
+static long inflate_msg(z_stream *zs, const uint8_t *in, size_t len) {
+    static const uint8_t tail[4] = {0x00, 0x00, 0xff, 0xff};
+    size_t used = 0;
+    inflate_calls++;
+    for (int part = 0; part < 2; part++) {
+        zs->next_in = (Bytef *)(part ? tail : in);
+        zs->avail_in = (uInt)(part ? 4 : len);
+        for (int guard = 0; guard < 100000; guard++) {
+            reserve(&inf_buf, &inf_cap, used, 16384);
+            zs->next_out = inf_buf + used;
+            zs->avail_out = (uInt)(inf_cap - used);
+            int rc = inflate(zs, Z_SYNC_FLUSH);
+            used = (size_t)(zs->next_out - inf_buf);
+            if (rc == Z_STREAM_END) { inflateReset(zs); if (zs->avail_in == 0) break; continue; }
+            if (rc != Z_OK && rc != Z_BUF_ERROR) return -1;
+            if (used > MAX_FRAME) return -1;
+            if (zs->avail_out != 0 && zs->avail_in == 0) break;
+            if (rc == Z_BUF_ERROR && zs->avail_out != 0) return -1; /* no progress */
+        }
+    }
+    return (long)used;
+}
+
+/* no_context_takeover: every message stands alone, and a broadcast reaches
+ * each member as the same bytes: remember a few recent inflations */
+#define IC_SIZE 4096 /* entries; buffers are allocated on first use */
+static struct { uint8_t *comp, *out; size_t clen, olen, ccap, ocap; uint64_t key; } icache[IC_SIZE];
+
+static uint64_t payload_key(const uint8_t *p, size_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ n, v;
+    size_t offs[4] = {0, n / 2, n >= 8 ? n - 8 : 0, n / 4};
+    for (int i = 0; i < 4; i++) {
+        v = 0;
+        if (n >= 8) memcpy(&v, p + (offs[i] + 8 <= n ? offs[i] : n - 8), 8);
+        else if (n) memcpy(&v, p, n);
+        h = (h ^ v) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 33;
+    }
+    return h;
+}
+
+static void deliver_data(struct conn *c, uint8_t *pl, size_t len, int comp, size_t wire) {
+    cur_msg_wire = wire;
+    cur_msg_comp = comp;
+    if (!comp) { cur_msg_len = len; on_message(c, pl, len); return; }
+    if (c->nctx) {
+        uint64_t k = payload_key(pl, len);
+        int slot = (int)(k & (IC_SIZE - 1));
+        if (icache[slot].key == k && icache[slot].clen == len && memcmp(icache[slot].comp, pl, len) == 0) {
+            inflate_hits++;
+            cur_msg_len = icache[slot].olen;
+            on_message(c, icache[slot].out, icache[slot].olen);
+            return;
+        }
+        if (!zs_shared_ok) {
+            if (inflateInit2(&zs_shared, -15) != Z_OK) { fprintf(stderr, "loadgen: inflateInit2 failed\n"); exit(3); }
+            zs_shared_ok = 1;
+        } else {
+            inflateReset(&zs_shared);
+        }
+        long n = inflate_msg(&zs_shared, pl, len);
+        if (n < 0) { inflate_errors++; conn_lost(c, "inflate failed (no_context_takeover stream)"); return; }
+        reserve(&icache[slot].comp, &icache[slot].ccap, 0, len);
+        reserve(&icache[slot].out, &icache[slot].ocap, 0, (size_t)n + 1);
+        memcpy(icache[slot].comp, pl, len);
+        memcpy(icache[slot].out, inf_buf, (size_t)n);
+        icache[slot].clen = len; icache[slot].olen = (size_t)n; icache[slot].key = k;
+        cur_msg_len = (size_t)n;
+        on_message(c, icache[slot].out, (size_t)n);
+        return;
+    }
+    if (!c->zs) c->zs = new_inflater();
+    long n = inflate_msg(c->zs, pl, len);
+    if (n < 0) { inflate_errors++; conn_lost(c, "inflate failed"); return; }
+    cur_msg_len = (size_t)n;
+    on_message(c, inf_buf, (size_t)n);
+}
+
+static void handle_frame(struct conn *c, int fin, int op, int comp, uint8_t *pl, size_t len, size_t wire) {
     switch (op) {
     case 0x9: ws_pings++; ws_send(c, 0xA, pl, len); return; /* ping -> pong */
     case 0xA: return;
@@ -645,8 +869,9 @@ static void handle_frame(struct conn *c, int fin, int op, uint8_t *pl, size_t le
         return;
     }
     case 0x1: case 0x2:
-        if (fin) { on_message(c, pl, len); return; }
-        c->in_frag = 1; c->fop = op; c->flen = 0;
+        if (c->in_frag) { conn_lost(c, "new data frame inside a fragmented message"); return; }
+        if (fin) { deliver_data(c, pl, len, comp, wire); return; }
+        c->in_frag = 1; c->fop = op; c->flen = 0; c->fcomp = comp; c->fwire = wire;
         reserve(&c->frag, &c->fcap, 0, len);
         memcpy(c->frag, pl, len); c->flen = len;
         return;
@@ -654,8 +879,8 @@ static void handle_frame(struct conn *c, int fin, int op, uint8_t *pl, size_t le
         if (!c->in_frag) { conn_lost(c, "unexpected continuation frame"); return; }
         if (c->flen + len > MAX_FRAME) { conn_lost(c, "fragmented message too large"); return; }
         reserve(&c->frag, &c->fcap, c->flen, len);
-        memcpy(c->frag + c->flen, pl, len); c->flen += len;
-        if (fin) { c->in_frag = 0; on_message(c, c->frag, c->flen); }
+        memcpy(c->frag + c->flen, pl, len); c->flen += len; c->fwire += wire;
+        if (fin) { c->in_frag = 0; deliver_data(c, c->frag, c->flen, c->fcomp, c->fwire); }
         return;
     default:
         conn_lost(c, "unknown websocket opcode");
@@ -669,7 +894,15 @@ static void parse_frames(struct conn *c) {
         if (avail < 2) break;
         uint8_t *p = c->rbuf + off;
         int fin = p[0] & 0x80, op = p[0] & 0x0F, masked = p[1] & 0x80;
-        if (p[0] & 0x70) { conn_lost(c, "unexpected RSV bits (compression?)"); return; }
+        int comp = 0;
+        if (p[0] & 0x70) {
+            /* RSV1 = compressed, only on the first frame of a data message, only if negotiated */
+            if ((p[0] & 0x70) != 0x40 || !c->pmd || (op != 0x1 && op != 0x2)) {
+                conn_lost(c, c->pmd ? "unexpected RSV bits" : "unexpected RSV bits (compression not negotiated)");
+                return;
+            }
+            comp = 1;
+        }
         uint64_t len = p[1] & 0x7F;
         size_t h = 2;
         if (len == 126) {
@@ -698,7 +931,7 @@ static void parse_frames(struct conn *c) {
             for (uint64_t i = 0; i < len; i++) pl[i] ^= k[i & 3];
         }
         off += h + (size_t)len;
-        handle_frame(c, fin, op, pl, (size_t)len);
+        handle_frame(c, fin, op, comp, pl, (size_t)len, h + (size_t)len);
     }
     if (c->state == CS_CLOSED) return;
     if (off) {
@@ -734,6 +967,16 @@ static void parse_handshake(struct conn *c) {
             char *v = l + 21;
             while (*v == ' ') v++;
             ok = strncmp(v, accept_want, strlen(accept_want)) == 0;
+        } else if (strncasecmp(l, "sec-websocket-extensions:", 25) == 0) {
+            char *v = l + 25, *eol = strstr(v, "\r\n");
+            char ext[256];
+            size_t el = eol ? (size_t)(eol - v) : strlen(v);
+            if (el >= sizeof ext) el = sizeof ext - 1;
+            memcpy(ext, v, el); ext[el] = 0;
+            if (opt.deflate && strcasestr(ext, "permessage-deflate")) {
+                c->pmd = 1; n_pmd++;
+                if (strcasestr(ext, "server_no_context_takeover")) { c->nctx = 1; n_nctx++; }
+            }
         } else if (strncasecmp(l, "sec-websocket-protocol:", 23) == 0) {
             char *v = l + 23;
             while (*v == ' ') v++;
@@ -782,11 +1025,12 @@ static void send_handshake(struct conn *c) {
                      "Connection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n"
-                     "%s"
+                     "%s%s"
                      "User-Agent: smartsocket-bench-loadgen\r\n"
                      "\r\n",
                      opt.path, opt.port, c->key,
-                     opt.proto == P_SMART ? "Sec-WebSocket-Protocol: smartsocket.v1\r\n" : "");
+                     opt.proto == P_SMART ? "Sec-WebSocket-Protocol: smartsocket.v1\r\n" : "",
+                     opt.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
     reserve(&c->wbuf, &c->wcap, c->wlen, (size_t)n);
     memcpy(c->wbuf + c->wlen, msgbuf, (size_t)n);
     c->wlen += (size_t)n;
@@ -803,6 +1047,7 @@ static void start_connect(struct conn *c) {
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* 127.0.0.1 only */
     c->fd = fd;
     c->state = CS_CONNECTING;
+    c->t_connect = now_ns();
     int r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
     if (r < 0 && errno != EINPROGRESS)
         out_fail("setup", "connect to 127.0.0.1:%d failed: %s (connection %d)", opt.port, strerror(errno), c->idx);
@@ -837,8 +1082,10 @@ static void print_common(FILE *f) {
     fprintf(f, "\"proto\":\"%s\",\"workload\":\"%s\",\"port\":%d,\"clients\":%d,\"inflight\":%d,"
                "\"members\":%d,\"window\":%d,\"payload_size\":%d,",
             proto_names[opt.proto], wl_names[opt.workload], opt.port, n_conns,
-            opt.workload == W_FANOUT ? 0 : opt.inflight, opt.workload == W_FANOUT ? opt.members : 0,
-            opt.workload == W_FANOUT ? opt.window : 0, opt.payload);
+            is_fan() ? 0 : opt.inflight, is_fan() ? opt.members : 0,
+            is_fan() ? opt.window : 0, opt.payload);
+    fprintf(f, "\"rooms\":%d,\"deflate_offered\":%s,\"rate_offered\":%.1f,\"connect_concurrency\":%d,",
+            is_fan() ? n_rooms : 0, opt.deflate ? "true" : "false", opt.rate, opt.connect_conc);
     fprintf(f, "\"started\":%d,\"ready\":%d,\"joined\":%d,", n_started, n_ready, n_joined);
 }
 
@@ -873,11 +1120,17 @@ static void print_results(void) {
     long long lost;
     double rate;
     const char *unit;
-    if (opt.workload == W_FANOUT) {
-        drained = (low_seq == next_seq) && g_inflight == 0;
+    if (is_fan()) {
+        drained = (msgs_complete == msgs_sent) && g_inflight == 0;
         lost = msgs_sent * (long long)expected_per_msg - deliveries_total;
         rate = (double)deliveries_window / win;
         unit = "deliveries/s";
+    } else if (opt.workload == W_IDLE) {
+        drained = g_inflight == 0;
+        lost = 0;
+        double st = (double)(t_setup_done - t_start) / 1e9;
+        rate = st > 0 ? (double)n_ready / st : 0.0;
+        unit = "connections/s";
     } else {
         drained = g_inflight == 0;
         lost = sent_total - acks_total;
@@ -900,6 +1153,15 @@ static void print_results(void) {
            msgs_sent, msgs_sent_window, msgs_complete, chat_acks, chat_acks_window, deliveries_total,
            deliveries_window, expected_per_msg, msgs_sent * (long long)expected_per_msg, delivered_acked_sum,
            delivered_mismatch, self_deliveries, bad_seq, over_deliveries, join_members_max);
+    printf("\"deflate\":{\"negotiated\":%lld,\"no_context_takeover\":%lld,\"compressed_deliveries_window\":%lld,"
+           "\"wire_bytes_window\":%lld,\"payload_bytes_window\":%lld,\"inflate_calls\":%lld,\"inflate_cache_hits\":%lld,"
+           "\"inflate_errors\":%lld},",
+           n_pmd, n_nctx, compressed_window, wire_bytes_window, payload_bytes_window, inflate_calls, inflate_hits,
+           inflate_errors);
+    printf("\"wire_bytes_per_delivery\":%.1f,\"payload_bytes_per_delivery\":%.1f,",
+           deliveries_window ? (double)wire_bytes_window / (double)deliveries_window : 0.0,
+           deliveries_window ? (double)payload_bytes_window / (double)deliveries_window : 0.0);
+    printf("\"rate_scheduled\":%lld,\"rate_blocked\":%lld,", sched_n, rate_blocked);
     printf("\"closed_during_run\":%d,\"subprotocol_echoed\":%d,\"server_pings\":%lld,\"ws_pings\":%lld,"
            "\"other_messages\":%lld,",
            n_closed_run, n_subproto_ok, server_pings, ws_pings, other_msgs);
@@ -918,9 +1180,17 @@ static void print_results(void) {
 static void start_traffic(void) {
     t_setup_done = now_ns();
     phase = PH_WARMUP;
-    if (opt.workload == W_FANOUT) pump_publisher();
-    else
+    if (is_fan()) {
+        for (int r = 0; r < n_rooms; r++) mark_pump(r);
+        pump_publisher();
+    } else if (opt.workload == W_IDLE) {
+        /* nothing to send: the connections stay idle (pings are answered) */
+    } else if (opt.rate > 0) {
+        t_rate0 = now_ns();
+        pump_rate();
+    } else {
         for (int i = 0; i < n_conns; i++) start_traffic_conn(&conns[i]);
+    }
 }
 
 static void start_traffic_conn(struct conn *c) {
@@ -928,17 +1198,19 @@ static void start_traffic_conn(struct conn *c) {
 }
 
 static int drained_now(void) {
-    if (opt.workload == W_FANOUT) return low_seq == next_seq && g_inflight == 0;
+    if (is_fan()) return msgs_complete == msgs_sent && g_inflight == 0;
     return g_inflight == 0;
 }
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --proto smartsocket|socketio --port P --workload ack|latency|fanout\n"
-            "               [--clients N] [--inflight K] [--duration S] [--warmup S]\n"
-            "               [--members M] [--window W] [--payload-size B] [--path PATH] [--room NAME]\n"
+            "usage: loadgen --proto smartsocket|socketio --port P --workload ack|latency|fanout|rooms|idle\n"
+            "               [--clients N] [--inflight K] [--rate R] [--duration S] [--warmup S]\n"
+            "               [--members M] [--rooms R] [--window W] [--payload-size B] [--words]\n"
+            "               [--deflate] [--path PATH] [--room NAME]\n"
             "               [--connect-timeout S] [--drain-timeout S] [--connect-concurrency C]\n"
-            "               [--max-messages N] [--seed N]\n");
+            "               [--max-messages N] [--seed N]\n"
+            "  fanout: one room of M members; rooms: R rooms of M members; --window: per room\n");
     exit(1);
 }
 
@@ -948,7 +1220,8 @@ int main(int argc, char **argv) {
         {"inflight", 1, 0, 'k'}, {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'u'}, {"members", 1, 0, 'm'},
         {"window", 1, 0, 'W'}, {"payload-size", 1, 0, 'b'}, {"path", 1, 0, 'x'}, {"room", 1, 0, 'r'},
         {"connect-timeout", 1, 0, 'T'}, {"drain-timeout", 1, 0, 'D'}, {"connect-concurrency", 1, 0, 'C'},
-        {"max-messages", 1, 0, 'M'}, {"seed", 1, 0, 's'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"max-messages", 1, 0, 'M'}, {"seed", 1, 0, 's'}, {"help", 0, 0, 'h'}, {"rooms", 1, 0, 'R'},
+        {"deflate", 0, 0, 'Z'}, {"words", 0, 0, 'O'}, {"rate", 1, 0, 'a'}, {0, 0, 0, 0}};
     int ch;
     unsigned long long seed = (unsigned long long)now_ns() ^ ((unsigned long long)getpid() << 32);
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -963,6 +1236,8 @@ int main(int argc, char **argv) {
             if (!strcmp(optarg, "ack")) opt.workload = W_ACK;
             else if (!strcmp(optarg, "latency")) opt.workload = W_LATENCY;
             else if (!strcmp(optarg, "fanout")) opt.workload = W_FANOUT;
+            else if (!strcmp(optarg, "rooms")) opt.workload = W_ROOMS;
+            else if (!strcmp(optarg, "idle")) opt.workload = W_IDLE;
             else usage();
             break;
         case 'c': opt.clients = atoi(optarg); break;
@@ -979,6 +1254,10 @@ int main(int argc, char **argv) {
         case 'C': opt.connect_conc = atoi(optarg); break;
         case 'M': opt.max_messages = atoll(optarg); break;
         case 's': seed = strtoull(optarg, NULL, 10); break;
+        case 'R': opt.rooms = atoi(optarg); break;
+        case 'Z': opt.deflate = 1; break;
+        case 'O': opt.words = 1; break;
+        case 'a': opt.rate = atof(optarg); break;
         default: usage();
         }
     }
@@ -988,18 +1267,23 @@ int main(int argc, char **argv) {
     if (opt.payload < 1 || opt.payload > (1 << 20)) usage();
     if (opt.connect_conc < 1) opt.connect_conc = 1;
     if (opt.workload == W_LATENCY) { opt.clients = 1; opt.inflight = 1; }
-    if (opt.workload == W_FANOUT) {
+    if (opt.rate < 0 || opt.rate > 1e8 || (opt.rate > 0 && opt.workload != W_ACK)) usage();
+    if (is_fan()) {
+        n_rooms = opt.workload == W_FANOUT ? 1 : opt.rooms;
         if (opt.members < 2 || opt.members > 100000) usage();
+        if (n_rooms < 1 || (long long)n_rooms * opt.members > 100000) usage();
         if (opt.window < 1 || opt.window > 100000) usage();
-        opt.clients = opt.members;
+        opt.clients = n_rooms * opt.members;
         opt.inflight = 1;
     }
+    if (opt.workload == W_IDLE) opt.inflight = 1;
     if (opt.clients < 1 || opt.clients > 100000 || opt.inflight < 1 || opt.inflight > 100000) usage();
     static char room_buf[64];
     if (!opt.room) { /* a fresh room per run: leftovers of an earlier run never count */
         snprintf(room_buf, sizeof room_buf, "bench-%d", (int)getpid());
         opt.room = room_buf;
     }
+    if (strlen(opt.room) > 40) usage();
     if (!opt.path) opt.path = opt.proto == P_SMART ? "/" : "/socket.io/?EIO=4&transport=websocket";
     rng_state = seed ? seed : 1;
     for (int i = 0; i < 8; i++) rng64();
@@ -1008,6 +1292,7 @@ int main(int argc, char **argv) {
     double budget = opt.connect_timeout + opt.warmup + opt.duration + opt.drain_timeout + 30.0;
     alarm((unsigned)budget);
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* die with the bench tool */
+    prctl(PR_SET_TIMERSLACK, 1000UL);  /* 1 us: the rate mode's timer wake-ups stay on time */
     signal(SIGPIPE, SIG_IGN);
 
     /* file descriptors */
@@ -1026,26 +1311,32 @@ int main(int argc, char **argv) {
     conns = calloc((size_t)n_conns, sizeof *conns);
     dirty_list = calloc((size_t)n_conns, sizeof *dirty_list);
     uint32_t slots = 64;
-    uint32_t need = (uint32_t)(opt.workload == W_FANOUT ? opt.window : opt.inflight) * 2;
+    uint32_t need = (uint32_t)(is_fan() ? opt.window : opt.inflight) * 2;
     while (slots < need) slots *= 2;
     for (int i = 0; i < n_conns; i++) {
         conns[i].idx = i; conns[i].fd = -1;
-        uint32_t s = (opt.workload == W_FANOUT && i != 0) ? 4 : slots;
+        uint32_t s = ((is_fan() && i % opt.members != 0) || opt.workload == W_IDLE) ? 4 : slots;
         conns[i].slots = calloc(s, sizeof(struct slot));
         conns[i].smask = s - 1;
     }
     msgcap = (size_t)opt.payload + 4096;
     msgbuf = malloc(msgcap);
-    textbuf = malloc((size_t)opt.payload + 64);
+    textbuf = malloc((size_t)opt.payload + 128);
     payload_str = malloc((size_t)opt.payload + 1);
     memset(payload_str, 'p', (size_t)opt.payload);
     payload_str[opt.payload] = 0;
-    if (opt.workload == W_FANOUT) {
+    if (is_fan()) {
         expected_per_msg = (uint32_t)opt.members - 1;
         uint64_t r = 16;
         while (r < (uint64_t)opt.window * 2) r *= 2;
-        seq_cnt = calloc(r, sizeof *seq_cnt);
         seq_mask = r - 1;
+        rooms = calloc((size_t)n_rooms, sizeof *rooms);
+        pump_list = calloc((size_t)n_rooms, sizeof *pump_list);
+        for (int i = 0; i < n_rooms; i++) {
+            rooms[i].cnt = calloc(r, sizeof *rooms[i].cnt);
+            if (n_rooms == 1) snprintf(rooms[i].name, sizeof rooms[i].name, "%s", opt.room);
+            else snprintf(rooms[i].name, sizeof rooms[i].name, "%s-%d", opt.room, i);
+        }
     }
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -1061,7 +1352,7 @@ int main(int argc, char **argv) {
         int64_t t = g_now = now_ns();
         /* phase transitions */
         if (phase == PH_SETUP) {
-            int target = opt.workload == W_FANOUT ? n_joined : n_ready;
+            int target = is_fan() ? n_joined : n_ready;
             if (target == n_conns) {
                 start_traffic();
                 t_warm_end = now_ns() + (int64_t)(opt.warmup * 1e9);
@@ -1070,7 +1361,7 @@ int main(int argc, char **argv) {
                          opt.connect_timeout, n_started, n_conns, n_ready, n_joined);
             } else {
                 while (next_connect < n_conns &&
-                       (n_started - (opt.workload == W_FANOUT ? n_joined : n_ready)) < opt.connect_conc)
+                       (n_started - (is_fan() ? n_joined : n_ready)) < opt.connect_conc)
                     start_connect(&conns[next_connect++]);
             }
         }
@@ -1110,11 +1401,18 @@ int main(int argc, char **argv) {
         if (phase == PH_WARMUP) next = t_warm_end;
         else if (phase == PH_MEASURE) next = t_meas_end;
         else if (phase == PH_DRAIN) next = t_drain_end;
+        if (opt.rate > 0 && (phase == PH_WARMUP || phase == PH_MEASURE)) {
+            /* wake for the next scheduled request, but at most every 20 us */
+            int64_t due = rate_next_due();
+            if (due < t + 20000) due = t + 20000;
+            if (due < next) next = due;
+        }
         int64_t wait_ns = next - t;
-        int timeout_ms = wait_ns <= 0 ? 0 : (int)((wait_ns + 999999) / 1000000);
-        if (timeout_ms > 100) timeout_ms = 100;
+        if (wait_ns < 0) wait_ns = 0;
+        if (wait_ns > 100000000) wait_ns = 100000000;
+        struct timespec tmo = {.tv_sec = wait_ns / 1000000000, .tv_nsec = wait_ns % 1000000000};
 
-        int n = epoll_wait(epfd, evs, 1024, timeout_ms);
+        int n = epoll_pwait2(epfd, evs, 1024, &tmo, NULL);
         if (n < 0) {
             if (errno == EINTR) continue;
             perror("epoll_wait");
@@ -1123,6 +1421,7 @@ int main(int argc, char **argv) {
         g_now = now_ns();
         for (int i = 0; i < n; i++) on_event(evs[i].data.ptr, evs[i].events);
         pump_publisher();
+        pump_rate();
         flush_dirty();
     }
     t_end = now_ns();

@@ -10,6 +10,15 @@ Same demo app as every other peer:
 Defaults of python-socketio are kept (stdlib json, no message queue, default
 ping interval); only the transport is restricted to websocket.
 
+Compression: python-socketio has no websocket compression switch of its own
+(``http_compression`` / ``compression_threshold`` apply to long-polling only).
+Its aiohttp driver creates ``aiohttp.web.WebSocketResponse()`` with aiohttp's
+default ``compress=True``, so permessage-deflate is negotiated whenever the
+client offers it: each connection gets its own compressor with context takeover
+and every message is compressed, whatever its size.  The bench's fanout-deflate
+workload (the generator offers permessage-deflate) therefore runs this same
+script unchanged; the other workloads offer nothing and run uncompressed.
+
 Usage: python bench/peers/socketio_server.py --port P [--host 127.0.0.1]
 """
 

@@ -56,6 +56,14 @@ class AckTracker:
                 future.set_result(result)
         return True
 
+    def forget(self, ack_id: int) -> None:
+        """Drop a call that could not be sent (its future is cancelled, never awaited)."""
+        entry = self._pending.pop(ack_id, None)
+        if entry is not None:
+            if entry[1] is not None:
+                entry[1].cancel()
+            entry[0].cancel()
+
     def fail_all(self, exc: BaseException) -> None:
         """Fail every pending call, e.g. because the connection closed."""
         pending, self._pending = self._pending, {}

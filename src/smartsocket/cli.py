@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--app", help="module:attr of a SmartSocket instance or factory(config)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument(
+        "--log-file", metavar="PATH",
+        help="append logs to PATH instead of stderr; SIGHUP reopens it (log rotation)",
+    )
     serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="run N processes on one port (SO_REUSEPORT) joined by --cluster-url; a worker "
+        "that dies is restarted",
+    )
     for f in option_fields():
         flag = "--" + f.name.replace("_", "-")
         envs = ", ".join(env_names(f.name))
@@ -141,12 +151,49 @@ def load_app(spec: str, config: Config) -> SmartSocket:
     return app
 
 
+class ReopenableFileHandler(logging.FileHandler):
+    """A log file that ``reopen()`` closes and opens again at the same path: once logrotate
+    (or anyone) has renamed it, new lines go to a new file at that path."""
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+        finally:
+            self.release()
+
+
+def _log_file(path: str) -> ReopenableFileHandler:
+    handler = ReopenableFileHandler(path, encoding="utf-8")
+    if hasattr(signal, "SIGHUP"):
+        # Until the event loop takes SIGHUP over (_reopen_on_sighup), it must not kill us.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return handler
+
+
+def _reopen_on_sighup(handler: ReopenableFileHandler) -> None:
+    """In the running loop: SIGHUP reopens the log file (``kill -HUP``, logrotate)."""
+    if not hasattr(signal, "SIGHUP"):
+        return
+    import asyncio
+
+    def reopen() -> None:
+        handler.reopen()
+        logging.getLogger("smartsocket").info("reopened log file %s", handler.baseFilename)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reopen)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "stats":
         return stats_command(args)
+    log_file = _log_file(args.log_file) if args.log_file else None
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[log_file] if log_file is not None else None,
     )
     if args.log_json:
         for handler in logging.getLogger().handlers:
@@ -158,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"smartsocket: invalid option {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        from smartsocket.cluster.workers import run_workers
+
+        return run_workers(sys.argv[1:] if argv is None else list(argv), args.workers, config)
     if args.app:
         sys.path.insert(0, os.getcwd())
         server = load_app(args.app, config)
@@ -165,7 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from smartsocket.demo import create_app
 
         server = create_app(config)
-    server.listen(lambda: print(f"SmartSocket listening on {server.url}", flush=True))
+
+    def started() -> None:
+        if log_file is not None:
+            _reopen_on_sighup(log_file)
+        print(f"SmartSocket listening on {server.url}", flush=True)
+
+    server.listen(started)
     return 0
 
 

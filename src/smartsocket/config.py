@@ -80,6 +80,17 @@ class Config:
     max_write_buffer: int = _opt(4 << 20, "bytes queued for a slow socket before it is "
                                  "dropped (4009)", min=1024)
     stats_token: str | None = _opt(None, "token required by /smartsocket/stats and /metrics")
+    # cluster (src/smartsocket/cluster)
+    cluster_url: str | None = _opt(None, "join a cluster through redis://host:port, nats://"
+                                   "host:port or memory://name (unset: single node)")
+    cluster_prefix: str = _opt("smartsocket", "channel prefix: nodes with the same broker and "
+                               "prefix form one cluster")
+    cluster_heartbeat: float = _opt(1.0, "seconds between node heartbeats", min=0.01)
+    node_timeout: float = _opt(5.0, "seconds without a heartbeat before a node is dropped from "
+                               "counts and presence", min=0.05)
+    presence_rooms: str | None = _opt(None, "comma-separated rooms or patterns (game:*) whose "
+                                      "members get $presence updates")
+    reuse_port: bool = _opt(False, "bind with SO_REUSEPORT (set for each --workers process)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -101,6 +112,17 @@ class Config:
             raise ConfigError("enable_encryption", "needs ssl_certfile and ssl_keyfile")
         if self.max_write_buffer < self.write_buffer_high:
             raise ConfigError("max_write_buffer", "must be >= write_buffer_high")
+        if self.node_timeout <= self.cluster_heartbeat:
+            raise ConfigError("node_timeout", "must be longer than cluster_heartbeat")
+        if self.cluster_url is not None and self.cluster_url.partition("://")[0].lower() not in (
+            "redis", "rediss", "unix", "nats", "tls", "memory"
+        ):
+            raise ConfigError("cluster_url", "must start with redis://, nats:// or memory://")
+        if not self.cluster_prefix or not all(
+            part.replace("-", "").replace("_", "").isalnum()
+            for part in self.cluster_prefix.split(".")
+        ):
+            raise ConfigError("cluster_prefix", "letters, digits, '-', '_' and dots only")
         if self.api_keys is not None and not any(k.strip() for k in self.api_keys.split(",")):
             raise ConfigError("api_keys", "holds no key")
         try:

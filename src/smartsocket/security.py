@@ -85,18 +85,24 @@ class Limiter:
     __slots__ = ("_buckets", "_default", "_overrides")
 
     def __init__(self, default: RateLimit | None, overrides: Mapping[str, RateLimit]) -> None:
-        self._default = default.buckets() if default is not None else None
+        # Buckets are made on first use: an idle connection holds none (memory per socket).
+        self._default: RateLimit | tuple[TokenBucket | None, TokenBucket | None] | None = default
         self._overrides = overrides
-        self._buckets: dict[str, tuple[TokenBucket | None, TokenBucket | None]] = {}
+        self._buckets: dict[str, tuple[TokenBucket | None, TokenBucket | None]] | None = None
 
     def check(self, event: str, size: int, now: float) -> float:
-        limit = self._overrides.get(event)
+        limit = self._overrides.get(event) if self._overrides else None
         if limit is not None:
+            if self._buckets is None:
+                self._buckets = {}
             buckets = self._buckets.get(event)
             if buckets is None:
                 buckets = self._buckets[event] = limit.buckets()
         elif self._default is not None:
-            buckets = self._default
+            default = self._default
+            if isinstance(default, RateLimit):
+                default = self._default = default.buckets()
+            buckets = default
         else:
             return 0.0
         count, volume = buckets

@@ -3,6 +3,11 @@
     async with running(app) as server:          # listens on 127.0.0.1, a free port
         async with connected(server) as client:  # a connected smartsocket.Client
             assert await client.call("echo", 1) == 1
+
+Mounted in another web server (smartsocket.asgi, smartsocket.integrations.aiohttp):
+
+    async with running_asgi(fastapi_app) as base:    # uvicorn, http://127.0.0.1:PORT
+        async with connected(base.replace("http", "ws", 1) + "/ws/") as client: ...
 """
 
 from __future__ import annotations
@@ -32,9 +37,48 @@ async def running(server: SmartSocket | None = None, **options: Any) -> AsyncIte
 
 
 @contextlib.asynccontextmanager
-async def connected(server: SmartSocket, **options: Any) -> AsyncIterator[Client]:
-    """A client connected to ``server``; closed on exit."""
-    client = Client(server.url, **options)
+async def running_asgi(app: Any, **options: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app (e.g. a FastAPI app with ``SmartSocketASGI`` mounted) with uvicorn on
+    127.0.0.1 and a free port, in this event loop; yields its ``http://127.0.0.1:PORT`` base
+    URL. ``options`` go to ``uvicorn.Config``. Needs uvicorn."""
+    import uvicorn
+
+    options.setdefault("log_level", "warning")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **options))
+    task = asyncio.get_running_loop().create_task(server.serve())
+    await wait_for(lambda: server.started or task.done(), 10)
+    if task.done():
+        task.result()  # raises what start-up raised
+        raise RuntimeError("uvicorn did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+@contextlib.asynccontextmanager
+async def running_aiohttp(app: Any) -> AsyncIterator[str]:
+    """Serve an ``aiohttp.web.Application`` on 127.0.0.1 and a free port; yields its
+    ``http://127.0.0.1:PORT`` base URL. Start-up and shutdown hooks run as with run_app."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def connected(server: SmartSocket | str, **options: Any) -> AsyncIterator[Client]:
+    """A client connected to ``server`` (or a ws:// URL); closed on exit."""
+    client = Client(server if isinstance(server, str) else server.url, **options)
     await client.connect()
     try:
         yield client

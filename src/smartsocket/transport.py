@@ -106,7 +106,8 @@ class Connection(picows.WSListener):
         self._max_size = max_message_size
         self.deflater = deflater  # permessage-deflate negotiated: compress what pays
         self._inflater = inflater
-        self._assembler = MessageAssembler(max_size=max_message_size, deflate=inflater is not None)
+        # Made on the first fragmented or compressed frame: most connections never need one.
+        self._assembler: MessageAssembler | None = None
         self._tr: WSTransport | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self.closed = False  # a close frame was sent or the transport is gone: send nothing more
@@ -128,7 +129,7 @@ class Connection(picows.WSListener):
             (op is _TEXT or op is _BINARY)
             and frame.fin
             and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
-            and not self._assembler.in_message
+            and (self._assembler is None or not self._assembler.in_message)
             and not self.closed
         ):
             if self._max_size is not None and frame.payload_size > self._max_size:
@@ -152,7 +153,12 @@ class Connection(picows.WSListener):
                 transport.send_pong(frame.get_payload_as_bytes())
             return  # PONG needs nothing
         try:
-            message = self._assembler.feed(
+            assembler = self._assembler
+            if assembler is None:
+                assembler = self._assembler = MessageAssembler(
+                    max_size=self._max_size, deflate=self._inflater is not None
+                )
+            message = assembler.feed(
                 op.value, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3,
                 frame.get_payload_as_bytes(),
             )
@@ -360,6 +366,12 @@ class ServerConnection(Connection):
     def _flush_now(self) -> None:
         out = self._out
         if not out or self.closed or self._raw is None:
+            return
+        if self._tr is not None and self._tr.is_close_frame_sent:
+            # picows failed the connection itself (e.g. a frame over max_frame_size): nothing
+            # may follow its close frame (RFC 6455 5.5.1).
+            self.closed = True
+            out.clear()
             return
         raw = self._raw
         if len(out) == 1:

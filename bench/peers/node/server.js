@@ -8,8 +8,13 @@
 //
 // Socket.IO defaults are kept (no perMessageDeflate, default ping interval,
 // ws as the websocket engine without optional native add-ons).
+// --per-message-deflate THRESHOLD switches permessage-deflate on, as
+// `perMessageDeflate: { threshold: THRESHOLD }` (engine.io passes it to ws; ws
+// keeps its defaults otherwise: context takeover, zlib's default level (6),
+// one compressor per connection, compression on the libuv thread pool).
 //
 // Usage: node server.js --port P [--host 127.0.0.1] [--max-lifetime S]
+//                       [--per-message-deflate THRESHOLD]
 "use strict";
 
 const http = require("http");
@@ -23,6 +28,7 @@ function arg(name, def) {
 const host = arg("--host", "127.0.0.1");
 const port = parseInt(arg("--port", "0"), 10);
 const maxLifetime = parseFloat(arg("--max-lifetime", "3600"));
+const deflateArg = arg("--per-message-deflate", null);
 if (!port) {
   console.error("usage: node server.js --port P [--host 127.0.0.1]");
   process.exit(2);
@@ -32,6 +38,7 @@ const httpServer = http.createServer();
 const io = new Server(httpServer, {
   transports: ["websocket"],
   serveClient: false,
+  perMessageDeflate: deflateArg === null ? false : { threshold: parseInt(deflateArg, 10) },
 });
 
 function roomSize(room) {

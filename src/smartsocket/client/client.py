@@ -134,8 +134,8 @@ class Client:
         ack_id, future = self._acks.create(event, self.ack_timeout if timeout is None else timeout)
         try:
             self._send_or_buffer(envelope.encode_event(event, data, ack_id, binary=binary), binary)
-        except OfflineBufferFull:
-            self._acks.resolve(ack_id, None)
+        except BaseException:  # unencodable data, OfflineBufferFull, ...: nothing was sent
+            self._acks.forget(ack_id)
             raise
         return await future
 
@@ -348,7 +348,10 @@ class Client:
         if name == "$welcome":
             self._on_welcome(link, packet.data)
         elif name == "$ping":
-            link.send(envelope.encode_event("$pong", packet.data))
+            try:
+                link.send(envelope.encode_event("$pong", packet.data))
+            except envelope.ENCODE_ERRORS:
+                logger.warning("cannot echo a $ping from the server")
         elif name == "$pong":
             entry = self._pings.pop(packet.data, None) if type(packet.data) is int else None
             if entry is not None:
@@ -440,7 +443,14 @@ class _Link:
 
     def reply(self, ack_id: int, result: Any, binary: bool) -> None:
         binary = binary or envelope.needs_binary(result)
-        self.send(envelope.encode_ack(ack_id, result, binary=binary), binary)
+        try:
+            payload = envelope.encode_ack(ack_id, result, binary=binary)
+        except envelope.ENCODE_ERRORS as exc:
+            logger.error("cannot encode the reply to call %d: %r", ack_id, exc)
+            payload = envelope.encode_ack_error(
+                ack_id, ErrorCode.INTERNAL_ERROR, "the reply could not be encoded", binary=binary
+            )
+        self.send(payload, binary)
 
     def reject(self, packet: Event, code: str, message: str) -> None:
         if packet.ack_id is not None:

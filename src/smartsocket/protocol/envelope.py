@@ -25,6 +25,11 @@ _msgpack_encode = msgspec.msgpack.Encoder().encode
 _msgpack_decode = msgspec.msgpack.Decoder().decode
 
 
+# What encoding an arbitrary value may raise: unsupported types, ints outside MessagePack's
+# 64-bit range, nesting deeper than msgspec's encoder allows.
+ENCODE_ERRORS: Final = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+
+
 class EnvelopeError(ValueError):
     """A message that is not a valid v1 envelope; ``code`` is the error code to report."""
 
@@ -78,6 +83,8 @@ def decode(payload: bytes | memoryview, *, binary: bool) -> Packet:
         if binary:
             raise EnvelopeError(ErrorCode.BAD_MESSAGE, "invalid UTF-8 in MessagePack") from exc
         raise InvalidUTF8("text message is not valid UTF-8") from exc
+    except RecursionError as exc:  # msgspec refuses arrays/objects nested ~1000 deep
+        raise EnvelopeError(ErrorCode.BAD_MESSAGE, "message nested too deeply") from exc
     except msgspec.DecodeError as exc:
         # JSON syntax outside strings is ASCII, so a syntax error may hide bad UTF-8 there.
         if not binary and not _is_utf8(payload):

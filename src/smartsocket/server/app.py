@@ -16,6 +16,8 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from smartsocket import compression, prometheus
+from smartsocket.cluster.api import ClusterAPI
+from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
 from smartsocket.errors import AckError
 from smartsocket.handlers import Handler
@@ -43,7 +45,7 @@ WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})
 Exclude = Socket | str | Iterable[Socket | str] | None
 
 
-class SmartSocket:
+class SmartSocket(ClusterAPI):
     """A real-time WebSocket server: named events, acks, rooms and broadcasts.
 
     ``SmartSocket(8080, enable_compression=False)``; options are ``Config`` fields.
@@ -63,7 +65,8 @@ class SmartSocket:
         if host is not None:
             options["host"] = host
         self._config = (config or Config()).replace(**options)
-        self._registry = RoomRegistry()
+        self._cluster = ClusterNode(self)  # cluster/: cross-node operations, presence
+        self._registry = RoomRegistry(self._cluster)
         self._open: dict[Socket, None] = {}  # every open connection, admitted or not
         self._limit_overrides: dict[str, RateLimit] = {}
         self._admission = Admission(self)
@@ -83,6 +86,9 @@ class SmartSocket:
         self._closing = False
         self._closed: asyncio.Event | None = None
         self._port: int | None = None
+        # Started (heartbeat, sampler), with or without a listener: ``start(listen=False)``
+        # serves sockets that another transport carries (smartsocket.asgi, integrations).
+        self._started = False
         self.config = self._config
 
     @property
@@ -92,7 +98,7 @@ class SmartSocket:
     @config.setter
     def config(self, config: Config) -> None:
         """Replace the configuration (before ``start()``): what derives from it is rebuilt."""
-        if self._server is not None:
+        if self._started:
             raise RuntimeError("cannot reconfigure a running server")
         hook = self._admission._hook
         self._config = config
@@ -156,8 +162,11 @@ class SmartSocket:
 
     # rooms and broadcasts
 
-    def room(self, name: str) -> Room:
-        """The room called ``name`` (created when someone joins it)."""
+    def room(self, name: str, *, presence: bool = False) -> Room:
+        """The room called ``name`` (created when someone joins it). ``presence=True``: its
+        members get ``$presence`` joined/left updates (see also ``presence_rooms``)."""
+        if presence:
+            self._cluster.enable_presence(name)
         return Room(self, name)
 
     @property
@@ -167,7 +176,7 @@ class SmartSocket:
     def remove_room(self, name: str) -> None:
         """Make every member leave ``name``."""
         for socket in self._registry.pop(name):
-            socket._rooms.discard(name)
+            socket._rooms.pop(name, None)
 
     @property
     def sockets(self) -> Mapping[str, Socket]:
@@ -180,25 +189,38 @@ class SmartSocket:
     ) -> int:
         """Send ``event`` to every connected socket except ``exclude``."""
         senders = {s: s._send_frame for s in self._sockets.values()}
-        return self._fanout(senders, event, data, exclude, binary)
+        return self._fanout(senders, event, data, exclude, binary, None)
 
     emit = broadcast
 
     def _fanout(
         self, members: Mapping[Socket, SendFrame], event: str, data: Any,
-        exclude: Exclude, binary: bool | None,
+        exclude: Exclude, binary: bool | None, room: str | None = None,
     ) -> int:
-        """Encode and frame once (compress at most once), then hand the same bytes to each
-        member (hot path: one bound-method call per delivery)."""
+        """Encode once, deliver here, and in a cluster publish the encoded payload to the other
+        nodes (``room`` None: to every socket). Returns the deliveries made on this node."""
         if type(event) is not str or event[:1] in ("$", ""):
             raise ValueError(f"invalid event name {event!r}")
-        if not members:
+        cluster = self._cluster
+        if not members and not cluster.active:
             return 0
         if binary is None:
             binary = envelope.needs_binary(data)
         payload = envelope.encode_event(event, data, binary=binary)
-        frame = build_frame(payload, binary=binary)
         skip = self._resolve_exclude(exclude) if exclude is not None else None
+        if cluster.active:
+            return cluster.publish_broadcast(room, members, payload, binary, skip, exclude)
+        return self._deliver(members, payload, binary, skip)
+
+    def _deliver(
+        self, members: Mapping[Socket, SendFrame], payload: bytes, binary: bool,
+        skip: set[Socket] | None, deflated: bytes | None = None, tried: bool = False,
+    ) -> int:
+        """Local delivery of an encoded payload, for broadcasts made here and broadcasts from
+        other nodes alike: frame once (compress at most once; ``tried``: ``deflated`` is the
+        compressed payload already made, or None if it does not pay), then hand the same
+        bytes to each member (hot path: one bound-method call per delivery)."""
+        frame = build_frame(payload, binary=binary)
         size = len(payload)
         if not self.config.enable_compression or size < self.config.compression_threshold:
             # No member can get a compressed frame: the tightest loop.
@@ -215,15 +237,15 @@ class SmartSocket:
             if self._stats is not None:
                 self._stats.record_out(count, size, size)
             return count
-        return self._fanout_compressed(members, payload, frame, binary, skip)
+        return self._fanout_compressed(members, payload, frame, binary, skip, deflated, tried)
 
     def _fanout_compressed(
         self, members: Mapping[Socket, SendFrame], payload: bytes, frame: bytes, binary: bool,
-        skip: set[Socket] | None,
+        skip: set[Socket] | None, deflated: bytes | None = None, tried: bool = False,
     ) -> int:
         """Fan-out when some members may take compressed frames. Members without context
-        takeover share one compressed frame, compressed on first need; the rest get the plain
-        frame or use their own deflater."""
+        takeover share one compressed frame, compressed on first need (or given: ``tried``);
+        the rest get the plain frame or use their own deflater."""
         size = len(payload)
         shared: bytes | None = None  # the compressed frame, once made
         wire = size
@@ -244,7 +266,7 @@ class SmartSocket:
                     stats.record_out(1, size, own_wire)
             else:
                 if shared is None:
-                    compressed = compression.compress_once(
+                    compressed = deflated if tried else compression.compress_once(
                         payload, threshold=0, level=self.config.compression_level
                     )
                     if compressed is None:  # saves < 10%: everyone gets the plain frame
@@ -496,14 +518,9 @@ class SmartSocket:
                     400, f"unsupported subprotocol; this server speaks {SUBPROTOCOL}\n".encode()
                 )
             headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
-        if self._closing:
-            return HttpResponse(503, b"server is shutting down\n", headers={"Retry-After": "1"})
-        if len(self._open) >= self.config.max_connections:
-            return self._refuse(HttpResponse(503, b"server full\n", headers={"Retry-After": "5"}))
-        admitted = self._admission.check_upgrade(request)
-        if isinstance(admitted, HttpResponse):
-            return self._refuse(admitted)
-        authenticated, identity = admitted
+        socket = self.open_socket(request)
+        if isinstance(socket, HttpResponse):
+            return socket
         deflate = None
         if self.config.enable_compression:
             deflate = compression.negotiate(
@@ -513,8 +530,27 @@ class SmartSocket:
             )
             if deflate is not None:
                 headers["Sec-WebSocket-Extensions"] = deflate.response_header()
-        socket = Socket(self, request, authenticated=authenticated, identity=identity)
         return Accept(socket, headers, deflate)
+
+    def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket:
+        """Admission of a new WebSocket: shutting down, ``max_connections``, origin and
+        authentication at the upgrade (refusals are counted in the stats).
+
+        Hook for other transports (smartsocket.asgi, smartsocket.integrations): they do the
+        WebSocket-level checks (subprotocol; no compression of ours) and call this. It returns
+        the HTTP refusal to send, or a ``Socket``: once the upgrade is accepted the transport
+        calls ``socket.on_open(conn)`` with a ``SocketConnection``, then ``on_message`` for
+        each message and ``on_close`` once, exactly like the native transport.
+        """
+        if self._closing:
+            return HttpResponse(503, b"server is shutting down\n", headers={"Retry-After": "1"})
+        if len(self._open) >= self.config.max_connections:
+            return self._refuse(HttpResponse(503, b"server full\n", headers={"Retry-After": "5"}))
+        admitted = self._admission.check_upgrade(request)
+        if isinstance(admitted, HttpResponse):
+            return self._refuse(admitted)
+        authenticated, identity = admitted
+        return Socket(self, request, authenticated=authenticated, identity=identity)
 
     def _refuse(self, response: HttpResponse) -> HttpResponse:
         if self._stats is not None:
@@ -526,16 +562,26 @@ class SmartSocket:
             self._prometheus = prometheus.registry_for(self)
         return self._prometheus
 
-    def stats(self) -> dict[str, Any]:
-        """The figures served at /smartsocket/stats."""
+    def stats(self, *, cluster: bool = False) -> dict[str, Any]:
+        """The figures served at /smartsocket/stats (this node's; in a cluster, a ``cluster``
+        section too, with every node's figures and totals when ``cluster`` is true)."""
+        figures: dict[str, Any]
         if self._stats is None:
-            return {"connections": len(self._sockets), "rooms": len(self._registry),
-                    "metrics": "disabled"}
-        return self._stats.snapshot(
-            connections=len(self._sockets),
-            rooms=len(self._registry),
-            top_rooms=self._registry.largest(10),
-        )
+            figures = {"connections": len(self._sockets), "rooms": len(self._registry),
+                       "metrics": "disabled"}
+        else:
+            figures = self._stats.snapshot(
+                connections=len(self._sockets),
+                rooms=len(self._registry),
+                top_rooms=self._registry.largest(10),
+            )
+        if self._cluster.active:
+            section = figures["cluster"] = self._cluster.stats_section(aggregate=cluster)
+            if "raw" in figures:
+                figures["raw"]["clusterPublished"] = section["published"]
+                figures["raw"]["clusterPublishFailed"] = section["publishFailed"]
+                figures["raw"]["clusterReceived"] = section["received"]
+        return figures
 
     # lifecycle
 
@@ -552,13 +598,32 @@ class SmartSocket:
             host = "127.0.0.1"
         return f"{scheme}://{host}:{self.port}/"
 
-    async def start(self) -> None:
-        """Start listening (returns once the port is bound)."""
-        if self._server is not None:
+    async def start(self, *, listen: bool = True) -> None:
+        """Start listening (returns once the port is bound).
+
+        ``listen=False`` starts all but the listener (heartbeat, stats sampling): for a server
+        whose sockets come through another transport only (smartsocket.asgi,
+        smartsocket.integrations.aiohttp start it so on their first connection).
+        """
+        if self._started and (self._server is not None or not listen):
             return
+        if not self._started:
+            self._closed = asyncio.Event()
+            self._closing = False
+            await self._cluster.start(self.config)  # before the first socket (its id)
+        if listen:
+            await self._listen()
+        if not self._started:
+            self._started = True
+            loop = asyncio.get_running_loop()
+            self._heartbeat_task = loop.create_task(self._heartbeat())
+            if self._stats is not None:
+                self._sampler = loop.call_later(1.0, self._sample)
+        if listen:
+            logger.info("listening on %s", self.url)
+
+    async def _listen(self) -> None:
         cfg = self.config
-        self._closed = asyncio.Event()
-        self._closing = False
         self._server = await create_server(
             self._route,
             host=cfg.host,
@@ -570,13 +635,9 @@ class SmartSocket:
             compression_threshold=cfg.compression_threshold,
             write_buffer_high=cfg.write_buffer_high,
             max_write_buffer=cfg.max_write_buffer,
+            reuse_port=cfg.reuse_port,
         )
         self._port = self._server.sockets[0].getsockname()[1]
-        loop = asyncio.get_running_loop()
-        self._heartbeat_task = loop.create_task(self._heartbeat())
-        if self._stats is not None:
-            self._sampler = loop.call_later(1.0, self._sample)
-        logger.info("listening on %s", self.url)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         cfg = self.config
@@ -603,7 +664,7 @@ class SmartSocket:
     async def close(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stop accepting, let running handlers finish (up to ``timeout``,
         default ``shutdown_timeout``), close every client with 1001, wait for them to go."""
-        if self._server is None or self._closing:
+        if not self._started or self._closing:
             if self._closed is not None:
                 await self._closed.wait()
             return
@@ -612,7 +673,8 @@ class SmartSocket:
             self.config.shutdown_timeout if timeout is None else timeout
         )
         server = self._server
-        server.close()
+        if server is not None:
+            server.close()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         if self._sampler is not None:
@@ -629,12 +691,15 @@ class SmartSocket:
         for socket in list(self._open):
             if socket._conn is not None:
                 socket._conn.abort()
+        await self._cluster.close()  # after the sockets: their presence leaves go out first
         for task in list(self._tasks):
             task.cancel()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 1.0)
+        if server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
         self._server = None
         self._port = None
+        self._started = False
         assert self._closed is not None
         self._closed.set()
         logger.info("closed")

@@ -39,15 +39,23 @@ def authorized(server: SmartSocket, request: HandshakeRequest) -> bool:
 def _stats(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
     if not authorized(server, request):
         return HttpResponse(401, b"stats token required\n", headers={"WWW-Authenticate": "Bearer"})
-    return HttpResponse(200, msgspec.json.encode(server.stats()), _JSON)
+    cluster = request.query.get("cluster", ["0"])[-1] not in ("", "0", "false")
+    return HttpResponse(200, msgspec.json.encode(server.stats(cluster=cluster)), _JSON)
 
 
 def _health(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
-    body = {
+    body: dict[str, object] = {
         "status": "closing" if server._closing else "ok",
         "version": __version__,
         "connections": len(server._sockets),
     }
+    if server._cluster.active:
+        # Cut off from the broker the node still serves its own clients: "degraded", but 200,
+        # so a load balancer keeps it (an outage of the broker must not empty the pool).
+        section = server._cluster.stats_section()
+        if section["status"] == "degraded" and not server._closing:
+            body["status"] = "degraded"
+        body["cluster"] = section
     return HttpResponse(503 if server._closing else 200, msgspec.json.encode(body), _JSON)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from smartsocket.cluster.messages import PresenceMember
+    from smartsocket.cluster.node import ClusterNode
     from smartsocket.server.app import SmartSocket
     from smartsocket.server.socket import Socket
 
@@ -22,10 +24,11 @@ Exclude = "Socket | str | Iterable[Socket | str] | None"
 class RoomRegistry:
     """Which sockets are in which room, on this node."""
 
-    __slots__ = ("_rooms",)
+    __slots__ = ("_rooms", "hook")
 
-    def __init__(self) -> None:
+    def __init__(self, hook: ClusterNode | None = None) -> None:
         self._rooms: dict[str, dict[Socket, SendFrame]] = {}
+        self.hook = hook  # told of every membership change (channels, presence)
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -39,11 +42,14 @@ class RoomRegistry:
     def add(self, name: str, socket: Socket, send: SendFrame) -> bool:
         """Add ``socket``; True if it was not a member yet."""
         members = self._rooms.get(name)
+        created = members is None
         if members is None:
             members = self._rooms[name] = {}
         elif socket in members:
             return False
         members[socket] = send
+        if self.hook is not None:
+            self.hook.room_joined(name, socket, created)
         return True
 
     def discard(self, name: str, socket: Socket) -> bool:
@@ -53,13 +59,18 @@ class RoomRegistry:
             return False
         if not members:
             del self._rooms[name]
+        if self.hook is not None:
+            self.hook.room_left(name, socket, not members)
         return True
 
     def members(self, name: str) -> Mapping[Socket, SendFrame]:
         return self._rooms.get(name) or _EMPTY
 
     def pop(self, name: str) -> dict[Socket, SendFrame]:
-        return self._rooms.pop(name, None) or {}
+        members = self._rooms.pop(name, None) or {}
+        if members and self.hook is not None:
+            self.hook.room_removed(name, members)
+        return members
 
     def largest(self, count: int) -> list[tuple[str, int]]:
         """The ``count`` rooms with the most members, with their sizes."""
@@ -96,9 +107,21 @@ class Room:
         server = self._server
         if server.config.room_rate_limit_messages:
             server._check_room_rate(self.name)
-        return server._fanout(server._registry.members(self.name), event, data, exclude, binary)
+        return server._fanout(
+            server._registry.members(self.name), event, data, exclude, binary, self.name
+        )
 
     emit = broadcast
+
+    async def subscribed(self, *, timeout: float = 2.0) -> bool:
+        """In a cluster, the first local member's join subscribes this node to the room's
+        channel: await this (e.g. before acking a join) to be sure broadcasts made on other
+        nodes from now on reach the room's members here. False on timeout or no local member."""
+        return await self._server._cluster.subscribed(self.name, timeout)
+
+    async def presence(self, *, timeout: float = 2.0) -> list[PresenceMember]:
+        """Members cluster-wide, each with the ``socket.presence`` info its app set."""
+        return await self._server._cluster.presence(self.name, timeout)
 
     @property
     def sockets(self) -> list[Socket]:

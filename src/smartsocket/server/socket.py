@@ -7,7 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from smartsocket.acks import AckTracker
 from smartsocket.errors import AckError, ConnectionClosed
@@ -16,9 +16,10 @@ from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
 from smartsocket.security import LimitExceeded, TokenBucket, check_name
-from smartsocket.transport import HandshakeRequest, ServerConnection
+from smartsocket.transport import HandshakeRequest
 
 if TYPE_CHECKING:
+    from smartsocket.compression import MessageDeflater
     from smartsocket.server.app import SmartSocket
 
 logger = logging.getLogger("smartsocket.server")
@@ -27,6 +28,31 @@ PLAIN, SHARED, OWN = 0, 1, 2  # Socket._zmode
 
 # Names with a local meaning; a client may not send events with these names.
 LOCAL_EVENTS = frozenset({"connect", "disconnect", "error"})
+
+
+
+class SocketConnection(Protocol):
+    """What a Socket and the server use of its connection: ``transport.ServerConnection``
+    natively; the bridges of smartsocket.asgi and smartsocket.integrations implement it too
+    (with ``deflater = None``: broadcasts only ever hand them plain frames)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def remote_address(self) -> tuple[Any, ...] | None: ...
+
+    @property
+    def deflater(self) -> MessageDeflater | None: ...
+
+    def send_frame(self, frame: bytes) -> None: ...
+
+    def send_message(self, payload: bytes, binary: bool = False) -> int: ...
+
+    def close(self, code: int = ..., reason: str = "") -> None: ...
+
+    def abort(self) -> None: ...
+
 
 _decode = envelope.decode
 _encode_event = envelope.encode_event
@@ -60,6 +86,7 @@ class Socket:
         "data",
         "id",
         "identity",
+        "presence",
         "request",
         "token",
     )
@@ -70,16 +97,17 @@ class Socket:
     ) -> None:
         self._server = server
         self.request = request
-        self.id = secrets.token_urlsafe(12)
+        self.id = server._cluster.new_sid()  # in a cluster: "<node id>.<random>"
         self.token = secrets.token_urlsafe(24)  # session token for resuming (protocol.md)
         self.data: dict[str, Any] = {}
+        self.presence: dict[str, Any] = {}  # public info shown in room presence (cluster-wide)
         self.connected = False
         self.close_code: int | None = None
         self.close_reason = ""
-        self._rooms: set[str] = set()
+        self._rooms: dict[str, None] = {}  # a set, as a dict: 64 bytes empty instead of 216
         self._handlers: dict[str, list[Handler]] | None = None
         self._acks = AckTracker()
-        self._conn: ServerConnection | None = None
+        self._conn: SocketConnection | None = None
         self._send_frame: Callable[[bytes], None] = _drop
         # Packets that arrived while an async on_connection handler was still running.
         self._inbox: list[envelope.Packet] | None = None
@@ -95,8 +123,7 @@ class Socket:
             self.data["identity"] = identity
         self._auth_timer: asyncio.TimerHandle | None = None
         self._limiter = server._new_limiter()
-        cfg = server.config
-        self._strikes = TokenBucket(cfg.rate_limit_strikes / 10, cfg.rate_limit_strikes)
+        self._strikes: TokenBucket | None = None  # made on the first refusal
         self._running = 0  # async handlers that owe this socket an ack
 
     def __repr__(self) -> str:
@@ -168,7 +195,12 @@ class Socket:
         if binary is None:
             binary = _needs_binary(data)
         ack_id, future = self._acks.create(event, timeout)
-        self._send_payload(_encode_event(event, data, ack_id, binary=binary), binary)
+        try:
+            payload = _encode_event(event, data, ack_id, binary=binary)
+        except BaseException:
+            self._acks.forget(ack_id)
+            raise
+        self._send_payload(payload, binary)
         return await future
 
     def join(self, room: str) -> None:
@@ -188,11 +220,11 @@ class Socket:
                 ErrorCode.ROOM_LIMIT, f"a socket may be in {cfg.max_rooms_per_socket} rooms"
             )
         if self._server._registry.add(room, self, self._send_frame):
-            self._rooms.add(room)
+            self._rooms[room] = None
 
     def leave(self, room: str) -> None:
         if self._server._registry.discard(room, self):
-            self._rooms.discard(room)
+            self._rooms.pop(room, None)
 
     def disconnect(self, code: int = CloseCode.KICKED, reason: str = "") -> None:
         """Close the connection (default 4000: kicked by the application)."""
@@ -201,7 +233,7 @@ class Socket:
 
     # transport callbacks (ConnectionHandler)
 
-    def on_open(self, conn: ServerConnection) -> None:
+    def on_open(self, conn: SocketConnection) -> None:
         self._conn = conn
         self._send_frame = conn.send_frame
         deflater = conn.deflater
@@ -222,7 +254,7 @@ class Socket:
             self._fail(CloseCode.INVALID_TEXT, str(exc))
             return
         except EnvelopeError as exc:
-            self.reject(exc.code, exc.message, ack_id=exc.ack_id)
+            self.reject(exc.code, exc.message, ack_id=exc.ack_id, binary=binary)
             return
         if type(packet) is Event:
             limiter = self._limiter
@@ -297,7 +329,13 @@ class Socket:
                     stats.record_rtt(time.monotonic() - self._ping_sent_at)
         elif name == "$ping":  # the client measures its own round trip
             binary = packet.binary
-            self._send_payload(_encode_event("$pong", packet.data, binary=binary), binary)
+            try:
+                pong = _encode_event("$pong", packet.data, binary=binary)
+            except envelope.ENCODE_ERRORS:
+                # Decodable but not encodable back (msgspec's encoder nests less deep).
+                self.reject(ErrorCode.BAD_MESSAGE, "$ping data cannot be echoed", event=name)
+                return
+            self._send_payload(pong, binary)
         elif name == "$auth":
             self._server._auth_message(self, packet)
         else:
@@ -335,7 +373,16 @@ class Socket:
         """Send the ack reply for ``ack_id`` (done for you when a handler returns). It goes in
         a binary frame if the request came in one (``binary``) or the result holds bytes."""
         binary = binary or _needs_binary(result)
-        self._send_payload(envelope.encode_ack(ack_id, result, binary=binary), binary)
+        try:
+            payload = envelope.encode_ack(ack_id, result, binary=binary)
+        except envelope.ENCODE_ERRORS as exc:
+            logger.warning("cannot encode the ack reply for %s: %r", self.id, exc)
+            self.reject(
+                ErrorCode.INTERNAL_ERROR, "the reply could not be encoded", ack_id=ack_id,
+                binary=binary,
+            )
+            return
+        self._send_payload(payload, binary)
 
     def reject(
         self, code: str, message: str, *, event: str | None = None, ack_id: int | None = None,
@@ -366,7 +413,11 @@ class Socket:
             ErrorCode.RATE_LIMITED, "too many events; slow down", event=packet.name,
             ack_id=packet.ack_id, retry_after=round(wait, 3), binary=packet.binary,
         )
-        if self._strikes.take(now):  # refused too often: abuse, not a burst
+        strikes = self._strikes
+        if strikes is None:
+            limit = self._server.config.rate_limit_strikes
+            strikes = self._strikes = TokenBucket(limit / 10, limit)
+        if strikes.take(now):  # refused too often: abuse, not a burst
             if stats is not None:
                 stats.rate_limit_closes += 1
             self._fail(CloseCode.RATE_LIMITED, "rate limit abuse")

@@ -1,0 +1,449 @@
+"""The ``Adapter`` interface (a pub/sub link between nodes) and ``MemoryAdapter``.
+
+An adapter moves opaque bytes between nodes on named channels; it knows nothing of rooms or
+sockets (``ClusterNode`` does). Its contract:
+
+- ``start(receive, state)``: begin connecting; never raise because the broker is down: keep
+  retrying with backoff and report each change with ``state(connected)``;
+- ``publish(channel, data)``: queue a message, in order, without blocking; return False when
+  it was dropped because the broker is unreachable (the node counts those);
+- ``subscribe(channel)`` / ``unsubscribe(channel)``: channels wanted; resubscribed after every
+  reconnect. ``subscribe`` returns a future that resolves once the broker confirmed it (so a
+  node may ask for a room's state knowing it will see every change after the answer);
+- ``close()``.
+
+Messages a node publishes may come back to it (Redis does that); the node ignores its own.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import ClassVar
+
+from smartsocket.client.backoff import backoff_delay
+
+logger = logging.getLogger("smartsocket.cluster")
+
+Receive = Callable[[str, bytes], None]
+StateCallback = Callable[[bool], None]
+
+
+class Adapter(abc.ABC):
+    """A pub/sub link to the other nodes of a cluster."""
+
+    name: ClassVar[str] = "adapter"
+
+    def __init__(self) -> None:
+        self.connected = False
+        self._receive: Receive = _ignore
+        self._state: StateCallback = _ignore_state
+        self._channels: set[str] = set()
+
+    @abc.abstractmethod
+    async def start(self, receive: Receive, state: StateCallback) -> None:
+        """Begin connecting (returns at once or after a first attempt; never raises because
+        the broker is unreachable)."""
+
+    @abc.abstractmethod
+    def publish(self, channel: str, data: bytes) -> bool:
+        """Queue ``data`` for ``channel``; False if dropped (broker unreachable)."""
+
+    @abc.abstractmethod
+    def subscribe(self, channel: str) -> asyncio.Future[None]:
+        """Receive ``channel`` (also after reconnects); the future resolves once subscribed."""
+
+    @abc.abstractmethod
+    def unsubscribe(self, channel: str) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(self._channels)
+
+    def _set_state(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self._state(connected)
+
+
+def _ignore(channel: str, data: bytes) -> None:
+    pass
+
+
+def _ignore_state(connected: bool) -> None:
+    pass
+
+
+class Backoff:
+    """Reconnect delays: 50 ms doubling to ``maximum`` with jitter; ``reset()`` on success."""
+
+    def __init__(self, base: float = 0.05, maximum: float = 2.0) -> None:
+        self.base = base
+        self.maximum = maximum
+        self.attempt = 0
+
+    def next(self) -> float:
+        self.attempt += 1
+        return backoff_delay(self.attempt, base=self.base, maximum=self.maximum, jitter=0.3)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class BrokerAdapter(Adapter):
+    """What network adapters share: a supervisor task that connects, runs until the link
+    breaks, and reconnects with backoff (resubscribing every wanted channel); an outbound queue
+    drained by one writer, so messages keep their order and go out in pipelined batches.
+
+    While the link is down ``publish`` refuses at once (the node counts it): nothing piles up,
+    and nothing stale is replayed after the outage. ``lost`` counts messages that were queued
+    or in flight when the link broke.
+    """
+
+    max_queue: ClassVar[int] = 10_000
+    batch: ClassVar[int] = 512
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.lost = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._control: deque[tuple[bool, str]] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._first: asyncio.Event | None = None
+        self._control_ready: asyncio.Event | None = None
+        self._closed = False
+        self._backoff = Backoff()
+
+    # what an implementation provides
+
+    @abc.abstractmethod
+    async def _connect(self) -> None:
+        """Open the link and subscribe to ``self._channels`` (call ``_subscribed`` for each
+        confirmed channel). Raise on failure."""
+
+    @abc.abstractmethod
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+        """Publish a batch, in order. Raise if the link broke."""
+
+    @abc.abstractmethod
+    async def _apply(self, subscribe: bool, channel: str) -> None:
+        """Subscribe or unsubscribe one channel on the open link."""
+
+    @abc.abstractmethod
+    async def _serve(self) -> None:
+        """Read until the link breaks (then raise); delivers with ``self._receive``."""
+
+    @abc.abstractmethod
+    async def _disconnect(self) -> None:
+        """Drop the link (errors are ignored)."""
+
+    # the machinery
+
+    async def start(self, receive: Receive, state: StateCallback) -> None:
+        self._receive, self._state = receive, state
+        self._wakeup = asyncio.Event()
+        self._first = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._supervise())
+        with contextlib.suppress(asyncio.TimeoutError):  # wait for the first attempt only
+            await asyncio.wait_for(self._first.wait(), 5.0)
+
+    async def _supervise(self) -> None:
+        assert self._first is not None
+        while not self._closed:
+            try:
+                self._control.clear()  # _connect subscribes to every wanted channel
+                await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._note_failure("cannot connect", exc)
+                self._first.set()
+                await self._disconnect()
+                await asyncio.sleep(self._backoff.next())
+                continue
+            self._backoff.reset()
+            self._set_state(True)
+            self._first.set()
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._note_failure("link lost", exc)
+            finally:
+                self._set_state(False)
+                self.lost += len(self._queue)
+                self._queue.clear()
+            await self._disconnect()
+            if not self._closed:
+                self.reconnects += 1
+                await asyncio.sleep(self._backoff.next())
+
+    def _note_failure(self, what: str, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        level = logging.DEBUG if error == self.last_error else logging.WARNING
+        logger.log(level, "%s broker %s: %s (%s); retrying with backoff", self.name,
+                   _safe_url(self.url), what, error)
+        self.last_error = error
+
+    async def _run(self) -> None:
+        tasks = [
+            asyncio.ensure_future(self._serve()),
+            asyncio.ensure_future(self._write()),
+            asyncio.ensure_future(self._control_loop()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises the failure
+            raise ConnectionError("link closed")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _write(self) -> None:
+        assert self._wakeup is not None
+        queue = self._queue
+        while True:
+            if not queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            size = min(len(queue), self.batch)
+            batch = [queue.popleft() for _ in range(size)]
+            try:
+                await self._send(batch)
+            except BaseException:
+                self.lost += len(batch)
+                raise
+
+    async def _control_loop(self) -> None:
+        self._control_ready = ready = asyncio.Event()
+        while True:
+            while self._control:
+                subscribe, channel = self._control.popleft()
+                await self._apply(subscribe, channel)
+            ready.clear()
+            if not self._control:
+                await ready.wait()
+
+    def _subscribed(self, channel: str) -> None:
+        for future in self._waiters.pop(channel, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def publish(self, channel: str, data: bytes) -> bool:
+        if not self.connected or len(self._queue) >= self.max_queue:
+            return False
+        self._queue.append((channel, data))
+        if len(self._queue) == 1 and self._wakeup is not None:
+            self._wakeup.set()
+        return True
+
+    def subscribe(self, channel: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if channel in self._channels:  # wanted already: confirmed, or on its way
+            if channel not in self._waiters and self.connected:
+                future.set_result(None)
+            else:
+                self._waiters.setdefault(channel, []).append(future)
+            return future
+        self._channels.add(channel)
+        self._waiters.setdefault(channel, []).append(future)
+        self._queue_control(True, channel)
+        return future
+
+    def unsubscribe(self, channel: str) -> None:
+        if channel in self._channels:
+            self._channels.discard(channel)
+            for future in self._waiters.pop(channel, ()):
+                future.cancel()
+            self._queue_control(False, channel)
+
+    def _queue_control(self, subscribe: bool, channel: str) -> None:
+        if not self.connected:
+            return  # the next _connect subscribes to what is wanted then
+        self._control.append((subscribe, channel))
+        if self._control_ready is not None:
+            self._control_ready.set()
+
+    async def close(self) -> None:
+        """Flush what is queued (briefly), then drop the link."""
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while self._queue and self.connected and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._disconnect()
+        self.connected = False
+        for waiters in self._waiters.values():
+            for future in waiters:
+                future.cancel()
+        self._waiters.clear()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user + ':***' if user else '***'}@{host}"
+
+
+class MemoryBroker:
+    """An in-process broker: nodes in one process (tests, embedded use) share one by name.
+
+    ``down()`` / ``up()`` simulate an outage: every adapter loses its link, then reconnects.
+    """
+
+    _named: ClassVar[weakref.WeakValueDictionary[str, MemoryBroker]] = (
+        weakref.WeakValueDictionary()
+    )
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[MemoryAdapter]] = {}
+        self._adapters: set[MemoryAdapter] = set()
+        self.available = True
+
+    @classmethod
+    def named(cls, name: str) -> MemoryBroker:
+        broker = cls._named.get(name)
+        if broker is None:
+            broker = cls._named[name] = cls()
+        return broker
+
+    def down(self) -> None:
+        self.available = False
+        for adapter in list(self._adapters):
+            adapter._lost()
+
+    def up(self) -> None:
+        self.available = True
+        for adapter in list(self._adapters):
+            adapter._reconnect_soon()
+
+    def publish(self, channel: str, data: bytes) -> None:
+        for adapter in list(self._subscribers.get(channel, ())):
+            if adapter._loop is not None:
+                adapter._loop.call_soon(adapter._deliver, channel, data)
+
+    def _subscribe(self, adapter: MemoryAdapter, channel: str) -> None:
+        self._subscribers.setdefault(channel, set()).add(adapter)
+
+    def _unsubscribe(self, adapter: MemoryAdapter, channel: str) -> None:
+        subscribers = self._subscribers.get(channel)
+        if subscribers is not None:
+            subscribers.discard(adapter)
+            if not subscribers:
+                del self._subscribers[channel]
+
+    def _detach(self, adapter: MemoryAdapter) -> None:
+        for channel in list(self._subscribers):
+            self._unsubscribe(adapter, channel)
+
+
+class MemoryAdapter(Adapter):
+    """Nodes in one process joined through a ``MemoryBroker`` (``memory://NAME`` URLs)."""
+
+    name = "memory"
+
+    def __init__(self, broker: MemoryBroker | None = None) -> None:
+        super().__init__()
+        self.broker = broker if broker is not None else MemoryBroker()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._backoff = Backoff()
+
+    async def start(self, receive: Receive, state: StateCallback) -> None:
+        self._receive, self._state = receive, state
+        self._loop = asyncio.get_running_loop()
+        self._connect()
+
+    def _connect(self) -> None:
+        self._retry = None
+        if self._closed:
+            return
+        if not self.broker.available:
+            assert self._loop is not None
+            self._retry = self._loop.call_later(self._backoff.next(), self._connect)
+            return
+        self._backoff.reset()
+        self.broker._adapters.add(self)
+        for channel in self._channels:
+            self.broker._subscribe(self, channel)
+        self._set_state(True)
+
+    def _lost(self) -> None:
+        self.broker._detach(self)  # stays known to the broker: up() reconnects it
+        self._set_state(False)
+
+    def _reconnect_soon(self) -> None:
+        if self._retry is None and not self.connected:
+            self._connect()
+
+    def _deliver(self, channel: str, data: bytes) -> None:
+        if self.connected and channel in self._channels:
+            self._receive(channel, data)
+
+    def publish(self, channel: str, data: bytes) -> bool:
+        if not self.connected:
+            return False
+        self.broker.publish(channel, data)
+        return True
+
+    def subscribe(self, channel: str) -> asyncio.Future[None]:
+        self._channels.add(channel)
+        if self.connected:
+            self.broker._subscribe(self, channel)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        self.broker._unsubscribe(self, channel)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        self.broker._detach(self)
+        self.broker._adapters.discard(self)
+        self.connected = False
+
+
+def create_adapter(url: str) -> Adapter:
+    """The adapter for a ``cluster_url``: ``redis://``, ``rediss://``, ``nats://``,
+    ``tls://`` (NATS over TLS) or ``memory://NAME``."""
+    scheme = url.partition("://")[0].lower()
+    if scheme in ("redis", "rediss", "unix"):
+        from smartsocket.cluster.redis import RedisAdapter
+
+        return RedisAdapter(url)
+    if scheme in ("nats", "tls"):
+        from smartsocket.cluster.nats import NatsAdapter
+
+        return NatsAdapter(url)
+    if scheme == "memory":
+        return MemoryAdapter(MemoryBroker.named(url.partition("://")[2]))
+    raise ValueError(f"unsupported cluster_url scheme {scheme!r} (redis://, nats://, memory://)")

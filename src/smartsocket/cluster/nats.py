@@ -1,0 +1,88 @@
+"""``NatsAdapter``: nodes joined through NATS core pub/sub (nats-py).
+
+``pip install smartsocket[nats]``. Channels are subjects (room names are made subject-safe by
+the node). The client's own reconnect is off: like the Redis adapter, the link is owned by
+``BrokerAdapter``, which reports the node degraded, reconnects with backoff and resubscribes.
+``no_echo`` keeps the server from sending a node its own messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from smartsocket.cluster.adapter import BrokerAdapter
+
+
+class NatsAdapter(BrokerAdapter):
+    name = "nats"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        try:
+            import nats  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "cluster_url nats://... needs nats-py: pip install 'smartsocket[nats]'"
+            ) from exc
+        self._nc: Any = None
+        self._subs: dict[str, Any] = {}
+        self._gone: asyncio.Event | None = None
+
+    async def _connect(self) -> None:
+        import nats
+
+        gone = self._gone = asyncio.Event()
+
+        async def lost() -> None:
+            gone.set()
+
+        async def error(exc: Exception) -> None:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
+        self._nc = await nats.connect(
+            self.url, allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
+            connect_timeout=2,
+            ping_interval=2, max_outstanding_pings=2, no_echo=True,
+            disconnected_cb=lost, closed_cb=lost, error_cb=error,
+        )
+        self._subs = {}
+        for channel in sorted(self._channels):
+            self._subs[channel] = await self._nc.subscribe(channel, cb=self._on_message)
+        await self._nc.flush(timeout=2)
+        for channel in self._subs:
+            self._subscribed(channel)
+
+    async def _on_message(self, message: Any) -> None:
+        self._receive(message.subject, message.data)
+
+    async def _serve(self) -> None:
+        assert self._gone is not None
+        await self._gone.wait()
+        raise ConnectionError(self.last_error or "NATS connection closed")
+
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+        nc = self._nc
+        if not nc.is_connected:
+            raise ConnectionError("NATS connection lost")
+        for channel, data in batch:
+            await nc.publish(channel, data)
+
+    async def _apply(self, subscribe: bool, channel: str) -> None:
+        if subscribe:
+            if channel not in self._subs:
+                self._subs[channel] = await self._nc.subscribe(channel, cb=self._on_message)
+            await self._nc.flush(timeout=2)
+            self._subscribed(channel)
+        else:
+            sub = self._subs.pop(channel, None)
+            if sub is not None:
+                await sub.unsubscribe()
+
+    async def _disconnect(self) -> None:
+        nc, self._nc = self._nc, None
+        self._subs = {}
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()

@@ -1,0 +1,140 @@
+"""``RedisAdapter``: nodes joined through Redis pub/sub (redis-py's asyncio client).
+
+``pip install smartsocket[redis]``. Two connections: one subscribed to this node's channels
+(read by one task), one that publishes (batches go out as one pipeline: one round trip). The
+client's own retries are off: the adapter notices a broken link at once, reports the node
+degraded, and reconnects with backoff (``BrokerAdapter``).
+
+Sharded pub/sub (Redis 7 ``SSUBSCRIBE``/``SPUBLISH`` on a Redis Cluster) is not implemented:
+point ``cluster_url`` at one Redis (or a primary with replicas); a Redis Cluster would carry
+every message to every shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from smartsocket.cluster.adapter import BrokerAdapter
+
+# Without a message for this long (not even our own heartbeat), ping; without an answer to
+# that for as long again, the link is dead (a half-open TCP connection would never say so).
+IDLE_TIMEOUT = 5.0
+
+
+class RedisAdapter(BrokerAdapter):
+    name = "redis"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        try:
+            import redis.asyncio  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "cluster_url redis://... needs redis-py: pip install 'smartsocket[redis]'"
+            ) from exc
+        self._pub: Any = None
+        self._sub: Any = None
+        self._pubsub: Any = None
+        self._last_read = 0.0
+
+    def _client(self) -> Any:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        return aioredis.Redis.from_url(
+            self.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0,
+            socket_keepalive=True,
+        )
+
+    async def _connect(self) -> None:
+        self._pub = self._client()
+        await self._pub.ping()
+        self._sub = self._client()
+        self._pubsub = self._sub.pubsub()
+        channels = sorted(self._channels)
+        if channels:
+            await self._pubsub.subscribe(*channels)
+            waiting = set(channels)
+            while waiting:
+                message = await self._pubsub.get_message(timeout=IDLE_TIMEOUT)
+                if message is None:
+                    raise TimeoutError("no subscription confirmation from Redis")
+                if message["type"] == "subscribe":
+                    waiting.discard(message["channel"].decode())
+                self._handle(message)
+        else:
+            await self._pubsub.ping()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message":
+            self._receive(message["channel"].decode(), message["data"])
+        elif kind == "subscribe":
+            channel = message["channel"].decode()
+            if channel in self._channels:
+                self._subscribed(channel)
+
+    async def _serve(self) -> None:
+        """Read messages (blocking reads: a read timeout per message costs more than the
+        message); a watchdog pings when nothing arrived for IDLE_TIMEOUT."""
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        reader = asyncio.ensure_future(self._read())
+        probing = False
+        try:
+            while True:
+                done, _ = await asyncio.wait({reader}, timeout=IDLE_TIMEOUT)
+                if done:
+                    reader.result()
+                    raise ConnectionError("Redis closed the subscription")
+                if loop.time() - self._last_read < IDLE_TIMEOUT:
+                    probing = False
+                elif probing:
+                    raise TimeoutError(f"Redis sent nothing for {2 * IDLE_TIMEOUT:g} s")
+                else:
+                    probing = True
+                    await self._pubsub.ping()
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read(self) -> None:
+        pubsub = self._pubsub
+        receive = self._receive
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            self._last_read = loop.time()
+            if message["type"] == "message":  # the hot path
+                receive(message["channel"].decode(), message["data"])
+            else:
+                self._handle(message)
+
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+        if len(batch) == 1:
+            await self._pub.publish(*batch[0])
+            return
+        pipe = self._pub.pipeline(transaction=False)
+        for channel, data in batch:
+            pipe.publish(channel, data)
+        await pipe.execute()
+
+    async def _apply(self, subscribe: bool, channel: str) -> None:
+        if subscribe:
+            await self._pubsub.subscribe(channel)
+        else:
+            await self._pubsub.unsubscribe(channel)
+
+    async def _disconnect(self) -> None:
+        for closable in (self._pubsub, self._sub, self._pub):
+            if closable is None:
+                continue
+            close = getattr(closable, "aclose", None) or closable.close
+            with contextlib.suppress(Exception):
+                await close()
+        self._pub = self._sub = self._pubsub = None

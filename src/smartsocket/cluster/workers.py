@@ -1,0 +1,166 @@
+"""``smartsocket serve --workers N``: N server processes on one port, joined as one cluster.
+
+The parent reserves the port (a bound, never listening SO_REUSEPORT socket, so ``--port 0``
+works too), starts N copies of the same ``smartsocket serve`` command with ``--reuse-port``,
+and waits until each says it listens; the kernel then spreads new connections over them.
+The workers join through ``cluster_url`` (required), so rooms, broadcasts and presence span
+them. A worker that dies is started again (with a growing delay if it keeps dying); SIGTERM or
+SIGINT stops them all gracefully (each drains its clients with 1001).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO
+
+from smartsocket.config import Config
+
+READY_TIMEOUT = 20.0
+
+
+class Worker:
+    def __init__(self, index: int, command: list[str]) -> None:
+        self.index = index
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.crashes = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "SMARTSOCKET_WORKER_ID": str(self.index)}
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, env=env)
+        self.started = time.monotonic()
+
+    def wait_ready(self, timeout: float) -> str:
+        """The worker's "listening on" line ('' if it died or stayed silent); its later output
+        is copied to ours."""
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+        result: list[str] = []
+        reader = threading.Thread(target=lambda: result.append(stdout.readline().decode()))
+        reader.daemon = True
+        reader.start()
+        reader.join(timeout)
+        threading.Thread(target=_copy, args=(stdout,), daemon=True).start()
+        return result[0] if result else ""
+
+
+def _copy(stream: IO[bytes]) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in stream:
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def without_workers(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
+
+
+def run_workers(argv: Sequence[str], workers: int, config: Config) -> int:
+    """Supervise ``workers`` copies of ``smartsocket serve <argv>``; returns the exit code."""
+    if not config.cluster_url:
+        print("smartsocket: --workers needs --cluster-url (redis://... or nats://...) so the "
+              "workers act as one server", file=sys.stderr)
+        return 2
+    if not hasattr(socket, "SO_REUSEPORT"):
+        print("smartsocket: --workers needs SO_REUSEPORT (Linux, BSD, macOS)", file=sys.stderr)
+        return 2
+    try:
+        reserved = reserve_port(config.host, config.port)
+    except OSError as exc:
+        print(f"smartsocket: cannot bind {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    port = reserved.getsockname()[1]
+    command = [
+        sys.executable, "-m", "smartsocket", *without_workers(argv), "--port", str(port),
+        "--reuse-port",
+    ]
+    pool = [Worker(i, command) for i in range(workers)]
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for worker in pool:
+            worker.start()
+        url = ""
+        for worker in pool:
+            line = worker.wait_ready(READY_TIMEOUT)
+            if "listening on" not in line:
+                print(f"smartsocket: worker {worker.index} did not start", file=sys.stderr)
+                stopping.set()
+                break
+            url = line.rsplit(" ", 1)[1].strip()
+        else:
+            print(f"SmartSocket ({workers} workers) listening on {url}", flush=True)
+        _supervise(pool, stopping)
+    finally:
+        code = _stop_all(pool, config.shutdown_timeout + 5.0)
+        reserved.close()
+    return code
+
+
+def _supervise(pool: list[Worker], stopping: threading.Event) -> None:
+    while not stopping.wait(0.1):
+        for worker in pool:
+            process = worker.process
+            if process is None or process.poll() is None:
+                continue
+            quick = time.monotonic() - worker.started < 5.0
+            worker.crashes = worker.crashes + 1 if quick else 1
+            delay = min(5.0, 0.1 * 2 ** (worker.crashes - 1))
+            print(f"smartsocket: worker {worker.index} (pid {process.pid}) exited with "
+                  f"{process.returncode}; restarting in {delay:.1f} s", file=sys.stderr,
+                  flush=True)
+            if stopping.wait(delay):
+                return
+            worker.start()
+            threading.Thread(target=worker.wait_ready, args=(READY_TIMEOUT,), daemon=True).start()
+
+
+def _stop_all(pool: list[Worker], timeout: float) -> int:
+    for worker in pool:
+        if worker.process is not None and worker.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    code = 0
+    for worker in pool:
+        if worker.process is None:
+            continue
+        try:
+            worker.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+            code = 1
+    return code

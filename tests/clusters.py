@@ -1,0 +1,152 @@
+"""Helpers of the cluster tests: node processes, throwaway brokers, free ports.
+
+The shared brokers (Redis on 6379, NATS on 4222) are started by CI (scripts/services): a test
+that finds one down fails instead of skipping. Each test cluster uses its own channel prefix,
+so runs and other engineers' tests never hear each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKERS = {"redis": "redis://127.0.0.1:6379/0", "nats": "nats://127.0.0.1:4222"}
+HEARTBEAT, NODE_TIMEOUT = 0.2, 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+def require_broker(url: str) -> None:
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    assert answers(port), f"{url} does not answer: CI starts it with scripts/services"
+
+
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+def read_line(stream: IO[bytes], timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline().decode() if ready else ""
+
+
+class Node:
+    """``python -m smartsocket serve --app tests.cluster_app:create`` in its own process."""
+
+    def __init__(self, url: str, cluster_prefix: str, log: Path, *extra: str) -> None:
+        self.log = log
+        with log.open("wb") as stderr:  # the child keeps its own descriptor
+            self.proc = self._spawn(url, cluster_prefix, stderr, extra)
+        self.url = ""
+
+    @staticmethod
+    def _spawn(
+        url: str, cluster_prefix: str, stderr: IO[bytes], extra: tuple[str, ...]
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "smartsocket", "serve", "--app", "tests.cluster_app:create",
+             "--host", "127.0.0.1", "--port", "0", "--cluster-url", url,
+             "--cluster-prefix", cluster_prefix, "--cluster-heartbeat", str(HEARTBEAT),
+             "--node-timeout", str(NODE_TIMEOUT), "--presence-rooms", "p-*", *extra],
+            stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> str:
+        assert self.proc.stdout is not None
+        line = read_line(self.proc.stdout, timeout)
+        assert "listening on" in line, f"node did not start: {line!r}\n{self.log.read_text()}"
+        self.url = line.rsplit(" ", 1)[1].strip()
+        return self.url
+
+    @property
+    def http(self) -> str:
+        return self.url.replace("ws://", "http://").rstrip("/")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@contextlib.contextmanager
+def node_processes(url: str, count: int, logs: Path) -> Iterator[list[Node]]:
+    require_broker(url)
+    name = prefix()
+    nodes = [Node(url, name, logs / f"{name}-{i}.log") for i in range(count)]
+    try:
+        for node in nodes:
+            node.wait_ready()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+class Broker:
+    """A throwaway redis-server or nats-server on a free port, to kill and restart."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.kind}://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        if self.kind == "redis":
+            return [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        return [_binary("nats-server"), "-a", "127.0.0.1", "-p", str(self.port)]
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while not answers(self.port):
+            assert time.monotonic() < deadline, f"{self.kind} did not start on {self.port}"
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def _binary(name: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise AssertionError(f"{name} is not installed (scripts/services installs it)")

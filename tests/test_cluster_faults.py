@@ -1,0 +1,123 @@
+"""Broker faults, against a throwaway redis-server / nats-server on a free port (the shared
+brokers are never touched): killed mid-traffic and restarted on the same port, the nodes keep
+delivering locally, report themselves degraded, count what they could not publish, reconnect
+and resume cross-node delivery without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from clusters import Broker
+from smartsocket import SmartSocket, Socket
+from smartsocket.testing import Recorder, connected, running, wait_for
+
+
+@pytest.fixture(params=["redis", "nats"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    broker = Broker(request.param)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()
+
+
+def node(url: str, prefix: str) -> SmartSocket:
+    server = SmartSocket(
+        cluster_url=url, cluster_prefix=prefix, cluster_heartbeat=0.1, node_timeout=0.6,
+        presence_rooms="p",
+    )
+
+    @server.on("join")
+    async def join(socket: Socket, room: str) -> None:
+        socket.join(room)
+        await server.room(room).subscribed()  # broadcasts from other nodes reach it now
+
+    return server
+
+
+def health(server: SmartSocket) -> tuple[int, dict[str, Any]]:
+    url = server.url.replace("ws://", "http://") + "smartsocket/health"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, json.load(response)
+
+
+async def test_broker_restart_mid_traffic(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "smartsocket.cluster")
+    a, b = node(broker.url, "faults"), node(broker.url, "faults")
+    async with (
+        running(a), running(b),
+        connected(a) as ca, connected(a) as ca2, connected(b) as cb,
+    ):
+        await wait_for(lambda: len(a.cluster_nodes()) == len(b.cluster_nodes()) == 2)
+        for client in (ca, ca2, cb):
+            await client.call("join", "r")
+            await client.call("join", "p")
+        local, remote = Recorder(ca2, "tick"), Recorder(cb, "tick")
+        for i in range(20):  # traffic before the fault
+            a.room("r").broadcast("tick", i)
+        for i in range(20):
+            assert await remote.next("tick") == i and await local.next("tick") == i
+
+        broker.kill()
+        await wait_for(lambda: a.degraded and b.degraded)
+        status, body = await asyncio.to_thread(health, a)
+        assert (status, body["status"], body["cluster"]["status"]) == (200, "degraded", "degraded")
+        sent_while_down = 25
+        for i in range(sent_while_down):  # local delivery goes on
+            assert a.room("r").broadcast("tick", 100 + i) == 2
+        for i in range(sent_while_down):
+            assert await local.next("tick") == 100 + i
+        stats = a.stats()
+        assert stats["cluster"]["status"] == "degraded"
+        assert stats["raw"]["clusterPublishFailed"] >= sent_while_down
+        assert "lost the cluster broker" in caplog.text
+        await asyncio.sleep(0.8)  # past node_timeout: each node drops the other
+        assert a.cluster_nodes() == [a.node_id]
+        assert await a.socket_count() == 2
+
+        broker.start()  # the same port: the nodes reconnect by themselves
+        await wait_for(lambda: not a.degraded and not b.degraded, timeout=10)
+        await wait_for(lambda: len(a.cluster_nodes()) == len(b.cluster_nodes()) == 2)
+        status, body = await asyncio.to_thread(health, a)
+        assert (status, body["status"]) == (200, "ok")
+        # the room channels were resubscribed: cross-node delivery resumes
+        a.room("r").broadcast("tick", "back")
+        assert await remote.next("tick") == "back" and await local.next("tick") == "back"
+        b.room("r").broadcast("tick", "and back")
+        assert await local.next("tick") == "and back"
+        assert await remote.next("tick") == "and back"
+        await asyncio.sleep(0.05)
+        assert remote.pending("tick") == 0  # what failed while down is never replayed
+        assert await a.socket_count() == 3
+        assert sorted(m.sid for m in await a.room("p").presence()) == sorted(
+            [ca.sid, ca2.sid, cb.sid]
+        )
+        stats = a.stats()
+        assert stats["cluster"]["reconnects"] >= 1
+        assert stats["raw"]["clusterPublishFailed"] >= sent_while_down
+        assert "reconnected to the cluster broker" in caplog.text
+
+
+async def test_a_node_starts_while_the_broker_is_down(broker: Broker) -> None:
+    broker.kill()
+    server = node(broker.url, "late")
+    async with running(server), connected(server) as client:
+        assert server.degraded  # started anyway, serving its own clients
+        rec = Recorder(client, "m")
+        await client.call("join", "r")
+        assert server.room("r").broadcast("m", 1) == 1
+        assert await rec.next("m") == 1
+        broker.start()
+        await wait_for(lambda: not server.degraded, timeout=10)
+        assert server.room("r").broadcast("m", 2) == 1
+        assert await rec.next("m") == 2
