@@ -432,6 +432,7 @@ export class SmartSocket {
         ping.resolve((this.latency = now() - ping.start));
       }
     } else if (name == "$error") this._emit("error", data);
+    else if (name == "$presence") this._emit("$presence", data); // {room, joined|left: {sid, info}}
   }
 
   _dispatch(ws, name, data, id, binary) {

@@ -25,7 +25,7 @@ import msgspec
 
 from smartsocket.config import Config
 from smartsocket.errors import AckError
-from smartsocket.server import SmartSocket, Socket
+from smartsocket.server import Room, SmartSocket, Socket
 
 MAX_NAME = 32
 
@@ -68,7 +68,7 @@ def create_app(config: Config | None = None) -> SmartSocket:
         return data
 
     @server.on("join")
-    def join(socket: Socket, data: JoinRequest) -> dict[str, Any]:
+    def join(socket: Socket, data: JoinRequest) -> Any:
         renamed = False
         if data.name is not None:
             name = data.name.strip()[:MAX_NAME] or None
@@ -78,7 +78,10 @@ def create_app(config: Config | None = None) -> SmartSocket:
         socket.join(data.room)
         if new or renamed:
             presence(socket, data.room, True)
-        return {"room": data.room, "members": server.room(data.room).socket_count()}
+        reply = {"room": data.room, "members": server.room(data.room).socket_count()}
+        if server.config.cluster_url:  # ack once broadcasts from other nodes reach us too
+            return _when_subscribed(server.room(data.room), reply)
+        return reply
 
     @server.on("leave")
     def leave(socket: Socket, data: RoomRequest) -> dict[str, Any]:
@@ -122,3 +125,8 @@ def create_app(config: Config | None = None) -> SmartSocket:
             presence(socket, room, False)
 
     return server
+
+
+async def _when_subscribed(room: Room, reply: dict[str, Any]) -> dict[str, Any]:
+    await room.subscribed()
+    return reply
