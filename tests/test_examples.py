@@ -180,3 +180,13 @@ async def test_bench_script_runs() -> None:
     out = await finish(proc, timeout=60)
     for mode in ("native", "uvicorn", "aiohttp"):
         assert f"| {mode} |" in out, out
+
+
+@pytest.mark.parametrize("broker", ["redis://127.0.0.1:6379", "nats://127.0.0.1:4222"])
+async def test_two_node_cluster_example(broker: str) -> None:
+    proc = await start_script("cluster/two_nodes.py", "--cluster-url", broker)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "Ben got 'hello from node A' from Ann" in text
+    assert "Ann got 'hi Ann, this is node B' from Ben" in text
