@@ -61,8 +61,7 @@ def _panel(
     latency = m.unit.startswith("p50")
     if latency:  # p99 as a tick on the p50 bar
         p99 = [float(r.get("lat_p99_us") or 0) for _, r in peers]
-        ax.scatter(p99, y, marker="|", s=120, color="black", zorder=3, label="p99")
-        ax.legend(loc="lower right", fontsize=7, frameon=False)
+        ax.scatter(p99, y, marker="|", s=120, color="black", zorder=3)
     lo, hi = min(vals), max(vals + ([max(p99)] if latency else []))
     use_log = log_ok and lo > 0 and hi / lo > LOG_SPAN
     if use_log:
@@ -78,7 +77,8 @@ def _panel(
     ax.invert_yaxis()
     better = "higher is better" if m.higher_is_better else "lower is better"
     scale = ", log scale" if use_log else ""
-    ax.set_title(f"{title or m.title}\n{unit or m.unit} ({better}{scale})", fontsize=8)
+    what = "bar: p50, tick: p99, " if latency else ""
+    ax.set_title(f"{title or m.title}\n{unit or m.unit} ({what}{better}{scale})", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)

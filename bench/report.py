@@ -64,7 +64,21 @@ def _metric(v: float | None, unit: str) -> str:
         return DASH
     if unit.endswith("/s"):
         return f"{v:,.0f}"
+    if unit.startswith("KiB"):
+        return f"{v:,.1f} KiB"
     return _us(v)
+
+
+OTHER_RE = re.compile(r"^other processes used (\d+)% of a core$")
+
+
+def merge_notes(notes: list[str]) -> list[str]:
+    """One "other processes" note per row (the highest share), the others as they are."""
+    shares = [int(m.group(1)) for n in notes if (m := OTHER_RE.match(n))]
+    out = [n for n in notes if not OTHER_RE.match(n)]
+    if shares:
+        out.append(f"other processes used up to {max(shares)}% of a core")
+    return out
 
 
 def _esc(s: str) -> str:
@@ -78,7 +92,7 @@ def _row_data(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("extra"):
         d["extra"] = row["extra"]
     if row.get("notes"):
-        d["notes"] = row["notes"]
+        d["notes"] = merge_notes(row["notes"])
     if "metric" not in row:
         d["failed"] = row.get("skipped") or row.get("error") or "no run"
     return d
@@ -151,7 +165,7 @@ def render_workload(
             ratio2 = row.get("ratio2")
             rng = f"{_metric(row['min'], m.unit)} {DASH} {_metric(row['max'], m.unit)}"
             lat = f"{_us(row['lat_p50_us'])} / {_us(row['lat_p99_us'])}"
-            notes = "; ".join(row["notes"]) if row["notes"] else "ok"
+            notes = "; ".join(merge_notes(row["notes"])) if row["notes"] else "ok"
             ex = row.get("extra") or {}
             cells = [
                 peer,
@@ -227,17 +241,21 @@ def _rss_rel(other: str, factor: float) -> Callable[[dict[str, Any]], tuple[str,
         b = rows.get(other, {}).get("metric")
         if a is None or not b:
             return None
-        return f"{a:.1f} vs {b:.1f} KiB ({a / b:.2f}x)", a <= factor * b
+        return f"{a:.2f} vs {b:.2f} KiB ({a / b:.3f}x)", a <= factor * b
 
     return check
 
 
 def _p99_over_p50(rows: dict[str, Any]) -> tuple[str, bool] | None:
+    """The median over the repetitions of each run's p99 / p50 (as in the table)."""
     row = rows.get(SMART, {})
     p50, p99 = row.get("lat_p50_us"), row.get("lat_p99_us")
-    if not p50 or not p99:
+    ratio = (row.get("extra") or {}).get("p99_over_p50")
+    if ratio is None and p50 and p99:
+        ratio = p99 / p50
+    if ratio is None:
         return None
-    return f"p50 {_us(p50)}, p99 {_us(p99)}: {p99 / p50:.1f}x", p99 <= 3 * p50
+    return f"p99 / p50 = {ratio:.1f}x (medians: p50 {_us(p50)}, p99 {_us(p99)})", ratio <= 3
 
 
 TARGETS = [
@@ -320,7 +338,7 @@ def _informational(data: dict[str, dict[str, Any]]) -> list[str]:
             if m.higher_is_better:
                 lines.append(
                     f"`{mkey}`: SmartSocket reaches {a / c:.0%} of the C reference server's "
-                    f"{m.unit} (this machine's limit)"
+                    f"{m.unit}"
                 )
             else:
                 lines.append(

@@ -180,6 +180,7 @@ def summarize(
                     for n in r["notes"]:
                         if n not in notes:
                             notes.append(n)
+                notes = report.merge_notes(notes)
                 fails = len(recs) - len(oks)
                 if fails:
                     notes.append(
