@@ -40,6 +40,13 @@ from smartsocket.protocol.codes import CloseCode, is_valid_close_code
 
 logger = logging.getLogger("smartsocket.transport")
 
+try:  # picows' faster socket transport (a picows dependency): ~1.5x throughput, ~5 KB/conn more
+    import aiofastnet  # noqa: F401
+
+    _HAS_AIOFASTNET = True
+except ImportError:  # pragma: no cover - picows installs it
+    _HAS_AIOFASTNET = False
+
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
@@ -484,6 +491,7 @@ async def create_server(
     compression_threshold: int = 256,
     write_buffer_high: int = 64 << 10,
     max_write_buffer: int | None = None,
+    fast_transport: bool = True,
 ) -> asyncio.Server:
     """Listen on host:port; ``router`` decides what each request gets."""
     coalescer = WriteCoalescer(asyncio.get_running_loop())
@@ -517,6 +525,7 @@ async def create_server(
         enable_auto_pong=False,  # on_ws_frame answers pings after checking RSV bits
         max_frame_size=max_message_size or 2**62,
         read_buffer_init_size=1024,  # grows on demand; small buffers keep idle connections cheap
+        use_aiofastnet=fast_transport and _HAS_AIOFASTNET,
         ssl=ssl,
         reuse_port=reuse_port or None,
         logger_name="server",

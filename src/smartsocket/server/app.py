@@ -635,6 +635,7 @@ class SmartSocket(ClusterAPI):
             compression_threshold=cfg.compression_threshold,
             write_buffer_high=cfg.write_buffer_high,
             max_write_buffer=cfg.max_write_buffer,
+            fast_transport=cfg.fast_transport,
             reuse_port=cfg.reuse_port,
         )
         self._port = self._server.sockets[0].getsockname()[1]
