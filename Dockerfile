@@ -15,7 +15,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 # Wheels of SmartSocket and of its dependencies, so the final stage installs offline.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[redis,nats]"
 
 FROM python:${PYTHON_VERSION}-slim
 ENV PYTHONUNBUFFERED=1 \
@@ -26,7 +26,7 @@ RUN groupadd --system --gid 10001 smartsocket \
     && useradd --system --uid 10001 --gid smartsocket --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin smartsocket
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels smartsocket \
+RUN pip install --no-cache-dir --no-index --find-links /wheels "smartsocket[redis,nats]" \
     && rm -rf /wheels
 COPY deploy/healthcheck.py /usr/local/lib/smartsocket/healthcheck.py
 WORKDIR /app
