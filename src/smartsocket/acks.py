@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from smartsocket.errors import AckError, AckTimeout
-from smartsocket.protocol.envelope import MAX_ACK_ID
+from smartsocket.protocol.envelope import MAX_ACK_ID, AckReply
 
 
 class AckTracker:
@@ -63,6 +63,14 @@ class AckTracker:
             if entry[1] is not None:
                 entry[1].cancel()
             entry[0].cancel()
+
+    def resolve_reply(self, reply: AckReply) -> bool:
+        """Deliver a decoded ack reply (an ack error becomes an AckError for the caller)."""
+        info = reply.error
+        error = None
+        if info is not None:
+            error = AckError(info.code, info.message, retry_after=info.retry_after)
+        return self.resolve(reply.ack_id, reply.result, error)
 
     def fail_all(self, exc: BaseException) -> None:
         """Fail every pending call, e.g. because the connection closed."""

@@ -322,13 +322,7 @@ class Client:
             logger.warning("bad message from server: %s", exc)
             return
         if type(packet) is AckReply:
-            info = packet.error
-            error = (
-                AckError(info.code, info.message, retry_after=info.retry_after)
-                if info is not None
-                else None
-            )
-            if not self._acks.resolve(packet.ack_id, packet.result, error):
+            if not self._acks.resolve_reply(packet):
                 logger.debug("late or unknown ack %d", packet.ack_id)
             return
         assert type(packet) is Event

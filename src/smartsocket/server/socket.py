@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smartsocket.acks import AckTracker
-from smartsocket.errors import AckError, ConnectionClosed
+from smartsocket.errors import ConnectionClosed
 from smartsocket.handlers import Handler
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
@@ -307,13 +307,7 @@ class Socket:
                 self._server._dispatch(self, packet)
         else:
             assert type(packet) is AckReply
-            info = packet.error
-            error = (
-                AckError(info.code, info.message, retry_after=info.retry_after)
-                if info is not None
-                else None
-            )
-            if not self._acks.resolve(packet.ack_id, packet.result, error):
+            if not self._acks.resolve_reply(packet):
                 self.reject(
                     ErrorCode.UNKNOWN_ACK, f"no pending call with id {packet.ack_id}",
                     ack_id=None,
