@@ -149,18 +149,28 @@ class Sample:
     t: float
     server_cpu: float
     others: dict[int, int]
+    server_procs: dict[int, int] | None = None  # pid -> ticks of each server process
 
     @classmethod
     def take(cls, server_sid: int | None, exclude_pids: set[int]) -> Sample:
         t = time.monotonic()
         server = 0
         others: dict[int, int] = {}
+        procs: dict[int, int] = {}
         for pid, sid, ticks in _proc_cpu_table():
             if server_sid and sid == server_sid:
                 server += ticks
+                procs[pid] = ticks
             elif pid not in exclude_pids:
                 others[pid] = ticks
-        return cls(t=t, server_cpu=server / CLK_TCK, others=others)
+        return cls(t=t, server_cpu=server / CLK_TCK, others=others, server_procs=procs)
+
+    def server_procs_since(self, earlier: Sample) -> list[float]:
+        """CPU seconds of each server process between two samples, largest first."""
+        now, before = self.server_procs or {}, earlier.server_procs or {}
+        return sorted(
+            ((ticks - before.get(pid, 0)) / CLK_TCK for pid, ticks in now.items()), reverse=True
+        )
 
     def other_cpu_since(self, earlier: Sample) -> float:
         """CPU seconds used by other processes between two samples."""

@@ -15,6 +15,7 @@ from typing import Any
 from bench.common import (
     BENCH_DIR,
     BUILD_DIR,
+    CLK_TCK,
     Sample,
     log,
     pin_preexec,
@@ -118,11 +119,13 @@ def run(
     core: int | None,
     timeout_s: float,
     rss: bool = False,
+    broker_pids: list[int] | None = None,
 ) -> LoadgenRun:
     """Run the generator; sample the server's and other processes' CPU at the
     ``#MEASURE_START`` / ``#MEASURE_END`` markers it prints.  With ``rss``, the
     server's resident memory is also read before the generator starts and at
-    both markers."""
+    both markers.  ``broker_pids`` (a cluster's Redis or NATS server): their CPU in the
+    window is reported apart as ``broker_cpu_s`` and left out of ``other_cpu_s``."""
     binary = ensure_built()
     argv = [*pin_prefix(core), str(binary), *args]
     rss_kb: dict[str, int] = {}
@@ -223,7 +226,13 @@ def run(
             "server_cpu_s": b.server_cpu - a.server_cpu,
             "other_cpu_s": b.other_cpu_since(a),
             "other_top": b.top_others(a),
+            "server_procs_cpu_s": b.server_procs_since(a),
         }
+        if broker_pids:
+            ticks = sum(max(0, b.others.get(pid, 0) - a.others.get(pid, 0)) for pid in broker_pids)
+            broker = ticks / CLK_TCK
+            window["broker_cpu_s"] = broker
+            window["other_cpu_s"] = max(0.0, window["other_cpu_s"] - broker)
     if rss_kb:
         window["rss_kb"] = rss_kb
     return LoadgenRun(

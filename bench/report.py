@@ -106,8 +106,7 @@ def render_workload(
     opts: Options,
     json_path: Path,
 ) -> str:
-    baseline = meta["baseline"]
-    second = SECOND_BASELINE
+    baseline, second = wl.baselines or (meta["baseline"], SECOND_BASELINE)
     o = meta["options"]
     mode = (
         f"**quick** ({o['duration']:g} s windows, {o['repeat']} repeat)"
@@ -353,6 +352,24 @@ def _informational(data: dict[str, dict[str, Any]]) -> list[str]:
             f"the deliveries/s, {won:,.0f} vs {woff:,.0f} wire bytes per message "
             f"({1 - won / woff:.0%} saved)"
         )
+    for wl, what in (
+        ("cluster-fanout", "room split over 2 nodes vs 1 node"),
+        ("workers-fanout", "`--workers` vs 1 node"),
+    ):
+        rows = data.get(wl, {}).get("measures", {}).get(wl, {})
+        one = rows.get(SMART, {}).get("metric")
+        parts = []
+        for name, row in rows.items():
+            if name == SMART or not one or not row.get("metric"):
+                continue
+            broker = (row.get("extra") or {}).get("broker")
+            cpu = f" (broker CPU {broker:.0%})" if broker is not None else ""
+            parts.append(f"{name} {row['metric'] / one:.2f}x{cpu}")
+        if parts:
+            lines.append(
+                f"`{wl}` ({what}, deliveries/s, same run, servers sharing core 0): "
+                + ", ".join(parts)
+            )
     return lines
 
 

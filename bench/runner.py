@@ -29,6 +29,7 @@ from bench.servers import (
     PeerUnavailable,
     RunningServer,
     ServerStartError,
+    broker_pids,
 )
 from bench.workloads import Measure, NeedsEarlierMeasure, Options, Workload
 
@@ -66,7 +67,7 @@ def make_record(
         "error": None if lr.ok else lr.error,
         "unit": m.unit,
         "argv": lr.argv,
-        "server_cmd": peer.command(server.port, wl.name),
+        "server_cmd": server.command(),
         "server_log": str(server.log_path.relative_to(REPO_ROOT)),
         "loadgen": r,
         "loadgen_rusage": lr.gen_rusage,
@@ -99,6 +100,8 @@ def make_record(
     if w and w.get("wall_s", 0) > 0:
         dt = w["wall_s"]
         rec["server_cpu"] = w["server_cpu_s"] / dt
+        if w.get("broker_cpu_s") is not None:
+            rec["broker_cpu"] = w["broker_cpu_s"] / dt
         other = w["other_cpu_s"]
         rec["other_load"] = max(0.0, other / dt)
     else:
@@ -205,7 +208,8 @@ def summarize(
                     notes=notes,
                 )
                 rows[peer.name] = row
-            for key, ref in (("ratio", baseline), ("ratio2", second)):
+            refs = wl.baselines or (baseline, second)
+            for key, ref in (("ratio", refs[0]), ("ratio2", refs[1])):
                 base = rows.get(ref, {}).get("metric")
                 for row in rows.values():
                     v = row.get("metric")
@@ -347,6 +351,7 @@ def run(
                         args = [
                             *("--proto", peer.proto, "--port", str(server.port)),
                             *("--path", peer.ws_path, "--warmup", str(opts.warmup)),
+                            *(("--port2", str(server.port2)) if server.port2 else ()),
                             *("--connect-timeout", str(opts.connect_timeout)),
                             *("--drain-timeout", str(m.drain_timeout(opts))),
                             *margs,
@@ -358,6 +363,7 @@ def run(
                             core=gen_core,
                             timeout_s=m.timeout_s(opts),
                             rss=m.rss,
+                            broker_pids=broker_pids(peer.broker),
                         )
                         rec = make_record(wl, m, peer, rep, lr, server, opts, pinned)
                         if rec["ok"] and not server.alive():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,43 @@ SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 
 # workloads in which the generator offers permessage-deflate
 DEFLATE_WORKLOADS = {"fanout-deflate"}
+# SmartSocket-only workloads: several nodes joined by a broker vs one node
+CLUSTER_WORKLOADS = {"cluster-fanout", "workers-fanout"}
+BROKER_URLS = {"redis": "redis://127.0.0.1:6379", "nats": "nats://127.0.0.1:4222"}
+BROKER_PROCESS = {"redis": "redis-server", "nats": "nats-server"}
+
+
+def broker_pids(broker: str | None) -> list[int]:
+    """Pids of the running broker (found by process name in /proc): for its CPU."""
+    if not broker:
+        return []
+    want = BROKER_PROCESS[broker]
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as f:
+                if f.read().strip() == want:
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def listeners(port: int) -> int:
+    """Listening TCP sockets on 127.0.0.1:``port`` (SO_REUSEPORT workers: one each)."""
+    n = 0
+    want = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if len(parts) > 3 and parts[1] == want and parts[3] == "0A":
+                    n += 1
+    except OSError:
+        return 0
+    return n
 
 
 class PeerUnavailable(RuntimeError):
@@ -55,6 +93,11 @@ class Peer:
     not_in: dict[str, str] = field(default_factory=dict)
     # when set, the peer takes part only in these workloads (silently absent elsewhere)
     only_in: set[str] | None = None
+    # takes part in CLUSTER_WORKLOADS (SmartSocket only; absent from them otherwise)
+    in_cluster_workloads: bool = False
+    nodes: int = 1  # separate servers started (2: the second on RunningServer.port2)
+    workers: int = 1  # listening sockets to wait for on the port (--workers N)
+    broker: str | None = None  # "redis" | "nats": the broker whose CPU is reported
 
     def prepare(self) -> None:
         """Check availability / do explicit setup steps. Raise PeerUnavailable."""
@@ -63,12 +106,18 @@ class Peer:
         """(takes part, reason shown when it does not; None: leave it out of the table)."""
         if self.only_in is not None and workload not in self.only_in:
             return False, None
+        if workload in CLUSTER_WORKLOADS and not self.in_cluster_workloads:
+            return False, None
         if workload in self.not_in:
             return False, self.not_in[workload]
         return True, None
 
     def command(self, port: int, workload: str = "") -> list[str]:
         raise NotImplementedError
+
+    def cluster_command(self, ports: list[int], prefix: str, workload: str = "") -> list[str]:
+        """Command for a peer of several nodes or workers (default: the plain command)."""
+        return self.command(ports[0], workload)
 
     @property
     def cwd(self) -> Path:
@@ -176,6 +225,49 @@ class SmartSocketPeer(Peer):
         return cmd + self.FLAGS + self.variant_args + self.extra_args
 
 
+class SmartSocketClusterPeer(SmartSocketPeer):
+    """SmartSocket joined through a broker: ``nodes`` servers on their own ports (started by
+    one ``sh`` so that they share the session whose CPU is measured), or one server with
+    ``--workers N`` (one port, SO_REUSEPORT). Every run gets its own ``--cluster-prefix``."""
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        broker: str,
+        nodes: int = 1,
+        workers: int = 1,
+        only_in: set[str] | None = None,
+    ) -> None:
+        super().__init__(name, description, only_in=only_in or CLUSTER_WORKLOADS)
+        self.in_cluster_workloads = True
+        self.broker = broker
+        self.nodes = nodes
+        self.workers = workers
+
+    def prepare(self) -> None:
+        if not broker_pids(self.broker):
+            raise PeerUnavailable(f"no {BROKER_PROCESS[self.broker or 'redis']} process running")
+        mod = {"redis": "redis", "nats": "nats"}[self.broker or "redis"]
+        probe = subprocess.run(
+            [project_python(), "-c", f"import {mod}"], capture_output=True, timeout=60
+        )
+        if probe.returncode != 0:
+            raise PeerUnavailable(
+                f"python package `{mod}` missing: pip install 'smartsocket[{mod}]'"
+            )
+
+    def cluster_command(self, ports: list[int], prefix: str, workload: str = "") -> list[str]:
+        cluster = ["--cluster-url", BROKER_URLS[self.broker or "redis"], "--cluster-prefix", prefix]
+        if self.workers > 1 or self.nodes == 1:
+            return [*self.command(ports[0], workload), "--workers", str(self.workers), *cluster]
+        # several nodes: one shell (session leader) runs them all and waits
+        node_cmds = [
+            " ".join(shlex.quote(a) for a in self.command(p, workload) + cluster) for p in ports
+        ]
+        return ["sh", "-c", " & ".join(node_cmds) + " & wait"]
+
+
 PEERS: dict[str, Peer] = {
     p.name: p
     for p in [
@@ -214,8 +306,39 @@ PEERS: dict[str, Peer] = {
             "smartsocket",
             "minimal C epoll server (bench/peers/cref/cref.c): this machine's limit",
         ),
+        SmartSocketClusterPeer(
+            "ss-2nodes-redis",
+            "2 SmartSocket nodes (2 processes, 2 ports) joined by Redis; members alternate "
+            "between them, the publisher on the first",
+            broker="redis",
+            nodes=2,
+            only_in={"cluster-fanout"},
+        ),
+        SmartSocketClusterPeer(
+            "ss-2nodes-nats",
+            "the same 2 nodes joined by NATS",
+            broker="nats",
+            nodes=2,
+            only_in={"cluster-fanout"},
+        ),
+        SmartSocketClusterPeer(
+            "ss-workers1-redis",
+            "`--workers 1 --cluster-url redis://...`: one node with the Redis adapter",
+            broker="redis",
+            workers=1,
+            only_in={"workers-fanout"},
+        ),
+        SmartSocketClusterPeer(
+            "ss-workers2-redis",
+            "`--workers 2 --cluster-url redis://...`: 2 worker processes on one port "
+            "(SO_REUSEPORT: the kernel spreads the connections)",
+            broker="redis",
+            workers=2,
+            only_in={"workers-fanout"},
+        ),
     ]
 }
+PEERS["smartsocket"].in_cluster_workloads = True
 BASELINE = "python-socketio"
 SECOND_BASELINE = "socketio-node"  # the second ratio column
 
@@ -237,6 +360,8 @@ class RunningServer:
         self.core = core
         self.ready_timeout = ready_timeout
         self.port = free_port()
+        self.port2 = free_port() if peer.nodes > 1 else 0
+        self.prefix = f"bench{os.getpid()}x{self.port}"  # a fresh cluster prefix per run
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.log_path = LOG_DIR / f"{peer.name}-{stamp}-{self.port}.log"
@@ -258,6 +383,20 @@ class RunningServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def ports(self) -> list[int]:
+        return [self.port, self.port2] if self.port2 else [self.port]
+
+    def command(self) -> list[str]:
+        if self.peer.nodes > 1 or self.peer.broker:
+            return self.peer.cluster_command(self.ports, self.prefix, self.workload)
+        return self.peer.command(self.port, self.workload)
+
+    def listening(self) -> bool:
+        if self.peer.workers > 1:
+            return listeners(self.port) >= self.peer.workers
+        return all(port_open(p) for p in self.ports)
+
     def cpu_seconds(self) -> float:
         return session_cpu_seconds(self.pid)
 
@@ -269,7 +408,7 @@ class RunningServer:
         return "\n".join(lines[-n:])
 
     def start(self) -> None:
-        cmd = pin_prefix(self.core) + self.peer.command(self.port, self.workload)
+        cmd = pin_prefix(self.core) + self.command()
         env = dict(os.environ, PYTHONUNBUFFERED="1", NODE_ENV="production")
         with open(self.log_path, "wb") as logf:
             logf.write(f"$ {' '.join(cmd)}\n".encode())
@@ -291,7 +430,7 @@ class RunningServer:
                 code = self.proc.returncode
                 self.proc = None
                 raise ServerStartError(f"exited with code {code} before listening", self.log_path)
-            if port_open(self.port):
+            if self.listening():
                 return
             time.sleep(0.05)
         self.stop()

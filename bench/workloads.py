@@ -107,6 +107,8 @@ class Workload:
     description: str
     measures: list[Measure]
     chart_log: bool = True  # log scale when the values span more than 20x
+    # peers of the two ratio columns (default: --baseline and SECOND_BASELINE)
+    baselines: tuple[str, str] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -173,6 +175,17 @@ def deflate_checks(r: Result, o: Options) -> list[str]:
             f"deflate negotiated on {d.get('negotiated')} of {r.get('clients')} connections"
         )
     return notes
+
+
+def cluster_checks(r: Result, o: Options) -> list[str]:
+    """fanout_checks without the two that count one node only: in a cluster the chat ack's
+    `delivered` and the join ack's `members` are the publisher's (joiner's) node's own counts.
+    Every delivery is still checked at the receivers (count, sequence, room, no duplicate)."""
+    return [
+        n
+        for n in fanout_checks(r, o)
+        if "chat acks with delivered" not in n and "room reported" not in n
+    ]
 
 
 def idle_checks(r: Result, o: Options) -> list[str]:
@@ -263,6 +276,54 @@ def _fmt_us(v: float) -> str:
 
 def _fmt_mib(v: float) -> str:
     return f"{v / 1024:,.1f} MiB"
+
+
+def _broker_cpu(r: Result, w: Window) -> float | None:
+    b, dt = w.get("broker_cpu_s"), w.get("wall_s")
+    return b / dt if b is not None and dt else None
+
+
+def _busiest_proc_cpu(r: Result, w: Window) -> float | None:
+    """CPU of the busiest server process (one node or worker): 100% = it had a whole core."""
+    procs, dt = w.get("server_procs_cpu_s"), w.get("wall_s")
+    return procs[0] / dt if procs and dt else None
+
+
+def _deliveries_per_cpu_s(r: Result, w: Window) -> float | None:
+    """Deliveries per CPU-second of the servers plus the broker (work per unit of CPU)."""
+    cpu = (w.get("server_cpu_s") or 0.0) + (w.get("broker_cpu_s") or 0.0)
+    n = r.get("deliveries_window")
+    return float(n) / cpu if n and cpu > 0 else None
+
+
+def _cluster_measure(key: str, title: str, split: str) -> Measure:
+    return Measure(
+        key=key,
+        title=title,
+        unit="deliveries/s",
+        higher_is_better=True,
+        args=lambda o, prev: _fanout_args(o.members, o.window, o.payload_size, o.duration),
+        metric=_rate,
+        window_s=lambda o: o.duration,
+        checks=cluster_checks,
+        drain_s=lambda o: max(o.drain_timeout, 10.0),
+        params=lambda o: (
+            f"{o.members} members in one room (1 publisher + {o.members - 1} receivers), "
+            f"{split}; window {o.window} messages, {o.payload_size} B text, "
+            f"{o.duration:g} s window; deliveries counted at the generator's receivers. "
+            "server CPU = all SmartSocket processes together (both nodes, or every worker; "
+            "100% = one core), busiest node CPU = the busiest of those processes, "
+            "broker CPU = redis-server / nats-server in the same window, "
+            "deliv/CPU-s = deliveries per CPU-second of servers + broker. Pinning: the "
+            "nodes/workers share core 0 (a 2-core machine has no free core for a second "
+            "node), the generator has core 1, the broker is not pinned (either core)"
+        ),
+        extras=[
+            Extra("broker", "broker CPU", _broker_cpu, _fmt_pct),
+            Extra("busiest", "busiest node CPU", _busiest_proc_cpu, _fmt_pct),
+            Extra("per_cpu", "deliv/CPU-s", _deliveries_per_cpu_s, _fmt_int),
+        ],
+    )
 
 
 def _wire_saved(r: Result, w: Window) -> float | None:
@@ -525,6 +586,37 @@ WORKLOADS: dict[str, Workload] = {
                 ),
             ],
             chart_log=False,
+        ),
+        Workload(
+            "cluster-fanout",
+            "cross-node fan-out: one room whose members are split evenly over 2 SmartSocket "
+            "nodes joined by a broker (Redis, NATS), the publisher on the first node, vs the "
+            "same room on a single node",
+            [
+                _cluster_measure(
+                    "cluster-fanout",
+                    "cross-node fan-out deliveries",
+                    "2-node peers: the generator connects members alternately to the two nodes' "
+                    "ports (`--port2`), the publisher to the first; single node: all on one",
+                )
+            ],
+            chart_log=False,
+            baselines=("smartsocket", "ss-2nodes-redis"),
+        ),
+        Workload(
+            "workers-fanout",
+            "the same room fan-out against `smartsocket serve --workers 2 --cluster-url "
+            "redis://...` (one port, SO_REUSEPORT) vs `--workers 1` and a plain single node",
+            [
+                _cluster_measure(
+                    "workers-fanout",
+                    "fan-out deliveries over --workers",
+                    "every member connects to the one port; the kernel spreads the connections "
+                    "over the workers",
+                )
+            ],
+            chart_log=False,
+            baselines=("smartsocket", "ss-workers1-redis"),
         ),
     ]
 }

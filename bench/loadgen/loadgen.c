@@ -73,13 +73,13 @@ static const char *proto_names[] = {"smartsocket", "socketio"};
 static const char *wl_names[] = {"ack", "latency", "fanout", "rooms", "idle"};
 
 static struct {
-    int proto, workload, port, clients, inflight, members, window, payload;
+    int proto, workload, port, port2, clients, inflight, members, window, payload;
     int connect_conc, rooms, deflate, words;
     double duration, warmup, connect_timeout, drain_timeout, rate;
     const char *path, *room;
     long long max_messages;
 } opt = {
-    .proto = P_SMART, .workload = W_ACK, .port = 0, .clients = 50,
+    .proto = P_SMART, .workload = W_ACK, .port = 0, .port2 = 0, .clients = 50,
     .inflight = 16, .members = 1000, .window = 8, .payload = 64,
     .connect_conc = 64, .rooms = 1000, .deflate = 0, .words = 0,
     .duration = 10.0, .warmup = 1.0,
@@ -1014,6 +1014,10 @@ static void on_readable(struct conn *c) {
     }
 }
 
+/* --port2: odd-numbered connections go to the second server (a second cluster node); the
+ * publisher of each room (index % members == 0, even when members is even) stays on --port */
+static int conn_port(const struct conn *c) { return opt.port2 > 0 && (c->idx & 1) ? opt.port2 : opt.port; }
+
 static void send_handshake(struct conn *c) {
     uint8_t raw[16];
     for (int i = 0; i < 16; i++) raw[i] = (uint8_t)rng64();
@@ -1028,7 +1032,7 @@ static void send_handshake(struct conn *c) {
                      "%s%s"
                      "User-Agent: smartsocket-bench-loadgen\r\n"
                      "\r\n",
-                     opt.path, opt.port, c->key,
+                     opt.path, conn_port(c), c->key,
                      opt.proto == P_SMART ? "Sec-WebSocket-Protocol: smartsocket.v1\r\n" : "",
                      opt.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
     reserve(&c->wbuf, &c->wcap, c->wlen, (size_t)n);
@@ -1043,14 +1047,14 @@ static void start_connect(struct conn *c) {
     if (fd < 0) out_fail("setup", "socket(): %s (connection %d)", strerror(errno), c->idx);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)conn_port(c))};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* 127.0.0.1 only */
     c->fd = fd;
     c->state = CS_CONNECTING;
     c->t_connect = now_ns();
     int r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
     if (r < 0 && errno != EINPROGRESS)
-        out_fail("setup", "connect to 127.0.0.1:%d failed: %s (connection %d)", opt.port, strerror(errno), c->idx);
+        out_fail("setup", "connect to 127.0.0.1:%d failed: %s (connection %d)", conn_port(c), strerror(errno), c->idx);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     c->epollout = 1;
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) out_fail("setup", "epoll_ctl: %s", strerror(errno));
@@ -1063,7 +1067,7 @@ static void on_event(struct conn *c, uint32_t evs) {
         if (evs & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
             int err = 0; socklen_t el = sizeof err;
             getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
-            if (err) out_fail("setup", "connect to 127.0.0.1:%d failed: %s (connection %d)", opt.port, strerror(err), c->idx);
+            if (err) out_fail("setup", "connect to 127.0.0.1:%d failed: %s (connection %d)", conn_port(c), strerror(err), c->idx);
             send_handshake(c);
         }
         return;
@@ -1079,9 +1083,9 @@ static void on_event(struct conn *c, uint32_t evs) {
 static double tv_s(struct timeval tv) { return (double)tv.tv_sec + (double)tv.tv_usec / 1e6; }
 
 static void print_common(FILE *f) {
-    fprintf(f, "\"proto\":\"%s\",\"workload\":\"%s\",\"port\":%d,\"clients\":%d,\"inflight\":%d,"
+    fprintf(f, "\"proto\":\"%s\",\"workload\":\"%s\",\"port\":%d,\"port2\":%d,\"clients\":%d,\"inflight\":%d,"
                "\"members\":%d,\"window\":%d,\"payload_size\":%d,",
-            proto_names[opt.proto], wl_names[opt.workload], opt.port, n_conns,
+            proto_names[opt.proto], wl_names[opt.workload], opt.port, opt.port2, n_conns,
             is_fan() ? 0 : opt.inflight, is_fan() ? opt.members : 0,
             is_fan() ? opt.window : 0, opt.payload);
     fprintf(f, "\"rooms\":%d,\"deflate_offered\":%s,\"rate_offered\":%.1f,\"connect_concurrency\":%d,",
@@ -1204,7 +1208,7 @@ static int drained_now(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --proto smartsocket|socketio --port P --workload ack|latency|fanout|rooms|idle\n"
+            "usage: loadgen --proto smartsocket|socketio --port P [--port2 P2] --workload ack|latency|fanout|rooms|idle\n"
             "               [--clients N] [--inflight K] [--rate R] [--duration S] [--warmup S]\n"
             "               [--members M] [--rooms R] [--window W] [--payload-size B] [--words]\n"
             "               [--deflate] [--path PATH] [--room NAME]\n"
@@ -1221,7 +1225,7 @@ int main(int argc, char **argv) {
         {"window", 1, 0, 'W'}, {"payload-size", 1, 0, 'b'}, {"path", 1, 0, 'x'}, {"room", 1, 0, 'r'},
         {"connect-timeout", 1, 0, 'T'}, {"drain-timeout", 1, 0, 'D'}, {"connect-concurrency", 1, 0, 'C'},
         {"max-messages", 1, 0, 'M'}, {"seed", 1, 0, 's'}, {"help", 0, 0, 'h'}, {"rooms", 1, 0, 'R'},
-        {"deflate", 0, 0, 'Z'}, {"words", 0, 0, 'O'}, {"rate", 1, 0, 'a'}, {0, 0, 0, 0}};
+        {"deflate", 0, 0, 'Z'}, {"words", 0, 0, 'O'}, {"rate", 1, 0, 'a'}, {"port2", 1, 0, 'q'}, {0, 0, 0, 0}};
     int ch;
     unsigned long long seed = (unsigned long long)now_ns() ^ ((unsigned long long)getpid() << 32);
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -1232,6 +1236,7 @@ int main(int argc, char **argv) {
             else usage();
             break;
         case 'p': opt.port = atoi(optarg); break;
+        case 'q': opt.port2 = atoi(optarg); break;
         case 'w':
             if (!strcmp(optarg, "ack")) opt.workload = W_ACK;
             else if (!strcmp(optarg, "latency")) opt.workload = W_LATENCY;
@@ -1261,7 +1266,7 @@ int main(int argc, char **argv) {
         default: usage();
         }
     }
-    if (opt.port <= 0 || opt.port > 65535) usage();
+    if (opt.port <= 0 || opt.port > 65535 || opt.port2 < 0 || opt.port2 > 65535) usage();
     if (opt.duration <= 0 || opt.duration > 3600 || opt.warmup < 0 || opt.warmup > 600) usage();
     if (opt.connect_timeout <= 0 || opt.connect_timeout > 600 || opt.drain_timeout < 0 || opt.drain_timeout > 600) usage();
     if (opt.payload < 1 || opt.payload > (1 << 20)) usage();
