@@ -12,14 +12,12 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import msgspec
 from prometheus_client import CollectorRegistry
 
 from smartsocket import compression, prometheus
 from smartsocket.cluster.api import ClusterAPI
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
-from smartsocket.errors import AckError
 from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
 from smartsocket.protocol import SUBPROTOCOL, envelope
@@ -28,6 +26,7 @@ from smartsocket.protocol.envelope import Event
 from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
 from smartsocket.server import http, live
 from smartsocket.server.admission import Admission
+from smartsocket.server.dispatch import EventDispatch
 from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
 from smartsocket.server.socket import OWN, PLAIN, Socket
 from smartsocket.transport import (
@@ -45,7 +44,7 @@ WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})
 Exclude = Socket | str | Iterable[Socket | str] | None
 
 
-class SmartSocket(ClusterAPI):
+class SmartSocket(ClusterAPI, EventDispatch):
     """A real-time WebSocket server: named events, acks, rooms and broadcasts.
 
     ``SmartSocket(8080, enable_compression=False)``; options are ``Config`` fields.
@@ -307,118 +306,6 @@ class SmartSocket(ClusterAPI):
             elif item in self._sockets:
                 skip.add(self._sockets[item])
         return skip
-
-    # inbound events
-
-    def _dispatch(self, socket: Socket, packet: Event) -> None:
-        name = packet.name
-        for hook in self._message_hooks:
-            try:
-                hook(socket, name, packet.data)
-            except Exception:
-                logger.exception("on_message hook %r failed", hook)
-        handlers = socket._handlers_for(name)
-        if handlers is not None:
-            with_socket = False
-        else:
-            handlers = self._handlers.get(name)
-            with_socket = True
-            if not handlers:
-                if packet.ack_id is not None:
-                    socket.reject(
-                        ErrorCode.UNKNOWN_EVENT, f"no handler for {name!r}",
-                        ack_id=packet.ack_id, binary=packet.binary,
-                    )
-                return
-        # Every handler runs; the first one's return value is the ack reply.
-        for index, handler in enumerate(handlers):
-            self._invoke(socket, handler, with_socket, packet, index == 0)
-
-    def _invoke(
-        self, socket: Socket, handler: Handler, with_socket: bool, packet: Event, answer: bool
-    ) -> None:
-        ack_id = packet.ack_id if answer else None
-        if handler.is_async and ack_id is not None:
-            if socket._running >= self.config.max_pending_acks:
-                socket.reject(
-                    ErrorCode.TOO_MANY_PENDING, "too many calls in progress", ack_id=ack_id,
-                    binary=packet.binary,
-                )
-                return
-            socket._running += 1
-        try:
-            data = packet.data if handler.data_type is None else handler.convert(packet.data)
-            args = (socket, data) if with_socket else (data,)
-            result = handler.fn(*args[: handler.arity])
-        except msgspec.ValidationError as exc:
-            socket.reject(
-                ErrorCode.INVALID_PAYLOAD, str(exc), event=packet.name, ack_id=ack_id,
-                binary=packet.binary,
-            )
-            if handler.is_async and ack_id is not None:
-                socket._running -= 1
-            return
-        except Exception as exc:
-            self._handler_failed(socket, handler, packet, ack_id, exc)
-            if handler.is_async and ack_id is not None:
-                socket._running -= 1
-            return
-        if handler.is_async or asyncio.iscoroutine(result):
-            self._spawn(self._finish(socket, handler, packet, ack_id, result))
-        elif ack_id is not None:
-            socket.reply(ack_id, result, binary=packet.binary)
-
-    async def _finish(
-        self, socket: Socket, handler: Handler, packet: Event, ack_id: int | None, coro: Any
-    ) -> None:
-        try:
-            result = await coro
-        except Exception as exc:
-            self._handler_failed(socket, handler, packet, ack_id, exc)
-            return
-        finally:
-            if handler.is_async and ack_id is not None:
-                socket._running -= 1
-        if ack_id is not None:
-            socket.reply(ack_id, result, binary=packet.binary)
-
-    def _handler_failed(
-        self, socket: Socket, handler: Handler, packet: Event, ack_id: int | None,
-        exc: Exception,
-    ) -> None:
-        event, binary = packet.name, packet.binary
-        if isinstance(exc, AckError):  # the application's own refusal: no stack trace
-            socket.reject(
-                exc.code, exc.message, event=event, ack_id=ack_id, binary=binary,
-                retry_after=exc.retry_after,
-            )
-            return
-        logger.error("handler %s for %r failed", handler.name, event, exc_info=exc)
-        socket.reject(
-            ErrorCode.INTERNAL_ERROR, "internal server error", event=event, ack_id=ack_id,
-            binary=binary,
-        )
-        self._emit_local(socket, "error", exc)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _emit_local(self, socket: Socket, event: str, arg: Any) -> None:
-        """Run local ``disconnect``/``error`` handlers, socket-level then server-level."""
-        calls: list[tuple[Handler, tuple[Any, ...]]] = []
-        for handler in socket._handlers_for(event) or ():
-            calls.append((handler, (arg,)))
-        for handler in self._handlers.get(event, ()):
-            calls.append((handler, (socket, arg)))
-        for handler, args in calls:
-            try:
-                result = handler.fn(*args[: handler.arity])
-                if asyncio.iscoroutine(result):
-                    self._spawn(_log_failure(result, handler, event))
-            except Exception:
-                logger.exception("%r handler %s failed", event, handler.name)
 
     # connection lifecycle (called by Socket)
 
@@ -749,13 +636,6 @@ class SmartSocket(ClusterAPI):
         for socket in pinged:
             if socket.connected and socket._ping_overdue(value):
                 socket._fail(CloseCode.HEARTBEAT_TIMEOUT, "no $pong in time")
-
-
-async def _log_failure(coro: Any, handler: Handler, event: str) -> None:
-    try:
-        await coro
-    except Exception:
-        logger.exception("%r handler %s failed", event, handler.name)
 
 
 def run(main: Any) -> None:

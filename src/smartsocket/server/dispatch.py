@@ -1,0 +1,153 @@
+"""Inbound events: from a decoded packet to the application's handlers and back to an ack.
+
+A mixin of ``SmartSocket`` (kept apart so app.py stays about configuration, routing, fan-out
+and lifecycle). Every handler runs; the first one's return value is the ack reply; handler
+failures become ack errors (``AckError``: the application's own, not logged) or
+``internal_error`` (logged), never a dead connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from smartsocket.config import Config
+from smartsocket.errors import AckError
+from smartsocket.handlers import Handler
+from smartsocket.protocol.codes import ErrorCode
+from smartsocket.protocol.envelope import Event
+
+if TYPE_CHECKING:
+    from smartsocket.server.socket import Socket
+
+logger = logging.getLogger("smartsocket.server")
+
+
+class EventDispatch:
+    """Runs handlers for events that sockets received."""
+
+    _config: Config
+    _handlers: dict[str, list[Handler]]
+    _message_hooks: list[Callable[[Socket, str, Any], Any]]
+    _tasks: set[asyncio.Task[Any]]
+
+    def _dispatch(self, socket: Socket, packet: Event) -> None:
+        name = packet.name
+        for hook in self._message_hooks:
+            try:
+                hook(socket, name, packet.data)
+            except Exception:
+                logger.exception("on_message hook %r failed", hook)
+        handlers = socket._handlers_for(name)
+        if handlers is not None:
+            with_socket = False
+        else:
+            handlers = self._handlers.get(name)
+            with_socket = True
+            if not handlers:
+                if packet.ack_id is not None:
+                    socket.reject(
+                        ErrorCode.UNKNOWN_EVENT, f"no handler for {name!r}",
+                        ack_id=packet.ack_id, binary=packet.binary,
+                    )
+                return
+        # Every handler runs; the first one's return value is the ack reply.
+        for index, handler in enumerate(handlers):
+            self._invoke(socket, handler, with_socket, packet, index == 0)
+
+    def _invoke(
+        self, socket: Socket, handler: Handler, with_socket: bool, packet: Event, answer: bool
+    ) -> None:
+        ack_id = packet.ack_id if answer else None
+        if handler.is_async and ack_id is not None:
+            if socket._running >= self._config.max_pending_acks:
+                socket.reject(
+                    ErrorCode.TOO_MANY_PENDING, "too many calls in progress", ack_id=ack_id,
+                    binary=packet.binary,
+                )
+                return
+            socket._running += 1
+        try:
+            data = packet.data if handler.data_type is None else handler.convert(packet.data)
+            args = (socket, data) if with_socket else (data,)
+            result = handler.fn(*args[: handler.arity])
+        except msgspec.ValidationError as exc:
+            socket.reject(
+                ErrorCode.INVALID_PAYLOAD, str(exc), event=packet.name, ack_id=ack_id,
+                binary=packet.binary,
+            )
+            if handler.is_async and ack_id is not None:
+                socket._running -= 1
+            return
+        except Exception as exc:
+            self._handler_failed(socket, handler, packet, ack_id, exc)
+            if handler.is_async and ack_id is not None:
+                socket._running -= 1
+            return
+        if handler.is_async or asyncio.iscoroutine(result):
+            self._spawn(self._finish(socket, handler, packet, ack_id, result))
+        elif ack_id is not None:
+            socket.reply(ack_id, result, binary=packet.binary)
+
+    async def _finish(
+        self, socket: Socket, handler: Handler, packet: Event, ack_id: int | None, coro: Any
+    ) -> None:
+        try:
+            result = await coro
+        except Exception as exc:
+            self._handler_failed(socket, handler, packet, ack_id, exc)
+            return
+        finally:
+            if handler.is_async and ack_id is not None:
+                socket._running -= 1
+        if ack_id is not None:
+            socket.reply(ack_id, result, binary=packet.binary)
+
+    def _handler_failed(
+        self, socket: Socket, handler: Handler, packet: Event, ack_id: int | None,
+        exc: Exception,
+    ) -> None:
+        event, binary = packet.name, packet.binary
+        if isinstance(exc, AckError):  # the application's own refusal: no stack trace
+            socket.reject(
+                exc.code, exc.message, event=event, ack_id=ack_id, binary=binary,
+                retry_after=exc.retry_after,
+            )
+            return
+        logger.error("handler %s for %r failed", handler.name, event, exc_info=exc)
+        socket.reject(
+            ErrorCode.INTERNAL_ERROR, "internal server error", event=event, ack_id=ack_id,
+            binary=binary,
+        )
+        self._emit_local(socket, "error", exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit_local(self, socket: Socket, event: str, arg: Any) -> None:
+        """Run local ``disconnect``/``error`` handlers, socket-level then server-level."""
+        calls: list[tuple[Handler, tuple[Any, ...]]] = []
+        for handler in socket._handlers_for(event) or ():
+            calls.append((handler, (arg,)))
+        for handler in self._handlers.get(event, ()):
+            calls.append((handler, (socket, arg)))
+        for handler, args in calls:
+            try:
+                result = handler.fn(*args[: handler.arity])
+                if asyncio.iscoroutine(result):
+                    self._spawn(_log_failure(result, handler, event))
+            except Exception:
+                logger.exception("%r handler %s failed", event, handler.name)
+
+
+async def _log_failure(coro: Any, handler: Handler, event: str) -> None:
+    try:
+        await coro
+    except Exception:
+        logger.exception("%r handler %s failed", event, handler.name)
