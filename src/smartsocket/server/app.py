@@ -221,7 +221,8 @@ class SmartSocket(ClusterAPI, EventDispatch):
         bytes to each member (hot path: one bound-method call per delivery)."""
         frame = build_frame(payload, binary=binary)
         size = len(payload)
-        if not self.config.enable_compression or size < self.config.compression_threshold:
+        config = self._config  # per broadcast: the attribute, not the property
+        if not config.enable_compression or size < config.compression_threshold:
             # No member can get a compressed frame: the tightest loop.
             if skip is None:
                 for send in members.values():

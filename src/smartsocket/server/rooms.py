@@ -105,7 +105,7 @@ class Room:
         room is over its rate; in a handler that becomes the sender's ack error.
         """
         server = self._server
-        if server.config.room_rate_limit_messages:
+        if server._config.room_rate_limit_messages:
             server._check_room_rate(self.name)
         return server._fanout(
             server._registry.members(self.name), event, data, exclude, binary, self.name

@@ -293,7 +293,7 @@ class Socket:
                     ErrorCode.UNAUTHORIZED, "authenticate with $auth first",
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
-            elif len(name) > self._server.config.max_name_length or not name.isprintable():
+            elif len(name) > self._server._config.max_name_length or not name.isprintable():
                 self.reject(
                     ErrorCode.INVALID_NAME, "event name too long or not printable",
                     ack_id=packet.ack_id, binary=packet.binary,
