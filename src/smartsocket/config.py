@@ -82,6 +82,13 @@ class Config:
     max_write_buffer: int = _opt(4 << 20, "bytes queued for a slow socket before it is "
                                  "dropped (4009)", min=1024)
     stats_token: str | None = _opt(None, "token required by /smartsocket/stats and /metrics")
+    # connection state recovery (server/recovery.py)
+    recovery_window: float = _opt(0.0, "seconds a dropped session stays resumable, with the "
+                                  "messages it missed (0: recovery off)", min=0)
+    history_size: int = _opt(100, "room messages (and direct messages per session) kept for "
+                             "replay", min=1)
+    history_ttl: float = _opt(0.0, "seconds a message is kept for replay (0: recovery_window)",
+                              min=0)
     # cluster (src/smartsocket/cluster)
     cluster_url: str | None = _opt(None, "join a cluster through redis://host:port, nats://"
                                    "host:port or memory://name (unset: single node)")

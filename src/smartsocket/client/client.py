@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl as ssl_module
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,9 +33,14 @@ LOCAL_EVENTS = frozenset({"connect", "disconnect", "reconnecting", "reconnect_fa
 class Client:
     """A SmartSocket client. ``await Client(url).connect()`` or ``await connect(url)``.
 
-    Local events: ``connect()``, ``disconnect(exc: ConnectionClosed)``,
+    Local events: ``connect(recovered: bool)``, ``disconnect(exc: ConnectionClosed)``,
     ``reconnecting(attempt)``, ``reconnect_failed()``, ``error(info)`` (a ``$error`` from the
     server, as a dict).
+
+    On a server with recovery (``recovery_window``) a reconnect resumes the session
+    (protocol.md section 8): same ``sid``, and the room and direct messages missed meanwhile
+    arrive once, in order (``recovered`` is True); calls left unanswered by the drop are sent
+    again with their idempotency key, so the server runs them once.
     """
 
     def __init__(
@@ -74,11 +80,16 @@ class Client:
         self.sid: str | None = None
         self.welcome: dict[str, Any] = {}
         self.latency: float | None = None  # last measured $ping round trip, seconds
+        self.recovered = False  # the last (re)connect resumed the session (protocol.md 8)
+        # Recovery: the last position seen per room (epoch, offset) and of direct messages.
+        self._positions: dict[str, tuple[str, int]] = {}
+        self._seq = 0
+        self._unacked: dict[int, tuple[bytes, bool]] = {}  # calls sent, not answered yet
         self._handlers: dict[str, list[Handler]] = {}
         self._acks = AckTracker()
         self._conn: ClientConnection | None = None
         self._ready = False  # $welcome received on the current connection
-        self._buffer: deque[tuple[bytes, bool]] = deque()
+        self._buffer: deque[tuple[bytes, bool, int | None]] = deque()  # (..., ack id of a call)
         self._closing = False
         self._reconnect_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -132,11 +143,16 @@ class Client:
         if binary is None:
             binary = envelope.needs_binary(data)
         ack_id, future = self._acks.create(event, self.ack_timeout if timeout is None else timeout)
+        # With recovery the ack id (never reused by this client) is the idempotency key.
+        key = ack_id if self.welcome.get("recovery") else None
         try:
-            self._send_or_buffer(envelope.encode_event(event, data, ack_id, binary=binary), binary)
+            payload = envelope.encode_event(event, data, ack_id, binary=binary, meta=key)
+            self._send_or_buffer(payload, binary, ack_id if key is not None else None)
         except BaseException:  # unencodable data, OfflineBufferFull, ...: nothing was sent
             self._acks.forget(ack_id)
             raise
+        if key is not None:
+            future.add_done_callback(lambda _: self._unacked.pop(ack_id, None))
         return await future
 
     async def ping(self, timeout: float = 5.0) -> float:
@@ -182,13 +198,15 @@ class Client:
 
     # connection management
 
-    async def _open(self) -> None:
+    async def _open(self, resume: bool = False) -> None:
+        """One connection attempt; ``resume``: ask to resume the last session."""
         loop = asyncio.get_running_loop()
         self._welcomed = loop.create_future()
         link = _Link(self)
+        url = _with_query(self.url, "resume", "1") if resume else self.url
         try:
             conn = await ws_connect(
-                self.url, link, subprotocol=SUBPROTOCOL, extra_headers=self.headers,
+                url, link, subprotocol=SUBPROTOCOL, extra_headers=self.headers,
                 ssl=self.ssl, max_message_size=self.max_message_size,
                 timeout=self.connect_timeout, compression=self.compression,
             )
@@ -197,6 +215,12 @@ class Client:
         if conn.subprotocol != SUBPROTOCOL:
             conn.close(CloseCode.PROTOCOL_ERROR, "subprotocol not accepted")
             raise ConnectionError(f"{self.url} did not accept subprotocol {SUBPROTOCOL}")
+        if resume:  # the server waits for this before its $welcome
+            offsets = {room: list(pos) for room, pos in self._positions.items()}
+            conn.send_message(envelope.encode_event("$resume", {
+                "sid": self.sid, "token": self.welcome.get("token"), "offsets": offsets,
+                "seq": self._seq,
+            }))
         try:
             await asyncio.wait_for(asyncio.shield(self._welcomed), self.connect_timeout)
         except TimeoutError:
@@ -214,16 +238,23 @@ class Client:
             return
         self.welcome = info
         self.sid = info["sid"]
+        self.recovered = info.get("recovered") is True
+        if not self.recovered:  # a new session: positions of the old one mean nothing
+            self._positions.clear()
+            self._seq = 0
         self._ready = True
         self._last_seen = time.monotonic()
         self._arm_watchdog()
         # "connect" handlers run first, so what they send (e.g. re-joining rooms) reaches the
         # server before the messages buffered while offline (the browser client does the same).
-        self._emit_local("connect")
+        self._emit_local("connect", self.recovered)
         conn = self._conn
+        if conn is not None:
+            for payload, binary in list(self._unacked.values()):  # left unanswered by a drop
+                conn.send_message(payload, binary)
         while self._buffer and conn is not None and not conn.closed:
-            payload, binary = self._buffer.popleft()
-            conn.send_message(payload, binary)
+            payload, binary, ack_id = self._buffer.popleft()
+            self._write(conn, payload, binary, ack_id)
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_result(None)
 
@@ -236,18 +267,17 @@ class Client:
             self._watchdog.cancel()
             self._watchdog = None
         closed = ConnectionClosed(code, reason)
-        self._acks.fail_all(closed)
+        reconnect = (
+            was_ready and self.reconnect and not self._closing and code not in NO_RECONNECT_CODES
+        )
+        if not (reconnect and self.welcome.get("recovery")):
+            self._acks.fail_all(closed)  # with recovery they wait for the reconnect instead
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_exception(ConnectionError(f"closed before $welcome: {closed}"))
             self._welcomed.exception()  # retrieved: _open reports it
         if was_ready:
             self._emit_local("disconnect", closed)
-        if (
-            was_ready
-            and self.reconnect
-            and not self._closing
-            and code not in NO_RECONNECT_CODES
-        ):
+        if reconnect:
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
@@ -256,6 +286,7 @@ class Client:
             attempt += 1
             if self.max_reconnect_attempts is not None and attempt > self.max_reconnect_attempts:
                 logger.warning("giving up on %s after %d attempts", self.url, attempt - 1)
+                self._acks.fail_all(ConnectionClosed(None, "reconnecting failed"))
                 self._emit_local("reconnect_failed")
                 return
             delay = backoff_delay(
@@ -267,7 +298,7 @@ class Client:
             if self._closing:
                 return
             try:
-                await self._open()
+                await self._open(resume=bool(self.welcome.get("recovery")))
             except (OSError, ConnectionError, TimeoutError) as exc:
                 logger.info("reconnect attempt %d to %s failed: %s", attempt, self.url, exc)
                 continue
@@ -297,16 +328,25 @@ class Client:
 
     # sending
 
-    def _send_or_buffer(self, payload: bytes, binary: bool) -> None:
+    def _send_or_buffer(self, payload: bytes, binary: bool, ack_id: int | None = None) -> None:
+        """Send now, or keep for after the reconnect; ``ack_id``: a call to send again if a
+        drop leaves it unanswered (recovery)."""
         conn = self._conn
         if self._ready and conn is not None and not conn.closed:
-            conn.send_message(payload, binary)
+            self._write(conn, payload, binary, ack_id)
             return
         if self._closing and self._reconnect_task is None:
             raise ConnectionClosed(CloseCode.NORMAL, "client is closed")
         if len(self._buffer) >= self.max_buffered:
             raise OfflineBufferFull(f"{self.max_buffered} messages already wait for reconnect")
-        self._buffer.append((payload, binary))
+        self._buffer.append((payload, binary, ack_id))
+
+    def _write(
+        self, conn: ClientConnection, payload: bytes, binary: bool, ack_id: int | None
+    ) -> None:
+        if ack_id is not None:
+            self._unacked[ack_id] = (payload, binary)
+        conn.send_message(payload, binary)
 
     # inbound
 
@@ -330,12 +370,30 @@ class Client:
         if name[0] == "$":
             self._system_event(link, packet)
             return
+        if packet.meta is not None and not self._first_time(packet.meta):
+            return  # replayed after a resume, and handled already
         handlers = self._handlers.get(name)
         if not handlers:
             link.reject(packet, ErrorCode.UNKNOWN_EVENT, f"no handler for {name!r}")
             return
         for index, handler in enumerate(handlers):
             self._invoke(link, handler, packet, packet.ack_id if index == 0 else None)
+
+    def _first_time(self, position: Any) -> bool:
+        """Record a message's position (protocol.md 8); False if it was seen already."""
+        if type(position) is int:
+            if position <= self._seq:
+                return False
+            self._seq = position
+        elif type(position) is list and len(position) == 3:
+            room, epoch, offset = position
+            if type(room) is not str or type(offset) is not int:
+                return True
+            last = self._positions.get(room)
+            if last is not None and last[0] == epoch and offset <= last[1]:
+                return False
+            self._positions[room] = (epoch, offset)
+        return True
 
     def _system_event(self, link: _Link, packet: Event) -> None:
         name = packet.name
@@ -462,6 +520,13 @@ def _check_event_name(event: str) -> None:
         raise ValueError("event name must be a non-empty string")
     if event[0] == "$":
         raise ValueError(f"event names starting with '$' are reserved: {event!r}")
+
+
+def _with_query(url: str, name: str, value: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in query if k != name] + [(name, value)]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 async def connect(url: str, **options: Any) -> Client:

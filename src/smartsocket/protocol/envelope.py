@@ -2,6 +2,8 @@
 
     event:          ["name", data]
     event with ack: ["name", data, id]            id: positive int, unique per sender while pending
+    with meta:      ["name", data, id|null, meta] server to client: the message's position for
+                                                  recovery; client to server: idempotency key
     ack reply:      [id, result]
     ack error:      [id, null, {"code": "...", "message": "..."}]
 
@@ -52,6 +54,7 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     data: Any
     ack_id: int | None = None
     binary: bool = False
+    meta: Any = None  # 4th item: position (server to client) or idempotency key (to server)
 
 
 class AckErrorInfo(msgspec.Struct, frozen=True, gc=False):
@@ -96,20 +99,29 @@ def decode(payload: bytes | memoryview, *, binary: bool) -> Packet:
 
 def parse(obj: Any, *, binary: bool = False) -> Packet:
     """Turn a decoded array into a packet, validating its shape."""
-    if type(obj) is not list or not 1 <= len(obj) <= 3:
-        raise EnvelopeError(ErrorCode.BAD_MESSAGE, "a message must be an array of 1 to 3 items")
+    if type(obj) is not list or not 1 <= len(obj) <= 4:
+        raise EnvelopeError(ErrorCode.BAD_MESSAGE, "a message must be an array of 1 to 4 items")
     head = obj[0]
     if type(head) is str:
         ack_id: int | None = None
-        if len(obj) == 3:
+        size = len(obj)
+        if size >= 3 and (size == 3 or obj[2] is not None):
             ack_id = _check_ack_id(obj[2])
         if not head:
             raise EnvelopeError(ErrorCode.BAD_MESSAGE, "event name is empty", ack_id=ack_id)
-        return Event(head, obj[1] if len(obj) > 1 else None, ack_id, binary)
+        if size == 4:
+            meta = obj[3]
+            if meta is None:
+                raise EnvelopeError(ErrorCode.BAD_MESSAGE, "4th item must not be null",
+                                    ack_id=ack_id)
+            return Event(head, obj[1], ack_id, binary, meta)
+        return Event(head, obj[1] if size > 1 else None, ack_id, binary)
     if type(head) is int:
         ack_id = _check_ack_id(head)
         if len(obj) == 1:
             raise EnvelopeError(ErrorCode.BAD_MESSAGE, "ack reply without a result")
+        if len(obj) == 4:
+            raise EnvelopeError(ErrorCode.BAD_MESSAGE, "an ack reply has 2 or 3 items")
         if len(obj) == 3:
             return AckReply(ack_id, None, _parse_error(obj[2]))
         return AckReply(ack_id, obj[1])
@@ -166,9 +178,17 @@ def needs_binary(data: Any) -> bool:
 _BYTES_TYPES: Final = frozenset({bytes, bytearray, memoryview})
 
 
-def encode_event(name: str, data: Any, ack_id: int | None = None, *, binary: bool = False) -> bytes:
-    """Encode an event (with an ack id when the sender waits for a reply)."""
-    packet = (name, data) if ack_id is None else (name, data, ack_id)
+def encode_event(
+    name: str, data: Any, ack_id: int | None = None, *, binary: bool = False, meta: Any = None
+) -> bytes:
+    """Encode an event (with an ack id when the sender waits for a reply; with ``meta``, the
+    4th item: a recovery position or an idempotency key)."""
+    if meta is not None:
+        packet: tuple[Any, ...] = (name, data, ack_id, meta)
+    elif ack_id is None:
+        packet = (name, data)
+    else:
+        packet = (name, data, ack_id)
     return _msgpack_encode(packet) if binary else _json_encode(packet)
 
 

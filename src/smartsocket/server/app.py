@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import ssl
 import time
@@ -27,6 +28,7 @@ from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
 from smartsocket.server import http, live
 from smartsocket.server.admission import Admission
 from smartsocket.server.dispatch import EventDispatch
+from smartsocket.server.recovery import Held, Recovery, SessionState
 from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
 from smartsocket.server.socket import OWN, PLAIN, Socket
 from smartsocket.transport import (
@@ -41,6 +43,11 @@ from smartsocket.transport import (
 logger = logging.getLogger("smartsocket.server")
 
 WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})
+# Closes after which a session is not held for resuming: the client or the application ended
+# it, or it was refused.
+_FINAL_CLOSES = frozenset(
+    {CloseCode.NORMAL, CloseCode.KICKED, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED}
+)
 Exclude = Socket | str | Iterable[Socket | str] | None
 
 
@@ -80,6 +87,8 @@ class SmartSocket(ClusterAPI, EventDispatch):
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
+        self._recovery: Recovery | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
         self._stats_subscribers: dict[Any, None] = {}  # /smartsocket/live connections
         self._closing = False
@@ -104,6 +113,7 @@ class SmartSocket(ClusterAPI, EventDispatch):
         self._admission = Admission(self)
         self._admission._hook = hook
         self._stats = Stats() if config.enable_metrics else None
+        self._recovery = Recovery(config) if config.recovery_window else None
         self._default_limit = None
         if config.rate_limit_messages or config.rate_limit_bytes:
             self._default_limit = RateLimit(
@@ -182,6 +192,21 @@ class SmartSocket(ClusterAPI, EventDispatch):
         """Connected sockets by id (read-only)."""
         return types.MappingProxyType(self._sockets)
 
+    def send(self, sid: str, event: str, data: Any = None, *, binary: bool | None = None) -> bool:
+        """Send ``event`` to socket ``sid`` on any node (fire and forget). False when the
+        socket is not here and cannot be reached (unknown id, or the broker is down). With
+        recovery on, a session that dropped and may resume gets it on resuming."""
+        recovery = self._recovery
+        if recovery is not None and sid not in self._sockets:
+            held = recovery.held.get(sid)
+            if held is not None:
+                _check_event_name(event)
+                if binary is None:
+                    binary = envelope.needs_binary(data)
+                recovery.direct_message(held.state, event, data, binary)
+                return True
+        return super().send(sid, event, data, binary=binary)
+
     def broadcast(
         self, event: str, data: Any = None, *, exclude: Exclude = None,
         binary: bool | None = None,
@@ -201,6 +226,19 @@ class SmartSocket(ClusterAPI, EventDispatch):
         if type(event) is not str or event[:1] in ("$", ""):
             raise ValueError(f"invalid event name {event!r}")
         cluster = self._cluster
+        recovery = self._recovery
+        if recovery is not None and room is not None:
+            # Logged even with no member here: a dropped member may resume and want it.
+            if binary is None:
+                binary = envelope.needs_binary(data)
+            if exclude is not None and not isinstance(exclude, Socket | str):
+                exclude = tuple(exclude)  # read twice below
+            skip = self._resolve_exclude(exclude) if exclude is not None else None
+            excluded = _excluded_ids(exclude, skip)
+            payload = recovery.room_message(room, event, data, binary, excluded)
+            if cluster.active:
+                return cluster.publish_broadcast(room, members, payload, binary, skip, exclude)
+            return self._deliver(members, payload, binary, skip)
         if not members and not cluster.active:
             return 0
         if binary is None:
@@ -318,8 +356,81 @@ class SmartSocket(ClusterAPI, EventDispatch):
     def _auth_message(self, socket: Socket, packet: Event) -> None:
         self._admission.auth_message(socket, packet)
 
+    def _new_session_state(self, socket: Socket) -> SessionState | None:
+        return SessionState(socket) if self._recovery is not None else None
+
     def _admit(self, socket: Socket) -> None:
-        """The socket is authenticated: welcome it and hand it to the application."""
+        """The socket is authenticated: welcome it and hand it to the application (or first
+        wait for its ``$resume``, if it connected with ``?resume=1``)."""
+        if self._recovery is not None and "resume" in socket.request.query:
+            socket._resuming = True
+            socket._inbox = []  # what it sends before $resume waits for the session
+            socket._auth_timer = asyncio.get_running_loop().call_later(
+                self.config.auth_timeout, self._resume_timed_out, socket
+            )
+            return
+        self._welcome_socket(socket, None)
+
+    def _resume_timed_out(self, socket: Socket) -> None:
+        socket._auth_timer = None
+        if socket.connected and socket._resuming:
+            self._resume(socket, None)
+
+    def _resume(self, socket: Socket, packet: Event | None) -> None:
+        """``["$resume", {"sid", "token", "offsets": {room: [epoch, offset]}, "seq"}]``:
+        restore the session and replay what it missed, or start a new one (``recovered:
+        false``). Then the socket is welcomed and handed to the application as usual."""
+        recovery = self._recovery
+        assert recovery is not None
+        socket._resuming = False
+        if socket._auth_timer is not None:
+            socket._auth_timer.cancel()
+            socket._auth_timer = None
+        info = packet.data if packet is not None else None
+        if type(info) is not dict:
+            info = {}
+        sid, token = info.get("sid"), info.get("token")
+        live = self._sockets.get(sid) if type(sid) is str else None
+        if (
+            live is not None and type(token) is str
+            and secrets.compare_digest(live.token.encode(), token.encode())
+        ):
+            # The old connection is not known to be dead yet (the client noticed first):
+            # close it now so its session is held, then resume it here.
+            live.on_close(CloseCode.GOING_AWAY, "resumed by a new connection")
+            if live._conn is not None:
+                live._conn.abort()
+        held = recovery.take(sid, token, socket.identity)
+        missed = None
+        if held is not None:
+            missed = recovery.replay(held, info.get("offsets", {}), info.get("seq", 0))
+        if held is None or missed is None:
+            recovery.failed += 1
+            self._welcome_socket(socket, False)
+            return
+        recovery.recovered += 1
+        self._restore(socket, held)
+        self._welcome_socket(socket, True, missed)
+
+    def _restore(self, socket: Socket, held: Held) -> None:
+        """Give ``socket`` the held session's id, data and rooms."""
+        recovery = self._recovery
+        assert recovery is not None
+        socket.id = held.sid
+        socket.data = held.data
+        socket.presence = held.presence
+        socket.recovered = True
+        state = socket._rec = held.state
+        state.owner = socket
+        for room in held.rooms:
+            if self._registry.add(room, socket, socket._send_frame):
+                socket._rooms[room] = None
+                # Whole up to here now: a later resume replays from this point at least.
+                state.joined[room] = recovery.position(room)
+
+    def _welcome_socket(
+        self, socket: Socket, recovered: bool | None, replay: list[Any] | None = None
+    ) -> None:
         self._sockets[socket.id] = socket
         if self._stats is not None:
             self._stats.total_connections += 1
@@ -327,12 +438,16 @@ class SmartSocket(ClusterAPI, EventDispatch):
             "connected %s from %s", socket.id, socket.remote_address,
             extra={"event": "connect", "sid": socket.id, "remote": str(socket.remote_address)},
         )
-        socket._send_payload(self._welcome(socket), False)
+        socket._send_payload(self._welcome(socket, recovered), False)
+        for entry in replay or ():
+            socket._send_payload(entry[3], entry[4])
         if not self._connection_handlers:
+            socket._flush_inbox()
             return
         handlers = self._connection_handlers
         if any(h.is_async for h in handlers):
-            socket._inbox = []  # hold events until on_connection has registered handlers
+            if socket._inbox is None:
+                socket._inbox = []  # hold events until on_connection has registered handlers
             self._spawn(self._run_connection_handlers(socket, handlers))
             return
         for handler in handlers:
@@ -342,6 +457,7 @@ class SmartSocket(ClusterAPI, EventDispatch):
                 logger.exception("on_connection handler %s failed", handler.name)
                 socket._fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
                 return
+        socket._flush_inbox()
 
     async def _run_connection_handlers(self, socket: Socket, handlers: list[Handler]) -> None:
         try:
@@ -355,28 +471,37 @@ class SmartSocket(ClusterAPI, EventDispatch):
             return
         socket._flush_inbox()
 
-    def _welcome(self, socket: Socket) -> bytes:
-        cfg = self.config
-        return envelope.encode_event(
-            "$welcome",
-            {
-                "sid": socket.id,
-                "token": socket.token,
-                "protocol": 1,
-                "pingInterval": round(cfg.ping_interval * 1000),
-                "pingTimeout": round(cfg.ping_timeout * 1000),
-                "maxMessageSize": cfg.max_message_size,
-                "ackTimeout": round(cfg.message_timeout * 1000),
-            },
-        )
+    def _welcome(self, socket: Socket, recovered: bool | None = None) -> bytes:
+        cfg = self._config
+        info: dict[str, Any] = {
+            "sid": socket.id,
+            "token": socket.token,
+            "protocol": 1,
+            "pingInterval": round(cfg.ping_interval * 1000),
+            "pingTimeout": round(cfg.ping_timeout * 1000),
+            "maxMessageSize": cfg.max_message_size,
+            "ackTimeout": round(cfg.message_timeout * 1000),
+        }
+        if self._recovery is not None:
+            info["recovery"] = round(cfg.recovery_window * 1000)
+        if recovered is not None:
+            info["recovered"] = recovered
+        return envelope.encode_event("$welcome", info)
 
     def _on_close(self, socket: Socket, code: int, reason: str) -> None:
         self._open.pop(socket, None)
         self._admission.close(socket)
         if self._stats is not None and code == CloseCode.SLOW_CONSUMER:
             self._stats.dropped_slow += 1
-        if self._sockets.pop(socket.id, None) is None:
+        if self._sockets.get(socket.id) is not socket:
             return  # never admitted: the application never saw it
+        del self._sockets[socket.id]
+        rec = socket._rec
+        if rec is not None and rec.owner is socket:
+            rec.owner = None
+            if code not in _FINAL_CLOSES and not self._closing:
+                assert self._recovery is not None
+                self._recovery.hold(socket, rec)
         logger.debug(
             "disconnected %s: %d %s", socket.id, code, reason,
             extra={"event": "disconnect", "sid": socket.id, "code": code, "reason": reason},
@@ -463,6 +588,8 @@ class SmartSocket(ClusterAPI, EventDispatch):
                 rooms=len(self._registry),
                 top_rooms=self._registry.largest(10),
             )
+        if self._recovery is not None:
+            figures["recovery"] = self._recovery.stats()
         if self._cluster.active:
             section = figures["cluster"] = self._cluster.stats_section(aggregate=cluster)
             if "raw" in figures:
@@ -507,6 +634,8 @@ class SmartSocket(ClusterAPI, EventDispatch):
             self._heartbeat_task = loop.create_task(self._heartbeat())
             if self._stats is not None:
                 self._sampler = loop.call_later(1.0, self._sample)
+            if self._recovery is not None:
+                self._sweep()
         if listen:
             logger.info("listening on %s", self.url)
 
@@ -569,6 +698,9 @@ class SmartSocket(ClusterAPI, EventDispatch):
         if self._sampler is not None:
             self._sampler.cancel()
             self._sampler = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         live.close_all(self)
@@ -633,10 +765,32 @@ class SmartSocket(ClusterAPI, EventDispatch):
         if self._stats_subscribers:
             live.push(self)
 
+    def _sweep(self) -> None:
+        """Every few seconds: expire held sessions and history nobody can resume from."""
+        assert self._recovery is not None
+        self._recovery.sweep(self._registry)
+        interval = max(0.5, min(5.0, self._config.recovery_window / 4))
+        self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
+
     def _check_pongs(self, pinged: list[Socket], value: int) -> None:
         for socket in pinged:
             if socket.connected and socket._ping_overdue(value):
                 socket._fail(CloseCode.HEARTBEAT_TIMEOUT, "no $pong in time")
+
+
+def _excluded_ids(exclude: Exclude, skip: set[Socket] | None) -> frozenset[str] | None:
+    """Socket ids a room message is not for (kept with it, so a replay skips them too)."""
+    if exclude is None:
+        return None
+    ids = {s.id for s in skip or ()}
+    items = (exclude,) if isinstance(exclude, Socket | str) else exclude
+    ids.update(item for item in items if isinstance(item, str))
+    return frozenset(ids)
+
+
+def _check_event_name(event: str) -> None:
+    if type(event) is not str or event[:1] in ("$", ""):
+        raise ValueError(f"invalid event name {event!r}")
 
 
 def run(main: Any) -> None:

@@ -16,11 +16,13 @@ from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
 from smartsocket.security import LimitExceeded, TokenBucket, check_name
+from smartsocket.server.recovery import Replies
 from smartsocket.transport import HandshakeRequest
 
 if TYPE_CHECKING:
     from smartsocket.compression import MessageDeflater
     from smartsocket.server.app import SmartSocket
+    from smartsocket.server.recovery import SessionState
 
 logger = logging.getLogger("smartsocket.server")
 
@@ -73,6 +75,8 @@ class Socket:
         "_limiter",
         "_ping_sent_at",
         "_ping_value",
+        "_rec",
+        "_resuming",
         "_rooms",
         "_running",
         "_send_frame",
@@ -87,6 +91,7 @@ class Socket:
         "id",
         "identity",
         "presence",
+        "recovered",
         "request",
         "token",
     )
@@ -125,6 +130,10 @@ class Socket:
         self._limiter = server._new_limiter()
         self._strikes: TokenBucket | None = None  # made on the first refusal
         self._running = 0  # async handlers that owe this socket an ack
+        # Connection state recovery (server/recovery.py): None while recovery_window is 0.
+        self._rec: SessionState | None = server._new_session_state(self)
+        self._resuming = False  # waiting for the client's $resume before $welcome
+        self.recovered = False  # this connection resumed a dropped session (same id)
 
     def __repr__(self) -> str:
         return f"<Socket {self.id} rooms={sorted(self._rooms)}>"
@@ -170,7 +179,13 @@ class Socket:
         _check_event_name(event)
         if binary is None:
             binary = _needs_binary(data)
-        self._send_payload(_encode_event(event, data, binary=binary), binary)
+        rec = self._rec
+        if rec is not None:  # numbered and logged, for replay after a reconnect
+            recovery = self._server._recovery
+            assert recovery is not None
+            self._send_payload(recovery.direct_message(rec, event, data, binary), binary)
+        else:
+            self._send_payload(_encode_event(event, data, binary=binary), binary)
 
     emit = send
 
@@ -221,10 +236,17 @@ class Socket:
             )
         if self._server._registry.add(room, self, self._send_frame):
             self._rooms[room] = None
+            rec = self._rec
+            if rec is not None:  # a resume replays what the room got from here on
+                recovery = self._server._recovery
+                assert recovery is not None
+                rec.joined[room] = recovery.position(room)
 
     def leave(self, room: str) -> None:
         if self._server._registry.discard(room, self):
             self._rooms.pop(room, None)
+            if self._rec is not None:
+                self._rec.joined.pop(room, None)
 
     def disconnect(self, code: int = CloseCode.KICKED, reason: str = "") -> None:
         """Close the connection (default 4000: kicked by the application)."""
@@ -264,12 +286,15 @@ class Socket:
                 if wait:
                     self._rate_limited(packet, wait, now)
                     return
-        if self._inbox is not None:
-            self._inbox.append(packet)
+        inbox = self._inbox
+        if inbox is not None and not (self._resuming and _is_resume(packet)):
+            inbox.append(packet)
         else:
             self._handle(packet)
 
     def on_close(self, code: int, reason: str) -> None:
+        if self.close_code is not None:
+            return  # closed already (a resuming connection took this session over)
         self.connected = False
         self.close_code = code
         self.close_reason = reason
@@ -303,7 +328,7 @@ class Socket:
                     ErrorCode.RESERVED_EVENT, f"{name!r} is a local event name",
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
-            else:
+            elif packet.meta is None or self._dedupe(packet):
                 self._server._dispatch(self, packet)
         else:
             assert type(packet) is AckReply
@@ -332,6 +357,8 @@ class Socket:
             self._send_payload(pong, binary)
         elif name == "$auth":
             self._server._auth_message(self, packet)
+        elif name == "$resume" and self._resuming:
+            self._server._resume(self, packet)
         else:
             self.reject(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
@@ -366,6 +393,13 @@ class Socket:
     def reply(self, ack_id: int, result: Any, *, binary: bool = False) -> None:
         """Send the ack reply for ``ack_id`` (done for you when a handler returns). It goes in
         a binary frame if the request came in one (``binary``) or the result holds bytes."""
+        rec = self._rec
+        if rec is not None and rec.replies is not None and ack_id in rec.replies.running:
+            self._settle_call(rec, ack_id, result, None, binary)
+            return
+        self._answer(ack_id, result, binary)
+
+    def _answer(self, ack_id: int, result: Any, binary: bool) -> None:
         binary = binary or _needs_binary(result)
         try:
             payload = envelope.encode_ack(ack_id, result, binary=binary)
@@ -383,6 +417,13 @@ class Socket:
         retry_after: float | None = None, binary: bool = False,
     ) -> None:
         """Refuse something the client sent: an ack error if it waits for an ack, else $error."""
+        rec = self._rec
+        if (
+            ack_id is not None and rec is not None and rec.replies is not None
+            and ack_id in rec.replies.running
+        ):
+            self._settle_call(rec, ack_id, None, (code, message, retry_after), binary)
+            return
         if ack_id is not None:
             payload = envelope.encode_ack_error(
                 ack_id, code, message, binary=binary, retry_after=retry_after
@@ -394,6 +435,57 @@ class Socket:
         if stats is not None:
             stats.errors_sent += 1
         self._send_payload(payload, binary)
+
+    # idempotent calls (recovery): a call the client retries after a reconnect runs once
+
+    def _dedupe(self, packet: Event) -> bool:
+        """An event with an idempotency key: True if its handlers should run."""
+        key = packet.meta
+        ack_id = packet.ack_id
+        if ack_id is None or not (
+            (type(key) is str and 0 < len(key) <= 64) or (type(key) is int and key > 0)
+        ):
+            self.reject(
+                ErrorCode.BAD_MESSAGE, "the 4th item (idempotency key) needs an ack id and "
+                "must be a string of 1-64 characters or a positive integer",
+                event=packet.name, ack_id=ack_id, binary=packet.binary,
+            )
+            return False
+        rec = self._rec
+        if rec is None:  # recovery off: nothing is retried, keys change nothing
+            return True
+        replies = rec.replies
+        if replies is None:
+            recovery = self._server._recovery
+            assert recovery is not None
+            replies = rec.replies = Replies(recovery.reply_limit)
+        done = replies.done.get(key)
+        if done is not None:  # ran already: answer again
+            result, error = done
+            if error is None:
+                self._answer(ack_id, result, packet.binary)
+            else:
+                self.reject(error[0], error[1], ack_id=ack_id, retry_after=error[2],
+                            binary=packet.binary)
+            return False
+        running = replies.is_running(key)
+        replies.running[ack_id] = (key, self)
+        return not running  # still running (from before the reconnect): answered when done
+
+    def _settle_call(
+        self, rec: SessionState, ack_id: int, result: Any,
+        error: tuple[str, str, float | None] | None, binary: bool,
+    ) -> None:
+        """A keyed call finished: record its outcome and answer every call waiting for it on
+        a live connection (a retry on a newer connection than this one gets it too; a
+        connection that dropped gets nothing, its client retries)."""
+        assert rec.replies is not None
+        for waiting_id, socket in rec.replies.finish(ack_id, result, error):
+            if error is None:
+                socket._answer(waiting_id, result, binary)
+            else:
+                socket.reject(error[0], error[1], ack_id=waiting_id, retry_after=error[2],
+                              binary=binary)
 
     def _rate_limited(self, packet: Event, wait: float, now: float) -> None:
         stats = self._server._stats
@@ -433,6 +525,10 @@ class Socket:
 
     def _ping_overdue(self, value: int) -> bool:
         return self._ping_value == value
+
+
+def _is_resume(packet: envelope.Packet) -> bool:
+    return type(packet) is Event and packet.name == "$resume"
 
 
 def _drop(frame: bytes) -> None:
