@@ -23,6 +23,7 @@ from bench.workloads import Measure, Workload
 COLORS = {
     "smartsocket": "#d9480f",
     "smartsocket-nodeflate": "#f59f00",
+    "smartsocket-history": "#74b816",
     "c-reference": "#495057",
     "picows-raw": "#74c0fc",
     "socketio-node": "#69db7c",

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(opts, name, v)
     if opts.warmup < 0:
         raise SystemExit("--warmup must be >= 0")
-    for name in ("smartsocket", "smartsocket-nodeflate"):
+    for name in ("smartsocket", "smartsocket-nodeflate", "smartsocket-history"):
         sm = PEERS[name]
         sm.extra_args = list(args.smartsocket_arg)
         if args.smartsocket_path:

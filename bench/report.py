@@ -352,6 +352,15 @@ def _informational(data: dict[str, dict[str, Any]]) -> list[str]:
             f"the deliveries/s, {won:,.0f} vs {woff:,.0f} wire bytes per message "
             f"({1 - won / woff:.0%} saved)"
         )
+    for wl in ("fanout", "rooms"):
+        rows = data.get(wl, {}).get("measures", {}).get(wl, {})
+        plain = rows.get(SMART, {}).get("metric")
+        kept = rows.get("smartsocket-history", {}).get("metric")
+        if plain and kept:
+            lines.append(
+                f"`{wl}` with recovery on (room history) vs off (SmartSocket, same run): "
+                f"{kept / plain:.2f}x the deliveries/s ({1 - kept / plain:+.0%} cost)"
+            )
     for wl, what in (
         ("cluster-fanout", "room split over 2 nodes vs 1 node"),
         ("workers-fanout", "`--workers` vs 1 node"),

@@ -301,6 +301,14 @@ PEERS: dict[str, Peer] = {
             variant_args=["--no-compression"],
             only_in=DEFLATE_WORKLOADS,
         ),
+        SmartSocketPeer(
+            "smartsocket-history",
+            "SmartSocket with recovery on (`--recovery-window 60`): every room message gets a "
+            "position and is kept in the room's history (fanout and rooms only: the cost of "
+            "history)",
+            variant_args=["--recovery-window", "60"],
+            only_in={"fanout", "rooms"},
+        ),
         CRefPeer(
             "c-reference",
             "smartsocket",

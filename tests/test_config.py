@@ -44,6 +44,10 @@ def test_overrides_win_over_env() -> None:
         ({"SMARTSOCKET_MAX_MESSAGE_SIZE": "10"}, "max_message_size"),
         ({"SMARTSOCKET_PING_TIMEOUT": "-1"}, "ping_timeout"),
         ({"ENABLE_ENCRYPTION": "true"}, "enable_encryption"),
+        ({"SMARTSOCKET_RECOVERY_WINDOW": "-1"}, "recovery_window"),
+        ({"SMARTSOCKET_HISTORY_SIZE": "0"}, "history_size"),
+        ({"SMARTSOCKET_RECOVERY_WINDOW": "60", "SMARTSOCKET_CLUSTER_URL": "memory://x"},
+         "recovery_window"),
     ],
 )
 def test_invalid_values_name_the_option(env: dict[str, str], option: str) -> None:

@@ -127,6 +127,10 @@ class Config:
             "redis", "rediss", "unix", "nats", "tls", "memory"
         ):
             raise ConfigError("cluster_url", "must start with redis://, nats:// or memory://")
+        if self.recovery_window and self.cluster_url is not None:
+            # Positions are per node for now; across nodes they would not be consistent.
+            raise ConfigError("recovery_window", "recovery is not available in a cluster yet "
+                              "(cluster_url); use it on a single node")
         if not self.cluster_prefix or not all(
             part.replace("-", "").replace("_", "").isalnum()
             for part in self.cluster_prefix.split(".")
