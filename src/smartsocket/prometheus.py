@@ -39,6 +39,18 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily(
             "smartsocket_rooms", "Rooms with members", value=len(server._registry)
         )
+        recovery = server._recovery
+        if recovery is not None:
+            yield GaugeMetricFamily(
+                "smartsocket_held_sessions", "Dropped sessions that may still resume",
+                value=len(recovery.held),
+            )
+            resumes = CounterMetricFamily(
+                "smartsocket_resumes", "Resume attempts ($resume)", labels=["result"]
+            )
+            resumes.add_metric(["recovered"], recovery.recovered)
+            resumes.add_metric(["failed"], recovery.failed)
+            yield resumes
         stats = server._stats
         if stats is None:
             return
