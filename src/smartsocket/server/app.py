@@ -392,7 +392,7 @@ class SmartSocket(ClusterAPI, EventDispatch):
         sid, token = info.get("sid"), info.get("token")
         live = self._sockets.get(sid) if type(sid) is str else None
         if (
-            live is not None and type(token) is str
+            live is not None and type(token) is str and live.identity == socket.identity
             and secrets.compare_digest(live.token.encode(), token.encode())
         ):
             # The old connection is not known to be dead yet (the client noticed first):
