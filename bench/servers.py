@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -40,8 +41,14 @@ SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 DEFLATE_WORKLOADS = {"fanout-deflate"}
 # SmartSocket-only workloads: several nodes joined by a broker vs one node
 CLUSTER_WORKLOADS = {"cluster-fanout", "workers-fanout"}
-BROKER_URLS = {"redis": "redis://127.0.0.1:6379", "nats": "nats://127.0.0.1:4222"}
-BROKER_PROCESS = {"redis": "redis-server", "nats": "nats-server"}
+BROKER_URLS = {
+    "redis": "redis://127.0.0.1:6379",
+    "nats": "nats://127.0.0.1:4222",
+    # the throwaway Redis Cluster of scripts/redis-cluster (sharded pub/sub)
+    "redis-cluster": "redis://127.0.0.1:7101?cluster=1",
+}
+# broker CPU is that of every process of this name (redis-cluster: all redis-servers)
+BROKER_PROCESS = {"redis": "redis-server", "nats": "nats-server", "redis-cluster": "redis-server"}
 
 
 def broker_pids(broker: str | None) -> list[int]:
@@ -225,6 +232,12 @@ class SmartSocketPeer(Peer):
         return cmd + self.FLAGS + self.variant_args + self.extra_args
 
 
+def _answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
 class SmartSocketClusterPeer(SmartSocketPeer):
     """SmartSocket joined through a broker: ``nodes`` servers on their own ports (started by
     one ``sh`` so that they share the session whose CPU is measured), or one server with
@@ -248,7 +261,9 @@ class SmartSocketClusterPeer(SmartSocketPeer):
     def prepare(self) -> None:
         if not broker_pids(self.broker):
             raise PeerUnavailable(f"no {BROKER_PROCESS[self.broker or 'redis']} process running")
-        mod = {"redis": "redis", "nats": "nats"}[self.broker or "redis"]
+        if self.broker == "redis-cluster" and not _answers(7101):
+            raise PeerUnavailable("no Redis Cluster on 127.0.0.1:7101 (scripts/redis-cluster)")
+        mod = {"redis": "redis", "nats": "nats", "redis-cluster": "redis"}[self.broker or "redis"]
         probe = subprocess.run(
             [project_python(), "-c", f"import {mod}"], capture_output=True, timeout=60
         )
@@ -319,6 +334,14 @@ PEERS: dict[str, Peer] = {
             "2 SmartSocket nodes (2 processes, 2 ports) joined by Redis; members alternate "
             "between them, the publisher on the first",
             broker="redis",
+            nodes=2,
+            only_in={"cluster-fanout"},
+        ),
+        SmartSocketClusterPeer(
+            "ss-2nodes-redis-cluster",
+            "the same 2 nodes joined by a 3-primary Redis Cluster (sharded pub/sub, "
+            "`redis://...?cluster=1`)",
+            broker="redis-cluster",
             nodes=2,
             only_in={"cluster-fanout"},
         ),

@@ -40,7 +40,7 @@ def answers(port: int) -> bool:
 
 
 def require_broker(url: str) -> None:
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    port = int(url.rsplit(":", 1)[1].split("/")[0].split("?")[0])
     assert answers(port), f"{url} does not answer: CI starts it with scripts/services"
 
 
@@ -98,9 +98,11 @@ class Node:
 
 
 @contextlib.contextmanager
-def node_processes(url: str, count: int, logs: Path) -> Iterator[list[Node]]:
+def node_processes(
+    url: str, count: int, logs: Path, cluster_prefix: str | None = None
+) -> Iterator[list[Node]]:
     require_broker(url)
-    name = prefix()
+    name = cluster_prefix or prefix()
     nodes = [Node(url, name, logs / f"{name}-{i}.log") for i in range(count)]
     try:
         for node in nodes:

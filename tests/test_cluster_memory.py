@@ -15,7 +15,9 @@ import pytest
 
 from smartsocket import AckError, AckTimeout, Client, ConnectionClosed, SmartSocket, Socket
 from smartsocket.cluster import MemoryAdapter, MemoryBroker, messages
-from smartsocket.cluster.node import _Replica, channel_token, node_of
+from smartsocket.cluster.node import channel_token
+from smartsocket.cluster.operations import node_of
+from smartsocket.cluster.presence import Replica
 from smartsocket.testing import Recorder, connected, running, wait_for
 
 FAST = {"cluster_heartbeat": 0.05, "node_timeout": 0.4}
@@ -175,7 +177,7 @@ async def test_presence_across_nodes_and_node_death() -> None:
         # c joins: its replica is filled by a snapshot; a hears c's join
         await joined(cc, "game:1", name="cy")
         assert (await ra.next("$presence"))["joined"]["sid"] == cc.sid
-        await wait_for(lambda: len(c._cluster._replicas["game:1"].listing()) == 2)
+        await wait_for(lambda: len(c._cluster.presence_state.replicas["game:1"].listing()) == 2)
         names = sorted(p.info["name"] for p in await c.room("game:1").presence())
         assert names == ["ann", "bob", "cy"]
         await cb.call("leave", "game:1")
@@ -248,7 +250,7 @@ def test_messages_round_trip_and_channel_tokens() -> None:
 
 
 def test_presence_replica_prefers_newer_information() -> None:
-    replica = _Replica()
+    replica = Replica()
     assert replica.apply("n", "s1", 5, {"v": 1})
     # an older snapshot does not undo a newer delta...
     joined, left = replica.snapshot("n", 3, [])

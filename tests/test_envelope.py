@@ -45,7 +45,8 @@ def test_wire_format_is_the_documented_one() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"nope", b"{}", b"[]", b'[1,2,3,4]', b'["a",1,2,3,4]', b'["a",1,null,null]', b"[true,1]", b'["a",1,0]', b'["a",1,-1]',
+    [b"nope", b"{}", b"[]", b'[1,2,3,4]', b'["a",1,2,3,4]', b'["a",1,null,null]', b"[true,1]",
+     b'["a",1,0]', b'["a",1,-1]',
      b'["a",1,1.5]', b'["a",1,9007199254740992]', b'["",1]', b"[5]", b'[5,null,"x"]',
      b'[5,null,{"code":1}]', b"null"],
 )

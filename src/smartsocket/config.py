@@ -90,8 +90,9 @@ class Config:
     history_ttl: float = _opt(0.0, "seconds a message is kept for replay (0: recovery_window)",
                               min=0)
     # cluster (src/smartsocket/cluster)
-    cluster_url: str | None = _opt(None, "join a cluster through redis://host:port, nats://"
-                                   "host:port or memory://name (unset: single node)")
+    cluster_url: str | None = _opt(None, "join a cluster through redis://host:port (a Redis "
+                                   "Cluster: redis://host:port?cluster=1), nats://host:port "
+                                   "or memory://name (unset: single node)")
     cluster_prefix: str = _opt("smartsocket", "channel prefix: nodes with the same broker and "
                                "prefix form one cluster")
     cluster_heartbeat: float = _opt(1.0, "seconds between node heartbeats", min=0.01)

@@ -1,9 +1,10 @@
 """Beyond one process: nodes joined by a pub/sub broker (Redis, NATS, or in-process memory).
 
-``SmartSocket(cluster_url="redis://127.0.0.1:6379")`` (or ``nats://...``, ``memory://NAME``)
-makes a server a node; without ``cluster_url`` it is a single node and none of this costs
-anything on the hot path. See ``node.py`` for the design (channels, heartbeats, presence,
-faults) and ``messages.py`` for what travels between nodes.
+``SmartSocket(cluster_url="redis://127.0.0.1:6379")`` (or ``redis://...?cluster=1`` for a Redis
+Cluster, ``nats://...``, ``memory://NAME``) makes a server a node; without ``cluster_url`` it
+is a single node and none of this costs anything on the hot path. See ``node.py`` for the
+design (channels, faults) and the modules it names (liveness, requests, operations,
+presence), ``messages.py`` for what travels between nodes, and ``adapter.py`` for the brokers.
 """
 
 from smartsocket.cluster.adapter import (

@@ -433,10 +433,15 @@ class MemoryAdapter(Adapter):
 
 
 def create_adapter(url: str) -> Adapter:
-    """The adapter for a ``cluster_url``: ``redis://``, ``rediss://``, ``nats://``,
-    ``tls://`` (NATS over TLS) or ``memory://NAME``."""
+    """The adapter for a ``cluster_url``: ``redis://``, ``rediss://``, ``unix://``;
+    ``redis://...?cluster=1`` (a Redis Cluster: sharded pub/sub); ``nats://``, ``tls://``
+    (NATS over TLS) or ``memory://NAME``."""
     scheme = url.partition("://")[0].lower()
     if scheme in ("redis", "rediss", "unix"):
+        from smartsocket.cluster.redis_cluster import RedisClusterAdapter, is_cluster_url
+
+        if is_cluster_url(url):
+            return RedisClusterAdapter(url)
         from smartsocket.cluster.redis import RedisAdapter
 
         return RedisAdapter(url)

@@ -5,18 +5,22 @@
 client's own retries are off: the adapter notices a broken link at once, reports the node
 degraded, and reconnects with backoff (``BrokerAdapter``).
 
-Sharded pub/sub (Redis 7 ``SSUBSCRIBE``/``SPUBLISH`` on a Redis Cluster) is not implemented:
-point ``cluster_url`` at one Redis (or a primary with replicas); a Redis Cluster would carry
-every message to every shard.
+For a Redis Cluster use ``redis://host:port?cluster=1``: ``RedisClusterAdapter``
+(``redis_cluster.py``, sharded pub/sub). This adapter pointed at a cluster node still works
+(Redis Cluster forwards classic pub/sub to every node), but every message then loads every
+node of the cluster; it logs a warning when it sees that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
-from smartsocket.cluster.adapter import BrokerAdapter
+from smartsocket.cluster.adapter import BrokerAdapter, _safe_url
+
+logger = logging.getLogger("smartsocket.cluster")
 
 # Without a message for this long (not even our own heartbeat), ping; without an answer to
 # that for as long again, the link is dead (a half-open TCP connection would never say so).
@@ -38,6 +42,7 @@ class RedisAdapter(BrokerAdapter):
         self._sub: Any = None
         self._pubsub: Any = None
         self._last_read = 0.0
+        self._checked_mode = False
 
     def _client(self) -> Any:
         import redis.asyncio as aioredis
@@ -52,6 +57,9 @@ class RedisAdapter(BrokerAdapter):
     async def _connect(self) -> None:
         self._pub = self._client()
         await self._pub.ping()
+        if not self._checked_mode:
+            self._checked_mode = True
+            await self._warn_if_cluster()
         self._sub = self._client()
         self._pubsub = self._sub.pubsub()
         channels = sorted(self._channels)
@@ -67,6 +75,15 @@ class RedisAdapter(BrokerAdapter):
                 self._handle(message)
         else:
             await self._pubsub.ping()
+
+    async def _warn_if_cluster(self) -> None:
+        with contextlib.suppress(Exception):  # INFO may be renamed or denied: no matter
+            info = await self._pub.info("cluster")
+            if info.get("cluster_enabled"):
+                logger.warning(
+                    "cluster_url %s is a Redis Cluster node: classic pub/sub reaches every "
+                    "node of that cluster; add ?cluster=1 for sharded pub/sub", _safe_url(self.url),
+                )
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]

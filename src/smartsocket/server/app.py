@@ -211,7 +211,8 @@ class SmartSocket(ClusterAPI, EventDispatch):
         self, event: str, data: Any = None, *, exclude: Exclude = None,
         binary: bool | None = None,
     ) -> int:
-        """Send ``event`` to every connected socket except ``exclude``."""
+        """Send ``event`` to every connected socket except ``exclude``. Returns the
+        deliveries made on this node (in a cluster the other nodes deliver too, uncounted)."""
         senders = {s: s._send_frame for s in self._sockets.values()}
         return self._fanout(senders, event, data, exclude, binary, None)
 

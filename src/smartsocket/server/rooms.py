@@ -100,7 +100,8 @@ class Room:
     ) -> int:
         """Send ``event`` to every member except ``exclude`` (sockets or socket ids).
 
-        The message is encoded and framed once for all members. Returns the deliveries made.
+        The message is encoded and framed once for all members. Returns the deliveries made
+        on this node (in a cluster the other nodes deliver to their members too, uncounted).
         With ``room_rate_limit_messages`` set, raises LimitExceeded (``rate_limited``) when the
         room is over its rate; in a handler that becomes the sender's ack error.
         """

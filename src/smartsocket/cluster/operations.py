@@ -1,0 +1,211 @@
+"""Operations on sockets wherever they are connected, and cluster-wide socket listings.
+
+Socket ids in a cluster start with their node's id (``<node>.<random>``), so an operation on a
+remote socket (send, call, join, leave, disconnect) goes straight to its node's inbox as a
+``Query``; a socket that is here takes the local path and never touches the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from smartsocket.cluster import messages as m
+from smartsocket.errors import AckError, AckTimeout, ConnectionClosed
+from smartsocket.protocol import envelope
+from smartsocket.security import LimitExceeded
+
+if TYPE_CHECKING:
+    from smartsocket.cluster.node import ClusterNode
+    from smartsocket.server.socket import Socket
+
+_RECORDS = msgspec.msgpack.Decoder(list[tuple[str, list[str], dict[str, Any]]])
+
+
+def node_of(sid: str) -> str | None:
+    """The node a socket id belongs to (None for an id without one)."""
+    node, dot, _ = sid.partition(".")
+    return node if dot else None
+
+
+class Operations:
+    """The node's side of operations on sockets: asking other nodes, answering them."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    # asking
+
+    def _target(self, sid: str) -> str:
+        node = node_of(sid)
+        if not self.node.active or node is None or node == self.node.node_id:
+            raise _NoSocket(sid)
+        return node
+
+    def send(self, sid: str, event: str, data: Any, binary: bool | None) -> bool:
+        socket = self.node.server._sockets.get(sid)
+        if socket is not None:
+            socket.send(event, data, binary=binary)
+            return True
+        try:
+            node = self._target(sid)
+        except _NoSocket:
+            return False
+        check_event(event)
+        if binary is None:
+            binary = envelope.needs_binary(data)
+        payload = envelope.encode_event(event, data, binary=binary)
+        query = m.Query(0, "send", sid=sid, data=payload, binary=binary, want_reply=False)
+        return self.node.publish(self.node.inbox(node), query)
+
+    async def operate(
+        self, kind: str, sid: str, room: str | None = None, *, code: int = 0,
+        reason: str = "", timeout: float = 2.0,
+    ) -> bool:
+        """join / leave / disconnect a socket anywhere; False if there is no such socket."""
+        socket = self.node.server._sockets.get(sid)
+        if socket is not None:
+            return operate_local(socket, kind, room, code, reason)
+        try:
+            node = self._target(sid)
+        except _NoSocket:
+            return False
+        query = m.Query(0, kind, sid=sid, room=room, code=code, reason=reason)
+        reply = (await self.node.requests.request(query, node, timeout)).get(node)
+        if reply is None:
+            raise TimeoutError(f"node {node} did not answer {kind} within {timeout:g} s")
+        if not reply.ok and reply.error not in (None, "no_socket"):
+            raise LimitExceeded(reply.error, reply.message)
+        return reply.ok
+
+    async def call(
+        self, sid: str, event: str, data: Any, timeout: float | None, binary: bool | None
+    ) -> Any:
+        socket = self.node.server._sockets.get(sid)
+        if socket is not None:
+            return await socket.call(event, data, timeout=timeout, binary=binary)
+        try:
+            node = self._target(sid)
+        except _NoSocket:
+            raise ConnectionClosed(None, f"no socket {sid!r}") from None
+        check_event(event)
+        if timeout is None:
+            timeout = self.node.server.config.message_timeout
+        query = m.Query(
+            0, "call", sid=sid, event=event, data=m.pack(data),
+            binary=bool(binary) if binary is not None else envelope.needs_binary(data),
+            timeout=timeout,
+        )
+        # The remote socket's own timer decides; ours only covers a node that went away.
+        wait = timeout + max(1.0, self.node.node_timeout)
+        reply = (await self.node.requests.request(query, node, wait)).get(node)
+        if reply is None:
+            raise AckTimeout(event, timeout)
+        if reply.ok:
+            return m.unpack(reply.result)
+        if reply.error == "timeout":
+            raise AckTimeout(event, timeout)
+        if reply.error in ("no_socket", "disconnected"):
+            raise ConnectionClosed(None, reply.message)
+        raise AckError(reply.error or "error", reply.message)
+
+    async def fetch_sockets(
+        self, room: str | None = None, timeout: float = 2.0
+    ) -> list[m.SocketRecord]:
+        node = self.node
+        records = [
+            m.SocketRecord(sid, node.node_id, rooms, presence)
+            for sid, rooms, presence in self.local_records(room)
+        ]
+        if not node.active:
+            return records
+        replies = await node.requests.request(m.Query(0, "sockets", room=room), None, timeout)
+        for src, reply in replies.items():
+            if reply.ok and reply.result is not None:
+                records.extend(
+                    m.SocketRecord(sid, src, rooms, presence)
+                    for sid, rooms, presence in _RECORDS.decode(reply.result)
+                )
+        return records
+
+    def local_records(self, room: str | None) -> list[tuple[str, list[str], dict[str, Any]]]:
+        server = self.node.server
+        sockets: Iterable[Socket] = (
+            server._sockets.values() if room is None else server._registry.members(room)
+        )
+        return [(s.id, sorted(s._rooms), s.presence) for s in sockets]
+
+    # answering
+
+    def answer(self, src: str, query: m.Query) -> None:
+        """A query from node ``src`` about this node's sockets."""
+        kind = query.kind
+        reply = self.node.requests.reply
+        if kind == "sockets":
+            reply(src, query.id, result=m.pack(self.local_records(query.room)))
+            return
+        socket = self.node.server._sockets.get(query.sid or "")
+        if socket is None:
+            if query.want_reply:
+                reply(src, query.id, ok=False, error="no_socket",
+                      message=f"no socket {query.sid!r}")
+            return
+        if kind == "send":
+            if query.data is not None:
+                socket._send_payload(query.data, query.binary)
+            return
+        if kind == "call":
+            self.node.spawn(self._remote_call(src, query, socket))
+            return
+        try:
+            operate_local(socket, kind, query.room, query.code, query.reason)
+        except AckError as exc:
+            reply(src, query.id, ok=False, error=exc.code, message=exc.message)
+            return
+        reply(src, query.id)
+
+    async def _remote_call(self, src: str, query: m.Query, socket: Socket) -> None:
+        reply = self.node.requests.reply
+        try:
+            result = await socket.call(
+                query.event or "", m.unpack(query.data), timeout=query.timeout or None,
+                binary=query.binary,
+            )
+        except AckTimeout as exc:
+            reply(src, query.id, ok=False, error="timeout", message=exc.message)
+        except AckError as exc:
+            reply(src, query.id, ok=False, error=exc.code, message=exc.message)
+        except ConnectionClosed as exc:
+            reply(src, query.id, ok=False, error="disconnected", message=str(exc))
+        except Exception as exc:
+            reply(src, query.id, ok=False, error="internal_error", message=str(exc))
+        else:
+            try:
+                packed = m.pack(result)
+            except (TypeError, msgspec.EncodeError) as exc:
+                reply(src, query.id, ok=False, error="internal_error", message=str(exc))
+            else:
+                reply(src, query.id, result=packed)
+
+
+class _NoSocket(LookupError):
+    pass
+
+
+def operate_local(socket: Socket, kind: str, room: str | None, code: int, reason: str) -> bool:
+    if kind == "join":
+        socket.join(room or "")
+    elif kind == "leave":
+        socket.leave(room or "")
+    elif kind == "disconnect":
+        socket.disconnect(code or 4000, reason)
+    else:
+        raise ValueError(f"unknown operation {kind!r}")
+    return True
+
+
+def check_event(event: str) -> None:
+    if type(event) is not str or not event or event[0] == "$":
+        raise ValueError(f"invalid event name {event!r}")
