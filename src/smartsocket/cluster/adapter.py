@@ -165,6 +165,7 @@ class BrokerAdapter(Adapter):
         while not self._closed:
             try:
                 self._control.clear()  # _connect subscribes to every wanted channel
+                wanted = set(self._channels)
                 await self._connect()
             except asyncio.CancelledError:
                 raise
@@ -175,7 +176,14 @@ class BrokerAdapter(Adapter):
                 await asyncio.sleep(self._backoff.next())
                 continue
             self._backoff.reset()
+            # (Un)subscribed while _connect ran: not in its snapshot, and not queued then
+            # (offline); queued once the link is up.
+            added, removed = self._channels - wanted, wanted - self._channels
             self._set_state(True)
+            for channel in added:
+                self._queue_control(True, channel)
+            for channel in removed:
+                self._queue_control(False, channel)
             self._first.set()
             try:
                 await self._run()
