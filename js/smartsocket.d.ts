@@ -21,7 +21,9 @@ export interface WebSocketLike {
 }
 
 export interface SmartSocketOptions {
-  /** Reconnect by itself after a drop (not after close codes 1000, 4000, 4001). Default true. */
+  /** Reconnect by itself after a drop (not after close codes 1000, 4000, 4001). With a server
+   * that has recovery (`welcome.recovery`), the reconnect resumes the session (not after 4008
+   * either). Default true. */
   reconnect?: boolean;
   /** First reconnect delay in ms; doubles every attempt. Default 1000. */
   reconnectDelay?: number;
@@ -54,7 +56,18 @@ export interface WelcomeInfo {
   pingTimeout: number;
   maxMessageSize: number;
   ackTimeout: number;
+  /** With recovery on the server: the window (ms) a dropped session stays resumable. */
+  recovery?: number;
+  /** After a resume attempt: whether the session was resumed. */
+  recovered?: boolean;
   [key: string]: unknown;
+}
+
+/** Argument of `connect` listeners. */
+export interface ConnectInfo {
+  /** The dropped session was resumed: same `id`, rooms and server-side data, and the messages
+   * missed meanwhile arrive (once, in order). False on a new session: refetch your state. */
+  recovered: boolean;
 }
 
 export interface DisconnectInfo {
@@ -99,7 +112,7 @@ export declare class SmartSocketError extends Error {
 export type Handler = (this: SmartSocket, data: any) => unknown;
 
 export interface LocalEvents {
-  connect: () => void;
+  connect: (info: ConnectInfo) => void;
   disconnect: (info: DisconnectInfo) => void;
   reconnecting: (attempt: number) => void;
   reconnect_failed: () => void;
@@ -115,8 +128,11 @@ export declare class SmartSocket {
 
   readonly url: string;
   readonly options: Required<SmartSocketOptions>;
-  /** Socket id (`sid`) of the current connection; new for every connection. */
+  /** Socket id (`sid`) of the current connection; new for every connection, except after a
+   * resume (then the same). */
   readonly id: string | null;
+  /** Whether the last `$welcome` resumed the dropped session (server with recovery). */
+  readonly recovered: boolean;
   /** Whether the `$welcome` of the current connection arrived. */
   readonly connected: boolean;
   /** The last `$welcome` data. */
@@ -126,7 +142,7 @@ export declare class SmartSocket {
 
   /** Connect; resolves on `$welcome`, rejects (code "connect_failed") if this attempt fails. */
   connect(): Promise<this>;
-  /** Local events: connect, disconnect ({code, reason}), reconnecting (attempt),
+  /** Local events: connect ({recovered}), disconnect ({code, reason}), reconnecting (attempt),
    * reconnect_failed, error ($error data). */
   on<E extends keyof LocalEvents>(event: E, handler: LocalEvents[E]): this;
   /** Server events: the first handler's return value (or resolved Promise) answers a server
@@ -139,7 +155,9 @@ export declare class SmartSocket {
   send(event: string, data?: Payload, options?: SendOptions): this;
   /** Same as send(). */
   emit(event: string, data?: Payload, options?: SendOptions): this;
-  /** Request/response: resolves with the server's ack reply, rejects with SmartSocketError. */
+  /** Request/response: resolves with the server's ack reply, rejects with SmartSocketError.
+   * With recovery the call carries an idempotency key: unanswered when the connection drops, it
+   * is sent again after the resume (the server runs it once) instead of failing. */
   call<T = any>(event: string, data?: Payload, options?: CallOptions): Promise<T>;
   /** Round trip to the server in ms. */
   ping(timeout?: number): Promise<number>;

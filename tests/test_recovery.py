@@ -356,3 +356,43 @@ async def test_expired_sessions_and_history_are_swept() -> None:
         assert recovery is not None
         assert sid in recovery.held
         await wait_for(lambda: not recovery.held and not recovery.rooms, timeout=3)
+
+
+async def test_resume_sent_before_async_authentication_is_read_once_authenticated() -> None:
+    server = app()
+
+    @server.authenticate
+    async def check(request: Any) -> Any:
+        await asyncio.sleep(0.05)  # slower than the client's $resume
+        return {"user": request.token} if request.token else None
+
+    async with running(server):
+        peer = await Peer.open(server, "token=ann")
+        welcome = await peer.welcomed()
+        peer.drop()
+        await wait_for(lambda: welcome["sid"] not in server.sockets)
+        again = await resume_with(server, welcome, "token=ann&resume=1")
+        assert again.welcome["recovered"] is True and again.welcome["sid"] == welcome["sid"]
+        again.drop()
+        await wait_for(lambda: welcome["sid"] not in server.sockets)
+        other = await resume_with(server, again.welcome, "token=bob&resume=1")
+        assert other.welcome["recovered"] is False  # another identity
+        await other.ws.close()
+
+
+async def test_resume_out_of_place_is_refused() -> None:
+    async with running(app()) as server:
+        peer = await Peer.open(server)
+        welcome = await peer.welcomed()
+        await peer.send("$resume", {"sid": welcome["sid"], "token": welcome["token"]})
+        error = await peer.recv()
+        assert error[0] == "$error" and error[1]["code"] == "bad_message"
+        await peer.ws.close()
+
+
+async def resume_with(server: SmartSocket, welcome: dict[str, Any], query: str) -> Peer:
+    peer = await Peer.open(server, query)
+    await peer.send("$resume", {"sid": welcome["sid"], "token": welcome["token"],
+                                "offsets": {}, "seq": 0})
+    await peer.welcomed()
+    return peer

@@ -1,12 +1,15 @@
 // SmartSocket client for browsers and Node >= 20: protocol v1 (docs/protocol.md).
 // Dependency-free ES module. Events, acks both ways, automatic reconnect with backoff and
-// jitter, a bounded offline buffer, the $ping/$pong heartbeat, and binary payloads as
-// MessagePack (its small codec is at the end of this file).
+// jitter, a bounded offline buffer, the $ping/$pong heartbeat, session recovery (resume with
+// exactly-once delivery of missed room and direct messages, idempotent calls), and binary
+// payloads as MessagePack (its small codec is at the end of this file).
 
 const SUBPROTOCOL = "smartsocket.v1";
 // Close codes after which the client does not reconnect by itself (protocol.md section 4).
 const NO_RECONNECT = [1000, 4000, 4001];
 const RATE_LIMITED = 4008;
+// Close codes that end a session for good: no resume after them (protocol.md section 8).
+const NO_RESUME = [...NO_RECONNECT, RATE_LIMITED];
 const MAX_ACK_ID = Number.MAX_SAFE_INTEGER; // 2^53 - 1: ids survive JSON both ways
 // Names local to each side: never sent (the server refuses them with reserved_event).
 const LOCAL = ["connect", "disconnect", "error"];
@@ -79,14 +82,17 @@ export class SmartSocket {
     if (!(o.randomizationFactor >= 0 && o.randomizationFactor < 1))
       throw new RangeError("randomizationFactor must be in [0, 1)");
     this.url = defaultUrl(url);
-    /** The socket id (`sid` of the last `$welcome`); a new one for every connection. */
+    /** The socket id (`sid` of the last `$welcome`); a new one for every connection, except
+     * after a resume (recovery): then the same. */
     this.id = null;
+    /** Whether the last `$welcome` resumed the dropped session (protocol.md section 8). */
+    this.recovered = false;
     /** The last `$welcome` data (pingInterval, pingTimeout, maxMessageSize, ...). */
     this.welcome = null;
     /** The last round trip measured by ping(), in milliseconds. */
     this.latency = null;
     this._handlers = new Map();
-    this._pending = new Map(); // ack id -> {resolve, reject, timer, sent}
+    this._pending = new Map(); // ack id -> {resolve, reject, timer, sent, id, payload, keyed}
     this._pings = new Map(); // $ping seq -> {resolve, reject, timer, start}
     this._buffer = []; // [{payload, id}] waiting for the next $welcome
     this._nextId = 0;
@@ -99,6 +105,12 @@ export class SmartSocket {
     this._timer = null; // reconnect timer
     this._watchdog = null;
     this._lastSeen = 0;
+    // Recovery: positions of the last messages handled (room -> [epoch, offset]; direct seq),
+    // and whether the next connection resumes the session of the last $welcome.
+    this._offsets = new Map();
+    this._seq = 0;
+    this._resume = false;
+    this._lost = null; // the "disconnected" error of the last drop, for calls kept over it
     // Back online (a laptop waking up, a phone leaving a tunnel): retry now, not after the backoff.
     this._online = () => this._timer && this._retryNow();
   }
@@ -174,8 +186,11 @@ export class SmartSocket {
       const timeout = options && options.timeout != null ? options.timeout : this.options.ackTimeout;
       let id = (this._nextId = (this._nextId % MAX_ACK_ID) + 1);
       while (this._pending.has(id)) id = this._nextId = (this._nextId % MAX_ACK_ID) + 1;
-      const payload = this._encode([event, data, id], options);
-      const entry = { resolve, reject, sent: false, timer: null };
+      // With recovery the ack id, never reused by this socket, is also the idempotency key:
+      // the call may go out again after a resume and the server still runs it once.
+      const keyed = !!(this.welcome && this.welcome.recovery);
+      const payload = this._encode(keyed ? [event, data, id, id] : [event, data, id], options);
+      const entry = { resolve, reject, sent: false, timer: null, id, payload, keyed };
       if (timeout > 0 && timeout < Infinity)
         entry.timer = setTimeout(() => {
           // A call nobody waits for any more need not go out after a reconnect.
@@ -212,6 +227,7 @@ export class SmartSocket {
    * buffer is dropped. Resolves when the connection is closed (or after 1 s). */
   close() {
     this._closed = true;
+    this._resume = false;
     if (win) win.removeEventListener("online", this._online);
     clearTimeout(this._timer);
     this._timer = null;
@@ -236,9 +252,11 @@ export class SmartSocket {
     const promise = new Promise((resolve, reject) => (opening = { resolve, reject }));
     const WS = o.WebSocket || globalThis.WebSocket;
     if (!WS) return Promise.reject(new TypeError("no WebSocket here: pass options.WebSocket"));
+    const resume = this._resume && this.welcome;
+    const url = resume ? this.url + (this.url.includes("?") ? "&" : "?") + "resume=1" : this.url;
     let ws;
     try {
-      ws = o.wsOptions ? new WS(this.url, [SUBPROTOCOL], o.wsOptions) : new WS(this.url, [SUBPROTOCOL]);
+      ws = o.wsOptions ? new WS(url, [SUBPROTOCOL], o.wsOptions) : new WS(url, [SUBPROTOCOL]);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -248,13 +266,18 @@ export class SmartSocket {
     this._opening = opening;
     this._ws = ws;
     this._ready = false;
+    // The server reads $resume once the socket is authenticated: after $auth, if any.
+    const hello = () =>
+      resume &&
+      this._raw(ws, JSON.stringify(["$resume", { sid: resume.sid, token: resume.token, offsets: Object.fromEntries(this._offsets), seq: this._seq }]));
     ws.onopen = () => {
       const auth = o.auth;
       if (auth && this._ws === ws)
         new Promise((resolve) => resolve(typeof auth == "function" ? auth() : auth)).then(
-          (credentials) => this._raw(ws, JSON.stringify(["$auth", credentials])),
+          (credentials) => (this._raw(ws, JSON.stringify(["$auth", credentials])), hello()),
           (err) => this._ws === ws && this._drop(ws, 1006, `no credentials: ${err && err.message}`),
         );
+      else hello();
     };
     ws.onmessage = (event) => this._ws === ws && this._receive(ws, event.data);
     ws.onclose = (event) => this._closedBy(ws, event.code, event.reason);
@@ -281,7 +304,13 @@ export class SmartSocket {
     clearTimeout(this._watchdog);
     const info = { closeCode: code, closeReason: reason };
     const error = fail("disconnected", `connection closed (${code}${reason ? ": " + reason : ""})`, info);
-    for (const [id, entry] of [...this._pending]) if (entry.sent) this._settle(id, error);
+    if (wasReady) {
+      this._lost = error;
+      // A session that may resume keeps its keyed calls: they go out again after $welcome.
+      const o = this.options;
+      this._resume = !!(this.welcome.recovery && o.reconnect && !this._closed && !NO_RESUME.includes(code));
+    }
+    for (const [id, entry] of [...this._pending]) if (entry.sent && !(this._resume && entry.keyed)) this._settle(id, error);
     for (const ping of this._pings.values()) clearTimeout(ping.timer), ping.reject(error);
     this._pings.clear();
     const opening = this._opening;
@@ -303,8 +332,7 @@ export class SmartSocket {
     const attempt = ++this._attempt;
     if (o.maxReconnectAttempts != null && attempt > o.maxReconnectAttempts) {
       this._attempt = 0;
-      this._emit("reconnect_failed");
-      return;
+      return this._giveUp();
     }
     // min(max, delay * 2^(n-1)), spread by +/- randomizationFactor
     let delay = long ? o.reconnectDelayMax : o.reconnectDelay * 2 ** Math.min(attempt - 1, 40);
@@ -318,9 +346,16 @@ export class SmartSocket {
     this._timer = null;
     if (this._closed || this._ws) return;
     this._open().catch((err) => {
-      if (NO_RECONNECT.includes(err.closeCode)) this._emit("reconnect_failed");
+      if (NO_RECONNECT.includes(err.closeCode)) this._giveUp();
       else this._reconnect();
     });
+  }
+
+  // No more automatic attempts: calls kept for a resume fail as if there were no recovery.
+  _giveUp() {
+    this._resume = false;
+    for (const [id, entry] of [...this._pending]) if (entry.sent) this._settle(id, this._lost);
+    this._emit("reconnect_failed");
   }
 
   _welcomed(ws, info) {
@@ -328,6 +363,12 @@ export class SmartSocket {
     this.welcome = info;
     this.id = info.sid;
     this._ready = true;
+    this._resume = false;
+    const recovered = (this.recovered = info.recovered === true);
+    // A new session: positions of the old one mean nothing (its seq restarts at 1).
+    if (!recovered) this._offsets.clear(), (this._seq = 0);
+    // Calls sent on an earlier connection and still unanswered (kept for the resume).
+    const retry = [...this._pending.values()].filter((entry) => entry.sent);
     this._attempt = 0;
     this._lastSeen = now();
     // The server is silent for pingInterval + pingTimeout: it (or the path to it) is dead.
@@ -340,10 +381,11 @@ export class SmartSocket {
       else this._watchdog = setTimeout(check, limit - silent);
     };
     this._watchdog = setTimeout(check, limit);
-    // 'connect' handlers run before the offline buffer goes out, so what they send (joining
-    // rooms again, say) reaches the server before the messages that waited for it.
-    this._emit("connect");
+    // 'connect' handlers run before the kept calls and the offline buffer go out, so what they
+    // send (joining rooms again, say) reaches the server before the messages that waited for it.
+    this._emit("connect", { recovered });
     if (this._ws !== ws) return; // a handler closed it: the buffer waits for the next connection
+    for (const entry of retry) if (this._pending.get(entry.id) === entry) this._write(ws, entry);
     const queue = this._buffer;
     this._buffer = [];
     for (const message of queue) this._write(ws, message);
@@ -414,11 +456,26 @@ export class SmartSocket {
       } else this._settle(head, null, body);
     } else if (typeof head == "string" && head) {
       if (head[0] == "$") this._system(ws, head, body);
-      else {
+      else if (!(packet.length > 3 && this._seen(packet[3]))) {
         const id = Number.isSafeInteger(extra) && extra > 0 ? extra : 0;
         this._dispatch(ws, head, body === undefined ? null : body, id, binary);
       }
     }
+  }
+
+  // Recovery: whether a message with this position (4th item: [room, epoch, offset] or a
+  // direct seq) was handled already; if not, it is now the last one handled.
+  _seen(meta) {
+    if (Array.isArray(meta)) {
+      const [room, epoch, offset] = meta;
+      const last = this._offsets.get(room);
+      if (last && last[0] === epoch && offset <= last[1]) return true;
+      this._offsets.set(room, [epoch, offset]);
+    } else if (typeof meta == "number") {
+      if (meta <= this._seq) return true;
+      this._seq = meta;
+    }
+    return false;
   }
 
   _system(ws, name, data) {
@@ -431,8 +488,10 @@ export class SmartSocket {
         clearTimeout(ping.timer);
         ping.resolve((this.latency = now() - ping.start));
       }
-    } else if (name == "$error") this._emit("error", data);
-    else if (name == "$presence") this._emit("$presence", data); // {room, joined|left: {sid, info}}
+    } else if (name == "$error") {
+      // A $resume refused by a server without recovery (restarted, say) is no concern of the app.
+      if (!(data && data.event == "$resume")) this._emit("error", data);
+    } else if (name == "$presence") this._emit("$presence", data); // {room, joined|left: {sid, info}}
   }
 
   _dispatch(ws, name, data, id, binary) {

@@ -1,7 +1,7 @@
 // Compiled (not run) by tests/js/types.test.mjs: smartsocket.d.ts must accept the documented API
 // and refuse misuse (each @ts-expect-error line must be an error).
 import SmartSocket, { SmartSocketError, decode, encode, msgpack, needsBinary } from "smartsocket-client";
-import type { DisconnectInfo, SmartSocketOptions, WelcomeInfo } from "smartsocket-client";
+import type { ConnectInfo, DisconnectInfo, SmartSocketOptions, WelcomeInfo } from "smartsocket-client";
 
 const options: SmartSocketOptions = {
   reconnectDelay: 500,
@@ -30,6 +30,10 @@ async function main(): Promise<void> {
   socket.on("disconnect", (info: DisconnectInfo) => console.log(info.code, info.reason));
   socket.on("reconnecting", (attempt) => attempt.toFixed());
   socket.once("connect", () => undefined).off("chat");
+  socket.on("connect", (info: ConnectInfo) => console.log(info.recovered));
+  socket.on("connect", ({ recovered }) => recovered && console.log("resumed"));
+  const resumed: boolean = socket.recovered;
+  const window: number | undefined = welcome?.recovery;
   const dynamic: string = "news";
   socket.on(dynamic, (data) => data);
   const rtt: number = await socket.ping(1000);
@@ -43,10 +47,14 @@ async function main(): Promise<void> {
   const viaStatic = SmartSocket.msgpack.decode(msgpack.encode(1));
   const binary: boolean = needsBinary(bytes);
   await socket.close();
-  console.log(welcome, sid, up, members, rtt, back, viaStatic, binary, byPage, withOptionsOnly);
+  console.log(welcome, sid, up, members, rtt, back, viaStatic, binary, byPage, withOptionsOnly, resumed, window);
 
   // @ts-expect-error: the event name must be a string
   socket.send(42, "x");
+  // @ts-expect-error: connect handlers get {recovered}
+  socket.on("connect", (info: string) => info);
+  // @ts-expect-error: recovered is read-only
+  socket.recovered = true;
   // @ts-expect-error: reconnecting handlers get a number
   socket.on("reconnecting", (attempt: string) => attempt);
   // @ts-expect-error: no such option type

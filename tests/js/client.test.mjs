@@ -44,7 +44,7 @@ describe("with the demo app", () => {
     assert.equal(socket.welcome.protocol, 1);
     assert.equal(socket.welcome.sid, socket.id);
     assert.ok(socket.welcome.pingInterval > 0 && socket.welcome.maxMessageSize > 0);
-    assert.deepEqual(events, [["connect", undefined]]);
+    assert.deepEqual(events, [["connect", { recovered: false }]]); // no recovery on this server
     assert.equal(await socket.connect(), socket); // already connected: resolves at once
   });
 

@@ -11,6 +11,18 @@
 - ``record`` (any data): appended to a list; ``records``: acks that list (arrival order);
 - ``sleep`` (seconds): acks the same number after that long;
 - ``kick`` (close code): the server disconnects the sender with that code.
+
+For recovery (``--recovery-window``, protocol.md section 8):
+
+- ``enter`` (room name): joins that room (no presence message, unlike ``join``);
+- ``stream`` ``{"room", "count", "delay"?, "direct"?}``: from the server side, broadcasts
+  ``["tick", n]`` to the room for n = 1..count, ``delay`` seconds apart (0.01 by default), and
+  with ``direct`` also sends ``["dm", n]`` to the sender by id (reaching a held session too);
+- ``abort`` (null or ``{"room", "count"}``): cuts the sender's TCP connection without a close
+  frame (a lost network); then broadcasts ``count`` ticks to ``room`` at once (missed by it);
+- ``tally`` ``{"name", "delay"?, "abort"?}``: counts a run under ``name``, optionally cuts the
+  connection (its reply is lost), waits ``delay`` seconds, acks the count; ``tallies``: acks
+  every count.
 """
 
 from __future__ import annotations
@@ -64,5 +76,49 @@ def create(config: Config | None = None) -> SmartSocket:
     @server.on("kick")
     def kick(socket: Socket, data: int) -> None:
         socket.disconnect(data, "kicked by the test")
+
+    tallies: dict[str, int] = {}
+    tasks: set[asyncio.Task[None]] = set()
+
+    @server.on("enter")
+    def enter(socket: Socket, room: str) -> str:
+        socket.join(room)
+        return room
+
+    @server.on("stream")
+    def stream(socket: Socket, data: dict[str, Any]) -> None:
+        sid, room = socket.id, server.room(data["room"])
+
+        async def run() -> None:
+            for n in range(1, data["count"] + 1):
+                room.broadcast("tick", n)
+                if data.get("direct"):
+                    server.send(sid, "dm", n)
+                await asyncio.sleep(data.get("delay", 0.01))
+
+        task = asyncio.get_running_loop().create_task(run())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    @server.on("abort")
+    def abort(socket: Socket, data: Any) -> None:
+        if socket._conn is not None:
+            socket._conn.abort()
+        if data:
+            for n in range(1, data["count"] + 1):
+                server.room(data["room"]).broadcast("tick", n)
+
+    @server.on("tally")
+    async def tally(socket: Socket, data: dict[str, Any]) -> int:
+        name = data["name"]
+        tallies[name] = tallies.get(name, 0) + 1
+        if data.get("abort") and socket._conn is not None:
+            socket._conn.abort()
+        await asyncio.sleep(data.get("delay", 0))
+        return tallies[name]
+
+    @server.on("tallies")
+    def get_tallies(socket: Socket, data: Any) -> dict[str, int]:
+        return tallies
 
     return server

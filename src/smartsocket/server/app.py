@@ -89,6 +89,7 @@ class SmartSocket(ClusterAPI, EventDispatch):
         self._sampler: asyncio.TimerHandle | None = None
         self._recovery: Recovery | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._early_resumes: dict[Socket, Event] = {}  # $resume sent before authentication
         self._prometheus: CollectorRegistry | None = None
         self._stats_subscribers: dict[Any, None] = {}  # /smartsocket/live connections
         self._closing = False
@@ -366,11 +367,29 @@ class SmartSocket(ClusterAPI, EventDispatch):
         if self._recovery is not None and "resume" in socket.request.query:
             socket._resuming = True
             socket._inbox = []  # what it sends before $resume waits for the session
+            early = self._early_resumes.pop(socket, None)
+            if early is not None:
+                self._resume(socket, early)
+                return
             socket._auth_timer = asyncio.get_running_loop().call_later(
                 self.config.auth_timeout, self._resume_timed_out, socket
             )
             return
         self._welcome_socket(socket, None)
+
+    def _resume_message(self, socket: Socket, packet: Event) -> None:
+        if socket._resuming:
+            self._resume(socket, packet)
+        elif (
+            not socket.authenticated and "resume" in socket.request.query
+            and socket not in self._early_resumes
+        ):
+            self._early_resumes[socket] = packet  # read once authenticated (_admit)
+        else:
+            socket.reject(
+                ErrorCode.BAD_MESSAGE, "$resume is only valid first, on a ?resume=1 connection",
+                event="$resume", ack_id=packet.ack_id, binary=packet.binary,
+            )
 
     def _resume_timed_out(self, socket: Socket) -> None:
         socket._auth_timer = None
@@ -491,6 +510,7 @@ class SmartSocket(ClusterAPI, EventDispatch):
 
     def _on_close(self, socket: Socket, code: int, reason: str) -> None:
         self._open.pop(socket, None)
+        self._early_resumes.pop(socket, None)
         self._admission.close(socket)
         if self._stats is not None and code == CloseCode.SLOW_CONSUMER:
             self._stats.dropped_slow += 1

@@ -357,8 +357,8 @@ class Socket:
             self._send_payload(pong, binary)
         elif name == "$auth":
             self._server._auth_message(self, packet)
-        elif name == "$resume" and self._resuming:
-            self._server._resume(self, packet)
+        elif name == "$resume" and self._server._recovery is not None:
+            self._server._resume_message(self, packet)
         else:
             self.reject(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
