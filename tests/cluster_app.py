@@ -6,6 +6,7 @@ socket connected to node B.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from smartsocket import Config, SmartSocket, Socket
@@ -14,6 +15,7 @@ from smartsocket import Config, SmartSocket, Socket
 def create(config: Config | None = None) -> SmartSocket:
     server = SmartSocket(config=config)
     notes: list[Any] = []
+    ran = [0]  # slow_count runs on this node
 
     @server.on("node")
     def node(socket: Socket, data: Any) -> str:
@@ -87,6 +89,12 @@ def create(config: Config | None = None) -> SmartSocket:
     @server.on("notes")
     def get_notes(socket: Socket, data: Any) -> list[Any]:
         return notes
+
+    @server.on("slow_count")
+    async def slow_count(socket: Socket, seconds: float) -> int:
+        await asyncio.sleep(seconds)
+        ran[0] += 1
+        return ran[0]
 
     @server.on("nodes")
     def nodes(socket: Socket, data: Any) -> list[str]:

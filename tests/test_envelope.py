@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from smartsocket.protocol import envelope
 from smartsocket.protocol.envelope import (
     AckErrorInfo,
     AckReply,
@@ -78,3 +79,17 @@ def test_bad_msgpack() -> None:
 def test_needs_binary() -> None:
     assert needs_binary(b"x") and needs_binary({"a": b"x"}) and needs_binary([1, bytearray()])
     assert not needs_binary({"a": "x"}) and not needs_binary(None) and not needs_binary([[b"x"]])
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("data", [None, 1, "x", {"a": [1, 2]}, b"\x00\xff", [None] * 20])
+def test_with_meta_adds_the_4th_item_to_an_encoded_event(data: object, binary: bool) -> None:
+    if isinstance(data, bytes) and not binary:
+        return
+    meta = ["room", "epoch", 2**40]
+    spliced = envelope.with_meta(envelope.encode_event("ev", data, binary=binary), meta,
+                                 binary=binary)
+    assert spliced == envelope.encode_event("ev", data, binary=binary, meta=meta)
+    packet = envelope.decode(spliced, binary=binary)
+    assert isinstance(packet, envelope.Event)
+    assert packet.meta == meta and packet.data == data and packet.ack_id is None

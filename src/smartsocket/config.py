@@ -128,10 +128,12 @@ class Config:
             "redis", "rediss", "unix", "nats", "tls", "memory"
         ):
             raise ConfigError("cluster_url", "must start with redis://, nats:// or memory://")
-        if self.recovery_window and self.cluster_url is not None:
-            # Positions are per node for now; across nodes they would not be consistent.
-            raise ConfigError("recovery_window", "recovery is not available in a cluster yet "
-                              "(cluster_url); use it on a single node")
+        if self.recovery_window and self.cluster_url is not None and (
+            self.cluster_url.partition("://")[0].lower() not in ("redis", "rediss", "unix")
+        ):
+            # History and sessions live in the broker: Redis streams, keys and scripts.
+            raise ConfigError("recovery_window", "recovery in a cluster needs cluster_url "
+                              "redis://... (NATS and memory:// cannot keep history)")
         if not self.cluster_prefix or not all(
             part.replace("-", "").replace("_", "").isalnum()
             for part in self.cluster_prefix.split(".")

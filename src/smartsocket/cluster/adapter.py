@@ -20,11 +20,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hashlib
 import logging
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from smartsocket.client.backoff import backoff_delay
 
@@ -98,6 +99,34 @@ class Backoff:
         self.attempt = 0
 
 
+class Script:
+    """A Lua script run by the broker (Redis): ``EVALSHA``, falling back to ``EVAL`` where
+    the broker does not have it cached yet (a restart, a new shard)."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        SCRIPTS.append(self)  # loaded on every (re)connect
+
+
+SCRIPTS: list[Script] = []
+# What a node queues for the broker: (channel, message) or (channel, script that publishes there)
+Outbound = tuple[str, "bytes | ScriptCall"]
+
+
+class ScriptCall:
+    """A queued script call: published in order with this node's other messages."""
+
+    __slots__ = ("args", "keys", "script")
+
+    def __init__(self, script: Script, keys: list[str], args: list[Any]) -> None:
+        self.script = script
+        self.keys = keys
+        self.args = args
+
+
 class BrokerAdapter(Adapter):
     """What network adapters share: a supervisor task that connects, runs until the link
     breaks, and reconnects with backoff (resubscribing every wanted channel); an outbound queue
@@ -117,7 +146,8 @@ class BrokerAdapter(Adapter):
         self.lost = 0
         self.reconnects = 0
         self.last_error: str | None = None
-        self._queue: deque[tuple[str, bytes]] = deque()
+        # (channel, message) to publish, or (channel, script call) that publishes on channel
+        self._queue: deque[Outbound] = deque()
         self._control: deque[tuple[bool, str]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -135,7 +165,7 @@ class BrokerAdapter(Adapter):
         confirmed channel). Raise on failure."""
 
     @abc.abstractmethod
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+    async def _send(self, batch: list[Outbound]) -> None:
         """Publish a batch, in order. Raise if the link broke."""
 
     @abc.abstractmethod
@@ -254,13 +284,31 @@ class BrokerAdapter(Adapter):
             if not future.done():
                 future.set_result(None)
 
-    def publish(self, channel: str, data: bytes) -> bool:
+    def publish(self, channel: str, data: bytes | ScriptCall) -> bool:
+        """Queue ``data`` for ``channel`` (a ``ScriptCall``: run it, in the same order; its
+        keys must live where ``channel`` does, e.g. hash-tagged with it on a Redis Cluster)."""
         if not self.connected or len(self._queue) >= self.max_queue:
             return False
         self._queue.append((channel, data))
         if len(self._queue) == 1 and self._wakeup is not None:
             self._wakeup.set()
         return True
+
+    supports_scripts: ClassVar[bool] = False
+
+    async def execute(self, key: str, *command: Any) -> Any:
+        """Run one command where ``key`` lives; raises ConnectionError while the link is
+        down. Only adapters with ``supports_scripts`` (Redis) implement it."""
+        raise NotImplementedError(f"the {self.name} adapter has no key-value commands")
+
+    async def run_script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` where ``keys[0]`` lives and return its result."""
+        from redis.exceptions import NoScriptError
+
+        try:
+            return await self.execute(keys[0], "EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.execute(keys[0], "EVAL", script.source, len(keys), *keys, *args)
 
     def subscribe(self, channel: str) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -73,7 +73,8 @@ class Query(_Body, tag="q"):
 
     ``kind``: ``sockets`` (records of local sockets, ``room`` optional), ``presence`` (local
     members of ``room`` with their info), ``send`` / ``join`` / ``leave`` / ``disconnect`` /
-    ``call`` on socket ``sid``.
+    ``call`` on socket ``sid``; ``moved`` / ``gone``: session ``sid`` of the receiver resumed
+    on the sender (recovery), or ended there for good.
     """
 
     id: int
@@ -87,6 +88,7 @@ class Query(_Body, tag="q"):
     reason: str = ""
     timeout: float = 0.0
     want_reply: bool = True
+    reply_to: str = ""  # answer this node instead of the sender (a forwarded query)
 
 
 class Reply(_Body, tag="r"):

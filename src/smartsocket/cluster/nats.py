@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from smartsocket.cluster.adapter import BrokerAdapter
+from smartsocket.cluster.adapter import BrokerAdapter, Outbound
 
 
 class NatsAdapter(BrokerAdapter):
@@ -62,11 +62,12 @@ class NatsAdapter(BrokerAdapter):
         await self._gone.wait()
         raise ConnectionError(self.last_error or "NATS connection closed")
 
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+    async def _send(self, batch: list[Outbound]) -> None:
         nc = self._nc
         if not nc.is_connected:
             raise ConnectionError("NATS connection lost")
         for channel, data in batch:
+            assert type(data) is bytes  # no scripts on NATS (recovery needs Redis)
             await nc.publish(channel, data)
 
     async def _apply(self, subscribe: bool, channel: str) -> None:

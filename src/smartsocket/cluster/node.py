@@ -43,10 +43,12 @@ from smartsocket import compression
 from smartsocket.cluster import messages as m
 from smartsocket.cluster.adapter import Adapter, BrokerAdapter, create_adapter
 from smartsocket.cluster.liveness import Liveness, RemoteNode
-from smartsocket.cluster.operations import Operations
+from smartsocket.cluster.operations import Operations, node_of
 from smartsocket.cluster.presence import Presence
 from smartsocket.cluster.requests import Requests
+from smartsocket.cluster.sessions import BrokerRecovery, parse_logged
 from smartsocket.handlers import Handler
+from smartsocket.protocol import envelope
 
 if TYPE_CHECKING:
     from smartsocket.config import Config
@@ -97,6 +99,10 @@ class ClusterNode:
         self.received = 0
         self.dropped_version = 0
         self.dropped_invalid = 0
+        # Recovery on Redis (cluster/sessions.py): room history and held sessions in Redis.
+        self.recovery: BrokerRecovery | None = None
+        # Sessions of this node's sockets that resumed on another node: sid -> that node.
+        self.moved: dict[str, str] = {}
 
     # configuration
 
@@ -144,6 +150,11 @@ class ClusterNode:
         self.adapter = adapter
         self.active = True
         self.epoch = 1
+        server_recovery = self.server._recovery
+        if server_recovery is not None:
+            if not isinstance(adapter, BrokerAdapter) or not adapter.supports_scripts:
+                raise ValueError(f"recovery in a cluster needs Redis, not {adapter.name}")
+            self.recovery = server_recovery.broker = BrokerRecovery(config, adapter, self.prefix)
         self.degraded_since = time.monotonic()
         adapter.subscribe(self.all_channel)
         adapter.subscribe(self.inbox(self.node_id))
@@ -165,6 +176,9 @@ class ClusterNode:
             task.cancel()
         adapter, self.adapter = self.adapter, None
         self.active = False  # before the adapter reports its link down: no "degraded" alarm
+        if self.recovery is not None and self.server._recovery is not None:
+            self.server._recovery.broker = None
+        self.recovery = None
         await adapter.close()
         self.liveness.nodes.clear()
         self.presence_state.replicas.clear()
@@ -208,6 +222,8 @@ class ClusterNode:
             return
         self.requests.drop_node(node_id)
         self.presence_state.drop_node(node_id)
+        for sid in [sid for sid, node in self.moved.items() if node == node_id]:
+            del self.moved[sid]
 
     # publishing
 
@@ -229,6 +245,19 @@ class ClusterNode:
         Returns the deliveries made on this node only: the other nodes deliver on their own
         and nobody waits for their counts."""
         server = self.server
+        recovery = self.recovery
+        if recovery is not None and room is not None:
+            # Logged by Redis with its position, then delivered from the room channel by every
+            # node with members (this one too), in the order of the positions.
+            channel = self.room_channel(room)
+            ids = _exclude_ids(exclude)
+            body = m.encode(self.node_id, m.Broadcast(room, payload, binary, exclude=ids))
+            if recovery.publish_room(channel, body, payload, binary, ids):
+                self.published += 1
+                return sum(1 for s in members if skip is None or s not in skip)
+            recovery.unlogged += 1  # broker down: delivered here, without a position
+            self.publish_failed += 1
+            return server._deliver(members, payload, binary, skip) if members else 0
         cfg = server.config
         deflated: bytes | None = None
         tried = False
@@ -322,6 +351,9 @@ class ClusterNode:
     # receiving
 
     def _receive(self, channel: str, data: bytes) -> None:
+        if data[:1] == b"P":  # a room message logged by Redis (cluster/sessions.py)
+            self._on_logged(channel, data)
+            return
         try:
             env = m.decode_envelope(data)
             if env.src == self.node_id:
@@ -371,6 +403,44 @@ class ClusterNode:
             return
         skip = server._resolve_exclude(body.exclude) if body.exclude else None
         server._deliver(members, body.payload, body.binary, skip, body.deflated, body.tried)
+
+    def _on_logged(self, channel: str, data: bytes) -> None:
+        """A logged room message, ours or another node's: deliver it with its position."""
+        try:
+            epoch, offset, raw = parse_logged(data)
+            body = m.decode_body(m.decode_envelope(raw))
+        except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.dropped_invalid += 1
+            logger.debug("dropping an invalid logged message on %s: %s", channel, exc)
+            return
+        if type(body) is not m.Broadcast or body.room is None or self.recovery is None:
+            self.dropped_invalid += 1
+            return
+        self.received += 1
+        room = body.room
+        self.recovery.positions[room] = (epoch, offset)
+        server = self.server
+        members = server._registry.members(room)
+        if not members:
+            return
+        payload = envelope.with_meta(body.payload, [room, epoch, offset], binary=body.binary)
+        skip = server._resolve_exclude(body.exclude) if body.exclude else None
+        server._deliver(members, payload, body.binary, skip)
+
+    def resumed_here(self, sid: str) -> None:
+        """Session ``sid`` resumed on this node: its home node forwards what is sent to it."""
+        if self.recovery is not None:
+            self.recovery.held.pop(sid, None)
+        self.moved.pop(sid, None)
+        home = node_of(sid)
+        if self.active and home is not None and home != self.node_id:
+            self.publish(self.inbox(home), m.Query(0, "moved", sid=sid, want_reply=False))
+
+    def ended_here(self, sid: str) -> None:
+        """Session ``sid`` (resumed here from another node) ended for good."""
+        home = node_of(sid)
+        if self.active and home is not None and home != self.node_id:
+            self.publish(self.inbox(home), m.Query(0, "gone", sid=sid, want_reply=False))
 
     def _on_query(self, src: str, query: m.Query) -> None:
         if query.kind == "presence":

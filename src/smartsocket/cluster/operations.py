@@ -39,7 +39,7 @@ class Operations:
     # asking
 
     def _target(self, sid: str) -> str:
-        node = node_of(sid)
+        node = self.node.moved.get(sid) or node_of(sid)
         if not self.node.active or node is None or node == self.node.node_id:
             raise _NoSocket(sid)
         return node
@@ -143,18 +143,25 @@ class Operations:
         """A query from node ``src`` about this node's sockets."""
         kind = query.kind
         reply = self.node.requests.reply
+        sender, src = src, query.reply_to or src
         if kind == "sockets":
             reply(src, query.id, result=m.pack(self.local_records(query.room)))
             return
-        socket = self.node.server._sockets.get(query.sid or "")
+        sid = query.sid or ""
+        if kind in ("moved", "gone"):
+            self._moved(sender, kind, sid)
+            return
+        socket = self.node.server._sockets.get(sid)
         if socket is None:
-            if query.want_reply:
-                reply(src, query.id, ok=False, error="no_socket",
-                      message=f"no socket {query.sid!r}")
+            self._not_here(src, query)
             return
         if kind == "send":
             if query.data is not None:
-                socket._send_payload(query.data, query.binary)
+                data = query.data
+                recovery = self.node.server._recovery
+                if socket._rec is not None and recovery is not None:  # numbered and logged
+                    data = recovery.direct_payload(socket._rec, data, query.binary)
+                socket._send_payload(data, query.binary)
             return
         if kind == "call":
             self.node.spawn(self._remote_call(src, query, socket))
@@ -165,6 +172,35 @@ class Operations:
             reply(src, query.id, ok=False, error=exc.code, message=exc.message)
             return
         reply(src, query.id)
+
+    def _moved(self, sender: str, kind: str, sid: str) -> None:
+        """Recovery: a session of ours resumed on ``sender`` (or ended there)."""
+        moved = self.node.moved
+        if kind == "moved":
+            moved[sid] = sender
+            if self.node.recovery is not None:
+                self.node.recovery.held.pop(sid, None)
+        elif moved.get(sid) == sender:
+            del moved[sid]
+
+    def _not_here(self, src: str, query: m.Query) -> None:
+        """No such socket here: forward to where it resumed, log a message for a session held
+        here, or say there is none."""
+        sid = query.sid or ""
+        target = self.node.moved.get(sid)
+        if target is not None and not query.reply_to:  # forwarded once at most
+            forwarded = msgspec.structs.replace(query, reply_to=src)
+            self.node.publish(self.node.inbox(target), forwarded)
+            return
+        recovery = self.node.server._recovery
+        if (
+            query.kind == "send" and query.data is not None and recovery is not None
+            and recovery.send_held(sid, query.data, query.binary)
+        ):
+            return
+        if query.want_reply:
+            self.node.requests.reply(src, query.id, ok=False, error="no_socket",
+                                     message=f"no socket {sid!r}")
 
     async def _remote_call(self, src: str, query: m.Query, socket: Socket) -> None:
         reply = self.node.requests.reply

@@ -18,7 +18,7 @@ import contextlib
 import logging
 from typing import Any
 
-from smartsocket.cluster.adapter import BrokerAdapter, _safe_url
+from smartsocket.cluster.adapter import SCRIPTS, BrokerAdapter, Outbound, ScriptCall, _safe_url
 
 logger = logging.getLogger("smartsocket.cluster")
 
@@ -57,6 +57,8 @@ class RedisAdapter(BrokerAdapter):
     async def _connect(self) -> None:
         self._pub = self._client()
         await self._pub.ping()
+        for script in SCRIPTS:
+            await self._pub.script_load(script.source)
         if not self._checked_mode:
             self._checked_mode = True
             await self._warn_if_cluster()
@@ -132,14 +134,26 @@ class RedisAdapter(BrokerAdapter):
             else:
                 self._handle(message)
 
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
-        if len(batch) == 1:
+    async def _send(self, batch: list[Outbound]) -> None:
+        if len(batch) == 1 and type(batch[0][1]) is bytes:
             await self._pub.publish(*batch[0])
             return
         pipe = self._pub.pipeline(transaction=False)
         for channel, data in batch:
-            pipe.publish(channel, data)
-        await pipe.execute()
+            if type(data) is bytes:
+                pipe.publish(channel, data)
+            else:
+                assert isinstance(data, ScriptCall)
+                pipe.evalsha(data.script.sha, len(data.keys), *data.keys, *data.args)
+        results = await pipe.execute(raise_on_error=False)
+        await retry_unknown_scripts(self._pub, batch, results)
+
+    supports_scripts = True
+
+    async def execute(self, key: str, *command: Any) -> Any:
+        if not self.connected or self._pub is None:
+            raise ConnectionError("the link to Redis is down")
+        return await self._pub.execute_command(*command)
 
     async def _apply(self, subscribe: bool, channel: str) -> None:
         if subscribe:
@@ -155,3 +169,18 @@ class RedisAdapter(BrokerAdapter):
             with contextlib.suppress(Exception):
                 await close()
         self._pub = self._sub = self._pubsub = None
+
+
+async def retry_unknown_scripts(
+    client: Any, batch: list[Outbound], results: list[Any]
+) -> None:
+    """Send again with EVAL the script calls the server did not know (NOSCRIPT: restarted, or
+    new), in order; raise any other error of the batch."""
+    from redis.exceptions import NoScriptError
+
+    for (_, data), result in zip(batch, results, strict=True):
+        if isinstance(result, NoScriptError):
+            assert isinstance(data, ScriptCall)
+            await client.eval(data.script.source, len(data.keys), *data.keys, *data.args)
+        elif isinstance(result, Exception):
+            raise result

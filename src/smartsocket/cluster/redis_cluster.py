@@ -46,7 +46,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode
 
-from smartsocket.cluster.adapter import BrokerAdapter
+from smartsocket.cluster.adapter import SCRIPTS, BrokerAdapter, Outbound, ScriptCall
 from smartsocket.cluster.redis import IDLE_TIMEOUT
 
 logger = logging.getLogger("smartsocket.cluster")
@@ -234,6 +234,9 @@ class RedisClusterAdapter(BrokerAdapter):
         await self._read_topology()
         primaries = sorted(set(self._owners))
         await asyncio.gather(*(self._shard(addr).client.ping() for addr in primaries))
+        for addr in primaries:
+            for script in SCRIPTS:
+                await self._shard(addr).client.script_load(script.source)
         # Subscribe to what is wanted, again for channels wanted while this ran.
         done: set[str] = set()
         while wanted := sorted(self._channels - done):
@@ -416,16 +419,27 @@ class RedisClusterAdapter(BrokerAdapter):
         else:
             await shard.pubsub.ssubscribe(channel)
 
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+    supports_scripts = True
+
+    async def execute(self, key: str, *command: Any) -> Any:
+        if not self.connected or not self._owners:
+            raise ConnectionError("the link to the Redis Cluster is down")
+        return await self._shard(self._owners[channel_slot(key)]).client.execute_command(
+            *command
+        )
+
+    async def _send(self, batch: list[Outbound]) -> None:
         moved = await self._send_by_shard(batch)
         if moved:  # slots moved: read the new map and send those once more
             await self._read_topology()
             if await self._send_by_shard(moved):
                 raise ConnectionError("SPUBLISH still redirected after re-reading the slot map")
 
-    async def _send_by_shard(self, batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    async def _send_by_shard(
+        self, batch: list[Outbound]
+    ) -> list[Outbound]:
         """Publish, one pipeline per shard, concurrently; returns what was answered MOVED."""
-        groups: dict[str, list[tuple[str, bytes]]] = {}
+        groups: dict[str, list[Outbound]] = {}
         owners = self._owners
         for item in batch:
             groups.setdefault(owners[channel_slot(item[0])], []).append(item)
@@ -436,7 +450,7 @@ class RedisClusterAdapter(BrokerAdapter):
             *(self._publish_to(self._shard(addr), items) for addr, items in groups.items()),
             return_exceptions=True,
         )
-        moved: list[tuple[str, bytes]] = []
+        moved: list[Outbound] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -444,11 +458,11 @@ class RedisClusterAdapter(BrokerAdapter):
         return moved
 
     async def _publish_to(
-        self, shard: _Shard, items: list[tuple[str, bytes]]
-    ) -> list[tuple[str, bytes]]:
-        from redis.exceptions import MovedError
+        self, shard: _Shard, items: list[Outbound]
+    ) -> list[Outbound]:
+        from redis.exceptions import MovedError, NoScriptError
 
-        if len(items) == 1:
+        if len(items) == 1 and type(items[0][1]) is bytes:
             try:
                 await shard.client.spublish(*items[0])
             except MovedError:
@@ -456,12 +470,20 @@ class RedisClusterAdapter(BrokerAdapter):
             return []
         pipe = shard.client.pipeline(transaction=False)
         for channel, data in items:
-            pipe.spublish(channel, data)
+            if type(data) is bytes:
+                pipe.spublish(channel, data)
+            else:
+                assert isinstance(data, ScriptCall)
+                pipe.evalsha(data.script.sha, len(data.keys), *data.keys, *data.args)
         results = await pipe.execute(raise_on_error=False)
-        moved: list[tuple[str, bytes]] = []
-        for item, result in zip(items, results, strict=True):
+        moved: list[Outbound] = []
+        for (channel, data), result in zip(items, results, strict=True):
             if isinstance(result, MovedError):
-                moved.append(item)
+                moved.append((channel, data))
+            elif isinstance(result, NoScriptError) and isinstance(data, ScriptCall):
+                await shard.client.eval(
+                    data.script.source, len(data.keys), *data.keys, *data.args
+                )
             elif isinstance(result, Exception):
                 raise result
         return moved

@@ -192,6 +192,19 @@ def encode_event(
     return _msgpack_encode(packet) if binary else _json_encode(packet)
 
 
+def with_meta(payload: bytes, meta: Any, *, binary: bool) -> bytes:
+    """An event encoded without ack id or meta (``["name", data]``), with ``meta`` added as its
+    4th item: ``["name", data, null, meta]``. For a payload encoded once and positioned later
+    (a cluster node adds a room message's position when it delivers it)."""
+    if binary:
+        if payload[:1] != b"\x92":
+            raise ValueError("not a 2-item MessagePack event")
+        return b"\x94" + payload[1:] + b"\xc0" + _msgpack_encode(meta)
+    if payload[-1:] != b"]":
+        raise ValueError("not a JSON event")
+    return payload[:-1] + b",null," + _json_encode(meta) + b"]"
+
+
 def encode_ack(ack_id: int, result: Any, *, binary: bool = False) -> bytes:
     return _msgpack_encode((ack_id, result)) if binary else _json_encode((ack_id, result))
 

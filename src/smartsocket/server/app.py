@@ -29,6 +29,7 @@ from smartsocket.server import http, live
 from smartsocket.server.admission import Admission
 from smartsocket.server.dispatch import EventDispatch
 from smartsocket.server.recovery import Held, Recovery, SessionState
+from smartsocket.server.resume import resume_from_broker
 from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
 from smartsocket.server.socket import OWN, PLAIN, Socket
 from smartsocket.transport import (
@@ -199,12 +200,11 @@ class SmartSocket(ClusterAPI, EventDispatch):
         recovery on, a session that dropped and may resume gets it on resuming."""
         recovery = self._recovery
         if recovery is not None and sid not in self._sockets:
-            held = recovery.held.get(sid)
-            if held is not None:
-                _check_event_name(event)
-                if binary is None:
-                    binary = envelope.needs_binary(data)
-                recovery.direct_message(held.state, event, data, binary)
+            _check_event_name(event)
+            if binary is None:
+                binary = envelope.needs_binary(data)
+            payload = envelope.encode_event(event, data, binary=binary)
+            if recovery.send_held(sid, payload, binary):
                 return True
         return super().send(sid, event, data, binary=binary)
 
@@ -229,8 +229,9 @@ class SmartSocket(ClusterAPI, EventDispatch):
             raise ValueError(f"invalid event name {event!r}")
         cluster = self._cluster
         recovery = self._recovery
-        if recovery is not None and room is not None:
+        if recovery is not None and room is not None and recovery.broker is None:
             # Logged even with no member here: a dropped member may resume and want it.
+            # (In a cluster on Redis, the broker logs it: cluster/sessions.py.)
             if binary is None:
                 binary = envelope.needs_binary(data)
             if exclude is not None and not isinstance(exclude, Socket | str):
@@ -410,17 +411,12 @@ class SmartSocket(ClusterAPI, EventDispatch):
         if type(info) is not dict:
             info = {}
         sid, token = info.get("sid"), info.get("token")
-        live = self._sockets.get(sid) if type(sid) is str else None
-        if (
-            live is not None and type(token) is str and live.identity == socket.identity
-            and secrets.compare_digest(live.token.encode(), token.encode())
-        ):
-            # The old connection is not known to be dead yet (the client noticed first):
-            # close it now so its session is held, then resume it here.
-            live.on_close(CloseCode.GOING_AWAY, "resumed by a new connection")
-            if live._conn is not None:
-                live._conn.abort()
-        held = recovery.take(sid, token, socket.identity)
+        held = self._take_over(socket, sid, token)
+        if recovery.broker is not None:
+            self._spawn(self._resume_from_broker(socket, held, info))
+            return
+        if held is None:
+            held = recovery.take(sid, token, socket.identity)
         missed = None
         if held is not None:
             missed = recovery.replay(held, info.get("offsets", {}), info.get("seq", 0))
@@ -430,7 +426,63 @@ class SmartSocket(ClusterAPI, EventDispatch):
             return
         recovery.recovered += 1
         self._restore(socket, held)
-        self._welcome_socket(socket, True, missed)
+        self._welcome_socket(socket, True, [(entry[3], entry[4]) for entry in missed])
+
+    def _session_changed(self, sid: str, state: SessionState) -> None:
+        """A held session's state changed (a call finished): Redis keeps a copy of it."""
+        recovery = self._recovery
+        if recovery is not None and recovery.broker is not None:
+            recovery.broker.refresh(sid, state)
+
+    def _take_over(self, socket: Socket, sid: Any, token: Any) -> Held | None:
+        """A resume of a session whose old connection is still open here (the client noticed
+        the drop first): close that one and hand its session over directly."""
+        live = self._sockets.get(sid) if type(sid) is str else None
+        if (
+            live is None or type(token) is not str or live.identity != socket.identity
+            or not secrets.compare_digest(live.token.encode(), token.encode())
+            or live._rec is None
+        ):
+            return None
+        assert self._recovery is not None
+        state = live._rec
+        held = Held.of(live, state, time.monotonic() + self._recovery.window)
+        state.owner = None  # not held anywhere: resumed right here
+        live.on_close(CloseCode.GOING_AWAY, "resumed by a new connection")
+        if live._conn is not None:
+            live._conn.abort()
+        return held
+
+    async def _resume_from_broker(
+        self, socket: Socket, held: Held | None, info: dict[str, Any]
+    ) -> None:
+        """``_resume`` in a cluster on Redis: the session and the room histories come from
+        Redis (the session may have been held by another node)."""
+        recovery = self._recovery
+        assert recovery is not None and recovery.broker is not None
+        try:
+            resumed = await resume_from_broker(self, recovery.broker, socket, held, info)
+        except Exception:
+            logger.exception("resuming %s failed", socket.id)
+            resumed = None
+        if not socket.connected:
+            return
+        if resumed is None:
+            recovery.failed += 1
+            self._welcome_socket(socket, False)
+            return
+        recovery.recovered += 1
+        held = resumed.held
+        socket.data = held.data
+        socket.presence = held.presence
+        socket.recovered = True
+        state = socket._rec = held.state
+        state.owner = socket
+        for room in socket._rooms:  # joined by resume_from_broker, buffering until now
+            self._registry.set_sender(room, socket, socket._send_frame)
+            state.joined[room] = recovery.position(room)
+        self._cluster.resumed_here(held.sid)
+        self._welcome_socket(socket, True, resumed.replay, resumed.buffered)
 
     def _restore(self, socket: Socket, held: Held) -> None:
         """Give ``socket`` the held session's id, data and rooms."""
@@ -449,8 +501,11 @@ class SmartSocket(ClusterAPI, EventDispatch):
                 state.joined[room] = recovery.position(room)
 
     def _welcome_socket(
-        self, socket: Socket, recovered: bool | None, replay: list[Any] | None = None
+        self, socket: Socket, recovered: bool | None,
+        replay: list[tuple[bytes, bool]] | None = None, frames: list[bytes] | None = None,
     ) -> None:
+        """Welcome an admitted socket (after a resume: then the missed messages, and frames
+        its rooms delivered while it resumed), then hand it to the application."""
         self._sockets[socket.id] = socket
         if self._stats is not None:
             self._stats.total_connections += 1
@@ -459,8 +514,10 @@ class SmartSocket(ClusterAPI, EventDispatch):
             extra={"event": "connect", "sid": socket.id, "remote": str(socket.remote_address)},
         )
         socket._send_payload(self._welcome(socket, recovered), False)
-        for entry in replay or ():
-            socket._send_payload(entry[3], entry[4])
+        for payload, binary in replay or ():
+            socket._send_payload(payload, binary)
+        for frame in frames or ():
+            socket._send_frame(frame)
         if not self._connection_handlers:
             socket._flush_inbox()
             return
@@ -520,9 +577,14 @@ class SmartSocket(ClusterAPI, EventDispatch):
         rec = socket._rec
         if rec is not None and rec.owner is socket:
             rec.owner = None
-            if code not in _FINAL_CLOSES and not self._closing:
-                assert self._recovery is not None
+            assert self._recovery is not None
+            # A shutdown ends sessions, unless Redis keeps them for another node to resume.
+            if code not in _FINAL_CLOSES and (
+                not self._closing or self._recovery.broker is not None
+            ):
                 self._recovery.hold(socket, rec)
+            else:
+                self._cluster.ended_here(socket.id)
         logger.debug(
             "disconnected %s: %d %s", socket.id, code, reason,
             extra={"event": "disconnect", "sid": socket.id, "code": code, "reason": reason},
@@ -789,9 +851,10 @@ class SmartSocket(ClusterAPI, EventDispatch):
     def _sweep(self) -> None:
         """Every few seconds: expire held sessions and history nobody can resume from."""
         assert self._recovery is not None
-        self._recovery.sweep(self._registry)
         interval = max(0.5, min(5.0, self._config.recovery_window / 4))
         self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
+        for sid in self._recovery.sweep(self._registry):
+            self._cluster.ended_here(sid)
 
     def _check_pongs(self, pinged: list[Socket], value: int) -> None:
         for socket in pinged:

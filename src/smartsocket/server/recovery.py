@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from smartsocket.protocol import envelope
 
 if TYPE_CHECKING:
+    from smartsocket.cluster.sessions import BrokerRecovery
     from smartsocket.config import Config
     from smartsocket.server.socket import Socket
 
@@ -133,21 +134,32 @@ class Held:
 
     __slots__ = ("data", "expires", "identity", "presence", "rooms", "sid", "state", "token")
 
-    def __init__(self, socket: Socket, state: SessionState, expires: float) -> None:
-        self.sid = socket.id
-        self.token = socket.token
-        self.identity = socket.identity
-        self.data = socket.data
-        self.presence = socket.presence
-        self.rooms = list(socket._rooms)
+    def __init__(
+        self, sid: str, token: str, identity: Any, data: Any, presence: Any, rooms: list[str],
+        state: SessionState, expires: float,
+    ) -> None:
+        self.sid = sid
+        self.token = token
+        self.identity = identity
+        self.data = data
+        self.presence = presence
+        self.rooms = rooms
         self.state = state
         self.expires = expires
 
+    @classmethod
+    def of(cls, socket: Socket, state: SessionState, expires: float) -> Held:
+        return cls(socket.id, socket.token, socket.identity, socket.data, socket.presence,
+                   list(socket._rooms), state, expires)
+
 
 class Recovery:
-    """Room histories and held sessions of one server (single node)."""
+    """Room histories and held sessions of one server. In a cluster on Redis, ``broker``
+    keeps room histories and held sessions in Redis instead (cluster/sessions.py); direct
+    messages of connected sockets are numbered and logged here in both cases."""
 
     def __init__(self, config: Config) -> None:
+        self.broker: BrokerRecovery | None = None  # set when the node joins a Redis cluster
         self.window = config.recovery_window
         self.size = config.history_size
         self.ttl = config.history_ttl or config.recovery_window
@@ -182,8 +194,15 @@ class Recovery:
     ) -> bytes:
         """Encode a message to one socket with its sequence number, and log it."""
         seq = state.seq + 1
-        payload = envelope.encode_event(event, data, binary=binary, meta=seq)
-        state.seq = seq
+        return self._log(state, envelope.encode_event(event, data, binary=binary, meta=seq),
+                         binary)
+
+    def direct_payload(self, state: SessionState, payload: bytes, binary: bool) -> bytes:
+        """The same for a message encoded already (without meta: from another node)."""
+        return self._log(state, envelope.with_meta(payload, state.seq + 1, binary=binary), binary)
+
+    def _log(self, state: SessionState, payload: bytes, binary: bool) -> bytes:
+        seq = state.seq = state.seq + 1
         outbox = state.outbox
         if outbox is None:
             outbox = state.outbox = deque(maxlen=self.size)
@@ -191,7 +210,12 @@ class Recovery:
         return payload
 
     def position(self, room: str) -> tuple[str, int]:
-        """Where a socket joining ``room`` now starts: it gets what comes after."""
+        """Where a socket joining ``room`` now starts: it gets what comes after. In a cluster,
+        the last position delivered on this node, or if there was none ``("", -t)``: what
+        comes after wall-clock time ``t`` (ms)."""
+        if self.broker is not None:
+            known = self.broker.positions.get(room)
+            return known if known is not None else ("", -int(time.time() * 1000))
         history = self.rooms.get(room)
         if history is None:
             history = self.rooms[room] = RoomHistory(self.size)
@@ -200,12 +224,28 @@ class Recovery:
     # holding and resuming sessions
 
     def hold(self, socket: Socket, state: SessionState) -> None:
-        held = Held(socket, state, time.monotonic() + self.window)
+        if self.broker is not None:
+            self.broker.hold(socket, state)
+            return
+        held = Held.of(socket, state, time.monotonic() + self.window)
         self.held[held.sid] = held
         for room in held.rooms:
             history = self.rooms.get(room)
             if history is not None:
                 history.holders += 1
+
+    def send_held(self, sid: str, payload: bytes, binary: bool) -> bool:
+        """A message (encoded, without meta) for a dropped session held here: logged for its
+        resume. False if no such session is held here."""
+        if self.broker is not None:
+            return self.broker.direct(
+                sid, lambda seq: (envelope.with_meta(payload, seq, binary=binary), binary)
+            )
+        held = self.held.get(sid)
+        if held is None:
+            return False
+        self.direct_payload(held.state, payload, binary)
+        return True
 
     def take(self, sid: Any, token: Any, identity: Any) -> Held | None:
         """The held session ``sid`` if ``token`` is its token (and the new connection has the
@@ -249,8 +289,11 @@ class Recovery:
         missed.sort(key=_order_of)
         return missed
 
-    def sweep(self, rooms_in_use: Any) -> None:
-        """Drop expired sessions and what no one can resume from any more."""
+    def sweep(self, rooms_in_use: Any) -> list[str]:
+        """Drop expired sessions and what no one can resume from any more; the ids of the
+        sessions of a cluster that expired here."""
+        if self.broker is not None:
+            return self.broker.sweep()
         now = time.monotonic()
         for sid in [sid for sid, held in self.held.items() if held.expires < now]:
             self._release(self.held.pop(sid))
@@ -262,6 +305,7 @@ class Recovery:
             history.trim(oldest)
             if not history.entries and not history.holders and name not in rooms_in_use:
                 del self.rooms[name]
+        return []
 
     def _release(self, held: Held) -> None:
         for room in held.rooms:
@@ -270,12 +314,14 @@ class Recovery:
                 history.holders -= 1
 
     def stats(self) -> dict[str, int]:
+        broker = self.broker
         return {
-            "heldSessions": len(self.held),
+            "heldSessions": len(self.held if broker is None else broker.held),
             "recovered": self.recovered,
             "recoveryFailed": self.failed,
             "historyRooms": len(self.rooms),
             "historyMessages": sum(len(h.entries) for h in self.rooms.values()),
+            "unlogged": 0 if broker is None else broker.unlogged,
         }
 
 

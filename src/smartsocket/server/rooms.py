@@ -63,6 +63,10 @@ class RoomRegistry:
             self.hook.room_left(name, socket, not members)
         return True
 
+    def set_sender(self, name: str, socket: Socket, send: SendFrame) -> None:
+        """Change how ``socket`` gets this room's frames (it must be a member)."""
+        self._rooms[name][socket] = send
+
     def members(self, name: str) -> Mapping[Socket, SendFrame]:
         return self._rooms.get(name) or _EMPTY
 

@@ -480,7 +480,10 @@ class Socket:
         a live connection (a retry on a newer connection than this one gets it too; a
         connection that dropped gets nothing, its client retries)."""
         assert rec.replies is not None
-        for waiting_id, socket in rec.replies.finish(ack_id, result, error):
+        waiting = rec.replies.finish(ack_id, result, error)
+        if rec.owner is None:  # held: in a cluster, its stored copy learns the outcome
+            self._server._session_changed(self.id, rec)
+        for waiting_id, socket in waiting:
             if error is None:
                 socket._answer(waiting_id, result, binary)
             else:

@@ -1,0 +1,277 @@
+"""Recovery in a cluster: room history and held sessions in Redis, so a client may resume on
+any node (protocol.md section 8; the single-node version is server/recovery.py).
+
+Room history
+    A room broadcast is not published as is: a Lua script, run by Redis atomically, gives it
+    the room's next offset (``HINCRBY`` on ``{<room channel>}:m``, which also holds the epoch),
+    appends it to the stream ``{<room channel>}:h`` (entry id ``<offset>-0``, capped at
+    ``history_size`` entries) and publishes it on the room channel prefixed with its position:
+    ``P<epoch> <offset> <envelope>``. Every node with members, the sender included, delivers
+    it from its subscription, in the order Redis published: offsets arrive in order everywhere,
+    and each node adds the position to the payload once per broadcast. The keys share the
+    channel's hash tag, so on a Redis Cluster they live on the shard of the room's sharded
+    channel. Idle keys expire after ``recovery_window + history_ttl``; an expired room starts a
+    new epoch.
+
+Sessions
+    A dropped session is written to ``{<prefix>.s.<sid>}`` (MessagePack, expiring after
+    ``recovery_window``); direct messages sent to it meanwhile (they reach the node that held
+    it: socket ids start with their node's id) go to the list ``{<prefix>.s.<sid>}:o``. A
+    resume on any node takes both at once (a script: get and delete), so a session resumes
+    once. A session that resumed on another node keeps its id: its old node forwards what is
+    sent to it (see ``ClusterNode.moved``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from smartsocket.cluster.adapter import Script, ScriptCall
+
+if TYPE_CHECKING:
+    from smartsocket.cluster.adapter import BrokerAdapter
+    from smartsocket.config import Config
+    from smartsocket.server.recovery import SessionState
+    from smartsocket.server.socket import Socket
+
+logger = logging.getLogger("smartsocket.cluster")
+
+LOG = Script("""
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'p', ARGV[7], 'b', ARGV[8],
+           'x', ARGV[9], 't', ms)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call(ARGV[6], ARGV[1], 'P' .. epoch .. ' ' .. offset .. ' ' .. ARGV[2])
+return offset
+""")
+
+READ = Script("""
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then return false end
+local last = redis.call('HGET', KEYS[1], 'n')
+return {epoch, last, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
+""")
+
+TAKE = Script("""
+local blob = redis.call('GET', KEYS[1])
+if not blob then return false end
+local out = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[1], KEYS[2])
+return {blob, out}
+""")
+
+HOLD = Script("""
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+""")
+
+REFRESH = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+return 1
+""")
+
+APPEND = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+return 1
+""")
+
+
+class SessionBlob(msgspec.Struct, array_like=True, gc=False):
+    """A held session as stored in Redis (``v``: format version)."""
+
+    v: int
+    token: str  # SHA-256 of the session token
+    identity: Any
+    data: Any
+    presence: Any
+    rooms: list[str]
+    joined: dict[str, tuple[str, int]]
+    seq: int
+    outbox: list[tuple[int, int, bytes, bool]]  # (seq, wall ms, payload with its seq, binary)
+    replies: list[tuple[Any, Any, Any]]  # (key, result, error) of recent idempotent calls
+
+
+class DirectEntry(msgspec.Struct, array_like=True, gc=False):
+    seq: int
+    ms: int
+    payload: bytes
+    binary: bool
+
+
+BLOB_VERSION = 1
+_encode = msgspec.msgpack.Encoder().encode
+_blob = msgspec.msgpack.Decoder(SessionBlob)
+_direct = msgspec.msgpack.Decoder(DirectEntry)
+_ids = msgspec.msgpack.Decoder(list[str])
+
+
+class RoomEntry(msgspec.Struct, gc=False):
+    offset: int
+    ms: int
+    payload: bytes
+    binary: bool
+    excluded: list[str]
+
+
+class BrokerRecovery:
+    """This node's side of recovery in a Redis-backed cluster."""
+
+    def __init__(self, config: Config, adapter: BrokerAdapter, prefix: str) -> None:
+        self.adapter = adapter
+        self.prefix = prefix
+        self.window_ms = round(config.recovery_window * 1000)
+        self.ttl_ms = round((config.history_ttl or config.recovery_window) * 1000)
+        self.size = config.history_size
+        self.expire_ms = self.window_ms + self.ttl_ms
+        self.publish_command = "SPUBLISH" if adapter.name == "redis-cluster" else "PUBLISH"
+        # Position of the last room message delivered on this node, per room.
+        self.positions: dict[str, tuple[str, int]] = {}
+        # Sessions this node held: sid -> [last direct seq, expiry (monotonic), SessionBlob].
+        self.held: dict[str, list[Any]] = {}
+        self.unlogged = 0  # room messages sent without a position (the broker was down)
+
+    # keys (hash-tagged: a room's keys live with its channel on a Redis Cluster)
+
+    @staticmethod
+    def room_keys(channel: str) -> list[str]:
+        return [f"{{{channel}}}:m", f"{{{channel}}}:h"]
+
+    def session_keys(self, sid: str) -> list[str]:
+        tag = f"{{{self.prefix}.s.{sid}}}"
+        return [tag, tag + ":o"]
+
+    # room messages
+
+    def publish_room(
+        self, channel: str, envelope: bytes, payload: bytes, binary: bool, excluded: list[str],
+    ) -> bool:
+        """Queue a room message for logging and publishing (in order with this node's other
+        messages); False if the broker cannot take it now."""
+        args = [
+            channel, envelope, self.size, self.expire_ms, secrets.token_urlsafe(6),
+            self.publish_command, payload, "1" if binary else "0", _encode(excluded),
+        ]
+        return self.adapter.publish(channel, ScriptCall(LOG, self.room_keys(channel), args))
+
+    async def read_room(self, channel: str, after: int) -> tuple[str, int, list[RoomEntry]] | None:
+        """(epoch, last offset, entries after ``after``); None if the room has no history."""
+        start = f"{after + 1}-0" if after >= 0 else "-"
+        reply = await self.adapter.run_script(READ, self.room_keys(channel), [start])
+        if not reply:
+            return None
+        epoch, last, raw = reply
+        entries = []
+        for entry_id, fields in raw:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            entries.append(RoomEntry(
+                int(entry_id.split(b"-")[0]), int(values[b"t"]), values[b"p"],
+                values[b"b"] == b"1", _ids.decode(values[b"x"]),
+            ))
+        return epoch.decode(), int(last), entries
+
+    # sessions
+
+    def hold(self, socket: Socket, state: SessionState) -> None:
+        """Write a dropped session to Redis (queued in order with this node's messages: direct
+        messages to it that follow find it there)."""
+        wall, mono = time.time(), time.monotonic()  # outbox times: monotonic -> wall ms
+        outbox = [
+            (seq, int((wall - mono + at) * 1000), payload, binary)
+            for seq, _, at, payload, binary, _ in state.outbox or ()
+        ]
+        blob = SessionBlob(
+            BLOB_VERSION, _digest(socket.token), socket.identity, socket.data, socket.presence,
+            list(socket._rooms), dict(state.joined), state.seq, outbox, _replies(state),
+        )
+        try:
+            encoded = _encode(blob)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            logger.warning("session %s cannot be held: its data is not MessagePack (%s)",
+                           socket.id, exc)
+            return
+        keys = self.session_keys(socket.id)
+        if not self.adapter.publish(keys[0], ScriptCall(HOLD, keys, [encoded, self.window_ms])):
+            logger.warning("session %s not held: the broker is unreachable", socket.id)
+            return
+        self.held[socket.id] = [state.seq, time.monotonic() + self.window_ms / 1000, blob]
+
+    def refresh(self, sid: str, state: SessionState) -> None:
+        """A call of held session ``sid`` finished after it was written: store its outcome
+        too, so a retry after a resume (anywhere) is answered from it (if not resumed yet)."""
+        entry = self.held.get(sid)
+        if entry is None:
+            return
+        blob = entry[2]
+        blob.replies = _replies(state)
+        keys = self.session_keys(sid)
+        with contextlib.suppress(TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            self.adapter.publish(keys[0], ScriptCall(REFRESH, keys, [_encode(blob)]))
+
+    def direct(self, sid: str, payload_for: Any) -> bool:
+        """A message for a session this node held: appended to its stored outbox. False if
+        the session is not held here (any more)."""
+        entry = self.held.get(sid)
+        if entry is None or entry[1] < time.monotonic():
+            self.held.pop(sid, None)
+            return False
+        entry[0] += 1
+        seq = entry[0]
+        payload, binary = payload_for(seq)
+        record = _encode(DirectEntry(seq, int(time.time() * 1000), payload, binary))
+        keys = self.session_keys(sid)
+        return self.adapter.publish(keys[0], ScriptCall(APPEND, keys, [record]))
+
+    async def take(self, sid: str, token: str) -> tuple[SessionBlob, list[DirectEntry]] | None:
+        """Take the held session ``sid`` if ``token`` is its token (it can resume once)."""
+        reply = await self.adapter.run_script(TAKE, self.session_keys(sid), [])
+        if not reply:
+            return None
+        blob = _blob.decode(reply[0])
+        if blob.v != BLOB_VERSION or not secrets.compare_digest(blob.token, _digest(token)):
+            return None
+        return blob, [_direct.decode(raw) for raw in reply[1]]
+
+    def sweep(self) -> list[str]:
+        """Forget sessions whose window passed; their ids."""
+        now = time.monotonic()
+        expired = [sid for sid, entry in self.held.items() if entry[1] < now]
+        for sid in expired:
+            del self.held[sid]
+        return expired
+
+
+def _replies(state: SessionState) -> list[tuple[Any, Any, Any]]:
+    if state.replies is None:
+        return []
+    return [(key, result, error) for key, (result, error) in state.replies.done.items()]
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_logged(data: bytes) -> tuple[str, int, bytes]:
+    """``P<epoch> <offset> <envelope>`` -> (epoch, offset, envelope)."""
+    head, _, rest = data.partition(b" ")
+    offset, _, envelope = rest.partition(b" ")
+    return head[1:].decode(), int(offset), envelope
