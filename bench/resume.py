@@ -1,6 +1,7 @@
 """Resume time: how long a client that missed N room messages takes to be whole again.
 
     .venv/bin/python -m bench.resume [--missed 1000] [--repeat 5] [--no-pin]
+    .venv/bin/python -m bench.resume --cluster-url redis://127.0.0.1:6379   # across 2 nodes
 
 The demo server (`python -m smartsocket serve --recovery-window 60`) runs pinned to core 0;
 this process (two Python clients) to core 1. A subject client joins a room and loses its
@@ -10,6 +11,10 @@ the ``$welcome`` (``recovered: true``: TCP connect, upgrade, ``$resume``, sessio
 replay selection) and until the N-th missed message reached the application (the replay on
 the wire plus the client's decoding and handling of every message). The figures include the
 Python client's own cost; the median of ``--repeat`` runs is printed.
+
+With ``--cluster-url`` two nodes run (both on core 0) joined by that Redis; the subject starts
+on the first, the publisher is on the second, and the subject resumes on the second: the
+session and the missed messages come from Redis.
 """
 
 from __future__ import annotations
@@ -57,9 +62,9 @@ async def wait_port(port: int, timeout: float = 15.0) -> None:
             return
 
 
-async def one_run(url: str, missed: int, room: str) -> tuple[float, float]:
-    publisher = await Client(url).connect()
-    subject = TimedClient(url, reconnect_delay=0.2, reconnect_delay_max=0.2,
+async def one_run(urls: list[str], missed: int, room: str) -> tuple[float, float]:
+    publisher = await Client(urls[-1]).connect()
+    subject = TimedClient(urls[0], reconnect_delay=0.2, reconnect_delay_max=0.2,
                           randomization_factor=0.0)
     got: list[Any] = []
     done = asyncio.Event()
@@ -80,6 +85,7 @@ async def one_run(url: str, missed: int, room: str) -> tuple[float, float]:
     await publisher.call("join", {"room": room})
     await subject.call("join", {"room": room})
     assert subject._conn is not None
+    subject.url = urls[-1]  # in a cluster: resume on the other node
     subject._conn.abort()  # a lost network: the server holds the session
     while subject.connected:
         await asyncio.sleep(0.001)
@@ -99,12 +105,16 @@ async def one_run(url: str, missed: int, room: str) -> tuple[float, float]:
     return welcome, total
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    args: argparse.Namespace, port: int, cluster_prefix: str
+) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable, "-m", "smartsocket", "serve", "--host", "127.0.0.1", "--port",
         str(port), "--recovery-window", "60", "--history-size", str(args.missed + 100),
         "--rate-limit-messages", "0", "--rate-limit-bytes", "0", "--log-level", "WARNING",
     ]
+    if args.cluster_url:
+        cmd += ["--cluster-url", args.cluster_url, "--cluster-prefix", cluster_prefix]
     if not args.no_pin and _has_taskset():
         cmd = ["taskset", "-c", "0", *cmd]
         os.sched_setaffinity(0, {1})
@@ -112,26 +122,32 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    port = free_port()
-    server = start_server(args, port)
+    ports = [free_port() for _ in range(2 if args.cluster_url else 1)]
+    cluster_prefix = f"resume{os.getpid()}"
+    servers = [start_server(args, port, cluster_prefix) for port in ports]
     try:
-        await wait_port(port)
-        url = f"ws://127.0.0.1:{port}/"
+        for port in ports:
+            await wait_port(port)
+        if args.cluster_url:
+            await asyncio.sleep(1.5)  # the nodes hear each other
+        urls = [f"ws://127.0.0.1:{port}/" for port in ports]
         welcomes, totals = [], []
         for run in range(args.repeat):
-            welcome, total = await one_run(url, args.missed, f"resume-{run}")
+            welcome, total = await one_run(urls, args.missed, f"resume-{run}")
             welcomes.append(welcome)
             totals.append(total)
             print(f"run {run + 1}: $welcome after {welcome * 1000:.1f} ms, "
                   f"{args.missed} messages after {total * 1000:.1f} ms", file=sys.stderr)
+        where = f" across 2 nodes on {args.cluster_url}" if args.cluster_url else ""
         print(
-            f"resume with {args.missed:,} missed messages (median of {args.repeat}): "
+            f"resume{where} with {args.missed:,} missed messages (median of {args.repeat}): "
             f"$welcome {statistics.median(welcomes) * 1000:.1f} ms, all messages handled "
             f"{statistics.median(totals) * 1000:.1f} ms"
         )
     finally:
-        server.terminate()
-        server.wait(10)
+        for server in servers:
+            server.terminate()
+            server.wait(10)
 
 
 def _has_taskset() -> bool:
@@ -144,6 +160,7 @@ def main() -> None:
     parser.add_argument("--missed", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--cluster-url", help="two nodes joined by this Redis")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -167,3 +167,24 @@ async def test_finished_call_is_answered_from_the_record_on_another_node(
             assert subject.recovered
             assert result == 1  # B answered from the record instead of running it again
             assert await subject.call("slow_count", 0) == 1  # B's own count: it never ran there
+
+
+async def test_a_wrong_token_leaves_the_held_session_alone(broker: str, tmp_path: Path) -> None:
+    import json
+
+    import websockets
+
+    with nodes(broker, tmp_path, 2) as (a, b):
+        async with client(a.url, reconnect_delay=1.0, reconnect_delay_max=1.0) as subject:
+            sid = subject.sid
+            cut(subject, to=b.url)
+            await wait_for(lambda: not subject.connected)
+            await asyncio.sleep(0.1)
+            async with websockets.connect(b.url + "?resume=1") as forger:
+                await forger.send(json.dumps(
+                    ["$resume", {"sid": sid, "token": "stolen?", "offsets": {}, "seq": 0}]
+                ))
+                welcome = json.loads(await asyncio.wait_for(forger.recv(), 5))
+                assert welcome[0] == "$welcome" and welcome[1]["recovered"] is False
+            await wait_for(lambda: subject.connected, timeout=10)
+            assert subject.recovered and subject.sid == sid

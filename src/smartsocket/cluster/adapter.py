@@ -117,14 +117,26 @@ Outbound = tuple[str, "bytes | ScriptCall"]
 
 
 class ScriptCall:
-    """A queued script call: published in order with this node's other messages."""
+    """A queued script call: published in order with this node's other messages;
+    ``on_result`` gets what the script returned."""
 
-    __slots__ = ("args", "keys", "script")
+    __slots__ = ("args", "keys", "on_result", "script")
 
-    def __init__(self, script: Script, keys: list[str], args: list[Any]) -> None:
+    def __init__(
+        self, script: Script, keys: list[str], args: list[Any],
+        on_result: Callable[[Any], None] | None = None,
+    ) -> None:
         self.script = script
         self.keys = keys
         self.args = args
+        self.on_result = on_result
+
+    def done(self, result: Any) -> None:
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception:
+                logger.exception("handling the result of a broker script failed")
 
 
 class BrokerAdapter(Adapter):

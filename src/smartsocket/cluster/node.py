@@ -155,6 +155,7 @@ class ClusterNode:
             if not isinstance(adapter, BrokerAdapter) or not adapter.supports_scripts:
                 raise ValueError(f"recovery in a cluster needs Redis, not {adapter.name}")
             self.recovery = server_recovery.broker = BrokerRecovery(config, adapter, self.prefix)
+            self.recovery.forward = self._forward_direct
         self.degraded_since = time.monotonic()
         adapter.subscribe(self.all_channel)
         adapter.subscribe(self.inbox(self.node_id))
@@ -435,6 +436,13 @@ class ClusterNode:
         home = node_of(sid)
         if self.active and home is not None and home != self.node_id:
             self.publish(self.inbox(home), m.Query(0, "moved", sid=sid, want_reply=False))
+
+    def _forward_direct(self, sid: str, node: str, payload: bytes, binary: bool) -> None:
+        """A direct message for a session of ours that resumed on ``node`` (we learn it from
+        Redis before its notice arrives)."""
+        self.moved[sid] = node
+        query = m.Query(0, "send", sid=sid, data=payload, binary=binary, want_reply=False)
+        self.publish(self.inbox(node), query)
 
     def ended_here(self, sid: str) -> None:
         """Session ``sid`` (resumed here from another node) ended for good."""

@@ -181,6 +181,10 @@ async def retry_unknown_scripts(
     for (_, data), result in zip(batch, results, strict=True):
         if isinstance(result, NoScriptError):
             assert isinstance(data, ScriptCall)
-            await client.eval(data.script.source, len(data.keys), *data.keys, *data.args)
-        elif isinstance(result, Exception):
+            result = await client.eval(
+                data.script.source, len(data.keys), *data.keys, *data.args
+            )
+        if isinstance(result, Exception):
             raise result
+        if isinstance(data, ScriptCall):
+            data.done(result)

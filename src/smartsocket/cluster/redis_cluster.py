@@ -481,11 +481,13 @@ class RedisClusterAdapter(BrokerAdapter):
             if isinstance(result, MovedError):
                 moved.append((channel, data))
             elif isinstance(result, NoScriptError) and isinstance(data, ScriptCall):
-                await shard.client.eval(
+                data.done(await shard.client.eval(
                     data.script.source, len(data.keys), *data.keys, *data.args
-                )
+                ))
             elif isinstance(result, Exception):
                 raise result
+            elif isinstance(data, ScriptCall):
+                data.done(result)
         return moved
 
     async def _disconnect(self) -> None:

@@ -29,11 +29,13 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from smartsocket.cluster.adapter import Script, ScriptCall
+from smartsocket.protocol import envelope
 
 if TYPE_CHECKING:
     from smartsocket.cluster.adapter import BrokerAdapter
@@ -53,8 +55,7 @@ end
 local offset = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'p', ARGV[7], 'b', ARGV[8],
-           'x', ARGV[9], 't', ms)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'e', ARGV[7], 't', ms)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call(ARGV[6], ARGV[1], 'P' .. epoch .. ' ' .. offset .. ' ' .. ARGV[2])
@@ -68,17 +69,23 @@ local last = redis.call('HGET', KEYS[1], 'n')
 return {epoch, last, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
 """)
 
+# Session keys: KEYS[1] the session, [2] its direct messages, [3] the node it resumed on,
+# [4] the digest of its token.
+
 TAKE = Script("""
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return false end
 local blob = redis.call('GET', KEYS[1])
 if not blob then return false end
 local out = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
 return {blob, out}
 """)
 
 HOLD = Script("""
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 return 1
 """)
 
@@ -89,7 +96,9 @@ return 1
 """)
 
 APPEND = Script("""
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.call('GET', KEYS[3]) or 0
+end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
 return 1
@@ -122,7 +131,7 @@ BLOB_VERSION = 1
 _encode = msgspec.msgpack.Encoder().encode
 _blob = msgspec.msgpack.Decoder(SessionBlob)
 _direct = msgspec.msgpack.Decoder(DirectEntry)
-_ids = msgspec.msgpack.Decoder(list[str])
+_entry = msgspec.msgpack.Decoder(tuple[bytes, bool, list[str]]).decode
 
 
 class RoomEntry(msgspec.Struct, gc=False):
@@ -149,6 +158,9 @@ class BrokerRecovery:
         # Sessions this node held: sid -> [last direct seq, expiry (monotonic), SessionBlob].
         self.held: dict[str, list[Any]] = {}
         self.unlogged = 0  # room messages sent without a position (the broker was down)
+        self.lost_direct = 0  # direct messages for a held session that expired meanwhile
+        # Sends a direct message to a session that resumed on another node (set by the node).
+        self.forward: Callable[[str, str, bytes, bool], None] | None = None
 
     # keys (hash-tagged: a room's keys live with its channel on a Redis Cluster)
 
@@ -158,7 +170,7 @@ class BrokerRecovery:
 
     def session_keys(self, sid: str) -> list[str]:
         tag = f"{{{self.prefix}.s.{sid}}}"
-        return [tag, tag + ":o"]
+        return [tag, tag + ":o", tag + ":at", tag + ":t"]
 
     # room messages
 
@@ -169,7 +181,7 @@ class BrokerRecovery:
         messages); False if the broker cannot take it now."""
         args = [
             channel, envelope, self.size, self.expire_ms, secrets.token_urlsafe(6),
-            self.publish_command, payload, "1" if binary else "0", _encode(excluded),
+            self.publish_command, _encode((payload, binary, excluded)),
         ]
         return self.adapter.publish(channel, ScriptCall(LOG, self.room_keys(channel), args))
 
@@ -181,11 +193,10 @@ class BrokerRecovery:
             return None
         epoch, last, raw = reply
         entries = []
-        for entry_id, fields in raw:
-            values = dict(zip(fields[::2], fields[1::2], strict=True))
+        for entry_id, fields in raw:  # fields: [b"e", packed entry, b"t", ms]
+            payload, binary, excluded = _entry(fields[1])
             entries.append(RoomEntry(
-                int(entry_id.split(b"-")[0]), int(values[b"t"]), values[b"p"],
-                values[b"b"] == b"1", _ids.decode(values[b"x"]),
+                int(entry_id[:-2]), int(fields[3]), payload, binary, excluded
             ))
         return epoch.decode(), int(last), entries
 
@@ -210,7 +221,8 @@ class BrokerRecovery:
                            socket.id, exc)
             return
         keys = self.session_keys(socket.id)
-        if not self.adapter.publish(keys[0], ScriptCall(HOLD, keys, [encoded, self.window_ms])):
+        call = ScriptCall(HOLD, keys, [encoded, self.window_ms, _digest(socket.token)])
+        if not self.adapter.publish(keys[0], call):
             logger.warning("session %s not held: the broker is unreachable", socket.id)
             return
         self.held[socket.id] = [state.seq, time.monotonic() + self.window_ms / 1000, blob]
@@ -227,27 +239,39 @@ class BrokerRecovery:
         with contextlib.suppress(TypeError, ValueError, OverflowError, msgspec.EncodeError):
             self.adapter.publish(keys[0], ScriptCall(REFRESH, keys, [_encode(blob)]))
 
-    def direct(self, sid: str, payload_for: Any) -> bool:
-        """A message for a session this node held: appended to its stored outbox. False if
-        the session is not held here (any more)."""
+    def direct(self, sid: str, payload: bytes, binary: bool) -> bool:
+        """A message (encoded, without meta) for a session this node held: numbered and
+        appended to its stored outbox. False if the session is not held here (any more)."""
         entry = self.held.get(sid)
         if entry is None or entry[1] < time.monotonic():
             self.held.pop(sid, None)
             return False
         entry[0] += 1
         seq = entry[0]
-        payload, binary = payload_for(seq)
-        record = _encode(DirectEntry(seq, int(time.time() * 1000), payload, binary))
+        numbered = envelope.with_meta(payload, seq, binary=binary)
+        record = _encode(DirectEntry(seq, int(time.time() * 1000), numbered, binary))
         keys = self.session_keys(sid)
-        return self.adapter.publish(keys[0], ScriptCall(APPEND, keys, [record]))
 
-    async def take(self, sid: str, token: str) -> tuple[SessionBlob, list[DirectEntry]] | None:
-        """Take the held session ``sid`` if ``token`` is its token (it can resume once)."""
-        reply = await self.adapter.run_script(TAKE, self.session_keys(sid), [])
+        def appended(result: Any) -> None:
+            if isinstance(result, bytes) and self.forward is not None:
+                # Resumed on that node before this one heard of it: send it there.
+                self.forward(sid, result.decode(), payload, binary)
+            elif result != 1:
+                self.lost_direct += 1
+
+        return self.adapter.publish(keys[0], ScriptCall(APPEND, keys, [record], appended))
+
+    async def take(
+        self, sid: str, token: str, node_id: str
+    ) -> tuple[SessionBlob, list[DirectEntry]] | None:
+        """Take the held session ``sid`` for node ``node_id`` if ``token`` is its token (the
+        script compares the digests: a wrong token leaves the session alone)."""
+        args = [_digest(token), node_id, self.window_ms]
+        reply = await self.adapter.run_script(TAKE, self.session_keys(sid), args)
         if not reply:
             return None
         blob = _blob.decode(reply[0])
-        if blob.v != BLOB_VERSION or not secrets.compare_digest(blob.token, _digest(token)):
+        if blob.v != BLOB_VERSION:
             return None
         return blob, [_direct.decode(raw) for raw in reply[1]]
 

@@ -238,9 +238,7 @@ class Recovery:
         """A message (encoded, without meta) for a dropped session held here: logged for its
         resume. False if no such session is held here."""
         if self.broker is not None:
-            return self.broker.direct(
-                sid, lambda seq: (envelope.with_meta(payload, seq, binary=binary), binary)
-            )
+            return self.broker.direct(sid, payload, binary)
         held = self.held.get(sid)
         if held is None:
             return False
@@ -322,6 +320,7 @@ class Recovery:
             "historyRooms": len(self.rooms),
             "historyMessages": sum(len(h.entries) for h in self.rooms.values()),
             "unlogged": 0 if broker is None else broker.unlogged,
+            "lostDirect": 0 if broker is None else broker.lost_direct,
         }
 
 

@@ -51,7 +51,7 @@ async def resume_from_broker(
     if held is None:
         if type(sid) is not str or type(token) is not str:
             return None
-        taken = await broker.take(sid, token)
+        taken = await broker.take(sid, token, server._cluster.node_id)
         if taken is None:
             return None
         assert server._recovery is not None
