@@ -95,7 +95,9 @@ def make_record(
     rec["lat_p50_us"] = lat.get("p50")
     rec["lat_p99_us"] = lat.get("p99")
     rec["lat_p999_us"] = lat.get("p999")
-    rec["gen_cpu"] = r["cpu"]["frac"]
+    # The share of the window the generator spent working: in rate mode (ack/half-load) it
+    # busy-polls between requests, and the polls that find nothing to do are left out.
+    rec["gen_cpu"] = r["cpu"].get("busy_frac", r["cpu"]["frac"])
     w = lr.window
     if w and w.get("wall_s", 0) > 0:
         dt = w["wall_s"]

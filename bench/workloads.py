@@ -203,11 +203,24 @@ def half_load_checks(r: Result, o: Options) -> list[str]:
         notes.append(f"server kept up with only {got / offered:.0%} of the offered rate")
     if r.get("rate_blocked"):
         notes.append("requests waited for a free in-flight slot (server behind)")
+    else:
+        # How late the generator itself sent (it busy-polls, so this stays at a few us unless
+        # it lost its core): a large share of the p99 is then the generator's, not the server's.
+        lag99, p99 = _lag(r, "p99"), _lat(r, "p99")
+        if p99 > 0 and lag99 > 0.25 * p99:
+            notes.append(
+                f"generator late: its send lag p99 is {_fmt_us(lag99)} of the {_fmt_us(p99)} p99"
+            )
     return notes
 
 
 def _lat(r: Result, k: str) -> float:
     return float(r.get("lat_us", {}).get(k, 0.0))
+
+
+def _lag(r: Result, k: str) -> float:
+    """Rate mode: how late the generator sent, vs the schedule (includes waits for a slot)."""
+    return float(r.get("send_lag_us", {}).get(k, 0.0))
 
 
 def _rate(r: Result, w: Window) -> float:
@@ -401,6 +414,12 @@ WORKLOADS: dict[str, Workload] = {
                             "p99 / p50",
                             lambda r, w: _ratio(_lat(r, "p99"), _lat(r, "p50")),
                             _fmt_x,
+                        ),
+                        Extra(
+                            "send_lag_p99",
+                            "gen send lag p99",
+                            lambda r, w: _lag(r, "p99") if "send_lag_us" in r else None,
+                            _fmt_us,
                         ),
                     ],
                 ),

@@ -15,10 +15,12 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 import picows
+from multidict import CIMultiDict, CIMultiDictProxy, istr  # picows' own header type
 from picows import WSFrame, WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse
 
 from smartsocket.compression import (
@@ -56,6 +58,49 @@ _PING = WSMsgType.PING
 CLOSE_TIMEOUT = 2.0
 _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
+
+# The upgrade request's headers live as long as the connection (``Socket.request``, and picows
+# keeps the request too). Parsed as they come, every connection holds its own copy of the same
+# names ("Host", "Upgrade", ...) and of values that repeat from client to client (the Host, a
+# browser's User-Agent, Origin, "websocket", "13"): ~1.9 KB per connection. Shared, ~0.5 KB.
+# Both caches are bounded and only grow (nothing is evicted): once full, further strings are
+# kept per connection as before, so odd clients cannot make them grow or churn.
+_HEADER_NAMES_MAX = 256
+_HEADER_VALUES_MAX = 1024
+_HEADER_VALUE_MAX_LEN = 256
+# Headers whose values repeat across clients; never credentials or per-connection nonces.
+_SHARED_VALUE_HEADERS = frozenset({
+    "host", "upgrade", "connection", "origin", "user-agent", "sec-websocket-version",
+    "sec-websocket-protocol", "sec-websocket-extensions", "accept-encoding", "accept-language",
+    "pragma", "cache-control", "x-forwarded-proto",
+})  # not X-Forwarded-For / X-Real-IP: one value per client, they would only fill the cache
+_header_names: dict[str, istr] = {}
+_header_values: dict[str, str] = {}
+_GET, _HTTP11 = b"GET", b"HTTP/1.1"
+_NO_QUERY: Mapping[str, list[str]] = MappingProxyType({})
+# What picows keeps of the 101 response once it is sent: nothing needs its headers again.
+_SENT_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def _shared_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """The same headers (same names, values and order), with the strings that repeat from
+    connection to connection taken from the process-wide caches above."""
+    names, values = _header_names, _header_values
+    items = []
+    for name, value in headers.items():
+        key = names.get(name)
+        if key is None:
+            key = istr(name)
+            if len(names) < _HEADER_NAMES_MAX:
+                names[name] = key
+        if len(value) <= _HEADER_VALUE_MAX_LEN and key.lower() in _SHARED_VALUE_HEADERS:
+            shared = values.get(value)
+            if shared is not None:
+                value = shared
+            elif len(values) < _HEADER_VALUES_MAX:
+                values[value] = value
+        items.append((key, value))
+    return CIMultiDict(items)
 
 
 def build_frame(payload: bytes, *, binary: bool = False, rsv1: bool = False) -> bytes:
@@ -352,6 +397,9 @@ class ServerConnection(Connection):
         self._raw: asyncio.Transport | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
+        response = transport.response
+        if response is not None:  # sent: ~0.6 KB per connection that nothing reads again
+            response.headers = _SENT_HEADERS  # type: ignore[assignment]  # read-only on purpose
         self._raw = raw = transport.underlying_transport
         # Over the high-water mark the transport calls pause_writing: the socket is slow.
         raw.set_write_buffer_limits(high=self._high, low=self._high // 4)
@@ -498,7 +546,11 @@ async def create_server(
 
     def factory(request: WSUpgradeRequest) -> Any:
         path, _, query = request.path.decode("latin-1").partition("?")
-        req = HandshakeRequest(path, parse_qs(query), request.headers)
+        # picows and the socket keep the request for the connection's lifetime: share what
+        # repeats (picows validates the upgrade from these same headers after this returns).
+        request.headers = headers = _shared_headers(request.headers)
+        request.method, request.version = _GET, _HTTP11  # checked equal by picows' parser
+        req = HandshakeRequest(path, parse_qs(query) if query else _NO_QUERY, headers)
         try:
             outcome = router(req)
         except Exception:
@@ -524,7 +576,7 @@ async def create_server(
         websocket_handshake_timeout=handshake_timeout,
         enable_auto_pong=False,  # on_ws_frame answers pings after checking RSV bits
         max_frame_size=max_message_size or 2**62,
-        read_buffer_init_size=1024,  # grows on demand; small buffers keep idle connections cheap
+        read_buffer_init_size=1024,  # grows on demand (picows allocates at least 2 KiB)
         use_aiofastnet=fast_transport and _HAS_AIOFASTNET,
         ssl=ssl,
         reuse_port=reuse_port or None,
