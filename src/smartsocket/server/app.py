@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import signal
 import ssl
 import time
@@ -28,8 +27,8 @@ from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
 from smartsocket.server import http, live
 from smartsocket.server.admission import Admission
 from smartsocket.server.dispatch import EventDispatch
-from smartsocket.server.recovery import Held, Recovery, SessionState
-from smartsocket.server.resume import resume_from_broker
+from smartsocket.server.recovery import Recovery
+from smartsocket.server.resume import SessionResume
 from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
 from smartsocket.server.socket import OWN, PLAIN, Socket
 from smartsocket.transport import (
@@ -52,7 +51,7 @@ _FINAL_CLOSES = frozenset(
 Exclude = Socket | str | Iterable[Socket | str] | None
 
 
-class SmartSocket(ClusterAPI, EventDispatch):
+class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
     """A real-time WebSocket server: named events, acks, rooms and broadcasts.
 
     ``SmartSocket(8080, enable_compression=False)``; options are ``Config`` fields.
@@ -358,147 +357,6 @@ class SmartSocket(ClusterAPI, EventDispatch):
 
     def _auth_message(self, socket: Socket, packet: Event) -> None:
         self._admission.auth_message(socket, packet)
-
-    def _new_session_state(self, socket: Socket) -> SessionState | None:
-        return SessionState(socket) if self._recovery is not None else None
-
-    def _admit(self, socket: Socket) -> None:
-        """The socket is authenticated: welcome it and hand it to the application (or first
-        wait for its ``$resume``, if it connected with ``?resume=1``)."""
-        if self._recovery is not None and "resume" in socket.request.query:
-            socket._resuming = True
-            socket._inbox = []  # what it sends before $resume waits for the session
-            early = self._early_resumes.pop(socket, None)
-            if early is not None:
-                self._resume(socket, early)
-                return
-            socket._auth_timer = asyncio.get_running_loop().call_later(
-                self.config.auth_timeout, self._resume_timed_out, socket
-            )
-            return
-        self._welcome_socket(socket, None)
-
-    def _resume_message(self, socket: Socket, packet: Event) -> None:
-        if socket._resuming:
-            self._resume(socket, packet)
-        elif (
-            not socket.authenticated and "resume" in socket.request.query
-            and socket not in self._early_resumes
-        ):
-            self._early_resumes[socket] = packet  # read once authenticated (_admit)
-        else:
-            socket.reject(
-                ErrorCode.BAD_MESSAGE, "$resume is only valid first, on a ?resume=1 connection",
-                event="$resume", ack_id=packet.ack_id, binary=packet.binary,
-            )
-
-    def _resume_timed_out(self, socket: Socket) -> None:
-        socket._auth_timer = None
-        if socket.connected and socket._resuming:
-            self._resume(socket, None)
-
-    def _resume(self, socket: Socket, packet: Event | None) -> None:
-        """``["$resume", {"sid", "token", "offsets": {room: [epoch, offset]}, "seq"}]``:
-        restore the session and replay what it missed, or start a new one (``recovered:
-        false``). Then the socket is welcomed and handed to the application as usual."""
-        recovery = self._recovery
-        assert recovery is not None
-        socket._resuming = False
-        if socket._auth_timer is not None:
-            socket._auth_timer.cancel()
-            socket._auth_timer = None
-        info = packet.data if packet is not None else None
-        if type(info) is not dict:
-            info = {}
-        sid, token = info.get("sid"), info.get("token")
-        held = self._take_over(socket, sid, token)
-        if recovery.broker is not None:
-            self._spawn(self._resume_from_broker(socket, held, info))
-            return
-        if held is None:
-            held = recovery.take(sid, token, socket.identity)
-        missed = None
-        if held is not None:
-            missed = recovery.replay(held, info.get("offsets", {}), info.get("seq", 0))
-        if held is None or missed is None:
-            recovery.failed += 1
-            self._welcome_socket(socket, False)
-            return
-        recovery.recovered += 1
-        self._restore(socket, held)
-        self._welcome_socket(socket, True, [(entry[3], entry[4]) for entry in missed])
-
-    def _session_changed(self, sid: str, state: SessionState) -> None:
-        """A held session's state changed (a call finished): Redis keeps a copy of it."""
-        recovery = self._recovery
-        if recovery is not None and recovery.broker is not None:
-            recovery.broker.refresh(sid, state)
-
-    def _take_over(self, socket: Socket, sid: Any, token: Any) -> Held | None:
-        """A resume of a session whose old connection is still open here (the client noticed
-        the drop first): close that one and hand its session over directly."""
-        live = self._sockets.get(sid) if type(sid) is str else None
-        if (
-            live is None or type(token) is not str or live.identity != socket.identity
-            or not secrets.compare_digest(live.token.encode(), token.encode())
-            or live._rec is None
-        ):
-            return None
-        assert self._recovery is not None
-        state = live._rec
-        held = Held.of(live, state, time.monotonic() + self._recovery.window)
-        state.owner = None  # not held anywhere: resumed right here
-        live.on_close(CloseCode.GOING_AWAY, "resumed by a new connection")
-        if live._conn is not None:
-            live._conn.abort()
-        return held
-
-    async def _resume_from_broker(
-        self, socket: Socket, held: Held | None, info: dict[str, Any]
-    ) -> None:
-        """``_resume`` in a cluster on Redis: the session and the room histories come from
-        Redis (the session may have been held by another node)."""
-        recovery = self._recovery
-        assert recovery is not None and recovery.broker is not None
-        try:
-            resumed = await resume_from_broker(self, recovery.broker, socket, held, info)
-        except Exception:
-            logger.exception("resuming %s failed", socket.id)
-            resumed = None
-        if not socket.connected:
-            return
-        if resumed is None:
-            recovery.failed += 1
-            self._welcome_socket(socket, False)
-            return
-        recovery.recovered += 1
-        held = resumed.held
-        socket.data = held.data
-        socket.presence = held.presence
-        socket.recovered = True
-        state = socket._rec = held.state
-        state.owner = socket
-        for room in socket._rooms:  # joined by resume_from_broker, buffering until now
-            self._registry.set_sender(room, socket, socket._send_frame)
-            state.joined[room] = recovery.position(room)
-        self._cluster.resumed_here(held.sid)
-        self._welcome_socket(socket, True, resumed.replay, resumed.buffered)
-
-    def _restore(self, socket: Socket, held: Held) -> None:
-        """Give ``socket`` the held session's id, data and rooms."""
-        recovery = self._recovery
-        assert recovery is not None
-        socket.id = held.sid
-        socket.data = held.data
-        socket.presence = held.presence
-        socket.recovered = True
-        state = socket._rec = held.state
-        state.owner = socket
-        for room in held.rooms:
-            if self._registry.add(room, socket, socket._send_frame):
-                socket._rooms[room] = None
-                # Whole up to here now: a later resume replays from this point at least.
-                state.joined[room] = recovery.position(room)
 
     def _welcome_socket(
         self, socket: Socket, recovered: bool | None,
@@ -862,14 +720,14 @@ class SmartSocket(ClusterAPI, EventDispatch):
                 socket._fail(CloseCode.HEARTBEAT_TIMEOUT, "no $pong in time")
 
 
-def _excluded_ids(exclude: Exclude, skip: set[Socket] | None) -> frozenset[str] | None:
+def _excluded_ids(exclude: Exclude, skip: set[Socket] | None) -> tuple[str, ...] | None:
     """Socket ids a room message is not for (kept with it, so a replay skips them too)."""
     if exclude is None:
         return None
     ids = {s.id for s in skip or ()}
     items = (exclude,) if isinstance(exclude, Socket | str) else exclude
     ids.update(item for item in items if isinstance(item, str))
-    return frozenset(ids)
+    return tuple(ids)
 
 
 def _check_event_name(event: str) -> None:

@@ -1,15 +1,22 @@
-"""Resuming a session in a cluster on Redis: the held session and the room histories come from
-Redis (cluster/sessions.py), so the client may come back to any node.
+"""Resuming sessions (protocol.md section 8): the ``$resume`` handshake, the take-over of a
+connection the client gave up on, and restoring a session and its replay.
 
-Order matters: the socket joins its rooms (subscribing this node to their channels) before
-the histories are read, and what the rooms deliver meanwhile is buffered; the replay goes out
-first, then the buffer. A message may then arrive twice (in the history and live): the client
-drops what it has seen by position (protocol.md section 8), so nothing is lost or doubled.
+``SessionResume`` is a mixin of ``SmartSocket`` (kept apart so app.py stays about
+configuration, routing, fan-out and lifecycle). On one node the held session and the room
+histories are in memory (server/recovery.py). In a cluster on Redis they come from Redis
+(cluster/sessions.py), so the client may come back to any node; then order matters: the
+socket joins its rooms (subscribing this node to their channels) before the histories are
+read, and what the rooms deliver meanwhile is buffered; the replay goes out first, then the
+buffer. A message may then arrive twice (in the history and live): the client drops what it
+has seen by position, so nothing is lost or doubled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -18,12 +25,184 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from smartsocket.protocol import envelope
+from smartsocket.protocol.codes import CloseCode, ErrorCode
+from smartsocket.protocol.envelope import Event
 from smartsocket.server.recovery import Held, Recovery, Replies, SessionState
 
 if TYPE_CHECKING:
+    from smartsocket.cluster.node import ClusterNode
     from smartsocket.cluster.sessions import BrokerRecovery, DirectEntry, SessionBlob
-    from smartsocket.server.app import SmartSocket
+    from smartsocket.config import Config
+    from smartsocket.server.rooms import RoomRegistry
     from smartsocket.server.socket import Socket
+
+logger = logging.getLogger("smartsocket.server")
+
+
+class SessionResume:
+    """The resume side of ``SmartSocket``: sockets that connect with ``?resume=1``."""
+
+    _config: Config
+    _recovery: Recovery | None
+    _sockets: dict[str, Socket]
+    _registry: RoomRegistry
+    _cluster: ClusterNode
+    _early_resumes: dict[Socket, Event]
+
+    if TYPE_CHECKING:
+
+        @property
+        def config(self) -> Config: ...
+
+        def _spawn(self, coro: Any) -> None: ...
+
+        def _welcome_socket(
+            self, socket: Socket, recovered: bool | None,
+            replay: list[tuple[bytes, bool]] | None = None,
+            frames: list[bytes] | None = None,
+        ) -> None: ...
+
+    def _new_session_state(self, socket: Socket) -> SessionState | None:
+        return SessionState(socket) if self._recovery is not None else None
+
+    def _admit(self, socket: Socket) -> None:
+        """The socket is authenticated: welcome it and hand it to the application (or first
+        wait for its ``$resume``, if it connected with ``?resume=1``)."""
+        if self._recovery is not None and "resume" in socket.request.query:
+            socket._resuming = True
+            socket._inbox = []  # what it sends before $resume waits for the session
+            early = self._early_resumes.pop(socket, None)
+            if early is not None:
+                self._resume(socket, early)
+                return
+            socket._auth_timer = asyncio.get_running_loop().call_later(
+                self.config.auth_timeout, self._resume_timed_out, socket
+            )
+            return
+        self._welcome_socket(socket, None)
+
+    def _resume_message(self, socket: Socket, packet: Event) -> None:
+        if socket._resuming:
+            self._resume(socket, packet)
+        elif (
+            not socket.authenticated and "resume" in socket.request.query
+            and socket not in self._early_resumes
+        ):
+            self._early_resumes[socket] = packet  # read once authenticated (_admit)
+        else:
+            socket.reject(
+                ErrorCode.BAD_MESSAGE, "$resume is only valid first, on a ?resume=1 connection",
+                event="$resume", ack_id=packet.ack_id, binary=packet.binary,
+            )
+
+    def _resume_timed_out(self, socket: Socket) -> None:
+        socket._auth_timer = None
+        if socket.connected and socket._resuming:
+            self._resume(socket, None)
+
+    def _resume(self, socket: Socket, packet: Event | None) -> None:
+        """``["$resume", {"sid", "token", "offsets": {room: [epoch, offset]}, "seq"}]``:
+        restore the session and replay what it missed, or start a new one (``recovered:
+        false``). Then the socket is welcomed and handed to the application as usual."""
+        recovery = self._recovery
+        assert recovery is not None
+        socket._resuming = False
+        if socket._auth_timer is not None:
+            socket._auth_timer.cancel()
+            socket._auth_timer = None
+        info = packet.data if packet is not None else None
+        if type(info) is not dict:
+            info = {}
+        sid, token = info.get("sid"), info.get("token")
+        held = self._take_over(socket, sid, token)
+        if recovery.broker is not None:
+            self._spawn(self._resume_from_broker(socket, held, info))
+            return
+        if held is None:
+            held = recovery.take(sid, token, socket.identity)
+        missed = None
+        if held is not None:
+            missed = recovery.replay(held, info.get("offsets", {}), info.get("seq", 0))
+        if held is None or missed is None:
+            recovery.failed += 1
+            self._welcome_socket(socket, False)
+            return
+        recovery.recovered += 1
+        self._restore(socket, held)
+        self._welcome_socket(socket, True, [(entry[3], entry[4]) for entry in missed])
+
+    def _session_changed(self, sid: str, state: SessionState) -> None:
+        """A held session's state changed (a call finished): Redis keeps a copy of it."""
+        recovery = self._recovery
+        if recovery is not None and recovery.broker is not None:
+            recovery.broker.refresh(sid, state)
+
+    def _take_over(self, socket: Socket, sid: Any, token: Any) -> Held | None:
+        """A resume of a session whose old connection is still open here (the client noticed
+        the drop first): close that one and hand its session over directly."""
+        live = self._sockets.get(sid) if type(sid) is str else None
+        if (
+            live is None or type(token) is not str or live.identity != socket.identity
+            or not secrets.compare_digest(live.token.encode(), token.encode())
+            or live._rec is None
+        ):
+            return None
+        assert self._recovery is not None
+        state = live._rec
+        held = Held.of(live, state, time.monotonic() + self._recovery.window)
+        state.owner = None  # not held anywhere: resumed right here
+        live.on_close(CloseCode.GOING_AWAY, "resumed by a new connection")
+        if live._conn is not None:
+            live._conn.abort()
+        return held
+
+    async def _resume_from_broker(
+        self, socket: Socket, held: Held | None, info: dict[str, Any]
+    ) -> None:
+        """``_resume`` in a cluster on Redis: the session and the room histories come from
+        Redis (the session may have been held by another node)."""
+        recovery = self._recovery
+        assert recovery is not None and recovery.broker is not None
+        try:
+            resumed = await resume_from_broker(self, recovery.broker, socket, held, info)
+        except Exception:
+            logger.exception("resuming %s failed", socket.id)
+            resumed = None
+        if not socket.connected:
+            return
+        if resumed is None:
+            recovery.failed += 1
+            self._welcome_socket(socket, False)
+            return
+        recovery.recovered += 1
+        held = resumed.held
+        socket.data = held.data
+        socket.presence = held.presence
+        socket.recovered = True
+        state = socket._rec = held.state
+        state.owner = socket
+        for room in socket._rooms:  # joined by resume_from_broker, buffering until now
+            self._registry.set_sender(room, socket, socket._send_frame)
+            state.joined[room] = recovery.position(room)
+        self._cluster.resumed_here(held.sid)
+        self._welcome_socket(socket, True, resumed.replay, resumed.buffered)
+
+    def _restore(self, socket: Socket, held: Held) -> None:
+        """Give ``socket`` the held session's id, data and rooms."""
+        recovery = self._recovery
+        assert recovery is not None
+        socket.id = held.sid
+        socket.data = held.data
+        socket.presence = held.presence
+        socket.recovered = True
+        state = socket._rec = held.state
+        state.owner = socket
+        for room in held.rooms:
+            if self._registry.add(room, socket, socket._send_frame):
+                socket._rooms[room] = None
+                # Whole up to here now: a later resume replays from this point at least.
+                state.joined[room] = recovery.position(room)
+
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -42,7 +221,7 @@ class Resumed:
 
 
 async def resume_from_broker(
-    server: SmartSocket, broker: BrokerRecovery, socket: Socket, held: Held | None,
+    server: SessionResume, broker: BrokerRecovery, socket: Socket, held: Held | None,
     info: dict[str, Any],
 ) -> Resumed | None:
     """Take the session ``info`` names (or ``held``, taken over from a connection here),
@@ -96,7 +275,7 @@ async def resume_from_broker(
 
 
 async def _missed_in_room(
-    broker: BrokerRecovery, server: SmartSocket, room: str, held: Held, reported: Any,
+    broker: BrokerRecovery, server: SessionResume, room: str, held: Held, reported: Any,
 ) -> list[tuple[int, bytes, bool]] | None:
     """(wall ms, payload, binary) of the room messages ``held`` missed; None if some are
     gone (trimmed, too old, another epoch)."""
