@@ -30,6 +30,10 @@ def create(config: Config | None = None) -> SmartSocket:
         assert await room.subscribed()  # other nodes' broadcasts reach it from now on
         return room.socket_count()
 
+    @server.on("status")
+    def status(socket: Socket, info: dict[str, Any]) -> None:
+        socket.set_presence(info)
+
     @server.on("leave")
     def leave(socket: Socket, room: str) -> None:
         socket.leave(room)

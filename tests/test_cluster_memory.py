@@ -301,3 +301,22 @@ async def test_room_presence_flag_and_remove_room() -> None:
 
 def test_memory_broker_by_name() -> None:
     assert MemoryBroker.named("x") is MemoryBroker.named("x")
+
+
+async def test_set_presence_updates_members_on_one_node() -> None:
+    server = make_app(presence_rooms="lobby")
+    async with running(server), connected(server) as ann, connected(server) as bob:
+        rec = Recorder(ann, "$presence")
+        await joined(ann, "lobby", name="ann")
+        await rec.next("$presence")
+        await joined(bob, "lobby", name="bob")
+        assert (await rec.next("$presence"))["joined"]["info"] == {"name": "bob"}
+        assert bob.sid is not None
+        server.sockets[bob.sid].set_presence({"name": "bob", "away": True})
+        assert await rec.next("$presence") == {
+            "room": "lobby", "updated": {"sid": bob.sid, "info": {"name": "bob", "away": True}}
+        }
+        listed = await server.room("lobby").presence()
+        assert {m.sid: m.info for m in listed}[bob.sid] == {"name": "bob", "away": True}
+        server.sockets[ann.sid or ""].set_presence({"name": "ann"})  # the same info: still told
+        assert (await rec.next("$presence"))["updated"]["sid"] == ann.sid

@@ -152,6 +152,12 @@ async def test_fetch_sockets_presence_and_server_events(cluster: list[Node]) -> 
         await c2.call("join", {"room": name, "presence": {"name": "cy"}})
         assert (await r0.next("$presence"))["joined"]["sid"] == c2.sid
         await wait_until(c2, "who", name, lambda members: len(members) == 3)
+        await c1.call("status", {"name": "bob", "away": True})  # info changes: "updated"
+        assert await r0.next("$presence") == {
+            "room": name, "updated": {"sid": c1.sid, "info": {"name": "bob", "away": True}}
+        }
+        await wait_until(c0, "who", name,
+                         lambda members: [c1.sid, ids[1], {"name": "bob", "away": True}] in members)
         await c1.call("leave", name)
         assert (await r0.next("$presence"))["left"]["sid"] == c1.sid
         # server-to-server events reach every other node, not the sender

@@ -491,7 +491,7 @@ export class SmartSocket {
     } else if (name == "$error") {
       // A $resume refused by a server without recovery (restarted, say) is no concern of the app.
       if (!(data && data.event == "$resume")) this._emit("error", data);
-    } else if (name == "$presence") this._emit("$presence", data); // {room, joined|left: {sid, info}}
+    } else if (name == "$presence") this._emit("$presence", data); // {room, joined|left|updated: {sid, info}}
   }
 
   _dispatch(ws, name, data, id, binary) {

@@ -121,12 +121,14 @@ class Presence:
 
     # local changes
 
-    def changed(self, room: str, socket: Socket, *, joined: bool) -> None:
-        """A local member of presence room ``room`` joined or left: tell the local members,
-        then the other nodes."""
+    def changed(
+        self, room: str, socket: Socket, *, joined: bool, updated: bool = False
+    ) -> None:
+        """A local member of presence room ``room`` joined, left or (``updated``) changed its
+        info: tell the local members, then the other nodes."""
         self.seq += 1
         info = socket.presence
-        payload = self.deliver(room, socket.id, info, joined=joined)
+        payload = self.deliver(room, socket.id, info, joined=joined, updated=updated)
         node = self.node
         if node.active:
             node.publish(
@@ -134,12 +136,13 @@ class Presence:
                 m.PresenceDelta(room, socket.id, joined, info, payload, self.seq),
             )
 
-    def deliver(self, room: str, sid: str, info: dict[str, Any], *, joined: bool) -> bytes:
+    def deliver(
+        self, room: str, sid: str, info: dict[str, Any], *, joined: bool, updated: bool = False
+    ) -> bytes:
         """Send ``$presence`` to this node's members of ``room``; returns the payload."""
         change = {"sid": sid, "info": info}
-        payload = envelope.encode_event(
-            PRESENCE_EVENT, {"room": room, "joined" if joined else "left": change}
-        )
+        kind = "updated" if updated else "joined" if joined else "left"
+        payload = envelope.encode_event(PRESENCE_EVENT, {"room": room, kind: change})
         server = self.node.server
         members = server._registry.members(room)
         if members:

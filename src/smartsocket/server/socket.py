@@ -242,6 +242,17 @@ class Socket:
                 assert recovery is not None
                 rec.joined[room] = recovery.position(room)
 
+    def set_presence(self, info: dict[str, Any]) -> None:
+        """Change this socket's public presence info (``socket.presence``, e.g. a status):
+        the members of its presence rooms, on every node, get ``$presence`` ``updated``."""
+        self.presence = info
+        if not self.connected:
+            return
+        cluster = self._server._cluster
+        for room in self._rooms:
+            if cluster.is_presence_room(room):
+                cluster.presence_state.changed(room, self, joined=True, updated=True)
+
     def leave(self, room: str) -> None:
         if self._server._registry.discard(room, self):
             self._rooms.pop(room, None)
