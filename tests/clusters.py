@@ -7,6 +7,7 @@ so runs and other engineers' tests never hear each other.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -17,9 +18,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO
+
+from smartsocket import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = {"redis": "redis://127.0.0.1:6379/0", "nats": "nats://127.0.0.1:4222"}
@@ -99,11 +102,12 @@ class Node:
 
 @contextlib.contextmanager
 def node_processes(
-    url: str, count: int, logs: Path, cluster_prefix: str | None = None
+    url: str, count: int, logs: Path, cluster_prefix: str | None = None, *extra: str
 ) -> Iterator[list[Node]]:
+    """``count`` nodes of one cluster (``extra``: more ``smartsocket serve`` flags)."""
     require_broker(url)
     name = cluster_prefix or prefix()
-    nodes = [Node(url, name, logs / f"{name}-{i}.log") for i in range(count)]
+    nodes = [Node(url, name, logs / f"{name}-{i}.log", *extra) for i in range(count)]
     try:
         for node in nodes:
             node.wait_ready()
@@ -111,6 +115,25 @@ def node_processes(
     finally:
         for node in nodes:
             node.stop()
+
+
+@contextlib.asynccontextmanager
+async def clients(*nodes: Node) -> AsyncIterator[list[Client]]:
+    """A client on each node (no reconnect), once every node hears the others."""
+    async with contextlib.AsyncExitStack() as stack:
+        out = []
+        for node in nodes:
+            client = Client(node.url, reconnect=False)
+            await client.connect()
+            stack.push_async_callback(client.close)
+            out.append(client)
+        expected = min(len(set(nodes)), 3)
+        for client in out:
+            deadline = time.monotonic() + 5
+            while len(await client.call("nodes")) < expected:
+                assert time.monotonic() < deadline, "the nodes do not hear each other"
+                await asyncio.sleep(0.02)
+        yield out
 
 
 class Broker:

@@ -12,8 +12,8 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from clusters import (
     NODE_TIMEOUT,
     ROOT,
     Node,
+    clients,
     node_processes,
     prefix,
     read_line,
@@ -42,22 +43,6 @@ def cluster(
     rooms and clients)."""
     with node_processes(BROKERS[request.param], 3, tmp_path_factory.mktemp("nodes")) as nodes:
         yield nodes
-
-
-@asynccontextmanager
-async def clients(*nodes: Node) -> AsyncIterator[list[Client]]:
-    async with AsyncExitStack() as stack:
-        out = []
-        for node in nodes:
-            client = Client(node.url, reconnect=False)
-            await client.connect()
-            stack.push_async_callback(client.close)
-            out.append(client)
-        # every node hears the others (heartbeats) before the test acts
-        for client in out:
-            await wait_until(client, "nodes", None, lambda ids: len(ids) == len(set(nodes)) or
-                             len(ids) >= 3)
-        yield out
 
 
 async def wait_until(client: Client, event: str, data: Any, check: Any,

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from clusters import Node, prefix, require_broker
+from clusters import node_processes
 from smartsocket import Client
 from smartsocket.testing import wait_for
 
@@ -25,21 +25,8 @@ REDIS = {
 FAST = {"reconnect_delay": 0.05, "reconnect_delay_max": 0.1}
 
 
-@contextlib.contextmanager
-def nodes(url: str, logs: Path, count: int, *extra: str) -> Iterator[list[Node]]:
-    require_broker(url)
-    name = prefix()
-    started = [
-        Node(url, name, logs / f"{name}-{i}.log", "--recovery-window", "10", *extra)
-        for i in range(count)
-    ]
-    try:
-        for node in started:
-            node.wait_ready()
-        yield started
-    finally:
-        for node in started:
-            node.stop()
+def nodes(url: str, logs: Path, count: int, *extra: str) -> Any:
+    return node_processes(url, count, logs, None, "--recovery-window", "10", *extra)
 
 
 @contextlib.asynccontextmanager
@@ -188,3 +175,19 @@ async def test_a_wrong_token_leaves_the_held_session_alone(broker: str, tmp_path
                 assert welcome[0] == "$welcome" and welcome[1]["recovered"] is False
             await wait_for(lambda: subject.connected, timeout=10)
             assert subject.recovered and subject.sid == sid
+
+
+async def test_scripts_flushed_from_redis_are_sent_again(broker: str, tmp_path: Path) -> None:
+    import redis
+
+    with nodes(broker, tmp_path, 2) as (a, b):
+        async with client(a.url) as subject, client(b.url) as publisher:
+            got: list[int] = []
+            subject.on("said", got.append)
+            await subject.call("join", {"room": "r"})
+            await publisher.call("join", {"room": "r2"})
+            for port in (7101, 7102, 7103) if "cluster=1" in broker else (6379,):
+                redis.Redis(port=port).script_flush()  # as after a Redis restart
+            for n in range(3):
+                await publisher.call("say", {"room": "r", "text": n})
+            await wait_for(lambda: got == [0, 1, 2], timeout=5)

@@ -11,14 +11,12 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from clusters import ROOT, Node, node_processes, prefix
-from smartsocket import Client
+from clusters import ROOT, Node, clients, node_processes, prefix
 from smartsocket.cluster import create_adapter
 from smartsocket.cluster.redis_cluster import (
     RedisClusterAdapter,
@@ -112,23 +110,6 @@ def cluster(
     name = prefix()
     with node_processes(URL, 3, tmp_path_factory.mktemp("sharded"), name) as nodes:
         yield name, nodes
-
-
-@asynccontextmanager
-async def clients(*nodes: Node) -> AsyncIterator[list[Client]]:
-    async with AsyncExitStack() as stack:
-        out = []
-        for node in nodes:
-            client = Client(node.url, reconnect=False)
-            await client.connect()
-            stack.push_async_callback(client.close)
-            out.append(client)
-        for client in out:  # every node hears the others before the test acts
-            deadline = time.monotonic() + 5
-            while len(await client.call("nodes")) < 3:
-                assert time.monotonic() < deadline, "the nodes do not hear each other"
-                await asyncio.sleep(0.02)
-        yield out
 
 
 def rooms_by_shard(cluster_prefix: str) -> dict[int, str]:

@@ -131,6 +131,14 @@ class ScriptCall:
         self.args = args
         self.on_result = on_result
 
+    def add_to(self, pipe: Any) -> None:
+        """Queue the call on a redis-py pipeline (by digest: the script is loaded)."""
+        pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+
+    async def run_source(self, client: Any) -> Any:
+        """Run it with its source (after NOSCRIPT: a restarted or new server)."""
+        return await client.eval(self.script.source, len(self.keys), *self.keys, *self.args)
+
     def done(self, result: Any) -> None:
         if self.on_result is not None:
             try:

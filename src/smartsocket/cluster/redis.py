@@ -144,7 +144,7 @@ class RedisAdapter(BrokerAdapter):
                 pipe.publish(channel, data)
             else:
                 assert isinstance(data, ScriptCall)
-                pipe.evalsha(data.script.sha, len(data.keys), *data.keys, *data.args)
+                data.add_to(pipe)
         results = await pipe.execute(raise_on_error=False)
         await retry_unknown_scripts(self._pub, batch, results)
 
@@ -181,9 +181,7 @@ async def retry_unknown_scripts(
     for (_, data), result in zip(batch, results, strict=True):
         if isinstance(result, NoScriptError):
             assert isinstance(data, ScriptCall)
-            result = await client.eval(
-                data.script.source, len(data.keys), *data.keys, *data.args
-            )
+            result = await data.run_source(client)
         if isinstance(result, Exception):
             raise result
         if isinstance(data, ScriptCall):

@@ -474,16 +474,14 @@ class RedisClusterAdapter(BrokerAdapter):
                 pipe.spublish(channel, data)
             else:
                 assert isinstance(data, ScriptCall)
-                pipe.evalsha(data.script.sha, len(data.keys), *data.keys, *data.args)
+                data.add_to(pipe)
         results = await pipe.execute(raise_on_error=False)
         moved: list[Outbound] = []
         for (channel, data), result in zip(items, results, strict=True):
             if isinstance(result, MovedError):
                 moved.append((channel, data))
             elif isinstance(result, NoScriptError) and isinstance(data, ScriptCall):
-                data.done(await shard.client.eval(
-                    data.script.source, len(data.keys), *data.keys, *data.args
-                ))
+                data.done(await data.run_source(shard.client))
             elif isinstance(result, Exception):
                 raise result
             elif isinstance(data, ScriptCall):
