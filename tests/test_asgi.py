@@ -384,3 +384,25 @@ async def test_http_without_an_app_is_404_and_refusals_without_the_extension_clo
     await mount(scope, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]  # the server answers 403
     await server.close()
+
+
+async def test_a_mounted_server_resumes_dropped_sessions() -> None:
+    server = create_app(SmartSocket(recovery_window=5).config)
+    app, _ = fastapi_app(server)
+    async with running_asgi(app) as base:
+        url = ws_url(base, "/ws/")
+        async with connected(url, reconnect_delay=0.3, reconnect_delay_max=0.3) as subject, \
+                connected(url) as publisher:
+            got: list[str] = []
+            subject.on("chat", lambda message: got.append(message["text"]))
+            sid = subject.sid
+            await subject.call("join", {"room": "r"})
+            await publisher.call("join", {"room": "r"})
+            assert subject._conn is not None
+            subject._conn.abort()  # the network drops: uvicorn's side sees it, not a close
+            await wait_for(lambda: sid not in server.sockets)
+            for n in range(3):
+                await publisher.call("chat", {"room": "r", "text": str(n)})
+            await wait_for(lambda: subject.connected, timeout=10)
+            await wait_for(lambda: got == ["0", "1", "2"])
+            assert subject.recovered and subject.sid == sid
