@@ -121,3 +121,40 @@ async def test_a_node_starts_while_the_broker_is_down(broker: Broker) -> None:
         await wait_for(lambda: not server.degraded, timeout=10)
         assert server.room("r").broadcast("m", 2) == 1
         assert await rec.next("m") == 2
+
+
+async def test_channels_wanted_while_the_link_connects_are_subscribed(broker: Broker) -> None:
+    """A room joined while the adapter is (re)connecting: not in the connect's snapshot of the
+    channels, and not queued either (the link was down); it must be subscribed once up."""
+    from smartsocket.cluster import create_adapter
+
+    adapter = create_adapter(broker.url)
+    real_connect = adapter._connect  # type: ignore[attr-defined]
+    connecting = asyncio.Event()
+
+    async def slow_connect() -> None:
+        await real_connect()  # subscribed to what was wanted when it started
+        connecting.set()
+        await asyncio.sleep(0.2)  # the link is up, not yet reported up
+
+    adapter._connect = slow_connect  # type: ignore[attr-defined]
+    received: list[tuple[str, bytes]] = []
+    adapter.subscribe("t.early")
+    start = asyncio.ensure_future(adapter.start(lambda c, d: received.append((c, d)),
+                                                lambda up: None))
+    await connecting.wait()
+    late = adapter.subscribe("t.late")  # during the connect
+    adapter.unsubscribe("t.early")  # and one given up during it
+    await start
+    await asyncio.wait_for(late, 5)
+    await wait_for(lambda: adapter.channels == {"t.late"})
+    sender = create_adapter(broker.url)  # (NATS does not echo a connection's own messages)
+    await sender.start(lambda c, d: None, lambda up: None)
+    try:
+        assert sender.publish("t.late", b"x") and sender.publish("t.early", b"y")
+        await wait_for(lambda: received == [("t.late", b"x")])
+        await asyncio.sleep(0.1)
+        assert received == [("t.late", b"x")]  # unsubscribed: nothing on t.early
+    finally:
+        await sender.close()
+        await adapter.close()
