@@ -396,3 +396,17 @@ async def resume_with(server: SmartSocket, welcome: dict[str, Any], query: str) 
                                 "offsets": {}, "seq": 0})
     await peer.welcomed()
     return peer
+
+
+async def test_held_sessions_are_capped_at_max_connections() -> None:
+    async with running(app(max_connections=3)) as server:
+        sids = []
+        for _ in range(5):  # connect and drop, more times than max_connections
+            peer = await Peer.open(server)
+            sids.append((await peer.welcomed())["sid"])
+            peer.drop()
+            await wait_for(lambda sid=sids[-1]: sid not in server.sockets)
+        recovery = server._recovery
+        assert recovery is not None
+        assert list(recovery.held) == sids[2:]  # the two oldest went first
+        assert server.stats()["recovery"]["heldEvicted"] == 2

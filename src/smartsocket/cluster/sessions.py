@@ -151,6 +151,7 @@ class BrokerRecovery:
         self.window_ms = round(config.recovery_window * 1000)
         self.ttl_ms = round((config.history_ttl or config.recovery_window) * 1000)
         self.size = config.history_size
+        self.max_held = config.max_connections
         self.expire_ms = self.window_ms + self.ttl_ms
         self.publish_command = "SPUBLISH" if adapter.name == "redis-cluster" else "PUBLISH"
         # Position of the last room message delivered on this node, per room.
@@ -225,7 +226,10 @@ class BrokerRecovery:
         if not self.adapter.publish(keys[0], call):
             logger.warning("session %s not held: the broker is unreachable", socket.id)
             return
-        self.held[socket.id] = [state.seq, time.monotonic() + self.window_ms / 1000, blob]
+        held = self.held
+        while len(held) >= self.max_held:  # the oldest local record goes (Redis expires it)
+            del held[next(iter(held))]
+        held[socket.id] = [state.seq, time.monotonic() + self.window_ms / 1000, blob]
 
     def refresh(self, sid: str, state: SessionState) -> None:
         """A call of held session ``sid`` finished after it was written: store its outcome

@@ -166,11 +166,15 @@ class Recovery:
         self.size = config.history_size
         self.ttl = config.history_ttl or config.recovery_window
         self.reply_limit = max(128, 2 * config.max_pending_acks)
+        # Held sessions at most: as many as connections may be open (the oldest goes first),
+        # so clients that connect and drop in a loop cannot grow memory without bound.
+        self.max_held = config.max_connections
         self.rooms: dict[str, RoomHistory] = {}
         self.held: dict[str, Held] = {}
         self._order = itertools.count(1)  # one sequence for every message logged: replay order
         self.recovered = 0
         self.failed = 0
+        self.evicted = 0  # held sessions dropped early (over max_held)
 
     # logging messages as they are sent
 
@@ -229,6 +233,9 @@ class Recovery:
         if self.broker is not None:
             self.broker.hold(socket, state)
             return
+        while len(self.held) >= self.max_held:
+            self._release(self.held.pop(next(iter(self.held))))
+            self.evicted += 1
         held = Held.of(socket, state, time.monotonic() + self.window)
         self.held[held.sid] = held
         for room in held.rooms:
@@ -319,6 +326,7 @@ class Recovery:
             "heldSessions": len(self.held if broker is None else broker.held),
             "recovered": self.recovered,
             "recoveryFailed": self.failed,
+            "heldEvicted": self.evicted,
             "historyRooms": len(self.rooms),
             "historyMessages": sum(len(h.entries) for h in self.rooms.values()),
             "unlogged": 0 if broker is None else broker.unlogged,
