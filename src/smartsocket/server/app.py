@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from smartsocket import compression, prometheus
 from smartsocket.cluster.api import ClusterAPI
 from smartsocket.cluster.node import ClusterNode
+from smartsocket.cluster.operations import check_event
 from smartsocket.config import Config
 from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
@@ -198,8 +199,8 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         socket is not here and cannot be reached (unknown id, or the broker is down). With
         recovery on, a session that dropped and may resume gets it on resuming."""
         recovery = self._recovery
-        if recovery is not None and sid not in self._sockets:
-            _check_event_name(event)
+        if recovery is not None and sid not in self._sockets and recovery.holds(sid):
+            check_event(event)
             if binary is None:
                 binary = envelope.needs_binary(data)
             payload = envelope.encode_event(event, data, binary=binary)
@@ -224,8 +225,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
     ) -> int:
         """Encode once, deliver here, and in a cluster publish the encoded payload to the other
         nodes (``room`` None: to every socket). Returns the deliveries made on this node."""
-        if type(event) is not str or event[:1] in ("$", ""):
-            raise ValueError(f"invalid event name {event!r}")
+        check_event(event)
         cluster = self._cluster
         recovery = self._recovery
         if recovery is not None and room is not None and recovery.broker is None:
@@ -728,11 +728,6 @@ def _excluded_ids(exclude: Exclude, skip: set[Socket] | None) -> tuple[str, ...]
     items = (exclude,) if isinstance(exclude, Socket | str) else exclude
     ids.update(item for item in items if isinstance(item, str))
     return tuple(ids)
-
-
-def _check_event_name(event: str) -> None:
-    if type(event) is not str or event[:1] in ("$", ""):
-        raise ValueError(f"invalid event name {event!r}")
 
 
 def run(main: Any) -> None:

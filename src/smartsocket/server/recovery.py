@@ -243,6 +243,13 @@ class Recovery:
             if history is not None:
                 history.holders += 1
 
+    def holds(self, sid: str) -> bool:
+        """Whether the dropped session ``sid`` is held here (it may still resume)."""
+        if self.broker is not None:
+            entry = self.broker.held.get(sid)
+            return entry is not None and entry[1] >= time.monotonic()
+        return sid in self.held
+
     def send_held(self, sid: str, payload: bytes, binary: bool) -> bool:
         """A message (encoded, without meta) for a dropped session held here: logged for its
         resume. False if no such session is held here."""

@@ -176,27 +176,29 @@ class SessionResume:
             return
         recovery.recovered += 1
         held = resumed.held
-        socket.data = held.data
-        socket.presence = held.presence
-        socket.recovered = True
-        state = socket._rec = held.state
-        state.owner = socket
+        state = self._adopt(socket, held)
         for room in socket._rooms:  # joined by resume_from_broker, buffering until now
             self._registry.set_sender(room, socket, socket._send_frame)
             state.joined[room] = recovery.position(room)
         self._cluster.resumed_here(held.sid)
         self._welcome_socket(socket, True, resumed.replay, resumed.buffered)
 
-    def _restore(self, socket: Socket, held: Held) -> None:
-        """Give ``socket`` the held session's id, data and rooms."""
-        recovery = self._recovery
-        assert recovery is not None
+    @staticmethod
+    def _adopt(socket: Socket, held: Held) -> SessionState:
+        """Give ``socket`` the held session's id, data and state (its rooms: the caller)."""
         socket.id = held.sid
         socket.data = held.data
         socket.presence = held.presence
         socket.recovered = True
         state = socket._rec = held.state
         state.owner = socket
+        return state
+
+    def _restore(self, socket: Socket, held: Held) -> None:
+        """Give ``socket`` the held session's id, data and rooms."""
+        recovery = self._recovery
+        assert recovery is not None
+        state = self._adopt(socket, held)
         for room in held.rooms:
             if self._registry.add(room, socket, socket._send_frame):
                 socket._rooms[room] = None
