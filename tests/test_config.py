@@ -77,3 +77,21 @@ def test_cli_flags_map_onto_config_over_env() -> None:
     bad = build_parser().parse_args(["serve", "--max-connections", "lots"])
     with pytest.raises(ConfigError, match="--max-connections"):
         config_from_args(bad, {})
+
+
+def test_list_options_take_a_list_or_a_comma_separated_string() -> None:
+    for value in (["k1", "k2"], ("k1", "k2"), {"k2", "k1"}, "k1,k2"):
+        assert Config(api_keys=value).api_keys == "k1,k2"  # type: ignore[arg-type]
+    origins = ["https://app.example.com", "https://*.example.com"]
+    assert SmartSocket(allowed_origins=origins).config.allowed_origins == ",".join(origins)
+    assert Config(presence_rooms=("lobby", "game:*")).presence_rooms == "lobby,game:*"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [([], "empty"), (["k1", 2], "expected strings"), (["a,b"], "comma"), ([" "], "no key")],
+)
+def test_list_options_refuse_what_they_cannot_hold(value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        Config(api_keys=value)  # type: ignore[arg-type]
+    assert info.value.option == "api_keys"

@@ -65,6 +65,13 @@ async def test_api_key_in_header_query_or_auth_message() -> None:
             assert json.loads(await ws.recv()) == [2, identity]
 
 
+async def test_api_keys_as_a_python_list() -> None:
+    async with running(SmartSocket(api_keys=["other", KEY])) as server:
+        server.on("echo", lambda socket, data: data)
+        await assert_works(server)
+        await expect_status(server.url + "?token=k1,k2", 401)
+
+
 async def test_wrong_key_gets_401_and_wrong_auth_message_4001() -> None:
     async with running(SmartSocket(api_keys=KEY, auth_timeout=5)) as server:
         server.on("echo", lambda socket, data: data)

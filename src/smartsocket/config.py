@@ -26,6 +26,11 @@ _SEED_ENV = {
 }
 
 
+# Options holding several values: a comma-separated string, or a list, tuple or set of strings
+# (kept as the string, so env vars, flags and keywords end up alike).
+_LIST_OPTIONS = ("api_keys", "allowed_origins", "presence_rooms")
+
+
 def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
     return field(default=default, metadata={"help": help, "min": min, "max": max})
 
@@ -60,11 +65,12 @@ class Config:
     fast_transport: bool = _opt(True, "picows' aiofastnet transport: ~1.5x throughput, ~5 KB more "
                                 "memory per connection than the event loop's own")
     # security and limits
-    api_keys: str | None = _opt(None, "comma-separated API keys; clients must present one")
+    api_keys: str | None = _opt(None, "API keys, comma-separated (or a list in Python); clients "
+                                "must present one")
     auth_timeout: float = _opt(10.0, "seconds an unauthenticated socket may take to $auth",
                                min=0.01)
-    allowed_origins: str | None = _opt(None, "comma-separated origins allowed to connect "
-                                       "(https://*.example.com); others get HTTP 403")
+    allowed_origins: str | None = _opt(None, "origins allowed to connect, comma-separated or a "
+                                       "list (https://*.example.com); others get HTTP 403")
     max_connections_per_ip: int = _opt(1000, "connections per client IP (0: no limit); more "
                                        "are closed with 1013", min=0)
     max_rooms_per_socket: int = _opt(100, "rooms one socket may be in", min=1)
@@ -98,11 +104,15 @@ class Config:
     cluster_heartbeat: float = _opt(1.0, "seconds between node heartbeats", min=0.01)
     node_timeout: float = _opt(5.0, "seconds without a heartbeat before a node is dropped from "
                                "counts and presence", min=0.05)
-    presence_rooms: str | None = _opt(None, "comma-separated rooms or patterns (game:*) whose "
-                                      "members get $presence updates")
+    presence_rooms: str | None = _opt(None, "rooms or patterns (game:*) whose members get "
+                                      "$presence updates, comma-separated or a list")
     reuse_port: bool = _opt(False, "bind with SO_REUSEPORT (set for each --workers process)")
 
     def __post_init__(self) -> None:
+        for name in _LIST_OPTIONS:
+            value = getattr(self, name)
+            if isinstance(value, list | tuple | set | frozenset):
+                object.__setattr__(self, name, _join(name, value))
         for f in fields(self):
             value = getattr(self, f.name)
             expected = _field_type(f)
@@ -160,6 +170,20 @@ class Config:
         values = env_values(os.environ if environ is None else environ)
         values.update(overrides)
         return cls(**values)
+
+
+def _join(name: str, items: Any) -> str:
+    """A list-like value of a comma-separated option, as the string it stands for."""
+    if not items:  # "" would mean "off" (every origin allowed): say so instead of guessing
+        raise ConfigError(name, "the list is empty (None turns the option off)")
+    for item in items:
+        if type(item) is not str:
+            raise ConfigError(name, f"expected strings, got {item!r}")
+        if "," in item:
+            raise ConfigError(name, f"an item may not contain a comma, got {item!r}")
+    # A set has no order: sort it so equal configs compare (and print) alike.
+    ordered = sorted(items) if isinstance(items, set | frozenset) else list(items)
+    return ",".join(ordered)
 
 
 def env_names(name: str) -> list[str]:
