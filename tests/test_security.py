@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import websockets
 
-from smartsocket import AckError, Client, SmartSocket, Socket
+from smartsocket import AckError, Client, ConfigError, SmartSocket, Socket
 from smartsocket.demo import create_app
-from smartsocket.security import AuthError, AuthRequest
+from smartsocket.security import AuthError, AuthRequest, LimitExceeded
 from smartsocket.testing import Recorder, running, wait_for
 
 KEY = "s3cret-key"
@@ -342,6 +342,22 @@ async def test_byte_rate_and_per_event_and_per_room_limits() -> None:
             await client.call("chat", {"room": "r", "text": "one too many"})
         assert info.value.code == "rate_limited" and info.value.retry_after
         await client.close()
+
+
+@pytest.mark.parametrize(("burst", "allowed"), [(0, 1), (5, 5)])
+async def test_room_rate_limit_burst_is_an_option(burst: float, allowed: int) -> None:
+    """A rate this low refills nothing during the test: the burst alone decides (default:
+    twice the rate, at least one broadcast)."""
+    server = SmartSocket(room_rate_limit_messages=0.001, room_rate_limit_burst=burst)
+    async with running(server):
+        room = server.room("r")
+        for _ in range(allowed):
+            room.broadcast("tick")
+        with pytest.raises(LimitExceeded) as info:
+            room.broadcast("tick")
+        assert info.value.code == "rate_limited" and info.value.retry_after
+    with pytest.raises(ConfigError, match="room_rate_limit_burst"):
+        SmartSocket(room_rate_limit_burst=0.5)
 
 
 # stats token

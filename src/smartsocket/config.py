@@ -83,6 +83,8 @@ class Config:
                                    min=1)
     room_rate_limit_messages: float = _opt(0.0, "broadcasts per second per room (0: off)",
                                            min=0)
+    room_rate_limit_burst: float = _opt(0.0, "broadcasts a room may take at once (0: twice "
+                                        "room_rate_limit_messages)", min=0)
     write_buffer_high: int = _opt(64 << 10, "bytes queued for a socket before it counts as "
                                   "slow", min=1024)
     max_write_buffer: int = _opt(4 << 20, "bytes queued for a slow socket before it is "
@@ -130,6 +132,8 @@ class Config:
                 raise ConfigError(f.name, f"must be <= {high}, got {value!r}")
         if self.enable_encryption and not (self.ssl_certfile and self.ssl_keyfile):
             raise ConfigError("enable_encryption", "needs ssl_certfile and ssl_keyfile")
+        if 0 < self.room_rate_limit_burst < 1:  # a bucket that never holds one broadcast
+            raise ConfigError("room_rate_limit_burst", "must be 0 (twice the rate) or >= 1")
         if self.max_write_buffer < self.write_buffer_high:
             raise ConfigError("max_write_buffer", "must be >= write_buffer_high")
         if self.node_timeout <= self.cluster_heartbeat:

@@ -326,7 +326,8 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         bucket = self._room_limits.get(name)
         if bucket is None:
             rate = self.config.room_rate_limit_messages
-            bucket = self._room_limits[name] = TokenBucket(rate, 2 * rate)
+            burst = self.config.room_rate_limit_burst or max(1.0, 2 * rate)
+            bucket = self._room_limits[name] = TokenBucket(rate, burst)
         wait = bucket.take(time.monotonic())
         if wait:
             if self._stats is not None:
