@@ -178,6 +178,48 @@ async def test_metrics_disabled_costs_nothing_and_says_so() -> None:
                 pass
 
 
+def _documented_stats_keys() -> set[str]:
+    """The key names the README's stats list promises (`name` at the start of a definition)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("The stats JSON keeps the seed's shape", 1)[1]
+    section = section.split("`enable_metrics=False`", 1)[0]
+    return set(re.findall(r"`([A-Za-z][A-Za-z0-9]*)`", section))
+
+
+def _keys_and_nones(value: object, path: str = "") -> tuple[set[str], list[str]]:
+    keys: set[str] = set()
+    nones: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            keys.add(key)
+            inner, missing = _keys_and_nones(item, f"{path}.{key}")
+            keys |= inner
+            nones += missing
+    elif value is None:
+        nones.append(path)
+    return keys, nones
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+async def test_stats_keep_the_documented_shape_with_zeros(metrics: bool) -> None:
+    """A fresh server, with metrics on or off: every documented key, no nulls."""
+    documented = _documented_stats_keys()
+    assert {"averageLatency", "p50Ms", "rateLimited", "topRooms"} <= documented
+    async with running(SmartSocket(enable_metrics=metrics)) as server:
+        status, text = await fetch(server, "/smartsocket/stats")
+        stats = json.loads(text)
+    assert status == 200
+    keys, nones = _keys_and_nones(stats)
+    assert documented <= keys, documented - keys
+    assert nones == []
+    assert stats["transmission"]["averageLatency"] == "0.0ms"
+    assert stats["latency"]["p50Ms"] == 0 and stats["latency"]["samples"] == 0
+    assert ("metrics" in stats) is not metrics
+
+
 async def test_dashboard_page_is_served() -> None:
     async with running(SmartSocket()) as server:
         status, page = await fetch(server, "/smartsocket/dashboard")

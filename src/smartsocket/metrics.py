@@ -118,10 +118,10 @@ class Stats:
             out["cpuPercent" + suffix] = 100 * (now.cpu - base.cpu) / span
         return out
 
-    def latency(self) -> dict[str, float | int | None]:
+    def latency(self) -> dict[str, float | int]:
         samples = sorted(self.rtt)
         if not samples:
-            return {"p50Ms": None, "p99Ms": None, "meanMs": None, "samples": 0}
+            return {"p50Ms": 0.0, "p99Ms": 0.0, "meanMs": 0.0, "samples": 0}  # the shape stays
         n = len(samples)
         return {
             "p50Ms": samples[(n - 1) // 2] * 1000,
@@ -148,7 +148,7 @@ class Stats:
         uptime = time.monotonic() - self.started
         payload = self.bytes_in + self.bytes_out_payload
         wire = self.bytes_in_wire + self.bytes_out_wire
-        latency = sum(self.rtt) / len(self.rtt) if self.rtt else None
+        latency = sum(self.rtt) / len(self.rtt) if self.rtt else 0.0  # nothing measured yet
         speed = wire / uptime if uptime > 0 else 0.0
         saved = 1 - wire / payload if payload else 0.0
         compression = (
@@ -172,7 +172,7 @@ class Stats:
             },
             "transmission": {
                 "totalMessages": self.messages_in + self.messages_out,
-                "averageLatency": f"{latency * 1000:.1f}ms" if latency is not None else None,
+                "averageLatency": f"{latency * 1000:.1f}ms",
                 "averageSpeed": f"{_human(speed)}/s",
                 "averageCompression": f"{compression * 100:.1f}%",
                 "totalDataTransmitted": _human(payload),

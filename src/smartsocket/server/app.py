@@ -115,6 +115,8 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         self._admission = Admission(self)
         self._admission._hook = hook
         self._stats = Stats() if config.enable_metrics else None
+        # With metrics off the stats keep their shape: counters that never move (zeros).
+        self._still_stats = self._stats or Stats()
         self._recovery = Recovery(config) if config.recovery_window else None
         self._default_limit = None
         if config.rate_limit_messages or config.rate_limit_bytes:
@@ -520,16 +522,13 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
     def stats(self, *, cluster: bool = False) -> dict[str, Any]:
         """The figures served at /smartsocket/stats (this node's; in a cluster, a ``cluster``
         section too, with every node's figures and totals when ``cluster`` is true)."""
-        figures: dict[str, Any]
+        figures = self._still_stats.snapshot(
+            connections=len(self._sockets),
+            rooms=len(self._registry),
+            top_rooms=self._registry.largest(10),
+        )
         if self._stats is None:
-            figures = {"connections": len(self._sockets), "rooms": len(self._registry),
-                       "metrics": "disabled"}
-        else:
-            figures = self._stats.snapshot(
-                connections=len(self._sockets),
-                rooms=len(self._registry),
-                top_rooms=self._registry.largest(10),
-            )
+            figures["metrics"] = "disabled"  # the counters are zeros, not measurements
         if self._recovery is not None:
             figures["recovery"] = self._recovery.stats()
         if self._cluster.active:
