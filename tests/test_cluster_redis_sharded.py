@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -94,11 +95,15 @@ async def eventually(check: Callable[[], Any], what: str, timeout: float = 5.0) 
 
 
 @pytest.fixture(scope="module")
-def redis_cluster() -> None:
+def redis_cluster() -> Iterator[None]:
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server is not installed: no Redis Cluster to test sharded pub/sub")
-    subprocess.run([str(ROOT / "scripts" / "redis-cluster")], check=True, timeout=60,
-                   capture_output=True)
+    script = str(ROOT / "scripts" / "redis-cluster")
+    pid = str(os.getpid())
+    subprocess.run([script, "acquire", pid], check=True, timeout=60, capture_output=True)
+    yield
+    # Stops the cluster only if it was started for the tests and no other run uses it.
+    subprocess.run([script, "release", pid], check=True, timeout=60, capture_output=True)
 
 
 @pytest.fixture(scope="module")
