@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from smartsocket import Client
+from smartsocket.logs import ready_url
 
 
 @asynccontextmanager
@@ -31,8 +32,9 @@ async def serve(
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
-        assert "listening on" in line, line + (await proc.stderr.read()).decode()  # type: ignore[union-attr]
-        yield proc, line.rsplit(" ", 1)[1].strip()
+        url = ready_url(line)
+        assert url is not None, line + (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        yield proc, url
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -104,7 +106,169 @@ def test_version_and_help() -> None:
         assert flag in help_text
 
 
-@pytest.mark.parametrize("spec", ["nomodule", "os:path"])
-def test_bad_app_spec(spec: str) -> None:
-    result = run_cli(["serve", "--port", "0", "--app", spec])
-    assert result.returncode != 0
+
+
+# Mistakes a newcomer makes: one line that says what is wrong and what to do, no traceback.
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_port_already_in_use() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli(["serve", "--host", "127.0.0.1", "--port", port])
+    assert_one_line(result, 1, f"port {port} is already in use", "--port")
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("nomodule:server", ["no module named 'nomodule'", "directory"]),
+        ("os:nothing", ["has no 'nothing'", "SmartSocket instance"]),
+        ("os:path", ["is a module, not a SmartSocket"]),
+        ("os:getcwd", ["does not take a Config"]),
+        ("builtins:id", ["returned an int, not a SmartSocket"]),
+        ("nocolon", ["module:attr"]),
+    ],
+)
+def test_bad_app_spec(spec: str, words: list[str]) -> None:
+    assert_one_line(run_cli(["serve", "--port", "0", "--app", spec]), 2, f"{spec}", *words)
+
+
+async def test_app_may_be_a_factory_or_the_class(tmp_path: Path) -> None:
+    (tmp_path / "factory.py").write_text(textwrap.dedent("""
+        from smartsocket import SmartSocket
+
+        def make(config):
+            server = SmartSocket(config=config)
+            server.on("ping", lambda socket, data: "pong")
+            return server
+    """))
+    for spec in ("factory:make", "smartsocket:SmartSocket"):
+        async with serve("--app", spec, cwd=tmp_path) as (_, url):
+            client = Client(url, reconnect=False)
+            await client.connect()
+            if spec == "factory:make":
+                assert await client.call("ping") == "pong"
+            await client.close()
+
+
+def test_app_whose_own_import_fails_keeps_its_traceback(tmp_path: Path) -> None:
+    """A module whose own import fails keeps its traceback: that is the user's bug to see."""
+    (tmp_path / "broken.py").write_text("import not_installed_anywhere\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "smartsocket", "serve", "--port", "0", "--app", "broken:server"],
+        capture_output=True, text=True, timeout=20, cwd=tmp_path,
+    )
+    assert result.returncode == 1 and "not_installed_anywhere" in result.stderr
+
+
+def test_invalid_log_level() -> None:
+    result = run_cli(["serve", "--port", "0", "--log-level", "LOUD"])
+    assert_one_line(result, 2, "--log-level", "'LOUD'", "DEBUG", "--help")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("missing", ["ssl_certfile", "ssl_keyfile"])
+def test_missing_tls_file_is_named(missing: str, tmp_path: Path) -> None:
+    files = {"ssl_certfile": tmp_path / "cert.pem", "ssl_keyfile": tmp_path / "key.pem"}
+    for name, path in files.items():
+        if name != missing:
+            path.write_text("not really PEM\n")
+    result = run_cli([
+        "serve", "--port", "0", "--encryption",
+        "--ssl-certfile", str(files["ssl_certfile"]), "--ssl-keyfile", str(files["ssl_keyfile"]),
+    ])
+    assert_one_line(result, 2, missing, f"no such file: {files[missing]}")
+
+
+def test_unreadable_tls_files_are_named(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not really PEM\n")
+    key.write_text("not really PEM\n")
+    result = run_cli(["serve", "--port", "0", "--encryption",
+                      "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)])
+    assert_one_line(result, 2, "ssl_certfile", f"cannot load {cert}")
+
+
+@pytest.mark.parametrize(
+    ("url", "extra"),
+    [("redis://127.0.0.1:6379", "redis"), ("redis://127.0.0.1:7101?cluster=1", "redis"),
+     ("nats://127.0.0.1:4222", "nats")],
+)
+def test_missing_extra_names_the_pip_command(url: str, extra: str, tmp_path: Path) -> None:
+    """A PYTHONPATH shim makes ``import redis`` / ``import nats`` fail, as without the extra."""
+    for package in ("redis", "nats"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(f"raise ImportError('no {package}')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "smartsocket", "serve", "--port", "0", "--cluster-url", url],
+        capture_output=True, text=True, timeout=20,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert_one_line(result, 1, f"pip install 'smartsocket[{extra}]'")
+
+
+async def test_stats_into_a_closed_pipe_is_quiet() -> None:
+    """``smartsocket stats URL | head``: the reader is gone before a byte is written."""
+    async with serve() as (_, url):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            for extra in ([], ["--json"]):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "smartsocket", "stats", *extra, url,
+                    stdout=write, stderr=subprocess.PIPE,
+                )
+                _, err = await asyncio.wait_for(proc.communicate(), 20)
+                assert proc.returncode == 1 and err == b"", err.decode()
+        finally:
+            os.close(write)
+
+
+# What `serve` prints: one ready line, true about the address, JSON with --log-json.
+
+
+async def test_ready_line_once_and_true_about_the_bound_address() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "smartsocket", "serve", "--host", "0.0.0.0", "--port", "0",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert "every interface (0.0.0.0:" in line, line
+    url = line.rsplit(" ", 1)[1].strip()
+    assert url.startswith("ws://127.0.0.1:") and url.endswith("/")
+    assert (line + out.decode() + err.decode()).count("listening") == 1
+
+
+async def test_log_json_prints_json_on_every_line() -> None:
+    async with serve("--log-json", "--log-level", "DEBUG") as (proc, url):
+        client = Client(url, reconnect=False)
+        await client.connect()
+        await client.close()
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+    lines = (out + err).decode().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line, stdout and stderr
+    assert [e["message"] for e in entries].count("closed") == 1
+    assert sum("listening" in e["message"] for e in entries) == 0  # (the ready line was read)
+
+
+def test_help_is_written_for_users() -> None:
+    for args in (["--help"], ["serve", "--help"], ["stats", "--help"]):
+        text = run_cli(args).stdout
+        assert "``" not in text and "seed" not in text.lower(), text
+    assert "SMARTSOCKET_" in run_cli(["serve", "--help"]).stdout

@@ -235,7 +235,9 @@ def test_cli_stats_table_and_json_and_log_json() -> None:
     )
     try:
         assert proc.stdout is not None
-        url = proc.stdout.readline().split()[-1]
+        ready = json.loads(proc.stdout.readline())  # --log-json: the ready line is JSON too
+        url = ready["url"]
+        assert ready["event"] == "listening" and ready["message"].startswith("listening on")
         table = subprocess.run(
             [sys.executable, "-m", "smartsocket", "stats", url], capture_output=True, text=True,
             timeout=20,
@@ -256,7 +258,7 @@ def test_cli_stats_table_and_json_and_log_json() -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
-    assert any(e["message"].startswith("listening on") for e in lines)
+    assert any(e["message"] == "closed" for e in lines)
     assert all({"ts", "level", "logger", "message"} <= e.keys() for e in lines)
 
 

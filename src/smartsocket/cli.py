@@ -1,35 +1,80 @@
-"""``smartsocket`` command line: ``serve`` (the demo app or ``--app module:attr``)."""
+"""``smartsocket`` command line: ``serve`` (the demo app or ``--app module:attr``) and
+``stats URL``.
+
+Mistakes a user can fix (a port in use, a wrong ``--app``, a missing certificate or extra)
+end with one line on stderr that says what is wrong and what to do, never a traceback: exit
+status 2 for usage errors, 1 for the others."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from smartsocket._version import __version__
 from smartsocket.config import Config, env_names, field_type, option_fields, parse_value
-from smartsocket.errors import ConfigError
-from smartsocket.logs import JsonFormatter
+from smartsocket.errors import ConfigError, MissingDependency
+from smartsocket.logs import JsonFormatter, SkipReadyRecord, ready_line
 from smartsocket.server import SmartSocket
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+DESCRIPTION = """\
+SmartSocket: a real-time WebSocket server.
+
+  smartsocket serve            run the demo chat server on port 8080
+  smartsocket serve --app myapp:server
+                               run your own server (a SmartSocket in myapp.py)
+  smartsocket stats URL        print a running server's figures"""
+
+SERVE_DESCRIPTION = """\
+Run a SmartSocket server: the demo chat app, or your own with --app module:attr (a SmartSocket
+instance, or a function that takes a Config and returns one).
+
+Every option below can also be set by an environment variable, SMARTSOCKET_<OPTION> (e.g.
+SMARTSOCKET_MAX_CONNECTIONS=500); PORT, HOST, ENABLE_COMPRESSION, ENABLE_METRICS,
+MAX_CONNECTIONS and ENABLE_ENCRYPTION work without the prefix too. Flags win over
+environment variables."""
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage of ``serve`` is a page)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smartsocket", description=__doc__)
+    parser = Parser(
+        prog="smartsocket", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"smartsocket {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
         help="run a server (the demo app unless --app is given)",
-        description="Run a SmartSocket server. Every option can also be set by env var "
-        "(SMARTSOCKET_<OPTION>; PORT, HOST, ENABLE_* as in the seed README); flags win.",
+        description=SERVE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--app", help="module:attr of a SmartSocket instance or factory(config)")
-    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument(
+        "--app", metavar="MODULE:ATTR",
+        help="your server: a SmartSocket instance (myapp:server) or a function that takes a "
+        "Config and returns one; the module is looked up from the current directory",
+    )
+    serve.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+        metavar="LEVEL", help="DEBUG, INFO (the default), WARNING or ERROR",
+    )
     serve.add_argument(
         "--log-file", metavar="PATH",
         help="append logs to PATH instead of stderr; SIGHUP reopens it (log rotation)",
@@ -43,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     for f in option_fields():
         flag = "--" + f.name.replace("_", "-")
         envs = ", ".join(env_names(f.name))
-        help_text = f"{f.metadata['help']} (default {f.default!r}; env {envs})"
+        default = "unset" if f.default is None else repr(f.default)
+        help_text = f"{f.metadata['help']} (default {default}; env {envs})"
         if field_type(f.name) is bool:
             # enable_compression: --compression/--no-compression (and the long form)
             flags = [flag]
@@ -137,18 +183,62 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
 
 
 def load_app(spec: str, config: Config) -> SmartSocket:
-    """``module:attr``: a SmartSocket (given the CLI's config) or a factory taking a Config."""
+    """``module:attr``: a SmartSocket (given the CLI's config) or a factory taking a Config.
+    Raises UsageError with what is wrong when ``spec`` does not name one."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise SystemExit(f"--app must look like module:attr, got {spec!r}")
-    target = getattr(importlib.import_module(module_name), attr)
+        raise UsageError(f"--app must look like module:attr (e.g. myapp:server), got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise  # the module exists but imports something missing: its own bug, traceback
+        raise UsageError(
+            f"--app {spec}: no module named {module_name!r} in {os.getcwd()} or on "
+            "PYTHONPATH (run smartsocket from the directory that holds it)"
+        ) from None
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise UsageError(
+            f"--app {spec}: module {module_name!r} has no {attr!r} (name the SmartSocket "
+            "instance, or a function that returns one)"
+        ) from None
     if isinstance(target, SmartSocket):
         target.config = config
         return target
-    app = target(config)
+    if isinstance(target, type) and issubclass(target, SmartSocket):
+        return target(config=config)
+    factory = callable(target) and not isinstance(target, type)
+    if factory and not _takes_one_argument(target):
+        raise UsageError(
+            f"--app {spec} is a function that does not take a Config (name a SmartSocket "
+            "instance, or a function that takes a Config and returns one)"
+        )
+    app = target(config) if factory else target
     if not isinstance(app, SmartSocket):
-        raise SystemExit(f"{spec} returned {type(app).__name__}, not a SmartSocket")
+        made = "returned" if app is not target else "is"
+        raise UsageError(
+            f"--app {spec} {made} {_a(type(app).__name__)}, not a SmartSocket (name a "
+            "SmartSocket instance, or a function that takes a Config and returns one)"
+        )
     return app
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
+def _takes_one_argument(fn: Any) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins): try it
+        return True
+    return True
 
 
 class ReopenableFileHandler(logging.FileHandler):
@@ -189,26 +279,45 @@ def _reopen_on_sighup(handler: ReopenableFileHandler) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "stats":
-        return stats_command(args)
-    log_file = _log_file(args.log_file) if args.log_file else None
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[log_file] if log_file is not None else None,
-    )
-    if args.log_json:
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter())
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connection at INFO
+        try:
+            return stats_command(args)
+        except BrokenPipeError:
+            # `smartsocket stats URL | head`: the reader left, as intended. Quiet, like other
+            # tools; stdout goes to /dev/null so the interpreter's final flush fails no more.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
     try:
-        config = config_from_args(args)
+        return serve_command(args, argv)
+    except UsageError as exc:
+        print(f"smartsocket: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"smartsocket: invalid option {exc}", file=sys.stderr)
         return 2
+    except MissingDependency as exc:
+        print(f"smartsocket: {exc}", file=sys.stderr)
+        return 1
+
+
+def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    log_file = _log_file(args.log_file) if args.log_file else None
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[log_file] if log_file is not None else None,
+    )
+    for handler in logging.getLogger().handlers:
+        if args.log_json:
+            handler.setFormatter(JsonFormatter())
+        if handler is not log_file:  # the terminal shows the ready line already
+            handler.addFilter(SkipReadyRecord())
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connection at INFO
+    config = config_from_args(args)
     if args.workers > 1:
         from smartsocket.cluster.workers import run_workers
 
-        return run_workers(sys.argv[1:] if argv is None else list(argv), args.workers, config)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return run_workers(argv, args.workers, config, log_json=args.log_json)
     if args.app:
         sys.path.insert(0, os.getcwd())
         server = load_app(args.app, config)
@@ -216,13 +325,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         from smartsocket.demo import create_app
 
         server = create_app(config)
+    listening = False
 
     def started() -> None:
+        nonlocal listening
+        listening = True
         if log_file is not None:
             _reopen_on_sighup(log_file)
-        print(f"SmartSocket listening on {server.url}", flush=True)
+        message = f"listening on {server.listening}"
+        print(ready_line(message, server.url, as_json=args.log_json), flush=True)
 
-    server.listen(started)
+    try:
+        server.listen(started)
+    except OSError as exc:
+        if listening:
+            raise
+        where = f"{config.host or '0.0.0.0'}:{config.port}"
+        if exc.errno == errno.EADDRINUSE:
+            print(f"smartsocket: port {config.port} is already in use ({where}): stop the "
+                  "server that holds it, or choose another port with --port", file=sys.stderr)
+        else:
+            print(f"smartsocket: cannot listen on {where}: {exc.strerror or exc}",
+                  file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,6 +2,7 @@
 
     SmartSocketError
     ├── ConfigError              an option has an invalid value (raised at start-up)
+    ├── MissingDependency        an option needs an extra that is not installed (also ImportError)
     ├── AckError                 a peer answered an ack with an error (or a handler raises it)
     │   └── AckTimeout           no answer within the timeout (also a TimeoutError)
     ├── ConnectionClosed         the connection closed; carries the close code and reason
@@ -21,6 +22,15 @@ class ConfigError(SmartSocketError, ValueError):
     def __init__(self, option: str, message: str) -> None:
         super().__init__(f"{option}: {message}")
         self.option = option
+
+
+class MissingDependency(SmartSocketError, ImportError):
+    """An option needs an optional dependency that is not installed; the message names the
+    pip command (``pip install 'smartsocket[redis]'``)."""
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(f"{feature}: pip install 'smartsocket[{extra}]'")
+        self.extra = extra
 
 
 class AckError(SmartSocketError):

@@ -13,6 +13,7 @@ import contextlib
 from typing import Any
 
 from smartsocket.cluster.adapter import BrokerAdapter, Outbound
+from smartsocket.errors import MissingDependency
 
 
 class NatsAdapter(BrokerAdapter):
@@ -22,10 +23,8 @@ class NatsAdapter(BrokerAdapter):
         super().__init__(url)
         try:
             import nats  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "cluster_url nats://... needs nats-py: pip install 'smartsocket[nats]'"
-            ) from exc
+        except ImportError as exc:
+            raise MissingDependency("cluster_url nats://... needs nats-py", "nats") from exc
         self._nc: Any = None
         self._subs: dict[str, Any] = {}
         self._gone: asyncio.Event | None = None

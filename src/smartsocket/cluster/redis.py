@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 from smartsocket.cluster.adapter import SCRIPTS, BrokerAdapter, Outbound, ScriptCall, _safe_url
+from smartsocket.errors import MissingDependency
 
 logger = logging.getLogger("smartsocket.cluster")
 
@@ -34,10 +35,8 @@ class RedisAdapter(BrokerAdapter):
         super().__init__(url)
         try:
             import redis.asyncio  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "cluster_url redis://... needs redis-py: pip install 'smartsocket[redis]'"
-            ) from exc
+        except ImportError as exc:
+            raise MissingDependency("cluster_url redis://... needs redis-py", "redis") from exc
         self._pub: Any = None
         self._sub: Any = None
         self._pubsub: Any = None

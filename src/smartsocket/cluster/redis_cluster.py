@@ -48,6 +48,7 @@ from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from smartsocket.cluster.adapter import SCRIPTS, BrokerAdapter, Outbound, ScriptCall
 from smartsocket.cluster.redis import IDLE_TIMEOUT
+from smartsocket.errors import MissingDependency
 
 logger = logging.getLogger("smartsocket.cluster")
 
@@ -165,11 +166,9 @@ class RedisClusterAdapter(BrokerAdapter):
         super().__init__(url)
         try:
             import redis.asyncio  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "cluster_url redis://...?cluster=1 needs redis-py: "
-                "pip install 'smartsocket[redis]'"
-            ) from exc
+        except ImportError as exc:
+            raise MissingDependency("cluster_url redis://...?cluster=1 needs redis-py",
+                                    "redis") from exc
         self._seeds, self._scheme, self._userinfo, self._query = parse_url(url)
         self._owners: list[str] = []  # slot -> primary address
         self._shards: dict[str, _Shard] = {}

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from smartsocket.config import Config
+from smartsocket.logs import ready_line, ready_url
 
 READY_TIMEOUT = 20.0
 
@@ -82,7 +83,9 @@ def without_workers(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def run_workers(argv: Sequence[str], workers: int, config: Config) -> int:
+def run_workers(
+    argv: Sequence[str], workers: int, config: Config, *, log_json: bool = False
+) -> int:
     """Supervise ``workers`` copies of ``smartsocket serve <argv>``; returns the exit code."""
     if not config.cluster_url:
         print("smartsocket: --workers needs --cluster-url (redis://... or nats://...) so the "
@@ -114,14 +117,15 @@ def run_workers(argv: Sequence[str], workers: int, config: Config) -> int:
             worker.start()
         url = ""
         for worker in pool:
-            line = worker.wait_ready(READY_TIMEOUT)
-            if "listening on" not in line:
+            ready = ready_url(worker.wait_ready(READY_TIMEOUT))
+            if ready is None:
                 print(f"smartsocket: worker {worker.index} did not start", file=sys.stderr)
                 stopping.set()
                 break
-            url = line.rsplit(" ", 1)[1].strip()
+            url = ready
         else:
-            print(f"SmartSocket ({workers} workers) listening on {url}", flush=True)
+            message = f"({workers} workers) listening on {url}"
+            print(ready_line(message, url, as_json=log_json), flush=True)
         _supervise(pool, stopping)
     finally:
         code = _stop_all(pool, config.shutdown_timeout + 5.0)

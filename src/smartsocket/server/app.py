@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 import time
@@ -19,6 +20,7 @@ from smartsocket.cluster.api import ClusterAPI
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.cluster.operations import check_event
 from smartsocket.config import Config
+from smartsocket.errors import ConfigError
 from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
 from smartsocket.protocol import SUBPROTOCOL, envelope
@@ -554,6 +556,15 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             host = "127.0.0.1"
         return f"{scheme}://{host}:{self.port}/"
 
+    @property
+    def listening(self) -> str:
+        """Where the server listens, for people: the bound address and a URL that reaches it
+        ("every interface (0.0.0.0:8080), e.g. ws://127.0.0.1:8080/")."""
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            return f"every interface ({host or '0.0.0.0'}:{self.port}), e.g. {self.url}"
+        return self.url
+
     async def start(self, *, listen: bool = True) -> None:
         """Start listening (returns once the port is bound).
 
@@ -568,7 +579,12 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             self._closing = False
             await self._cluster.start(self.config)  # before the first socket (its id)
         if listen:
-            await self._listen()
+            try:
+                await self._listen()
+            except BaseException:
+                if not self._started:  # a port in use, a bad certificate: undo the cluster
+                    await self._cluster.close()
+                raise
         if not self._started:
             self._started = True
             loop = asyncio.get_running_loop()
@@ -578,7 +594,8 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             if self._recovery is not None:
                 self._sweep()
         if listen:
-            logger.info("listening on %s", self.url)
+            logger.info("listening on %s", self.listening, extra={"event": "listening",
+                                                                  "url": self.url})
 
     async def _listen(self) -> None:
         cfg = self.config
@@ -603,8 +620,19 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         if not cfg.enable_encryption:
             return None
         assert cfg.ssl_certfile is not None and cfg.ssl_keyfile is not None
+        # ssl's own errors name neither the option nor the file ("[SSL] PEM lib", a bare
+        # FileNotFoundError): say which one is wrong.
+        for option, path in (("ssl_certfile", cfg.ssl_certfile), ("ssl_keyfile", cfg.ssl_keyfile)):
+            if not os.path.isfile(path):
+                raise ConfigError(option, f"no such file: {path}")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+        try:
+            context.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                "ssl_certfile", f"cannot load {cfg.ssl_certfile} with key {cfg.ssl_keyfile}: "
+                f"{getattr(exc, 'reason', None) or exc} (PEM certificate chain and its key?)"
+            ) from exc
         return context
 
     async def serve(self) -> None:
