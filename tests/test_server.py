@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -375,3 +376,52 @@ async def test_async_with_and_serve_until_close() -> None:
         assert await client.call("echo", "serving") == "serving"
     await server.close()
     await asyncio.wait_for(runner, 5)  # serve() returns once closed
+
+
+async def test_on_message_hooks_may_take_fewer_arguments_and_be_async(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The rule of every registration: fewer arguments than it is called with are fine."""
+    server = SmartSocket()
+    server.on("echo", lambda socket, data: data)
+    seen: list[tuple[Any, ...]] = []
+    server.on_message(lambda: seen.append(()))
+    server.on_message(lambda socket, event: seen.append((event,)))
+
+    @server.on_message
+    async def audit(socket: Socket, event: str, data: Any) -> None:
+        seen.append((event, data))
+
+    async with running(server), connected(server) as client:
+        with caplog.at_level(logging.ERROR, logger="smartsocket"):
+            assert await client.call("echo", 1) == 1
+            await wait_for(lambda: len(seen) == 3)
+    assert sorted(seen, key=len) == [(), ("echo",), ("echo", 1)]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _needs_four(a: Any, b: Any, c: Any, d: Any) -> None: ...
+
+
+def _needs_keyword(socket: Any, *, flag: bool) -> None: ...
+
+
+def test_every_registration_refuses_a_handler_it_cannot_call() -> None:
+    """Refused when registered, saying what the handler will be called with; never a
+    TypeError logged on every message later."""
+    from smartsocket import Client
+
+    server = SmartSocket()
+    registrations: list[tuple[Any, str]] = [
+        (lambda fn: server.on("chat", fn), "(socket, data)"),
+        (lambda fn: server.on("disconnect", fn), "(socket, reason)"),
+        (server.on_connection, "(socket)"),
+        (server.on_message, "(socket, event, data)"),
+        (server.authenticate, "(request: AuthRequest)"),
+        (lambda fn: Client("ws://127.0.0.1:1/").on("news", fn), "(data)"),
+    ]
+    for register, called_with in registrations:
+        for fn in (_needs_four, _needs_keyword):
+            with pytest.raises(TypeError, match=re.escape(f"called with {called_with}")):
+                register(fn)
+    server.on("chat", lambda socket, data, extra=None: data)  # a default is fine

@@ -16,13 +16,18 @@ class Handler:
     """A registered handler, inspected once so each call does no introspection.
 
     ``arity`` is how many positional arguments it takes (a server-level handler gets
-    ``(socket, data)``, a socket-level or client handler ``(data)``; fewer are allowed).
+    ``(socket, data)``, a socket-level or client handler ``(data)``; fewer are allowed, and
+    every registration (``on``, ``on_connection``, ``on_message``, ``authenticate``, ...)
+    follows that one rule). A handler that needs more than it is given is refused at
+    registration, with a TypeError that says what it will be called with.
     ``data_type`` is the annotation of the data parameter, validated with msgspec.
     """
 
     __slots__ = ("arity", "data_type", "fn", "is_async", "name")
 
-    def __init__(self, fn: Callable[..., Any], *, max_args: int) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], *, max_args: int, called_with: str | None = None
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"handler must be callable, got {fn!r}")
         self.fn = fn
@@ -30,15 +35,22 @@ class Handler:
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
         )
-        params, var_args = _positional_params(fn)
-        if len(params) > max_args:
-            raise TypeError(
-                f"handler {self.name} takes {len(params)} arguments, at most {max_args}"
+        params, var_args, keyword_only = _parameters(fn)
+        required = [p for p in params if p.default is inspect.Parameter.empty]
+        if len(required) > max_args or keyword_only:
+            given = called_with or f"{max_args} argument{'s' if max_args != 1 else ''}"
+            needs = (
+                f"keyword-only arguments ({', '.join(keyword_only)}) without defaults"
+                if keyword_only else f"{len(required)} arguments"
             )
-        self.arity = max_args if var_args else len(params)
+            raise TypeError(
+                f"handler {self.name} needs {needs}, but it is called with {given}: "
+                f"take at most {max_args} (fewer are fine)"
+            )
+        self.arity = max_args if var_args else min(len(params), max_args)
         self.data_type: Any = None
-        if len(params) == max_args:
-            self.data_type = _annotation(fn, params[-1])
+        if self.arity == max_args and len(params) >= max_args:
+            self.data_type = _annotation(fn, params[max_args - 1])
 
     def convert(self, data: Any) -> Any:
         """Validate ``data`` against the annotation (raises msgspec.ValidationError)."""
@@ -47,16 +59,21 @@ class Handler:
         return msgspec.convert(data, self.data_type)
 
 
-def _positional_params(fn: Callable[..., Any]) -> tuple[list[inspect.Parameter], bool]:
-    """The positional parameters, and whether ``*args`` takes any number more."""
+def _parameters(fn: Callable[..., Any]) -> tuple[list[inspect.Parameter], bool, list[str]]:
+    """The positional parameters, whether ``*args`` takes any number more, and the
+    keyword-only parameters a call would have to pass (no default)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
-        return [], True
+        return [], True, []
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     params = [p for p in sig.parameters.values() if p.kind in kinds]
     var_args = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in sig.parameters.values())
-    return params, var_args
+    keyword_only = [
+        p.name for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    return params, var_args, keyword_only
 
 
 def _annotation(fn: Callable[..., Any], param: inspect.Parameter) -> Any:

@@ -109,7 +109,8 @@ class Client:
         """Handle ``event``: ``handler(data)``; its return value answers a server ``call``."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self._handlers.setdefault(event, []).append(Handler(fn, max_args=1))
+            entry = Handler(fn, max_args=1, called_with="(data)")
+            self._handlers.setdefault(event, []).append(entry)
             return fn
 
         return register(handler) if handler is not None else register

@@ -53,7 +53,7 @@ class Admission:
         return self._hook is not None or self._api_keys is not None
 
     def set_hook(self, fn: Callable[..., Any]) -> None:
-        self._hook = Handler(fn, max_args=1)
+        self._hook = Handler(fn, max_args=1, called_with="(request: AuthRequest)")
 
     # at the upgrade
 
@@ -149,7 +149,7 @@ class Admission:
     ) -> None:
         assert self._hook is not None
         try:
-            identity = await self._hook.fn(auth)
+            identity = await self._hook.fn(*(auth,)[: self._hook.arity])
         except AuthError as exc:
             logger.info("authentication refused: %s", exc)
             identity = None
@@ -187,7 +187,7 @@ class Admission:
 
     def _call_sync(self, auth: AuthRequest) -> Any:
         if self._hook is not None:
-            return self._hook.fn(auth)
+            return self._hook.fn(*(auth,)[: self._hook.arity])
         assert self._api_keys is not None
         return self._api_keys.identify(auth.token)
 

@@ -84,7 +84,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         self._sockets: dict[str, Socket] = {}
         self._handlers: dict[str, list[Handler]] = {}
         self._connection_handlers: list[Handler] = []
-        self._message_hooks: list[Callable[[Socket, str, Any], Any]] = []
+        self._message_hooks: list[Handler] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stats: Stats | None = None
         self._server: asyncio.Server | None = None
@@ -135,7 +135,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
 
     def on_connection(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``handler(socket)`` for each new connection (sync or async; a decorator too)."""
-        self._connection_handlers.append(Handler(handler, max_args=1))
+        self._connection_handlers.append(Handler(handler, max_args=1, called_with="(socket)"))
         return handler
 
     def on(
@@ -145,7 +145,10 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         ack reply. ``"disconnect"`` handlers get ``(socket, reason)``. Usable as a decorator."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self._handlers.setdefault(event, []).append(Handler(fn, max_args=2))
+            called_with = "(socket, reason)" if event == "disconnect" else "(socket, data)"
+            self._handlers.setdefault(event, []).append(
+                Handler(fn, max_args=2, called_with=called_with)
+            )
             return fn
 
         return register(handler) if handler is not None else register
@@ -170,9 +173,12 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             return None
         return Limiter(self._default_limit, self._limit_overrides)
 
-    def on_message(self, hook: Callable[[Socket, str, Any], Any]) -> Callable[..., Any]:
-        """Call ``hook(socket, event, data)`` for every inbound event (e.g. custom metrics)."""
-        self._message_hooks.append(hook)
+    def on_message(self, hook: Callable[..., Any]) -> Callable[..., Any]:
+        """Call ``hook(socket, event, data)`` for every inbound event (e.g. custom metrics); like
+        every handler it may take fewer arguments, and be async. A decorator too."""
+        self._message_hooks.append(
+            Handler(hook, max_args=3, called_with="(socket, event, data)")
+        )
         return hook
 
     # rooms and broadcasts

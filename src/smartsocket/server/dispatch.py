@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -32,16 +31,18 @@ class EventDispatch:
 
     _config: Config
     _handlers: dict[str, list[Handler]]
-    _message_hooks: list[Callable[[Socket, str, Any], Any]]
+    _message_hooks: list[Handler]
     _tasks: set[asyncio.Task[Any]]
 
     def _dispatch(self, socket: Socket, packet: Event) -> None:
         name = packet.name
         for hook in self._message_hooks:
             try:
-                hook(socket, name, packet.data)
+                result = hook.fn(*(socket, name, packet.data)[: hook.arity])
+                if asyncio.iscoroutine(result):
+                    self._spawn(_log_failure(result, hook, "on_message"))
             except Exception:
-                logger.exception("on_message hook %r failed", hook)
+                logger.exception("on_message hook %s failed", hook.name)
         handlers = socket._handlers_for(name)
         if handlers is not None:
             with_socket = False

@@ -160,7 +160,8 @@ class Socket:
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             if self._handlers is None:
                 self._handlers = {}
-            self._handlers.setdefault(event, []).append(Handler(fn, max_args=1))
+            entry = Handler(fn, max_args=1, called_with="(data)")
+            self._handlers.setdefault(event, []).append(entry)
             return fn
 
         return register(handler) if handler is not None else register
