@@ -98,13 +98,16 @@ export interface SendOptions {
 
 /** Errors of this client. `code`: an ack error code from the server (e.g. "not_in_room",
  * "invalid_payload", "rate_limited") or a local one: "timeout", "disconnected", "closed",
- * "offline_buffer_full", "message_too_big", "connect_failed", "reserved_event". */
+ * "offline_buffer_full", "message_too_big", "connect_failed", "reserved_event",
+ * "auth_required" (the server requires credentials and `options.auth` gave none: `connect()`
+ * rejects at once, no reconnect), "unauthorized" (the server refused them: close 4001). */
 export declare class SmartSocketError extends Error {
   constructor(code: string, message: string, extra?: Record<string, unknown>);
   code: string;
   /** Seconds, with "rate_limited". */
   retryAfter?: number;
-  /** With "disconnected" and "connect_failed": the WebSocket close code. */
+  /** With "disconnected", "connect_failed", "auth_required" and "unauthorized": the
+   * WebSocket close code. */
   closeCode?: number;
   closeReason?: string;
 }
@@ -140,7 +143,8 @@ export declare class SmartSocket {
   /** Last round trip measured by ping(), in ms. */
   readonly latency: number | null;
 
-  /** Connect; resolves on `$welcome`, rejects (code "connect_failed") if this attempt fails. */
+  /** Connect; resolves on `$welcome`, rejects if this attempt fails (code "connect_failed",
+   * or "auth_required" / "unauthorized" when the server wants other credentials). */
   connect(): Promise<this>;
   /** Local events: connect ({recovered}), disconnect ({code, reason}), reconnecting (attempt),
    * reconnect_failed, error ($error data). */

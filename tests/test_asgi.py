@@ -157,8 +157,9 @@ async def test_authentication_and_origin_checks_apply() -> None:
         assert refused.value.response.status_code == 403
         async with connected(url, headers={"Authorization": "Bearer k1"}) as client:
             assert (await client.call("whoami")).startswith("key:")
-        # No credentials at the upgrade: no $welcome until $auth.
+        # No credentials at the upgrade: word that they are needed, no $welcome until $auth.
         async with websockets.connect(url) as ws:
+            assert json.loads(await ws.recv())[0] == "$auth_required"
             await ws.send(json.dumps(["$auth", {"token": "k1"}]))
             assert json.loads(await ws.recv())[0] == "$welcome"
         assert server.stats()["raw"]["rejectedConnections"] == 2

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import websockets
 
-from smartsocket import AckError, Client, ConfigError, SmartSocket, Socket
+from smartsocket import AckError, Client, ConfigError, SmartSocket, Socket, Unauthorized
 from smartsocket.demo import create_app
 from smartsocket.security import AuthError, AuthRequest, LimitExceeded
 from smartsocket.testing import Recorder, running, wait_for
@@ -56,6 +56,8 @@ async def test_api_key_in_header_query_or_auth_message() -> None:
         assert await by_query.call("whoami") == identity
         await by_query.close()
         async with websockets.connect(server.url) as ws:  # no key yet: no $welcome
+            name, required = json.loads(await ws.recv())  # but word that it must authenticate
+            assert name == "$auth_required" and required["timeout"] == 10_000
             await ws.send(json.dumps(["whoami", None, 1]))
             assert json.loads(await ws.recv())[2]["code"] == "unauthorized"
             await ws.send(json.dumps(["$auth", {"token": KEY}]))
@@ -103,6 +105,30 @@ async def test_python_client_stops_reconnecting_after_4001() -> None:
         assert client.sid is None
 
 
+@pytest.mark.parametrize("hook", ["api_keys", "sync", "async"])
+async def test_python_client_without_credentials_fails_at_once(hook: str) -> None:
+    """Not after auth_timeout (30 s here) with "no $welcome": at once, naming the cause."""
+    server = SmartSocket(auth_timeout=30, api_keys=KEY if hook == "api_keys" else None)
+    if hook == "sync":
+        server.authenticate(lambda request: None)
+    elif hook == "async":
+
+        @server.authenticate
+        async def nobody(request: AuthRequest) -> Any:
+            return None
+
+    async with running(server):
+        client = Client(server.url)  # reconnect on: it must not retry either
+        with pytest.raises(Unauthorized) as info:
+            await asyncio.wait_for(client.connect(), 5)
+        assert info.value.code == "auth_required" and "token" in str(info.value)
+        assert isinstance(info.value, ConnectionError)
+        await wait_for(lambda: not server._open)  # the client closed its side
+        with pytest.raises(Unauthorized) as info:  # wrong credentials: HTTP 401 or 4001
+            await asyncio.wait_for(Client(server.url + "?token=nope").connect(), 5)
+        assert info.value.code == "unauthorized"
+
+
 async def test_custom_hooks_sync_with_cookies_and_async_with_auth_message() -> None:
     server = SmartSocket()
     seen: list[AuthRequest] = []
@@ -138,7 +164,10 @@ async def test_custom_hooks_sync_with_cookies_and_async_with_auth_message() -> N
     async with running(server2):
         async with websockets.connect(server2.url) as ws:
             await ws.send(json.dumps(["$auth", {"token": "bob-token"}]))
-            assert json.loads(await ws.recv())[0] == "$welcome"
+            first = json.loads(await ws.recv())  # the upgrade's hook may say "required" first
+            if first[0] == "$auth_required":
+                first = json.loads(await ws.recv())
+            assert first[0] == "$welcome"
             await ws.send(json.dumps(["who", None, 1]))
             assert json.loads(await ws.recv()) == [1, {"user": "bob"}]
         async with websockets.connect(server2.url + "?token=wrong") as ws:

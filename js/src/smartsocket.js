@@ -32,7 +32,9 @@ const win = typeof window != "undefined" && window.addEventListener ? window : n
 const now = () => (typeof performance != "undefined" ? performance.now() : Date.now());
 
 /** An Error with a machine-readable `code` (ack error codes of protocol.md, or local ones:
- * timeout, disconnected, closed, offline_buffer_full, message_too_big, connect_failed). */
+ * timeout, disconnected, closed, offline_buffer_full, message_too_big, connect_failed,
+ * auth_required: the server requires credentials and options.auth gave none; unauthorized:
+ * the server refused the credentials, close 4001). */
 export class SmartSocketError extends Error {
   constructor(code, message, extra) {
     super(message);
@@ -133,7 +135,8 @@ export class SmartSocket {
     clearTimeout(this._timer);
     this._timer = null;
     const opened = this._open();
-    if (retrying) opened.catch(() => this._reconnect()); // stay in the reconnect loop
+    // stay in the reconnect loop, unless trying again cannot help (new credentials needed)
+    if (retrying) opened.catch((err) => (NO_RECONNECT.includes(err.closeCode) ? this._giveUp() : this._reconnect()));
     return opened.then(() => this);
   }
 
@@ -317,7 +320,12 @@ export class SmartSocket {
     if (opening) {
       this._opening = null;
       clearTimeout(opening.timer);
-      opening.reject(fail("connect_failed", `could not connect to ${this.url} (${code})`, info));
+      const why = opening.authRequired
+        ? fail("auth_required", `${this.url} requires authentication: pass options.auth (e.g. {token}) or ?token= in the URL`, info)
+        : code == 4001
+          ? fail("unauthorized", `${this.url} refused the credentials (4001${reason ? ": " + reason : ""})`, info)
+          : fail("connect_failed", `could not connect to ${this.url} (${code})`, info);
+      opening.reject(why);
     }
     if (wasReady) {
       this._emit("disconnect", { code, reason });
@@ -491,6 +499,14 @@ export class SmartSocket {
     } else if (name == "$error") {
       // A $resume refused by a server without recovery (restarted, say) is no concern of the app.
       if (!(data && data.event == "$resume")) this._emit("error", data);
+    } else if (name == "$auth_required") {
+      // The server wants $auth: with options.auth it is sent already (or about to be); without,
+      // nothing will come, so fail now instead of at the server's auth_timeout (4001).
+      const opening = this._opening;
+      if (!this.options.auth && !this._ready && opening) {
+        opening.authRequired = true;
+        this._drop(ws, 1000, "no credentials");
+      }
     } else if (name == "$presence") this._emit("$presence", data); // {room, joined|left|updated: {sid, info}}
   }
 

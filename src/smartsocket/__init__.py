@@ -14,6 +14,7 @@ from smartsocket.errors import (
     ConnectionClosed,
     OfflineBufferFull,
     SmartSocketError,
+    Unauthorized,
 )
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.server import Room, SmartSocket, Socket
@@ -32,6 +33,7 @@ __all__ = [
     "SmartSocket",
     "SmartSocketError",
     "Socket",
+    "Unauthorized",
     "__version__",
     "connect",
 ]

@@ -6,6 +6,8 @@
     ├── AckError                 a peer answered an ack with an error (or a handler raises it)
     │   └── AckTimeout           no answer within the timeout (also a TimeoutError)
     ├── ConnectionClosed         the connection closed; carries the close code and reason
+    ├── Unauthorized             the server wants credentials the client lacks or it refused
+    │                            (also a ConnectionError)
     └── OfflineBufferFull        the client buffered as many sends as it may while offline
 """
 
@@ -63,6 +65,19 @@ class ConnectionClosed(SmartSocketError):
         super().__init__(f"connection closed (code {code}{': ' + reason if reason else ''})")
         self.code = code
         self.reason = reason
+
+
+class Unauthorized(SmartSocketError, ConnectionError):
+    """Raised by ``Client.connect()`` at once when the server requires authentication:
+    ``code`` is ``"auth_required"`` (the client presented no credentials; the server said so
+    with ``$auth_required``) or ``"unauthorized"`` (it refused them: HTTP 401 or close 4001).
+    Reconnecting cannot help: give the client a token (``?token=`` in the URL, or an
+    ``Authorization: Bearer`` header)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class OfflineBufferFull(SmartSocketError):

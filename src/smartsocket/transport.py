@@ -642,3 +642,10 @@ async def connect(
 
 
 HandshakeError = picows.WSHandshakeError
+
+
+def handshake_status(exc: BaseException) -> int | None:
+    """The HTTP status a refused upgrade answered (401, 403, 503...), if there was one."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status", None)
+    return int(status) if status is not None else None

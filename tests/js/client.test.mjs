@@ -311,12 +311,32 @@ describe("authentication", () => {
   });
 
   it("fails to connect with a wrong token (4001) or a token in the URL", async () => {
-    const err = await rejectsWith(client(server.url, { auth: { token: "wrong" } }).connect(), "connect_failed");
+    const err = await rejectsWith(client(server.url, { auth: { token: "wrong" } }).connect(), "unauthorized");
     assert.equal(err.closeCode, 4001);
     const broken = client(server.url, { auth: () => Promise.reject(new Error("vault locked")) });
     const failed = await rejectsWith(broken.connect(), "connect_failed");
     assert.match(failed.closeReason, /no credentials: vault locked/);
     const viaQuery = await connected(server.url + "?token=k-two");
     assert.equal(await viaQuery.call("echo", 3), 3);
+  });
+
+  it("without credentials, rejects at once with auth_required and does not reconnect", async () => {
+    const socket = client(server.url, { reconnectDelay: 10, reconnectDelayMax: 20 });
+    const attempts = record(socket, "reconnecting");
+    // auth_required, not the "unauthorized" (4001) of the server's auth_timeout: it did not wait
+    const err = await rejectsWith(socket.connect(), "auth_required");
+    assert.match(err.message, /requires authentication/);
+    assert.equal(err.closeCode, 1000);
+    await sleep(100);
+    assert.deepEqual(attempts, []);
+    assert.equal(socket.connected, false);
+  });
+
+  it("does not reconnect after 4001", async () => {
+    const socket = client(server.url, { auth: { token: "wrong" }, reconnectDelay: 10, reconnectDelayMax: 20 });
+    const attempts = record(socket, "reconnecting");
+    await rejectsWith(socket.connect(), "unauthorized");
+    await sleep(100);
+    assert.deepEqual(attempts, []);
   });
 });

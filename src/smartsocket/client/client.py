@@ -16,12 +16,12 @@ import msgspec
 from smartsocket.acks import AckTracker
 from smartsocket.client.backoff import backoff_delay
 from smartsocket.compression import NegotiationError
-from smartsocket.errors import AckError, ConnectionClosed, OfflineBufferFull
+from smartsocket.errors import AckError, ConnectionClosed, OfflineBufferFull, Unauthorized
 from smartsocket.handlers import Handler
 from smartsocket.protocol import SUBPROTOCOL, envelope
 from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
-from smartsocket.transport import ClientConnection, HandshakeError
+from smartsocket.transport import ClientConnection, HandshakeError, handshake_status
 from smartsocket.transport import connect as ws_connect
 
 logger = logging.getLogger("smartsocket.client")
@@ -212,6 +212,10 @@ class Client:
                 timeout=self.connect_timeout, compression=self.compression,
             )
         except (HandshakeError, NegotiationError) as exc:
+            if handshake_status(exc) == 401:
+                raise Unauthorized(
+                    "unauthorized", f"{self.url} refused the credentials (HTTP 401)"
+                ) from exc
             raise ConnectionError(f"handshake with {self.url} failed: {exc}") from exc
         if conn.subprotocol != SUBPROTOCOL:
             conn.close(CloseCode.PROTOCOL_ERROR, "subprotocol not accepted")
@@ -259,6 +263,20 @@ class Client:
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_result(None)
 
+    def _on_auth_required(self, link: _Link) -> None:
+        """The server wants credentials and this client sent none it accepts (this client only
+        presents them at the upgrade): fail ``connect()`` now, not after auth_timeout."""
+        conn = self._conn
+        if link.conn is not conn or conn is None or self._ready:
+            return
+        if self._welcomed is not None and not self._welcomed.done():
+            self._welcomed.set_exception(Unauthorized(
+                "auth_required", f"{self.url} requires authentication: put the token in the "
+                "URL (?token=...) or pass headers={'Authorization': 'Bearer ...'}",
+            ))
+            self._welcomed.exception()  # retrieved: _open reports it
+        conn.close(CloseCode.NORMAL, "no credentials")
+
     def _on_close(self, link: _Link, code: int, reason: str) -> None:
         if link.conn is not self._conn:
             return
@@ -274,7 +292,12 @@ class Client:
         if not (reconnect and self.welcome.get("recovery")):
             self._acks.fail_all(closed)  # with recovery they wait for the reconnect instead
         if self._welcomed is not None and not self._welcomed.done():
-            self._welcomed.set_exception(ConnectionError(f"closed before $welcome: {closed}"))
+            error = (
+                Unauthorized("unauthorized", f"{self.url} refused the credentials ({closed})")
+                if code == CloseCode.UNAUTHORIZED
+                else ConnectionError(f"closed before $welcome: {closed}")
+            )
+            self._welcomed.set_exception(error)
             self._welcomed.exception()  # retrieved: _open reports it
         if was_ready:
             self._emit_local("disconnect", closed)
@@ -300,6 +323,11 @@ class Client:
                 return
             try:
                 await self._open(resume=bool(self.welcome.get("recovery")))
+            except Unauthorized as exc:  # trying again cannot help: new credentials are needed
+                logger.warning("giving up on %s: %s", self.url, exc)
+                self._acks.fail_all(ConnectionClosed(CloseCode.UNAUTHORIZED, str(exc)))
+                self._emit_local("reconnect_failed")
+                return
             except (OSError, ConnectionError, TimeoutError) as exc:
                 logger.info("reconnect attempt %d to %s failed: %s", attempt, self.url, exc)
                 continue
@@ -411,6 +439,8 @@ class Client:
                 self.latency = time.monotonic() - entry[0]
                 if not entry[1].done():
                     entry[1].set_result(self.latency)
+        elif name == "$auth_required":
+            self._on_auth_required(link)
         elif name == "$error":
             logger.info("server reported an error: %r", packet.data)
             self._emit_local("error", packet.data)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from smartsocket.handlers import Handler
+from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import Event
 from smartsocket.security import (
@@ -105,7 +106,18 @@ class Admission:
         if hook is not None and hook.is_async:
             auth = self._auth_request(socket.request, socket.remote_address)
             self._server._spawn(self._authenticate_async(socket, auth, upgrade=True))
+        else:
+            self._ask_for_credentials(socket)
         return True
+
+    def _ask_for_credentials(self, socket: Socket) -> None:
+        """Tell a socket that came without credentials, at once, that it must send ``$auth``:
+        a client with nothing to send fails fast instead of waiting out ``auth_timeout``."""
+        timeout = self._server.config.auth_timeout
+        socket._send_payload(envelope.encode_event("$auth_required", {
+            "timeout": round(timeout * 1000),
+            "message": f"this server requires authentication: send $auth within {timeout:g} s",
+        }), False)
 
     def close(self, socket: Socket) -> None:
         ip = _ip(socket.remote_address)
@@ -157,7 +169,10 @@ class Admission:
             logger.exception("authenticate hook failed")
             identity = None
         # At the upgrade, no identity and no credentials yet: wait for $auth.
-        self._settle(socket, identity, final=not upgrade or auth.token is not None)
+        final = not upgrade or auth.token is not None
+        self._settle(socket, identity, final=final)
+        if identity is None and not final and socket.connected and not socket.authenticated:
+            self._ask_for_credentials(socket)
 
     def _settle(self, socket: Socket, identity: Any, *, final: bool) -> None:
         if not socket.connected or socket.authenticated:
