@@ -202,21 +202,38 @@ def test_unreadable_tls_files_are_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "extra"),
-    [("redis://127.0.0.1:6379", "redis"), ("redis://127.0.0.1:7101?cluster=1", "redis"),
-     ("nats://127.0.0.1:4222", "nats")],
+    ("url", "extra", "workers"),
+    [("redis://127.0.0.1:6379", "redis", "1"), ("redis://127.0.0.1:7101?cluster=1", "redis", "1"),
+     ("nats://127.0.0.1:4222", "nats", "1"), ("redis://127.0.0.1:6379", "redis", "2")],
 )
-def test_missing_extra_names_the_pip_command(url: str, extra: str, tmp_path: Path) -> None:
-    """A PYTHONPATH shim makes ``import redis`` / ``import nats`` fail, as without the extra."""
+def test_missing_extra_names_the_pip_command(
+    url: str, extra: str, workers: str, tmp_path: Path
+) -> None:
+    """A PYTHONPATH shim makes ``import redis`` / ``import nats`` fail, as without the extra.
+    With --workers the supervisor says it once, before starting any worker."""
     for package in ("redis", "nats"):
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text(f"raise ImportError('no {package}')\n")
     result = subprocess.run(
-        [sys.executable, "-m", "smartsocket", "serve", "--port", "0", "--cluster-url", url],
+        [sys.executable, "-m", "smartsocket", "serve", "--port", "0", "--cluster-url", url,
+         "--workers", workers],
         capture_output=True, text=True, timeout=20,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )
     assert_one_line(result, 1, f"pip install 'smartsocket[{extra}]'")
+
+
+def test_log_json_errors_are_json_too() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli(["serve", "--host", "127.0.0.1", "--port", port, "--log-json"])
+    assert result.returncode == 1
+    entry = json.loads(result.stderr)
+    assert entry["level"] == "ERROR" and "already in use" in entry["message"]
 
 
 async def test_stats_into_a_closed_pipe_is_quiet() -> None:

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from smartsocket._version import __version__
 from smartsocket.config import Config, env_names, field_type, option_fields, parse_value
 from smartsocket.errors import ConfigError, MissingDependency
-from smartsocket.logs import JsonFormatter, SkipReadyRecord, ready_line
+from smartsocket.logs import JsonFormatter, SkipReadyRecord, error_line, ready_line
 from smartsocket.server import SmartSocket
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -43,8 +43,16 @@ MAX_CONNECTIONS and ENABLE_ENCRYPTION work without the prefix too. Flags win ove
 environment variables."""
 
 
-class UsageError(Exception):
-    """A mistake on the command line: one line on stderr, exit status 2."""
+class Failure(Exception):
+    """Something the user can fix: one line on stderr, exit status ``code``."""
+
+    code = 1
+
+
+class UsageError(Failure):
+    """A mistake on the command line: exit status 2."""
+
+    code = 2
 
 
 class Parser(argparse.ArgumentParser):
@@ -288,15 +296,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     try:
         return serve_command(args, argv)
-    except UsageError as exc:
-        print(f"smartsocket: {exc}", file=sys.stderr)
-        return 2
     except ConfigError as exc:
-        print(f"smartsocket: invalid option {exc}", file=sys.stderr)
-        return 2
+        return _stop(args, f"invalid option {exc}", 2)
     except MissingDependency as exc:
-        print(f"smartsocket: {exc}", file=sys.stderr)
-        return 1
+        return _stop(args, str(exc), 1)
+    except Failure as exc:
+        return _stop(args, str(exc), exc.code)
+
+
+def _stop(args: argparse.Namespace, message: str, code: int) -> int:
+    # With --log-json every line is JSON, the last one too.
+    print(error_line(message, as_json=args.log_json), file=sys.stderr)
+    return code
 
 
 def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -342,12 +353,9 @@ def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             raise
         where = f"{config.host or '0.0.0.0'}:{config.port}"
         if exc.errno == errno.EADDRINUSE:
-            print(f"smartsocket: port {config.port} is already in use ({where}): stop the "
-                  "server that holds it, or choose another port with --port", file=sys.stderr)
-        else:
-            print(f"smartsocket: cannot listen on {where}: {exc.strerror or exc}",
-                  file=sys.stderr)
-        return 1
+            raise Failure(f"port {config.port} is already in use ({where}): stop the server "
+                          "that holds it, or choose another port with --port") from None
+        raise Failure(f"cannot listen on {where}: {exc.strerror or exc}") from None
     return 0
 
 

@@ -47,6 +47,14 @@ def ready_line(message: str, url: str, *, as_json: bool) -> str:
     return JsonFormatter().format(record)
 
 
+def error_line(message: str, *, as_json: bool) -> str:
+    """Why the CLI stops: ``smartsocket: <message>``, or a JSON entry at ERROR."""
+    if not as_json:
+        return f"smartsocket: {message}"
+    record = logging.LogRecord("smartsocket.cli", logging.ERROR, __file__, 0, message, None, None)
+    return JsonFormatter().format(record)
+
+
 def ready_url(line: str) -> str | None:
     """The URL of a ready line (either form), or None if ``line`` is not one."""
     line = line.strip()

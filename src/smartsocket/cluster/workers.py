@@ -94,6 +94,9 @@ def run_workers(
     if not hasattr(socket, "SO_REUSEPORT"):
         print("smartsocket: --workers needs SO_REUSEPORT (Linux, BSD, macOS)", file=sys.stderr)
         return 2
+    from smartsocket.cluster.adapter import create_adapter
+
+    create_adapter(config.cluster_url)  # a missing extra fails here, once, not in each worker
     try:
         reserved = reserve_port(config.host, config.port)
     except OSError as exc:
@@ -116,11 +119,13 @@ def run_workers(
         for worker in pool:
             worker.start()
         url = ""
+        failed = False
         for worker in pool:
             ready = ready_url(worker.wait_ready(READY_TIMEOUT))
             if ready is None:
                 print(f"smartsocket: worker {worker.index} did not start", file=sys.stderr)
                 stopping.set()
+                failed = True
                 break
             url = ready
         else:
@@ -130,7 +135,7 @@ def run_workers(
     finally:
         code = _stop_all(pool, config.shutdown_timeout + 5.0)
         reserved.close()
-    return code
+    return 1 if failed else code
 
 
 def _supervise(pool: list[Worker], stopping: threading.Event) -> None:
