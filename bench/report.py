@@ -461,6 +461,10 @@ def update_results_md(blocks: dict[str, str], path: Path = RESULTS_MD) -> None:
     body = "\n\n".join(existing[n] for n in order)
     body = render_targets(body) + "\n\n" + body
     path.write_text(f"{head}{START}\n{INTRO}\n\n{body}\n{END}{tail}")
+    if path == RESULTS_MD:  # the README quotes these figures: keep them in step
+        from bench import readme
+
+        readme.main()
 
 
 def rerender(json_file: str | None, charts: bool = True) -> int:
