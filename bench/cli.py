@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,setup,build,list}``."""
+"""Command line: ``python -m bench {run,setup,build,report,readme,list}``."""
 
 from __future__ import annotations
 
@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render bench/RESULTS.md from a raw results JSON file")
     rp.add_argument("json", nargs="?", default=None, help="default: bench/out/latest.json")
     rp.add_argument("--no-charts", action="store_true", help="do not rewrite bench/charts/*.png")
+    rd = sub.add_parser(
+        "readme", help="rewrite README.md's headline and Performance table from bench/RESULTS.md"
+    )
+    rd.add_argument("--check", action="store_true", help="only check; exit 1 if they differ")
     sub.add_parser("list", help="list workloads and peers")
     return ap
 
@@ -173,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         for p in PEERS.values():
             print(f"  {p.name:<22} ({p.proto}) {p.description}")
         return 0
+
+    if args.cmd == "readme":
+        from bench import readme
+
+        return readme.main(check=args.check)
 
     if args.cmd == "report":
         from bench import report

@@ -461,6 +461,15 @@ def update_results_md(blocks: dict[str, str], path: Path = RESULTS_MD) -> None:
     body = "\n\n".join(existing[n] for n in order)
     body = render_targets(body) + "\n\n" + body
     path.write_text(f"{head}{START}\n{INTRO}\n\n{body}\n{END}{tail}")
+    if path == RESULTS_MD:  # the README quotes these figures: keep them in step
+        from bench import readme
+
+        try:
+            readme.main()
+        except SystemExit as e:  # a workload the README quotes has no results yet
+            log(f"README.md's figures not updated: {e}")
+        else:
+            log("README.md's performance figures follow bench/RESULTS.md")
 
 
 def rerender(json_file: str | None, charts: bool = True) -> int:

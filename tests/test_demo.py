@@ -1,7 +1,36 @@
 from __future__ import annotations
 
+import asyncio
+import urllib.error
+import urllib.request
+
 from smartsocket import AckError, SmartSocket
-from smartsocket.testing import Recorder, connected
+from smartsocket.testing import Recorder, connected, running
+
+
+async def get(server: SmartSocket, path: str) -> tuple[int, str]:
+    def fetch() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    return await asyncio.get_running_loop().run_in_executor(None, fetch)
+
+
+async def test_only_the_demo_app_serves_the_chat_page(demo: SmartSocket) -> None:
+    status, page = await get(demo, "/")
+    assert status == 200 and "SmartSocket chat" in page and "/smartsocket/client.js" in page
+
+    # the user's own app (--app, the Quick start): its events are not the chat's
+    async with running(SmartSocket(port=0)) as app:
+        status, page = await get(app, "/")
+        assert status == 200 and "SmartSocket chat" not in page
+        assert "SmartSocket server" in page and app.url in page
+        for link in ("/smartsocket/dashboard", "/smartsocket/client.js", "docs/protocol.md"):
+            assert link in page
+        assert (await get(app, "/smartsocket/index.html"))[0] == 404
 
 
 async def test_echo_join_chat(demo: SmartSocket) -> None:

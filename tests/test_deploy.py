@@ -23,9 +23,12 @@ from typing import Any
 import pytest
 import yaml
 
+from clusters import prefix, require_broker
 from smartsocket import Client, Config
 from smartsocket.cli import build_parser
 from smartsocket.config import env_names, option_fields
+from smartsocket.demo import create_app
+from smartsocket.testing import Recorder, connected, running
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_FILES = [
@@ -111,6 +114,35 @@ def test_compose_two_nodes_and_redis() -> None:
         timeout = float(node["environment"].get("SMARTSOCKET_SHUTDOWN_TIMEOUT", shutdown))
         assert grace > timeout + 2, "docker stop would kill the node before it drains"
     assert len(host_ports) == 2
+
+
+def test_deployment_doc_says_what_the_compose_file_does() -> None:
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    section = doc.split("## docker compose", 1)[1].split("\n## ", 1)[0]
+    url = compose()["services"]["node1"]["environment"]["SMARTSOCKET_CLUSTER_URL"]
+    assert f"SMARTSOCKET_CLUSTER_URL={url}" in section
+    assert "independent" not in section and "unused" not in section
+
+
+async def test_compose_nodes_share_rooms_through_redis() -> None:
+    """The compose nodes' settings (Redis on 127.0.0.1 instead of the `redis` service): a
+    client on each node joins a room of the demo app, and a chat on one reaches the other."""
+    env = dict(compose()["services"]["node1"]["environment"])
+    url = env["SMARTSOCKET_CLUSTER_URL"]
+    env["SMARTSOCKET_CLUSTER_URL"] = url.replace("//redis:", "//127.0.0.1:")
+    require_broker(env["SMARTSOCKET_CLUSTER_URL"])
+    env["SMARTSOCKET_CLUSTER_PREFIX"] = prefix()  # the Redis is shared: our own channels
+    nodes = [create_app(Config.from_env(env, port=0, host="127.0.0.1")) for _ in range(2)]
+    async with (
+        running(nodes[0]) as one, running(nodes[1]) as two,
+        connected(one) as ann, connected(two) as bob,
+    ):
+        await ann.call("join", {"room": "compose", "name": "Ann"})
+        await bob.call("join", {"room": "compose", "name": "Bob"})
+        chats = Recorder(bob, "chat")
+        await ann.call("chat", {"room": "compose", "text": "across nodes"})
+        message = await chats.next("chat")
+        assert message["text"] == "across nodes" and message["name"] == "Ann"
 
 
 def test_systemd_unit() -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+import sys
 from pathlib import Path
 
 import smartsocket
 from smartsocket.config import env_names, option_fields
 
 ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+# Classes the README names with their module, not from the package root.
+ELSEWHERE = {"Recorder": "smartsocket.testing", "SmartSocketASGI": "smartsocket.asgi"}
 
 
 def test_readme_config_table_lists_every_option_and_env_var() -> None:
@@ -23,6 +29,60 @@ def test_readme_config_table_lists_every_option_and_env_var() -> None:
 def test_public_api_is_importable() -> None:  # ruff (RUF022) keeps __all__ sorted
     for name in smartsocket.__all__:
         assert hasattr(smartsocket, name)
+
+
+def test_readme_lists_exactly_the_public_names() -> None:
+    """The README's API section says what ``from smartsocket import ...`` offers: that list is
+    ``__all__``, and every class of the package the README names is importable from the root."""
+    listing = re.search(r"Public names come from the package root.*?\n\n", README, re.S)
+    assert listing is not None, "README misses its list of public names"
+    listed = re.findall(r"`(\w+)`", listing.group(0).split("Every exception")[0])
+    assert sorted(listed) == sorted(smartsocket.__all__)
+
+    classes = {
+        name
+        for module in list(sys.modules.values())
+        if (module.__name__ or "").startswith("smartsocket")
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj) and obj.__module__.startswith("smartsocket")
+    }
+    named = set(re.findall(r"`([A-Z]\w+)[`(.]", README))
+    for name in sorted(named & classes):
+        if name in ELSEWHERE:
+            assert f"`{ELSEWHERE[name]}" in README, f"say where {name} comes from"
+        else:
+            assert name in smartsocket.__all__, f"README names {name}: export it"
+
+
+def test_one_exception_tree() -> None:
+    from smartsocket import errors
+
+    exceptions = [getattr(smartsocket, n) for n in smartsocket.__all__]
+    exceptions = [e for e in exceptions if inspect.isclass(e) and issubclass(e, BaseException)]
+    assert {e.__name__ for e in exceptions} >= {"AuthError", "LimitExceeded", "ConfigError"}
+    for exc in exceptions:
+        assert issubclass(exc, smartsocket.SmartSocketError), exc
+        assert re.search(rf"\b{exc.__name__}\s", errors.__doc__ or ""), f"errors.py: draw {exc}"
+
+
+def test_readme_performance_figures_come_from_bench_results() -> None:
+    sys.path.insert(0, str(ROOT))  # bench/ is the repository's, not installed
+    try:
+        from bench import readme
+    finally:
+        sys.path.remove(str(ROOT))
+    data = readme.results_data()
+    parts = readme.render(data)
+    assert readme.rewrite(README, parts) == README, "run `python -m bench readme`"
+    # The headline quotes the table: both ratios against python-socketio.
+    acks, fanout = re.findall(r"([\d.]+x) (?:python-socketio's acked|its room fan-out)",
+                              parts["headline"])
+    table = parts["table"].splitlines()
+    assert any(line.startswith("| acked") and f"({acks} /" in line for line in table)
+    assert any(line.startswith("| room fan-out") and f"({fanout} /" in line for line in table)
+    # and a new result changes them
+    data["ack"]["measures"]["ack"]["smartsocket"]["metric"] *= 2
+    assert readme.render(data)["headline"] != parts["headline"]
 
 
 def test_protocol_doc_covers_every_close_and_error_code() -> None:

@@ -1,6 +1,7 @@
 """SmartSocket: a fast real-time WebSocket server and clients for Python.
 
-Server: ``SmartSocket``, ``Socket``, ``Room``. Client: ``Client`` and ``connect``.
+Server: ``SmartSocket``, ``Socket``, ``Room``, ``AuthRequest``. Client: ``Client`` and ``connect``.
+Every public name is importable from here (``__all__``); the modules behind it may move.
 Protocol v1 is specified in docs/protocol.md.
 """
 
@@ -17,17 +18,21 @@ from smartsocket.errors import (
     Unauthorized,
 )
 from smartsocket.protocol.codes import CloseCode, ErrorCode
+from smartsocket.security import AuthError, AuthRequest, LimitExceeded
 from smartsocket.server import Room, SmartSocket, Socket
 
 __all__ = [
     "AckError",
     "AckTimeout",
+    "AuthError",
+    "AuthRequest",
     "Client",
     "CloseCode",
     "Config",
     "ConfigError",
     "ConnectionClosed",
     "ErrorCode",
+    "LimitExceeded",
     "OfflineBufferFull",
     "Room",
     "SmartSocket",

@@ -13,12 +13,14 @@
 - ``typing`` ``{"room", "typing": bool}`` -> the other members get ``typing`` ``{"room",
   "from", "name", "typing"}``; ack ``{"delivered": n}`` (members only).
 
-The chat page served at ``/`` (static/index.html) is built on these events.
+The chat page served at ``/`` (static/index.html, the server's ``home_page``) is built on these
+events; only this app serves it.
 """
 
 from __future__ import annotations
 
 import time
+from importlib import resources
 from typing import Any
 
 import msgspec
@@ -51,6 +53,7 @@ class TypingRequest(msgspec.Struct):
 
 def create_app(config: Config | None = None) -> SmartSocket:
     server = SmartSocket(config=config)
+    server.home_page = chat_page()
 
     def person(socket: Socket) -> dict[str, Any]:
         return {"id": socket.id, "name": socket.data.get("name")}
@@ -125,6 +128,11 @@ def create_app(config: Config | None = None) -> SmartSocket:
             presence(socket, room, False)
 
     return server
+
+
+def chat_page() -> bytes:
+    """The demo chat page (static/index.html)."""
+    return resources.files("smartsocket").joinpath("static", "index.html").read_bytes()
 
 
 async def _when_subscribed(room: Room, reply: dict[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,19 @@
-"""Exceptions raised by SmartSocket.
+"""Exceptions raised by SmartSocket; every one is importable from ``smartsocket``.
 
     SmartSocketError
     ├── ConfigError              an option has an invalid value (raised at start-up)
     ├── MissingDependency        an option needs an extra that is not installed (also ImportError)
     ├── AckError                 a peer answered an ack with an error (or a handler raises it)
-    │   └── AckTimeout           no answer within the timeout (also a TimeoutError)
+    │   ├── AckTimeout           no answer within the timeout (also a TimeoutError)
+    │   └── LimitExceeded        a limit refused something (room_limit, rate_limited, ...)
+    ├── AuthError                an ``authenticate`` hook refuses a connection
     ├── ConnectionClosed         the connection closed; carries the close code and reason
     ├── Unauthorized             the server wants credentials the client lacks or it refused
     │                            (also a ConnectionError)
     └── OfflineBufferFull        the client buffered as many sends as it may while offline
+
+``LimitExceeded`` and ``AuthError`` live in ``smartsocket.security``, beside the checks that
+raise them.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
-from smartsocket.errors import AckError
+from smartsocket.errors import AckError, SmartSocketError
 
 
 class LimitExceeded(AckError):
@@ -23,7 +23,7 @@ class LimitExceeded(AckError):
     """
 
 
-class AuthError(Exception):
+class AuthError(SmartSocketError):
     """Raise from an ``authenticate`` hook to refuse a connection (its message is logged,
     never sent)."""
 

@@ -2,6 +2,9 @@
 
 ``chat_app``: the demo app (``smartsocket.demo.create_app``: echo/join/leave/chat/members/typing).
 
+``readme_page``: the demo app whose page at ``/`` is the README's browser snippet (the html block
+marked ``<!-- doc-test: browser ... -->``), for tests/browser/readme.test.mjs.
+
 ``minimal_app``: the demo app without ``members`` and ``typing``, for the page's fallbacks.
 
 ``create``: the demo app plus events for client tests:
@@ -28,12 +31,25 @@ For recovery (``--recovery-window``, protocol.md section 8):
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 from typing import Any
 
 from smartsocket import AckError, AckTimeout, Config, SmartSocket, Socket
 from smartsocket.demo import create_app
 
 chat_app = create_app
+
+
+def readme_page(config: Config | None = None) -> SmartSocket:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- doc-test: browser .*?-->\n```html\n(.*?)^```$", readme, re.M | re.S)
+    if block is None:
+        raise LookupError("README.md has no html block marked <!-- doc-test: browser -->")
+    server = create_app(config)
+    page = '<!doctype html>\n<meta charset="utf-8"><title>README snippet</title>\n'
+    server.home_page = (page + block.group(1)).encode()
+    return server
 
 
 def minimal_app(config: Config | None = None) -> SmartSocket:

@@ -101,6 +101,9 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         # Started (heartbeat, sampler), with or without a listener: ``start(listen=False)``
         # serves sockets that another transport carries (smartsocket.asgi, integrations).
         self._started = False
+        # What a plain GET / answers: None is a short page naming this server and its
+        # endpoints; the demo app puts its chat page here (its events are not the app's).
+        self.home_page: bytes | None = None
         self.config = self._config
 
     @property

@@ -1,7 +1,8 @@
 """Plain HTTP GETs on the WebSocket port: stats, health and static files.
 
-Files in the package's ``static/`` folder are served at ``/smartsocket/<name>``; ``index.html``
-(if present) is also served at ``/``. They are read once, at first request, and kept in memory.
+Files in the package's ``static/`` folder are served at ``/smartsocket/<name>``. They are read
+once, at first request, and kept in memory. ``/`` answers ``server.home_page`` (the demo app's
+chat page) or, for the user's own app, a short page that says what the server is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from smartsocket.server.app import SmartSocket
 
 _JSON = "application/json"
+_HTML = "text/html; charset=utf-8"
 Route = Callable[["SmartSocket", HandshakeRequest], HttpResponse]
 
 
@@ -90,11 +92,11 @@ def route(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
     if handler is not None:
         return handler(server, request)
     if path == "/":
-        page = static_file("index.html")
-        if page is not None:
-            return page
-        return HttpResponse(200, _INDEX.format(url=server.url).encode(), "text/html; charset=utf-8")
-    if path.startswith("/smartsocket/"):
+        if server.home_page is not None:
+            return HttpResponse(200, server.home_page, _HTML)
+        return HttpResponse(200, _INDEX.format(url=server.url).encode(), _HTML)
+    # index.html is the demo app's page: only its home_page serves it
+    if path.startswith("/smartsocket/") and path != "/smartsocket/index.html":
         page = static_file(path.removeprefix("/smartsocket/"))
         if page is not None:
             return page
@@ -116,9 +118,22 @@ def static_file(name: str) -> HttpResponse | None:
 
 
 _INDEX = """<!doctype html>
-<meta charset="utf-8"><title>SmartSocket</title>
-<h1>SmartSocket</h1>
-<p>WebSocket endpoint: <code>{url}</code> (subprotocol <code>smartsocket.v1</code>).</p>
-<p><a href="/smartsocket/stats">/smartsocket/stats</a> ·
-<a href="/smartsocket/health">/smartsocket/health</a></p>
+<html lang="en"><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>SmartSocket server</title>
+<style>body {{ font: 15px/1.5 system-ui, sans-serif; max-width: 40em; margin: 2em auto;
+padding: 0 1em; }} code {{ overflow-wrap: anywhere; }}</style>
+<h1>SmartSocket server</h1>
+<p>This is a SmartSocket WebSocket server. Connect a client to <code>{url}</code>
+(subprotocol <code>smartsocket.v1</code>); its events are the application's own.</p>
+<ul>
+<li><a href="/smartsocket/dashboard">Dashboard</a> (live stats;
+<code>?token=...</code> when the server has a stats token)</li>
+<li>Browser client: <a href="/smartsocket/client.js">/smartsocket/client.js</a> (classic
+script) and <a href="/smartsocket/client.mjs">/smartsocket/client.mjs</a> (ES module)</li>
+<li><a href="/smartsocket/health">Health</a> ·
+<a href="/smartsocket/stats">stats (JSON)</a> · <a href="/metrics">Prometheus metrics</a></li>
+<li>Documentation: the package's README; the wire protocol, to write a client:
+<code>docs/protocol.md</code></li>
+</ul>
+</html>
 """
