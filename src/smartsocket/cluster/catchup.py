@@ -54,6 +54,7 @@ return 1
 """)
 
 _NOWHERE = 1 << 60  # read a room's state without its entries
+_MAX_PENDING = 10_000  # as many as the adapter queues
 
 
 def gap_notice(room: str) -> bytes:
@@ -80,9 +81,10 @@ class RoomSync:
     # sending
 
     def sent(self, room: str, payload: bytes, binary: bool, excluded: list[str]) -> None:
+        """An own message of ``room`` (which has local members) went to Redis."""
         queue = self.pending.get(room)
         if queue is None:
-            queue = self.pending[room] = deque()
+            queue = self.pending[room] = deque(maxlen=_MAX_PENDING)
         queue.append((payload, binary, excluded))
 
     def unlogged(self, room: str) -> None:
@@ -95,7 +97,7 @@ class RoomSync:
         if own:
             queue = self.pending.get(room)
             if queue:
-                queue.popleft()
+                _back(queue, body.payload)
                 if not queue:
                     del self.pending[room]
         held = self.holding.get(room)
@@ -232,6 +234,20 @@ class RoomSync:
         self.uncertain.pop(room, None)
         self.unlogged_rooms.discard(room)
         return True
+
+
+def _back(queue: deque[tuple[bytes, bool, list[str]]], payload: bytes) -> None:
+    """Own message ``payload`` came back: it and the ones sent before it are settled (those
+    never came back when the room's subscription was not confirmed yet, as for any message
+    then)."""
+    if queue[0][0] == payload:  # the usual case: in order
+        queue.popleft()
+        return
+    for index, entry in enumerate(queue):
+        if entry[0] == payload:
+            for _ in range(index + 1):
+                queue.popleft()
+            return
 
 
 def _covers(log: RoomLog, last: tuple[str, int]) -> bool:

@@ -268,6 +268,8 @@ class ClusterNode:
             body = m.encode(self.node_id, m.Broadcast(room, payload, binary, exclude=ids))
             if recovery.publish_room(channel, body, payload, binary, ids):
                 self.published += 1
+                if not members:
+                    return 0
                 sync.sent(room, payload, binary, ids)
                 return sum(1 for s in members if skip is None or s not in skip)
             recovery.unlogged += 1  # broker down: delivered here, without a position
