@@ -21,9 +21,11 @@ Link lost, link back (item by item)
       resumes across it) and the other nodes are told to send ``$gap`` to their members.
     - When the link is back, each room with local members is caught up: messages arriving
       live are held back, the room's history after our last position is read (Redis
-      numbered everything before the read, the subscription gets everything after), and
-      either the missed messages are delivered in order (same epoch, same server
-      incarnation, nothing trimmed) or the members get ``$gap``. Then what was held back.
+      numbered everything before the read, the subscription gets everything after): the
+      missed messages are delivered in order (same epoch, nothing trimmed), and the members
+      get ``$gap`` if they cannot be (another epoch, trimmed, no history) or if the epoch
+      began under another incarnation of the server (it restarted or failed over since, so
+      a tail that we never saw may be lost). Then what was held back.
 
 Everything here is per broadcast, never per delivery.
 """
@@ -191,7 +193,10 @@ class RoomSync:
         if held is None:
             return True  # forgotten meanwhile
         uncertain = self.uncertain.get(room, [])
-        if last is not None and log is not None and _covers(log, last):
+        if last is not None and log is not None and _follows(log, last):
+            # What the history holds after our position (a prefix of the room's messages,
+            # even where Redis went back: every state of an epoch is); then, if Redis may
+            # have lost a tail of it since, $gap.
             members = node.server._registry.members(room)
             for entry in log.entries:
                 if entry.offset <= last[1]:
@@ -206,6 +211,9 @@ class RoomSync:
                     node.server._deliver(members, payload, entry.binary, skip)
                     self.recovery.caught_up += 1
             self.positions[room] = (log.epoch, log.last)
+            if not log.current:
+                self.gap(room)
+                self.positions.pop(room, None)
         else:
             self.gap(room)
             self.positions.pop(room, None)
@@ -250,8 +258,8 @@ def _back(queue: deque[tuple[bytes, bool, list[str]]], payload: bytes) -> None:
             return
 
 
-def _covers(log: RoomLog, last: tuple[str, int]) -> bool:
-    """Whether ``log`` holds every message after position ``last``."""
-    if not log.current or log.epoch != last[0] or log.last < last[1]:
+def _follows(log: RoomLog, last: tuple[str, int]) -> bool:
+    """Whether ``log`` holds every message it numbered after position ``last``."""
+    if log.epoch != last[0] or log.last < last[1]:
         return False
     return log.last == last[1] or (bool(log.entries) and log.entries[0].offset == last[1] + 1)
