@@ -100,8 +100,6 @@ class RoomSync:
             queue = self.pending.get(room)
             if queue:
                 _back(queue, body.payload)
-                if not queue:
-                    del self.pending[room]
         held = self.holding.get(room)
         if held is not None:
             held.append((epoch, offset, body))
@@ -134,6 +132,7 @@ class RoomSync:
         """No local member left: the node stops hearing the room."""
         self.positions.pop(room, None)
         self.holding.pop(room, None)
+        self.pending.pop(room, None)
 
     # the link
 
