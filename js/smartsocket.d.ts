@@ -65,7 +65,7 @@ export interface WelcomeInfo {
 
 /** Argument of `connect` listeners. */
 /** `$gap` data: messages of `room` may have been lost (the cluster's broker failed, say):
- * refetch what the room shows (protocol.md section 8.4). */
+ * refetch what the room shows (protocol.md section 8, "Gaps"). */
 export interface GapInfo {
   room: string;
 }

@@ -493,8 +493,8 @@ export class SmartSocket {
       if (!(data && data.event == "$resume")) this._emit("error", data);
     } else if (name == "$presence") this._emit("$presence", data); // {room, joined|left|updated: {sid, info}}
     else if (name == "$gap" && data && typeof data.room == "string") {
-      // {room}: messages of the room may be lost (protocol.md 8.4). What follows may carry any
-      // position (a new epoch, or offsets seen before a rewind): start the room afresh.
+      // {room}: messages of the room may be lost (protocol.md 8, "Gaps"). What follows may carry
+      // any position (a new epoch, or offsets seen before a rewind): start the room afresh.
       this._offsets.delete(data.room);
       this._emit("$gap", data);
     }

@@ -1,4 +1,5 @@
-"""Room messages across broker outages, with recovery on Redis (protocol.md section 8.4).
+"""Room messages across broker outages, with recovery on Redis (protocol.md section 8,
+"Gaps").
 
 ``RoomSync`` owns this node's view of each room's position and the delivery of logged room
 messages (``P<epoch> <offset> <envelope>``, cluster/sessions.py) to local members, so that a
@@ -60,7 +61,7 @@ _MAX_PENDING = 10_000  # as many as the adapter queues
 
 
 def gap_notice(room: str) -> bytes:
-    """``["$gap", {"room": room}]``: messages of ``room`` may be lost (protocol.md 8.4)."""
+    """``["$gap", {"room": room}]``: messages of ``room`` may be lost (protocol.md 8, "Gaps")."""
     return envelope.encode_event("$gap", {"room": room})
 
 
