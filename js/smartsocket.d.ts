@@ -64,6 +64,12 @@ export interface WelcomeInfo {
 }
 
 /** Argument of `connect` listeners. */
+/** `$gap` data: messages of `room` may have been lost (the cluster's broker failed, say):
+ * refetch what the room shows (protocol.md section 8, "Gaps"). */
+export interface GapInfo {
+  room: string;
+}
+
 export interface ConnectInfo {
   /** The dropped session was resumed: same `id`, rooms and server-side data, and the messages
    * missed meanwhile arrive (once, in order). False on a new session: refetch your state. */
@@ -120,6 +126,7 @@ export interface LocalEvents {
   reconnecting: (attempt: number) => void;
   reconnect_failed: () => void;
   error: (info: ServerErrorInfo) => void;
+  $gap: (info: GapInfo) => void;
 }
 
 type NotLocal<E extends string> = E & (E extends keyof LocalEvents ? never : unknown);
@@ -147,7 +154,7 @@ export declare class SmartSocket {
    * or "auth_required" / "unauthorized" when the server wants other credentials). */
   connect(): Promise<this>;
   /** Local events: connect ({recovered}), disconnect ({code, reason}), reconnecting (attempt),
-   * reconnect_failed, error ($error data). */
+   * reconnect_failed, error ($error data), $gap ({room}: messages of the room may be lost). */
   on<E extends keyof LocalEvents>(event: E, handler: LocalEvents[E]): this;
   /** Server events: the first handler's return value (or resolved Promise) answers a server
    * `call`; a thrown error (its `code`, else "client_error") becomes an ack error. */

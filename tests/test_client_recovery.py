@@ -195,3 +195,41 @@ async def test_positions_already_seen_are_dropped() -> None:
     assert client._first_time(["s", "e1", 1])  # rooms are independent
     assert client._first_time(1) and client._first_time(2) and not client._first_time(2)
     assert client._first_time(["r", 5, "junk"])  # not a position: delivered as is
+
+
+async def test_a_gap_notice_reaches_the_app_and_starts_the_room_afresh() -> None:
+    """``$gap`` (protocol.md 8, "Gaps"): the app hears it, and positions of the room seen before
+    it (a broker that went back in time gives them again) are new messages after it."""
+    from smartsocket.cluster.catchup import gap_notice
+    from smartsocket.protocol import envelope
+
+    server = app()
+    async with running(server):
+        client = Client(server.url, **FAST)
+        await client.connect()
+        try:
+            got: list[Any] = []
+            gaps: list[Any] = []
+            client.on("tick", got.append)
+            client.on("$gap", gaps.append)
+            await client.call("join", "r")
+            await client.call("join", "s")
+            members = server._registry.members("r")
+
+            def positioned(room: str, n: int, offset: int) -> None:
+                payload = envelope.encode_event("tick", n, meta=[room, "e1", offset])
+                server._deliver(server._registry.members(room), payload, False, None)
+
+            positioned("r", 1, 1)
+            positioned("r", 2, 2)
+            positioned("s", 3, 1)
+            server._deliver(members, gap_notice("r"), False, None)
+            positioned("r", 4, 1)  # offsets given again after a rewind
+            positioned("r", 5, 2)
+            positioned("s", 6, 1)  # another room: still a duplicate
+            server.room("r").broadcast("tick", 7)
+            await wait_for(lambda: 7 in got)
+            assert got == [1, 2, 3, 4, 5, 7]
+            assert gaps == [{"room": "r"}]
+        finally:
+            await client.close()

@@ -508,6 +508,12 @@ export class SmartSocket {
         this._drop(ws, 1000, "no credentials");
       }
     } else if (name == "$presence") this._emit("$presence", data); // {room, joined|left|updated: {sid, info}}
+    else if (name == "$gap" && data && typeof data.room == "string") {
+      // {room}: messages of the room may be lost (protocol.md 8, "Gaps"). What follows may carry
+      // any position (a new epoch, or offsets seen before a rewind): start the room afresh.
+      this._offsets.delete(data.room);
+      this._emit("$gap", data);
+    }
   }
 
   _dispatch(ws, name, data, id, binary) {

@@ -304,6 +304,35 @@ describe("recovery on the wire (fake server)", () => {
     assert.deepEqual(conns[3].got[0], ["$resume", { sid: "s2", token: "t3", offsets: { r: ["e2", 1] }, seq: 1 }]);
   });
 
+  it("$gap resets the room's positions and reaches the app: offsets seen before are new after it", async () => {
+    const { url, conns } = await fakeServer();
+    const socket = client(url);
+    const got = [];
+    const gaps = [];
+    socket.on("m", (data) => got.push(data));
+    socket.on("$gap", (info) => gaps.push(info));
+    const connecting = socket.connect();
+    await until(() => conns.length == 1, 5000, "connection");
+    conns[0].say(welcome({ sid: "s1", token: "t1" }));
+    await connecting;
+    conns[0].say(
+      ["m", "a1", null, ["r", "e1", 1]],
+      ["m", "a2", null, ["r", "e1", 2]],
+      ["m", "x1", null, ["x", "e1", 1]],
+      ["$gap", { room: "r" }], // the broker went back: the same epoch restarts below 2
+      ["m", "b1", null, ["r", "e1", 1]],
+      ["m", "b2", null, ["r", "e1", 2]],
+      ["m", "x1", null, ["x", "e1", 1]], // another room keeps its positions: seen
+      ["m", "end"],
+    );
+    await until(() => got.includes("end"), 5000, "the last message");
+    assert.deepEqual(got, ["a1", "a2", "x1", "b1", "b2", "end"]);
+    assert.deepEqual(gaps, [{ room: "r" }]);
+    conns[0].ws.terminate();
+    await until(() => conns.length == 2 && conns[1].got.length == 1, 5000, "$resume");
+    assert.deepEqual(conns[1].got[0], ["$resume", { sid: "s1", token: "t1", offsets: { r: ["e1", 2], x: ["e1", 1] }, seq: 0 }]);
+  });
+
   it("sends $resume after $auth, and does not resume after close()", async () => {
     const { url, conns } = await fakeServer();
     const socket = client(url, { auth: async () => ({ token: "secret" }) });

@@ -35,7 +35,9 @@ class Client:
 
     Local events: ``connect(recovered: bool)``, ``disconnect(exc: ConnectionClosed)``,
     ``reconnecting(attempt)``, ``reconnect_failed()``, ``error(info)`` (a ``$error`` from the
-    server, as a dict).
+    server, as a dict). System events with a handler: ``$presence(change)``, ``$gap(info)``
+    (``{"room": name}``: messages of that room may have been lost, e.g. the cluster's broker
+    failed; refetch what the room shows: protocol.md section 8, "Gaps").
 
     On a server with recovery (``recovery_window``) a reconnect resumes the session
     (protocol.md section 8): same ``sid``, and the room and direct messages missed meanwhile
@@ -446,6 +448,13 @@ class Client:
             self._emit_local("error", packet.data)
         elif name == "$presence":  # {"room", "joined"|"left": {"sid", "info"}}
             self._emit_local("$presence", packet.data)
+        elif name == "$gap":  # {"room"}: messages of it may be lost (protocol.md 8, "Gaps")
+            room = packet.data.get("room") if type(packet.data) is dict else None
+            if type(room) is str:
+                # What follows may carry any position (a new epoch, or offsets seen before a
+                # rewind): start the room afresh, so nothing new is taken for a duplicate.
+                self._positions.pop(room, None)
+                self._emit_local("$gap", packet.data)
 
     def _invoke(self, link: _Link, handler: Handler, packet: Event, ack_id: int | None) -> None:
         try:

@@ -131,13 +131,16 @@ class ScriptCall:
         self.args = args
         self.on_result = on_result
 
-    def add_to(self, pipe: Any) -> None:
-        """Queue the call on a redis-py pipeline (by digest: the script is loaded)."""
-        pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+    def add_to(self, pipe: Any, incarnation: str) -> None:
+        """Queue the call on a redis-py pipeline (by digest: the script is loaded). Every
+        script gets the incarnation of the server it runs on as its last argument."""
+        pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args, incarnation)
 
-    async def run_source(self, client: Any) -> Any:
+    async def run_source(self, client: Any, incarnation: str) -> Any:
         """Run it with its source (after NOSCRIPT: a restarted or new server)."""
-        return await client.eval(self.script.source, len(self.keys), *self.keys, *self.args)
+        return await client.eval(
+            self.script.source, len(self.keys), *self.keys, *self.args, incarnation
+        )
 
     def done(self, result: Any) -> None:
         if self.on_result is not None:
@@ -321,10 +324,17 @@ class BrokerAdapter(Adapter):
         down. Only adapters with ``supports_scripts`` (Redis) implement it."""
         raise NotImplementedError(f"the {self.name} adapter has no key-value commands")
 
+    def incarnation(self, key: str) -> str:
+        """The incarnation of the server where ``key`` lives (see ``read_incarnation``), as
+        learned when the link came up; "" if unknown."""
+        return ""
+
     async def run_script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Run ``script`` where ``keys[0]`` lives and return its result."""
+        """Run ``script`` where ``keys[0]`` lives and return its result (its last argument:
+        the incarnation of that server, as for queued calls)."""
         from redis.exceptions import NoScriptError
 
+        args = [*args, self.incarnation(keys[0])]
         try:
             return await self.execute(keys[0], "EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:

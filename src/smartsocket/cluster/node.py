@@ -23,7 +23,8 @@ goes straight to its node's inbox.
 
 Broker faults: the adapter reports the link down; the node keeps delivering locally, reports
 itself degraded, counts what it could not publish, and when the link is back it bumps its
-epoch (peers then resync their view of it) and resyncs its own presence replicas.
+epoch (peers then resync their view of it) and resyncs its own presence replicas. With
+recovery, ``catchup.py`` catches its rooms up from their history (or sends ``$gap``).
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ import msgspec
 from smartsocket import compression
 from smartsocket.cluster import messages as m
 from smartsocket.cluster.adapter import Adapter, BrokerAdapter, create_adapter
+from smartsocket.cluster.catchup import RoomSync
 from smartsocket.cluster.liveness import Liveness, RemoteNode
 from smartsocket.cluster.operations import Operations, node_of
 from smartsocket.cluster.presence import Presence
 from smartsocket.cluster.requests import Requests
 from smartsocket.cluster.sessions import BrokerRecovery, parse_logged
 from smartsocket.handlers import Handler
-from smartsocket.protocol import envelope
 
 if TYPE_CHECKING:
     from smartsocket.config import Config
@@ -101,6 +102,7 @@ class ClusterNode:
         self.dropped_invalid = 0
         # Recovery on Redis (cluster/sessions.py): room history and held sessions in Redis.
         self.recovery: BrokerRecovery | None = None
+        self.sync: RoomSync | None = None  # room positions across outages (catchup.py)
         # Sessions of this node's sockets that resumed on another node: sid -> that node.
         self.moved: dict[str, str] = {}
 
@@ -156,6 +158,7 @@ class ClusterNode:
                 raise ValueError(f"recovery in a cluster needs Redis, not {adapter.name}")
             self.recovery = server_recovery.broker = BrokerRecovery(config, adapter, self.prefix)
             self.recovery.forward = self._forward_direct
+            self.sync = RoomSync(self, self.recovery)
         self.degraded_since = time.monotonic()
         adapter.subscribe(self.all_channel)
         adapter.subscribe(self.inbox(self.node_id))
@@ -177,6 +180,9 @@ class ClusterNode:
             task.cancel()
         adapter, self.adapter = self.adapter, None
         self.active = False  # before the adapter reports its link down: no "degraded" alarm
+        if self.sync is not None:
+            self.sync.close()
+            self.sync = None
         if self.recovery is not None and self.server._recovery is not None:
             self.server._recovery.broker = None
         self.recovery = None
@@ -194,6 +200,8 @@ class ClusterNode:
                 "node %s lost the cluster broker: degraded (local delivery continues; "
                 "cross-node messages are counted as failed until it reconnects)", self.node_id,
             )
+            if self.sync is not None:
+                self.sync.link_lost()
             return
         since, self.degraded_since = self.degraded_since, None
         if self._connected_once:
@@ -207,6 +215,8 @@ class ClusterNode:
         self.epoch += 1
         self.publish(self.all_channel, self.liveness.heartbeat())
         self.presence_state.resync()
+        if self.sync is not None:
+            self.sync.link_up()
 
     @property
     def degraded(self) -> bool:
@@ -247,17 +257,24 @@ class ClusterNode:
         and nobody waits for their counts."""
         server = self.server
         recovery = self.recovery
-        if recovery is not None and room is not None:
+        sync = self.sync
+        if recovery is not None and sync is not None and room is not None:
             # Logged by Redis with its position, then delivered from the room channel by every
-            # node with members (this one too), in the order of the positions.
+            # node with members (this one too), in the order of the positions. If the link
+            # breaks before it is back, it is delivered here then (catchup.py): the count
+            # returned is true either way.
             channel = self.room_channel(room)
             ids = _exclude_ids(exclude)
             body = m.encode(self.node_id, m.Broadcast(room, payload, binary, exclude=ids))
             if recovery.publish_room(channel, body, payload, binary, ids):
                 self.published += 1
+                if not members:
+                    return 0
+                sync.sent(room, payload, binary, ids)
                 return sum(1 for s in members if skip is None or s not in skip)
             recovery.unlogged += 1  # broker down: delivered here, without a position
             self.publish_failed += 1
+            sync.unlogged(room)  # the other nodes get $gap when the link is back
             return server._deliver(members, payload, binary, skip) if members else 0
         cfg = server.config
         deflated: bytes | None = None
@@ -285,6 +302,8 @@ class ClusterNode:
         if self.presence_state.is_presence_room(room):
             self.presence_state.changed(room, socket, joined=False)
         if deleted and self.active:
+            if self.sync is not None:
+                self.sync.forget(room)
             self.presence_state.untrack(room)
             assert self.adapter is not None
             self.adapter.unsubscribe(self.room_channel(room))
@@ -409,24 +428,17 @@ class ClusterNode:
         """A logged room message, ours or another node's: deliver it with its position."""
         try:
             epoch, offset, raw = parse_logged(data)
-            body = m.decode_body(m.decode_envelope(raw))
+            env = m.decode_envelope(raw)
+            body = m.decode_body(env)
         except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.dropped_invalid += 1
             logger.debug("dropping an invalid logged message on %s: %s", channel, exc)
             return
-        if type(body) is not m.Broadcast or body.room is None or self.recovery is None:
+        if type(body) is not m.Broadcast or body.room is None or self.sync is None:
             self.dropped_invalid += 1
             return
         self.received += 1
-        room = body.room
-        self.recovery.positions[room] = (epoch, offset)
-        server = self.server
-        members = server._registry.members(room)
-        if not members:
-            return
-        payload = envelope.with_meta(body.payload, [room, epoch, offset], binary=body.binary)
-        skip = server._resolve_exclude(body.exclude) if body.exclude else None
-        server._deliver(members, payload, body.binary, skip)
+        self.sync.logged(body.room, epoch, offset, body, env.src == self.node_id)
 
     def resumed_here(self, sid: str) -> None:
         """Session ``sid`` resumed on this node: its home node forwards what is sent to it."""

@@ -42,6 +42,7 @@ class RedisAdapter(BrokerAdapter):
         self._pubsub: Any = None
         self._last_read = 0.0
         self._checked_mode = False
+        self._incarnation = ""
 
     def _client(self) -> Any:
         import redis.asyncio as aioredis
@@ -58,6 +59,7 @@ class RedisAdapter(BrokerAdapter):
         await self._pub.ping()
         for script in SCRIPTS:
             await self._pub.script_load(script.source)
+        self._incarnation = await read_incarnation(self._pub, _safe_url(self.url))
         if not self._checked_mode:
             self._checked_mode = True
             await self._warn_if_cluster()
@@ -143,11 +145,14 @@ class RedisAdapter(BrokerAdapter):
                 pipe.publish(channel, data)
             else:
                 assert isinstance(data, ScriptCall)
-                data.add_to(pipe)
+                data.add_to(pipe, self._incarnation)
         results = await pipe.execute(raise_on_error=False)
-        await retry_unknown_scripts(self._pub, batch, results)
+        await retry_unknown_scripts(self._pub, batch, results, self._incarnation)
 
     supports_scripts = True
+
+    def incarnation(self, key: str) -> str:
+        return self._incarnation
 
     async def execute(self, key: str, *command: Any) -> Any:
         if not self.connected or self._pub is None:
@@ -170,8 +175,29 @@ class RedisAdapter(BrokerAdapter):
         self._pub = self._sub = self._pubsub = None
 
 
+async def read_incarnation(client: Any, where: str) -> str:
+    """``<run_id>:<master_replid>`` of a Redis server: what changes whenever the data it
+    holds may have gone back in time (cluster/sessions.py relies on it).
+
+    ``run_id`` is new on every start of the process (a restart, with or without lost writes,
+    or a restore from an older snapshot); ``master_replid`` is new whenever a replica is
+    promoted (a failover, also back to a server that ran before, since it synced from the
+    other one in between). As long as both stay the same, the server has been a primary all
+    along and its data only moved forward by its own writes."""
+    try:
+        server = await client.info("server")
+        replication = await client.info("replication")
+    except Exception as exc:  # INFO renamed or denied (some managed services)
+        logger.warning(
+            "cannot read INFO from Redis %s (%s): a restart or failover of it that loses "
+            "writes is not detected, and clients may drop new room messages as seen", where, exc,
+        )
+        return ""
+    return f"{server.get('run_id', '')}:{replication.get('master_replid', '')}"
+
+
 async def retry_unknown_scripts(
-    client: Any, batch: list[Outbound], results: list[Any]
+    client: Any, batch: list[Outbound], results: list[Any], incarnation: str
 ) -> None:
     """Send again with EVAL the script calls the server did not know (NOSCRIPT: restarted, or
     new), in order; raise any other error of the batch."""
@@ -180,7 +206,7 @@ async def retry_unknown_scripts(
     for (_, data), result in zip(batch, results, strict=True):
         if isinstance(result, NoScriptError):
             assert isinstance(data, ScriptCall)
-            result = await data.run_source(client)
+            result = await data.run_source(client, incarnation)
         if isinstance(result, Exception):
             raise result
         if isinstance(data, ScriptCall):

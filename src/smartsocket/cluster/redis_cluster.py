@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from smartsocket.cluster.adapter import SCRIPTS, BrokerAdapter, Outbound, ScriptCall
-from smartsocket.cluster.redis import IDLE_TIMEOUT
+from smartsocket.cluster.redis import IDLE_TIMEOUT, read_incarnation
 from smartsocket.errors import MissingDependency
 
 logger = logging.getLogger("smartsocket.cluster")
@@ -145,8 +145,8 @@ class _Shard:
     """One primary: its client (publishing) and, while this node has channels there, a
     subscribed connection with the task reading it."""
 
-    __slots__ = ("addr", "channels", "client", "last_read", "leaving", "probing", "pubsub",
-                 "reader")
+    __slots__ = ("addr", "channels", "client", "incarnation", "last_read", "leaving", "probing",
+                 "pubsub", "reader")
 
     def __init__(self, addr: str, client: Any) -> None:
         self.addr = addr
@@ -157,6 +157,7 @@ class _Shard:
         self.leaving: dict[str, int] = {}  # SUNSUBSCRIBEs we sent, not yet confirmed
         self.last_read = 0.0
         self.probing = False
+        self.incarnation: str | None = None  # read_incarnation, once connected
 
 
 class RedisClusterAdapter(BrokerAdapter):
@@ -234,8 +235,10 @@ class RedisClusterAdapter(BrokerAdapter):
         primaries = sorted(set(self._owners))
         await asyncio.gather(*(self._shard(addr).client.ping() for addr in primaries))
         for addr in primaries:
+            shard = self._shard(addr)
             for script in SCRIPTS:
-                await self._shard(addr).client.script_load(script.source)
+                await shard.client.script_load(script.source)
+            shard.incarnation = await read_incarnation(shard.client, addr)
         # Subscribe to what is wanted, again for channels wanted while this ran.
         done: set[str] = set()
         while wanted := sorted(self._channels - done):
@@ -427,6 +430,12 @@ class RedisClusterAdapter(BrokerAdapter):
             *command
         )
 
+    def incarnation(self, key: str) -> str:
+        shard = self._shards.get(self._owners[channel_slot(key)]) if self._owners else None
+        if shard is None or shard.incarnation is None:
+            return ""
+        return shard.incarnation
+
     async def _send(self, batch: list[Outbound]) -> None:
         moved = await self._send_by_shard(batch)
         if moved:  # slots moved: read the new map and send those once more
@@ -467,20 +476,23 @@ class RedisClusterAdapter(BrokerAdapter):
             except MovedError:
                 return items
             return []
+        if shard.incarnation is None:  # a primary met after a slot moved
+            shard.incarnation = await read_incarnation(shard.client, shard.addr)
+        incarnation = shard.incarnation
         pipe = shard.client.pipeline(transaction=False)
         for channel, data in items:
             if type(data) is bytes:
                 pipe.spublish(channel, data)
             else:
                 assert isinstance(data, ScriptCall)
-                data.add_to(pipe)
+                data.add_to(pipe, incarnation)
         results = await pipe.execute(raise_on_error=False)
         moved: list[Outbound] = []
         for (channel, data), result in zip(items, results, strict=True):
             if isinstance(result, MovedError):
                 moved.append((channel, data))
             elif isinstance(result, NoScriptError) and isinstance(data, ScriptCall):
-                data.done(await data.run_source(shard.client))
+                data.done(await data.run_source(shard.client, incarnation))
             elif isinstance(result, Exception):
                 raise result
             elif isinstance(data, ScriptCall):

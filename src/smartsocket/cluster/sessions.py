@@ -13,6 +13,29 @@ Room history
     channel. Idle keys expire after ``recovery_window + history_ttl``; an expired room starts a
     new epoch.
 
+Rewinds (a restart that lost writes, a restore from an older snapshot, a failover to a replica
+that lagged)
+    Clients drop a message whose (room, epoch, offset) they have seen, so an offset must never
+    be given twice within an epoch. Redis numbers the messages, so the danger is Redis itself
+    going back in time: the counter in ``{<room channel>}:m`` then restarts below offsets that
+    clients already hold. A node cannot see that from the data (the old state looks valid),
+    so the epoch is tied to what *does* change with every such event: the server's
+    incarnation, ``<run_id>:<master_replid>`` (``redis.read_incarnation``; run_id is new on
+    every start, master_replid on every promotion). Every script gets the incarnation of the
+    server it runs on (read by the node when its link came up; the link breaks on every
+    restart or failover, so a node never writes with another server's incarnation), ``LOG``
+    stores it beside the epoch, and mints a new epoch (dropping the old history) when the
+    stored one differs. So every offset of an epoch was given by one server incarnation,
+    whose data only moved forward: offsets never repeat within an epoch. The cost: every
+    restart starts new epochs, lost writes or not (a resume from the old epoch gets
+    ``recovered: false``; connected clients get ``$gap``, see ``cluster/catchup.py``).
+    ``READ`` tells whether the room's epoch belongs to the current incarnation: if not, its
+    history may be missing a tail that clients saw, so nothing is resumed or caught up from
+    it. Not covered: an operator who writes old values of these keys into a running server
+    (``RESTORE``, ``DEBUG RELOAD NOSAVE``); delete the ``:m`` keys after doing that. Without
+    ``INFO`` (renamed by some managed services) the incarnation is "" and rewinds go unseen
+    (logged at connect).
+
 Sessions
     A dropped session is written to ``{<prefix>.s.<sid>}`` (MessagePack, expiring after
     ``recovery_window``); direct messages sent to it meanwhile (they reach the node that held
@@ -45,12 +68,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("smartsocket.cluster")
 
+# ARGV: channel, envelope, history size, expiry ms, a new epoch, publish command, the packed
+# entry, the server's incarnation (added by the adapter).
 LOG = Script("""
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+local state = redis.call('HMGET', KEYS[1], 'e', 'i')
+local epoch = state[1]
+if not epoch or state[2] ~= ARGV[8] then
   epoch = ARGV[5]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0, 'i', ARGV[8])
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local now = redis.call('TIME')
@@ -62,11 +88,14 @@ redis.call(ARGV[6], ARGV[1], 'P' .. epoch .. ' ' .. offset .. ' ' .. ARGV[2])
 return offset
 """)
 
+# ARGV: the first entry id, the server's incarnation. Returns the epoch, its last offset, the
+# entries, and 1 if the epoch belongs to this incarnation (its history has no lost tail).
 READ = Script("""
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then return false end
-local last = redis.call('HGET', KEYS[1], 'n')
-return {epoch, last, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
+local state = redis.call('HMGET', KEYS[1], 'e', 'n', 'i')
+if not state[1] then return false end
+local current = 0
+if state[3] == ARGV[2] then current = 1 end
+return {state[1], state[2], redis.call('XRANGE', KEYS[2], ARGV[1], '+'), current}
 """)
 
 # Session keys: KEYS[1] the session, [2] its direct messages, [3] the node it resumed on,
@@ -142,6 +171,16 @@ class RoomEntry(msgspec.Struct, gc=False):
     excluded: list[str]
 
 
+class RoomLog(msgspec.Struct, gc=False):
+    """A room's history as read from Redis: ``current`` is False when its epoch was given by
+    another incarnation of the server (a restart or failover since: a tail may be lost)."""
+
+    epoch: str
+    last: int
+    entries: list[RoomEntry]
+    current: bool
+
+
 class BrokerRecovery:
     """This node's side of recovery in a Redis-backed cluster."""
 
@@ -160,6 +199,8 @@ class BrokerRecovery:
         self.held: dict[str, list[Any]] = {}
         self.unlogged = 0  # room messages sent without a position (the broker was down)
         self.lost_direct = 0  # direct messages for a held session that expired meanwhile
+        self.gaps = 0  # $gap notices sent to a room's local members (cluster/catchup.py)
+        self.caught_up = 0  # room messages delivered from the history after an outage
         # Sends a direct message to a session that resumed on another node (set by the node).
         self.forward: Callable[[str, str, bytes, bool], None] | None = None
 
@@ -186,20 +227,21 @@ class BrokerRecovery:
         ]
         return self.adapter.publish(channel, ScriptCall(LOG, self.room_keys(channel), args))
 
-    async def read_room(self, channel: str, after: int) -> tuple[str, int, list[RoomEntry]] | None:
-        """(epoch, last offset, entries after ``after``); None if the room has no history."""
+    async def read_room(self, channel: str, after: int) -> RoomLog | None:
+        """The room's epoch, last offset and entries after ``after``; None if the room has
+        no history."""
         start = f"{after + 1}-0" if after >= 0 else "-"
         reply = await self.adapter.run_script(READ, self.room_keys(channel), [start])
         if not reply:
             return None
-        epoch, last, raw = reply
+        epoch, last, raw, current = reply
         entries = []
         for entry_id, fields in raw:  # fields: [b"e", packed entry, b"t", ms]
             payload, binary, excluded = _entry(fields[1])
             entries.append(RoomEntry(
                 int(entry_id[:-2]), int(fields[3]), payload, binary, excluded
             ))
-        return epoch.decode(), int(last), entries
+        return RoomLog(epoch.decode(), int(last), entries, current == 1)
 
     # sessions
 

@@ -338,6 +338,8 @@ class Recovery:
             "historyMessages": sum(len(h.entries) for h in self.rooms.values()),
             "unlogged": 0 if broker is None else broker.unlogged,
             "lostDirect": 0 if broker is None else broker.lost_direct,
+            "gaps": 0 if broker is None else broker.gaps,
+            "caughtUp": 0 if broker is None else broker.caught_up,
         }
 
 

@@ -280,21 +280,33 @@ async def _missed_in_room(
     broker: BrokerRecovery, server: SessionResume, room: str, held: Held, reported: Any,
 ) -> list[tuple[int, bytes, bool]] | None:
     """(wall ms, payload, binary) of the room messages ``held`` missed; None if some are
-    gone (trimmed, too old, another epoch)."""
+    gone (trimmed, too old, another epoch, a history that may have lost its tail)."""
     epoch, after = held.state.joined.get(room, ("", -_now_ms()))
+    later: tuple[str, int] | None = None  # a position in an epoch that began after the join
     if (
         type(reported) is list and len(reported) == 2 and type(reported[0]) is str
         and type(reported[1]) is int and reported[1] >= 0
-        and (epoch == "" or (reported[0] == epoch and reported[1] > after))
     ):
-        epoch, after = reported
+        if epoch == "" or (reported[0] == epoch and reported[1] > after):
+            epoch, after = reported
+        elif reported[0] != epoch:
+            # The broker restarted since the join and the client got messages of the new
+            # epoch: it had everything before them, or was told ($gap, cluster/catchup.py).
+            later = (reported[0], reported[1])
     channel = server._cluster.room_channel(room)
-    history = await broker.read_room(channel, after)
+    history = await broker.read_room(channel, after if later is None else later[1])
+    if later is not None:
+        if history is not None and history.epoch == later[0]:
+            epoch, after = later
+        else:  # not the room's epoch (any more): from the join
+            history = await broker.read_room(channel, after)
     if history is None:
         # No history: nothing was sent to the room since it expired. Fine if the socket knew
         # no position in it, or joined it after the last message it could have seen.
         return [] if epoch == "" else None
-    current, last, entries = history
+    if not history.current:
+        return None  # the broker restarted or failed over since: its tail may be lost
+    current, last, entries = history.epoch, history.last, history.entries
     oldest = _now_ms() - broker.ttl_ms
     if epoch == "":  # joined before this node saw any message of the room: by time
         since = -after

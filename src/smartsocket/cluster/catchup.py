@@ -1,0 +1,265 @@
+"""Room messages across broker outages, with recovery on Redis (protocol.md section 8,
+"Gaps").
+
+``RoomSync`` owns this node's view of each room's position and the delivery of logged room
+messages (``P<epoch> <offset> <envelope>``, cluster/sessions.py) to local members, so that a
+member either gets every message of its rooms, in order, or a ``$gap`` notice for the room.
+
+Continuity
+    While the link to Redis is up, this node's subscription hears every message of its rooms,
+    in the order Redis numbered them: each message is the one after the last
+    (``offset == last + 1`` in the same epoch, or offset 1 of a new epoch: the old one ended
+    with what we saw). Anything else (a hole, a step back, a new epoch joined late) means
+    something was missed or rewound: members get ``$gap`` before the message.
+
+Link lost, link back (item by item)
+    - Own messages on their way through Redis (queued, or sent and not yet back on our
+      subscription) are delivered here when the link breaks, so the sender's count stays
+      true; Redis may or may not have logged them, so their payloads are kept to be matched
+      against the history below.
+    - While the link is down, messages are delivered here without a position; the room is
+      noted, and when the link is back its history is broken (new epoch, so no session
+      resumes across it) and the other nodes are told to send ``$gap`` to their members.
+    - When the link is back, each room with local members is caught up: messages arriving
+      live are held back, the room's history after our last position is read (Redis
+      numbered everything before the read, the subscription gets everything after): the
+      missed messages are delivered in order (same epoch, nothing trimmed), and the members
+      get ``$gap`` if they cannot be (another epoch, trimmed, no history) or if the epoch
+      began under another incarnation of the server (it restarted or failed over since, so
+      a tail that we never saw may be lost). Then what was held back.
+
+Everything here is per broadcast, never per delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from smartsocket.cluster import messages as m
+from smartsocket.cluster.adapter import Script, ScriptCall
+from smartsocket.protocol import envelope
+
+if TYPE_CHECKING:
+    from smartsocket.cluster.node import ClusterNode
+    from smartsocket.cluster.sessions import BrokerRecovery, RoomLog
+
+logger = logging.getLogger("smartsocket.cluster")
+
+# Start a new epoch for a room (its history lost messages: no resume may cross them) and tell
+# the other nodes. ARGV: channel, publish command, the notice, incarnation (unused).
+BREAK = Script("""
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call(ARGV[2], ARGV[1], ARGV[3])
+return 1
+""")
+
+_NOWHERE = 1 << 60  # read a room's state without its entries
+_MAX_PENDING = 10_000  # as many as the adapter queues
+
+
+def gap_notice(room: str) -> bytes:
+    """``["$gap", {"room": room}]``: messages of ``room`` may be lost (protocol.md 8, "Gaps")."""
+    return envelope.encode_event("$gap", {"room": room})
+
+
+class RoomSync:
+    """Positions and delivery of this node's logged room messages (see the module doc)."""
+
+    def __init__(self, node: ClusterNode, recovery: BrokerRecovery) -> None:
+        self.node = node
+        self.recovery = recovery
+        self.positions = recovery.positions  # room -> (epoch, offset) of the last delivered
+        # Own messages sent to Redis and not back yet, per room (in order: one channel).
+        self.pending: dict[str, deque[tuple[bytes, bool, list[str]]]] = {}
+        # Payloads delivered here when the link broke: Redis may have logged them.
+        self.uncertain: dict[str, list[bytes]] = {}
+        self.unlogged_rooms: set[str] = set()  # rooms with messages Redis never logged
+        # Rooms being caught up: logged messages held back meanwhile.
+        self.holding: dict[str, list[tuple[str, int, m.Broadcast]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # sending
+
+    def sent(self, room: str, payload: bytes, binary: bool, excluded: list[str]) -> None:
+        """An own message of ``room`` (which has local members) went to Redis."""
+        queue = self.pending.get(room)
+        if queue is None:
+            queue = self.pending[room] = deque(maxlen=_MAX_PENDING)
+        queue.append((payload, binary, excluded))
+
+    def unlogged(self, room: str) -> None:
+        """A message of ``room`` was delivered here only (the broker is down)."""
+        self.unlogged_rooms.add(room)
+
+    # receiving
+
+    def logged(self, room: str, epoch: str, offset: int, body: m.Broadcast, own: bool) -> None:
+        if own:
+            queue = self.pending.get(room)
+            if queue:
+                _back(queue, body.payload)
+        held = self.holding.get(room)
+        if held is not None:
+            held.append((epoch, offset, body))
+            return
+        self._deliver(room, epoch, offset, body)
+
+    def _deliver(self, room: str, epoch: str, offset: int, body: m.Broadcast) -> None:
+        last = self.positions.get(room)
+        if last is not None and (
+            offset != last[1] + 1 if epoch == last[0] else offset != 1
+        ):
+            self.gap(room)  # missed or rewound: told, then carry on from here
+        self.positions[room] = (epoch, offset)
+        server = self.node.server
+        members = server._registry.members(room)
+        if not members:
+            return
+        payload = envelope.with_meta(body.payload, [room, epoch, offset], binary=body.binary)
+        skip = server._resolve_exclude(body.exclude) if body.exclude else None
+        server._deliver(members, payload, body.binary, skip)
+
+    def gap(self, room: str) -> None:
+        server = self.node.server
+        members = server._registry.members(room)
+        if members:
+            self.recovery.gaps += 1
+            server._deliver(members, gap_notice(room), False, None)
+
+    def forget(self, room: str) -> None:
+        """No local member left: the node stops hearing the room."""
+        self.positions.pop(room, None)
+        self.holding.pop(room, None)
+        self.pending.pop(room, None)
+
+    # the link
+
+    def link_lost(self) -> None:
+        server = self.node.server
+        for room, queue in self.pending.items():
+            members = server._registry.members(room)
+            uncertain = self.uncertain.setdefault(room, [])
+            for payload, binary, excluded in queue:
+                if members:
+                    skip = server._resolve_exclude(excluded) if excluded else None
+                    server._deliver(members, payload, binary, skip)
+                uncertain.append(payload)
+        self.pending.clear()
+        for room in server._registry.names():
+            self.holding.setdefault(room, [])
+
+    def link_up(self) -> None:
+        for room in self.node.server._registry.names():
+            self.holding.setdefault(room, [])
+        if self._task is not None:
+            self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._catch_up_all())
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _catch_up_all(self) -> None:
+        for room in list(self.holding):
+            if not await self._catch_up(room):
+                return  # the link broke again: the next link_up goes on
+        for room in list(self.uncertain) + list(self.unlogged_rooms):
+            if not self._break(room):
+                return
+
+    async def _catch_up(self, room: str) -> bool:
+        """Catch ``room`` up (or send ``$gap``), then deliver what was held back; False if
+        the link broke again first."""
+        node = self.node
+        last = self.positions.get(room)
+        log: RoomLog | None = None
+        try:
+            log = await self.recovery.read_room(
+                node.room_channel(room), last[1] if last is not None else _NOWHERE
+            )
+        except Exception as exc:
+            adapter = node.adapter
+            if adapter is None or not adapter.connected:
+                logger.info("catching up room %r stopped: the broker link broke (%s)", room, exc)
+                return False
+            logger.warning("cannot read the history of room %r (%s): members get $gap", room,
+                           exc)
+            last = None
+        held = self.holding.pop(room, None)
+        if held is None:
+            return True  # forgotten meanwhile
+        uncertain = self.uncertain.get(room, [])
+        if last is not None and log is not None and _follows(log, last):
+            # What the history holds after our position (a prefix of the room's messages,
+            # even where Redis went back: every state of an epoch is); then, if Redis may
+            # have lost a tail of it since, $gap.
+            members = node.server._registry.members(room)
+            for entry in log.entries:
+                if entry.offset <= last[1]:
+                    continue
+                if entry.payload in uncertain:  # ours, delivered when the link broke
+                    uncertain.remove(entry.payload)
+                elif members:
+                    payload = envelope.with_meta(
+                        entry.payload, [room, log.epoch, entry.offset], binary=entry.binary
+                    )
+                    skip = node.server._resolve_exclude(entry.excluded) if entry.excluded else None
+                    node.server._deliver(members, payload, entry.binary, skip)
+                    self.recovery.caught_up += 1
+            self.positions[room] = (log.epoch, log.last)
+            if not log.current:
+                self.gap(room)
+                self.positions.pop(room, None)
+        else:
+            self.gap(room)
+            self.positions.pop(room, None)
+        if room in self.uncertain and not uncertain:
+            del self.uncertain[room]  # all of them were logged: others had them
+        for epoch, offset, body in held:
+            known = self.positions.get(room)
+            if known is not None and epoch == known[0] and offset <= known[1]:
+                continue  # in the history read above
+            self._deliver(room, epoch, offset, body)
+        return True
+
+    def _break(self, room: str) -> bool:
+        """Messages of ``room`` went out here only: tell the other nodes, and end the room's
+        epoch (a session resuming across them must get ``recovered: false``)."""
+        node = self.node
+        adapter = self.recovery.adapter
+        channel = node.room_channel(room)
+        notice = m.encode(node.node_id, m.Broadcast(room, gap_notice(room), False))
+        call = ScriptCall(
+            BREAK, self.recovery.room_keys(channel),
+            [channel, self.recovery.publish_command, notice],
+        )
+        if not adapter.publish(channel, call):
+            return False  # the link broke again: the next link_up goes on
+        self.uncertain.pop(room, None)
+        self.unlogged_rooms.discard(room)
+        return True
+
+
+def _back(queue: deque[tuple[bytes, bool, list[str]]], payload: bytes) -> None:
+    """Own message ``payload`` came back: it and the ones sent before it are settled (those
+    never came back when the room's subscription was not confirmed yet, as for any message
+    then)."""
+    if queue[0][0] == payload:  # the usual case: in order
+        queue.popleft()
+        return
+    for index, entry in enumerate(queue):
+        if entry[0] == payload:
+            for _ in range(index + 1):
+                queue.popleft()
+            return
+
+
+def _follows(log: RoomLog, last: tuple[str, int]) -> bool:
+    """Whether ``log`` holds every message it numbered after position ``last``."""
+    if log.epoch != last[0] or log.last < last[1]:
+        return False
+    return log.last == last[1] or (bool(log.entries) and log.entries[0].offset == last[1] + 1)
