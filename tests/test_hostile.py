@@ -134,7 +134,7 @@ async def test_fragment_limit_default_and_messages_under_it() -> None:
         ws.send_frame(OP_TEXT, b"[", fin=False)  # 1025 frames: refused
         for _ in range(1024):
             ws.send_frame(0, b"", fin=False)
-        frames, close = await frames_until_close(ws)
+        _, close = await frames_until_close(ws)
         assert close.close_code == 1009
         ws.close()
 
@@ -367,7 +367,7 @@ async def test_rate_limit_reads_the_injected_clock() -> None:
     for origin in (0, 400 * 86_400 * 10**9):
         now = [origin]
         async with running(echo_server(rate_limit_messages=10, rate_limit_burst=2)) as server:
-            server._clock = lambda: now[0]
+            server._clock = lambda clock=now: clock[0]  # type: ignore[misc]
             ws = await open_ws(server.port)
             for i in range(3):
                 ws.send_text(json.dumps(["echo", i, i + 1]))
