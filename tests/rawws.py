@@ -172,6 +172,14 @@ class RawClient:
         too unless the status is 101 (then the bytes after the head are WebSocket frames)."""
         lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        return await self.request_lines(lines, timeout=timeout)
+
+    async def request_lines(
+        self, lines: list[str], *, timeout: float = DEFAULT_TIMEOUT, head_only: bool = False
+    ) -> HttpResponse:
+        """Send a request head made of exactly ``lines`` (request line first; header names
+        may repeat) and read the response like ``request``; ``head_only``: the answer to a
+        HEAD request, whose body is empty whatever its Content-Length says."""
         self.send_raw(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         async with asyncio.timeout(timeout):
             head = await self._read_until(b"\r\n\r\n")
@@ -184,7 +192,7 @@ class RawClient:
                 value = value.strip()
                 parsed[name] = f"{parsed[name]}, {value}" if name in parsed else value
             body = b""
-            if int(status) != 101:
+            if int(status) != 101 and not head_only:
                 if "content-length" in parsed:
                     body = await self._read_exactly(int(parsed["content-length"]))
                 else:

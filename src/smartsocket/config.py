@@ -81,6 +81,13 @@ class Config:
     rate_limit_bytes: int = _opt(4 << 20, "bytes per second per socket (0: off)", min=0)
     rate_limit_strikes: int = _opt(50, "refused events within 10 s before closing with 4008",
                                    min=1)
+    error_limit: int = _opt(50, "invalid messages (malformed, unknown ack id, reserved or invalid "
+                            "name, before $auth) within 10 s before closing with 1008 (0: off)",
+                            min=0)
+    max_fragments: int = _opt(1024, "frames one inbound message may be split into (over: close "
+                              "1009)", min=1)
+    backlog: int = _opt(4096, "listen backlog: connections the kernel queues before they are "
+                        "accepted (capped by /proc/sys/net/core/somaxconn)", min=1)
     room_rate_limit_messages: float = _opt(0.0, "broadcasts per second per room (0: off)",
                                            min=0)
     room_rate_limit_burst: float = _opt(0.0, "broadcasts a room may take at once (0: twice "

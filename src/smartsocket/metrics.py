@@ -43,6 +43,7 @@ class Stats:
         "compressed_out_payload",
         "compressed_out_wire",
         "dropped_slow",
+        "error_closes",
         "errors_sent",
         "messages_in",
         "messages_out",
@@ -75,6 +76,7 @@ class Stats:
         self.errors_sent = 0
         self.rate_limited = 0  # events refused by a rate limit
         self.rate_limit_closes = 0  # sockets closed with 4008
+        self.error_closes = 0  # sockets closed by the error-rate rule (1008)
         self.dropped_slow = 0  # sockets dropped as slow consumers (4009)
         self.rejected_connections = 0  # upgrades refused (origin, auth, limits)
         self.rtt: deque[float] = deque(maxlen=1024)  # recent $ping round trips, seconds
@@ -191,6 +193,7 @@ class Stats:
                 "errorsSent": self.errors_sent,
                 "rateLimited": self.rate_limited,
                 "rateLimitCloses": self.rate_limit_closes,
+                "errorCloses": self.error_closes,
                 "droppedSlow": self.dropped_slow,
                 "rejectedConnections": self.rejected_connections,
                 "latencySeconds": latency,

@@ -64,6 +64,7 @@ class ServerCollector(Collector):
             ("rate_limited", "Events refused by a rate limit", stats.rate_limited),
             ("rate_limit_closes", "Sockets closed for rate limit abuse (4008)",
              stats.rate_limit_closes),
+            ("error_closes", "Sockets closed by the error-rate rule (1008)", stats.error_closes),
             ("dropped_slow_consumers", "Sockets dropped as slow consumers (4009)",
              stats.dropped_slow),
             ("rejected_connections", "Connections refused (origin, auth, limits)",

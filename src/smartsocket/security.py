@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -29,26 +28,30 @@ class AuthError(SmartSocketError):
 
 
 class TokenBucket:
-    """``rate`` tokens per second, holding at most ``burst``. Starts full.
+    """``rate`` tokens per second, holding at most ``burst``. Starts full at ``now``.
 
-    ``take(n)`` returns 0.0 when the tokens were taken, else the seconds until they would be
-    there (nothing is taken then). Time comes from the caller so a message costs one clock read.
+    Time is integer nanoseconds from the caller's clock (``time.monotonic_ns()`` in the
+    server, anything in tests): a message costs one clock read, and the refill depends only on
+    the difference of two integers, never on how large they are. (With float seconds from
+    ``time.monotonic()``, which counts from boot, ``(t + 0.1) - t`` is not 0.1 once the machine
+    has been up for a while.) ``take(now, n)`` returns 0.0 when the tokens were taken, else
+    the seconds until they would be there (nothing is taken then).
     """
 
     __slots__ = ("_stamp", "_tokens", "burst", "rate")
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, now: int) -> None:
         if rate <= 0 or burst <= 0:
             raise ValueError("rate and burst must be > 0")
         self.rate = rate
         self.burst = burst
-        self._tokens = burst
-        self._stamp = time.monotonic()
+        self._tokens = float(burst)
+        self._stamp = now
 
-    def take(self, now: float, amount: float = 1.0) -> float:
+    def take(self, now: int, amount: float = 1.0) -> float:
         tokens = self._tokens
         if now > self._stamp:  # a caller's clock read may predate the bucket's creation
-            tokens = min(self.burst, tokens + (now - self._stamp) * self.rate)
+            tokens = min(self.burst, tokens + (now - self._stamp) * self.rate / 1e9)
             self._stamp = now
         if tokens >= amount:
             self._tokens = tokens - amount
@@ -57,6 +60,10 @@ class TokenBucket:
         if amount > self.burst:  # can never fit: wait as if for a full bucket
             return (self.burst - tokens) / self.rate + (amount - self.burst) / self.rate
         return (amount - tokens) / self.rate
+
+    def give_back(self, amount: float = 1.0) -> None:
+        """Return tokens taken for something that was refused after all."""
+        self._tokens = min(self.burst, self._tokens + amount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +76,12 @@ class RateLimit:
     bytes: float | None = None
     bytes_burst: float | None = None
 
-    def buckets(self) -> tuple[TokenBucket | None, TokenBucket | None]:
+    def buckets(self, now: int) -> tuple[TokenBucket | None, TokenBucket | None]:
         count = size = None
         if self.messages:
-            count = TokenBucket(self.messages, self.burst or 2 * self.messages)
+            count = TokenBucket(self.messages, self.burst or 2 * self.messages, now)
         if self.bytes:
-            size = TokenBucket(self.bytes, self.bytes_burst or 2 * self.bytes)
+            size = TokenBucket(self.bytes, self.bytes_burst or 2 * self.bytes, now)
         return count, size
 
 
@@ -90,18 +97,20 @@ class Limiter:
         self._overrides = overrides
         self._buckets: dict[str, tuple[TokenBucket | None, TokenBucket | None]] | None = None
 
-    def check(self, event: str, size: int, now: float) -> float:
+    def check(self, event: str, size: int, now: int) -> float:
+        """``event`` "": a message that names no event (an ack reply, or one that could not be
+        decoded): the socket's default limit ("" is no event's name)."""
         limit = self._overrides.get(event) if self._overrides else None
         if limit is not None:
             if self._buckets is None:
                 self._buckets = {}
             buckets = self._buckets.get(event)
             if buckets is None:
-                buckets = self._buckets[event] = limit.buckets()
+                buckets = self._buckets[event] = limit.buckets(now)
         elif self._default is not None:
             default = self._default
             if isinstance(default, RateLimit):
-                default = self._default = default.buckets()
+                default = self._default = default.buckets(now)
             buckets = default
         else:
             return 0.0
@@ -111,7 +120,7 @@ class Limiter:
             return wait
         wait = volume.take(now, size)
         if wait and count is not None:
-            count._tokens += 1  # give the message token back: the message is refused
+            count.give_back()  # the message is refused: its message token is not spent
         return wait
 
 
@@ -207,19 +216,3 @@ def parse_cookies(headers: Mapping[str, str]) -> dict[str, str]:
     except Exception:  # a malformed Cookie header is no credential, not an error
         return {}
     return {name: morsel.value for name, morsel in jar.items()}
-
-
-# --- names -------------------------------------------------------------------------------------
-
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def check_name(kind: str, name: object, max_length: int) -> str | None:
-    """Why ``name`` is not a valid event or room name, or None when it is."""
-    if type(name) is not str or not name:
-        return f"{kind} name must be a non-empty string"
-    if len(name) > max_length:
-        return f"{kind} name longer than {max_length} characters"
-    if _FORBIDDEN.search(name):
-        return f"{kind} name has control characters"
-    return None

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import picows
 from multidict import CIMultiDict, CIMultiDictProxy, istr  # picows' own header type
 from picows import WSFrame, WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse
+from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
 from smartsocket.compression import (
     DecompressedTooLarge,
@@ -33,6 +34,7 @@ from smartsocket.compression import (
     accept_response,
     client_offer,
 )
+from smartsocket.handshake import Headers, RequestGate
 from smartsocket.protocol.assembler import (
     FrameError,
     MessageAssembler,
@@ -43,7 +45,7 @@ from smartsocket.protocol.codes import CloseCode, is_valid_close_code
 logger = logging.getLogger("smartsocket.transport")
 
 try:  # picows' faster socket transport (a picows dependency): ~1.5x throughput, ~5 KB/conn more
-    import aiofastnet  # noqa: F401
+    import aiofastnet
 
     _HAS_AIOFASTNET = True
 except ImportError:  # pragma: no cover - picows installs it
@@ -136,6 +138,7 @@ class Connection(picows.WSListener):
         "_assembler",
         "_close_timer",
         "_inflater",
+        "_max_fragments",
         "_max_size",
         "_tr",
         "closed",
@@ -153,9 +156,11 @@ class Connection(picows.WSListener):
         max_message_size: int | None,
         deflater: MessageDeflater | None = None,
         inflater: MessageInflater | None = None,
+        max_fragments: int | None = None,
     ) -> None:
         self.handler = handler
         self._max_size = max_message_size
+        self._max_fragments = max_fragments
         self.deflater = deflater  # permessage-deflate negotiated: compress what pays
         self._inflater = inflater
         # Made on the first fragmented or compressed frame: most connections never need one.
@@ -201,14 +206,14 @@ class Connection(picows.WSListener):
             elif op is _CLOSE:
                 self._on_close_frame(frame.get_payload_as_bytes())
             elif op is _PING and not self.closed:
-                self._flush_now()  # keep our frames in order before picows writes the pong
-                transport.send_pong(frame.get_payload_as_bytes())
+                self._pong(frame.get_payload_as_bytes())
             return  # PONG needs nothing
         try:
             assembler = self._assembler
             if assembler is None:
                 assembler = self._assembler = MessageAssembler(
-                    max_size=self._max_size, deflate=self._inflater is not None
+                    max_size=self._max_size, deflate=self._inflater is not None,
+                    max_fragments=self._max_fragments,
                 )
             message = assembler.feed(
                 op.value, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3,
@@ -310,6 +315,11 @@ class Connection(picows.WSListener):
     def _send(self, payload: bytes, binary: bool, rsv1: bool) -> None:
         raise NotImplementedError
 
+    def _pong(self, payload: bytes) -> None:
+        """Answer a PING (RFC 6455 5.5.2)."""
+        if self._tr is not None:
+            self._tr.send_pong(payload)
+
     def _flush_now(self) -> None:
         pass
 
@@ -367,7 +377,7 @@ class WriteCoalescer:
 class ServerConnection(Connection):
     """Server side: frames are unmasked, so they can be built once and shared by a broadcast."""
 
-    __slots__ = ("_coalescer", "_high", "_max_buffer", "_out", "_raw")
+    __slots__ = ("_coalescer", "_high", "_max_buffer", "_out", "_pending_pong", "_raw")
 
     def __init__(
         self,
@@ -380,6 +390,7 @@ class ServerConnection(Connection):
         compression_threshold: int = 256,
         write_buffer_high: int = 64 << 10,
         max_write_buffer: int | None = None,
+        max_fragments: int | None = None,
     ) -> None:
         self._high = write_buffer_high
         self._max_buffer = max_write_buffer
@@ -390,10 +401,18 @@ class ServerConnection(Connection):
             )
             inflater = MessageInflater(deflate, True)
         super().__init__(
-            handler, max_message_size=max_message_size, deflater=deflater, inflater=inflater
+            handler, max_message_size=max_message_size, deflater=deflater, inflater=inflater,
+            max_fragments=max_fragments,
         )
         self._coalescer = coalescer
         self._out: list[bytes] = []
+        # The payload of the PING to answer at the next flush. RFC 6455 5.5.3: with pongs still
+        # unsent, answering only the latest ping is enough; so a ping flood costs one pong per
+        # loop iteration at most, and that pong goes through the same write path (and the same
+        # max_write_buffer check) as every other frame. picows' send_pong wrote straight to
+        # the transport: a peer that sent pings and never read grew the server's memory by
+        # ~200 MB/s (issue 14).
+        self._pending_pong: bytes | None = None
         self._raw: asyncio.Transport | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -418,8 +437,18 @@ class ServerConnection(Connection):
     def _send(self, payload: bytes, binary: bool, rsv1: bool) -> None:
         self.send_frame(build_frame(payload, binary=binary, rsv1=rsv1))
 
+    def _pong(self, payload: bytes) -> None:
+        if self._pending_pong is None and not self._out:
+            self._coalescer.add(self)
+        self._pending_pong = payload
+
     def _flush_now(self) -> None:
         out = self._out
+        pong = self._pending_pong
+        if pong is not None:
+            self._pending_pong = None
+            if not self.closed:
+                out.append(bytes((0x8A, len(pong))) + pong)  # control frames carry <= 125 bytes
         if not out or self.closed or self._raw is None:
             return
         if self._tr is not None and self._tr.is_close_frame_sent:
@@ -435,12 +464,9 @@ class ServerConnection(Connection):
             raw.writelines(out)  # one writev for the whole batch
         out.clear()
         # A peer that does not read makes our buffer grow: past the hard limit it is dropped,
-        # so one slow reader cannot hold the server's memory (checked only once it is slow).
-        if (
-            self.paused
-            and self._max_buffer is not None
-            and raw.get_write_buffer_size() > self._max_buffer
-        ):
+        # so one slow reader cannot hold the server's memory. Checked after every write, not
+        # only once pause_writing was called: the buffer's size is what counts.
+        if self._max_buffer is not None and raw.get_write_buffer_size() > self._max_buffer:
             logger.info(
                 "dropping slow consumer %s", self.remote_address,
                 extra={"event": "limit", "limit": "slow_consumer"},
@@ -450,6 +476,7 @@ class ServerConnection(Connection):
 
     def _drop_buffer(self) -> None:
         self._out.clear()
+        self._pending_pong = None
 
 
 class ClientConnection(Connection):
@@ -539,16 +566,19 @@ async def create_server(
     compression_threshold: int = 256,
     write_buffer_high: int = 64 << 10,
     max_write_buffer: int | None = None,
+    max_fragments: int | None = None,
     fast_transport: bool = True,
+    backlog: int = 4096,
 ) -> asyncio.Server:
     """Listen on host:port; ``router`` decides what each request gets."""
-    coalescer = WriteCoalescer(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    coalescer = WriteCoalescer(loop)
 
     def factory(request: WSUpgradeRequest) -> Any:
         path, _, query = request.path.decode("latin-1").partition("?")
         # picows and the socket keep the request for the connection's lifetime: share what
         # repeats (picows validates the upgrade from these same headers after this returns).
-        request.headers = headers = _shared_headers(request.headers)
+        request.headers = headers = _upgrade_tokens(_shared_headers(request.headers))
         request.method, request.version = _GET, _HTTP11  # checked equal by picows' parser
         req = HandshakeRequest(path, parse_qs(query) if query else _NO_QUERY, headers)
         try:
@@ -562,26 +592,79 @@ async def create_server(
             outcome.handler, coalescer, max_message_size=max_message_size,
             deflate=outcome.deflate, compression_level=compression_level,
             compression_threshold=compression_threshold, write_buffer_high=write_buffer_high,
-            max_write_buffer=max_write_buffer,
+            max_write_buffer=max_write_buffer, max_fragments=max_fragments,
         )
         if outcome.headers:
             response = WSUpgradeResponse.create_101_response(extra_headers=dict(outcome.headers))
             return picows.WSUpgradeResponseWithListener(response, listener)
         return listener
 
-    return await picows.ws_create_server(
-        factory,
-        host,
-        port,
-        websocket_handshake_timeout=handshake_timeout,
-        enable_auto_pong=False,  # on_ws_frame answers pings after checking RSV bits
-        max_frame_size=max_message_size or 2**62,
-        read_buffer_init_size=1024,  # grows on demand (picows allocates at least 2 KiB)
-        use_aiofastnet=fast_transport and _HAS_AIOFASTNET,
-        ssl=ssl,
-        reuse_port=reuse_port or None,
-        logger_name="server",
-    )
+    def plain(method: str, target: str, headers: Headers) -> tuple[int, dict[str, str], bytes]:
+        """HEAD and HTTP/1.0 requests, answered by the gate (picows refuses them)."""
+        path, _, query = target.partition("?")
+        multi: CIMultiDict[str] = CIMultiDict(headers)
+        outcome = router(HandshakeRequest(path, parse_qs(query) if query else _NO_QUERY, multi))
+        if not isinstance(outcome, HttpResponse):
+            return 400, {}, b"a WebSocket upgrade needs GET and HTTP/1.1\n"
+        extra = {"Content-Type": outcome.content_type, "Cache-Control": "no-store",
+                 **outcome.headers}
+        return outcome.status, extra, outcome.body
+
+    # What picows.ws_create_server would build for each connection (picows 2.3's WSProtocol
+    # arguments), made only once the gate has seen a GET HTTP/1.1 request head.
+    picows_logger = logging.getLogger("picows.server")
+    max_frame_size = max_message_size or 2**62
+
+    def websocket_protocol() -> asyncio.BufferedProtocol:
+        protocol: asyncio.BufferedProtocol = WSProtocol(
+            None, None, False, factory, picows_logger,
+            True,  # disconnect_on_exception
+            handshake_timeout,
+            False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,  # no auto-ping: we send $ping
+            False,  # auto-pong off: on_ws_frame answers pings after checking RSV bits
+            max_frame_size,
+            None,  # extra headers (client side only)
+            1024,  # read buffer: grows on demand (picows allocates at least 2 KiB)
+        )
+        return protocol
+
+    def gate() -> RequestGate:
+        return RequestGate(websocket_protocol, plain, handshake_timeout)
+
+    kwargs: dict[str, Any] = {
+        "ssl": ssl, "reuse_port": reuse_port or None, "backlog": effective_backlog(backlog),
+    }
+    if fast_transport and _HAS_AIOFASTNET:
+        return await aiofastnet.create_server(loop, gate, host, port, **kwargs)
+    return await loop.create_server(gate, host, port, **kwargs)
+
+
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+
+
+def effective_backlog(wanted: int) -> int:
+    """The listen backlog to ask for: ``wanted``, capped by the kernel's somaxconn (Linux
+    silently truncates a larger one to it; reading it lets the server say what it got)."""
+    try:
+        with open(SOMAXCONN) as f:
+            limit = int(f.read().strip())
+    except (OSError, ValueError):
+        return wanted
+    return max(1, min(wanted, limit))
+
+
+def _upgrade_tokens(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """RFC 6455 4.2.1: ``Connection`` must *include* the ``Upgrade`` token and ``Upgrade`` the
+    ``websocket`` one (comma-separated lists, any case, possibly on several lines), whereas
+    picows compares the whole first value with "upgrade" and refused ``keep-alive, Upgrade``
+    (Firefox's header for years, and many proxies'). Reduce them to the bare tokens it wants."""
+    for name, token in (("Connection", "upgrade"), ("Upgrade", "websocket")):
+        values = headers.getall(name, [])
+        if len(values) == 1 and values[0].lower() == token:
+            continue  # the common case: nothing to do
+        if any(part.strip().lower() == token for value in values for part in value.split(",")):
+            headers[name] = token
+    return headers
 
 
 def _http_response(resp: HttpResponse) -> WSUpgradeResponse:

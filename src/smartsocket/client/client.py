@@ -21,6 +21,7 @@ from smartsocket.handlers import Handler
 from smartsocket.protocol import SUBPROTOCOL, envelope
 from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
+from smartsocket.protocol.names import check_event
 from smartsocket.transport import ClientConnection, HandshakeError, handshake_status
 from smartsocket.transport import connect as ws_connect
 
@@ -126,7 +127,7 @@ class Client:
     def send(self, event: str, data: Any = None, *, binary: bool | None = None) -> None:
         """Send ``event``; while disconnected it waits in the offline buffer (bounded by
         ``max_buffered``: OfflineBufferFull when full) and goes out in order on reconnect."""
-        _check_event_name(event)
+        check_event(event)
         if binary is None:
             binary = envelope.needs_binary(data)
         self._send_or_buffer(envelope.encode_event(event, data, binary=binary), binary)
@@ -142,7 +143,7 @@ class Client:
         Raises AckTimeout, AckError (the server answered with an error) or ConnectionClosed
         (the connection dropped before the reply).
         """
-        _check_event_name(event)
+        check_event(event)
         if binary is None:
             binary = envelope.needs_binary(data)
         ack_id, future = self._acks.create(event, self.ack_timeout if timeout is None else timeout)
@@ -553,13 +554,6 @@ class _Link:
     def close(self, code: int, reason: str) -> None:
         if self.conn is not None:
             self.conn.close(code, reason)
-
-
-def _check_event_name(event: str) -> None:
-    if type(event) is not str or not event:
-        raise ValueError("event name must be a non-empty string")
-    if event[0] == "$":
-        raise ValueError(f"event names starting with '$' are reserved: {event!r}")
 
 
 def _with_query(url: str, name: str, value: str) -> str:

@@ -15,6 +15,7 @@ import msgspec
 from smartsocket.cluster import messages as m
 from smartsocket.errors import AckError, AckTimeout, ConnectionClosed
 from smartsocket.protocol import envelope
+from smartsocket.protocol.names import check_event
 from smartsocket.security import LimitExceeded
 
 if TYPE_CHECKING:
@@ -241,7 +242,3 @@ def operate_local(socket: Socket, kind: str, room: str | None, code: int, reason
         raise ValueError(f"unknown operation {kind!r}")
     return True
 
-
-def check_event(event: str) -> None:
-    if type(event) is not str or not event or event[0] == "$":
-        raise ValueError(f"invalid event name {event!r}")

@@ -4,6 +4,13 @@ picows parses frames, unmasks them, answers pings and checks control frames. Thi
 data frames into whole messages and enforces the rest: RSV bits, fragment sequencing, UTF-8 of
 fragmented text (unfragmented text is checked when it is decoded), the assembled message size,
 and close-code validity. Sans-I/O: the transport feeds frames and acts on ``FrameError``.
+
+What a fragmented message costs is bounded by its bytes and its number of fragments: fragments
+are appended to one ``bytearray`` as they come (no object per fragment: 1-byte continuation
+frames once cost ~30 bytes of Python objects per payload byte), and a message may be split
+into at most ``max_fragments`` frames, empty ones included (they cost CPU and no bytes: without
+a count an endless run of them was never refused). Over either limit: close 1009 (RFC 6455
+7.4.1, "a message that is too big for it to process").
 """
 
 from __future__ import annotations
@@ -42,20 +49,36 @@ class Message:
 class MessageAssembler:
     """Assembles fragmented messages and validates data frames for one connection."""
 
-    __slots__ = ("_binary", "_compressed", "_deflate", "_max_size", "_parts", "_size", "_utf8")
+    __slots__ = (
+        "_binary", "_buffer", "_compressed", "_deflate", "_fragments", "_max_fragments",
+        "_max_size", "_utf8",
+    )
 
-    def __init__(self, *, max_size: int | None, deflate: bool = False) -> None:
+    def __init__(
+        self, *, max_size: int | None, deflate: bool = False, max_fragments: int | None = None
+    ) -> None:
         self._max_size = max_size
+        self._max_fragments = max_fragments
         self._deflate = deflate  # permessage-deflate was negotiated: RSV1 allowed on first frames
-        self._parts: list[bytes] | None = None  # None: no message open
+        self._buffer: bytearray | None = None  # the open message so far; None: no message open
+        self._fragments = 0
         self._binary = False
         self._compressed = False
-        self._size = 0
         self._utf8: codecs.IncrementalDecoder | None = None
 
     @property
     def in_message(self) -> bool:
-        return self._parts is not None
+        return self._buffer is not None
+
+    @property
+    def buffered(self) -> int:
+        """Payload bytes held for the open message (the only memory it takes)."""
+        return len(self._buffer) if self._buffer is not None else 0
+
+    @property
+    def fragments(self) -> int:
+        """Frames received so far for the open message."""
+        return self._fragments
 
     def feed(
         self, opcode: int, fin: bool, rsv1: bool, rsv2: bool, rsv3: bool, payload: bytes
@@ -67,7 +90,7 @@ class MessageAssembler:
             return self._continue(fin, rsv1, payload)
         if opcode != OP_TEXT and opcode != OP_BINARY:
             raise FrameError(CloseCode.PROTOCOL_ERROR, f"unexpected opcode {opcode}")
-        if self._parts is not None:
+        if self._buffer is not None:
             raise FrameError(CloseCode.PROTOCOL_ERROR, "new message while a fragmented one is open")
         if rsv1 and not self._deflate:
             raise FrameError(CloseCode.PROTOCOL_ERROR, "RSV1 set but permessage-deflate is off")
@@ -77,8 +100,8 @@ class MessageAssembler:
         binary = opcode == OP_BINARY
         if fin:
             return Message(payload, binary, rsv1)
-        self._parts = [payload]
-        self._size = len(payload)
+        self._buffer = bytearray(payload)
+        self._fragments = 1
         self._binary = binary
         self._compressed = rsv1
         if not binary and not rsv1:
@@ -87,20 +110,26 @@ class MessageAssembler:
         return None
 
     def _continue(self, fin: bool, rsv1: bool, payload: bytes) -> Message | None:
-        parts = self._parts
-        if parts is None:
+        buffer = self._buffer
+        if buffer is None:
             raise FrameError(CloseCode.PROTOCOL_ERROR, "continuation frame without a message")
         if rsv1:
             raise FrameError(CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame")
-        self._size += len(payload)
-        self._check_size(self._size)
-        parts.append(payload)
+        self._fragments += 1
+        if self._max_fragments is not None and self._fragments > self._max_fragments:
+            raise FrameError(
+                CloseCode.MESSAGE_TOO_BIG, f"message split into more than {self._max_fragments} "
+                "frames",
+            )
+        self._check_size(len(buffer) + len(payload))
+        buffer += payload
         if self._utf8 is not None:
             self._check_utf8(payload, final=fin)
         if not fin:
             return None
-        message = Message(b"".join(parts), self._binary, self._compressed)
-        self._parts = None
+        message = Message(bytes(buffer), self._binary, self._compressed)
+        self._buffer = None
+        self._fragments = 0
         self._utf8 = None
         return message
 

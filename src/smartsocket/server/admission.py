@@ -133,7 +133,7 @@ class Admission:
     def auth_message(self, socket: Socket, packet: Event) -> None:
         """``["$auth", {"token": ...} | anything]`` from a socket."""
         if socket.authenticated:
-            socket.reject(
+            socket._refuse(
                 ErrorCode.BAD_MESSAGE, "already authenticated", event="$auth",
                 ack_id=packet.ack_id, binary=packet.binary,
             )

@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry
 from smartsocket import compression, prometheus
 from smartsocket.cluster.api import ClusterAPI
 from smartsocket.cluster.node import ClusterNode
-from smartsocket.cluster.operations import check_event
 from smartsocket.config import Config
 from smartsocket.errors import ConfigError
 from smartsocket.handlers import Handler
@@ -26,6 +25,7 @@ from smartsocket.metrics import Stats
 from smartsocket.protocol import SUBPROTOCOL, envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import Event
+from smartsocket.protocol.names import check_event
 from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
 from smartsocket.server import http, live
 from smartsocket.server.admission import Admission
@@ -49,7 +49,8 @@ WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})
 # Closes after which a session is not held for resuming: the client or the application ended
 # it, or it was refused.
 _FINAL_CLOSES = frozenset(
-    {CloseCode.NORMAL, CloseCode.KICKED, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED}
+    {CloseCode.NORMAL, CloseCode.KICKED, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED,
+     CloseCode.POLICY_VIOLATION}
 )
 Exclude = Socket | str | Iterable[Socket | str] | None
 
@@ -81,6 +82,8 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         self._admission = Admission(self)
         self._default_limit: RateLimit | None = None
         self._room_limits: dict[str, TokenBucket] = {}
+        # Rate limits and the error-rate rule read this clock (integer ns; tests inject one).
+        self._clock: Callable[[], int] = time.monotonic_ns
         self._sockets: dict[str, Socket] = {}
         self._handlers: dict[str, list[Handler]] = {}
         self._connection_handlers: list[Handler] = []
@@ -340,8 +343,8 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         if bucket is None:
             rate = self.config.room_rate_limit_messages
             burst = self.config.room_rate_limit_burst or max(1.0, 2 * rate)
-            bucket = self._room_limits[name] = TokenBucket(rate, burst)
-        wait = bucket.take(time.monotonic())
+            bucket = self._room_limits[name] = TokenBucket(rate, burst, self._clock())
+        wait = bucket.take(self._clock())
         if wait:
             if self._stats is not None:
                 self._stats.rate_limited += 1
@@ -478,7 +481,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
                 headers={"Sec-WebSocket-Version": "13"},
             )
         headers: dict[str, str] = {}
-        offered = request.headers.get("Sec-WebSocket-Protocol")
+        offered = request.header("Sec-WebSocket-Protocol")  # may repeat (RFC 6455 11.3.4)
         if offered is not None:
             names = [p.strip() for p in offered.split(",")]
             if SUBPROTOCOL not in names:
@@ -619,8 +622,10 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             compression_threshold=cfg.compression_threshold,
             write_buffer_high=cfg.write_buffer_high,
             max_write_buffer=cfg.max_write_buffer,
+            max_fragments=cfg.max_fragments,
             fast_transport=cfg.fast_transport,
             reuse_port=cfg.reuse_port,
+            backlog=cfg.backlog,
         )
         self._port = self._server.sockets[0].getsockname()[1]
 

@@ -15,7 +15,8 @@ from smartsocket.handlers import Handler
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
-from smartsocket.security import LimitExceeded, TokenBucket, check_name
+from smartsocket.protocol.names import check_event, name_problem
+from smartsocket.security import LimitExceeded, TokenBucket
 from smartsocket.server.recovery import Replies
 from smartsocket.transport import HandshakeRequest
 
@@ -70,6 +71,7 @@ class Socket:
         "_acks",
         "_auth_timer",
         "_conn",
+        "_errors",
         "_handlers",
         "_inbox",
         "_limiter",
@@ -129,6 +131,7 @@ class Socket:
         self._auth_timer: asyncio.TimerHandle | None = None
         self._limiter = server._new_limiter()
         self._strikes: TokenBucket | None = None  # made on the first refusal
+        self._errors: TokenBucket | None = None  # the error-rate rule, made on the first error
         self._running = 0  # async handlers that owe this socket an ack
         # Connection state recovery (server/recovery.py): None while recovery_window is 0.
         self._rec: SessionState | None = server._new_session_state(self)
@@ -177,7 +180,7 @@ class Socket:
 
     def send(self, event: str, data: Any = None, *, binary: bool | None = None) -> None:
         """Send ``event`` to this client (fire and forget)."""
-        _check_event_name(event)
+        check_event(event)
         if binary is None:
             binary = _needs_binary(data)
         rec = self._rec
@@ -199,7 +202,7 @@ class Socket:
         Raises AckTimeout after ``timeout`` (default: ``message_timeout``), AckError if the
         client answered with an error, ConnectionClosed if the connection closes first.
         """
-        _check_event_name(event)
+        check_event(event)
         if not self.connected:
             raise ConnectionClosed(self.close_code, self.close_reason)
         if len(self._acks) >= self._server.config.max_pending_acks:
@@ -226,7 +229,7 @@ class Socket:
         ``invalid_name`` or ``room_limit``.
         """
         cfg = self._server.config
-        problem = check_name("room", room, cfg.max_name_length)
+        problem = name_problem("room", room, cfg.max_name_length)
         if problem is not None:
             raise LimitExceeded(ErrorCode.INVALID_NAME, problem)
         if room in self._rooms or not self.connected:
@@ -282,21 +285,35 @@ class Socket:
             stats.messages_in += 1
             stats.bytes_in += len(payload)
             stats.bytes_in_wire += wire_size
+        # Every message counts against the socket's rate limits, whatever it is: events, ack
+        # replies (known or not), messages that do not decode, before authentication too.
+        # Otherwise garbage is answered as fast as it comes (issue 14: 186,000 $error/s).
+        limiter = self._limiter
         try:
             packet = _decode(payload, binary=binary)
         except InvalidUTF8 as exc:
             self._fail(CloseCode.INVALID_TEXT, str(exc))
             return
         except EnvelopeError as exc:
-            self.reject(exc.code, exc.message, ack_id=exc.ack_id, binary=binary)
-            return
-        if type(packet) is Event:
-            limiter = self._limiter
             if limiter is not None:
-                now = time.monotonic()
+                now = self._server._clock()
+                wait = limiter.check("", len(payload), now)
+                if wait:
+                    self._rate_limited(None, exc.ack_id, binary, wait, now)
+                    return
+            self._refuse(exc.code, exc.message, ack_id=exc.ack_id, binary=binary)
+            return
+        if limiter is not None:
+            now = self._server._clock()
+            if type(packet) is Event:
                 wait = limiter.check(packet.name, len(payload), now)
                 if wait:
-                    self._rate_limited(packet, wait, now)
+                    self._rate_limited(packet.name, packet.ack_id, packet.binary, wait, now)
+                    return
+            else:
+                wait = limiter.check("", len(payload), now)
+                if wait:  # a late reply is dropped: the call it answers times out
+                    self._rate_limited(None, None, binary, wait, now)
                     return
         inbox = self._inbox
         if inbox is not None and not (self._resuming and _is_resume(packet)):
@@ -326,17 +343,18 @@ class Socket:
             if name[0] == "$":
                 self._system_event(packet)
             elif not self.authenticated:
-                self.reject(
+                self._refuse(
                     ErrorCode.UNAUTHORIZED, "authenticate with $auth first",
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
-            elif len(name) > self._server._config.max_name_length or not name.isprintable():
-                self.reject(
-                    ErrorCode.INVALID_NAME, "event name too long or not printable",
-                    ack_id=packet.ack_id, binary=packet.binary,
+            elif (
+                problem := name_problem("event", name, self._server._config.max_name_length)
+            ) is not None:
+                self._refuse(
+                    ErrorCode.INVALID_NAME, problem, ack_id=packet.ack_id, binary=packet.binary,
                 )
             elif name in LOCAL_EVENTS:
-                self.reject(
+                self._refuse(
                     ErrorCode.RESERVED_EVENT, f"{name!r} is a local event name",
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
@@ -345,7 +363,7 @@ class Socket:
         else:
             assert type(packet) is AckReply
             if not self._acks.resolve_reply(packet):
-                self.reject(
+                self._refuse(
                     ErrorCode.UNKNOWN_ACK, f"no pending call with id {packet.ack_id}",
                     ack_id=None,
                 )
@@ -364,7 +382,7 @@ class Socket:
                 pong = _encode_event("$pong", packet.data, binary=binary)
             except envelope.ENCODE_ERRORS:
                 # Decodable but not encodable back (msgspec's encoder nests less deep).
-                self.reject(ErrorCode.BAD_MESSAGE, "$ping data cannot be echoed", event=name)
+                self._refuse(ErrorCode.BAD_MESSAGE, "$ping data cannot be echoed", event=name)
                 return
             self._send_payload(pong, binary)
         elif name == "$auth":
@@ -372,7 +390,7 @@ class Socket:
         elif name == "$resume" and self._server._recovery is not None:
             self._server._resume_message(self, packet)
         else:
-            self.reject(
+            self._refuse(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
                 event=name, ack_id=packet.ack_id, binary=packet.binary,
             )
@@ -457,7 +475,7 @@ class Socket:
         if ack_id is None or not (
             (type(key) is str and 0 < len(key) <= 64) or (type(key) is int and key > 0)
         ):
-            self.reject(
+            self._refuse(
                 ErrorCode.BAD_MESSAGE, "the 4th item (idempotency key) needs an ack id and "
                 "must be a string of 1-64 characters or a positive integer",
                 event=packet.name, ack_id=ack_id, binary=packet.binary,
@@ -502,22 +520,49 @@ class Socket:
                 socket.reject(error[0], error[1], ack_id=waiting_id, retry_after=error[2],
                               binary=binary)
 
-    def _rate_limited(self, packet: Event, wait: float, now: float) -> None:
+    def _refuse(
+        self, code: str, message: str, *, event: str | None = None, ack_id: int | None = None,
+        binary: bool = False,
+    ) -> None:
+        """Refuse a message that breaks the protocol (malformed, unknown ack id, reserved or
+        invalid name, not authenticated yet) and count it against the error-rate rule:
+        more than ``error_limit`` such messages within 10 s close the socket with 1008."""
+        self.reject(code, message, event=event, ack_id=ack_id, binary=binary)
+        limit = self._server._config.error_limit
+        if not limit or not self.connected:
+            return
+        now = self._server._clock()
+        errors = self._errors
+        if errors is None:
+            errors = self._errors = TokenBucket(limit / 10, limit, now)
+        if errors.take(now):
+            stats = self._server._stats
+            if stats is not None:
+                stats.error_closes += 1
+            logger.info(
+                "closing %s: over the error-rate rule", self.id,
+                extra={"event": "limit", "limit": "errors", "sid": self.id},
+            )
+            self._fail(CloseCode.POLICY_VIOLATION, "too many invalid messages")
+
+    def _rate_limited(
+        self, event: str | None, ack_id: int | None, binary: bool, wait: float, now: int
+    ) -> None:
         stats = self._server._stats
         if stats is not None:
             stats.rate_limited += 1
         logger.debug(
-            "rate limited %s on %r", self.id, packet.name,
+            "rate limited %s on %r", self.id, event,
             extra={"event": "limit", "limit": "rate", "sid": self.id, "retry_after": wait},
         )
         self.reject(
-            ErrorCode.RATE_LIMITED, "too many events; slow down", event=packet.name,
-            ack_id=packet.ack_id, retry_after=round(wait, 3), binary=packet.binary,
+            ErrorCode.RATE_LIMITED, "too many messages; slow down", event=event,
+            ack_id=ack_id, retry_after=round(wait, 3), binary=binary,
         )
         strikes = self._strikes
         if strikes is None:
             limit = self._server.config.rate_limit_strikes
-            strikes = self._strikes = TokenBucket(limit / 10, limit)
+            strikes = self._strikes = TokenBucket(limit / 10, limit, now)
         if strikes.take(now):  # refused too often: abuse, not a burst
             if stats is not None:
                 stats.rate_limit_closes += 1
@@ -548,11 +593,4 @@ def _is_resume(packet: envelope.Packet) -> bool:
 
 def _drop(frame: bytes) -> None:
     """Where sends go once the socket is closed."""
-
-
-def _check_event_name(event: str) -> None:
-    if type(event) is not str or not event:
-        raise ValueError("event name must be a non-empty string")
-    if event[0] == "$":
-        raise ValueError(f"event names starting with '$' are reserved: {event!r}")
 
