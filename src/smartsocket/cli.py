@@ -68,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"smartsocket {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(
+        dest="command", required=True, title="commands", metavar="COMMAND"
+    )
     serve = commands.add_parser(
-        "serve",
+        "serve", usage="smartsocket serve [--app MODULE:ATTR] [--port PORT] [OPTION ...]",
         help="run a server (the demo app unless --app is given)",
         description=SERVE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -110,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             serve.add_argument(flag, dest=f.name, default=None, metavar="VALUE", help=help_text)
     stats = commands.add_parser(
-        "stats", help="print a server's /smartsocket/stats",
-        description="Fetch URL/smartsocket/stats (ws:// and wss:// URLs work too) and print it.",
+        "stats", help="print a running server's figures",
+        description="Fetch URL/smartsocket/stats (ws:// and wss:// URLs work too) and print "
+        "it as a table, or as JSON with --json.",
     )
     stats.add_argument("url", help="the server, e.g. http://localhost:8080 or ws://host:8080/")
     stats.add_argument("--json", action="store_true", help="print the raw JSON")

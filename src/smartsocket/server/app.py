@@ -151,7 +151,8 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         ack reply. ``"disconnect"`` handlers get ``(socket, reason)``. Usable as a decorator."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            called_with = "(socket, reason)" if event == "disconnect" else "(socket, data)"
+            second = {"disconnect": "reason", "error": "error"}.get(event, "data")
+            called_with = f"(socket, {second})"
             self._handlers.setdefault(event, []).append(
                 Handler(fn, max_args=2, called_with=called_with)
             )
