@@ -52,8 +52,14 @@ class ThrowawayRedis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        while not self.client().ping():  # answers once the dump is loaded
-            assert time.monotonic() < deadline, f"redis did not start on {self.port}"
+        with contextlib.closing(self.client()) as r:
+            while True:
+                try:
+                    r.ping()  # answered once the dump is loaded
+                    return
+                except redis.exceptions.BusyLoadingError:
+                    assert time.monotonic() < deadline, f"redis did not load on {self.port}"
+                    time.sleep(0.02)
 
     def client(self) -> redis.Redis:
         deadline = time.monotonic() + 10
@@ -168,6 +174,7 @@ async def test_a_restore_from_an_older_snapshot_starts_new_epochs(
                     r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
                 await until_health(a, linked)
                 await say(publisher, range(20, 40))
+                await wait_for(lambda: len(near.got) == 40, timeout=10)  # all logged
                 broker.snapshot("old.rdb")
                 await say(publisher, range(40, 60))
                 await wait_for(lambda: len(near.got) == 60, timeout=10)
@@ -194,8 +201,10 @@ async def test_a_session_resumes_with_positions_of_the_epoch_after_a_restart(
     those positions, on the other node (item 6)."""
     with nodes(broker, tmp_path) as (a, b):
         async with client(a.url) as watcher, client(b.url) as publisher:
-            await Member(watcher).join()  # node A hears the room: its joins get a position
+            heard = Member(watcher)
+            await heard.join()  # node A hears the room: its joins get a position
             await say(publisher, range(5))
+            await wait_for(lambda: len(heard.got) == 5, timeout=10)  # an ack is not delivery
             async with client(a.url) as c:
                 subject = Member(c)
                 await subject.join()

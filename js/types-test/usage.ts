@@ -1,7 +1,7 @@
 // Compiled (not run) by tests/js/types.test.mjs: smartsocket.d.ts must accept the documented API
 // and refuse misuse (each @ts-expect-error line must be an error).
 import SmartSocket, { SmartSocketError, decode, encode, msgpack, needsBinary } from "smartsocket-client";
-import type { ConnectInfo, DisconnectInfo, SmartSocketOptions, WelcomeInfo } from "smartsocket-client";
+import type { ConnectInfo, DisconnectInfo, GapInfo, SmartSocketOptions, WelcomeInfo } from "smartsocket-client";
 
 const options: SmartSocketOptions = {
   reconnectDelay: 500,
@@ -32,6 +32,7 @@ async function main(): Promise<void> {
   socket.once("connect", () => undefined).off("chat");
   socket.on("connect", (info: ConnectInfo) => console.log(info.recovered));
   socket.on("connect", ({ recovered }) => recovered && console.log("resumed"));
+  socket.on("$gap", (info: GapInfo) => console.log("refetch", info.room.toUpperCase()));
   const resumed: boolean = socket.recovered;
   const window: number | undefined = welcome?.recovery;
   const dynamic: string = "news";
@@ -55,6 +56,8 @@ async function main(): Promise<void> {
   socket.on("connect", (info: string) => info);
   // @ts-expect-error: recovered is read-only
   socket.recovered = true;
+  // @ts-expect-error: $gap handlers get {room}
+  socket.on("$gap", (info: number) => info);
   // @ts-expect-error: reconnecting handlers get a number
   socket.on("reconnecting", (attempt: string) => attempt);
   // @ts-expect-error: no such option type

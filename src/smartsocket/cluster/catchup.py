@@ -58,6 +58,7 @@ return 1
 
 _NOWHERE = 1 << 60  # read a room's state without its entries
 _MAX_PENDING = 10_000  # as many as the adapter queues
+_READS_AT_ONCE = 64  # room histories read concurrently after an outage (one round trip each)
 
 
 def gap_notice(room: str) -> bytes:
@@ -164,8 +165,10 @@ class RoomSync:
             self._task = None
 
     async def _catch_up_all(self) -> None:
-        for room in list(self.holding):
-            if not await self._catch_up(room):
+        rooms = list(self.holding)
+        for start in range(0, len(rooms), _READS_AT_ONCE):
+            batch = rooms[start:start + _READS_AT_ONCE]
+            if not all(await asyncio.gather(*(self._catch_up(room) for room in batch))):
                 return  # the link broke again: the next link_up goes on
         for room in list(self.uncertain) + list(self.unlogged_rooms):
             if not self._break(room):
