@@ -19,7 +19,7 @@ import pytest
 from rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, Frame, RawClient, encode_frame
 from smartsocket import Client, SmartSocket, Socket
 from smartsocket.protocol.assembler import MessageAssembler
-from smartsocket.testing import running
+from smartsocket.testing import running, wait_for
 
 KEY = "k3y"
 QUIET = {"ping_interval": 600.0, "ping_timeout": 600.0}  # no $ping during a test
@@ -105,6 +105,25 @@ async def test_pings_sent_together_get_one_pong_for_the_latest() -> None:
         ws.send_text(json.dumps(["echo", "after", 1]))  # the connection still works
         assert json.loads((await ws.recv_frame()).payload) == [1, "after"]
         ws.close()
+
+
+async def test_frame_flood_is_not_read_past_the_frame_budget() -> None:
+    """Every inbound frame costs a Python call: past rate_limit_frames per second the server
+    stops reading the connection (TCP backpressure) until its budget refills; nothing is
+    dropped, the frames are read later, and a neighbour is served meanwhile."""
+    async with running(echo_server(rate_limit_frames=1000)) as server:
+        ws = await open_ws(server.port)
+        neighbour = await open_ws(server.port)
+        conn = next(s for s in server._sockets.values())._conn
+        ws.send_raw(b"".join(encode_frame(OP_PING, b"%d" % i) for i in range(1500)))
+        await wait_for(lambda: conn.throttled, 5)  # type: ignore[union-attr]
+        neighbour.send_text(json.dumps(["echo", "meanwhile", 1]))
+        assert json.loads((await neighbour.recv_frame()).payload) == [1, "meanwhile"]
+        while (await ws.recv_frame(5)).payload != b"1499":  # every ping read in the end
+            pass
+        await wait_for(lambda: not conn.throttled, 5)  # type: ignore[union-attr]  # refilled
+        ws.close()
+        neighbour.close()
 
 
 # 2. Fragment flood ------------------------------------------------------------------------------
