@@ -15,7 +15,8 @@ client of each kind, each reconnecting whenever the server drops it, until the p
 - reconnect-storm: 2,000 simultaneous connects (WebSocket handshakes) every 5 s; they stay
   2 s and leave over 1 s (``SOAK_STORM_CLOSE_AT_ONCE=1``: all in the same millisecond).
 
-It prints the server's RSS before / peak / after, the well-behaved clients' p50/p99 with and
+The attackers run at nice 19: on a small machine they would otherwise take CPU from the
+server, which remote attackers cannot. It prints the server's RSS before / peak / after, the well-behaved clients' p50/p99 with and
 without attackers, how many of them were dropped or saw a failed call, and what the server
 counted (drops, closes). Every loop is bounded by the phase's deadline.
 """
@@ -359,6 +360,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.attack:
+        # Real attackers run on other machines and take no CPU from the server; here they
+        # share its cores, so they yield them (the server and the measuring clients do not).
+        os.nice(19)
         asyncio.run(attacker(args.attack, args.port, args.duration))
         return
     result = asyncio.run(soak(args))
