@@ -16,9 +16,10 @@ client of each kind, each reconnecting whenever the server drops it, until the p
   2 s and leave over 1 s (``SOAK_STORM_CLOSE_AT_ONCE=1``: all in the same millisecond).
 
 The attackers run at nice 19: on a small machine they would otherwise take CPU from the
-server, which remote attackers cannot. It prints the server's RSS before / peak / after, the well-behaved clients' p50/p99 with and
-without attackers, how many of them were dropped or saw a failed call, and what the server
-counted (drops, closes). Every loop is bounded by the phase's deadline.
+server, which remote attackers cannot. It prints the server's RSS before / peak / after, the
+well-behaved clients' p50/p99 with and without attackers, how many of them were dropped or saw
+a failed call, and what the server counted (drops, closes). Every loop is bounded by the
+phase's deadline.
 """
 
 from __future__ import annotations

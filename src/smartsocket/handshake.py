@@ -30,7 +30,7 @@ LINGER = 2.0
 # one read of the selector; serving them all at once (~100 us each: routing, the socket, the
 # 101, $welcome) stalled every established connection for the whole batch (~300 ms for 2,000).
 # In batches, their traffic runs between two batches.
-HEADS_PER_TICK = 16
+HEADS_PER_TICK = 8
 
 Headers = list[tuple[str, str]]
 # (method, target, headers) -> (status, headers, body) of a plain HTTP answer.

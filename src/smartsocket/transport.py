@@ -740,7 +740,7 @@ async def create_server(
     return server
 
 
-ACCEPTS_PER_TICK = 32
+ACCEPTS_PER_TICK = 16
 
 
 SOMAXCONN = "/proc/sys/net/core/somaxconn"
