@@ -244,7 +244,7 @@ async def attacker(kind: str, port: int, duration: float) -> None:
             except (TimeoutError, ConnectionError, OSError) as exc:
                 stats.errors.append(type(exc).__name__)
                 await asyncio.sleep(0.05)
-    print(json.dumps({"kind": kind, "sessions": stats.sessions, "frames": stats.frames,
+    print(json.dumps({"kind": kind, "sessions": stats.sessions, "framesWritten": stats.frames,
                       "errors": len(stats.errors)}), flush=True)
 
 
@@ -320,10 +320,12 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "calm": {"calls": len(calm), "p50_ms": round(p50, 2), "p99_ms": round(p99, 2)},
         "attacked": {"calls": len(attacked), "p50_ms": round(a50, 2), "p99_ms": round(a99, 2)},
         "dropped_clients": len(out.dropped), "failed_calls": out.failed_calls,
-        "server": {k: raw.get(k) for k in (
-            "droppedSlow", "errorCloses", "rateLimitCloses", "rateLimited", "errorsSent",
-            "totalConnections",
-        )},
+        "server": {
+            **{k: raw.get(k) for k in (
+                "droppedSlow", "errorCloses", "rateLimitCloses", "rateLimited", "errorsSent",
+            )},
+            "admitted": stats.get("totalConnections"), "connectionsAtEnd": stats.get("connections"),
+        },
         "attackers": reports,
     }
 
