@@ -261,6 +261,50 @@ async def test_listen_backlog_is_what_was_asked(backlog: int | None) -> None:
         assert listen_queue(server.port) == effective_backlog(wanted) > 100
 
 
+async def test_a_storm_of_simultaneous_connects_is_served_whole() -> None:
+    """Heads are served a few per loop iteration (and accepts bounded per iteration): every
+    one of a burst still gets its 101 and $welcome, in a bounded time, nothing is lost."""
+    async with running(echo_server(max_connections_per_ip=0)) as server:
+        clients = await asyncio.gather(*(RawClient.open(server.port) for _ in range(300)))
+        responses = await asyncio.gather(*(ws.handshake(timeout=20) for ws in clients))
+        assert all(r.status == 101 for r in responses)
+        welcomes = await asyncio.gather(*(ws.recv_frame(20) for ws in clients))
+        assert all(json.loads(f.payload)[0] == "$welcome" for f in welcomes)
+        assert len(server._sockets) == 300
+        for ws in clients:
+            ws.close()
+
+
+async def test_closed_connections_leave_no_reference_cycles() -> None:
+    """A closed connection is freed by reference counting: no Socket or ServerConnection left
+    for the cyclic collector (whose full passes over thousands of them stalled the loop)."""
+    import gc
+
+    from smartsocket.transport import ServerConnection
+
+    async with running(echo_server()) as server:
+        for _ in range(3):  # warm-up: one-time caches
+            ws = await open_ws(server.port)
+            ws.close()
+        await wait_for(lambda: not server._open)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                ws = await open_ws(server.port)
+                ws.send_text(json.dumps(["echo", 1, 1]))
+                await ws.recv_frame()
+                ws.close()
+            await wait_for(lambda: not server._open)
+            await asyncio.sleep(0)
+            gc.collect()
+            leaked = [o for o in gc.garbage if isinstance(o, Socket | ServerConnection)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert leaked == []
+
+
 def test_backlog_is_capped_by_somaxconn(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from smartsocket import transport
     from smartsocket.transport import effective_backlog
