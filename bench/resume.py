@@ -111,7 +111,8 @@ def start_server(
     cmd = [
         sys.executable, "-m", "smartsocket", "serve", "--host", "127.0.0.1", "--port",
         str(port), "--recovery-window", "60", "--history-size", str(args.missed + 100),
-        "--rate-limit-messages", "0", "--rate-limit-bytes", "0", "--log-level", "WARNING",
+        "--rate-limit-messages", "0", "--rate-limit-bytes", "0", "--rate-limit-frames", "0",
+        "--log-level", "WARNING",
     ]
     if args.cluster_url:
         cmd += ["--cluster-url", args.cluster_url, "--cluster-prefix", cluster_prefix]

@@ -215,6 +215,7 @@ class SmartSocketPeer(Peer):
         "--max-connections-per-ip", "0",
         "--rate-limit-messages", "0",
         "--rate-limit-bytes", "0",
+        "--rate-limit-frames", "0",  # the generator sends far more than 2,000 frames/s per socket
     ]  # fmt: skip
 
     def __init__(

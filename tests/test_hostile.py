@@ -19,7 +19,7 @@ import pytest
 from rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, Frame, RawClient, encode_frame
 from smartsocket import Client, SmartSocket, Socket
 from smartsocket.protocol.assembler import MessageAssembler
-from smartsocket.testing import running
+from smartsocket.testing import running, wait_for
 
 KEY = "k3y"
 QUIET = {"ping_interval": 600.0, "ping_timeout": 600.0}  # no $ping during a test
@@ -66,7 +66,10 @@ async def test_ping_flood_from_a_peer_that_does_not_read_is_dropped(authenticate
     """Pongs go through the same write path as every frame: a peer that sends PINGs and never
     reads is dropped as a slow consumer (4009) once max_write_buffer is queued, before it has
     authenticated too. (picows' send_pong bypassed the check: 2 GB in 9 s.)"""
-    options: dict[str, Any] = {"max_write_buffer": 4096, "write_buffer_high": 1024}
+    options: dict[str, Any] = {
+        "max_write_buffer": 4096, "write_buffer_high": 1024,
+        "rate_limit_frames": 0,  # not throttled: each ping is read and answered at once
+    }
     if not authenticated:
         options["api_keys"] = KEY
     async with running(echo_server(**options)) as server:
@@ -102,6 +105,25 @@ async def test_pings_sent_together_get_one_pong_for_the_latest() -> None:
         ws.send_text(json.dumps(["echo", "after", 1]))  # the connection still works
         assert json.loads((await ws.recv_frame()).payload) == [1, "after"]
         ws.close()
+
+
+async def test_frame_flood_is_not_read_past_the_frame_budget() -> None:
+    """Every inbound frame costs a Python call: past rate_limit_frames per second the server
+    stops reading the connection (TCP backpressure) until its budget refills; nothing is
+    dropped, the frames are read later, and a neighbour is served meanwhile."""
+    async with running(echo_server(rate_limit_frames=1000)) as server:
+        ws = await open_ws(server.port)
+        neighbour = await open_ws(server.port)
+        conn = next(s for s in server._sockets.values())._conn
+        ws.send_raw(b"".join(encode_frame(OP_PING, b"%d" % i) for i in range(1500)))
+        await wait_for(lambda: conn.throttled, 5)  # type: ignore[union-attr]
+        neighbour.send_text(json.dumps(["echo", "meanwhile", 1]))
+        assert json.loads((await neighbour.recv_frame()).payload) == [1, "meanwhile"]
+        while (await ws.recv_frame(5)).payload != b"1499":  # every ping read in the end
+            pass
+        await wait_for(lambda: not conn.throttled, 5)  # type: ignore[union-attr]  # refilled
+        ws.close()
+        neighbour.close()
 
 
 # 2. Fragment flood ------------------------------------------------------------------------------
@@ -237,6 +259,50 @@ async def test_listen_backlog_is_what_was_asked(backlog: int | None) -> None:
         wanted = server.config.backlog
         assert wanted == (4096 if backlog is None else backlog)
         assert listen_queue(server.port) == effective_backlog(wanted) > 100
+
+
+async def test_a_storm_of_simultaneous_connects_is_served_whole() -> None:
+    """Heads are served a few per loop iteration (and accepts bounded per iteration): every
+    one of a burst still gets its 101 and $welcome, in a bounded time, nothing is lost."""
+    async with running(echo_server(max_connections_per_ip=0)) as server:
+        clients = await asyncio.gather(*(RawClient.open(server.port) for _ in range(300)))
+        responses = await asyncio.gather(*(ws.handshake(timeout=20) for ws in clients))
+        assert all(r.status == 101 for r in responses)
+        welcomes = await asyncio.gather(*(ws.recv_frame(20) for ws in clients))
+        assert all(json.loads(f.payload)[0] == "$welcome" for f in welcomes)
+        assert len(server._sockets) == 300
+        for ws in clients:
+            ws.close()
+
+
+async def test_closed_connections_leave_no_reference_cycles() -> None:
+    """A closed connection is freed by reference counting: no Socket or ServerConnection left
+    for the cyclic collector (whose full passes over thousands of them stalled the loop)."""
+    import gc
+
+    from smartsocket.transport import ServerConnection
+
+    async with running(echo_server()) as server:
+        for _ in range(3):  # warm-up: one-time caches
+            ws = await open_ws(server.port)
+            ws.close()
+        await wait_for(lambda: not server._open)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                ws = await open_ws(server.port)
+                ws.send_text(json.dumps(["echo", 1, 1]))
+                await ws.recv_frame()
+                ws.close()
+            await wait_for(lambda: not server._open)
+            await asyncio.sleep(0)
+            gc.collect()
+            leaked = [o for o in gc.garbage if isinstance(o, Socket | ServerConnection)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert leaked == []
 
 
 def test_backlog_is_capped_by_somaxconn(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

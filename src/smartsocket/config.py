@@ -81,6 +81,9 @@ class Config:
     rate_limit_bytes: int = _opt(4 << 20, "bytes per second per socket (0: off)", min=0)
     rate_limit_strikes: int = _opt(50, "refused events within 10 s before closing with 4008",
                                    min=1)
+    rate_limit_frames: float = _opt(2000.0, "WebSocket frames per second per connection, of "
+                                    "any kind; over it the connection is not read until the "
+                                    "budget refills (0: off)", min=0)
     error_limit: int = _opt(50, "invalid messages (malformed, unknown ack id, reserved or invalid "
                             "name, before $auth) within 10 s before closing with 1008 (0: off)",
                             min=0)

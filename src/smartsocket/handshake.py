@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -25,6 +26,11 @@ MAX_HEADERS = 128  # picows' limit on the number of header lines
 # After an error answer, how long unread request bytes are drained before the socket is closed:
 # closing with unread data makes the kernel send a reset, which can destroy the answer in flight.
 LINGER = 2.0
+# Request heads served per event-loop iteration. A reconnect storm brings thousands of heads in
+# one read of the selector; serving them all at once (~100 us each: routing, the socket, the
+# 101, $welcome) stalled every established connection for the whole batch (~300 ms for 2,000).
+# In batches, their traffic runs between two batches.
+HEADS_PER_TICK = 8
 
 Headers = list[tuple[str, str]]
 # (method, target, headers) -> (status, headers, body) of a plain HTTP answer.
@@ -86,22 +92,53 @@ def error_response(status: int, reason: str) -> bytes:
     return render(status, {"Content-Type": "text/plain; charset=utf-8"}, body)
 
 
+class HeadPacer:
+    """Serves complete request heads, at most HEADS_PER_TICK per loop iteration, in order."""
+
+    __slots__ = ("_loop", "_queue", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: deque[RequestGate] = deque()
+        self._scheduled = False
+
+    def submit(self, gate: RequestGate) -> None:
+        self._queue.append(gate)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        queue = self._queue
+        for _ in range(min(HEADS_PER_TICK, len(queue))):
+            queue.popleft().proceed()
+        if queue:
+            self._loop.call_soon(self._run)  # the next iteration, after the selector's events
+        else:
+            self._scheduled = False
+
+
 class RequestGate(asyncio.Protocol):
     """The first protocol of every server connection (see the module docstring)."""
 
-    __slots__ = ("_buffer", "_done", "_make_ws", "_route", "_timeout", "_timer", "_transport")
+    __slots__ = (
+        "_buffer", "_done", "_lost", "_make_ws", "_pacer", "_route", "_timeout", "_timer",
+        "_transport",
+    )
 
     def __init__(
         self, make_ws: Callable[[], asyncio.BufferedProtocol], route: PlainRouter,
-        timeout: float | None,
+        timeout: float | None, pacer: HeadPacer | None = None,
     ) -> None:
         self._make_ws = make_ws
         self._route = route
         self._timeout = timeout
+        self._pacer = pacer
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._done = False  # answered (draining until the peer closes) or handed over
+        self._done = False  # a whole head arrived: queued, answered (draining) or handed over
+        self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # aiofastnet's: duck-typed
@@ -122,6 +159,23 @@ class RequestGate(asyncio.Protocol):
         if end >= MAX_HEAD:
             self._answer(error_response(431, "request headers larger than 16 KiB"))
             return
+        self._done = True
+        if self._pacer is None:
+            self.proceed()
+            return
+        assert self._transport is not None
+        self._transport.pause_reading()  # nothing more until served: the queue holds heads only
+        self._pacer.submit(self)
+
+    def proceed(self) -> None:
+        """Serve the complete head: hand it to picows, or answer it here."""
+        transport = self._transport
+        if self._lost or transport is None or transport.is_closing():
+            return
+        if self._pacer is not None:
+            transport.resume_reading()  # reads go to whichever protocol we leave in place
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n")
         line = bytes(buffer[: buffer.find(b"\r\n")])
         method, _, rest = line.partition(b" ")
         version = rest.rpartition(b" ")[2]
@@ -136,6 +190,7 @@ class RequestGate(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._cancel_timer()
 
     # outcomes

@@ -61,6 +61,17 @@ class TokenBucket:
             return (self.burst - tokens) / self.rate + (amount - self.burst) / self.rate
         return (amount - tokens) / self.rate
 
+    def spend(self, now: int, amount: float) -> float:
+        """Take ``amount`` tokens even if they are not there (for what was already done); the
+        balance may go negative. Returns the seconds until it is back to zero (0.0: in credit)."""
+        tokens = self._tokens
+        if now > self._stamp:
+            tokens = min(self.burst, tokens + (now - self._stamp) * self.rate / 1e9)
+            self._stamp = now
+        tokens -= amount
+        self._tokens = tokens
+        return -tokens / self.rate if tokens < 0 else 0.0
+
     def give_back(self, amount: float = 1.0) -> None:
         """Return tokens taken for something that was refused after all."""
         self._tokens = min(self.burst, self._tokens + amount)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket as socket_module
 import ssl as ssl_module
 import struct
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -34,13 +37,14 @@ from smartsocket.compression import (
     accept_response,
     client_offer,
 )
-from smartsocket.handshake import Headers, RequestGate
+from smartsocket.handshake import Headers, HeadPacer, RequestGate
 from smartsocket.protocol.assembler import (
     FrameError,
     MessageAssembler,
     check_close_payload,
 )
 from smartsocket.protocol.codes import CloseCode, is_valid_close_code
+from smartsocket.security import TokenBucket
 
 logger = logging.getLogger("smartsocket.transport")
 
@@ -58,6 +62,9 @@ _CLOSE = WSMsgType.CLOSE
 _PING = WSMsgType.PING
 # How long we wait for the peer's answer to our close frame before dropping the TCP connection.
 CLOSE_TIMEOUT = 2.0
+# Inbound frames are charged to the connection's frame budget in batches of this many: a
+# clock read per 32 frames, not per frame (the budget only matters for floods).
+FRAME_BATCH = 32
 _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
 
@@ -131,15 +138,35 @@ class ConnectionHandler(Protocol[C_contra]):
     def on_close(self, code: int, reason: str) -> None: ...
 
 
+class _Gone:
+    """The handler of a connection after its on_close: everything is ignored."""
+
+    def on_open(self, conn: Any) -> None:
+        pass
+
+    def on_message(self, payload: bytes | memoryview, binary: bool, wire_size: int) -> None:
+        pass
+
+    def on_close(self, code: int, reason: str) -> None:
+        pass
+
+
+_GONE = _Gone()
+
+
 class Connection(picows.WSListener):
     """One WebSocket connection: frames in, messages out to ``handler``."""
 
     __slots__ = (
         "_assembler",
+        "_clock",
         "_close_timer",
+        "_frame_budget",
+        "_frames",
         "_inflater",
         "_max_fragments",
         "_max_size",
+        "_throttle",
         "_tr",
         "closed",
         "deflater",
@@ -157,10 +184,22 @@ class Connection(picows.WSListener):
         deflater: MessageDeflater | None = None,
         inflater: MessageInflater | None = None,
         max_fragments: int | None = None,
+        frame_rate: float = 0.0,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.handler = handler
         self._max_size = max_message_size
         self._max_fragments = max_fragments
+        # Every inbound frame costs the server a Python call, whatever it is (data,
+        # continuation, PING, or anything after our close frame): past ``frame_rate`` frames
+        # per second the connection is not read until its budget refills. TCP backpressure:
+        # nothing is dropped, and a flood no longer takes the CPU its neighbours need.
+        self._frame_budget = (
+            TokenBucket(frame_rate, frame_rate, clock()) if frame_rate > 0 else None
+        )
+        self._frames = 0
+        self._clock = clock
+        self._throttle: asyncio.TimerHandle | None = None
         self.deflater = deflater  # permessage-deflate negotiated: compress what pays
         self._inflater = inflater
         # Made on the first fragmented or compressed frame: most connections never need one.
@@ -180,6 +219,9 @@ class Connection(picows.WSListener):
         self.handler.on_open(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self._frames += 1
+        if self._frames >= FRAME_BATCH:
+            self._charge_frames()
         op = frame.msg_type
         # Fast path: a whole, uncompressed message in one frame, on an open connection.
         if (
@@ -237,15 +279,48 @@ class Connection(picows.WSListener):
                 return
         self.handler.on_message(payload, message.binary, len(message.payload))
 
+    def _charge_frames(self) -> None:
+        count, self._frames = self._frames, 0
+        budget = self._frame_budget
+        if budget is None or self._tr is None:
+            return
+        wait = budget.spend(self._clock(), count)
+        if wait and self._throttle is None:
+            self._tr.underlying_transport.pause_reading()
+            loop = asyncio.get_running_loop()
+            self._throttle = loop.call_later(wait, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        if self._tr is not None and not self.disconnected:
+            self._tr.underlying_transport.resume_reading()
+
+    @property
+    def throttled(self) -> bool:
+        """Not read for now: over its inbound frame budget."""
+        return self._throttle is not None
+
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True
         self.disconnected = True
+        if self._throttle is not None:
+            self._throttle.cancel()
+            self._throttle = None
         self._drop_buffer()
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
         code, reason = _close_outcome(transport)
-        self.handler.on_close(code, reason)
+        handler = self.handler
+        # Break the reference cycles through this connection (handler <-> connection, and
+        # connection -> picows transport -> protocol -> connection): freed by reference
+        # counting, not left for the cyclic GC, whose full collections over thousands of
+        # closed connections stalled the loop for ~200 ms after a reconnect storm.
+        self.handler = _GONE
+        self._tr = None
+        self._assembler = None
+        self._release()
+        handler.on_close(code, reason)
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -326,6 +401,9 @@ class Connection(picows.WSListener):
     def _drop_buffer(self) -> None:
         pass
 
+    def _release(self) -> None:
+        """Drop references the connection no longer needs once disconnected."""
+
     @property
     def write_buffer_size(self) -> int:
         if self._tr is None or self.closed:
@@ -391,6 +469,8 @@ class ServerConnection(Connection):
         write_buffer_high: int = 64 << 10,
         max_write_buffer: int | None = None,
         max_fragments: int | None = None,
+        frame_rate: float = 0.0,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._high = write_buffer_high
         self._max_buffer = max_write_buffer
@@ -402,7 +482,7 @@ class ServerConnection(Connection):
             inflater = MessageInflater(deflate, True)
         super().__init__(
             handler, max_message_size=max_message_size, deflater=deflater, inflater=inflater,
-            max_fragments=max_fragments,
+            max_fragments=max_fragments, frame_rate=frame_rate, clock=clock,
         )
         self._coalescer = coalescer
         self._out: list[bytes] = []
@@ -477,6 +557,9 @@ class ServerConnection(Connection):
     def _drop_buffer(self) -> None:
         self._out.clear()
         self._pending_pong = None
+
+    def _release(self) -> None:
+        self._raw = None
 
 
 class ClientConnection(Connection):
@@ -567,6 +650,8 @@ async def create_server(
     write_buffer_high: int = 64 << 10,
     max_write_buffer: int | None = None,
     max_fragments: int | None = None,
+    frame_rate: float = 0.0,
+    clock: Callable[[], int] = time.monotonic_ns,
     fast_transport: bool = True,
     backlog: int = 4096,
 ) -> asyncio.Server:
@@ -593,6 +678,7 @@ async def create_server(
             deflate=outcome.deflate, compression_level=compression_level,
             compression_threshold=compression_threshold, write_buffer_high=write_buffer_high,
             max_write_buffer=max_write_buffer, max_fragments=max_fragments,
+            frame_rate=frame_rate, clock=clock,
         )
         if outcome.headers:
             response = WSUpgradeResponse.create_101_response(extra_headers=dict(outcome.headers))
@@ -628,15 +714,33 @@ async def create_server(
         )
         return protocol
 
-    def gate() -> RequestGate:
-        return RequestGate(websocket_protocol, plain, handshake_timeout)
+    pacer = HeadPacer(loop)
 
+    def gate() -> RequestGate:
+        return RequestGate(websocket_protocol, plain, handshake_timeout, pacer)
+
+    # The event loops accept up to ``backlog + 1`` queued connections per readiness event: with
+    # a backlog of 4096, a storm's 2,000 connections were all accepted (a transport and a
+    # protocol each) in one loop iteration, a ~300 ms stall for every established connection.
+    # So the server is created with ACCEPTS_PER_TICK, which bounds that loop, and the kernel's
+    # listen queue is then set to the real backlog (listen() again on the bound socket).
     kwargs: dict[str, Any] = {
-        "ssl": ssl, "reuse_port": reuse_port or None, "backlog": effective_backlog(backlog),
+        "ssl": ssl, "reuse_port": reuse_port or None, "backlog": ACCEPTS_PER_TICK,
     }
+    server: asyncio.Server
     if fast_transport and _HAS_AIOFASTNET:
-        return await aiofastnet.create_server(loop, gate, host, port, **kwargs)
-    return await loop.create_server(gate, host, port, **kwargs)
+        server = await aiofastnet.create_server(loop, gate, host, port, **kwargs)
+    else:
+        server = await loop.create_server(gate, host, port, **kwargs)
+    queue = effective_backlog(backlog)
+    for listening in server.sockets:
+        # A duplicate of the descriptor shares the socket: listen() on it sets its queue.
+        with socket_module.socket(fileno=os.dup(listening.fileno())) as dup:
+            dup.listen(queue)
+    return server
+
+
+ACCEPTS_PER_TICK = 16
 
 
 SOMAXCONN = "/proc/sys/net/core/somaxconn"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -624,6 +625,8 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             write_buffer_high=cfg.write_buffer_high,
             max_write_buffer=cfg.max_write_buffer,
             max_fragments=cfg.max_fragments,
+            frame_rate=cfg.rate_limit_frames,
+            clock=lambda: self._clock(),  # read at each use: tests replace _clock
             fast_transport=cfg.fast_transport,
             reuse_port=cfg.reuse_port,
             backlog=cfg.backlog,
@@ -717,6 +720,11 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             await self.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, lambda: loop.create_task(self.close()))
+            # The server owns this process: what exists now (modules, the app) lives as long
+            # as it does, so the cyclic GC need not traverse it again. Without this, each full
+            # collection walked ~100k start-up objects: 30-40 ms loop stalls under a
+            # reconnect storm (bench/RESULTS.md, soak).
+            gc.freeze()
             if callback is not None:
                 callback()
             assert self._closed is not None
