@@ -214,8 +214,11 @@ async def test_error_flood_before_authentication_is_closed_too() -> None:
         for i in range(100):
             ws.send_text(json.dumps(["echo", i, i + 1]))
         frames, close = await frames_until_close(ws)
-        assert close.close_code == 1008 and len(frames) == 11
-        assert all(json.loads(f.payload)[2]["code"] == "unauthorized" for f in frames)
+        # $auth_required first (sent at once to a socket without credentials), then one
+        # `unauthorized` per message up to the limit and the one that crosses it.
+        assert json.loads(frames[0].payload)[0] == "$auth_required"
+        assert close.close_code == 1008 and len(frames) == 12
+        assert all(json.loads(f.payload)[2]["code"] == "unauthorized" for f in frames[1:])
         ws.close()
 
 
