@@ -263,10 +263,9 @@ describe("with the test app (server-to-client calls and more)", () => {
 
   it("times out calls", async () => {
     const socket = await connected(server.url);
-    const started = Date.now();
+    // The reply comes after 1 s: a "timeout" rejection can only be the 100 ms timer's.
     const err = await rejectsWith(socket.call("sleep", 1, { timeout: 100 }), "timeout");
     assert.match(err.message, /sleep/);
-    assert.ok(Date.now() - started < 900);
     assert.equal(await socket.call("sleep", 0.01, { timeout: 2000 }), 0.01);
     const fast = client(server.url, { ackTimeout: 50 });
     await fast.connect();
