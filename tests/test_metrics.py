@@ -97,6 +97,7 @@ async def test_latency_rates_process_and_top_rooms() -> None:
     server = create_app()
     server.config = server.config.replace(ping_interval=0.05, ping_timeout=1)
     async with running(server):
+        started = asyncio.get_running_loop().time()  # before any socket this test pings
         client = Client(server.url, reconnect=False)
         await client.connect()
         await client.call("join", {"room": "big"})
@@ -108,7 +109,10 @@ async def test_latency_rates_process_and_top_rooms() -> None:
         for _ in range(50):
             await client.call("echo", 1)
         stats = server.stats()
-        assert 0 < stats["latency"]["p50Ms"] <= stats["latency"]["p99Ms"] < 500
+        # In milliseconds, and each round trip fits in the time this test has run (not a
+        # guess at the machine's speed).
+        span_ms = (asyncio.get_running_loop().time() - started) * 1000
+        assert 0 < stats["latency"]["p50Ms"] <= stats["latency"]["p99Ms"] <= span_ms
         assert stats["rates"]["messagesInPerSecond"] > 0
         assert stats["rates"]["messagesInPerSecondLastMinute"] > 0
         assert stats["process"]["rssBytes"] > 10 * 1024 * 1024
@@ -151,11 +155,12 @@ async def test_live_stream_pushes_stats_every_second() -> None:
             assert name == "stats" and first["connections"] == 0
             client = Client(server.url, reconnect=False)
             await client.connect()
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            name, second = json.loads(await asyncio.wait_for(ws.recv(), 3))
+            name, second = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert name == "stats"
             assert second["connections"] == 1  # the live reader itself is not counted
-            assert loop.time() - started < 1.6
+            # And on: pushed by the server's timer, not by the connect.
+            name, third = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert name == "stats" and third["connections"] == 1
             await client.close()
 
 
