@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from clusters import node_processes
-from smartsocket import Client
-from smartsocket.testing import wait_for
+from smartsocket import Client, SmartSocket, Socket
+from smartsocket.cluster import messages
+from smartsocket.protocol.envelope import encode_event
+from smartsocket.testing import connected, running, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -191,3 +195,59 @@ async def test_scripts_flushed_from_redis_are_sent_again(broker: str, tmp_path: 
             for n in range(3):
                 await publisher.call("say", {"room": "r", "text": n})
             await wait_for(lambda: got == [0, 1, 2], timeout=5)
+
+
+async def test_a_room_joined_again_gets_no_gap_for_what_its_old_subscription_left() -> None:
+    """A node that unsubscribed from a room may still get what Redis had queued for that
+    subscription. When a member joins again, the hole after such a message is not one of the
+    new subscription: no $gap (it would reset the client's dedupe state for the room, and a
+    resume replaying the history then delivered messages twice)."""
+    server = SmartSocket(
+        cluster_url=REDIS["redis"], cluster_prefix="t" + uuid.uuid4().hex[:10],
+        recovery_window=10,
+    )
+
+    @server.on("join")
+    async def join(socket: Socket, room: str) -> None:
+        socket.join(room)
+        await server.room(room).subscribed()
+
+    @server.on("leave")
+    def leave(socket: Socket, room: str) -> None:
+        socket.leave(room)
+
+    probe = redis.asyncio.Redis.from_url(REDIS["redis"])
+    async with running(server), connected(server) as c:
+        node = server._cluster
+        assert node.sync is not None
+        channel = node.room_channel("r")
+        got: list[int] = []
+        gaps: list[Any] = []
+        c.on("said", got.append)
+        c.on("$gap", gaps.append)
+        await c.call("join", "r")
+        server.room("r").broadcast("said", 1)
+        await wait_for(lambda: got == [1])
+        epoch, offset = node.sync.positions["r"]
+        await c.call("leave", "r")
+
+        async def unsubscribed() -> bool:
+            return dict(await probe.pubsub_numsub(channel)).get(channel.encode()) == 0
+
+        for _ in range(1000):  # Redis took the UNSUBSCRIBE: nothing more reaches the node
+            if await unsubscribed():
+                break
+            await asyncio.sleep(0.01)
+        assert await unsubscribed()
+        server.room("r").broadcast("said", 2)  # logged at offset + 1, heard by no node
+        server.room("r").broadcast("said", 3)
+        # What the old subscription had queued arrives now: the copy of 2.
+        copy = messages.Broadcast("r", encode_event("said", 2), False)
+        body = messages.encode(node.node_id, copy)
+        node._receive(channel, b"P%s %d %s" % (epoch.encode(), offset + 1, body))
+        await c.call("join", "r")
+        server.room("r").broadcast("said", 4)  # offset + 3: the new subscription's first
+        await wait_for(lambda: got[-1:] == [4])
+        assert gaps == []
+        assert got == [1, 4]
+    await probe.aclose()

@@ -92,7 +92,8 @@ async def test_silent_unauthenticated_socket_is_closed_after_auth_timeout() -> N
         async with websockets.connect(server.url) as ws:
             started = asyncio.get_running_loop().time()
             await expect_close(ws, 4001)
-            assert asyncio.get_running_loop().time() - started < 2
+            # Closed by the auth timer (nothing else closes a silent socket), not before it.
+            assert asyncio.get_running_loop().time() - started >= 0.15
         assert server.sockets == {}  # never admitted, never seen by the application
         await assert_works(server)
 

@@ -10,7 +10,10 @@ Continuity
     in the order Redis numbered them: each message is the one after the last
     (``offset == last + 1`` in the same epoch, or offset 1 of a new epoch: the old one ended
     with what we saw). Anything else (a hole, a step back, a new epoch joined late) means
-    something was missed or rewound: members get ``$gap`` before the message.
+    something was missed or rewound: members get ``$gap`` before the message. Continuity
+    starts anew when a first local member (re)subscribes the node to the room: until the
+    broker confirms that subscription, what it sends is left over from the one before (the
+    room emptied here and was unsubscribed), delivered but not taken as a position.
 
 Link lost, link back (item by item)
     - Own messages on their way through Redis (queued, or sent and not yet back on our
@@ -80,6 +83,8 @@ class RoomSync:
         self.unlogged_rooms: set[str] = set()  # rooms with messages Redis never logged
         # Rooms being caught up: logged messages held back meanwhile.
         self.holding: dict[str, list[tuple[str, int, m.Broadcast]]] = {}
+        # Rooms (re)subscribed for a first local member, until the broker confirms it.
+        self.subscribing: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # sending
@@ -108,13 +113,31 @@ class RoomSync:
             return
         self._deliver(room, epoch, offset, body)
 
+    def started(self, room: str, subscribed: asyncio.Future[None]) -> None:
+        """``room`` got a first local member and this node subscribes to it: what it heard
+        before (when it had members) says nothing about the new subscription."""
+        self.positions.pop(room, None)
+        self.subscribing[room] = subscribed
+
     def _deliver(self, room: str, epoch: str, offset: int, body: m.Broadcast) -> None:
         last = self.positions.get(room)
+        subscribing = self.subscribing.get(room)
+        if subscribing is not None:
+            if subscribing.done():  # confirmed: what follows is the new subscription
+                del self.subscribing[room]
+            else:
+                # Left over from the old subscription (the broker sends it before it confirms
+                # the new one): the hole after it is not one of the new subscription, and a
+                # $gap for it would make clients drop their dedupe state while a resume
+                # replays the same messages (server/resume.py). Deliver, unchecked and
+                # unrecorded.
+                last = None
         if last is not None and (
             offset != last[1] + 1 if epoch == last[0] else offset != 1
         ):
             self.gap(room)  # missed or rewound: told, then carry on from here
-        self.positions[room] = (epoch, offset)
+        if room not in self.subscribing:
+            self.positions[room] = (epoch, offset)
         server = self.node.server
         members = server._registry.members(room)
         if not members:
@@ -135,6 +158,7 @@ class RoomSync:
         self.positions.pop(room, None)
         self.holding.pop(room, None)
         self.pending.pop(room, None)
+        self.subscribing.pop(room, None)
 
     # the link
 

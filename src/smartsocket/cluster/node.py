@@ -316,6 +316,8 @@ class ClusterNode:
     def _room_created(self, room: str) -> None:
         assert self.adapter is not None
         subscribed = self.adapter.subscribe(self.room_channel(room))
+        if self.sync is not None:
+            self.sync.started(room, subscribed)
         self.presence_state.track(room, subscribed)
 
     async def subscribed(self, room: str, timeout: float) -> bool:
