@@ -139,7 +139,7 @@ def decode(text: str, *, max_attachments: int = 10) -> SioPacket:
     if i < len(text):
         try:
             data = _json_decode(text[i:])
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nesting too deep
             raise SocketIOPacketError("payload is not valid JSON") from None
     packet = SioPacket(kind, namespace, data, ack_id, attachments, query)
     _check_payload(packet, has_payload=i < len(text))
