@@ -130,7 +130,11 @@ def test_encoding_without_bytes_keeps_values_and_is_shared() -> None:
 
 
 def test_binary_packet_with_zero_attachments_is_accepted() -> None:
-    assert BinaryReassembler().feed_text('50-["a",1]') == SioPacket(BE, data=["a", 1])
+    r = BinaryReassembler()
+    assert r.feed_text('50-["a",1]') == SioPacket(BE, data=["a", 1])
+    assert r.feed_text('2["b"]') == SioPacket(E, data=["b"])
+    with pytest.raises(AttachmentError):
+        r.feed_text('50-["a",{"_placeholder":true,"num":0}]')
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,9 @@ class EngineIOError(SmartSocketError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # What the session returned while failing (a held GET answered, ``Closed``): the
+        # I/O layer performs these too. Typed loosely: errors cannot import the session.
+        self.actions: tuple[object, ...] = ()
 
 
 class PacketError(EngineIOError):

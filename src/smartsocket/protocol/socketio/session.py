@@ -50,6 +50,7 @@ from smartsocket.protocol.socketio.engineio import (
     text_frame,
 )
 from smartsocket.protocol.socketio.errors import (
+    EngineIOError,
     PacketError,
     PayloadTooLarge,
     PollingConflict,
@@ -234,7 +235,7 @@ class EngineSession:
         body = encode_payload(frames) if self.eio >= 4 else encode_payload_v3(frames)
         actions: list[Action] = [AnswerPoll(body)]
         if self.state is State.CLOSING:  # the close packet went out: the session is over
-            actions.append(self._finish(self._close_reason))
+            actions += self._finish(self._close_reason)
         return actions
 
     def get(self) -> list[Action]:
@@ -245,8 +246,9 @@ class EngineSession:
             raise PacketError("polling request on an upgraded session")
         if self._get_pending:
             # Spec: a second concurrent GET is an error and ends the session.
-            closed = self._finish(CloseReason.TRANSPORT_ERROR)
-            raise PollingConflict(f"overlapping GET ({closed.reason.value})")
+            error = PollingConflict("overlapping GET")
+            error.actions = tuple(self._finish(CloseReason.TRANSPORT_ERROR))
+            raise error
         self._get_pending = True
         if self._probe and not self._buffer:
             # Upgrading: the client is pausing polling; do not hold its GET.
@@ -258,7 +260,7 @@ class EngineSession:
         if self.state is State.CLOSED or not self._get_pending:
             return []
         self._get_pending = False
-        return [self._finish(CloseReason.TRANSPORT_ERROR)]
+        return self._finish(CloseReason.TRANSPORT_ERROR)
 
     def post(self, body: bytes) -> list[Action]:
         """A polling POST body (answer it with 200 "ok" unless this raises)."""
@@ -268,16 +270,17 @@ class EngineSession:
         if self.state is State.CLOSING:
             return []  # the server is closing: what the client says now is not delivered
         if len(body) > self._options.max_payload:
-            self._finish(CloseReason.TRANSPORT_ERROR)
-            raise PayloadTooLarge(f"POST body of {len(body)} bytes")
+            error: EngineIOError = PayloadTooLarge(f"POST body of {len(body)} bytes")
+            error.actions = tuple(self._finish(CloseReason.TRANSPORT_ERROR))
+            raise error
         limit = self._options.max_packets_per_post
         try:
             if self.eio >= 4:
                 packets = decode_payload(body, max_packets=limit)
             else:
                 packets = decode_payload_v3(body, max_packets=limit)
-        except PacketError:
-            self._finish(CloseReason.PARSE_ERROR)
+        except PacketError as error:
+            error.actions = tuple(self._finish(CloseReason.PARSE_ERROR))
             raise
         actions: list[Action] = []
         for packet in packets:
@@ -294,14 +297,14 @@ class EngineSession:
         try:
             packet = decode_text(data) if isinstance(data, str) else decode_binary(data, self.eio)
         except PacketError:
-            return [self._finish(CloseReason.PARSE_ERROR)]
+            return self._finish(CloseReason.PARSE_ERROR)
         return self._on_packet(packet)
 
     def connection_lost(self) -> list[Action]:
         """The WebSocket transport closed (or failed) under the session."""
         if self.state is State.CLOSED:
             return []
-        return [self._finish(CloseReason.TRANSPORT_CLOSE)]
+        return self._finish(CloseReason.TRANSPORT_CLOSE)
 
     def probe_opened(self) -> list[Action]:
         """A WebSocket with this sid opened to upgrade a polling session."""
@@ -337,11 +340,8 @@ class EngineSession:
         self._probe = False
         self._upgrade_deadline = None
         self.transport = WEBSOCKET
-        actions: list[Action] = []
-        if self._get_pending:  # end the last GET cleanly (the client stops polling anyway)
-            self._get_pending = False
-            actions.append(AnswerPoll(encode_payload([NOOP_FRAME])))
-        actions.append(Upgraded())
+        # No GET can be held here: while probing, a GET is answered at once (noop if idle).
+        actions: list[Action] = [Upgraded()]
         frames = [f for f in self._buffer if f is not NOOP_FRAME]
         self._buffer, self._buffered = [], 0
         if frames:
@@ -370,11 +370,11 @@ class EngineSession:
             pong = text_frame(PacketType.PONG, packet.data) if packet.data else PONG_FRAME
             return self.send((pong,))
         if kind is PacketType.CLOSE:
-            return [self._finish(CloseReason.TRANSPORT_CLOSE)]
+            return self._finish(CloseReason.TRANSPORT_CLOSE)
         if kind is PacketType.NOOP:
             return []
         # open, upgrade on the transport, or a ping/pong in the wrong direction
-        return [self._finish(CloseReason.TRANSPORT_ERROR)]
+        return self._finish(CloseReason.TRANSPORT_ERROR)
 
     # -- time ----------------------------------------------------------------------------
 
@@ -407,7 +407,7 @@ class EngineSession:
             # The close packet waited long enough for a GET to carry it.
             deadline = self._closing_deadline
             due = deadline is not None and now >= deadline
-            return [self._finish(self._close_reason)] if due else []
+            return self._finish(self._close_reason) if due else []
         if self._connect_deadline is not None and now >= self._connect_deadline:
             return self.close(CloseReason.CONNECT_TIMEOUT)
         actions: list[Action] = []
@@ -415,7 +415,7 @@ class EngineSession:
             actions += self._fail_upgrade()
         if now >= self._heartbeat_deadline():
             if self.eio < 4 or self._pong_deadline is not None:
-                return [*actions, self._finish(CloseReason.PING_TIMEOUT)]
+                return actions + self._finish(CloseReason.PING_TIMEOUT)
             self._pong_deadline = now + self._options.ping_timeout
             actions += self.send((PING_FRAME,))
         return actions
@@ -427,7 +427,7 @@ class EngineSession:
         if self.state is not State.OPEN:
             return []
         if self.transport == WEBSOCKET:
-            return [self._finish(reason)]
+            return self._finish(reason)
         self._buffer.append(CLOSE_FRAME)
         self._buffered += len(CLOSE_FRAME.payload)
         self.state = State.CLOSING
@@ -435,13 +435,18 @@ class EngineSession:
         self._closing_deadline = self._clock() + self._options.ping_timeout
         return self._flush_poll()
 
-    def _finish(self, reason: CloseReason) -> Closed:
+    def _finish(self, reason: CloseReason) -> list[Action]:
+        actions: list[Action] = []
+        if self._get_pending:  # a held GET ends with the close packet (the client stops)
+            self._get_pending = False
+            actions.append(AnswerPoll(CLOSE_FRAME.payload))
         self.state = State.CLOSED
         self._buffer, self._buffered = [], 0
         self._probe = False
         self._upgrade_deadline = self._connect_deadline = self._closing_deadline = None
         logger.debug("session %s closed: %s", self.sid, reason.value)
-        return Closed(reason)
+        actions.append(Closed(reason))
+        return actions
 
 
 __all__ = [

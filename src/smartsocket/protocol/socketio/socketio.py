@@ -188,9 +188,7 @@ def _replace_placeholders(data: Any, buffers: list[bytes]) -> Any:
         used[num] = True
         return buffers[num]
 
-    if _is_placeholder(data):
-        return resolve(data)
-    stack: list[Any] = [data]
+    stack: list[Any] = [data]  # EVENT and ACK payloads are arrays: the root is no placeholder
     while stack:
         node = stack.pop()
         items = enumerate(node) if isinstance(node, list) else node.items()
