@@ -371,10 +371,10 @@ class EngineSession:
             return self.send((pong,))
         if kind is PacketType.CLOSE:
             return self._finish(CloseReason.TRANSPORT_CLOSE)
-        if kind is PacketType.NOOP:
-            return []
-        # open, upgrade on the transport, or a ping/pong in the wrong direction
-        return self._finish(CloseReason.TRANSPORT_ERROR)
+        if kind in (PacketType.PING, PacketType.PONG):
+            # The reference server: "invalid heartbeat direction" is a transport error.
+            return self._finish(CloseReason.TRANSPORT_ERROR)
+        return []  # noop, and open/upgrade on the transport: ignored, as the reference does
 
     # -- time ----------------------------------------------------------------------------
 
