@@ -5,6 +5,14 @@ No asyncio and no sockets: the server's I/O layer feeds it HTTP bodies and WebSo
 and performs the actions it returns (see ``session.py``).
 """
 
+from smartsocket.protocol.socketio.connection import (
+    AckReceived,
+    ConnectRequested,
+    EventReceived,
+    NamespaceLeft,
+    SioEvent,
+    SocketIOConnection,
+)
 from smartsocket.protocol.socketio.engineio import (
     Handshake,
     OutFrame,
@@ -63,6 +71,7 @@ from smartsocket.protocol.socketio.socketio import (
 )
 
 __all__ = [
+    "AckReceived",
     "Action",
     "AnswerPoll",
     "AttachmentError",
@@ -71,13 +80,16 @@ __all__ = [
     "CloseReason",
     "Closed",
     "ConnectRequest",
+    "ConnectRequested",
     "Deliver",
     "EncodedPacket",
     "EngineErrorCode",
     "EngineIOError",
     "EngineOptions",
     "EngineSession",
+    "EventReceived",
     "Handshake",
+    "NamespaceLeft",
     "OutFrame",
     "Packet",
     "PacketError",
@@ -85,7 +97,9 @@ __all__ = [
     "PacketType",
     "PayloadTooLarge",
     "PollingConflict",
+    "SioEvent",
     "SioPacket",
+    "SocketIOConnection",
     "SocketIOPacketError",
     "UnknownSession",
     "UpgradeRefused",
