@@ -39,6 +39,7 @@ from smartsocket.protocol.socketio.errors import (
     UpgradeRefused,
     error_body,
 )
+from smartsocket.protocol.socketio.request import EngineRequest, RequestRefused, check_request
 from smartsocket.protocol.socketio.session import (
     Action,
     AnswerPoll,
@@ -86,6 +87,7 @@ __all__ = [
     "EngineErrorCode",
     "EngineIOError",
     "EngineOptions",
+    "EngineRequest",
     "EngineSession",
     "EventReceived",
     "Handshake",
@@ -97,6 +99,7 @@ __all__ = [
     "PacketType",
     "PayloadTooLarge",
     "PollingConflict",
+    "RequestRefused",
     "SioEvent",
     "SioPacket",
     "SocketIOConnection",
@@ -107,6 +110,7 @@ __all__ = [
     "WriteProbe",
     "WriteWebSocket",
     "args_to_data",
+    "check_request",
     "connect_request",
     "data_to_args",
     "decode",

@@ -7,6 +7,7 @@
         ├── PollingConflict      a second GET while one is pending (400, code 3; session closed)
         ├── UnknownSession       the session is closed or was never known (400, code 1)
         ├── UpgradeRefused       a WebSocket probe the session cannot take (400, code 3)
+        ├── RequestRefused       bad method or query: EIO, transport, JSONP (request.py)
         └── SocketIOPacketError  malformed Socket.IO packet (the session closes: "parse error")
             └── AttachmentError  binary attachments that do not match their packet
 
