@@ -81,6 +81,14 @@ def test_binary_event_spec_example() -> None:
     assert not r.pending and r.buffered == 0
 
 
+def test_websocket_frames_per_engine_version() -> None:
+    enc = encode_event("baz", b"\x01")
+    text = b'451-["baz",{"_placeholder":true,"num":0}]'
+    assert enc.websocket_frames() == ((text, False), (b"\x01", True))
+    assert enc.websocket_frames(3) == ((text, False), (b"\x04\x01", True))
+    assert enc.websocket_frames()[0][0] is enc.frames[0].payload  # shared, not copied
+
+
 def test_binary_event_two_attachments_namespace() -> None:
     # 52-/admin,["baz",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]
     enc = encode_event("baz", (b"\x01\x02", b"\x03\x04"), namespace="/admin")

@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from smartsocket.protocol.socketio.engineio import OutFrame
+from smartsocket.protocol.socketio.engineio import OutFrame, websocket_payload
 from smartsocket.protocol.socketio.errors import AttachmentError, SocketIOPacketError
 
 DEFAULT_NAMESPACE: Final = "/"
@@ -294,6 +294,11 @@ class EncodedPacket:
     def text(self) -> bytes:
         """The Socket.IO text (without the Engine.IO "4")."""
         return self.frames[0].payload[1:]
+
+    def websocket_frames(self, eio: int = 4) -> tuple[tuple[bytes, bool], ...]:
+        """``(payload, binary)`` per WebSocket frame. Call once per broadcast and protocol
+        version: v4 shares these bytes as they are; v3 binary frames get their type byte."""
+        return tuple((websocket_payload(f, eio), f.binary) for f in self.frames)
 
 
 def encode(
