@@ -287,6 +287,11 @@ def test_multiple_arguments_on_the_wire() -> None:
     assert encode_event("n").text == b'2["n"]'
 
 
+def test_recovery_offset_is_the_last_argument() -> None:
+    assert encode_event("chat", "hi", offset="MzI").text == b'2["chat","hi","MzI"]'
+    assert encode_event("chat", offset="MzI").text == b'2["chat","MzI"]'
+
+
 def test_connect_answers_and_errors() -> None:
     assert encode_connect(sid="abc").text == b'0{"sid":"abc"}'
     assert encode_connect("/admin", "abc", pid="p1").text == b'0/admin,{"sid":"abc","pid":"p1"}'

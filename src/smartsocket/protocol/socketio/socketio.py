@@ -319,10 +319,22 @@ def encode(
 
 
 def encode_event(
-    name: str, data: Any = None, *, namespace: str = DEFAULT_NAMESPACE, ack_id: int | None = None
+    name: str,
+    data: Any = None,
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    ack_id: int | None = None,
+    offset: str | None = None,
 ) -> EncodedPacket:
-    """An event from SmartSocket ``data`` (mapped to arguments by ``data_to_args``)."""
-    return encode(PacketKind.EVENT, namespace, [name, *data_to_args(data)], ack_id)
+    """An event from SmartSocket ``data`` (mapped to arguments by ``data_to_args``).
+
+    ``offset``: connection-state recovery (Socket.IO 4.6+) appends the message's offset as
+    a last string argument; a client that holds a ``pid`` remembers it and sends it back in
+    its next CONNECT. Sessions with recovery and without need the two encodings."""
+    args = [name, *data_to_args(data)]
+    if offset is not None:
+        args.append(offset)
+    return encode(PacketKind.EVENT, namespace, args, ack_id)
 
 
 def encode_ack(
