@@ -2,7 +2,32 @@
 and session state machine; Socket.IO v5 (and v4) packets, attachments, argument mapping.
 
 No asyncio and no sockets: the server's I/O layer feeds it HTTP bodies and WebSocket frames
-and performs the actions it returns (see ``session.py``).
+and performs the actions it returns. How an I/O layer drives it:
+
+1. Every request to the path: ``check_request(method, query)``; on ``RequestRefused`` answer
+   ``e.status`` with ``error_body(e.code)`` (CORS headers on polling; OPTIONS is a preflight).
+2. No ``sid``: new ``EngineSession(sid, transport=, options=, clock=, eio=)`` and
+   ``SocketIOConnection(protocol=5 if eio == 4 else 4)``; ``session.open()``, then send
+   ``connection.open_frames()`` (v4 protocol: ``/`` is joined at once, so authenticate on
+   the handshake request's query and call ``session.socketio_connected()``).
+3. Polling GET: ``session.get()`` -> answer now if it returns ``AnswerPoll``, else hold the
+   request until a later action answers it; ``get_aborted()`` if its connection drops.
+   Polling POST: ``session.post(body)`` -> 200 "ok" (text/html). Every ``EngineIOError``:
+   perform ``e.actions``, answer ``e.status`` / ``error_body(e.code)``.
+4. WebSocket with a ``sid``: ``session.probe_opened()`` (``UpgradeRefused``: close it), its
+   frames to ``receive_probe()``; after ``Upgraded`` it is the transport: frames to
+   ``receive()``, its loss to ``connection_lost()`` (before: ``probe_lost()``).
+5. ``Deliver(data)`` -> ``connection.receive(data)`` -> ``ConnectRequested`` (answer with
+   ``accept``/``refuse`` and send the frames; on the first accept call
+   ``session.socketio_connected()``), ``EventReceived``, ``AckReceived``, ``NamespaceLeft``.
+   ``SocketIOPacketError`` from it: ``session.close(CloseReason.PARSE_ERROR)``.
+6. Sending: ``session.send(encoded.frames)``; a WebSocket session has no buffer, so a
+   broadcast may write ``encoded.websocket_frames(eio)`` (built once per version) straight
+   to the transport of every WebSocket member whose session is open.
+7. Time: call ``session.tick()`` at ``session.next_deadline()`` (a timer wheel for all).
+8. ``Closed(reason)``: write what came before, close the WebSocket, forget the sid, and tell
+   the application; ``session.close()`` for a server-side disconnect (send
+   ``connection.leave(ns)`` first so the client does not reconnect).
 """
 
 from smartsocket.protocol.socketio.connection import (
