@@ -410,3 +410,22 @@ def test_websocket_packets() -> None:
 def test_unknown_transport() -> None:
     with pytest.raises(ValueError):
         EngineSession("s", transport="flashsocket", options=OPTS, clock=Clock())
+
+
+def test_slow_polling_consumer_is_dropped() -> None:
+    s, _ = make(max_buffered=200)
+    s.open()
+    s.get()  # the handshake
+    assert s.send((message_frame("x" * 199),)) == []  # 200 bytes: at the limit
+    assert s.send((message_frame("y"),)) == [Closed(CloseReason.SLOW_CONSUMER)]
+    # a held GET takes whatever is queued, however large
+    s2, _ = make(max_buffered=200)
+    s2.open()
+    s2.get()
+    s2.get()
+    s2.send((message_frame("z" * 50),))
+    s2.get()
+    assert s2.send((message_frame("z" * 500),)) == [AnswerPoll(b"4" + b"z" * 500)]
+    unlimited, _ = make(max_buffered=None)
+    unlimited.open()
+    assert unlimited.send((message_frame("w" * 5000),)) == []

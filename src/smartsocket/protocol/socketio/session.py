@@ -73,6 +73,7 @@ class CloseReason(StrEnum):
     PARSE_ERROR = "parse error"  # malformed packet
     FORCED_CLOSE = "forced close"  # the server closed it
     CONNECT_TIMEOUT = "connect timeout"  # no Socket.IO CONNECT in time
+    SLOW_CONSUMER = "slow consumer"  # a polling client left more than max_buffered unread
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,9 @@ class EngineOptions:
     upgrade_timeout: float = 10.0
     connect_timeout: float = 45.0
     max_packets_per_post: int = 1_000
+    # Bytes a polling client may leave unread before the session is dropped (DESIGN.md:
+    # slow consumers are bounded); None: no limit. WebSocket sessions hold no buffer here.
+    max_buffered: int | None = 10_000_000
     upgrades: tuple[str, ...] = (WEBSOCKET,)
 
 
@@ -210,6 +214,10 @@ class EngineSession:
         for frame in frames:
             self._buffer.append(frame)
             self._buffered += len(frame.payload)
+        limit = self._options.max_buffered
+        if limit is not None and self._buffered > limit and not self._get_pending:
+            logger.info("session %s: %d bytes unread, dropped", self.sid, self._buffered)
+            return self._finish(CloseReason.SLOW_CONSUMER)
         return self._flush_poll()
 
     @property
