@@ -1,0 +1,300 @@
+"""The outbox consumer against the real PostgreSQL at 127.0.0.1:5432 (a database of our own per
+test): delivered once and in order, never after a rollback, commit order per room, lost
+connections, two consumers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from outboxdb import Recorder, asyncpg, count_rows, database, until
+from smartsocket.outbox import OutboxConsumer, encode_row, insert_row, schema_sql
+
+FAST = {"poll_interval": 5.0, "standby_interval": 0.05, "reconnect_delay": (0.02, 0.2),
+        "retry_delay": 0.02}
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    async with database() as url:
+        yield url
+
+
+async def until_empty(dsn: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await count_rows(dsn) != 0:
+        assert asyncio.get_running_loop().time() < deadline, "outbox not emptied"
+        await asyncio.sleep(0.01)
+
+
+async def insert_committed(dsn: str, rows: list[tuple[str, str, Any]]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            for room, event, data in rows:
+                await insert_row(conn, room, event, data)
+    finally:
+        await conn.close()
+
+
+async def test_committed_rows_are_published_once_in_order(dsn: str) -> None:
+    rec = Recorder()
+    async with OutboxConsumer(dsn, rec, batch_size=7, **FAST) as consumer:  # type: ignore[arg-type]
+        await until(lambda: consumer.is_leader, what="leadership")
+        expected: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+        n = 0
+        for _ in range(20):  # 20 transactions of 6 rows over 3 rooms
+            batch = []
+            for room in "abcabc":
+                batch.append((room, "tick", {"n": n}))
+                expected[room].append(n)
+                n += 1
+            await insert_committed(dsn, batch)
+        await until(lambda: len(rec.calls) >= n, what="all rows")
+        assert await count_rows(dsn) == 0
+    assert len(rec.calls) == n == consumer.published
+    for room, ns in expected.items():
+        assert [d["n"] for d in rec.room(room)] == ns
+    assert {event for _, event, _ in rec.calls} == {"tick"}
+
+
+async def test_rows_committed_before_the_consumer_starts_are_published(dsn: str) -> None:
+    await insert_committed(dsn, [("r", "e", i) for i in range(50)])
+    rec = Recorder()
+    async with OutboxConsumer(dsn, rec, **FAST):  # type: ignore[arg-type]
+        await until(lambda: len(rec.calls) == 50)
+    assert rec.room("r") == list(range(50))
+
+
+async def test_rolled_back_rows_are_never_published(dsn: str) -> None:
+    rec = Recorder()
+    async with OutboxConsumer(dsn, rec, **FAST) as consumer:  # type: ignore[arg-type]
+        conn = await asyncpg.connect(dsn)
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            await insert_row(conn, "r", "e", "rolled back")
+            await tx.rollback()
+            with pytest.raises(RuntimeError):
+                async with conn.transaction():
+                    await insert_row(conn, "r", "e", "raised")
+                    raise RuntimeError
+            await insert_committed(dsn, [("r", "e", "committed")])
+        finally:
+            await conn.close()
+        await until(lambda: len(rec.calls) == 1)
+        await until_empty(dsn)
+    assert rec.calls == [("r", "e", "committed")]
+    assert consumer.published == 1
+
+
+async def backend_waiting_on_lock(admin: Any, pid: int) -> bool:
+    state = await admin.fetchval(
+        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
+    return bool(state == "Lock")
+
+
+async def test_commit_order_per_room_not_id_or_xid_order(dsn: str) -> None:
+    """Transaction A takes its xid first, B inserts for room r first; A's insert for r waits
+    until B commits, so r is published B then A: commit order, although A's xid is lower."""
+    rec = Recorder()
+    a, b, admin = [await asyncpg.connect(dsn) for _ in range(3)]
+    try:
+        async with OutboxConsumer(dsn, rec, **FAST):  # type: ignore[arg-type]
+            ta, tb = a.transaction(), b.transaction()
+            await ta.start()
+            await tb.start()
+            xid_a = int(await a.fetchval("SELECT pg_current_xact_id()::text"))
+            xid_b = int(await b.fetchval("SELECT pg_current_xact_id()::text"))
+            assert xid_a < xid_b
+            await insert_row(b, "r", "e", "B")
+            a_insert = asyncio.create_task(insert_row(a, "r", "e", "A"))
+            pid_a = a.get_server_pid()
+            for _ in range(2000):
+                if await backend_waiting_on_lock(admin, pid_a):
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError("A's insert for room r did not wait for B")
+            assert not a_insert.done()
+            # Another room does not wait for r's open transactions.
+            await insert_committed(dsn, [("other", "e", "free")])
+            await until(lambda: rec.room("other") == ["free"])
+            await tb.commit()
+            await a_insert
+            await ta.commit()
+            await until(lambda: len(rec.room("r")) == 2)
+        assert rec.room("r") == ["B", "A"]
+    finally:
+        for conn in (a, b, admin):
+            await conn.close()
+
+
+async def test_concurrent_writers_publish_each_room_in_commit_order(dsn: str) -> None:
+    """Many writers race on a few rooms; each writer's per-room counter is only advanced once
+    its transaction committed, so commit order per room is the order of the counter."""
+    rec = Recorder()
+    rooms = ["x", "y", "z"]
+    counters = {room: 0 for room in rooms}
+    committed: dict[str, list[int]] = {room: [] for room in rooms}
+
+    async def writer(k: int) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for i in range(15):
+                room = rooms[(k + i) % len(rooms)]
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_current_xact_id()")
+                    row_id = await conn.fetchval(
+                        "INSERT INTO smartsocket_outbox (room, event) VALUES ($1, 'e')"
+                        " RETURNING id", room)
+                    # Holding r's order lock: nobody else can insert for r until we commit,
+                    # so the value taken here is this row's place in r's commit order.
+                    seq = counters[room]
+                    counters[room] += 1
+                    await asyncio.sleep(0.001 * ((k * 7 + i) % 3))  # vary the commit times
+                    await conn.execute("UPDATE smartsocket_outbox SET data = to_jsonb($1::int)"
+                                       " WHERE id = $2", seq, row_id)
+                committed[room].append(seq)
+        finally:
+            await conn.close()
+
+    async with OutboxConsumer(dsn, rec, **FAST):  # type: ignore[arg-type]
+        await asyncio.gather(*(writer(k) for k in range(6)))
+        await until(lambda: len(rec.calls) == 90)
+    for room in rooms:
+        assert rec.room(room) == sorted(committed[room]) == list(range(counters[room]))
+
+
+async def test_lost_connection_mid_stream_loses_nothing(dsn: str) -> None:
+    rec = Recorder()
+    admin = await asyncpg.connect(dsn)
+    try:
+        async with OutboxConsumer(f"{dsn}?application_name=outbox-lost", rec,
+                                  **FAST) as consumer:  # type: ignore[arg-type]
+            await insert_committed(dsn, [("r", "e", i) for i in range(100)])
+            await until(lambda: len(rec.calls) == 100)
+            await until_empty(dsn)  # the last delete committed: nothing is in flight
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'outbox-lost'")
+            assert killed == 1
+            for i in range(100, 200, 10):  # commits while the consumer reconnects
+                await insert_committed(dsn, [("r", "e", j) for j in range(i, i + 10)])
+            await until(lambda: len(rec.calls) == 200)
+            assert consumer.reconnects >= 1
+        assert rec.room("r") == list(range(200))
+    finally:
+        await admin.close()
+
+
+async def test_a_publish_cut_before_its_commit_is_repeated_not_lost(dsn: str) -> None:
+    """The one ambiguous window: published, then the connection dies before the delete commits.
+    The row comes again (at-least-once); nothing after it is lost or reordered."""
+    rec = Recorder()
+    admin = await asyncpg.connect(dsn)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hook(room: str, event: str, data: Any) -> None:
+        if data == 3 and not release.is_set():
+            entered.set()
+            await release.wait()
+
+    rec.hook = hook
+    try:
+        await insert_committed(dsn, [("r", "e", i) for i in range(6)])
+        async with OutboxConsumer(f"{dsn}?application_name=outbox-cut", rec, batch_size=1,
+                                  **FAST):  # type: ignore[arg-type]
+            await asyncio.wait_for(entered.wait(), 20)
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                " WHERE application_name = 'outbox-cut'")
+            release.set()
+            await until(lambda: rec.room("r")[-1:] == [5])
+        assert rec.room("r") == [0, 1, 2, 3, 3, 4, 5]
+    finally:
+        await admin.close()
+
+
+async def test_two_consumers_deliver_each_row_once(dsn: str) -> None:
+    rec_a, rec_b = Recorder(), Recorder()
+    a = OutboxConsumer(dsn, rec_a, **FAST)  # type: ignore[arg-type]
+    b = OutboxConsumer(dsn, rec_b, **FAST)  # type: ignore[arg-type]
+    await a.start()
+    await b.start()
+    try:
+        await until(lambda: a.is_leader or b.is_leader)
+        for i in range(0, 100, 5):
+            await insert_committed(dsn, [("r", "e", j) for j in range(i, i + 5)])
+        await until(lambda: len(rec_a.calls) + len(rec_b.calls) == 100)
+        assert not (a.is_leader and b.is_leader)
+        leader, standby = (a, b) if a.is_leader else (b, a)
+        await leader.stop()  # the standby takes over
+        await until(lambda: standby.is_leader, what="failover")
+        await insert_committed(dsn, [("r", "e", j) for j in range(100, 120)])
+        await until(lambda: len(rec_a.calls) + len(rec_b.calls) == 120)
+    finally:
+        await a.stop()
+        await b.stop()
+    got = sorted(rec_a.room("r") + rec_b.room("r"))
+    assert got == list(range(120))
+    for rec in (rec_a, rec_b):
+        assert rec.room("r") == sorted(rec.room("r"))
+
+
+async def test_a_failing_publish_is_retried_in_order(dsn: str) -> None:
+    rec = Recorder()
+    failures = [2, 2, 5]
+
+    async def hook(room: str, event: str, data: Any) -> None:
+        if failures and data == failures[0]:
+            failures.pop(0)
+            raise ConnectionError("server busy")
+
+    rec.hook = hook
+    await insert_committed(dsn, [("r", "e", i) for i in range(8)])
+    async with OutboxConsumer(dsn, rec, **FAST) as consumer:  # type: ignore[arg-type]
+        await until(lambda: len(rec.calls) == 8)
+    assert rec.room("r") == list(range(8))
+    assert consumer.published == 8
+
+
+async def test_rows_the_server_would_refuse_are_dropped(dsn: str) -> None:
+    rec = Recorder()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO smartsocket_outbox (room, event) VALUES ($1, 'e')",
+                           "bad\u202eroom")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO smartsocket_outbox (room, event) VALUES ('r', '$x')")
+    finally:
+        await conn.close()
+    await insert_committed(dsn, [("r", "e", "after")])
+    async with OutboxConsumer(dsn, rec, **FAST) as consumer:  # type: ignore[arg-type]
+        await until(lambda: len(rec.calls) == 1)
+    assert rec.calls == [("r", "e", "after")]
+    assert consumer.dropped == 1
+
+
+def test_encode_row_checks_names_before_the_database() -> None:
+    assert encode_row("r", "e", {"a": [1, None]}) == ("r", "e", '{"a":[1,null]}')
+    for room, event in (("", "e"), ("r", ""), ("r", "$welcome"), ("a\nb", "e")):
+        with pytest.raises(ValueError):
+            encode_row(room, event, None)
+    with pytest.raises(TypeError):
+        encode_row("r", "e", object())
+    assert "smartsocket_outbox" in schema_sql()
+
+
+async def test_stop_and_consumer_arguments(dsn: str) -> None:
+    with pytest.raises(ValueError):
+        OutboxConsumer(dsn, Recorder(), batch_size=0)
+    consumer = OutboxConsumer(dsn, Recorder(), **FAST)  # type: ignore[arg-type]
+    await consumer.stop()  # not started: nothing to do
+    await consumer.start()
+    with pytest.raises(RuntimeError):
+        await consumer.start()
+    await consumer.stop()
+    assert not consumer.is_leader
