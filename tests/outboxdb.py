@@ -21,17 +21,22 @@ async def database(server: str = SHARED) -> AsyncIterator[str]:
     from smartsocket.outbox import apply_schema
 
     name = f"smartsocket_outbox_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(f"{server}/postgres")
+    await admin_execute(server, f'CREATE DATABASE "{name}"')
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
         dsn = f"{server}/{name}"
         await apply_schema(dsn)
         yield dsn
     finally:
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        # A new connection: a test may have restarted the server under the first one.
+        await admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def admin_execute(server: str, sql: str) -> None:
+    admin = await asyncpg.connect(f"{server}/postgres")
+    try:
+        await admin.execute(sql)
+    finally:
+        await admin.close()
 
 
 class Recorder:
