@@ -5,6 +5,8 @@ connections, two consumers."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -91,55 +93,64 @@ async def test_rolled_back_rows_are_never_published(dsn: str) -> None:
     assert consumer.published == 1
 
 
-async def backend_waiting_on_lock(admin: Any, pid: int) -> bool:
-    state = await admin.fetchval(
-        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
-    return bool(state == "Lock")
-
-
 async def test_commit_order_per_room_not_id_or_xid_order(dsn: str) -> None:
-    """Transaction A takes its xid first, B inserts for room r first; A's insert for r waits
-    until B commits, so r is published B then A: commit order, although A's xid is lower."""
+    """A inserts for room r first (lower xid, lower id), B second; B commits first. Room r is
+    published B then A: commit order. Neither waits for the other before committing."""
     rec = Recorder()
-    a, b, admin = [await asyncpg.connect(dsn) for _ in range(3)]
+    a, b = [await asyncpg.connect(dsn) for _ in range(2)]
     try:
         async with OutboxConsumer(dsn, rec, **FAST):  # type: ignore[arg-type]
             ta, tb = a.transaction(), b.transaction()
             await ta.start()
             await tb.start()
-            xid_a = int(await a.fetchval("SELECT pg_current_xact_id()::text"))
-            xid_b = int(await b.fetchval("SELECT pg_current_xact_id()::text"))
-            assert xid_a < xid_b
+            await insert_row(a, "r", "e", "A")
             await insert_row(b, "r", "e", "B")
-            a_insert = asyncio.create_task(insert_row(a, "r", "e", "A"))
-            pid_a = a.get_server_pid()
-            for _ in range(2000):
-                if await backend_waiting_on_lock(admin, pid_a):
-                    break
-                await asyncio.sleep(0.005)
-            else:
-                raise AssertionError("A's insert for room r did not wait for B")
-            assert not a_insert.done()
-            # Another room does not wait for r's open transactions.
-            await insert_committed(dsn, [("other", "e", "free")])
-            await until(lambda: rec.room("other") == ["free"])
+            ids = await a.fetch("SELECT id, xid::text FROM smartsocket_outbox")
             await tb.commit()
-            await a_insert
+            await until(lambda: rec.room("r") == ["B"])  # A's open transaction holds nothing up
             await ta.commit()
             await until(lambda: len(rec.room("r")) == 2)
         assert rec.room("r") == ["B", "A"]
+        (a_id, a_xid), = ids  # A sees only its own row
+        assert a_id == 1 and int(a_xid) > 0
     finally:
-        for conn in (a, b, admin):
+        for conn in (a, b):
+            await conn.close()
+
+
+async def test_transactions_over_several_rooms_in_opposite_orders_do_not_deadlock(
+        dsn: str) -> None:
+    rec = Recorder()
+    a, b = [await asyncpg.connect(dsn) for _ in range(2)]
+    try:
+        async with OutboxConsumer(dsn, rec, **FAST):  # type: ignore[arg-type]
+            for _ in range(20):
+                ta, tb = a.transaction(), b.transaction()
+                await ta.start()
+                await tb.start()
+                for room in "xyz":
+                    await insert_row(a, room, "e", "a")
+                for room in "zyx":
+                    await insert_row(b, room, "e", "b")
+                await asyncio.gather(ta.commit(), tb.commit())
+            await until(lambda: len(rec.calls) == 120)
+        for room in "xyz":
+            assert sorted(rec.room(room)) == ["a"] * 20 + ["b"] * 20
+    finally:
+        for conn in (a, b):
             await conn.close()
 
 
 async def test_concurrent_writers_publish_each_room_in_commit_order(dsn: str) -> None:
-    """Many writers race on a few rooms; each writer's per-room counter is only advanced once
-    its transaction committed, so commit order per room is the order of the counter."""
+    """Writers insert their outbox row first and then take their room's counter row (a row
+    lock held to commit): ids follow insert order, counter values follow commit order, and the
+    two often disagree. Each room must be published in counter order."""
     rec = Recorder()
     rooms = ["x", "y", "z"]
-    counters = {room: 0 for room in rooms}
-    committed: dict[str, list[int]] = {room: [] for room in rooms}
+    setup = await asyncpg.connect(dsn)
+    await setup.execute("CREATE TABLE counters (room text PRIMARY KEY, n int NOT NULL)")
+    await setup.executemany("INSERT INTO counters VALUES ($1, 0)", [(r,) for r in rooms])
+    await setup.close()
 
     async def writer(k: int) -> None:
         conn = await asyncpg.connect(dsn)
@@ -147,26 +158,29 @@ async def test_concurrent_writers_publish_each_room_in_commit_order(dsn: str) ->
             for i in range(15):
                 room = rooms[(k + i) % len(rooms)]
                 async with conn.transaction():
-                    await conn.execute("SELECT pg_current_xact_id()")
                     row_id = await conn.fetchval(
                         "INSERT INTO smartsocket_outbox (room, event) VALUES ($1, 'e')"
                         " RETURNING id", room)
-                    # Holding r's order lock: nobody else can insert for r until we commit,
-                    # so the value taken here is this row's place in r's commit order.
-                    seq = counters[room]
-                    counters[room] += 1
-                    await asyncio.sleep(0.001 * ((k * 7 + i) % 3))  # vary the commit times
-                    await conn.execute("UPDATE smartsocket_outbox SET data = to_jsonb($1::int)"
-                                       " WHERE id = $2", seq, row_id)
-                committed[room].append(seq)
+                    await asyncio.sleep(0.001 * ((k * 7 + i) % 3))  # vary the interleaving
+                    n = await conn.fetchval(
+                        "UPDATE counters SET n = n + 1 WHERE room = $1 RETURNING n", room)
+                    await conn.execute("UPDATE smartsocket_outbox SET data ="
+                                       " jsonb_build_object('n', $1::int, 'id', id)"
+                                       " WHERE id = $2", n, row_id)
         finally:
             await conn.close()
 
     async with OutboxConsumer(dsn, rec, **FAST):  # type: ignore[arg-type]
         await asyncio.gather(*(writer(k) for k in range(6)))
         await until(lambda: len(rec.calls) == 90)
+    inversions = 0
     for room in rooms:
-        assert rec.room(room) == sorted(committed[room]) == list(range(counters[room]))
+        published = rec.room(room)
+        assert [d["n"] for d in published] == list(range(1, len(published) + 1))
+        ids = [d["id"] for d in published]
+        inversions += sum(1 for x, y in itertools.pairwise(ids) if x > y)
+    # Commit order differed from id order somewhere (not asserted: it depends on timing).
+    logging.getLogger("test").info("rows published out of id order: %d", inversions)
 
 
 async def test_lost_connection_mid_stream_loses_nothing(dsn: str) -> None:

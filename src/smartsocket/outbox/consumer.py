@@ -47,7 +47,8 @@ Publish = Callable[[str, str, Any], Awaitable[None]]
 # FOR UPDATE is a second fence behind the leader lock: a reader that somehow runs beside the
 # leader waits for its batch and then skips the rows it deleted, instead of publishing them too.
 _SELECT = (
-    "SELECT id, room, event, data::text FROM smartsocket_outbox ORDER BY id LIMIT $1 FOR UPDATE"
+    "SELECT id, room, event, data::text FROM smartsocket_outbox"
+    " ORDER BY seq, id LIMIT $1 FOR UPDATE"
 )
 _DELETE = "DELETE FROM smartsocket_outbox WHERE id = ANY($1::bigint[])"
 
