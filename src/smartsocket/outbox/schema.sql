@@ -20,9 +20,14 @@ DECLARE
     me xid8 := pg_current_xact_id();
     room_key integer;
 BEGIN
-    -- Fires once per row; the first firing seals all of the transaction's rows, later ones find
-    -- none left (a lookup in the partial index). Under SET CONSTRAINTS IMMEDIATE it runs after
-    -- each statement instead, and the locks are then held from that statement to the commit.
+    -- Fires once per row; the first firing seals all of the transaction's rows. The others
+    -- stop at this primary-key lookup: asking the partial index instead would walk the entries
+    -- the first firing's UPDATE left behind, once per row (quadratic in the transaction's
+    -- size). Under SET CONSTRAINTS IMMEDIATE it fires after each statement instead, and the
+    -- locks are then held from that statement to the commit.
+    IF (SELECT o.seq FROM smartsocket_outbox AS o WHERE o.id = NEW.id) IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
     FOR room_key IN
         SELECT DISTINCT hashtext(o.room) FROM smartsocket_outbox AS o
         WHERE o.xid = me AND o.seq IS NULL ORDER BY 1
