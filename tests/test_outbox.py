@@ -302,6 +302,36 @@ def test_encode_row_checks_names_before_the_database() -> None:
     assert "smartsocket_outbox" in schema_sql()
 
 
+async def test_schema_applies_again_and_the_consumer_can_create_it(dsn: str) -> None:
+    from smartsocket.outbox import apply_schema
+
+    await insert_committed(dsn, [("r", "e", "kept")])
+    await apply_schema(dsn)  # the table is left alone, its rows too
+    assert await count_rows(dsn) == 1
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP TABLE smartsocket_outbox")
+    finally:
+        await conn.close()
+    rec = Recorder()
+    async with OutboxConsumer(dsn, rec, create_table=True, **FAST):  # type: ignore[arg-type]
+        await until_table(dsn)
+        await insert_committed(dsn, [("r", "e", "new")])
+        await until(lambda: len(rec.calls) == 1)
+    assert rec.calls == [("r", "e", "new")]
+
+
+async def until_table(dsn: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 20
+    conn = await asyncpg.connect(dsn)
+    try:
+        while not await conn.fetchval("SELECT to_regclass('smartsocket_outbox') IS NOT NULL"):
+            assert asyncio.get_running_loop().time() < deadline, "table not created"
+            await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
 async def test_stop_and_consumer_arguments(dsn: str) -> None:
     with pytest.raises(ValueError):
         OutboxConsumer(dsn, Recorder(), batch_size=0)

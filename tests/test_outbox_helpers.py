@@ -83,11 +83,17 @@ async def test_django_helper(dsn: str) -> None:
                 insert_outbox_row("news", "story", {"title": "rolled back"})
                 raise RuntimeError
             insert_outbox_row("news", "story", "autocommit")
+            with transaction.atomic():  # a savepoint rolled back inside a committed transaction
+                insert_outbox_row("news", "story", "outer")
+                with pytest.raises(RuntimeError), transaction.atomic():
+                    insert_outbox_row("news", "story", "savepoint rolled back")
+                    raise RuntimeError
         finally:
             connections.close_all()
 
     await asyncio.to_thread(write)
-    assert await consume(dsn, 2) == [
+    assert await consume(dsn, 3) == [
         ("news", "story", {"title": "kept"}),
         ("news", "story", "autocommit"),
+        ("news", "story", "outer"),
     ]
