@@ -226,14 +226,21 @@ class OutboxConsumer:
                 if not rows:
                     return
                 done: list[int] = []
-                for row_id, room, event, data in rows:
+                for row_id, room, event, text in rows:
                     problem = row_problem(room, event)
+                    data: Any = None
+                    if problem is None:
+                        try:
+                            data = msgspec.json.decode(text)
+                        except msgspec.DecodeError as exc:  # jsonb's text should always decode
+                            problem = f"data: {exc}"
                     if problem is not None:
+                        # Retrying cannot fix the row, and keeping it would hold up the rest.
                         log.error("outbox: dropping row %d: %s", row_id, problem)
                         self.dropped += 1
                     else:
                         try:
-                            await self._publish(room, event, msgspec.json.decode(data))
+                            await self._publish(room, event, data)
                         except Exception as exc:  # the callable is the application's
                             failure = exc
                             break
