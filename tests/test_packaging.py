@@ -68,6 +68,13 @@ def test_wheel_and_sdist_install_in_a_fresh_venv(tmp_path: Path) -> None:
     result = subprocess.run([python, "-c", "import smartsocket.integrations.aiohttp"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "aiohttp" in result.stderr  # needs smartsocket[aiohttp]
+    # The outbox's migration ships in the wheel; its consumer needs smartsocket[postgres].
+    out = run(python, "-c", "from smartsocket.outbox import schema_sql; "
+                            "print('smartsocket_outbox' in schema_sql())")
+    assert out.strip() == "True"
+    result = subprocess.run([python, "-c", "from smartsocket.outbox import OutboxConsumer"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "asyncpg" in result.stderr
 
 
 @pytest.mark.timeout(600)
