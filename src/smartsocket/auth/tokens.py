@@ -38,24 +38,29 @@ from smartsocket.auth.errors import (
     TokenNotYetValid,
 )
 from smartsocket.auth.jwks import JwksKeys
-from smartsocket.room_patterns import PatternTable, pattern_problem
+from smartsocket.room_patterns import pattern_problem
 
 logger = logging.getLogger("smartsocket.security")
 
 MAX_TOKEN_BYTES = 8192  # checked before any decoding: a bigger "token" costs us nothing
 PERMISSIONS = frozenset({"join", "publish"})
+_JOIN = frozenset({"join"})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class RoomGrants:
-    """The rooms a token grants, and for what. Built from the claim when first asked (most
-    connections never join a granted room in their first second; many never do)."""
+    """The rooms a token grants, and for what. A token holds a handful of patterns: a dict
+    of exact names and a list of prefixes (longest first) answer without building a table."""
 
-    __slots__ = ("_raw", "_table")
+    __slots__ = ("_exact", "_prefixes", "_raw")
 
     def __init__(self, raw: Mapping[str, frozenset[str]]) -> None:
         self._raw = raw
-        self._table: PatternTable[frozenset[str]] | None = None
+        self._exact = {p: perms for p, perms in raw.items() if not p.endswith("*")}
+        self._prefixes = sorted(
+            ((p[:-1], perms) for p, perms in raw.items() if p.endswith("*")),
+            key=lambda item: len(item[0]), reverse=True,
+        )
 
     @classmethod
     def from_claim(cls, value: object) -> RoomGrants:
@@ -64,7 +69,7 @@ class RoomGrants:
         if type(value) is list:
             for pattern in value:
                 _check_grant_pattern(pattern)
-                grants[pattern] = frozenset({"join"})
+                grants[pattern] = _JOIN
         elif type(value) is dict:
             for pattern, perms in value.items():
                 _check_grant_pattern(pattern)
@@ -77,14 +82,17 @@ class RoomGrants:
         return cls(grants)
 
     def allows(self, room: str, permission: str) -> bool:
-        """Whether the most specific grant matching ``room`` includes ``permission``."""
-        if not self._raw:
-            return False
-        table = self._table
-        if table is None:
-            table = self._table = PatternTable(self._raw.items())
-        hit = table.match(room)
-        return hit is not None and permission in hit[1]
+        """Whether the most specific grant matching ``room`` (room_patterns' precedence)
+        includes ``permission``."""
+        perms = self._exact.get(room)
+        if perms is None:
+            for prefix, granted in self._prefixes:
+                if room.startswith(prefix):
+                    perms = granted
+                    break
+            else:
+                return False
+        return permission in perms
 
     def patterns(self) -> Mapping[str, frozenset[str]]:
         return MappingProxyType(dict(self._raw))
