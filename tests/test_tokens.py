@@ -261,12 +261,25 @@ def test_malformed_room_grants(rooms: object) -> None:
 
 @pytest.mark.parametrize("token", [
     "", "a.b", "a.b.c.d", "a.b.c.d.e", "!!!.e30.", "e30.e30.sig=", "Zm9v.e30.", "W10.e30.",
-    "é.e30.", "e30.e30.a",
+    "é.e30.", "e30.e30.a", "eyJhbGciOiJIUzI1NiJ9.e30+.abc", "eyJhbGciOiJIUzI1NiJ9.e30/.abc",
+    "eyJhbGciOiJIUzI1NiJ9.e30=.abc", "eyJhbGciOiJIUzI1NiJ9.e30.a b",
 ])
 def test_malformed(token: str) -> None:
     with pytest.raises(TokenError) as info:
         hs().verify(token)
     assert info.value.code in (Code.INVALID, Code.ALGORITHM)
+
+
+def test_standard_base64_alphabet_refused() -> None:
+    # The same bytes in base64 with "+" or "/" instead of base64url's "-" and "_": refused,
+    # so one token has one spelling.
+    token = sign(claims(note="\u00ff\u00ff\u00ff?>>"))
+    head, body, sig = token.split(".")
+    assert "-" in body + sig or "_" in body + sig
+    hs().verify(token)
+    table = str.maketrans("-_", "+/")
+    swapped = f"{head}.{body.translate(table)}.{sig.translate(table)}"
+    refused(hs(), swapped, Code.INVALID)
 
 
 def test_oversized_token_refused_before_any_work() -> None:

@@ -15,7 +15,7 @@ key as the secret finds no key that verifies it (the classic key-confusion attac
 from __future__ import annotations
 
 import binascii
-import re
+import hmac
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,8 +51,15 @@ if AVAILABLE:
         if name in HMAC_ALGORITHMS or name in RSA_ALGORITHMS or name in _EC_ALGORITHM.values()
     }
 
-_SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")  # base64url without padding (RFC 7515 2)
+# base64url (RFC 7515 2, RFC 4648 5) to base64 in one pass: "-" and "_" become "+" and "/",
+# while a "+", "/" or "=" in the input becomes "*", which strict decoding then refuses.
+_TO_BASE64 = bytes.maketrans(b"-_+/=", b"+/***")
 _decode_json = msgspec.json.Decoder().decode
+_HMAC_DIGEST = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
+# Tokens from one issuer share a few headers: parse each once. Bounded (cleared when full),
+# since anyone can send headers.
+_HEADERS: dict[bytes, tuple[dict[str, Any], str, str | None]] = {}
+_HEADER_CACHE_SIZE = 256
 
 
 def require() -> None:
@@ -75,6 +82,10 @@ class VerifyKey:
     def verify(self, alg: str, signing_input: bytes, signature: bytes) -> bool:
         if alg not in self.algorithms:  # the binding: never verify with another key type
             return False
+        digest = _HMAC_DIGEST.get(alg)
+        if digest is not None:
+            # The stdlib's one-shot HMAC (in C) over PyJWT's hmac.new(): ~2 µs less per verify.
+            return hmac.compare_digest(hmac.digest(self._key, signing_input, digest), signature)
         return bool(_ALGORITHMS[alg].verify(signing_input, self._key, signature))
 
     def __repr__(self) -> str:
@@ -175,20 +186,13 @@ class Compact:
         parts = raw.split(b".")
         if len(parts) != 3:  # RFC 7515 7.1; five parts would be a JWE, which we do not take
             raise TokenInvalid("not a JWS in compact form (three dot-separated parts)")
-        header = _json_object(_b64(parts[0], "header"), "header")
-        alg = header.get("alg")
-        if type(alg) is not str:
-            raise TokenInvalid("header has no alg", TokenErrorCode.ALGORITHM)
-        kid = header.get("kid")
-        if kid is not None and type(kid) is not str:
-            raise TokenInvalid("header kid is not a string")
-        # RFC 7515 4.1.11: extensions listed in crit MUST be understood; we understand none.
-        # b64 (RFC 7797, unencoded payloads) is such an extension.
-        if "crit" in header or "b64" in header:
-            raise TokenInvalid("header uses an extension (crit, b64) this server does not take")
-        self.header = header
-        self.alg = alg
-        self.kid: str | None = kid
+        cached = _HEADERS.get(parts[0])
+        if cached is None:
+            cached = _read_header(parts[0])
+            if len(_HEADERS) >= _HEADER_CACHE_SIZE:
+                _HEADERS.clear()
+            _HEADERS[parts[0]] = cached
+        self.header, self.alg, self.kid = cached
         self.signing_input = parts[0] + b"." + parts[1]
         self.payload = parts[1]
         self.signature = _b64(parts[2], "signature")
@@ -199,13 +203,26 @@ class Compact:
         return _json_object(_b64(self.payload, "payload"), "payload")
 
 
+def _read_header(segment: bytes) -> tuple[dict[str, Any], str, str | None]:
+    header = _json_object(_b64(segment, "header"), "header")
+    alg = header.get("alg")
+    if type(alg) is not str:
+        raise TokenInvalid("header has no alg", TokenErrorCode.ALGORITHM)
+    kid = header.get("kid")
+    if kid is not None and type(kid) is not str:
+        raise TokenInvalid("header kid is not a string")
+    # RFC 7515 4.1.11: extensions listed in crit MUST be understood; we understand none.
+    # b64 (RFC 7797, unencoded payloads) is such an extension.
+    if "crit" in header or "b64" in header:
+        raise TokenInvalid("header uses an extension (crit, b64) this server does not take")
+    return header, alg, kid
+
+
 def _b64(segment: bytes, what: str) -> bytes:
-    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
-        raise TokenInvalid(f"{what} is not base64url")
     try:
+        # strict_mode: no characters outside the alphabet, no misplaced padding.
         return binascii.a2b_base64(
-            segment.replace(b"-", b"+").replace(b"_", b"/") + b"=" * (-len(segment) % 4),
-            strict_mode=True,
+            segment.translate(_TO_BASE64) + b"=" * (-len(segment) % 4), strict_mode=True
         )
     except binascii.Error:
         raise TokenInvalid(f"{what} is not base64url") from None
