@@ -8,9 +8,10 @@ connection token (sub, iat, exp, aud, iss, a rooms claim) and reports the median
 ``--repeat`` runs of ``--number`` verifies, in µs per verify. For scale it also times PyJWT's
 own ``jwt.decode`` with the same key (what an app calling PyJWT directly would pay), the API
 key check the server does today (``ApiKeys.identify``), and a failed verify (bad signature,
-what an attacker's junk costs). Single process, one core (``--cpu``, default 1, pins it). Times are this process's CPU
-time (``time.process_time_ns``), so other work on a shared machine inflates them less than
-wall-clock time would (caches and frequency still suffer: compare rows of one run).
+what an attacker's junk costs). Single process, one core (``--cpu``, default 1, pins it).
+Times are this process's CPU time (``time.process_time_ns``), so other work on a shared
+machine inflates them less than wall-clock time would (caches and frequency still suffer:
+compare rows of one run). bench/jwt_connects.py measures whole connects end to end.
 
 The issue's target: 10,000 JWT-authenticated connects no slower than 1.2x as many with API
 keys. A connect costs the server ~250 µs of CPU (bench/RESULTS.md: 2,000 handshakes ~0.5 s),
