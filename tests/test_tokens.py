@@ -470,6 +470,11 @@ async def test_jwks_file_rotation_on_disk(tmp_path: Path) -> None:
     clock.advance(100)
     assert (await verifier.verify_async(rs("k1"))).key_id == "k1"  # cached, not stale yet
     clock.advance(600)
+    # Stale: this verify is served from the cache (a slow key server never holds up a
+    # connect) and starts the reload in the background.
+    assert (await verifier.verify_async(rs("k1", exp=NOW + 10_000))).key_id == "k1"
+    assert verifier.jwks is not None
+    await verifier.jwks.wait_for_refresh()
     with pytest.raises(TokenError) as info:
         await verifier.verify_async(rs("k1"))
     assert info.value.code == Code.UNKNOWN_KEY
@@ -608,7 +613,10 @@ async def test_jwks_url_failure_keeps_the_keys(jwks_server: JwksServer) -> None:
     jwks_server.status = 500
     clock.advance(700)  # stale: a refresh is attempted, fails, the keys stay
     assert (await verifier.verify_async(rs("k1", exp=NOW + 10_000))).user == "ann"
+    assert verifier.jwks is not None
+    await verifier.jwks.wait_for_refresh()
     assert jwks_server.hits == 2
+    assert (await verifier.verify_async(rs("k1", exp=NOW + 10_000))).user == "ann"
     jwks_server.status = 200
     jwks_server.body = b"<html>not json</html>"
     clock.advance(700)
@@ -658,3 +666,28 @@ def test_plain_http_jwks_is_warned_about(caplog: pytest.LogCaptureFixture) -> No
     caplog.clear()
     JwksKeys("http://127.0.0.1:9/jwks.json")
     assert "plain http" not in caplog.text
+
+
+def test_grants_most_specific_pattern_wins() -> None:
+    grants = hs().verify(sign(claims(rooms={"chat:*": ["join"], "chat:vip:*": ["publish"],
+                                            "chat:vip:x": ["join", "publish"]}))).grants
+    assert grants.allows("chat:a", "join") and not grants.allows("chat:a", "publish")
+    assert grants.allows("chat:vip:a", "publish") and not grants.allows("chat:vip:a", "join")
+    assert grants.allows("chat:vip:x", "join") and grants.allows("chat:vip:x", "publish")
+    assert dict(grants.patterns())["chat:*"] == {"join"}
+
+
+def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smartsocket.auth import jws
+    from smartsocket.errors import MissingDependency
+
+    monkeypatch.setattr(jws, "AVAILABLE", False)
+    with pytest.raises(MissingDependency, match=r"smartsocket\[jwt\]"):
+        TokenVerifier(secret=SECRET)
+
+
+def test_public_names() -> None:
+    import smartsocket.auth as auth
+
+    assert auth.__all__ == sorted(auth.__all__)
+    assert all(hasattr(auth, name) for name in auth.__all__)

@@ -112,6 +112,7 @@ class JwksKeys:
         self._loaded_at: float | None = None  # last successful load
         self._tried_at: float | None = None  # last attempt, successful or not
         self._inflight: asyncio.Future[bool] | None = None
+        self._background: asyncio.Task[bool] | None = None
         self.algorithms: frozenset[str] = frozenset()
 
     @property
@@ -145,6 +146,21 @@ class JwksKeys:
         except OSError as exc:
             return self._failed(KeySetError(f"{self.source}: {exc.strerror or exc}"))
         return self._install(data)
+
+    def refresh_soon(self) -> None:
+        """Start a refresh in the background unless one runs or the rate limit says no."""
+        if self._inflight is not None or not self.may_refresh():
+            return
+        if self._background is not None and not self._background.done():
+            return
+        # Keep a reference: the event loop holds tasks only weakly.
+        self._background = asyncio.get_running_loop().create_task(self.refresh())
+
+    async def wait_for_refresh(self) -> None:
+        """Wait until a background refresh, if any, is over (tests; shutdown)."""
+        task = self._background
+        if task is not None:
+            await asyncio.shield(task)
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload the set unless rate-limited; True if new keys were installed. Concurrent

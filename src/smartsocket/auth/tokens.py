@@ -218,6 +218,11 @@ class TokenVerifier:
         return cls(secret=jwt_secret, public_key=public_key, jwks=jwks, audience=audience,
                    issuer=jwt_issuer, leeway=jwt_leeway, clock=clock)
 
+    @property
+    def jwks(self) -> JwksKeys | None:
+        """The key set, when keys come from a JWKS."""
+        return self._jwks
+
     async def start(self) -> None:
         """Load a JWKS URL before the first token (a failure is logged; verifies then fail
         with ``token_keys_unavailable`` until a refresh succeeds)."""
@@ -246,8 +251,10 @@ class TokenVerifier:
         if raw is not None:
             grants = RoomGrants.from_claim(raw)
         iat = claims.get("iat")
+        exp = claims.get("exp")
         return TokenClaims(
-            user=user, expires=claims.get("exp"), issued_at=iat, grants=grants,
+            user=user, expires=None if exp is None else float(exp),
+            issued_at=None if iat is None else float(iat), grants=grants,
             claims=MappingProxyType(claims), key_id=compact.kid, algorithm=compact.alg,
         )
 
@@ -283,7 +290,9 @@ class TokenVerifier:
                                TokenErrorCode.WRONG_ROOM)
         if sub != user:  # a token minted for someone else, replayed on this connection
             raise TokenInvalid("the token was issued to another user", TokenErrorCode.WRONG_ROOM)
-        return SubscriptionClaims(user=sub, room=granted, expires=claims.get("exp"),
+        exp = claims.get("exp")
+        return SubscriptionClaims(user=sub, room=granted,
+                                  expires=None if exp is None else float(exp),
                                   claims=MappingProxyType(claims))
 
     # --- shared steps
@@ -296,9 +305,13 @@ class TokenVerifier:
         compact = jws.Compact(token, self.max_token_bytes)
         jwks = self._jwks
         if jwks is not None:
-            if jwks.stale() and jwks.may_refresh():
-                await jwks.refresh()  # a removed key must stop working within max_age
-            elif jwks.find(compact.kid) is None and compact.alg in jws.ASYMMETRIC_ALGORITHMS:
+            known = jwks.find(compact.kid) is not None
+            if known and jwks.stale():
+                # Old keys still verify while the set reloads in the background: a slow JWKS
+                # endpoint never holds up connects. A key removed from the set stops working
+                # max_age after the last load, plus that one refresh.
+                jwks.refresh_soon()
+            elif not known and compact.alg in jws.ASYMMETRIC_ALGORITHMS:
                 # A kid we do not hold: maybe the issuer rotated keys. Rate-limited inside
                 # (and "none" or HS* tokens, which no key set can verify, fetch nothing).
                 await jwks.refresh()
