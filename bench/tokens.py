@@ -8,10 +8,12 @@ connection token (sub, iat, exp, aud, iss, a rooms claim) and reports the median
 ``--repeat`` runs of ``--number`` verifies, in µs per verify. For scale it also times PyJWT's
 own ``jwt.decode`` with the same key (what an app calling PyJWT directly would pay), the API
 key check the server does today (``ApiKeys.identify``), and a failed verify (bad signature,
-what an attacker's junk costs). Single process, one core (``--cpu``, default 1, pins it).
-Times are this process's CPU time (``time.process_time_ns``), so other work on a shared
-machine inflates them less than wall-clock time would (caches and frequency still suffer:
-compare rows of one run). bench/jwt_connects.py measures whole connects end to end.
+what an attacker's junk costs), and the same token verified again (a client reconnecting
+with the token it had: the verdict cache skips the signature). Single process, one core
+(``--cpu``, default 1, pins it). Times are this process's CPU time
+(``time.process_time_ns``), so other work on a shared machine inflates them less than
+wall-clock time would (caches and frequency still suffer: compare rows of one run).
+bench/jwt_connects.py measures whole connects end to end.
 
 The issue's target: 10,000 JWT-authenticated connects no slower than 1.2x as many with API
 keys. A connect costs the server ~250 µs of CPU (bench/RESULTS.md: 2,000 handshakes ~0.5 s),
@@ -80,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     jwks = JwksKeys(jwks_path)
     jwks.load_file()
 
-    cases: list[tuple[str, TokenVerifier, str, Any, str]] = [
-        ("HS256", TokenVerifier(secret=SECRET, **options),
-         jwt.encode(payload, SECRET, "HS256"), SECRET, "HS256"),
-        ("RS256", TokenVerifier(public_key=pem(rsa_key), **options),
-         jwt.encode(payload, rsa_key, "RS256"), rsa_key.public_key(), "RS256"),
-        ("ES256", TokenVerifier(public_key=pem(ec_key), **options),
-         jwt.encode(payload, ec_key, "ES256"), ec_key.public_key(), "ES256"),
-        ("RS256 via JWKS kid", TokenVerifier(jwks=jwks, **options),
+    # (name, key source of the verifier, token, the key PyJWT would be given, alg)
+    cases: list[tuple[str, dict[str, Any], str, Any, str]] = [
+        ("HS256", {"secret": SECRET}, jwt.encode(payload, SECRET, "HS256"), SECRET, "HS256"),
+        ("RS256", {"public_key": pem(rsa_key)}, jwt.encode(payload, rsa_key, "RS256"),
+         rsa_key.public_key(), "RS256"),
+        ("ES256", {"public_key": pem(ec_key)}, jwt.encode(payload, ec_key, "ES256"),
+         ec_key.public_key(), "ES256"),
+        ("RS256 via JWKS kid", {"jwks": jwks},
          jwt.encode(payload, rsa_key, "RS256", headers={"kid": "k1"}), None, "RS256"),
     ]
     api_keys = ApiKeys("key-one-0123456789,key-two-0123456789")
@@ -96,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{'share of a connect':>19}")
     print(f"{'API key (today)':<28} {api_us:>10.1f} {'':>13} {'':>9} "
           f"{api_us / CONNECT_CPU_US:>18.0%}")
-    for name, verifier, token, key, alg in cases:
+    for name, source, token, key, alg in cases:
+        # Distinct tokens (a storm of different users): no verdict cache.
+        verifier = TokenVerifier(**source, **options, verified_cache_size=0)
         verifier.verify(token)
         ours = timed(lambda v=verifier, t=token: v.verify(t), args.number, args.repeat)
         pyjwt = "-"
@@ -117,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         extra = (ours - api_us) / CONNECT_CPU_US
         print(f"{name:<28} {ours:>10.1f} {pyjwt:>13} {bad_us:>9.1f} "
               f"{ours / CONNECT_CPU_US:>18.0%}  (connects x{1 + extra:.2f})")
+        cached = TokenVerifier(**source, **options)
+        cached.verify(token)
+        again = timed(lambda v=cached, t=token: v.verify(t), args.number, args.repeat)
+        print(f"{'  same token again (cached)':<28} {again:>10.1f} {'':>13} {'':>9} "
+              f"{again / CONNECT_CPU_US:>18.0%}")
     print(f"\n(A connect costs ~{CONNECT_CPU_US:.0f} µs of server CPU; target: JWT connects "
           "<= 1.2x API-key connects, i.e. <= ~50 µs added per verify.)")
     os.unlink(jwks_path)

@@ -691,3 +691,50 @@ def test_public_names() -> None:
 
     assert auth.__all__ == sorted(auth.__all__)
     assert all(hasattr(auth, name) for name in auth.__all__)
+
+
+def test_a_verified_signature_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smartsocket.auth import jws
+
+    calls: list[str] = []
+    original = jws.VerifyKey.verify
+
+    def counting(self: jws.VerifyKey, alg: str, signing_input: bytes, sig: bytes) -> bool:
+        calls.append(alg)
+        return original(self, alg, signing_input, sig)
+
+    monkeypatch.setattr(jws.VerifyKey, "verify", counting)
+    clock = FakeClock()
+    verifier = TokenVerifier(public_key=public_pem(rsa_key("a")), clock=clock)
+    token = rs(None, exp=NOW + 60)
+    for _ in range(3):
+        assert verifier.verify(token).user == "ann"
+    assert len(calls) == 1  # a reconnect with the same token: no second RSA verify
+    clock.advance(120)
+    refused(verifier, token, Code.EXPIRED)  # the claims are checked every time
+    head, body, sig = token.split(".")
+    forged = f"{head}.{body}.{sig[:-4]}AAAA"
+    for _ in range(2):
+        refused(verifier, forged, Code.INVALID)
+    assert len(calls) == 3  # refusals are never cached
+    uncached = TokenVerifier(public_key=public_pem(rsa_key("a")), clock=FakeClock(),
+                             verified_cache_size=0)
+    uncached.verify(token)
+    uncached.verify(token)
+    assert len(calls) == 5
+
+
+async def test_a_key_replaced_under_the_same_kid_drops_cached_verdicts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "jwks.json"
+    path.write_bytes(jwks(jwk(rsa_key("a"), "k1")))
+    verifier = jwks_verifier(str(path), clock)
+    token = rs("k1", exp=NOW + 10_000)
+    assert verifier.verify(token).user == "ann"  # verified, and cached
+    path.write_bytes(jwks(jwk(rsa_key("b"), "k1")))  # k1 now means another key
+    clock.advance(700)
+    await verifier.verify_async(token)  # stale: served, reload started
+    assert verifier.jwks is not None
+    await verifier.jwks.wait_for_refresh()
+    refused(verifier, token, Code.INVALID)
+    assert verifier.verify(rs("k1", "b", exp=NOW + 10_000)).user == "ann"

@@ -114,6 +114,7 @@ class JwksKeys:
         self._inflight: asyncio.Future[bool] | None = None
         self._background: asyncio.Task[bool] | None = None
         self.algorithms: frozenset[str] = frozenset()
+        self.generation = 0  # bumped whenever the keys change: caches of verdicts reset
 
     @property
     def loaded(self) -> bool:
@@ -199,6 +200,7 @@ class JwksKeys:
         self._keys = keys
         self._loaded_at = self._monotonic()
         self.algorithms = frozenset().union(*(k.algorithms for k in keys.values()))
+        self.generation += 1
         if set(keys) != old:
             logger.info("JWKS %s: keys %s", self.source, sorted(map(str, keys)))
         return True

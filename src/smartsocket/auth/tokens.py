@@ -22,6 +22,7 @@ room (an exact name) to its ``sub`` (which must be the connection's user), until
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -158,6 +159,7 @@ class TokenVerifier:
         leeway: float = 5.0,
         require_exp: bool = True,
         rooms_claim: str = "rooms",
+        verified_cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         jws.require()
@@ -184,6 +186,13 @@ class TokenVerifier:
         self.rooms_claim = rooms_claim
         self.clock = clock
         self.max_token_bytes = MAX_TOKEN_BYTES
+        # Signatures already verified (a 16-byte digest of signing input and signature): a
+        # client that reconnects with the token it had (a server restart, a network blip)
+        # costs no second RSA/ECDSA verify. Only the signature check is skipped: the claims
+        # (exp...) are checked every time. Cleared when full and when the key set changes.
+        self._verified_cache: dict[bytes, None] = {}
+        self._verified_cache_size = verified_cache_size
+        self._cache_generation = 0
 
     @classmethod
     def from_options(
@@ -336,7 +345,21 @@ class TokenVerifier:
         return key
 
     def _verified(self, compact: jws.Compact, key: jws.VerifyKey) -> dict[str, Any]:
-        if not key.verify(compact.alg, compact.signing_input, compact.signature):
+        cache = self._verified_cache
+        if self._verified_cache_size:
+            if self._jwks is not None and self._jwks.generation != self._cache_generation:
+                cache.clear()  # a key may have been withdrawn
+                self._cache_generation = self._jwks.generation
+            digest = hashlib.blake2b(compact.signing_input, digest_size=16)
+            digest.update(compact.signature)
+            seen = digest.digest()
+            if seen not in cache:
+                if not key.verify(compact.alg, compact.signing_input, compact.signature):
+                    raise TokenInvalid("signature does not verify")
+                if len(cache) >= self._verified_cache_size:
+                    cache.clear()
+                cache[seen] = None
+        elif not key.verify(compact.alg, compact.signing_input, compact.signature):
             raise TokenInvalid("signature does not verify")
         claims = compact.claims()
         self._check_claims(claims)
