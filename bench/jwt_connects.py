@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -100,7 +101,8 @@ async def connect_all(port: int, tokens: list[str], concurrency: int = 64) -> in
     return failures
 
 
-def make_tokens(mode: str, count: int, keys: dict[str, Any]) -> list[str]:
+def make_tokens(mode: str, count: int, keys: dict[str, Any], prefix: str = "user"
+                ) -> list[str]:
     import jwt
 
     if mode == "none":
@@ -110,7 +112,7 @@ def make_tokens(mode: str, count: int, keys: dict[str, Any]) -> list[str]:
     exp = int(time.time()) + 3600
     key, alg = {"hs256": (SECRET, "HS256"), "rs256": (keys["rsa"], "RS256"),
                 "es256": (keys["ec"], "ES256")}[mode]
-    return [jwt.encode({"sub": f"user-{i}", "exp": exp, "iat": exp - 3600,
+    return [jwt.encode({"sub": f"{prefix}-{i}", "exp": exp, "iat": exp - 3600,
                         "rooms": ["chat:lobby"]}, key, alg) for i in range(count)]
 
 
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connects", type=int, default=5000)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the modes this many times, alternating; medians reported")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--keyfile", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -132,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     keys: dict[str, Any] = {"rsa": rsa.generate_private_key(public_exponent=65537,
                                                             key_size=2048),
                             "ec": ec.generate_private_key(ec.SECP256R1())}
-    results: dict[str, float] = {}
-    for mode in args.modes.split(","):
+    samples: dict[str, list[float]] = {}
+    for mode in [m for _ in range(args.rounds) for m in args.modes.split(",")]:
         keyfile = None
         if mode in ("rs256", "es256"):
             keyfile = f"/tmp/bench-jwt-connects-{os.getpid()}.pem"
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             assert proc.stdout is not None
             port = int(proc.stdout.readline())
-            warm = make_tokens(mode, 300, keys)
+            warm = make_tokens(mode, 300, keys, "warm")  # other users: no verdict cache hits
             tokens = make_tokens(mode, args.connects, keys)
             asyncio.run(connect_all(port, warm))
             time.sleep(0.5)
@@ -163,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait()
             if keyfile:
                 os.unlink(keyfile)
-        results[mode] = used / args.connects * 1e6
-        print(f"{mode:<8} server CPU {results[mode]:7.1f} µs/connect   wall "
+        samples.setdefault(mode, []).append(used / args.connects * 1e6)
+        print(f"{mode:<8} server CPU {samples[mode][-1]:7.1f} µs/connect   wall "
               f"{args.connects / wall:8.0f} connects/s   failures {failures}", flush=True)
+    results = {mode: statistics.median(values) for mode, values in samples.items()}
+    if args.rounds > 1:
+        print("\nmedians: " + ", ".join(f"{m} {v:.0f} µs" for m, v in results.items()))
     if "apikey" in results:
         base = results["apikey"]
         print("\nvs API keys: " + ", ".join(f"{m} x{v / base:.2f}" for m, v in results.items()))
