@@ -209,3 +209,17 @@ def test_error_is_a_config_error() -> None:
     from smartsocket.errors import ConfigError
 
     assert isinstance(error("prot = 1"), ConfigError)
+
+
+def test_layers_defaults_file_env_flags() -> None:
+    from smartsocket.config_file import layered
+
+    loaded = parse("port = 9000\nhost = '127.0.0.1'\nping_interval = 5\njwt_leeway = 2")
+    env = {"SMARTSOCKET_PORT": "9001", "SMARTSOCKET_MAX_CONNECTIONS": "7"}
+    options = layered(loaded, env, {"max_connections": 8})
+    config = Config(**options)
+    assert config.port == 9001  # env over file
+    assert config.host == "127.0.0.1" and config.ping_interval == 5.0  # file over defaults
+    assert config.max_connections == 8  # flags over env
+    assert "jwt_leeway" not in options  # not a Config field yet
+    assert Config(**layered(None, {})) == Config()

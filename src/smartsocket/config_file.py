@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from smartsocket.config import Config, field_type, option_fields
+from smartsocket.config import Config, env_values, field_type, option_fields
 from smartsocket.errors import ConfigError
 from smartsocket.policies import Join, Publish, RoomPolicies, RoomPolicy
 from smartsocket.room_patterns import pattern_problem
@@ -99,6 +99,17 @@ class ConfigFile:
         """The room policies, with ``rooms_deny_by_default`` from the file."""
         kwargs.setdefault("deny_by_default", self.options.get("rooms_deny_by_default", False))
         return RoomPolicies(self.rooms, **kwargs)
+
+
+def layered(file: ConfigFile | None, environ: Mapping[str, str],
+            flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options of defaults < ``file`` < env vars < ``flags``, for ``Config(**options)``
+    (what ``smartsocket serve --config FILE`` will do). Env vars are read for the options
+    ``Config`` has; the new ones join when config.py gains their fields."""
+    options = dict(file.config_options()) if file is not None else {}
+    options.update(env_values(environ))
+    options.update(flags or {})
+    return options
 
 
 def load(path: str | Path) -> ConfigFile:
