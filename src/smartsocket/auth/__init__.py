@@ -13,6 +13,7 @@ from smartsocket.auth.errors import (
     TokenNotYetValid,
 )
 from smartsocket.auth.jwks import JwksKeys
+from smartsocket.auth.refresh import check_refresh, close_after, refresh_at
 from smartsocket.auth.tokens import RoomGrants, SubscriptionClaims, TokenClaims, TokenVerifier
 
 __all__ = [
@@ -26,4 +27,7 @@ __all__ = [
     "TokenInvalid",
     "TokenNotYetValid",
     "TokenVerifier",
+    "check_refresh",
+    "close_after",
+    "refresh_at",
 ]

@@ -28,6 +28,7 @@ class TokenErrorCode(StrEnum):
     KEYS_UNAVAILABLE = "token_keys_unavailable"  # the JWKS could not be loaded (our fault)
     WRONG_KIND = "token_wrong_kind"  # a subscription token used to connect, or the reverse
     WRONG_ROOM = "token_wrong_room"  # a subscription token for another room or user
+    USER_CHANGED = "token_user_changed"  # a $refresh with a token for another user
 
 
 class TokenError(AuthError):
