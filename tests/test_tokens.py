@@ -655,7 +655,7 @@ def test_jwks_oversized_response_refused(monkeypatch: pytest.MonkeyPatch) -> Non
         def __exit__(self, *args: object) -> None:
             return None
 
-    monkeypatch.setattr(jwks_module.urllib.request, "urlopen", lambda *a, **k: Response())
+    monkeypatch.setattr(jwks_module._OPENER, "open", lambda *a, **k: Response())
     with pytest.raises(KeySetError, match="larger than"):
         jwks_module.fetch_url("https://keys.example.com/jwks", 1.0, max_bytes=100)
 
@@ -738,3 +738,17 @@ async def test_a_key_replaced_under_the_same_kid_drops_cached_verdicts(tmp_path:
     await verifier.jwks.wait_for_refresh()
     refused(verifier, token, Code.INVALID)
     assert verifier.verify(rs("k1", "b", exp=NOW + 10_000)).user == "ann"
+
+
+def test_jwks_redirect_from_https_to_http_refused() -> None:
+    import urllib.request
+
+    from smartsocket.auth.jwks import _NoDowngrade
+
+    handler = _NoDowngrade()
+    request = urllib.request.Request("https://login.example.com/jwks.json")
+    with pytest.raises(KeySetError, match="not https"):
+        handler.redirect_request(request, None, 302, "Found", {}, "http://evil.example.com/k")
+    followed = handler.redirect_request(request, None, 302, "Found", {},
+                                        "https://cdn.example.com/jwks.json")
+    assert followed is not None and followed.full_url == "https://cdn.example.com/jwks.json"

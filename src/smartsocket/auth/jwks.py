@@ -66,11 +66,25 @@ def parse_jwks(data: bytes, origin: str) -> dict[str | None, jws.VerifyKey]:
     return keys
 
 
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never from https to http: keys fetched over TLS must not be
+    substituted by whoever sits on a plain-text hop."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        if urlsplit(req.full_url).scheme == "https" and urlsplit(newurl).scheme != "https":
+            raise KeySetError(f"{req.full_url}: redirected to {newurl}, not https: refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_NoDowngrade())
+
+
 def fetch_url(url: str, timeout: float, max_bytes: int = MAX_JWKS_BYTES) -> bytes:
     """GET ``url`` (blocking: run it in a thread). Raises KeySetError."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             if response.status != 200:
                 raise KeySetError(f"{url}: HTTP {response.status}")
             body: bytes = response.read(max_bytes + 1)
