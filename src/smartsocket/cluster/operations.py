@@ -7,7 +7,6 @@ remote socket (send, call, join, leave, disconnect) goes straight to its node's 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,7 +19,7 @@ from smartsocket.security import LimitExceeded
 
 if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
-    from smartsocket.server.socket import Socket
+    from smartsocket.cluster.ports import LocalSocket
 
 _RECORDS = msgspec.msgpack.Decoder(list[tuple[str, list[str], dict[str, Any]]])
 
@@ -46,7 +45,7 @@ class Operations:
         return node
 
     def send(self, sid: str, event: str, data: Any, binary: bool | None) -> bool:
-        socket = self.node.server._sockets.get(sid)
+        socket = self.node.local.socket(sid)
         if socket is not None:
             socket.send(event, data, binary=binary)
             return True
@@ -66,7 +65,7 @@ class Operations:
         reason: str = "", timeout: float = 2.0,
     ) -> bool:
         """join / leave / disconnect a socket anywhere; False if there is no such socket."""
-        socket = self.node.server._sockets.get(sid)
+        socket = self.node.local.socket(sid)
         if socket is not None:
             return operate_local(socket, kind, room, code, reason)
         try:
@@ -84,7 +83,7 @@ class Operations:
     async def call(
         self, sid: str, event: str, data: Any, timeout: float | None, binary: bool | None
     ) -> Any:
-        socket = self.node.server._sockets.get(sid)
+        socket = self.node.local.socket(sid)
         if socket is not None:
             return await socket.call(event, data, timeout=timeout, binary=binary)
         try:
@@ -93,7 +92,7 @@ class Operations:
             raise ConnectionClosed(None, f"no socket {sid!r}") from None
         check_event(event)
         if timeout is None:
-            timeout = self.node.server.config.message_timeout
+            timeout = self.node.message_timeout
         query = m.Query(
             0, "call", sid=sid, event=event, data=m.pack(data),
             binary=bool(binary) if binary is not None else envelope.needs_binary(data),
@@ -132,11 +131,7 @@ class Operations:
         return records
 
     def local_records(self, room: str | None) -> list[tuple[str, list[str], dict[str, Any]]]:
-        server = self.node.server
-        sockets: Iterable[Socket] = (
-            server._sockets.values() if room is None else server._registry.members(room)
-        )
-        return [(s.id, sorted(s._rooms), s.presence) for s in sockets]
+        return [(s.id, sorted(s.rooms), s.presence) for s in self.node.local.members(room)]
 
     # answering
 
@@ -152,17 +147,16 @@ class Operations:
         if kind in ("moved", "gone"):
             self._moved(sender, kind, sid)
             return
-        socket = self.node.server._sockets.get(sid)
+        if kind == "send":
+            if query.data is None:
+                if self.node.local.socket(sid) is None:
+                    self._not_here(src, query)
+            elif not self.node.local.send_direct(sid, query.data, query.binary):
+                self._not_here(src, query)
+            return
+        socket = self.node.local.socket(sid)
         if socket is None:
             self._not_here(src, query)
-            return
-        if kind == "send":
-            if query.data is not None:
-                data = query.data
-                recovery = self.node.server._recovery
-                if socket._rec is not None and recovery is not None:  # numbered and logged
-                    data = recovery.direct_payload(socket._rec, data, query.binary)
-                socket._send_payload(data, query.binary)
             return
         if kind == "call":
             self.node.spawn(self._remote_call(src, query, socket))
@@ -193,17 +187,16 @@ class Operations:
             forwarded = msgspec.structs.replace(query, reply_to=src)
             self.node.publish(self.node.inbox(target), forwarded)
             return
-        recovery = self.node.server._recovery
         if (
-            query.kind == "send" and query.data is not None and recovery is not None
-            and recovery.send_held(sid, query.data, query.binary)
+            query.kind == "send" and query.data is not None
+            and self.node.local.send_held(sid, query.data, query.binary)
         ):
             return
         if query.want_reply:
             self.node.requests.reply(src, query.id, ok=False, error="no_socket",
                                      message=f"no socket {sid!r}")
 
-    async def _remote_call(self, src: str, query: m.Query, socket: Socket) -> None:
+    async def _remote_call(self, src: str, query: m.Query, socket: LocalSocket) -> None:
         reply = self.node.requests.reply
         try:
             result = await socket.call(
@@ -231,7 +224,7 @@ class _NoSocket(LookupError):
     pass
 
 
-def operate_local(socket: Socket, kind: str, room: str | None, code: int, reason: str) -> bool:
+def operate_local(socket: LocalSocket, kind: str, room: str | None, code: int, reason: str) -> bool:
     if kind == "join":
         socket.join(room or "")
     elif kind == "leave":

@@ -11,12 +11,12 @@ import signal
 import ssl
 import time
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from smartsocket import compression, prometheus
+from smartsocket import compression
 from smartsocket.cluster.api import ClusterAPI
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
@@ -28,19 +28,20 @@ from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import Event
 from smartsocket.protocol.names import check_event
 from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
-from smartsocket.server import http, live
+from smartsocket.server import http, live, prometheus
 from smartsocket.server.admission import Admission
 from smartsocket.server.dispatch import EventDispatch
+from smartsocket.server.fanout import Exclude, Fanout, count_members, exclude_ids, skip_set
+from smartsocket.server.local import LocalSide
 from smartsocket.server.recovery import Recovery
 from smartsocket.server.resume import SessionResume
 from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
-from smartsocket.server.socket import OWN, PLAIN, Socket
+from smartsocket.server.socket import Socket
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
     HandshakeRequest,
     HttpResponse,
-    build_frame,
     create_server,
 )
 
@@ -53,7 +54,6 @@ _FINAL_CLOSES = frozenset(
     {CloseCode.NORMAL, CloseCode.KICKED, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED,
      CloseCode.POLICY_VIOLATION}
 )
-Exclude = Socket | str | Iterable[Socket | str] | None
 
 
 class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
@@ -76,8 +76,13 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         if host is not None:
             options["host"] = host
         self._config = (config or Config()).replace(**options)
-        self._cluster = ClusterNode(self)  # cluster/: cross-node operations, presence
-        self._registry = RoomRegistry(self._cluster)
+        self._sockets: dict[str, Socket] = {}
+        self._registry = RoomRegistry()
+        self._fan = Fanout(self._config, None)  # rebuilt with the config (setter below)
+        # What the cluster may do with this node's sockets (cluster/ports.py).
+        self._local = LocalSide(self._sockets, self._registry, self._fan)
+        self._cluster = ClusterNode(self._local)  # cluster/: cross-node operations, presence
+        self._registry.hook = self._cluster
         self._open: dict[Socket, None] = {}  # every open connection, admitted or not
         self._limit_overrides: dict[str, RateLimit] = {}
         self._admission = Admission(self)
@@ -85,7 +90,6 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         self._room_limits: dict[str, TokenBucket] = {}
         # Rate limits and the error-rate rule read this clock (integer ns; tests inject one).
         self._clock: Callable[[], int] = time.monotonic_ns
-        self._sockets: dict[str, Socket] = {}
         self._handlers: dict[str, list[Handler]] = {}
         self._connection_handlers: list[Handler] = []
         self._message_hooks: list[Handler] = []
@@ -127,6 +131,9 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         # With metrics off the stats keep their shape: counters that never move (zeros).
         self._still_stats = self._stats or Stats()
         self._recovery = Recovery(config) if config.recovery_window else None
+        self._fan = Fanout(config, self._stats)
+        local = self._local
+        local.fanout, local.recovery, local.stats = self._fan, self._recovery, self._stats
         self._default_limit = None
         if config.rate_limit_messages or config.rate_limit_bytes:
             self._default_limit = RateLimit(
@@ -241,103 +248,48 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         self, members: Mapping[Socket, SendFrame], event: str, data: Any,
         exclude: Exclude, binary: bool | None, room: str | None = None,
     ) -> int:
-        """Encode once, deliver here, and in a cluster publish the encoded payload to the other
-        nodes (``room`` None: to every socket). Returns the deliveries made on this node."""
+        """Encode once, deliver here (server/fanout.py), then in a cluster publish the encoded
+        payload to the other nodes (``room`` None: to every socket). Returns the deliveries
+        made on this node."""
         check_event(event)
         cluster = self._cluster
         recovery = self._recovery
-        if recovery is not None and room is not None and recovery.broker is None:
-            # Logged even with no member here: a dropped member may resume and want it.
-            # (In a cluster on Redis, the broker logs it: cluster/sessions.py.)
-            if binary is None:
-                binary = envelope.needs_binary(data)
-            if exclude is not None and not isinstance(exclude, Socket | str):
-                exclude = tuple(exclude)  # read twice below
-            skip = self._resolve_exclude(exclude) if exclude is not None else None
-            excluded = _excluded_ids(exclude, skip)
-            payload = recovery.room_message(room, event, data, binary, excluded)
-            if cluster.active:
-                return cluster.publish_broadcast(room, members, payload, binary, skip, exclude)
-            return self._deliver(members, payload, binary, skip)
-        if not members and not cluster.active:
+        # Single-node recovery logs room messages here, even with no member here: a dropped
+        # member may resume and want it. (In a cluster on Redis, Redis logs them.)
+        logs_here = recovery is not None and room is not None and recovery.broker is None
+        if not members and not cluster.active and not logs_here:
             return 0
         if binary is None:
             binary = envelope.needs_binary(data)
-        payload = envelope.encode_event(event, data, binary=binary)
-        skip = self._resolve_exclude(exclude) if exclude is not None else None
-        if cluster.active:
-            return cluster.publish_broadcast(room, members, payload, binary, skip, exclude)
-        return self._deliver(members, payload, binary, skip)
+        if exclude is not None and not isinstance(exclude, Socket | str):
+            exclude = tuple(exclude)  # read twice below
+        skip = skip_set(exclude, self._sockets) if exclude is not None else None
+        if logs_here:
+            assert recovery is not None and room is not None
+            ids = exclude_ids(exclude) if exclude is not None else None
+            payload = recovery.room_message(room, event, data, binary, ids)
+        else:
+            payload = envelope.encode_event(event, data, binary=binary)
+        if not cluster.active:
+            return self._fan.deliver(members, payload, binary, skip)
+        return self._publish(members, room, payload, binary, skip, exclude_ids(exclude))
 
-    def _deliver(
-        self, members: Mapping[Socket, SendFrame], payload: bytes, binary: bool,
-        skip: set[Socket] | None, deflated: bytes | None = None, tried: bool = False,
+    def _publish(
+        self, members: Mapping[Socket, SendFrame], room: str | None, payload: bytes,
+        binary: bool, skip: set[Socket] | None, ids: tuple[str, ...],
     ) -> int:
-        """Local delivery of an encoded payload, for broadcasts made here and broadcasts from
-        other nodes alike: frame once (compress at most once; ``tried``: ``deflated`` is the
-        compressed payload already made, or None if it does not pay), then hand the same
-        bytes to each member (hot path: one bound-method call per delivery)."""
-        frame = build_frame(payload, binary=binary)
-        size = len(payload)
-        config = self._config  # per broadcast: the attribute, not the property
-        if not config.enable_compression or size < config.compression_threshold:
-            # No member can get a compressed frame: the tightest loop.
-            if skip is None:
-                for send in members.values():
-                    send(frame)
-                count = len(members)
-            else:
-                count = 0
-                for socket, send in members.items():
-                    if socket not in skip:
-                        send(frame)
-                        count += 1
-            if self._stats is not None:
-                self._stats.record_out(count, size, size)
-            return count
-        return self._fanout_compressed(members, payload, frame, binary, skip, deflated, tried)
-
-    def _fanout_compressed(
-        self, members: Mapping[Socket, SendFrame], payload: bytes, frame: bytes, binary: bool,
-        skip: set[Socket] | None, deflated: bytes | None = None, tried: bool = False,
-    ) -> int:
-        """Fan-out when some members may take compressed frames. Members without context
-        takeover share one compressed frame, compressed on first need (or given: ``tried``);
-        the rest get the plain frame or use their own deflater."""
-        size = len(payload)
-        shared: bytes | None = None  # the compressed frame, once made
-        wire = size
-        plain = shared_count = own_count = 0
-        stats = self._stats
-        for socket, send in members.items():
-            if skip is not None and socket in skip:
-                continue
-            mode = socket._zmode
-            if mode == PLAIN:
-                send(frame)
-                plain += 1
-            elif mode == OWN:
-                assert socket._conn is not None
-                own_wire = socket._conn.send_message(payload, binary)
-                own_count += 1
-                if stats is not None:
-                    stats.record_out(1, size, own_wire)
-            else:
-                if shared is None:
-                    compressed = deflated if tried else compression.compress_once(
-                        payload, threshold=0, level=self.config.compression_level
-                    )
-                    if compressed is None:  # saves < 10%: everyone gets the plain frame
-                        shared = frame
-                    else:
-                        shared = build_frame(compressed, binary=binary, rsv1=True)
-                        wire = len(compressed)
-                send(shared)
-                shared_count += 1
-        if stats is not None:
-            stats.record_out(plain, size, size)
-            stats.record_out(shared_count, size, wire)
-        return plain + shared_count + own_count
+        """A broadcast in a cluster: delivered here, then published (or, with recovery on
+        Redis, logged by Redis and delivered from the room channel by every node)."""
+        cluster = self._cluster
+        fan = self._fan
+        if room is not None and cluster.logs_rooms:
+            if cluster.publish_logged(room, payload, binary, ids, bool(members)):
+                return count_members(members, skip)
+            return fan.deliver(members, payload, binary, skip) if members else 0
+        deflated, tried = fan.compress_for_publish(payload)
+        count = fan.deliver(members, payload, binary, skip, deflated, tried) if members else 0
+        cluster.publish_broadcast(room, payload, binary, deflated, tried, ids)
+        return count
 
     def _check_room_rate(self, name: str) -> None:
         """Per-room broadcast rate (room_rate_limit_messages): raise LimitExceeded when over."""
@@ -354,18 +306,6 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
                 ErrorCode.RATE_LIMITED, f"room {name!r} is over its broadcast rate",
                 retry_after=round(wait, 3),
             )
-
-    def _resolve_exclude(self, exclude: Exclude) -> set[Socket]:
-        items: Iterable[Socket | str] = (
-            (exclude,) if isinstance(exclude, Socket | str) else exclude or ()
-        )
-        skip: set[Socket] = set()
-        for item in items:
-            if isinstance(item, Socket):
-                skip.add(item)
-            elif item in self._sockets:
-                skip.add(self._sockets[item])
-        return skip
 
     # connection lifecycle (called by Socket)
 
@@ -592,12 +532,14 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             self._closed = asyncio.Event()
             self._closing = False
             await self._cluster.start(self.config)  # before the first socket (its id)
+            if self._recovery is not None:
+                self._recovery.broker = self._cluster.recovery  # Redis holds it in a cluster
         if listen:
             try:
                 await self._listen()
             except BaseException:
                 if not self._started:  # a port in use, a bad certificate: undo the cluster
-                    await self._cluster.close()
+                    await self._close_cluster()
                 raise
         if not self._started:
             self._started = True
@@ -699,7 +641,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         for socket in list(self._open):
             if socket._conn is not None:
                 socket._conn.abort()
-        await self._cluster.close()  # after the sockets: their presence leaves go out first
+        await self._close_cluster()  # after the sockets: their presence leaves go out first
         for task in list(self._tasks):
             task.cancel()
         if server is not None:
@@ -711,6 +653,11 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         assert self._closed is not None
         self._closed.set()
         logger.info("closed")
+
+    async def _close_cluster(self) -> None:
+        if self._recovery is not None:
+            self._recovery.broker = None
+        await self._cluster.close()
 
     def listen(self, callback: Callable[[], Any] | None = None) -> None:
         """Run the server until SIGINT or SIGTERM, then close gracefully (blocking)."""
@@ -769,16 +716,6 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         for socket in pinged:
             if socket.connected and socket._ping_overdue(value):
                 socket._fail(CloseCode.HEARTBEAT_TIMEOUT, "no $pong in time")
-
-
-def _excluded_ids(exclude: Exclude, skip: set[Socket] | None) -> tuple[str, ...] | None:
-    """Socket ids a room message is not for (kept with it, so a replay skips them too)."""
-    if exclude is None:
-        return None
-    ids = {s.id for s in skip or ()}
-    items = (exclude,) if isinstance(exclude, Socket | str) else exclude
-    ids.update(item for item in items if isinstance(item, str))
-    return tuple(ids)
 
 
 def run(main: Any) -> None:

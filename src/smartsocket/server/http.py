@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from smartsocket import prometheus
 from smartsocket._version import __version__
 from smartsocket.security import bearer_token
+from smartsocket.server import prometheus
 from smartsocket.transport import HandshakeRequest, HttpResponse
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("smartsocket.server")
 
-PLAIN, SHARED, OWN = 0, 1, 2  # Socket._zmode
+PLAIN, SHARED, OWN = 0, 1, 2  # Socket.compression_mode
 
 # Names with a local meaning; a client may not send events with these names.
 LOCAL_EVENTS = frozenset({"connect", "disconnect", "error"})
@@ -84,10 +84,10 @@ class Socket:
         "_send_frame",
         "_server",
         "_strikes",
-        "_zmode",
         "authenticated",
         "close_code",
         "close_reason",
+        "compression_mode",
         "connected",
         "data",
         "id",
@@ -122,7 +122,7 @@ class Socket:
         self._ping_sent_at = 0.0
         # How broadcasts reach this socket: PLAIN frames, the SHARED compressed frame, or
         # compressed by its OWN deflater (context takeover).
-        self._zmode = PLAIN
+        self.compression_mode = PLAIN  # how broadcasts reach it (server/fanout.py)
         # Until authenticated a socket may only send $auth and $ping (server/app.py).
         self.authenticated = authenticated
         self.identity = identity
@@ -146,6 +146,10 @@ class Socket:
     @property
     def rooms(self) -> frozenset[str]:
         return frozenset(self._rooms)
+
+    def joined_rooms(self) -> list[str]:
+        """The rooms it is in, in the order it joined them."""
+        return list(self._rooms)
 
     @property
     def remote_address(self) -> tuple[Any, ...] | None:
@@ -275,7 +279,8 @@ class Socket:
         self._send_frame = conn.send_frame
         deflater = conn.deflater
         if deflater is not None:
-            self._zmode = SHARED if deflater.stateless and deflater.window_bits == 15 else OWN
+            shareable = deflater.stateless and deflater.window_bits == 15
+            self.compression_mode = SHARED if shareable else OWN
         self.connected = True
         self._server._on_open(self)
 
@@ -410,6 +415,12 @@ class Socket:
             self._handle(packet)
 
     # sending
+
+    def send_own_compressed(self, payload: bytes, binary: bool) -> int:
+        """A broadcast payload through this socket's own deflater (``compression_mode`` OWN:
+        context takeover or a smaller window); the bytes written."""
+        assert self._conn is not None
+        return self._conn.send_message(payload, binary)
 
     def _send_payload(self, payload: bytes, binary: bool) -> None:
         conn = self._conn
