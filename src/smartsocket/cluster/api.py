@@ -47,19 +47,17 @@ class ClusterAPI:
     async def join(self, sid: str, room: str, *, timeout: float = 2.0) -> bool:
         """Make socket ``sid`` (on any node) join ``room``. False: no such socket. Raises
         LimitExceeded like ``socket.join``, TimeoutError if its node does not answer."""
-        return await self._cluster.operate("join", sid, room, timeout=timeout)
+        return await self._cluster.join(sid, room, timeout)
 
     async def leave(self, sid: str, room: str, *, timeout: float = 2.0) -> bool:
         """Make socket ``sid`` (on any node) leave ``room``. False: no such socket."""
-        return await self._cluster.operate("leave", sid, room, timeout=timeout)
+        return await self._cluster.leave(sid, room, timeout)
 
     async def disconnect(
         self, sid: str, code: int = CloseCode.KICKED, reason: str = "", *, timeout: float = 2.0
     ) -> bool:
         """Close socket ``sid`` on any node (default 4000). False: no such socket."""
-        return await self._cluster.operate(
-            "disconnect", sid, code=code, reason=reason, timeout=timeout
-        )
+        return await self._cluster.disconnect(sid, code, reason, timeout)
 
     async def fetch_sockets(
         self, room: str | None = None, *, timeout: float = 2.0

@@ -103,6 +103,7 @@ class ClusterNode:
         self.sync: RoomSync | None = None  # room positions across outages (catchup.py)
         # Sessions of this node's sockets that resumed on another node: sid -> that node.
         self.moved: dict[str, str] = {}
+        self._receivers = self._receivers_by_type()
 
     # configuration
 
@@ -338,14 +339,15 @@ class ClusterNode:
     def send(self, sid: str, event: str, data: Any, binary: bool | None) -> bool:
         return self.operations.send(sid, event, data, binary)
 
-    async def operate(
-        self, kind: str, sid: str, room: str | None = None, *, code: int = 0,
-        reason: str = "", timeout: float = 2.0,
-    ) -> bool:
-        """join / leave / disconnect a socket anywhere; False if there is no such socket."""
-        return await self.operations.operate(
-            kind, sid, room, code=code, reason=reason, timeout=timeout
-        )
+    async def join(self, sid: str, room: str, timeout: float) -> bool:
+        """Make a socket anywhere join ``room``; False if there is no such socket."""
+        return await self.operations.operate(m.JoinRoom(0, sid, room), timeout)
+
+    async def leave(self, sid: str, room: str, timeout: float) -> bool:
+        return await self.operations.operate(m.LeaveRoom(0, sid, room), timeout)
+
+    async def disconnect(self, sid: str, code: int, reason: str, timeout: float) -> bool:
+        return await self.operations.operate(m.DisconnectSocket(0, sid, code, reason), timeout)
 
     async def call(
         self, sid: str, event: str, data: Any, timeout: float | None, binary: bool | None
@@ -385,26 +387,44 @@ class ClusterNode:
             return
         self.received += 1
         src = env.src
-        kind = type(body)
         try:
-            if kind is m.Broadcast:
-                self._on_broadcast(body)  # type: ignore[arg-type]
-            elif kind is m.PresenceDelta:
-                self.presence_state.on_delta(src, body)  # type: ignore[arg-type]
-            elif kind is m.Heartbeat:
-                if self.liveness.on_heartbeat(src, body):  # type: ignore[arg-type]
-                    self.presence_state.resync(src)
-            elif kind is m.Reply:
-                self.requests.on_reply(src, body)  # type: ignore[arg-type]
-            elif kind is m.Query:
-                self._on_query(src, body)  # type: ignore[arg-type]
-            elif kind is m.ServerEvent:
-                self._on_server_event(src, body)  # type: ignore[arg-type]
-            elif kind is m.Bye:
-                logger.info("node %s left the cluster", src)
-                self.drop_node(src)
+            # Dispatch on the message type; broadcasts, by far the most frequent, first.
+            if type(body) is m.Broadcast:
+                self._on_broadcast(body)
+            else:
+                self._receivers[type(body)](src, body)
         except Exception:
-            logger.exception("handling a %s from node %s failed", kind.__name__, src)
+            logger.exception("handling a %s from node %s failed", type(body).__name__, src)
+
+    def _receivers_by_type(self) -> dict[type, Callable[[str, Any], None]]:
+        ops = self.operations
+        return {
+            m.PresenceDelta: self.presence_state.on_delta,
+            m.Heartbeat: self._on_heartbeat,
+            m.Reply: self.requests.on_reply,
+            m.SendTo: ops.send_to,
+            m.CallSocket: ops.call_socket,
+            m.JoinRoom: ops.operate_here,
+            m.LeaveRoom: ops.operate_here,
+            m.DisconnectSocket: ops.operate_here,
+            m.ListSockets: ops.list_sockets,
+            m.ListPresence: self._on_list_presence,
+            m.SessionMoved: ops.session_moved,
+            m.SessionGone: ops.session_gone,
+            m.ServerEvent: self._on_server_event,
+            m.Bye: self._on_bye,
+        }
+
+    def _on_heartbeat(self, src: str, beat: m.Heartbeat) -> None:
+        if self.liveness.on_heartbeat(src, beat):
+            self.presence_state.resync(src)
+
+    def _on_bye(self, src: str, _: m.Bye) -> None:
+        logger.info("node %s left the cluster", src)
+        self.drop_node(src)
+
+    def _on_list_presence(self, src: str, query: m.ListPresence) -> None:
+        self.requests.reply(src, query.id, result=self.presence_state.snapshot(query.room))
 
     def _on_broadcast(self, body: m.Broadcast) -> None:
         self.local.deliver(
@@ -434,27 +454,19 @@ class ClusterNode:
         self.moved.pop(sid, None)
         home = node_of(sid)
         if self.active and home is not None and home != self.node_id:
-            self.publish(self.inbox(home), m.Query(0, "moved", sid=sid, want_reply=False))
+            self.publish(self.inbox(home), m.SessionMoved(sid))
 
     def _forward_direct(self, sid: str, node: str, payload: bytes, binary: bool) -> None:
         """A direct message for a session of ours that resumed on ``node`` (we learn it from
         Redis before its notice arrives)."""
         self.moved[sid] = node
-        query = m.Query(0, "send", sid=sid, data=payload, binary=binary, want_reply=False)
-        self.publish(self.inbox(node), query)
+        self.publish(self.inbox(node), m.SendTo(sid, payload, binary))
 
     def ended_here(self, sid: str) -> None:
         """Session ``sid`` (resumed here from another node) ended for good."""
         home = node_of(sid)
         if self.active and home is not None and home != self.node_id:
-            self.publish(self.inbox(home), m.Query(0, "gone", sid=sid, want_reply=False))
-
-    def _on_query(self, src: str, query: m.Query) -> None:
-        if query.kind == "presence":
-            snapshot = self.presence_state.snapshot(query.room or "")
-            self.requests.reply(src, query.id, result=snapshot)
-        else:
-            self.operations.answer(src, query)
+            self.publish(self.inbox(home), m.SessionGone(sid))
 
     def _on_server_event(self, src: str, body: m.ServerEvent) -> None:
         handlers = self._handlers.get(body.name)

@@ -183,7 +183,7 @@ class Presence:
             for sid, info in left:
                 self.deliver(room, sid, info, joined=False)
 
-        query = m.Query(0, "presence", room=room)
+        query = m.ListPresence(0, room)
         future = node.requests.request(query, target, node.node_timeout, on_reply)
         if target is None:
             future.add_done_callback(lambda _: replica.synced.set())
@@ -227,7 +227,7 @@ class Presence:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(replica.synced.wait(), timeout)
             return local + replica.listing()
-        query = m.Query(0, "presence", room=room)
+        query = m.ListPresence(0, room)
         replies = await node.requests.request(query, None, timeout)
         for src, reply in replies.items():
             if reply.ok and reply.result is not None:
