@@ -1,9 +1,10 @@
 """Requests between nodes and their replies.
 
 A request (``messages.Request``: one message type per kind) goes to one node's inbox, or to
-``<prefix>.all`` for every node this one knows; each node answers with a ``Reply`` (same id) to the sender's inbox. The request's future gets
-the replies by node once every expected node answered, was dropped (liveness), or the timeout
-passed: a caller always gets an answer, possibly partial, never a hang.
+``<prefix>.all`` for every node this one knows; each node answers with a ``Reply`` (same id)
+to the sender's inbox. The request's future gets the replies by node once every expected node
+answered, was dropped (liveness), or the timeout passed: a caller always gets an answer,
+possibly partial, never a hang.
 """
 
 from __future__ import annotations

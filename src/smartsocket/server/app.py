@@ -30,7 +30,7 @@ from smartsocket.protocol.names import check_event
 from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
 from smartsocket.server import http, live, prometheus
 from smartsocket.server.admission import Admission
-from smartsocket.server.dispatch import EventDispatch
+from smartsocket.server.dispatch import EventRouter, Tasks
 from smartsocket.server.fanout import Exclude, Fanout, count_members, exclude_ids, skip_set
 from smartsocket.server.local import LocalSide
 from smartsocket.server.recovery import Recovery
@@ -56,7 +56,7 @@ _FINAL_CLOSES = frozenset(
 )
 
 
-class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
+class SmartSocket(ClusterAPI, SessionResume):
     """A real-time WebSocket server: named events, acks, rooms and broadcasts.
 
     ``SmartSocket(8080, enable_compression=False)``; options are ``Config`` fields.
@@ -90,10 +90,13 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         self._room_limits: dict[str, TokenBucket] = {}
         # Rate limits and the error-rate rule read this clock (integer ns; tests inject one).
         self._clock: Callable[[], int] = time.monotonic_ns
-        self._handlers: dict[str, list[Handler]] = {}
         self._connection_handlers: list[Handler] = []
-        self._message_hooks: list[Handler] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
+        self._spawn = self._tasks.spawn
+        self._router = EventRouter(self._config, self._tasks)  # inbound events -> handlers
+        # Bound once: a socket's inbound hot path reads one attribute, as before the split.
+        self._dispatch = self._router.dispatch
+        self._emit_local = self._router.emit_local
         self._stats: Stats | None = None
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -131,6 +134,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         # With metrics off the stats keep their shape: counters that never move (zeros).
         self._still_stats = self._stats or Stats()
         self._recovery = Recovery(config) if config.recovery_window else None
+        self._router.config = config
         self._fan = Fanout(config, self._stats)
         local = self._local
         local.fanout, local.recovery, local.stats = self._fan, self._recovery, self._stats
@@ -161,9 +165,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             second = {"disconnect": "reason", "error": "error"}.get(event, "data")
             called_with = f"(socket, {second})"
-            self._handlers.setdefault(event, []).append(
-                Handler(fn, max_args=2, called_with=called_with)
-            )
+            self._router.add_handler(event, Handler(fn, max_args=2, called_with=called_with))
             return fn
 
         return register(handler) if handler is not None else register
@@ -191,7 +193,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
     def on_message(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``hook(socket, event, data)`` for every inbound event (e.g. custom metrics); like
         every handler it may take fewer arguments, and be async. A decorator too."""
-        self._message_hooks.append(
+        self._router.hooks.append(
             Handler(hook, max_args=3, called_with="(socket, event, data)")
         )
         return hook

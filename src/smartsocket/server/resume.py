@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -48,13 +48,12 @@ class SessionResume:
     _registry: RoomRegistry
     _cluster: ClusterNode
     _early_resumes: dict[Socket, Event]
+    _spawn: Callable[[Any], None]
 
     if TYPE_CHECKING:
 
         @property
         def config(self) -> Config: ...
-
-        def _spawn(self, coro: Any) -> None: ...
 
         def _welcome_socket(
             self, socket: Socket, recovered: bool | None,
