@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
-import ssl
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -16,38 +14,37 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from smartsocket import compression
-from smartsocket.cluster.api import ClusterAPI
+from smartsocket.cluster.messages import PresenceMember, SocketRecord
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
-from smartsocket.errors import ConfigError
 from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
-from smartsocket.protocol import SUBPROTOCOL, envelope
-from smartsocket.protocol.codes import CloseCode, ErrorCode
+from smartsocket.protocol import envelope
+from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.envelope import Event
 from smartsocket.protocol.names import check_event
-from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
+from smartsocket.security import Limiter, RateLimit
 from smartsocket.server import http, live, prometheus
 from smartsocket.server.admission import Admission
+from smartsocket.server.broadcast import Broadcaster
 from smartsocket.server.dispatch import EventRouter, Tasks
-from smartsocket.server.fanout import Exclude, Fanout, count_members, exclude_ids, skip_set
+from smartsocket.server.fanout import Exclude, Fanout
+from smartsocket.server.heartbeat import heartbeat
+from smartsocket.server.listener import bind, run
 from smartsocket.server.local import LocalSide
 from smartsocket.server.recovery import Recovery
 from smartsocket.server.resume import SessionResume
-from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
+from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
     HandshakeRequest,
     HttpResponse,
-    create_server,
 )
 
 logger = logging.getLogger("smartsocket.server")
 
-WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})
 # Closes after which a session is not held for resuming: the client or the application ended
 # it, or it was refused.
 _FINAL_CLOSES = frozenset(
@@ -56,7 +53,7 @@ _FINAL_CLOSES = frozenset(
 )
 
 
-class SmartSocket(ClusterAPI, SessionResume):
+class SmartSocket(SessionResume):
     """A real-time WebSocket server: named events, acks, rooms and broadcasts.
 
     ``SmartSocket(8080, enable_compression=False)``; options are ``Config`` fields.
@@ -82,12 +79,15 @@ class SmartSocket(ClusterAPI, SessionResume):
         # What the cluster may do with this node's sockets (cluster/ports.py).
         self._local = LocalSide(self._sockets, self._registry, self._fan)
         self._cluster = ClusterNode(self._local)  # cluster/: cross-node operations, presence
+        self._broadcaster = Broadcaster(self._sockets, self._cluster, self._fan)
+        self._broadcast = self._broadcaster.send  # bound once (Room.broadcast calls it)
         self._registry.hook = self._cluster
         self._open: dict[Socket, None] = {}  # every open connection, admitted or not
         self._limit_overrides: dict[str, RateLimit] = {}
         self._admission = Admission(self)
         self._default_limit: RateLimit | None = None
-        self._room_limits: dict[str, TokenBucket] = {}
+        # Per-room broadcast rates; they read the clock at each use (tests replace it).
+        self._room_limits = RoomLimits(self._config, lambda: self._clock())
         # Rate limits and the error-rate rule read this clock (integer ns; tests inject one).
         self._clock: Callable[[], int] = time.monotonic_ns
         self._connection_handlers: list[Handler] = []
@@ -135,9 +135,11 @@ class SmartSocket(ClusterAPI, SessionResume):
         self._still_stats = self._stats or Stats()
         self._recovery = Recovery(config) if config.recovery_window else None
         self._router.config = config
+        self._room_limits.configure(config, self._stats)
         self._fan = Fanout(config, self._stats)
         local = self._local
         local.fanout, local.recovery, local.stats = self._fan, self._recovery, self._stats
+        self._broadcaster.fanout, self._broadcaster.recovery = self._fan, self._recovery
         self._default_limit = None
         if config.rate_limit_messages or config.rate_limit_bytes:
             self._default_limit = RateLimit(
@@ -233,7 +235,78 @@ class SmartSocket(ClusterAPI, SessionResume):
             payload = envelope.encode_event(event, data, binary=binary)
             if recovery.send_held(sid, payload, binary):
                 return True
-        return super().send(sid, event, data, binary=binary)
+        return self._cluster.send(sid, event, data, binary)
+
+    # sockets anywhere: every method works on one node too, local sockets take the fast path
+
+    @property
+    def node_id(self) -> str:
+        """This node's id (the prefix of its sockets' ids in a cluster)."""
+        return self._cluster.node_id
+
+    @property
+    def degraded(self) -> bool:
+        """In a cluster and cut off from the broker: local delivery only, for now."""
+        return self._cluster.degraded
+
+    async def call(
+        self, sid: str, event: str, data: Any = None, *, timeout: float | None = None,
+        binary: bool | None = None,
+    ) -> Any:
+        """``socket.call`` for a socket on any node: its ack reply. Raises AckTimeout, AckError,
+        or ConnectionClosed (also when there is no such socket)."""
+        return await self._cluster.call(sid, event, data, timeout, binary)
+
+    async def join(self, sid: str, room: str, *, timeout: float = 2.0) -> bool:
+        """Make socket ``sid`` (on any node) join ``room``. False: no such socket. Raises
+        LimitExceeded like ``socket.join``, TimeoutError if its node does not answer."""
+        return await self._cluster.join(sid, room, timeout)
+
+    async def leave(self, sid: str, room: str, *, timeout: float = 2.0) -> bool:
+        """Make socket ``sid`` (on any node) leave ``room``. False: no such socket."""
+        return await self._cluster.leave(sid, room, timeout)
+
+    async def disconnect(
+        self, sid: str, code: int = CloseCode.KICKED, reason: str = "", *, timeout: float = 2.0
+    ) -> bool:
+        """Close socket ``sid`` on any node (default 4000). False: no such socket."""
+        return await self._cluster.disconnect(sid, code, reason, timeout)
+
+    async def fetch_sockets(
+        self, room: str | None = None, *, timeout: float = 2.0
+    ) -> list[SocketRecord]:
+        """Every socket in the cluster (or in ``room``): ``SocketRecord(sid, node, rooms,
+        presence)``. Nodes that do not answer within ``timeout`` are left out."""
+        return await self._cluster.fetch_sockets(room, timeout)
+
+    async def socket_count(self, room: str | None = None, *, timeout: float = 2.0) -> int:
+        """How many sockets the cluster has (in ``room``)."""
+        return len(await self._cluster.fetch_sockets(room, timeout))
+
+    async def presence(self, room: str, *, timeout: float = 2.0) -> list[PresenceMember]:
+        """``room``'s members cluster-wide with their ``socket.presence`` info."""
+        return await self._cluster.presence(room, timeout)
+
+    def on_server_event(
+        self, name: str, handler: Callable[..., Any] | None = None
+    ) -> Callable[..., Any]:
+        """Handle ``name`` sent by another node with ``emit_to_servers``: ``handler(data)`` or
+        ``handler(data, node_id)``, sync or async. Usable as a decorator."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._cluster.on_server_event(name, fn)
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    def emit_to_servers(self, name: str, data: Any = None) -> bool:
+        """Send ``name`` to every other node's ``on_server_event`` handlers (not this one's).
+        False when it could not be published (single node, or the broker is down)."""
+        return self._cluster.emit_to_servers(name, data)
+
+    def cluster_nodes(self) -> list[str]:
+        """Ids of the nodes this one hears (itself first)."""
+        return [self._cluster.node_id, *self._cluster.nodes]
 
     def broadcast(
         self, event: str, data: Any = None, *, exclude: Exclude = None,
@@ -242,72 +315,9 @@ class SmartSocket(ClusterAPI, SessionResume):
         """Send ``event`` to every connected socket except ``exclude``. Returns the
         deliveries made on this node (in a cluster the other nodes deliver too, uncounted)."""
         senders = {s: s._send_frame for s in self._sockets.values()}
-        return self._fanout(senders, event, data, exclude, binary, None)
+        return self._broadcast(senders, event, data, exclude, binary, None)
 
     emit = broadcast
-
-    def _fanout(
-        self, members: Mapping[Socket, SendFrame], event: str, data: Any,
-        exclude: Exclude, binary: bool | None, room: str | None = None,
-    ) -> int:
-        """Encode once, deliver here (server/fanout.py), then in a cluster publish the encoded
-        payload to the other nodes (``room`` None: to every socket). Returns the deliveries
-        made on this node."""
-        check_event(event)
-        cluster = self._cluster
-        recovery = self._recovery
-        # Single-node recovery logs room messages here, even with no member here: a dropped
-        # member may resume and want it. (In a cluster on Redis, Redis logs them.)
-        logs_here = recovery is not None and room is not None and recovery.broker is None
-        if not members and not cluster.active and not logs_here:
-            return 0
-        if binary is None:
-            binary = envelope.needs_binary(data)
-        if exclude is not None and not isinstance(exclude, Socket | str):
-            exclude = tuple(exclude)  # read twice below
-        skip = skip_set(exclude, self._sockets) if exclude is not None else None
-        if logs_here:
-            assert recovery is not None and room is not None
-            ids = exclude_ids(exclude) if exclude is not None else None
-            payload = recovery.room_message(room, event, data, binary, ids)
-        else:
-            payload = envelope.encode_event(event, data, binary=binary)
-        if not cluster.active:
-            return self._fan.deliver(members, payload, binary, skip)
-        return self._publish(members, room, payload, binary, skip, exclude_ids(exclude))
-
-    def _publish(
-        self, members: Mapping[Socket, SendFrame], room: str | None, payload: bytes,
-        binary: bool, skip: set[Socket] | None, ids: tuple[str, ...],
-    ) -> int:
-        """A broadcast in a cluster: delivered here, then published (or, with recovery on
-        Redis, logged by Redis and delivered from the room channel by every node)."""
-        cluster = self._cluster
-        fan = self._fan
-        if room is not None and cluster.logs_rooms:
-            if cluster.publish_logged(room, payload, binary, ids, bool(members)):
-                return count_members(members, skip)
-            return fan.deliver(members, payload, binary, skip) if members else 0
-        deflated, tried = fan.compress_for_publish(payload)
-        count = fan.deliver(members, payload, binary, skip, deflated, tried) if members else 0
-        cluster.publish_broadcast(room, payload, binary, deflated, tried, ids)
-        return count
-
-    def _check_room_rate(self, name: str) -> None:
-        """Per-room broadcast rate (room_rate_limit_messages): raise LimitExceeded when over."""
-        bucket = self._room_limits.get(name)
-        if bucket is None:
-            rate = self.config.room_rate_limit_messages
-            burst = self.config.room_rate_limit_burst or max(1.0, 2 * rate)
-            bucket = self._room_limits[name] = TokenBucket(rate, burst, self._clock())
-        wait = bucket.take(self._clock())
-        if wait:
-            if self._stats is not None:
-                self._stats.rate_limited += 1
-            raise LimitExceeded(
-                ErrorCode.RATE_LIMITED, f"room {name!r} is over its broadcast rate",
-                retry_after=round(wait, 3),
-            )
 
     # connection lifecycle (called by Socket)
 
@@ -351,7 +361,7 @@ class SmartSocket(ClusterAPI, SessionResume):
                 handler.fn(*(socket,)[: handler.arity])
             except Exception:
                 logger.exception("on_connection handler %s failed", handler.name)
-                socket._fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
+                socket.fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
                 return
         socket._flush_inbox()
 
@@ -363,7 +373,7 @@ class SmartSocket(ClusterAPI, SessionResume):
                     await result
         except Exception:
             logger.exception("on_connection handler failed for %s", socket.id)
-            socket._fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
+            socket.fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
             return
         socket._flush_inbox()
 
@@ -413,39 +423,7 @@ class SmartSocket(ClusterAPI, SessionResume):
     # HTTP and upgrade routing
 
     def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
-        if not request.is_upgrade:
-            return http.route(self, request)
-        if request.path == live.PATH:
-            return live.accept(self, request)
-        if request.path not in WS_PATHS:
-            return HttpResponse(404, b"no WebSocket endpoint here; use / or /smartsocket\n")
-        if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
-            return HttpResponse(
-                426, b"WebSocket version 13 required\n",
-                headers={"Sec-WebSocket-Version": "13"},
-            )
-        headers: dict[str, str] = {}
-        offered = request.header("Sec-WebSocket-Protocol")  # may repeat (RFC 6455 11.3.4)
-        if offered is not None:
-            names = [p.strip() for p in offered.split(",")]
-            if SUBPROTOCOL not in names:
-                return HttpResponse(
-                    400, f"unsupported subprotocol; this server speaks {SUBPROTOCOL}\n".encode()
-                )
-            headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
-        socket = self.open_socket(request)
-        if isinstance(socket, HttpResponse):
-            return socket
-        deflate = None
-        if self.config.enable_compression:
-            deflate = compression.negotiate(
-                request.header("Sec-WebSocket-Extensions"),
-                context_takeover=self.config.compression_context_takeover,
-                max_window_bits=self.config.compression_max_window_bits,
-            )
-            if deflate is not None:
-                headers["Sec-WebSocket-Extensions"] = deflate.response_header()
-        return Accept(socket, headers, deflate)
+        return http.route_request(self, request)
 
     def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket:
         """Admission of a new WebSocket: shutting down, ``max_connections``, origin and
@@ -546,7 +524,9 @@ class SmartSocket(ClusterAPI, SessionResume):
         if not self._started:
             self._started = True
             loop = asyncio.get_running_loop()
-            self._heartbeat_task = loop.create_task(self._heartbeat())
+            self._heartbeat_task = loop.create_task(
+                heartbeat(self._sockets, self.config, self._room_limits, self._registry)
+            )
             if self._stats is not None:
                 self._sampler = loop.call_later(1.0, self._sample)
             if self._recovery is not None:
@@ -556,46 +536,9 @@ class SmartSocket(ClusterAPI, SessionResume):
                                                                   "url": self.url})
 
     async def _listen(self) -> None:
-        cfg = self.config
-        self._server = await create_server(
-            self._route,
-            host=cfg.host,
-            port=cfg.port,
-            max_message_size=cfg.max_message_size,
-            handshake_timeout=cfg.handshake_timeout,
-            ssl=self._ssl_context(),
-            compression_level=cfg.compression_level,
-            compression_threshold=cfg.compression_threshold,
-            write_buffer_high=cfg.write_buffer_high,
-            max_write_buffer=cfg.max_write_buffer,
-            max_fragments=cfg.max_fragments,
-            frame_rate=cfg.rate_limit_frames,
-            clock=lambda: self._clock(),  # read at each use: tests replace _clock
-            fast_transport=cfg.fast_transport,
-            reuse_port=cfg.reuse_port,
-            backlog=cfg.backlog,
-        )
+        # The clock is read at each use: tests replace ``_clock``.
+        self._server = await bind(self.config, self._route, lambda: self._clock())
         self._port = self._server.sockets[0].getsockname()[1]
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        cfg = self.config
-        if not cfg.enable_encryption:
-            return None
-        assert cfg.ssl_certfile is not None and cfg.ssl_keyfile is not None
-        # ssl's own errors name neither the option nor the file ("[SSL] PEM lib", a bare
-        # FileNotFoundError): say which one is wrong.
-        for option, path in (("ssl_certfile", cfg.ssl_certfile), ("ssl_keyfile", cfg.ssl_keyfile)):
-            if not os.path.isfile(path):
-                raise ConfigError(option, f"no such file: {path}")
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                "ssl_certfile", f"cannot load {cfg.ssl_certfile} with key {cfg.ssl_keyfile}: "
-                f"{getattr(exc, 'reason', None) or exc} (PEM certificate chain and its key?)"
-            ) from exc
-        return context
 
     async def serve(self) -> None:
         """Start, then run until ``close()``."""
@@ -636,7 +579,7 @@ class SmartSocket(ClusterAPI, SessionResume):
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         live.close_all(self)
         for socket in list(self._open):
-            socket._fail(CloseCode.GOING_AWAY, "server shutting down")
+            socket.fail(CloseCode.GOING_AWAY, "server shutting down")
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
         while self._open and time.monotonic() < wait_until:
             await asyncio.sleep(0.01)
@@ -681,23 +624,6 @@ class SmartSocket(ClusterAPI, SessionResume):
 
         run(main())
 
-    async def _heartbeat(self) -> None:
-        """Every ping_interval: close sockets that missed the last $pong, ping the rest."""
-        interval, timeout = self.config.ping_interval, self.config.ping_timeout
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            value = int(time.monotonic() * 1000)
-            now = time.monotonic()
-            # A socket with a $ping still unanswered is not pinged again: the check scheduled
-            # for that ping decides its fate.
-            pinged = [s for s in self._sockets.values() if s._ping_value is None]
-            for name in [n for n in self._room_limits if n not in self._registry]:
-                del self._room_limits[name]  # the room emptied: forget its bucket
-            for socket in pinged:
-                socket._ping(value, now)
-            loop.call_later(timeout, self._check_pongs, pinged, value)
-
     def _sample(self) -> None:
         """Once a second: counters for the rates in the stats, and the live stats stream."""
         assert self._stats is not None
@@ -713,18 +639,3 @@ class SmartSocket(ClusterAPI, SessionResume):
         self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
         for sid in self._recovery.sweep(self._registry):
             self._cluster.ended_here(sid)
-
-    def _check_pongs(self, pinged: list[Socket], value: int) -> None:
-        for socket in pinged:
-            if socket.connected and socket._ping_overdue(value):
-                socket._fail(CloseCode.HEARTBEAT_TIMEOUT, "no $pong in time")
-
-
-def run(main: Any) -> None:
-    """Run a coroutine on uvloop when it is installed, else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)

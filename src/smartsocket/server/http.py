@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from smartsocket import compression
 from smartsocket._version import __version__
+from smartsocket.protocol import SUBPROTOCOL
 from smartsocket.security import bearer_token
-from smartsocket.server import prometheus
-from smartsocket.transport import HandshakeRequest, HttpResponse
+from smartsocket.server import live, prometheus
+from smartsocket.transport import Accept, HandshakeRequest, HttpResponse
 
 if TYPE_CHECKING:
     from smartsocket.server.app import SmartSocket
 
+WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})  # where the WebSocket is served
 _JSON = "application/json"
 _HTML = "text/html; charset=utf-8"
 Route = Callable[["SmartSocket", HandshakeRequest], HttpResponse]
@@ -137,3 +140,41 @@ script) and <a href="/smartsocket/client.mjs">/smartsocket/client.mjs</a> (ES mo
 </ul>
 </html>
 """
+
+
+def route_request(server: SmartSocket, request: HandshakeRequest) -> HttpResponse | Accept:
+    """Every request on the port: plain GETs (``route``), the live stats stream, and the
+    WebSocket upgrade with its checks (path, version, subprotocol, admission, deflate)."""
+    if not request.is_upgrade:
+        return route(server, request)
+    if request.path == live.PATH:
+        return live.accept(server, request)
+    if request.path not in WS_PATHS:
+        return HttpResponse(404, b"no WebSocket endpoint here; use / or /smartsocket\n")
+    if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        return HttpResponse(
+            426, b"WebSocket version 13 required\n",
+            headers={"Sec-WebSocket-Version": "13"},
+        )
+    headers: dict[str, str] = {}
+    offered = request.header("Sec-WebSocket-Protocol")  # may repeat (RFC 6455 11.3.4)
+    if offered is not None:
+        names = [p.strip() for p in offered.split(",")]
+        if SUBPROTOCOL not in names:
+            return HttpResponse(
+                400, f"unsupported subprotocol; this server speaks {SUBPROTOCOL}\n".encode()
+            )
+        headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
+    socket = server.open_socket(request)
+    if isinstance(socket, HttpResponse):
+        return socket
+    deflate = None
+    if server.config.enable_compression:
+        deflate = compression.negotiate(
+            request.header("Sec-WebSocket-Extensions"),
+            context_takeover=server.config.compression_context_takeover,
+            max_window_bits=server.config.compression_max_window_bits,
+        )
+        if deflate is not None:
+            headers["Sec-WebSocket-Extensions"] = deflate.response_header()
+    return Accept(socket, headers, deflate)

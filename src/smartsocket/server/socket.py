@@ -297,7 +297,7 @@ class Socket:
         try:
             packet = _decode(payload, binary=binary)
         except InvalidUTF8 as exc:
-            self._fail(CloseCode.INVALID_TEXT, str(exc))
+            self.fail(CloseCode.INVALID_TEXT, str(exc))
             return
         except EnvelopeError as exc:
             if limiter is not None:
@@ -554,7 +554,7 @@ class Socket:
                 "closing %s: over the error-rate rule", self.id,
                 extra={"event": "limit", "limit": "errors", "sid": self.id},
             )
-            self._fail(CloseCode.POLICY_VIOLATION, "too many invalid messages")
+            self.fail(CloseCode.POLICY_VIOLATION, "too many invalid messages")
 
     def _rate_limited(
         self, event: str | None, ack_id: int | None, binary: bool, wait: float, now: int
@@ -577,9 +577,9 @@ class Socket:
         if strikes.take(now):  # refused too often: abuse, not a burst
             if stats is not None:
                 stats.rate_limit_closes += 1
-            self._fail(CloseCode.RATE_LIMITED, "rate limit abuse")
+            self.fail(CloseCode.RATE_LIMITED, "rate limit abuse")
 
-    def _fail(self, code: int, reason: str) -> None:
+    def fail(self, code: int, reason: str) -> None:
         logger.info(
             "closing %s: %s (%d)", self.id, reason, code,
             extra={"event": "close", "sid": self.id, "code": code, "reason": reason},
@@ -589,12 +589,17 @@ class Socket:
 
     # heartbeat
 
-    def _ping(self, value: int, now: float) -> None:
+    @property
+    def ping_pending(self) -> bool:
+        """A ``$ping`` sent to it is still unanswered."""
+        return self._ping_value is not None
+
+    def ping(self, value: int, now: float) -> None:
         self._ping_value = value
         self._ping_sent_at = now
         self._send_payload(_encode_event("$ping", value), False)
 
-    def _ping_overdue(self, value: int) -> bool:
+    def ping_overdue(self, value: int) -> bool:
         return self._ping_value == value
 
 
