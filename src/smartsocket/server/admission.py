@@ -187,7 +187,7 @@ class Admission:
         if socket._auth_timer is not None:
             socket._auth_timer.cancel()
             socket._auth_timer = None
-        self._server._admit(socket)
+        self._server._resumer.admit(socket)
 
     def _refuse(self, socket: Socket) -> None:
         stats = self._server._stats

@@ -33,7 +33,7 @@ from smartsocket.server.heartbeat import heartbeat
 from smartsocket.server.listener import bind, run
 from smartsocket.server.local import LocalSide
 from smartsocket.server.recovery import Recovery
-from smartsocket.server.resume import SessionResume
+from smartsocket.server.resume import Resumer
 from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
 from smartsocket.transport import (
@@ -53,7 +53,7 @@ _FINAL_CLOSES = frozenset(
 )
 
 
-class SmartSocket(SessionResume):
+class SmartSocket:
     """A real-time WebSocket server: named events, acks, rooms and broadcasts.
 
     ``SmartSocket(8080, enable_compression=False)``; options are ``Config`` fields.
@@ -97,13 +97,16 @@ class SmartSocket(SessionResume):
         # Bound once: a socket's inbound hot path reads one attribute, as before the split.
         self._dispatch = self._router.dispatch
         self._emit_local = self._router.emit_local
+        self._resumer = Resumer(
+            self._config, self._sockets, self._registry, self._cluster, self._tasks.spawn,
+            self._welcome_socket,
+        )
         self._stats: Stats | None = None
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
         self._recovery: Recovery | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._early_resumes: dict[Socket, Event] = {}  # $resume sent before authentication
         self._prometheus: CollectorRegistry | None = None
         self._stats_subscribers: dict[Any, None] = {}  # /smartsocket/live connections
         self._closing = False
@@ -140,6 +143,7 @@ class SmartSocket(SessionResume):
         local = self._local
         local.fanout, local.recovery, local.stats = self._fan, self._recovery, self._stats
         self._broadcaster.fanout, self._broadcaster.recovery = self._fan, self._recovery
+        self._resumer.config, self._resumer.recovery = config, self._recovery
         self._default_limit = None
         if config.rate_limit_messages or config.rate_limit_bytes:
             self._default_limit = RateLimit(
@@ -324,7 +328,7 @@ class SmartSocket(SessionResume):
     def _on_open(self, socket: Socket) -> None:
         self._open[socket] = None
         if self._admission.open(socket) and socket.authenticated:
-            self._admit(socket)
+            self._resumer.admit(socket)
 
     def _auth_message(self, socket: Socket, packet: Event) -> None:
         self._admission.auth_message(socket, packet)
@@ -396,7 +400,7 @@ class SmartSocket(SessionResume):
 
     def _on_close(self, socket: Socket, code: int, reason: str) -> None:
         self._open.pop(socket, None)
-        self._early_resumes.pop(socket, None)
+        self._resumer.early.pop(socket, None)
         self._admission.close(socket)
         if self._stats is not None and code == CloseCode.SLOW_CONSUMER:
             self._stats.dropped_slow += 1

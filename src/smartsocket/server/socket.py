@@ -134,7 +134,7 @@ class Socket:
         self._errors: TokenBucket | None = None  # the error-rate rule, made on the first error
         self._running = 0  # async handlers that owe this socket an ack
         # Connection state recovery (server/recovery.py): None while recovery_window is 0.
-        self._rec: SessionState | None = server._new_session_state(self)
+        self._rec: SessionState | None = server._resumer.new_session_state(self)
         self._resuming = False  # waiting for the client's $resume before $welcome
         self.recovered = False  # this connection resumed a dropped session (same id)
 
@@ -393,7 +393,7 @@ class Socket:
         elif name == "$auth":
             self._server._auth_message(self, packet)
         elif name == "$resume" and self._server._recovery is not None:
-            self._server._resume_message(self, packet)
+            self._server._resumer.resume_message(self, packet)
         else:
             self._refuse(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
@@ -523,7 +523,7 @@ class Socket:
         assert rec.replies is not None
         waiting = rec.replies.finish(ack_id, result, error)
         if rec.owner is None:  # held: in a cluster, its stored copy learns the outcome
-            self._server._session_changed(self.id, rec)
+            self._server._resumer.session_changed(self.id, rec)
         for waiting_id, socket in waiting:
             if error is None:
                 socket._answer(waiting_id, result, binary)
