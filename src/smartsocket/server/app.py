@@ -21,12 +21,12 @@ from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
-from smartsocket.protocol.envelope import Event
 from smartsocket.protocol.names import check_event
 from smartsocket.security import Limiter, RateLimit
 from smartsocket.server import http, live, prometheus
 from smartsocket.server.admission import Admission
 from smartsocket.server.broadcast import Broadcaster
+from smartsocket.server.connections import Connections
 from smartsocket.server.dispatch import EventRouter, Tasks
 from smartsocket.server.fanout import Exclude, Fanout
 from smartsocket.server.heartbeat import heartbeat
@@ -44,14 +44,6 @@ from smartsocket.transport import (
 )
 
 logger = logging.getLogger("smartsocket.server")
-
-# Closes after which a session is not held for resuming: the client or the application ended
-# it, or it was refused.
-_FINAL_CLOSES = frozenset(
-    {CloseCode.NORMAL, CloseCode.KICKED, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED,
-     CloseCode.POLICY_VIOLATION}
-)
-
 
 class SmartSocket:
     """A real-time WebSocket server: named events, acks, rooms and broadcasts.
@@ -82,7 +74,6 @@ class SmartSocket:
         self._broadcaster = Broadcaster(self._sockets, self._cluster, self._fan)
         self._broadcast = self._broadcaster.send  # bound once (Room.broadcast calls it)
         self._registry.hook = self._cluster
-        self._open: dict[Socket, None] = {}  # every open connection, admitted or not
         self._limit_overrides: dict[str, RateLimit] = {}
         self._admission = Admission(self)
         self._default_limit: RateLimit | None = None
@@ -90,17 +81,24 @@ class SmartSocket:
         self._room_limits = RoomLimits(self._config, lambda: self._clock())
         # Rate limits and the error-rate rule read this clock (integer ns; tests inject one).
         self._clock: Callable[[], int] = time.monotonic_ns
-        self._connection_handlers: list[Handler] = []
         self._tasks = Tasks()
         self._spawn = self._tasks.spawn
         self._router = EventRouter(self._config, self._tasks)  # inbound events -> handlers
         # Bound once: a socket's inbound hot path reads one attribute, as before the split.
         self._dispatch = self._router.dispatch
         self._emit_local = self._router.emit_local
+        self._connections = Connections(
+            self._sockets, self._cluster, self._tasks.spawn, self._router.emit_local
+        )
         self._resumer = Resumer(
             self._config, self._sockets, self._registry, self._cluster, self._tasks.spawn,
-            self._welcome_socket,
+            self._connections.welcome,
         )
+        self._connections.resumer = self._resumer
+        # What a Socket calls as it opens, authenticates and closes (bound once).
+        self._on_open = self._connections.on_open
+        self._auth_message = self._connections.auth_message
+        self._on_close = self._connections.on_close
         self._stats: Stats | None = None
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -109,7 +107,6 @@ class SmartSocket:
         self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
         self._stats_subscribers: dict[Any, None] = {}  # /smartsocket/live connections
-        self._closing = False
         self._closed: asyncio.Event | None = None
         self._port: int | None = None
         # Started (heartbeat, sampler), with or without a listener: ``start(listen=False)``
@@ -144,6 +141,7 @@ class SmartSocket:
         local.fanout, local.recovery, local.stats = self._fan, self._recovery, self._stats
         self._broadcaster.fanout, self._broadcaster.recovery = self._fan, self._recovery
         self._resumer.config, self._resumer.recovery = config, self._recovery
+        self._connections.configure(config, self._admission, self._stats, self._recovery)
         self._default_limit = None
         if config.rate_limit_messages or config.rate_limit_bytes:
             self._default_limit = RateLimit(
@@ -159,7 +157,7 @@ class SmartSocket:
 
     def on_connection(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``handler(socket)`` for each new connection (sync or async; a decorator too)."""
-        self._connection_handlers.append(Handler(handler, max_args=1, called_with="(socket)"))
+        self._connections.handlers.append(Handler(handler, max_args=1, called_with="(socket)"))
         return handler
 
     def on(
@@ -323,107 +321,6 @@ class SmartSocket:
 
     emit = broadcast
 
-    # connection lifecycle (called by Socket)
-
-    def _on_open(self, socket: Socket) -> None:
-        self._open[socket] = None
-        if self._admission.open(socket) and socket.authenticated:
-            self._resumer.admit(socket)
-
-    def _auth_message(self, socket: Socket, packet: Event) -> None:
-        self._admission.auth_message(socket, packet)
-
-    def _welcome_socket(
-        self, socket: Socket, recovered: bool | None,
-        replay: list[tuple[bytes, bool]] | None = None, frames: list[bytes] | None = None,
-    ) -> None:
-        """Welcome an admitted socket (after a resume: then the missed messages, and frames
-        its rooms delivered while it resumed), then hand it to the application."""
-        self._sockets[socket.id] = socket
-        if self._stats is not None:
-            self._stats.total_connections += 1
-        logger.debug(
-            "connected %s from %s", socket.id, socket.remote_address,
-            extra={"event": "connect", "sid": socket.id, "remote": str(socket.remote_address)},
-        )
-        socket._send_payload(self._welcome(socket, recovered), False)
-        for payload, binary in replay or ():
-            socket._send_payload(payload, binary)
-        for frame in frames or ():
-            socket._send_frame(frame)
-        if not self._connection_handlers:
-            socket._flush_inbox()
-            return
-        handlers = self._connection_handlers
-        if any(h.is_async for h in handlers):
-            if socket._inbox is None:
-                socket._inbox = []  # hold events until on_connection has registered handlers
-            self._spawn(self._run_connection_handlers(socket, handlers))
-            return
-        for handler in handlers:
-            try:
-                handler.fn(*(socket,)[: handler.arity])
-            except Exception:
-                logger.exception("on_connection handler %s failed", handler.name)
-                socket.fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
-                return
-        socket._flush_inbox()
-
-    async def _run_connection_handlers(self, socket: Socket, handlers: list[Handler]) -> None:
-        try:
-            for handler in handlers:
-                result = handler.fn(*(socket,)[: handler.arity])
-                if asyncio.iscoroutine(result):
-                    await result
-        except Exception:
-            logger.exception("on_connection handler failed for %s", socket.id)
-            socket.fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
-            return
-        socket._flush_inbox()
-
-    def _welcome(self, socket: Socket, recovered: bool | None = None) -> bytes:
-        cfg = self._config
-        info: dict[str, Any] = {
-            "sid": socket.id,
-            "token": socket.token,
-            "protocol": 1,
-            "pingInterval": round(cfg.ping_interval * 1000),
-            "pingTimeout": round(cfg.ping_timeout * 1000),
-            "maxMessageSize": cfg.max_message_size,
-            "ackTimeout": round(cfg.message_timeout * 1000),
-        }
-        if self._recovery is not None:
-            info["recovery"] = round(cfg.recovery_window * 1000)
-        if recovered is not None:
-            info["recovered"] = recovered
-        return envelope.encode_event("$welcome", info)
-
-    def _on_close(self, socket: Socket, code: int, reason: str) -> None:
-        self._open.pop(socket, None)
-        self._resumer.early.pop(socket, None)
-        self._admission.close(socket)
-        if self._stats is not None and code == CloseCode.SLOW_CONSUMER:
-            self._stats.dropped_slow += 1
-        if self._sockets.get(socket.id) is not socket:
-            return  # never admitted: the application never saw it
-        del self._sockets[socket.id]
-        rec = socket._rec
-        if rec is not None and rec.owner is socket:
-            rec.owner = None
-            assert self._recovery is not None
-            # A shutdown ends sessions, unless Redis keeps them for another node to resume.
-            if code not in _FINAL_CLOSES and (
-                not self._closing or self._recovery.broker is not None
-            ):
-                self._recovery.hold(socket, rec)
-            else:
-                self._cluster.ended_here(socket.id)
-        logger.debug(
-            "disconnected %s: %d %s", socket.id, code, reason,
-            extra={"event": "disconnect", "sid": socket.id, "code": code, "reason": reason},
-        )
-        self._emit_local(socket, "disconnect", reason or str(code))
-
     # HTTP and upgrade routing
 
     def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
@@ -439,9 +336,9 @@ class SmartSocket:
         calls ``socket.on_open(conn)`` with a ``SocketConnection``, then ``on_message`` for
         each message and ``on_close`` once, exactly like the native transport.
         """
-        if self._closing:
+        if self._connections.closing:
             return HttpResponse(503, b"server is shutting down\n", headers={"Retry-After": "1"})
-        if len(self._open) >= self.config.max_connections:
+        if len(self._connections.open) >= self.config.max_connections:
             return self._refuse(HttpResponse(503, b"server full\n", headers={"Retry-After": "5"}))
         admitted = self._admission.check_upgrade(request)
         if isinstance(admitted, HttpResponse):
@@ -514,7 +411,7 @@ class SmartSocket:
             return
         if not self._started:
             self._closed = asyncio.Event()
-            self._closing = False
+            self._connections.closing = False
             await self._cluster.start(self.config)  # before the first socket (its id)
             if self._recovery is not None:
                 self._recovery.broker = self._cluster.recovery  # Redis holds it in a cluster
@@ -560,11 +457,11 @@ class SmartSocket:
     async def close(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stop accepting, let running handlers finish (up to ``timeout``,
         default ``shutdown_timeout``), close every client with 1001, wait for them to go."""
-        if not self._started or self._closing:
+        if not self._started or self._connections.closing:
             if self._closed is not None:
                 await self._closed.wait()
             return
-        self._closing = True
+        self._connections.closing = True
         deadline = time.monotonic() + (
             self.config.shutdown_timeout if timeout is None else timeout
         )
@@ -582,12 +479,12 @@ class SmartSocket:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         live.close_all(self)
-        for socket in list(self._open):
+        for socket in list(self._connections.open):
             socket.fail(CloseCode.GOING_AWAY, "server shutting down")
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
-        while self._open and time.monotonic() < wait_until:
+        while self._connections.open and time.monotonic() < wait_until:
             await asyncio.sleep(0.01)
-        for socket in list(self._open):
+        for socket in list(self._connections.open):
             if socket._conn is not None:
                 socket._conn.abort()
         await self._close_cluster()  # after the sockets: their presence leaves go out first

@@ -50,7 +50,7 @@ def _stats(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
 
 def _health(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
     body: dict[str, object] = {
-        "status": "closing" if server._closing else "ok",
+        "status": "closing" if server._connections.closing else "ok",
         "version": __version__,
         "connections": len(server._sockets),
     }
@@ -58,10 +58,11 @@ def _health(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
         # Cut off from the broker the node still serves its own clients: "degraded", but 200,
         # so a load balancer keeps it (an outage of the broker must not empty the pool).
         section = server._cluster.stats_section()
-        if section["status"] == "degraded" and not server._closing:
+        if section["status"] == "degraded" and not server._connections.closing:
             body["status"] = "degraded"
         body["cluster"] = section
-    return HttpResponse(503 if server._closing else 200, msgspec.json.encode(body), _JSON)
+    status = 503 if server._connections.closing else 200
+    return HttpResponse(status, msgspec.json.encode(body), _JSON)
 
 
 def _metrics(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
