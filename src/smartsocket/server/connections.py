@@ -88,7 +88,7 @@ class Connections:
             "connected %s from %s", socket.id, socket.remote_address,
             extra={"event": "connect", "sid": socket.id, "remote": str(socket.remote_address)},
         )
-        socket._send_payload(self._welcome_payload(socket, recovered), False)
+        socket._send_payload(self.welcome_payload(socket, recovered), False)
         for payload, binary in replay or ():
             socket._send_payload(payload, binary)
         for frame in frames or ():
@@ -123,7 +123,7 @@ class Connections:
             return
         socket._flush_inbox()
 
-    def _welcome_payload(self, socket: Socket, recovered: bool | None = None) -> bytes:
+    def welcome_payload(self, socket: Socket, recovered: bool | None = None) -> bytes:
         cfg = self.config
         info: dict[str, Any] = {
             "sid": socket.id,
