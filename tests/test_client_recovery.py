@@ -214,16 +214,15 @@ async def test_a_gap_notice_reaches_the_app_and_starts_the_room_afresh() -> None
             client.on("$gap", gaps.append)
             await client.call("join", "r")
             await client.call("join", "s")
-            members = server._registry.members("r")
 
             def positioned(room: str, n: int, offset: int) -> None:
                 payload = envelope.encode_event("tick", n, meta=[room, "e1", offset])
-                server._deliver(server._registry.members(room), payload, False, None)
+                server._local.deliver(room, payload, False)
 
             positioned("r", 1, 1)
             positioned("r", 2, 2)
             positioned("s", 3, 1)
-            server._deliver(members, gap_notice("r"), False, None)
+            server._local.deliver("r", gap_notice("r"), False)
             positioned("r", 4, 1)  # offsets given again after a rewind
             positioned("r", 5, 2)
             positioned("s", 6, 1)  # another room: still a duplicate

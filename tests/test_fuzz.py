@@ -1379,7 +1379,9 @@ class Live:
             await self._converse(ws, plan, expects, replies_to, since, polite_end)
         finally:
             ws.close()
-        await _wait(lambda: socket not in server._open, 3.0, "the server to release the socket")
+        await _wait(
+            lambda: socket not in server._connections.open, 3.0, "the server to release the socket"
+        )
         assert not socket.connected and len(socket._acks) == 0 and not socket._rooms, socket
         assert socket.id not in server.sockets
         reply = await self.bystander.call("echo", {"example": self.count}, timeout=2.0)
@@ -1498,7 +1500,7 @@ class Live:
         server = self.server
         await _wait(lambda: not server._tasks, 3.0, "the server's tasks to finish")
         assert list(server.sockets) == [self.bystander.sid], dict(server.sockets)
-        assert len(server._open) == 1, server._open
+        assert len(server._connections.open) == 1, server._connections.open
         assert len(server.rooms) == 0, list(server.rooms)
         per_ip = getattr(getattr(server, "_admission", None), "_per_ip", None)
         assert per_ip in (None, {"127.0.0.1": 1}), per_ip  # per-IP counts (if that is where)
@@ -1759,7 +1761,9 @@ async def test_regression_nothing_after_the_close_frame(
             assert rest == b"", f"bytes after the server's close frame: {rest[:80]!r}"
         finally:
             ws.close()
-        await _wait(lambda: socket not in server._open, 3.0, "the server to drop the socket")
+        await _wait(
+            lambda: socket not in server._connections.open, 3.0, "the server to drop the socket"
+        )
     assert not logged_errors()
 
 

@@ -83,7 +83,7 @@ async def test_ping_flood_from_a_peer_that_does_not_read_is_dropped(authenticate
             sent += 1
             await asyncio.sleep(0)  # one ping per read: one pong per loop iteration
         assert server._stats.dropped_slow == 1, f"not dropped after {sent} pings"
-        assert not server._open  # gone, admitted or not
+        assert not server._connections.open  # gone, admitted or not
         ws.close()
 
 
@@ -289,7 +289,7 @@ async def test_closed_connections_leave_no_reference_cycles() -> None:
         for _ in range(3):  # warm-up: one-time caches
             ws = await open_ws(server.port)
             ws.close()
-        await wait_for(lambda: not server._open)
+        await wait_for(lambda: not server._connections.open)
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
@@ -298,7 +298,7 @@ async def test_closed_connections_leave_no_reference_cycles() -> None:
                 ws.send_text(json.dumps(["echo", 1, 1]))
                 await ws.recv_frame()
                 ws.close()
-            await wait_for(lambda: not server._open)
+            await wait_for(lambda: not server._connections.open)
             await asyncio.sleep(0)
             gc.collect()
             leaked = [o for o in gc.garbage if isinstance(o, Socket | ServerConnection)]

@@ -42,7 +42,7 @@ async def test_counts_messages_and_bytes_exactly() -> None:
         for i in range(20):
             await client.call("echo", f"message {i}")
         raw = server.stats()["raw"]
-        welcome = server._welcome(next(iter(server.sockets.values())))
+        welcome = server._connections.welcome_payload(next(iter(server.sockets.values())))
         assert raw["messagesIn"] == 20
         assert raw["bytesIn"] == raw["bytesInWire"] == sum(map(len, sent))
         assert raw["messagesOut"] == 21

@@ -170,7 +170,7 @@ async def test_recovered_false_when_history_was_trimmed() -> None:
         assert server.sockets[again.welcome["sid"]].rooms == frozenset()
         await again.nothing()
         assert server.stats()["recovery"]["recoveryFailed"] == 1
-        from smartsocket.prometheus import exposition
+        from smartsocket.server.prometheus import exposition
 
         metrics = exposition(server._metrics_registry()).decode()
         assert 'smartsocket_resumes_total{result="failed"} 1.0' in metrics

@@ -124,7 +124,7 @@ async def test_python_client_without_credentials_fails_at_once(hook: str) -> Non
             await asyncio.wait_for(client.connect(), 5)
         assert info.value.code == "auth_required" and "token" in str(info.value)
         assert isinstance(info.value, ConnectionError)
-        await wait_for(lambda: not server._open)  # the client closed its side
+        await wait_for(lambda: not server._connections.open)  # the client closed its side
         with pytest.raises(Unauthorized) as info:  # wrong credentials: HTTP 401 or 4001
             await asyncio.wait_for(Client(server.url + "?token=nope").connect(), 5)
         assert info.value.code == "unauthorized"
@@ -227,7 +227,7 @@ async def test_connections_per_ip_closes_1013() -> None:
         c = await websockets.connect(server.url)
         await expect_close(c, 1013)
         await a.close()
-        await wait_for(lambda: len(server._open) == 1)
+        await wait_for(lambda: len(server._connections.open) == 1)
         d = await websockets.connect(server.url)
         assert json.loads(await d.recv())[0] == "$welcome"
         await b.close()

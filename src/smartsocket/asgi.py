@@ -39,7 +39,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from smartsocket.integrations import Bridge, admit, ensure_started
 from smartsocket.server import SmartSocket, http, live
-from smartsocket.server.app import WS_PATHS
+from smartsocket.server.http import WS_PATHS
 from smartsocket.transport import ConnectionHandler, HandshakeRequest, HttpResponse
 
 __all__ = ["ASGIConnection", "SmartSocketASGI"]

@@ -56,7 +56,7 @@ def minimal_app(config: Config | None = None) -> SmartSocket:
     """Only echo/join/leave/chat (an older or custom server): the chat page's fallbacks."""
     server = create_app(config)
     for event in ("members", "typing"):
-        del server._handlers[event]
+        del server._router.handlers[event]
     return server
 
 

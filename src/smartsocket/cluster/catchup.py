@@ -138,20 +138,17 @@ class RoomSync:
             self.gap(room)  # missed or rewound: told, then carry on from here
         if room not in self.subscribing:
             self.positions[room] = (epoch, offset)
-        server = self.node.server
-        members = server._registry.members(room)
-        if not members:
+        local = self.node.local
+        if not local.has_room(room):
             return
         payload = envelope.with_meta(body.payload, [room, epoch, offset], binary=body.binary)
-        skip = server._resolve_exclude(body.exclude) if body.exclude else None
-        server._deliver(members, payload, body.binary, skip)
+        local.deliver(room, payload, body.binary, body.exclude)
 
     def gap(self, room: str) -> None:
-        server = self.node.server
-        members = server._registry.members(room)
-        if members:
+        local = self.node.local
+        if local.has_room(room):
             self.recovery.gaps += 1
-            server._deliver(members, gap_notice(room), False, None)
+            local.deliver(room, gap_notice(room), False)
 
     def forget(self, room: str) -> None:
         """No local member left: the node stops hearing the room."""
@@ -163,21 +160,18 @@ class RoomSync:
     # the link
 
     def link_lost(self) -> None:
-        server = self.node.server
+        local = self.node.local
         for room, queue in self.pending.items():
-            members = server._registry.members(room)
             uncertain = self.uncertain.setdefault(room, [])
             for payload, binary, excluded in queue:
-                if members:
-                    skip = server._resolve_exclude(excluded) if excluded else None
-                    server._deliver(members, payload, binary, skip)
+                local.deliver(room, payload, binary, excluded)
                 uncertain.append(payload)
         self.pending.clear()
-        for room in server._registry.names():
+        for room in local.room_names():
             self.holding.setdefault(room, [])
 
     def link_up(self) -> None:
-        for room in self.node.server._registry.names():
+        for room in self.node.local.room_names():
             self.holding.setdefault(room, [])
         if self._task is not None:
             self._task.cancel()
@@ -224,7 +218,7 @@ class RoomSync:
             # What the history holds after our position (a prefix of the room's messages,
             # even where Redis went back: every state of an epoch is); then, if Redis may
             # have lost a tail of it since, $gap.
-            members = node.server._registry.members(room)
+            members = node.local.has_room(room)
             for entry in log.entries:
                 if entry.offset <= last[1]:
                     continue
@@ -234,8 +228,7 @@ class RoomSync:
                     payload = envelope.with_meta(
                         entry.payload, [room, log.epoch, entry.offset], binary=entry.binary
                     )
-                    skip = node.server._resolve_exclude(entry.excluded) if entry.excluded else None
-                    node.server._deliver(members, payload, entry.binary, skip)
+                    node.local.deliver(room, payload, entry.binary, entry.excluded)
                     self.recovery.caught_up += 1
             self.positions[room] = (log.epoch, log.last)
             if not log.current:

@@ -52,19 +52,8 @@ class Liveness:
 
     def heartbeat(self) -> m.Heartbeat:
         node = self.node
-        server = node.server
-        stats = server._stats
-        counters: dict[str, int | float] = {
-            "connections": len(server._sockets),
-            "rooms": len(server._registry),
-            "publishFailed": node.failed_total,
-        }
-        if stats is not None:
-            counters.update(
-                messagesIn=stats.messages_in, messagesOut=stats.messages_out,
-                bytesIn=stats.bytes_in_wire, bytesOut=stats.bytes_out_wire,
-                totalConnections=stats.total_connections,
-            )
+        counters = node.local.counters()
+        counters["publishFailed"] = node.failed_total
         return m.Heartbeat(node.epoch, node.heartbeat_interval, node.started, counters)
 
     def on_heartbeat(self, src: str, beat: m.Heartbeat) -> bool:

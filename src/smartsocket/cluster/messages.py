@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-VERSION: Final = 1
+VERSION: Final = 2  # 2: one message type per query kind (1 had ``Query.kind`` strings)
 
 
 class Envelope(msgspec.Struct, array_like=True, gc=False):
@@ -68,27 +68,87 @@ class ServerEvent(_Body, tag="e"):
     data: bytes  # MessagePack
 
 
-class Query(_Body, tag="q"):
-    """A request to one node or to all; answered with a ``Reply`` to the sender's inbox.
+# Requests to one node or to all, answered with a ``Reply`` to the sender's inbox (or to
+# ``reply_to``: a request forwarded once to where the socket's session resumed). ``id`` is the
+# request id ``Requests.request`` gives it.
 
-    ``kind``: ``sockets`` (records of local sockets, ``room`` optional), ``presence`` (local
-    members of ``room`` with their info), ``send`` / ``join`` / ``leave`` / ``disconnect`` /
-    ``call`` on socket ``sid``; ``moved`` / ``gone``: session ``sid`` of the receiver resumed
-    on the sender (recovery), or ended there for good.
-    """
+
+class ListSockets(_Body, tag="qs"):
+    """Records of the receiver's sockets (in ``room``, or all)."""
 
     id: int
-    kind: str
-    sid: str | None = None
     room: str | None = None
-    event: str | None = None
-    data: bytes | None = None  # MessagePack (call), or an encoded v1 payload (send)
-    binary: bool = False
-    code: int = 0
-    reason: str = ""
-    timeout: float = 0.0
-    want_reply: bool = True
-    reply_to: str = ""  # answer this node instead of the sender (a forwarded query)
+
+
+class ListPresence(_Body, tag="qp"):
+    """The receiver's members of presence room ``room`` with their info."""
+
+    id: int
+    room: str
+
+
+class CallSocket(_Body, tag="qc"):
+    """``socket.call`` on socket ``sid``; the reply carries its ack reply."""
+
+    id: int
+    sid: str
+    event: str
+    data: bytes  # MessagePack
+    binary: bool
+    timeout: float
+    reply_to: str = ""
+
+
+class JoinRoom(_Body, tag="qj"):
+    id: int
+    sid: str
+    room: str
+    reply_to: str = ""
+
+
+class LeaveRoom(_Body, tag="ql"):
+    id: int
+    sid: str
+    room: str
+    reply_to: str = ""
+
+
+class DisconnectSocket(_Body, tag="qx"):
+    id: int
+    sid: str
+    code: int
+    reason: str
+    reply_to: str = ""
+
+
+# Notices: no reply.
+
+
+class SendTo(_Body, tag="qd"):
+    """A direct message for socket ``sid``: the event encoded once (protocol v1 payload)."""
+
+    sid: str
+    payload: bytes
+    binary: bool
+    reply_to: str = ""  # set when forwarded (never answered: it only marks the forward)
+
+
+class SessionMoved(_Body, tag="qm"):
+    """Recovery: the receiver's session ``sid`` resumed on the sender."""
+
+    sid: str
+
+
+class SessionGone(_Body, tag="qg"):
+    """Recovery: session ``sid`` (resumed on the sender) ended there for good."""
+
+    sid: str
+
+
+# What ``Requests.request`` sends (each has an ``id``), and what acts on one socket.
+Request = ListSockets | ListPresence | CallSocket | JoinRoom | LeaveRoom | DisconnectSocket
+SocketOperation = JoinRoom | LeaveRoom | DisconnectSocket
+ForSocket = CallSocket | JoinRoom | LeaveRoom | DisconnectSocket | SendTo
 
 
 class Reply(_Body, tag="r"):
@@ -116,7 +176,11 @@ class PresenceMember(msgspec.Struct, array_like=True, gc=False):
     info: dict[str, Any]
 
 
-Body = Broadcast | PresenceDelta | Heartbeat | Bye | ServerEvent | Query | Reply
+Body = (
+    Broadcast | PresenceDelta | Heartbeat | Bye | ServerEvent | Reply
+    | ListSockets | ListPresence | CallSocket | JoinRoom | LeaveRoom | DisconnectSocket
+    | SendTo | SessionMoved | SessionGone
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _encode = _encoder.encode

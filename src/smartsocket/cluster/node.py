@@ -35,12 +35,11 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from smartsocket import compression
 from smartsocket.cluster import messages as m
 from smartsocket.cluster.adapter import Adapter, BrokerAdapter, create_adapter
 from smartsocket.cluster.catchup import RoomSync
@@ -52,10 +51,8 @@ from smartsocket.cluster.sessions import BrokerRecovery, parse_logged
 from smartsocket.handlers import Handler
 
 if TYPE_CHECKING:
+    from smartsocket.cluster.ports import LocalServer, LocalSocket
     from smartsocket.config import Config
-    from smartsocket.server.app import SmartSocket
-    from smartsocket.server.rooms import SendFrame
-    from smartsocket.server.socket import Socket
 
 logger = logging.getLogger("smartsocket.cluster")
 
@@ -73,14 +70,15 @@ def channel_token(name: str) -> str:
 class ClusterNode:
     """A server's link to the rest of the cluster (also its presence bookkeeping when alone)."""
 
-    def __init__(self, server: SmartSocket) -> None:
-        self.server = server
+    def __init__(self, local: LocalServer) -> None:
+        self.local = local  # this node's sockets and rooms (cluster/ports.py)
         self.node_id = secrets.token_urlsafe(6).replace(".", "_")
         self.adapter: Adapter | None = None
         self.active = False  # an adapter is attached: publish and listen
         self.prefix = "smartsocket"
         self.heartbeat_interval = 1.0
         self.node_timeout = 5.0
+        self.message_timeout = 10.0  # a remote call's default ack timeout (config)
         self.liveness = Liveness(self)
         self.requests = Requests(self)
         self.operations = Operations(self)
@@ -105,6 +103,7 @@ class ClusterNode:
         self.sync: RoomSync | None = None  # room positions across outages (catchup.py)
         # Sessions of this node's sockets that resumed on another node: sid -> that node.
         self.moved: dict[str, str] = {}
+        self._receivers = self._receivers_by_type()
 
     # configuration
 
@@ -113,6 +112,7 @@ class ClusterNode:
         self.prefix = config.cluster_prefix
         self.heartbeat_interval = config.cluster_heartbeat
         self.node_timeout = config.node_timeout
+        self.message_timeout = config.message_timeout
 
     def enable_presence(self, room: str) -> None:
         self.presence_state.enable(room)
@@ -152,17 +152,17 @@ class ClusterNode:
         self.adapter = adapter
         self.active = True
         self.epoch = 1
-        server_recovery = self.server._recovery
-        if server_recovery is not None:
+        if config.recovery_window:
+            # The server hands ``self.recovery`` to its own recovery once this returns.
             if not isinstance(adapter, BrokerAdapter) or not adapter.supports_scripts:
                 raise ValueError(f"recovery in a cluster needs Redis, not {adapter.name}")
-            self.recovery = server_recovery.broker = BrokerRecovery(config, adapter, self.prefix)
+            self.recovery = BrokerRecovery(config, adapter, self.prefix)
             self.recovery.forward = self._forward_direct
             self.sync = RoomSync(self, self.recovery)
         self.degraded_since = time.monotonic()
         adapter.subscribe(self.all_channel)
         adapter.subscribe(self.inbox(self.node_id))
-        for room in self.server._registry.names():
+        for room in self.local.room_names():
             self._room_created(room)
         await adapter.start(self._receive, self._on_state)
         self._task = asyncio.get_running_loop().create_task(self.liveness.run())
@@ -183,8 +183,6 @@ class ClusterNode:
         if self.sync is not None:
             self.sync.close()
             self.sync = None
-        if self.recovery is not None and self.server._recovery is not None:
-            self.server._recovery.broker = None
         self.recovery = None
         await adapter.close()
         self.liveness.nodes.clear()
@@ -249,56 +247,53 @@ class ClusterNode:
         return False
 
     def publish_broadcast(
-        self, room: str | None, members: Mapping[Socket, SendFrame], payload: bytes,
-        binary: bool, skip: set[Socket] | None, exclude: Any,
-    ) -> int:
-        """Deliver here, then publish the encoded (and compressed, when it pays) payload.
-        Returns the deliveries made on this node only: the other nodes deliver on their own
-        and nobody waits for their counts."""
-        server = self.server
-        recovery = self.recovery
-        sync = self.sync
-        if recovery is not None and sync is not None and room is not None:
-            # Logged by Redis with its position, then delivered from the room channel by every
-            # node with members (this one too), in the order of the positions. If the link
-            # breaks before it is back, it is delivered here then (catchup.py): the count
-            # returned is true either way.
-            channel = self.room_channel(room)
-            ids = _exclude_ids(exclude)
-            body = m.encode(self.node_id, m.Broadcast(room, payload, binary, exclude=ids))
-            if recovery.publish_room(channel, body, payload, binary, ids):
-                self.published += 1
-                if not members:
-                    return 0
-                sync.sent(room, payload, binary, ids)
-                return sum(1 for s in members if skip is None or s not in skip)
-            recovery.unlogged += 1  # broker down: delivered here, without a position
-            self.publish_failed += 1
-            sync.unlogged(room)  # the other nodes get $gap when the link is back
-            return server._deliver(members, payload, binary, skip) if members else 0
-        cfg = server.config
-        deflated: bytes | None = None
-        tried = False
-        if cfg.enable_compression and len(payload) >= cfg.compression_threshold:
-            deflated = compression.compress_once(
-                payload, threshold=0, level=cfg.compression_level
-            )
-            tried = True
-        count = server._deliver(members, payload, binary, skip, deflated, tried) if members else 0
-        ids = _exclude_ids(exclude)
+        self, room: str | None, payload: bytes, binary: bool, deflated: bytes | None,
+        tried: bool, exclude: Sequence[str],
+    ) -> bool:
+        """Publish a broadcast the server delivered here already (``room`` None: to every
+        socket), compressed or not as the server decided (server/fanout.py)."""
         channel = self.all_channel if room is None else self.room_channel(room)
-        self.publish(channel, m.Broadcast(room, payload, binary, deflated, tried, ids))
-        return count
+        return self.publish(
+            channel, m.Broadcast(room, payload, binary, deflated, tried, list(exclude))
+        )
+
+    @property
+    def logs_rooms(self) -> bool:
+        """Room broadcasts go through Redis, which logs them (recovery in a cluster)."""
+        return self.sync is not None
+
+    def publish_logged(
+        self, room: str, payload: bytes, binary: bool, exclude: Sequence[str], local: bool
+    ) -> bool:
+        """Recovery on Redis: log a room message in Redis with its position; every node with
+        members (this one too, when ``local``: it has members) delivers it from the room
+        channel, in the order of the positions. False when the broker is down: then the
+        server delivers it here, without a position, and the other nodes get ``$gap`` when
+        the link is back. If the link breaks before the message comes back, it is delivered
+        here then (catchup.py)."""
+        recovery, sync = self.recovery, self.sync
+        assert recovery is not None and sync is not None
+        ids = list(exclude)
+        body = m.encode(self.node_id, m.Broadcast(room, payload, binary, exclude=ids))
+        if recovery.publish_room(self.room_channel(room), body, payload, binary, ids):
+            self.published += 1
+            if local:
+                sync.sent(room, payload, binary, ids)
+            return True
+        recovery.unlogged += 1
+        self.publish_failed += 1
+        sync.unlogged(room)
+        return False
 
     # registry hooks (RoomRegistry calls these)
 
-    def room_joined(self, room: str, socket: Socket, created: bool) -> None:
+    def room_joined(self, room: str, socket: LocalSocket, created: bool) -> None:
         if created and self.active:
             self._room_created(room)
         if self.presence_state.is_presence_room(room):
             self.presence_state.changed(room, socket, joined=True)
 
-    def room_left(self, room: str, socket: Socket, deleted: bool) -> None:
+    def room_left(self, room: str, socket: LocalSocket, deleted: bool) -> None:
         if self.presence_state.is_presence_room(room):
             self.presence_state.changed(room, socket, joined=False)
         if deleted and self.active:
@@ -308,7 +303,7 @@ class ClusterNode:
             assert self.adapter is not None
             self.adapter.unsubscribe(self.room_channel(room))
 
-    def room_removed(self, room: str, sockets: Iterable[Socket]) -> None:
+    def room_removed(self, room: str, sockets: Iterable[LocalSocket]) -> None:
         members = list(sockets)
         for index, socket in enumerate(members):
             self.room_left(room, socket, index == len(members) - 1)
@@ -323,7 +318,7 @@ class ClusterNode:
     async def subscribed(self, room: str, timeout: float) -> bool:
         """Wait until broadcasts to ``room`` from other nodes reach this node (True), i.e. the
         broker confirmed the room channel its first local member subscribed to."""
-        if not self.active or room not in self.server._registry:
+        if not self.active or not self.local.has_room(room):
             return not self.active
         assert self.adapter is not None
         future = self.adapter.subscribe(self.room_channel(room))
@@ -346,14 +341,15 @@ class ClusterNode:
     def send(self, sid: str, event: str, data: Any, binary: bool | None) -> bool:
         return self.operations.send(sid, event, data, binary)
 
-    async def operate(
-        self, kind: str, sid: str, room: str | None = None, *, code: int = 0,
-        reason: str = "", timeout: float = 2.0,
-    ) -> bool:
-        """join / leave / disconnect a socket anywhere; False if there is no such socket."""
-        return await self.operations.operate(
-            kind, sid, room, code=code, reason=reason, timeout=timeout
-        )
+    async def join(self, sid: str, room: str, timeout: float) -> bool:
+        """Make a socket anywhere join ``room``; False if there is no such socket."""
+        return await self.operations.operate(m.JoinRoom(0, sid, room), timeout)
+
+    async def leave(self, sid: str, room: str, timeout: float) -> bool:
+        return await self.operations.operate(m.LeaveRoom(0, sid, room), timeout)
+
+    async def disconnect(self, sid: str, code: int, reason: str, timeout: float) -> bool:
+        return await self.operations.operate(m.DisconnectSocket(0, sid, code, reason), timeout)
 
     async def call(
         self, sid: str, event: str, data: Any, timeout: float | None, binary: bool | None
@@ -393,38 +389,49 @@ class ClusterNode:
             return
         self.received += 1
         src = env.src
-        kind = type(body)
         try:
-            if kind is m.Broadcast:
-                self._on_broadcast(body)  # type: ignore[arg-type]
-            elif kind is m.PresenceDelta:
-                self.presence_state.on_delta(src, body)  # type: ignore[arg-type]
-            elif kind is m.Heartbeat:
-                if self.liveness.on_heartbeat(src, body):  # type: ignore[arg-type]
-                    self.presence_state.resync(src)
-            elif kind is m.Reply:
-                self.requests.on_reply(src, body)  # type: ignore[arg-type]
-            elif kind is m.Query:
-                self._on_query(src, body)  # type: ignore[arg-type]
-            elif kind is m.ServerEvent:
-                self._on_server_event(src, body)  # type: ignore[arg-type]
-            elif kind is m.Bye:
-                logger.info("node %s left the cluster", src)
-                self.drop_node(src)
+            # Dispatch on the message type; broadcasts, by far the most frequent, first.
+            if type(body) is m.Broadcast:
+                self._on_broadcast(body)
+            else:
+                self._receivers[type(body)](src, body)
         except Exception:
-            logger.exception("handling a %s from node %s failed", kind.__name__, src)
+            logger.exception("handling a %s from node %s failed", type(body).__name__, src)
+
+    def _receivers_by_type(self) -> dict[type, Callable[[str, Any], None]]:
+        ops = self.operations
+        return {
+            m.PresenceDelta: self.presence_state.on_delta,
+            m.Heartbeat: self._on_heartbeat,
+            m.Reply: self.requests.on_reply,
+            m.SendTo: ops.send_to,
+            m.CallSocket: ops.call_socket,
+            m.JoinRoom: ops.operate_here,
+            m.LeaveRoom: ops.operate_here,
+            m.DisconnectSocket: ops.operate_here,
+            m.ListSockets: ops.list_sockets,
+            m.ListPresence: self._on_list_presence,
+            m.SessionMoved: ops.session_moved,
+            m.SessionGone: ops.session_gone,
+            m.ServerEvent: self._on_server_event,
+            m.Bye: self._on_bye,
+        }
+
+    def _on_heartbeat(self, src: str, beat: m.Heartbeat) -> None:
+        if self.liveness.on_heartbeat(src, beat):
+            self.presence_state.resync(src)
+
+    def _on_bye(self, src: str, _: m.Bye) -> None:
+        logger.info("node %s left the cluster", src)
+        self.drop_node(src)
+
+    def _on_list_presence(self, src: str, query: m.ListPresence) -> None:
+        self.requests.reply(src, query.id, result=self.presence_state.snapshot(query.room))
 
     def _on_broadcast(self, body: m.Broadcast) -> None:
-        server = self.server
-        members: Mapping[Socket, SendFrame]
-        if body.room is None:
-            members = {s: s._send_frame for s in server._sockets.values()}
-        else:
-            members = server._registry.members(body.room)
-        if not members:
-            return
-        skip = server._resolve_exclude(body.exclude) if body.exclude else None
-        server._deliver(members, body.payload, body.binary, skip, body.deflated, body.tried)
+        self.local.deliver(
+            body.room, body.payload, body.binary, body.exclude, body.deflated, body.tried
+        )
 
     def _on_logged(self, channel: str, data: bytes) -> None:
         """A logged room message, ours or another node's: deliver it with its position."""
@@ -449,27 +456,19 @@ class ClusterNode:
         self.moved.pop(sid, None)
         home = node_of(sid)
         if self.active and home is not None and home != self.node_id:
-            self.publish(self.inbox(home), m.Query(0, "moved", sid=sid, want_reply=False))
+            self.publish(self.inbox(home), m.SessionMoved(sid))
 
     def _forward_direct(self, sid: str, node: str, payload: bytes, binary: bool) -> None:
         """A direct message for a session of ours that resumed on ``node`` (we learn it from
         Redis before its notice arrives)."""
         self.moved[sid] = node
-        query = m.Query(0, "send", sid=sid, data=payload, binary=binary, want_reply=False)
-        self.publish(self.inbox(node), query)
+        self.publish(self.inbox(node), m.SendTo(sid, payload, binary))
 
     def ended_here(self, sid: str) -> None:
         """Session ``sid`` (resumed here from another node) ended for good."""
         home = node_of(sid)
         if self.active and home is not None and home != self.node_id:
-            self.publish(self.inbox(home), m.Query(0, "gone", sid=sid, want_reply=False))
-
-    def _on_query(self, src: str, query: m.Query) -> None:
-        if query.kind == "presence":
-            snapshot = self.presence_state.snapshot(query.room or "")
-            self.requests.reply(src, query.id, result=snapshot)
-        else:
-            self.operations.answer(src, query)
+            self.publish(self.inbox(home), m.SessionGone(sid))
 
     def _on_server_event(self, src: str, body: m.ServerEvent) -> None:
         handlers = self._handlers.get(body.name)
@@ -528,13 +527,6 @@ class ClusterNode:
             section["members"] = listing
             section["totals"] = totals
         return section
-
-
-def _exclude_ids(exclude: Any) -> list[str]:
-    if exclude is None:
-        return []
-    items = (exclude,) if isinstance(exclude, str) or hasattr(exclude, "_send_frame") else exclude
-    return [item if isinstance(item, str) else item.id for item in items]
 
 
 async def _log_failure(coro: Any, name: str) -> None:

@@ -1,13 +1,13 @@
 """Operations on sockets wherever they are connected, and cluster-wide socket listings.
 
 Socket ids in a cluster start with their node's id (``<node>.<random>``), so an operation on a
-remote socket (send, call, join, leave, disconnect) goes straight to its node's inbox as a
-``Query``; a socket that is here takes the local path and never touches the broker.
+remote socket (send, call, join, leave, disconnect) goes straight to its node's inbox as one
+of the typed messages of ``messages.py``; a socket that is here takes the local path and
+never touches the broker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,7 +20,7 @@ from smartsocket.security import LimitExceeded
 
 if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
-    from smartsocket.server.socket import Socket
+    from smartsocket.cluster.ports import LocalSocket
 
 _RECORDS = msgspec.msgpack.Decoder(list[tuple[str, list[str], dict[str, Any]]])
 
@@ -46,7 +46,7 @@ class Operations:
         return node
 
     def send(self, sid: str, event: str, data: Any, binary: bool | None) -> bool:
-        socket = self.node.server._sockets.get(sid)
+        socket = self.node.local.socket(sid)
         if socket is not None:
             socket.send(event, data, binary=binary)
             return True
@@ -58,25 +58,22 @@ class Operations:
         if binary is None:
             binary = envelope.needs_binary(data)
         payload = envelope.encode_event(event, data, binary=binary)
-        query = m.Query(0, "send", sid=sid, data=payload, binary=binary, want_reply=False)
-        return self.node.publish(self.node.inbox(node), query)
+        return self.node.publish(self.node.inbox(node), m.SendTo(sid, payload, binary))
 
-    async def operate(
-        self, kind: str, sid: str, room: str | None = None, *, code: int = 0,
-        reason: str = "", timeout: float = 2.0,
-    ) -> bool:
-        """join / leave / disconnect a socket anywhere; False if there is no such socket."""
-        socket = self.node.server._sockets.get(sid)
+    async def operate(self, operation: m.SocketOperation, timeout: float = 2.0) -> bool:
+        """Join / leave / disconnect a socket anywhere; False if there is no such socket."""
+        socket = self.node.local.socket(operation.sid)
         if socket is not None:
-            return operate_local(socket, kind, room, code, reason)
+            return apply(socket, operation)
         try:
-            node = self._target(sid)
+            node = self._target(operation.sid)
         except _NoSocket:
             return False
-        query = m.Query(0, kind, sid=sid, room=room, code=code, reason=reason)
-        reply = (await self.node.requests.request(query, node, timeout)).get(node)
+        reply = (await self.node.requests.request(operation, node, timeout)).get(node)
         if reply is None:
-            raise TimeoutError(f"node {node} did not answer {kind} within {timeout:g} s")
+            raise TimeoutError(
+                f"node {node} did not answer {_NAMES[type(operation)]} within {timeout:g} s"
+            )
         if not reply.ok and reply.error not in (None, "no_socket"):
             raise LimitExceeded(reply.error, reply.message)
         return reply.ok
@@ -84,7 +81,7 @@ class Operations:
     async def call(
         self, sid: str, event: str, data: Any, timeout: float | None, binary: bool | None
     ) -> Any:
-        socket = self.node.server._sockets.get(sid)
+        socket = self.node.local.socket(sid)
         if socket is not None:
             return await socket.call(event, data, timeout=timeout, binary=binary)
         try:
@@ -93,11 +90,10 @@ class Operations:
             raise ConnectionClosed(None, f"no socket {sid!r}") from None
         check_event(event)
         if timeout is None:
-            timeout = self.node.server.config.message_timeout
-        query = m.Query(
-            0, "call", sid=sid, event=event, data=m.pack(data),
-            binary=bool(binary) if binary is not None else envelope.needs_binary(data),
-            timeout=timeout,
+            timeout = self.node.message_timeout
+        query = m.CallSocket(
+            0, sid, event, m.pack(data),
+            bool(binary) if binary is not None else envelope.needs_binary(data), timeout,
         )
         # The remote socket's own timer decides; ours only covers a node that went away.
         wait = timeout + max(1.0, self.node.node_timeout)
@@ -122,7 +118,7 @@ class Operations:
         ]
         if not node.active:
             return records
-        replies = await node.requests.request(m.Query(0, "sockets", room=room), None, timeout)
+        replies = await node.requests.request(m.ListSockets(0, room), None, timeout)
         for src, reply in replies.items():
             if reply.ok and reply.result is not None:
                 records.extend(
@@ -132,82 +128,73 @@ class Operations:
         return records
 
     def local_records(self, room: str | None) -> list[tuple[str, list[str], dict[str, Any]]]:
-        server = self.node.server
-        sockets: Iterable[Socket] = (
-            server._sockets.values() if room is None else server._registry.members(room)
-        )
-        return [(s.id, sorted(s._rooms), s.presence) for s in sockets]
+        return [(s.id, sorted(s.rooms), s.presence) for s in self.node.local.members(room)]
 
     # answering
 
-    def answer(self, src: str, query: m.Query) -> None:
-        """A query from node ``src`` about this node's sockets."""
-        kind = query.kind
-        reply = self.node.requests.reply
-        sender, src = src, query.reply_to or src
-        if kind == "sockets":
-            reply(src, query.id, result=m.pack(self.local_records(query.room)))
-            return
-        sid = query.sid or ""
-        if kind in ("moved", "gone"):
-            self._moved(sender, kind, sid)
-            return
-        socket = self.node.server._sockets.get(sid)
+    def list_sockets(self, src: str, query: m.ListSockets) -> None:
+        self.node.requests.reply(src, query.id, result=m.pack(self.local_records(query.room)))
+
+    def send_to(self, src: str, notice: m.SendTo) -> None:
+        """A direct message from node ``src`` for a socket of this node."""
+        if not self.node.local.send_direct(notice.sid, notice.payload, notice.binary):
+            self._not_here(src, notice)
+
+    def call_socket(self, src: str, query: m.CallSocket) -> None:
+        socket = self.node.local.socket(query.sid)
         if socket is None:
             self._not_here(src, query)
+        else:
+            self.node.spawn(self._remote_call(query.reply_to or src, query, socket))
+
+    def operate_here(self, src: str, operation: m.SocketOperation) -> None:
+        """A join / leave / disconnect from node ``src`` for a socket of this node."""
+        socket = self.node.local.socket(operation.sid)
+        if socket is None:
+            self._not_here(src, operation)
             return
-        if kind == "send":
-            if query.data is not None:
-                data = query.data
-                recovery = self.node.server._recovery
-                if socket._rec is not None and recovery is not None:  # numbered and logged
-                    data = recovery.direct_payload(socket._rec, data, query.binary)
-                socket._send_payload(data, query.binary)
-            return
-        if kind == "call":
-            self.node.spawn(self._remote_call(src, query, socket))
-            return
+        target = operation.reply_to or src
         try:
-            operate_local(socket, kind, query.room, query.code, query.reason)
+            apply(socket, operation)
         except AckError as exc:
-            reply(src, query.id, ok=False, error=exc.code, message=exc.message)
+            self.node.requests.reply(target, operation.id, ok=False, error=exc.code,
+                                     message=exc.message)
             return
-        reply(src, query.id)
+        self.node.requests.reply(target, operation.id)
 
-    def _moved(self, sender: str, kind: str, sid: str) -> None:
-        """Recovery: a session of ours resumed on ``sender`` (or ended there)."""
-        moved = self.node.moved
-        if kind == "moved":
-            moved[sid] = sender
-            if self.node.recovery is not None:
-                self.node.recovery.held.pop(sid, None)
-        elif moved.get(sid) == sender:
-            del moved[sid]
+    def session_moved(self, sender: str, notice: m.SessionMoved) -> None:
+        """Recovery: a session of ours resumed on ``sender``."""
+        self.node.moved[notice.sid] = sender
+        if self.node.recovery is not None:
+            self.node.recovery.held.pop(notice.sid, None)
 
-    def _not_here(self, src: str, query: m.Query) -> None:
+    def session_gone(self, sender: str, notice: m.SessionGone) -> None:
+        """Recovery: a session of ours that resumed on ``sender`` ended there."""
+        if self.node.moved.get(notice.sid) == sender:
+            del self.node.moved[notice.sid]
+
+    def _not_here(self, sender: str, query: m.ForSocket) -> None:
         """No such socket here: forward to where it resumed, log a message for a session held
         here, or say there is none."""
-        sid = query.sid or ""
+        src = query.reply_to or sender
+        sid = query.sid
         target = self.node.moved.get(sid)
         if target is not None and not query.reply_to:  # forwarded once at most
             forwarded = msgspec.structs.replace(query, reply_to=src)
             self.node.publish(self.node.inbox(target), forwarded)
             return
-        recovery = self.node.server._recovery
-        if (
-            query.kind == "send" and query.data is not None and recovery is not None
-            and recovery.send_held(sid, query.data, query.binary)
-        ):
-            return
-        if query.want_reply:
-            self.node.requests.reply(src, query.id, ok=False, error="no_socket",
-                                     message=f"no socket {sid!r}")
+        if type(query) is m.SendTo:
+            self.node.local.send_held(sid, query.payload, query.binary)
+            return  # a notice: never answered
+        assert not isinstance(query, m.SendTo)
+        self.node.requests.reply(src, query.id, ok=False, error="no_socket",
+                                 message=f"no socket {sid!r}")
 
-    async def _remote_call(self, src: str, query: m.Query, socket: Socket) -> None:
+    async def _remote_call(self, src: str, query: m.CallSocket, socket: LocalSocket) -> None:
         reply = self.node.requests.reply
         try:
             result = await socket.call(
-                query.event or "", m.unpack(query.data), timeout=query.timeout or None,
+                query.event, m.unpack(query.data), timeout=query.timeout or None,
                 binary=query.binary,
             )
         except AckTimeout as exc:
@@ -231,14 +218,16 @@ class _NoSocket(LookupError):
     pass
 
 
-def operate_local(socket: Socket, kind: str, room: str | None, code: int, reason: str) -> bool:
-    if kind == "join":
-        socket.join(room or "")
-    elif kind == "leave":
-        socket.leave(room or "")
-    elif kind == "disconnect":
-        socket.disconnect(code or 4000, reason)
-    else:
-        raise ValueError(f"unknown operation {kind!r}")
-    return True
+_NAMES: dict[type, str] = {m.JoinRoom: "join", m.LeaveRoom: "leave",
+                           m.DisconnectSocket: "disconnect"}
 
+
+def apply(socket: LocalSocket, operation: m.SocketOperation) -> bool:
+    """Run a join / leave / disconnect on a socket of this node."""
+    if isinstance(operation, m.JoinRoom):
+        socket.join(operation.room)
+    elif isinstance(operation, m.LeaveRoom):
+        socket.leave(operation.room)
+    else:
+        socket.disconnect(operation.code or 4000, operation.reason)
+    return True

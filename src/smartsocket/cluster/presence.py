@@ -24,7 +24,7 @@ from smartsocket.protocol import envelope
 
 if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
-    from smartsocket.server.socket import Socket
+    from smartsocket.cluster.ports import LocalSocket
 
 PRESENCE_EVENT = "$presence"
 _SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, dict[str, Any]]]])
@@ -122,7 +122,7 @@ class Presence:
     # local changes
 
     def changed(
-        self, room: str, socket: Socket, *, joined: bool, updated: bool = False
+        self, room: str, socket: LocalSocket, *, joined: bool, updated: bool = False
     ) -> None:
         """A local member of presence room ``room`` joined, left or (``updated``) changed its
         info: tell the local members, then the other nodes."""
@@ -143,10 +143,7 @@ class Presence:
         change = {"sid": sid, "info": info}
         kind = "updated" if updated else "joined" if joined else "left"
         payload = envelope.encode_event(PRESENCE_EVENT, {"room": room, kind: change})
-        server = self.node.server
-        members = server._registry.members(room)
-        if members:
-            server._deliver(members, payload, False, None)
+        self.node.local.deliver(room, payload, False)
         return payload
 
     # replicas of the other nodes' members
@@ -186,7 +183,7 @@ class Presence:
             for sid, info in left:
                 self.deliver(room, sid, info, joined=False)
 
-        query = m.Query(0, "presence", room=room)
+        query = m.ListPresence(0, room)
         future = node.requests.request(query, target, node.node_timeout, on_reply)
         if target is None:
             future.add_done_callback(lambda _: replica.synced.set())
@@ -202,10 +199,7 @@ class Presence:
             return
         info = body.info if isinstance(body.info, dict) else {}
         if replica.apply(src, body.sid, body.seq, info if body.joined else None):
-            server = self.node.server
-            members = server._registry.members(body.room)
-            if members:
-                server._deliver(members, body.payload, False, None)
+            self.node.local.deliver(body.room, body.payload, False)
 
     def drop_node(self, node_id: str) -> None:
         """``node_id`` is gone: its members leave."""
@@ -215,7 +209,7 @@ class Presence:
 
     def snapshot(self, room: str) -> bytes:
         """This node's members of ``room`` as of now (a reply to a ``presence`` query)."""
-        entries = [(s.id, s.presence) for s in self.node.server._registry.members(room)]
+        entries = [(s.id, s.presence) for s in self.node.local.members(room)]
         return m.pack((self.seq, entries))
 
     # queries
@@ -224,7 +218,7 @@ class Presence:
         node = self.node
         local = [
             m.PresenceMember(s.id, node.node_id, s.presence)
-            for s in node.server._registry.members(room)
+            for s in node.local.members(room)
         ]
         if not node.active:
             return local
@@ -233,7 +227,7 @@ class Presence:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(replica.synced.wait(), timeout)
             return local + replica.listing()
-        query = m.Query(0, "presence", room=room)
+        query = m.ListPresence(0, room)
         replies = await node.requests.request(query, None, timeout)
         for src, reply in replies.items():
             if reply.ok and reply.result is not None:

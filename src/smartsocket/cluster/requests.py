@@ -1,9 +1,10 @@
 """Requests between nodes and their replies.
 
-A ``Query`` goes to one node's inbox, or to ``<prefix>.all`` for every node this one knows;
-each node answers with a ``Reply`` (same id) to the sender's inbox. The request's future gets
-the replies by node once every expected node answered, was dropped (liveness), or the timeout
-passed: a caller always gets an answer, possibly partial, never a hang.
+A request (``messages.Request``: one message type per kind) goes to one node's inbox, or to
+``<prefix>.all`` for every node this one knows; each node answers with a ``Reply`` (same id)
+to the sender's inbox. The request's future gets the replies by node once every expected node
+answered, was dropped (liveness), or the timeout passed: a caller always gets an answer,
+possibly partial, never a hang.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Requests:
         self._next_id = 0
 
     def request(
-        self, query: m.Query, target: str | None, timeout: float,
+        self, query: m.Request, target: str | None, timeout: float,
         on_reply: OnReply | None = None,
     ) -> asyncio.Future[dict[str, m.Reply]]:
         """Send ``query`` to node ``target`` (None: every known node); the future gets the

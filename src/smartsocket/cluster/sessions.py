@@ -62,9 +62,9 @@ from smartsocket.protocol import envelope
 
 if TYPE_CHECKING:
     from smartsocket.cluster.adapter import BrokerAdapter
+    from smartsocket.cluster.ports import HeldSessionState as SessionState
+    from smartsocket.cluster.ports import HeldSocket as Socket
     from smartsocket.config import Config
-    from smartsocket.server.recovery import SessionState
-    from smartsocket.server.socket import Socket
 
 logger = logging.getLogger("smartsocket.cluster")
 
@@ -255,7 +255,7 @@ class BrokerRecovery:
         ]
         blob = SessionBlob(
             BLOB_VERSION, _digest(socket.token), socket.identity, socket.data, socket.presence,
-            list(socket._rooms), dict(state.joined), state.seq, outbox, _replies(state),
+            socket.joined_rooms(), dict(state.joined), state.seq, outbox, _replies(state),
         )
         try:
             encoded = _encode(blob)

@@ -94,7 +94,7 @@ class Admission:
                 "too many connections from %s", ip,
                 extra={"event": "limit", "limit": "connections_per_ip", "ip": str(ip)},
             )
-            socket._fail(CloseCode.TRY_AGAIN_LATER, "too many connections from your address")
+            socket.fail(CloseCode.TRY_AGAIN_LATER, "too many connections from your address")
             return False
         if socket.authenticated:
             return True
@@ -187,13 +187,13 @@ class Admission:
         if socket._auth_timer is not None:
             socket._auth_timer.cancel()
             socket._auth_timer = None
-        self._server._admit(socket)
+        self._server._resumer.admit(socket)
 
     def _refuse(self, socket: Socket) -> None:
         stats = self._server._stats
         if stats is not None:
             stats.rejected_connections += 1
-        socket._fail(CloseCode.UNAUTHORIZED, "unauthorized")
+        socket.fail(CloseCode.UNAUTHORIZED, "unauthorized")
 
     def _auth_timed_out(self, socket: Socket) -> None:
         socket._auth_timer = None

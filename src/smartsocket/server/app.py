@@ -6,57 +6,46 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
-import ssl
 import time
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from smartsocket import compression, prometheus
-from smartsocket.cluster.api import ClusterAPI
+from smartsocket.cluster.messages import PresenceMember, SocketRecord
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
-from smartsocket.errors import ConfigError
 from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
-from smartsocket.protocol import SUBPROTOCOL, envelope
-from smartsocket.protocol.codes import CloseCode, ErrorCode
-from smartsocket.protocol.envelope import Event
+from smartsocket.protocol import envelope
+from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
-from smartsocket.security import Limiter, LimitExceeded, RateLimit, TokenBucket
-from smartsocket.server import http, live
+from smartsocket.security import Limiter, RateLimit
+from smartsocket.server import http, live, prometheus
 from smartsocket.server.admission import Admission
-from smartsocket.server.dispatch import EventDispatch
+from smartsocket.server.broadcast import Broadcaster
+from smartsocket.server.connections import Connections
+from smartsocket.server.dispatch import EventRouter, Tasks
+from smartsocket.server.fanout import Exclude, Fanout
+from smartsocket.server.heartbeat import heartbeat
+from smartsocket.server.listener import bind, run
+from smartsocket.server.local import LocalSide
 from smartsocket.server.recovery import Recovery
-from smartsocket.server.resume import SessionResume
-from smartsocket.server.rooms import Room, RoomRegistry, RoomsView, SendFrame
-from smartsocket.server.socket import OWN, PLAIN, Socket
+from smartsocket.server.resume import Resumer
+from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
+from smartsocket.server.socket import Socket
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
     HandshakeRequest,
     HttpResponse,
-    build_frame,
-    create_server,
 )
 
 logger = logging.getLogger("smartsocket.server")
 
-WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})
-# Closes after which a session is not held for resuming: the client or the application ended
-# it, or it was refused.
-_FINAL_CLOSES = frozenset(
-    {CloseCode.NORMAL, CloseCode.KICKED, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED,
-     CloseCode.POLICY_VIOLATION}
-)
-Exclude = Socket | str | Iterable[Socket | str] | None
-
-
-class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
+class SmartSocket:
     """A real-time WebSocket server: named events, acks, rooms and broadcasts.
 
     ``SmartSocket(8080, enable_compression=False)``; options are ``Config`` fields.
@@ -76,30 +65,48 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         if host is not None:
             options["host"] = host
         self._config = (config or Config()).replace(**options)
-        self._cluster = ClusterNode(self)  # cluster/: cross-node operations, presence
-        self._registry = RoomRegistry(self._cluster)
-        self._open: dict[Socket, None] = {}  # every open connection, admitted or not
+        self._sockets: dict[str, Socket] = {}
+        self._registry = RoomRegistry()
+        self._fan = Fanout(self._config, None)  # rebuilt with the config (setter below)
+        # What the cluster may do with this node's sockets (cluster/ports.py).
+        self._local = LocalSide(self._sockets, self._registry, self._fan)
+        self._cluster = ClusterNode(self._local)  # cluster/: cross-node operations, presence
+        self._broadcaster = Broadcaster(self._sockets, self._cluster, self._fan)
+        self._broadcast = self._broadcaster.send  # bound once (Room.broadcast calls it)
+        self._registry.hook = self._cluster
         self._limit_overrides: dict[str, RateLimit] = {}
         self._admission = Admission(self)
         self._default_limit: RateLimit | None = None
-        self._room_limits: dict[str, TokenBucket] = {}
+        # Per-room broadcast rates; they read the clock at each use (tests replace it).
+        self._room_limits = RoomLimits(self._config, lambda: self._clock())
         # Rate limits and the error-rate rule read this clock (integer ns; tests inject one).
         self._clock: Callable[[], int] = time.monotonic_ns
-        self._sockets: dict[str, Socket] = {}
-        self._handlers: dict[str, list[Handler]] = {}
-        self._connection_handlers: list[Handler] = []
-        self._message_hooks: list[Handler] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
+        self._spawn = self._tasks.spawn
+        self._router = EventRouter(self._config, self._tasks)  # inbound events -> handlers
+        # Bound once: a socket's inbound hot path reads one attribute, as before the split.
+        self._dispatch = self._router.dispatch
+        self._emit_local = self._router.emit_local
+        self._connections = Connections(
+            self._sockets, self._cluster, self._tasks.spawn, self._router.emit_local
+        )
+        self._resumer = Resumer(
+            self._config, self._sockets, self._registry, self._cluster, self._tasks.spawn,
+            self._connections.welcome,
+        )
+        self._connections.resumer = self._resumer
+        # What a Socket calls as it opens, authenticates and closes (bound once).
+        self._on_open = self._connections.on_open
+        self._auth_message = self._connections.auth_message
+        self._on_close = self._connections.on_close
         self._stats: Stats | None = None
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
         self._recovery: Recovery | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._early_resumes: dict[Socket, Event] = {}  # $resume sent before authentication
         self._prometheus: CollectorRegistry | None = None
         self._stats_subscribers: dict[Any, None] = {}  # /smartsocket/live connections
-        self._closing = False
         self._closed: asyncio.Event | None = None
         self._port: int | None = None
         # Started (heartbeat, sampler), with or without a listener: ``start(listen=False)``
@@ -127,6 +134,14 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         # With metrics off the stats keep their shape: counters that never move (zeros).
         self._still_stats = self._stats or Stats()
         self._recovery = Recovery(config) if config.recovery_window else None
+        self._router.config = config
+        self._room_limits.configure(config, self._stats)
+        self._fan = Fanout(config, self._stats)
+        local = self._local
+        local.fanout, local.recovery, local.stats = self._fan, self._recovery, self._stats
+        self._broadcaster.fanout, self._broadcaster.recovery = self._fan, self._recovery
+        self._resumer.config, self._resumer.recovery = config, self._recovery
+        self._connections.configure(config, self._admission, self._stats, self._recovery)
         self._default_limit = None
         if config.rate_limit_messages or config.rate_limit_bytes:
             self._default_limit = RateLimit(
@@ -142,7 +157,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
 
     def on_connection(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``handler(socket)`` for each new connection (sync or async; a decorator too)."""
-        self._connection_handlers.append(Handler(handler, max_args=1, called_with="(socket)"))
+        self._connections.handlers.append(Handler(handler, max_args=1, called_with="(socket)"))
         return handler
 
     def on(
@@ -154,9 +169,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             second = {"disconnect": "reason", "error": "error"}.get(event, "data")
             called_with = f"(socket, {second})"
-            self._handlers.setdefault(event, []).append(
-                Handler(fn, max_args=2, called_with=called_with)
-            )
+            self._router.add_handler(event, Handler(fn, max_args=2, called_with=called_with))
             return fn
 
         return register(handler) if handler is not None else register
@@ -184,7 +197,7 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
     def on_message(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``hook(socket, event, data)`` for every inbound event (e.g. custom metrics); like
         every handler it may take fewer arguments, and be async. A decorator too."""
-        self._message_hooks.append(
+        self._router.hooks.append(
             Handler(hook, max_args=3, called_with="(socket, event, data)")
         )
         return hook
@@ -224,7 +237,78 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             payload = envelope.encode_event(event, data, binary=binary)
             if recovery.send_held(sid, payload, binary):
                 return True
-        return super().send(sid, event, data, binary=binary)
+        return self._cluster.send(sid, event, data, binary)
+
+    # sockets anywhere: every method works on one node too, local sockets take the fast path
+
+    @property
+    def node_id(self) -> str:
+        """This node's id (the prefix of its sockets' ids in a cluster)."""
+        return self._cluster.node_id
+
+    @property
+    def degraded(self) -> bool:
+        """In a cluster and cut off from the broker: local delivery only, for now."""
+        return self._cluster.degraded
+
+    async def call(
+        self, sid: str, event: str, data: Any = None, *, timeout: float | None = None,
+        binary: bool | None = None,
+    ) -> Any:
+        """``socket.call`` for a socket on any node: its ack reply. Raises AckTimeout, AckError,
+        or ConnectionClosed (also when there is no such socket)."""
+        return await self._cluster.call(sid, event, data, timeout, binary)
+
+    async def join(self, sid: str, room: str, *, timeout: float = 2.0) -> bool:
+        """Make socket ``sid`` (on any node) join ``room``. False: no such socket. Raises
+        LimitExceeded like ``socket.join``, TimeoutError if its node does not answer."""
+        return await self._cluster.join(sid, room, timeout)
+
+    async def leave(self, sid: str, room: str, *, timeout: float = 2.0) -> bool:
+        """Make socket ``sid`` (on any node) leave ``room``. False: no such socket."""
+        return await self._cluster.leave(sid, room, timeout)
+
+    async def disconnect(
+        self, sid: str, code: int = CloseCode.KICKED, reason: str = "", *, timeout: float = 2.0
+    ) -> bool:
+        """Close socket ``sid`` on any node (default 4000). False: no such socket."""
+        return await self._cluster.disconnect(sid, code, reason, timeout)
+
+    async def fetch_sockets(
+        self, room: str | None = None, *, timeout: float = 2.0
+    ) -> list[SocketRecord]:
+        """Every socket in the cluster (or in ``room``): ``SocketRecord(sid, node, rooms,
+        presence)``. Nodes that do not answer within ``timeout`` are left out."""
+        return await self._cluster.fetch_sockets(room, timeout)
+
+    async def socket_count(self, room: str | None = None, *, timeout: float = 2.0) -> int:
+        """How many sockets the cluster has (in ``room``)."""
+        return len(await self._cluster.fetch_sockets(room, timeout))
+
+    async def presence(self, room: str, *, timeout: float = 2.0) -> list[PresenceMember]:
+        """``room``'s members cluster-wide with their ``socket.presence`` info."""
+        return await self._cluster.presence(room, timeout)
+
+    def on_server_event(
+        self, name: str, handler: Callable[..., Any] | None = None
+    ) -> Callable[..., Any]:
+        """Handle ``name`` sent by another node with ``emit_to_servers``: ``handler(data)`` or
+        ``handler(data, node_id)``, sync or async. Usable as a decorator."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._cluster.on_server_event(name, fn)
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    def emit_to_servers(self, name: str, data: Any = None) -> bool:
+        """Send ``name`` to every other node's ``on_server_event`` handlers (not this one's).
+        False when it could not be published (single node, or the broker is down)."""
+        return self._cluster.emit_to_servers(name, data)
+
+    def cluster_nodes(self) -> list[str]:
+        """Ids of the nodes this one hears (itself first)."""
+        return [self._cluster.node_id, *self._cluster.nodes]
 
     def broadcast(
         self, event: str, data: Any = None, *, exclude: Exclude = None,
@@ -233,277 +317,14 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         """Send ``event`` to every connected socket except ``exclude``. Returns the
         deliveries made on this node (in a cluster the other nodes deliver too, uncounted)."""
         senders = {s: s._send_frame for s in self._sockets.values()}
-        return self._fanout(senders, event, data, exclude, binary, None)
+        return self._broadcast(senders, event, data, exclude, binary, None)
 
     emit = broadcast
-
-    def _fanout(
-        self, members: Mapping[Socket, SendFrame], event: str, data: Any,
-        exclude: Exclude, binary: bool | None, room: str | None = None,
-    ) -> int:
-        """Encode once, deliver here, and in a cluster publish the encoded payload to the other
-        nodes (``room`` None: to every socket). Returns the deliveries made on this node."""
-        check_event(event)
-        cluster = self._cluster
-        recovery = self._recovery
-        if recovery is not None and room is not None and recovery.broker is None:
-            # Logged even with no member here: a dropped member may resume and want it.
-            # (In a cluster on Redis, the broker logs it: cluster/sessions.py.)
-            if binary is None:
-                binary = envelope.needs_binary(data)
-            if exclude is not None and not isinstance(exclude, Socket | str):
-                exclude = tuple(exclude)  # read twice below
-            skip = self._resolve_exclude(exclude) if exclude is not None else None
-            excluded = _excluded_ids(exclude, skip)
-            payload = recovery.room_message(room, event, data, binary, excluded)
-            if cluster.active:
-                return cluster.publish_broadcast(room, members, payload, binary, skip, exclude)
-            return self._deliver(members, payload, binary, skip)
-        if not members and not cluster.active:
-            return 0
-        if binary is None:
-            binary = envelope.needs_binary(data)
-        payload = envelope.encode_event(event, data, binary=binary)
-        skip = self._resolve_exclude(exclude) if exclude is not None else None
-        if cluster.active:
-            return cluster.publish_broadcast(room, members, payload, binary, skip, exclude)
-        return self._deliver(members, payload, binary, skip)
-
-    def _deliver(
-        self, members: Mapping[Socket, SendFrame], payload: bytes, binary: bool,
-        skip: set[Socket] | None, deflated: bytes | None = None, tried: bool = False,
-    ) -> int:
-        """Local delivery of an encoded payload, for broadcasts made here and broadcasts from
-        other nodes alike: frame once (compress at most once; ``tried``: ``deflated`` is the
-        compressed payload already made, or None if it does not pay), then hand the same
-        bytes to each member (hot path: one bound-method call per delivery)."""
-        frame = build_frame(payload, binary=binary)
-        size = len(payload)
-        config = self._config  # per broadcast: the attribute, not the property
-        if not config.enable_compression or size < config.compression_threshold:
-            # No member can get a compressed frame: the tightest loop.
-            if skip is None:
-                for send in members.values():
-                    send(frame)
-                count = len(members)
-            else:
-                count = 0
-                for socket, send in members.items():
-                    if socket not in skip:
-                        send(frame)
-                        count += 1
-            if self._stats is not None:
-                self._stats.record_out(count, size, size)
-            return count
-        return self._fanout_compressed(members, payload, frame, binary, skip, deflated, tried)
-
-    def _fanout_compressed(
-        self, members: Mapping[Socket, SendFrame], payload: bytes, frame: bytes, binary: bool,
-        skip: set[Socket] | None, deflated: bytes | None = None, tried: bool = False,
-    ) -> int:
-        """Fan-out when some members may take compressed frames. Members without context
-        takeover share one compressed frame, compressed on first need (or given: ``tried``);
-        the rest get the plain frame or use their own deflater."""
-        size = len(payload)
-        shared: bytes | None = None  # the compressed frame, once made
-        wire = size
-        plain = shared_count = own_count = 0
-        stats = self._stats
-        for socket, send in members.items():
-            if skip is not None and socket in skip:
-                continue
-            mode = socket._zmode
-            if mode == PLAIN:
-                send(frame)
-                plain += 1
-            elif mode == OWN:
-                assert socket._conn is not None
-                own_wire = socket._conn.send_message(payload, binary)
-                own_count += 1
-                if stats is not None:
-                    stats.record_out(1, size, own_wire)
-            else:
-                if shared is None:
-                    compressed = deflated if tried else compression.compress_once(
-                        payload, threshold=0, level=self.config.compression_level
-                    )
-                    if compressed is None:  # saves < 10%: everyone gets the plain frame
-                        shared = frame
-                    else:
-                        shared = build_frame(compressed, binary=binary, rsv1=True)
-                        wire = len(compressed)
-                send(shared)
-                shared_count += 1
-        if stats is not None:
-            stats.record_out(plain, size, size)
-            stats.record_out(shared_count, size, wire)
-        return plain + shared_count + own_count
-
-    def _check_room_rate(self, name: str) -> None:
-        """Per-room broadcast rate (room_rate_limit_messages): raise LimitExceeded when over."""
-        bucket = self._room_limits.get(name)
-        if bucket is None:
-            rate = self.config.room_rate_limit_messages
-            burst = self.config.room_rate_limit_burst or max(1.0, 2 * rate)
-            bucket = self._room_limits[name] = TokenBucket(rate, burst, self._clock())
-        wait = bucket.take(self._clock())
-        if wait:
-            if self._stats is not None:
-                self._stats.rate_limited += 1
-            raise LimitExceeded(
-                ErrorCode.RATE_LIMITED, f"room {name!r} is over its broadcast rate",
-                retry_after=round(wait, 3),
-            )
-
-    def _resolve_exclude(self, exclude: Exclude) -> set[Socket]:
-        items: Iterable[Socket | str] = (
-            (exclude,) if isinstance(exclude, Socket | str) else exclude or ()
-        )
-        skip: set[Socket] = set()
-        for item in items:
-            if isinstance(item, Socket):
-                skip.add(item)
-            elif item in self._sockets:
-                skip.add(self._sockets[item])
-        return skip
-
-    # connection lifecycle (called by Socket)
-
-    def _on_open(self, socket: Socket) -> None:
-        self._open[socket] = None
-        if self._admission.open(socket) and socket.authenticated:
-            self._admit(socket)
-
-    def _auth_message(self, socket: Socket, packet: Event) -> None:
-        self._admission.auth_message(socket, packet)
-
-    def _welcome_socket(
-        self, socket: Socket, recovered: bool | None,
-        replay: list[tuple[bytes, bool]] | None = None, frames: list[bytes] | None = None,
-    ) -> None:
-        """Welcome an admitted socket (after a resume: then the missed messages, and frames
-        its rooms delivered while it resumed), then hand it to the application."""
-        self._sockets[socket.id] = socket
-        if self._stats is not None:
-            self._stats.total_connections += 1
-        logger.debug(
-            "connected %s from %s", socket.id, socket.remote_address,
-            extra={"event": "connect", "sid": socket.id, "remote": str(socket.remote_address)},
-        )
-        socket._send_payload(self._welcome(socket, recovered), False)
-        for payload, binary in replay or ():
-            socket._send_payload(payload, binary)
-        for frame in frames or ():
-            socket._send_frame(frame)
-        if not self._connection_handlers:
-            socket._flush_inbox()
-            return
-        handlers = self._connection_handlers
-        if any(h.is_async for h in handlers):
-            if socket._inbox is None:
-                socket._inbox = []  # hold events until on_connection has registered handlers
-            self._spawn(self._run_connection_handlers(socket, handlers))
-            return
-        for handler in handlers:
-            try:
-                handler.fn(*(socket,)[: handler.arity])
-            except Exception:
-                logger.exception("on_connection handler %s failed", handler.name)
-                socket._fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
-                return
-        socket._flush_inbox()
-
-    async def _run_connection_handlers(self, socket: Socket, handlers: list[Handler]) -> None:
-        try:
-            for handler in handlers:
-                result = handler.fn(*(socket,)[: handler.arity])
-                if asyncio.iscoroutine(result):
-                    await result
-        except Exception:
-            logger.exception("on_connection handler failed for %s", socket.id)
-            socket._fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
-            return
-        socket._flush_inbox()
-
-    def _welcome(self, socket: Socket, recovered: bool | None = None) -> bytes:
-        cfg = self._config
-        info: dict[str, Any] = {
-            "sid": socket.id,
-            "token": socket.token,
-            "protocol": 1,
-            "pingInterval": round(cfg.ping_interval * 1000),
-            "pingTimeout": round(cfg.ping_timeout * 1000),
-            "maxMessageSize": cfg.max_message_size,
-            "ackTimeout": round(cfg.message_timeout * 1000),
-        }
-        if self._recovery is not None:
-            info["recovery"] = round(cfg.recovery_window * 1000)
-        if recovered is not None:
-            info["recovered"] = recovered
-        return envelope.encode_event("$welcome", info)
-
-    def _on_close(self, socket: Socket, code: int, reason: str) -> None:
-        self._open.pop(socket, None)
-        self._early_resumes.pop(socket, None)
-        self._admission.close(socket)
-        if self._stats is not None and code == CloseCode.SLOW_CONSUMER:
-            self._stats.dropped_slow += 1
-        if self._sockets.get(socket.id) is not socket:
-            return  # never admitted: the application never saw it
-        del self._sockets[socket.id]
-        rec = socket._rec
-        if rec is not None and rec.owner is socket:
-            rec.owner = None
-            assert self._recovery is not None
-            # A shutdown ends sessions, unless Redis keeps them for another node to resume.
-            if code not in _FINAL_CLOSES and (
-                not self._closing or self._recovery.broker is not None
-            ):
-                self._recovery.hold(socket, rec)
-            else:
-                self._cluster.ended_here(socket.id)
-        logger.debug(
-            "disconnected %s: %d %s", socket.id, code, reason,
-            extra={"event": "disconnect", "sid": socket.id, "code": code, "reason": reason},
-        )
-        self._emit_local(socket, "disconnect", reason or str(code))
 
     # HTTP and upgrade routing
 
     def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
-        if not request.is_upgrade:
-            return http.route(self, request)
-        if request.path == live.PATH:
-            return live.accept(self, request)
-        if request.path not in WS_PATHS:
-            return HttpResponse(404, b"no WebSocket endpoint here; use / or /smartsocket\n")
-        if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
-            return HttpResponse(
-                426, b"WebSocket version 13 required\n",
-                headers={"Sec-WebSocket-Version": "13"},
-            )
-        headers: dict[str, str] = {}
-        offered = request.header("Sec-WebSocket-Protocol")  # may repeat (RFC 6455 11.3.4)
-        if offered is not None:
-            names = [p.strip() for p in offered.split(",")]
-            if SUBPROTOCOL not in names:
-                return HttpResponse(
-                    400, f"unsupported subprotocol; this server speaks {SUBPROTOCOL}\n".encode()
-                )
-            headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
-        socket = self.open_socket(request)
-        if isinstance(socket, HttpResponse):
-            return socket
-        deflate = None
-        if self.config.enable_compression:
-            deflate = compression.negotiate(
-                request.header("Sec-WebSocket-Extensions"),
-                context_takeover=self.config.compression_context_takeover,
-                max_window_bits=self.config.compression_max_window_bits,
-            )
-            if deflate is not None:
-                headers["Sec-WebSocket-Extensions"] = deflate.response_header()
-        return Accept(socket, headers, deflate)
+        return http.route_request(self, request)
 
     def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket:
         """Admission of a new WebSocket: shutting down, ``max_connections``, origin and
@@ -515,9 +336,9 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         calls ``socket.on_open(conn)`` with a ``SocketConnection``, then ``on_message`` for
         each message and ``on_close`` once, exactly like the native transport.
         """
-        if self._closing:
+        if self._connections.closing:
             return HttpResponse(503, b"server is shutting down\n", headers={"Retry-After": "1"})
-        if len(self._open) >= self.config.max_connections:
+        if len(self._connections.open) >= self.config.max_connections:
             return self._refuse(HttpResponse(503, b"server full\n", headers={"Retry-After": "5"}))
         admitted = self._admission.check_upgrade(request)
         if isinstance(admitted, HttpResponse):
@@ -590,19 +411,23 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
             return
         if not self._started:
             self._closed = asyncio.Event()
-            self._closing = False
+            self._connections.closing = False
             await self._cluster.start(self.config)  # before the first socket (its id)
+            if self._recovery is not None:
+                self._recovery.broker = self._cluster.recovery  # Redis holds it in a cluster
         if listen:
             try:
                 await self._listen()
             except BaseException:
                 if not self._started:  # a port in use, a bad certificate: undo the cluster
-                    await self._cluster.close()
+                    await self._close_cluster()
                 raise
         if not self._started:
             self._started = True
             loop = asyncio.get_running_loop()
-            self._heartbeat_task = loop.create_task(self._heartbeat())
+            self._heartbeat_task = loop.create_task(
+                heartbeat(self._sockets, self.config, self._room_limits, self._registry)
+            )
             if self._stats is not None:
                 self._sampler = loop.call_later(1.0, self._sample)
             if self._recovery is not None:
@@ -612,46 +437,9 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
                                                                   "url": self.url})
 
     async def _listen(self) -> None:
-        cfg = self.config
-        self._server = await create_server(
-            self._route,
-            host=cfg.host,
-            port=cfg.port,
-            max_message_size=cfg.max_message_size,
-            handshake_timeout=cfg.handshake_timeout,
-            ssl=self._ssl_context(),
-            compression_level=cfg.compression_level,
-            compression_threshold=cfg.compression_threshold,
-            write_buffer_high=cfg.write_buffer_high,
-            max_write_buffer=cfg.max_write_buffer,
-            max_fragments=cfg.max_fragments,
-            frame_rate=cfg.rate_limit_frames,
-            clock=lambda: self._clock(),  # read at each use: tests replace _clock
-            fast_transport=cfg.fast_transport,
-            reuse_port=cfg.reuse_port,
-            backlog=cfg.backlog,
-        )
+        # The clock is read at each use: tests replace ``_clock``.
+        self._server = await bind(self.config, self._route, lambda: self._clock())
         self._port = self._server.sockets[0].getsockname()[1]
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        cfg = self.config
-        if not cfg.enable_encryption:
-            return None
-        assert cfg.ssl_certfile is not None and cfg.ssl_keyfile is not None
-        # ssl's own errors name neither the option nor the file ("[SSL] PEM lib", a bare
-        # FileNotFoundError): say which one is wrong.
-        for option, path in (("ssl_certfile", cfg.ssl_certfile), ("ssl_keyfile", cfg.ssl_keyfile)):
-            if not os.path.isfile(path):
-                raise ConfigError(option, f"no such file: {path}")
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                "ssl_certfile", f"cannot load {cfg.ssl_certfile} with key {cfg.ssl_keyfile}: "
-                f"{getattr(exc, 'reason', None) or exc} (PEM certificate chain and its key?)"
-            ) from exc
-        return context
 
     async def serve(self) -> None:
         """Start, then run until ``close()``."""
@@ -669,11 +457,11 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
     async def close(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stop accepting, let running handlers finish (up to ``timeout``,
         default ``shutdown_timeout``), close every client with 1001, wait for them to go."""
-        if not self._started or self._closing:
+        if not self._started or self._connections.closing:
             if self._closed is not None:
                 await self._closed.wait()
             return
-        self._closing = True
+        self._connections.closing = True
         deadline = time.monotonic() + (
             self.config.shutdown_timeout if timeout is None else timeout
         )
@@ -691,15 +479,15 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         live.close_all(self)
-        for socket in list(self._open):
-            socket._fail(CloseCode.GOING_AWAY, "server shutting down")
+        for socket in list(self._connections.open):
+            socket.fail(CloseCode.GOING_AWAY, "server shutting down")
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
-        while self._open and time.monotonic() < wait_until:
+        while self._connections.open and time.monotonic() < wait_until:
             await asyncio.sleep(0.01)
-        for socket in list(self._open):
+        for socket in list(self._connections.open):
             if socket._conn is not None:
                 socket._conn.abort()
-        await self._cluster.close()  # after the sockets: their presence leaves go out first
+        await self._close_cluster()  # after the sockets: their presence leaves go out first
         for task in list(self._tasks):
             task.cancel()
         if server is not None:
@@ -711,6 +499,11 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         assert self._closed is not None
         self._closed.set()
         logger.info("closed")
+
+    async def _close_cluster(self) -> None:
+        if self._recovery is not None:
+            self._recovery.broker = None
+        await self._cluster.close()
 
     def listen(self, callback: Callable[[], Any] | None = None) -> None:
         """Run the server until SIGINT or SIGTERM, then close gracefully (blocking)."""
@@ -732,23 +525,6 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
 
         run(main())
 
-    async def _heartbeat(self) -> None:
-        """Every ping_interval: close sockets that missed the last $pong, ping the rest."""
-        interval, timeout = self.config.ping_interval, self.config.ping_timeout
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            value = int(time.monotonic() * 1000)
-            now = time.monotonic()
-            # A socket with a $ping still unanswered is not pinged again: the check scheduled
-            # for that ping decides its fate.
-            pinged = [s for s in self._sockets.values() if s._ping_value is None]
-            for name in [n for n in self._room_limits if n not in self._registry]:
-                del self._room_limits[name]  # the room emptied: forget its bucket
-            for socket in pinged:
-                socket._ping(value, now)
-            loop.call_later(timeout, self._check_pongs, pinged, value)
-
     def _sample(self) -> None:
         """Once a second: counters for the rates in the stats, and the live stats stream."""
         assert self._stats is not None
@@ -764,28 +540,3 @@ class SmartSocket(ClusterAPI, EventDispatch, SessionResume):
         self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
         for sid in self._recovery.sweep(self._registry):
             self._cluster.ended_here(sid)
-
-    def _check_pongs(self, pinged: list[Socket], value: int) -> None:
-        for socket in pinged:
-            if socket.connected and socket._ping_overdue(value):
-                socket._fail(CloseCode.HEARTBEAT_TIMEOUT, "no $pong in time")
-
-
-def _excluded_ids(exclude: Exclude, skip: set[Socket] | None) -> tuple[str, ...] | None:
-    """Socket ids a room message is not for (kept with it, so a replay skips them too)."""
-    if exclude is None:
-        return None
-    ids = {s.id for s in skip or ()}
-    items = (exclude,) if isinstance(exclude, Socket | str) else exclude
-    ids.update(item for item in items if isinstance(item, str))
-    return tuple(ids)
-
-
-def run(main: Any) -> None:
-    """Run a coroutine on uvloop when it is installed, else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)

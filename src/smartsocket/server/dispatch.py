@@ -1,9 +1,9 @@
 """Inbound events: from a decoded packet to the application's handlers and back to an ack.
 
-A mixin of ``SmartSocket`` (kept apart so app.py stays about configuration, routing, fan-out
-and lifecycle). Every handler runs; the first one's return value is the ack reply; handler
-failures become ack errors (``AckError``: the application's own, not logged) or
-``internal_error`` (logged), never a dead connection.
+``EventRouter`` owns the server-level handlers and ``on_message`` hooks and runs them for each
+event a socket received (``SmartSocket`` composes one). Every handler runs; the first one's
+return value is the ack reply; handler failures become ack errors (``AckError``: the
+application's own, not logged) or ``internal_error`` (logged), never a dead connection.
 """
 
 from __future__ import annotations
@@ -26,17 +26,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger("smartsocket.server")
 
 
-class EventDispatch:
-    """Runs handlers for events that sockets received."""
+class Tasks(set[asyncio.Task[Any]]):
+    """The server's background tasks (handlers, hooks, authentication): shutdown waits for
+    them, then cancels what is left."""
 
-    _config: Config
-    _handlers: dict[str, list[Handler]]
-    _message_hooks: list[Handler]
-    _tasks: set[asyncio.Task[Any]]
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.add(task)
+        task.add_done_callback(self.discard)
 
-    def _dispatch(self, socket: Socket, packet: Event) -> None:
+
+class EventRouter:
+    """Runs handlers for events that sockets received; its ack is the first one's result."""
+
+    __slots__ = ("config", "handlers", "hooks", "tasks")
+
+    def __init__(self, config: Config, tasks: Tasks) -> None:
+        self.config = config  # the server sets the new one when it is reconfigured
+        self.tasks = tasks
+        self.handlers: dict[str, list[Handler]] = {}  # server-level, by event
+        self.hooks: list[Handler] = []  # on_message hooks
+
+    def add_handler(self, event: str, handler: Handler) -> None:
+        self.handlers.setdefault(event, []).append(handler)
+
+    def dispatch(self, socket: Socket, packet: Event) -> None:
         name = packet.name
-        for hook in self._message_hooks:
+        for hook in self.hooks:
             try:
                 result = hook.fn(*(socket, name, packet.data)[: hook.arity])
                 if asyncio.iscoroutine(result):
@@ -47,7 +63,7 @@ class EventDispatch:
         if handlers is not None:
             with_socket = False
         else:
-            handlers = self._handlers.get(name)
+            handlers = self.handlers.get(name)
             with_socket = True
             if not handlers:
                 if packet.ack_id is not None:
@@ -65,7 +81,7 @@ class EventDispatch:
     ) -> None:
         ack_id = packet.ack_id if answer else None
         if handler.is_async and ack_id is not None:
-            if socket._running >= self._config.max_pending_acks:
+            if socket._running >= self.config.max_pending_acks:
                 socket.reject(
                     ErrorCode.TOO_MANY_PENDING, "too many calls in progress", ack_id=ack_id,
                     binary=packet.binary,
@@ -124,19 +140,17 @@ class EventDispatch:
             ErrorCode.INTERNAL_ERROR, "internal server error", event=event, ack_id=ack_id,
             binary=binary,
         )
-        self._emit_local(socket, "error", exc)
+        self.emit_local(socket, "error", exc)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(coro)
 
-    def _emit_local(self, socket: Socket, event: str, arg: Any) -> None:
+    def emit_local(self, socket: Socket, event: str, arg: Any) -> None:
         """Run local ``disconnect``/``error`` handlers, socket-level then server-level."""
         calls: list[tuple[Handler, tuple[Any, ...]]] = []
         for handler in socket._handlers_for(event) or ():
             calls.append((handler, (arg,)))
-        for handler in self._handlers.get(event, ()):
+        for handler in self.handlers.get(event, ()):
             calls.append((handler, (socket, arg)))
         for handler, args in calls:
             try:

@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from smartsocket import prometheus
+from smartsocket import compression
 from smartsocket._version import __version__
+from smartsocket.protocol import SUBPROTOCOL
 from smartsocket.security import bearer_token
-from smartsocket.transport import HandshakeRequest, HttpResponse
+from smartsocket.server import live, prometheus
+from smartsocket.transport import Accept, HandshakeRequest, HttpResponse
 
 if TYPE_CHECKING:
     from smartsocket.server.app import SmartSocket
 
+WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})  # where the WebSocket is served
 _JSON = "application/json"
 _HTML = "text/html; charset=utf-8"
 Route = Callable[["SmartSocket", HandshakeRequest], HttpResponse]
@@ -47,7 +50,7 @@ def _stats(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
 
 def _health(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
     body: dict[str, object] = {
-        "status": "closing" if server._closing else "ok",
+        "status": "closing" if server._connections.closing else "ok",
         "version": __version__,
         "connections": len(server._sockets),
     }
@@ -55,10 +58,11 @@ def _health(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
         # Cut off from the broker the node still serves its own clients: "degraded", but 200,
         # so a load balancer keeps it (an outage of the broker must not empty the pool).
         section = server._cluster.stats_section()
-        if section["status"] == "degraded" and not server._closing:
+        if section["status"] == "degraded" and not server._connections.closing:
             body["status"] = "degraded"
         body["cluster"] = section
-    return HttpResponse(503 if server._closing else 200, msgspec.json.encode(body), _JSON)
+    status = 503 if server._connections.closing else 200
+    return HttpResponse(status, msgspec.json.encode(body), _JSON)
 
 
 def _metrics(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
@@ -137,3 +141,41 @@ script) and <a href="/smartsocket/client.mjs">/smartsocket/client.mjs</a> (ES mo
 </ul>
 </html>
 """
+
+
+def route_request(server: SmartSocket, request: HandshakeRequest) -> HttpResponse | Accept:
+    """Every request on the port: plain GETs (``route``), the live stats stream, and the
+    WebSocket upgrade with its checks (path, version, subprotocol, admission, deflate)."""
+    if not request.is_upgrade:
+        return route(server, request)
+    if request.path == live.PATH:
+        return live.accept(server, request)
+    if request.path not in WS_PATHS:
+        return HttpResponse(404, b"no WebSocket endpoint here; use / or /smartsocket\n")
+    if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        return HttpResponse(
+            426, b"WebSocket version 13 required\n",
+            headers={"Sec-WebSocket-Version": "13"},
+        )
+    headers: dict[str, str] = {}
+    offered = request.header("Sec-WebSocket-Protocol")  # may repeat (RFC 6455 11.3.4)
+    if offered is not None:
+        names = [p.strip() for p in offered.split(",")]
+        if SUBPROTOCOL not in names:
+            return HttpResponse(
+                400, f"unsupported subprotocol; this server speaks {SUBPROTOCOL}\n".encode()
+            )
+        headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
+    socket = server.open_socket(request)
+    if isinstance(socket, HttpResponse):
+        return socket
+    deflate = None
+    if server.config.enable_compression:
+        deflate = compression.negotiate(
+            request.header("Sec-WebSocket-Extensions"),
+            context_takeover=server.config.compression_context_takeover,
+            max_window_bits=server.config.compression_max_window_bits,
+        )
+        if deflate is not None:
+            headers["Sec-WebSocket-Extensions"] = deflate.response_header()
+    return Accept(socket, headers, deflate)

@@ -152,7 +152,7 @@ class Held:
     @classmethod
     def of(cls, socket: Socket, state: SessionState, expires: float) -> Held:
         return cls(socket.id, socket.token, socket.identity, socket.data, socket.presence,
-                   list(socket._rooms), state, expires)
+                   socket.joined_rooms(), state, expires)
 
 
 class Recovery:

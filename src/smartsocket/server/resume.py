@@ -1,14 +1,13 @@
 """Resuming sessions (protocol.md section 8): the ``$resume`` handshake, the take-over of a
 connection the client gave up on, and restoring a session and its replay.
 
-``SessionResume`` is a mixin of ``SmartSocket`` (kept apart so app.py stays about
-configuration, routing, fan-out and lifecycle). On one node the held session and the room
-histories are in memory (server/recovery.py). In a cluster on Redis they come from Redis
-(cluster/sessions.py), so the client may come back to any node; then order matters: the
-socket joins its rooms (subscribing this node to their channels) before the histories are
-read, and what the rooms deliver meanwhile is buffered; the replay goes out first, then the
-buffer. A message may then arrive twice (in the history and live): the client drops what it
-has seen by position, so nothing is lost or doubled.
+``Resumer`` is the part of ``SmartSocket`` that owns the flow. On one node the held session
+and the room histories are in memory (server/recovery.py). In a cluster on Redis they come
+from Redis (cluster/sessions.py), so the client may come back to any node; then order
+matters: the socket joins its rooms (subscribing this node to their channels) before the
+histories are read, and what the rooms deliver meanwhile is buffered; the replay goes out
+first, then the buffer. A message may then arrive twice (in the history and live): the
+client drops what it has seen by position, so nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -39,39 +38,48 @@ if TYPE_CHECKING:
 logger = logging.getLogger("smartsocket.server")
 
 
-class SessionResume:
-    """The resume side of ``SmartSocket``: sockets that connect with ``?resume=1``."""
 
-    _config: Config
-    _recovery: Recovery | None
-    _sockets: dict[str, Socket]
-    _registry: RoomRegistry
-    _cluster: ClusterNode
-    _early_resumes: dict[Socket, Event]
+class Welcome(Protocol):
+    """Welcome an admitted socket and hand it to the application (after a resume: with the
+    messages it missed, then the frames its rooms delivered meanwhile)."""
 
-    if TYPE_CHECKING:
+    def __call__(
+        self, socket: Socket, recovered: bool | None,
+        replay: list[tuple[bytes, bool]] | None = None, frames: list[bytes] | None = None,
+    ) -> None: ...
 
-        @property
-        def config(self) -> Config: ...
 
-        def _spawn(self, coro: Any) -> None: ...
+class Resumer:
+    """The resume flow: sockets that connect with ``?resume=1``. ``recovery`` and ``config``
+    follow the server's configuration; ``welcome`` hands a socket to the application."""
 
-        def _welcome_socket(
-            self, socket: Socket, recovered: bool | None,
-            replay: list[tuple[bytes, bool]] | None = None,
-            frames: list[bytes] | None = None,
-        ) -> None: ...
+    __slots__ = (
+        "cluster", "config", "early", "recovery", "registry", "sockets", "spawn", "welcome",
+    )
 
-    def _new_session_state(self, socket: Socket) -> SessionState | None:
-        return SessionState(socket) if self._recovery is not None else None
+    def __init__(
+        self, config: Config, sockets: Mapping[str, Socket], registry: RoomRegistry,
+        cluster: ClusterNode, spawn: Callable[[Any], None], welcome: Welcome,
+    ) -> None:
+        self.config = config
+        self.recovery: Recovery | None = None
+        self.sockets = sockets
+        self.registry = registry
+        self.cluster = cluster
+        self.spawn = spawn
+        self.welcome = welcome
+        self.early: dict[Socket, Event] = {}  # $resume sent before authentication
 
-    def _admit(self, socket: Socket) -> None:
+    def new_session_state(self, socket: Socket) -> SessionState | None:
+        return SessionState(socket) if self.recovery is not None else None
+
+    def admit(self, socket: Socket) -> None:
         """The socket is authenticated: welcome it and hand it to the application (or first
         wait for its ``$resume``, if it connected with ``?resume=1``)."""
-        if self._recovery is not None and "resume" in socket.request.query:
+        if self.recovery is not None and "resume" in socket.request.query:
             socket._resuming = True
             socket._inbox = []  # what it sends before $resume waits for the session
-            early = self._early_resumes.pop(socket, None)
+            early = self.early.pop(socket, None)
             if early is not None:
                 self._resume(socket, early)
                 return
@@ -79,16 +87,16 @@ class SessionResume:
                 self.config.auth_timeout, self._resume_timed_out, socket
             )
             return
-        self._welcome_socket(socket, None)
+        self.welcome(socket, None)
 
-    def _resume_message(self, socket: Socket, packet: Event) -> None:
+    def resume_message(self, socket: Socket, packet: Event) -> None:
         if socket._resuming:
             self._resume(socket, packet)
         elif (
             not socket.authenticated and "resume" in socket.request.query
-            and socket not in self._early_resumes
+            and socket not in self.early
         ):
-            self._early_resumes[socket] = packet  # read once authenticated (_admit)
+            self.early[socket] = packet  # read once authenticated (admit)
         else:
             socket.reject(
                 ErrorCode.BAD_MESSAGE, "$resume is only valid first, on a ?resume=1 connection",
@@ -104,7 +112,7 @@ class SessionResume:
         """``["$resume", {"sid", "token", "offsets": {room: [epoch, offset]}, "seq"}]``:
         restore the session and replay what it missed, or start a new one (``recovered:
         false``). Then the socket is welcomed and handed to the application as usual."""
-        recovery = self._recovery
+        recovery = self.recovery
         assert recovery is not None
         socket._resuming = False
         if socket._auth_timer is not None:
@@ -116,7 +124,7 @@ class SessionResume:
         sid, token = info.get("sid"), info.get("token")
         held = self._take_over(socket, sid, token)
         if recovery.broker is not None:
-            self._spawn(self._resume_from_broker(socket, held, info))
+            self.spawn(self._resume_from_broker(socket, held, info))
             return
         if held is None:
             held = recovery.take(sid, token, socket.identity)
@@ -125,31 +133,31 @@ class SessionResume:
             missed = recovery.replay(held, info.get("offsets", {}), info.get("seq", 0))
         if held is None or missed is None:
             recovery.failed += 1
-            self._welcome_socket(socket, False)
+            self.welcome(socket, False)
             return
         recovery.recovered += 1
         self._restore(socket, held)
-        self._welcome_socket(socket, True, [(entry[3], entry[4]) for entry in missed])
+        self.welcome(socket, True, [(entry[3], entry[4]) for entry in missed])
 
-    def _session_changed(self, sid: str, state: SessionState) -> None:
+    def session_changed(self, sid: str, state: SessionState) -> None:
         """A held session's state changed (a call finished): Redis keeps a copy of it."""
-        recovery = self._recovery
+        recovery = self.recovery
         if recovery is not None and recovery.broker is not None:
             recovery.broker.refresh(sid, state)
 
     def _take_over(self, socket: Socket, sid: Any, token: Any) -> Held | None:
         """A resume of a session whose old connection is still open here (the client noticed
         the drop first): close that one and hand its session over directly."""
-        live = self._sockets.get(sid) if type(sid) is str else None
+        live = self.sockets.get(sid) if type(sid) is str else None
         if (
             live is None or type(token) is not str or live.identity != socket.identity
             or not secrets.compare_digest(live.token.encode(), token.encode())
             or live._rec is None
         ):
             return None
-        assert self._recovery is not None
+        assert self.recovery is not None
         state = live._rec
-        held = Held.of(live, state, time.monotonic() + self._recovery.window)
+        held = Held.of(live, state, time.monotonic() + self.recovery.window)
         state.owner = None  # not held anywhere: resumed right here
         live.on_close(CloseCode.GOING_AWAY, "resumed by a new connection")
         if live._conn is not None:
@@ -161,7 +169,7 @@ class SessionResume:
     ) -> None:
         """``_resume`` in a cluster on Redis: the session and the room histories come from
         Redis (the session may have been held by another node)."""
-        recovery = self._recovery
+        recovery = self.recovery
         assert recovery is not None and recovery.broker is not None
         try:
             resumed = await resume_from_broker(self, recovery.broker, socket, held, info)
@@ -172,16 +180,16 @@ class SessionResume:
             return
         if resumed is None:
             recovery.failed += 1
-            self._welcome_socket(socket, False)
+            self.welcome(socket, False)
             return
         recovery.recovered += 1
         held = resumed.held
         state = self._adopt(socket, held)
         for room in socket._rooms:  # joined by resume_from_broker, buffering until now
-            self._registry.set_sender(room, socket, socket._send_frame)
+            self.registry.set_sender(room, socket, socket._send_frame)
             state.joined[room] = recovery.position(room)
-        self._cluster.resumed_here(held.sid)
-        self._welcome_socket(socket, True, resumed.replay, resumed.buffered)
+        self.cluster.resumed_here(held.sid)
+        self.welcome(socket, True, resumed.replay, resumed.buffered)
 
     @staticmethod
     def _adopt(socket: Socket, held: Held) -> SessionState:
@@ -196,11 +204,11 @@ class SessionResume:
 
     def _restore(self, socket: Socket, held: Held) -> None:
         """Give ``socket`` the held session's id, data and rooms."""
-        recovery = self._recovery
+        recovery = self.recovery
         assert recovery is not None
         state = self._adopt(socket, held)
         for room in held.rooms:
-            if self._registry.add(room, socket, socket._send_frame):
+            if self.registry.add(room, socket, socket._send_frame):
                 socket._rooms[room] = None
                 # Whole up to here now: a later resume replays from this point at least.
                 state.joined[room] = recovery.position(room)
@@ -223,7 +231,7 @@ class Resumed:
 
 
 async def resume_from_broker(
-    server: SessionResume, broker: BrokerRecovery, socket: Socket, held: Held | None,
+    server: Resumer, broker: BrokerRecovery, socket: Socket, held: Held | None,
     info: dict[str, Any],
 ) -> Resumed | None:
     """Take the session ``info`` names (or ``held``, taken over from a connection here),
@@ -232,11 +240,11 @@ async def resume_from_broker(
     if held is None:
         if type(sid) is not str or type(token) is not str:
             return None
-        taken = await broker.take(sid, token, server._cluster.node_id)
+        taken = await broker.take(sid, token, server.cluster.node_id)
         if taken is None:
             return None
-        assert server._recovery is not None
-        held = _held_from_blob(sid, token, *taken, server._recovery)
+        assert server.recovery is not None
+        held = _held_from_blob(sid, token, *taken, server.recovery)
         if _encode(held.identity) != _encode(socket.identity):
             return None
     seq = info.get("seq", 0)
@@ -250,7 +258,7 @@ async def resume_from_broker(
     socket.id = held.sid  # before joining: presence shows the resumed id
     buffered: list[bytes] = []
     joined: list[str] = []
-    registry = server._registry
+    registry = server.registry
     done = False
     try:
         for room in held.rooms:
@@ -258,7 +266,7 @@ async def resume_from_broker(
                 socket._rooms[room] = None
                 joined.append(room)
         for room in joined:
-            await server._cluster.subscribed(room, 2.0)
+            await server.cluster.subscribed(room, 2.0)
         sources = [_direct_source(direct)]
         for room in held.rooms:
             entries = await _missed_in_room(broker, server, room, held, offsets.get(room))
@@ -277,7 +285,7 @@ async def resume_from_broker(
 
 
 async def _missed_in_room(
-    broker: BrokerRecovery, server: SessionResume, room: str, held: Held, reported: Any,
+    broker: BrokerRecovery, server: Resumer, room: str, held: Held, reported: Any,
 ) -> list[tuple[int, bytes, bool]] | None:
     """(wall ms, payload, binary) of the room messages ``held`` missed; None if some are
     gone (trimmed, too old, another epoch, a history that may have lost its tail)."""
@@ -293,7 +301,7 @@ async def _missed_in_room(
             # The broker restarted since the join and the client got messages of the new
             # epoch: it had everything before them, or was told ($gap, cluster/catchup.py).
             later = (reported[0], reported[1])
-    channel = server._cluster.room_channel(room)
+    channel = server.cluster.room_channel(room)
     history = await broker.read_room(channel, after if later is None else later[1])
     if later is not None:
         if history is not None and history.epoch == later[0]:

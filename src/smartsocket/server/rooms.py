@@ -11,9 +11,14 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from smartsocket.protocol.codes import ErrorCode
+from smartsocket.security import LimitExceeded, TokenBucket
+
 if TYPE_CHECKING:
     from smartsocket.cluster.messages import PresenceMember
     from smartsocket.cluster.node import ClusterNode
+    from smartsocket.config import Config
+    from smartsocket.metrics import Stats
     from smartsocket.server.app import SmartSocket
     from smartsocket.server.socket import Socket
 
@@ -85,6 +90,42 @@ class RoomRegistry:
 _EMPTY: Mapping[Any, Any] = {}
 
 
+class RoomLimits:
+    """Per-room broadcast rates (``room_rate_limit_messages``): one token bucket per room with
+    members; a room that emptied forgets its bucket (``prune``)."""
+
+    __slots__ = ("_buckets", "burst", "clock", "rate", "stats")
+
+    def __init__(self, config: Config, clock: Callable[[], int]) -> None:
+        self.clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+        self.stats: Stats | None = None
+        self.configure(config, None)
+
+    def configure(self, config: Config, stats: Stats | None) -> None:
+        self.rate = config.room_rate_limit_messages
+        self.burst = config.room_rate_limit_burst or max(1.0, 2 * self.rate)
+        self.stats = stats
+
+    def check(self, name: str) -> None:
+        """Count a broadcast to ``name``; raise LimitExceeded when the room is over its rate."""
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = self._buckets[name] = TokenBucket(self.rate, self.burst, self.clock())
+        wait = bucket.take(self.clock())
+        if wait:
+            if self.stats is not None:
+                self.stats.rate_limited += 1
+            raise LimitExceeded(
+                ErrorCode.RATE_LIMITED, f"room {name!r} is over its broadcast rate",
+                retry_after=round(wait, 3),
+            )
+
+    def prune(self, registry: RoomRegistry) -> None:
+        for name in [n for n in self._buckets if n not in registry]:
+            del self._buckets[name]
+
+
 class Room:
     """A room by name. ``server.room(name)`` returns one; members come and go."""
 
@@ -111,8 +152,8 @@ class Room:
         """
         server = self._server
         if server._config.room_rate_limit_messages:
-            server._check_room_rate(self.name)
-        return server._fanout(
+            server._room_limits.check(self.name)
+        return server._broadcast(
             server._registry.members(self.name), event, data, exclude, binary, self.name
         )
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("smartsocket.server")
 
-PLAIN, SHARED, OWN = 0, 1, 2  # Socket._zmode
+PLAIN, SHARED, OWN = 0, 1, 2  # Socket.compression_mode
 
 # Names with a local meaning; a client may not send events with these names.
 LOCAL_EVENTS = frozenset({"connect", "disconnect", "error"})
@@ -84,10 +84,10 @@ class Socket:
         "_send_frame",
         "_server",
         "_strikes",
-        "_zmode",
         "authenticated",
         "close_code",
         "close_reason",
+        "compression_mode",
         "connected",
         "data",
         "id",
@@ -122,7 +122,7 @@ class Socket:
         self._ping_sent_at = 0.0
         # How broadcasts reach this socket: PLAIN frames, the SHARED compressed frame, or
         # compressed by its OWN deflater (context takeover).
-        self._zmode = PLAIN
+        self.compression_mode = PLAIN  # how broadcasts reach it (server/fanout.py)
         # Until authenticated a socket may only send $auth and $ping (server/app.py).
         self.authenticated = authenticated
         self.identity = identity
@@ -134,7 +134,7 @@ class Socket:
         self._errors: TokenBucket | None = None  # the error-rate rule, made on the first error
         self._running = 0  # async handlers that owe this socket an ack
         # Connection state recovery (server/recovery.py): None while recovery_window is 0.
-        self._rec: SessionState | None = server._new_session_state(self)
+        self._rec: SessionState | None = server._resumer.new_session_state(self)
         self._resuming = False  # waiting for the client's $resume before $welcome
         self.recovered = False  # this connection resumed a dropped session (same id)
 
@@ -146,6 +146,10 @@ class Socket:
     @property
     def rooms(self) -> frozenset[str]:
         return frozenset(self._rooms)
+
+    def joined_rooms(self) -> list[str]:
+        """The rooms it is in, in the order it joined them."""
+        return list(self._rooms)
 
     @property
     def remote_address(self) -> tuple[Any, ...] | None:
@@ -275,7 +279,8 @@ class Socket:
         self._send_frame = conn.send_frame
         deflater = conn.deflater
         if deflater is not None:
-            self._zmode = SHARED if deflater.stateless and deflater.window_bits == 15 else OWN
+            shareable = deflater.stateless and deflater.window_bits == 15
+            self.compression_mode = SHARED if shareable else OWN
         self.connected = True
         self._server._on_open(self)
 
@@ -292,7 +297,7 @@ class Socket:
         try:
             packet = _decode(payload, binary=binary)
         except InvalidUTF8 as exc:
-            self._fail(CloseCode.INVALID_TEXT, str(exc))
+            self.fail(CloseCode.INVALID_TEXT, str(exc))
             return
         except EnvelopeError as exc:
             if limiter is not None:
@@ -388,7 +393,7 @@ class Socket:
         elif name == "$auth":
             self._server._auth_message(self, packet)
         elif name == "$resume" and self._server._recovery is not None:
-            self._server._resume_message(self, packet)
+            self._server._resumer.resume_message(self, packet)
         else:
             self._refuse(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
@@ -410,6 +415,12 @@ class Socket:
             self._handle(packet)
 
     # sending
+
+    def send_own_compressed(self, payload: bytes, binary: bool) -> int:
+        """A broadcast payload through this socket's own deflater (``compression_mode`` OWN:
+        context takeover or a smaller window); the bytes written."""
+        assert self._conn is not None
+        return self._conn.send_message(payload, binary)
 
     def _send_payload(self, payload: bytes, binary: bool) -> None:
         conn = self._conn
@@ -512,7 +523,7 @@ class Socket:
         assert rec.replies is not None
         waiting = rec.replies.finish(ack_id, result, error)
         if rec.owner is None:  # held: in a cluster, its stored copy learns the outcome
-            self._server._session_changed(self.id, rec)
+            self._server._resumer.session_changed(self.id, rec)
         for waiting_id, socket in waiting:
             if error is None:
                 socket._answer(waiting_id, result, binary)
@@ -543,7 +554,7 @@ class Socket:
                 "closing %s: over the error-rate rule", self.id,
                 extra={"event": "limit", "limit": "errors", "sid": self.id},
             )
-            self._fail(CloseCode.POLICY_VIOLATION, "too many invalid messages")
+            self.fail(CloseCode.POLICY_VIOLATION, "too many invalid messages")
 
     def _rate_limited(
         self, event: str | None, ack_id: int | None, binary: bool, wait: float, now: int
@@ -566,9 +577,9 @@ class Socket:
         if strikes.take(now):  # refused too often: abuse, not a burst
             if stats is not None:
                 stats.rate_limit_closes += 1
-            self._fail(CloseCode.RATE_LIMITED, "rate limit abuse")
+            self.fail(CloseCode.RATE_LIMITED, "rate limit abuse")
 
-    def _fail(self, code: int, reason: str) -> None:
+    def fail(self, code: int, reason: str) -> None:
         logger.info(
             "closing %s: %s (%d)", self.id, reason, code,
             extra={"event": "close", "sid": self.id, "code": code, "reason": reason},
@@ -578,12 +589,17 @@ class Socket:
 
     # heartbeat
 
-    def _ping(self, value: int, now: float) -> None:
+    @property
+    def ping_pending(self) -> bool:
+        """A ``$ping`` sent to it is still unanswered."""
+        return self._ping_value is not None
+
+    def ping(self, value: int, now: float) -> None:
         self._ping_value = value
         self._ping_sent_at = now
         self._send_payload(_encode_event("$ping", value), False)
 
-    def _ping_overdue(self, value: int) -> bool:
+    def ping_overdue(self, value: int) -> bool:
         return self._ping_value == value
 
 

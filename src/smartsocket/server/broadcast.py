@@ -1,0 +1,91 @@
+"""The broadcast pipeline: one message to the members of a room (or to every socket).
+
+``Broadcaster`` encodes once (logging room messages for single-node recovery), delivers here
+through ``Fanout``, then, in a cluster, publishes the encoded payload: the compress decision is
+``Fanout``'s, made once for here and every other node. With recovery on Redis, Redis logs room
+messages and every node (this one too) delivers them from the room channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from smartsocket.protocol import envelope
+from smartsocket.protocol.names import check_event
+from smartsocket.server.fanout import (
+    Exclude,
+    Fanout,
+    SendFrame,
+    count_members,
+    exclude_ids,
+    skip_set,
+)
+from smartsocket.server.socket import Socket
+
+if TYPE_CHECKING:
+    from smartsocket.cluster.node import ClusterNode
+    from smartsocket.server.recovery import Recovery
+
+
+class Broadcaster:
+    """Broadcasts made on this node. ``fanout`` and ``recovery`` follow the configuration."""
+
+    __slots__ = ("cluster", "fanout", "recovery", "sockets")
+
+    def __init__(
+        self, sockets: Mapping[str, Socket], cluster: ClusterNode, fanout: Fanout,
+        recovery: Recovery | None = None,
+    ) -> None:
+        self.sockets = sockets
+        self.cluster = cluster
+        self.fanout = fanout
+        self.recovery = recovery
+
+    def send(
+        self, members: Mapping[Socket, SendFrame], event: str, data: Any,
+        exclude: Exclude, binary: bool | None, room: str | None = None,
+    ) -> int:
+        """Encode once, deliver here (server/fanout.py), then in a cluster publish the encoded
+        payload to the other nodes (``room`` None: to every socket). Returns the deliveries
+        made on this node."""
+        check_event(event)
+        cluster = self.cluster
+        recovery = self.recovery
+        # Single-node recovery logs room messages here, even with no member here: a dropped
+        # member may resume and want it. (In a cluster on Redis, Redis logs them.)
+        logs_here = recovery is not None and room is not None and recovery.broker is None
+        if not members and not cluster.active and not logs_here:
+            return 0
+        if binary is None:
+            binary = envelope.needs_binary(data)
+        if exclude is not None and not isinstance(exclude, Socket | str):
+            exclude = tuple(exclude)  # read twice below
+        skip = skip_set(exclude, self.sockets) if exclude is not None else None
+        if logs_here:
+            assert recovery is not None and room is not None
+            ids = exclude_ids(exclude) if exclude is not None else None
+            payload = recovery.room_message(room, event, data, binary, ids)
+        else:
+            payload = envelope.encode_event(event, data, binary=binary)
+        if not cluster.active:
+            return self.fanout.deliver(members, payload, binary, skip)
+        return self._publish(members, room, payload, binary, skip, exclude_ids(exclude))
+
+    def _publish(
+        self, members: Mapping[Socket, SendFrame], room: str | None, payload: bytes,
+        binary: bool, skip: set[Socket] | None, ids: tuple[str, ...],
+    ) -> int:
+        """A broadcast in a cluster: delivered here, then published (or, with recovery on
+        Redis, logged by Redis and delivered from the room channel by every node)."""
+        cluster = self.cluster
+        fan = self.fanout
+        if room is not None and cluster.logs_rooms:
+            if cluster.publish_logged(room, payload, binary, ids, bool(members)):
+                return count_members(members, skip)
+            return fan.deliver(members, payload, binary, skip) if members else 0
+        deflated, tried = fan.compress_for_publish(payload)
+        count = fan.deliver(members, payload, binary, skip, deflated, tried) if members else 0
+        cluster.publish_broadcast(room, payload, binary, deflated, tried, ids)
+        return count
+

@@ -1,0 +1,134 @@
+"""The layering of docs/architecture.md, checked on every module's imports (``ast``, so imports
+under ``TYPE_CHECKING`` and inside functions count too: a type is a dependency as well).
+
+Arrows point one way: server -> recovery -> cluster -> transport / protocol / compression, with
+the shared low-level modules (config, errors, security, ...) usable from every layer.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "smartsocket"
+
+# Low-level modules every layer may use; they import only each other and ``protocol``.
+SHARED = {
+    "_version", "acks", "config", "errors", "handlers", "logs", "metrics", "security",
+}
+EDGES = {"protocol", "compression", "handshake", "transport"}
+
+# What each part (a package under smartsocket/, or a top-level module) may import, besides
+# itself. Parts not listed here are the application-facing top (the package root, cli, demo,
+# asgi, integrations, testing): they may import anything.
+ALLOWED: dict[str, set[str]] = {
+    "protocol": set(),  # sans-I/O: the wire format only
+    "compression": {"protocol", "errors"},  # sans-I/O
+    "handshake": {"protocol", "security", "errors"},
+    "transport": {"protocol", "compression", "handshake", "security", "errors", "config"},
+    **{name: SHARED | {"protocol"} for name in SHARED},
+    "client": SHARED | EDGES,
+    # client.backoff is a pure function the broker adapters share (see MODULE_ALLOWED).
+    "cluster": SHARED | EDGES,
+    "recovery": SHARED | EDGES | {"cluster"},
+    "server": SHARED | EDGES | {"cluster", "recovery"},
+}
+# Single modules another part may import although its package is not allowed.
+MODULE_ALLOWED: dict[str, set[str]] = {
+    "cluster": {"smartsocket.client.backoff"},
+}
+# Modules that must not import the event loop (sans-I/O: bytes in, events out).
+NO_ASYNCIO = ("protocol", "compression")
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(("smartsocket", *parts))] = path
+    return modules
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names ``path`` imports (``from a.b import c`` counts ``a.b.c`` when
+    that is a module, else ``a.b``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            found.add(node.module or "")
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+MODULES = _modules()
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_follow_the_layers(module: str) -> None:
+    part = _part(module)
+    allowed = ALLOWED.get(part)
+    if allowed is None:
+        return  # the application-facing top
+    wrong = []
+    for name in sorted(_imports(MODULES[module])):
+        if not name.startswith("smartsocket.") or (
+            name not in MODULES and name.rsplit(".", 1)[0] in MODULES
+        ):
+            continue  # not ours, or a name inside a module counted already
+        target = _part(name)
+        if target in (part, "") or target in allowed:
+            continue
+        if name in MODULE_ALLOWED.get(part, ()):
+            continue
+        wrong.append(name)
+    assert not wrong, f"{module} ({part}) may not import {wrong}"
+
+
+@pytest.mark.parametrize("part", NO_ASYNCIO)
+def test_sans_io_parts_do_not_import_the_event_loop(part: str) -> None:
+    for module, path in MODULES.items():
+        if _part(module) == part:
+            roots = {name.split(".")[0] for name in _imports(path)}
+            assert not roots & {"asyncio", "uvloop", "picows", "socket", "selectors"}, module
+
+
+def test_no_import_cycle_spans_two_parts() -> None:
+    """Cycles inside a package may remain (a part and its owner); none crosses packages."""
+    graph = {
+        module: {
+            name if name in MODULES else name.rsplit(".", 1)[0]
+            for name in _imports(path) if name.startswith("smartsocket.")
+        } & MODULES.keys()
+        for module, path in MODULES.items()
+    }
+    for module, targets in graph.items():
+        for target in targets:
+            if _part(target) in (_part(module), ""):
+                continue
+            # Is there a way back from ``target`` to ``module``?
+            seen, todo = {target}, [target]
+            while todo:
+                for nxt in graph[todo.pop()]:
+                    if nxt == module:
+                        pytest.fail(f"import cycle across parts: {module} -> {target} -> ...")
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        todo.append(nxt)
+
+
+def test_the_map_names_real_parts() -> None:
+    parts = {_part(module) for module in MODULES}
+    unknown = {name for allowed in ALLOWED.values() for name in allowed} - parts - {"recovery"}
+    assert not unknown
