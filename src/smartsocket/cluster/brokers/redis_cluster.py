@@ -46,8 +46,9 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode
 
-from smartsocket.cluster.adapter import SCRIPTS, BrokerAdapter, Outbound, ScriptCall
-from smartsocket.cluster.redis import IDLE_TIMEOUT, read_incarnation
+from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound
+from smartsocket.cluster.brokers.redis import IDLE_TIMEOUT, read_incarnation
+from smartsocket.cluster.brokers.scripts import SCRIPTS, ScriptCall
 from smartsocket.errors import MissingDependency
 
 logger = logging.getLogger("smartsocket.cluster")
