@@ -188,7 +188,8 @@ def render(
         + ("server and generator pinned" if meta.get("pinned") else "not pinned")
         + f"; load average at start {_load(load[0])}, at end {_load(load[1])}.",
         "",
-        "| workload | measure | peer | base | new | new/base | generator CPU (base / new) |",
+        "| workload | measure | peer | base (min\u2013max) | new (min\u2013max) | new/base | "
+        "generator CPU (base / new) |",
         "|---|---|---|---:|---:|---:|---|",
     ]
     below: list[str] = []
@@ -200,14 +201,14 @@ def render(
                 if not n or not b or n.get("metric") is None or b.get("metric") is None:
                     continue
                 r = ratio(n["metric"], b["metric"], m.higher_is_better)
+                shown = name.removesuffix(NEW_SUFFIX)
                 flag = "" if r is None or r >= NOISE else " **below**"
                 if flag:
-                    below.append(f"{wl.name} / {m.key} / {name}")
-                spread = _spread(runs, m.key, name)
-                name = name.removesuffix(NEW_SUFFIX)
+                    below.append(f"{m.key} ({shown})")
                 lines.append(
-                    f"| {wl.name} | {m.title} [{m.unit}] | {name} | {_num(b['metric'])} | "
-                    f"{_num(n['metric'])}{spread} | {_ratio(r)}{flag} | "
+                    f"| {wl.name} | {m.title} [{m.unit}] | {shown} | "
+                    f"{_num(b['metric'])}{_spread(runs, m.key, base_name)} | "
+                    f"{_num(n['metric'])}{_spread(runs, m.key, name)} | {_ratio(r)}{flag} | "
                     f"{_cpu(b.get('gen_cpu'))} / {_cpu(n.get('gen_cpu'))} |"
                 )
     lines.append("")
