@@ -231,7 +231,10 @@ def _num(v: float) -> str:
 
 
 def _ratio(r: float | None) -> str:
-    return DASH if r is None else f"{r:.3f}"
+    if r is None:
+        return DASH
+    # enough digits that a ratio just under the line does not print as 0.970
+    return f"{r:.4f}" if r < NOISE <= round(r, 3) else f"{r:.3f}"
 
 
 def _cpu(v: float | None) -> str:
