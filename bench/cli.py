@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,setup,build,report,readme,list}``."""
+"""Command line: ``python -m bench {run,compare,setup,build,report,readme,list}``."""
 
 from __future__ import annotations
 
@@ -149,6 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="WebSocket path of the smartsocket peer (default /)",
     )
 
+    c = sub.add_parser(
+        "compare",
+        help="the same workloads against this checkout and BASE_REV, interleaved in one run",
+        description="Export BASE_REV (cached with its own venv), run every workload for this "
+        "checkout's SmartSocket peers and their @base twins, interleaved, and print medians "
+        "and new/base ratios (>= 0.97: within noise). bench/RESULTS.md's results are not "
+        "touched (see --section).",
+    )
+    c.add_argument("base", metavar="BASE_REV", help="commit, tag or branch to compare against")
+    c.add_argument(
+        "--new", metavar="REV", help="compare REV (exported like BASE_REV) instead of this checkout"
+    )
+    c.add_argument("--workloads", default="ack,fanout,rooms,fanout-deflate,cluster-fanout")
+    c.add_argument(
+        "--peers",
+        default="smartsocket,ss-2nodes-redis,ss-2nodes-redis-cluster",
+        help="SmartSocket peers to run in both versions (each where its workloads apply)",
+    )
+    c.add_argument("--repeats", type=_positive(int), default=3, help="default 3 (median)")
+    c.add_argument("--duration", type=_positive(float), help="throughput windows, s (default 10)")
+    c.add_argument("--quick", action="store_true", help="2 s windows (--repeats still applies)")
+    c.add_argument("--no-pin", action="store_true", help="do not pin server/generator to cores")
+    c.add_argument(
+        "--section", metavar="TITLE",
+        help="also write the table as the section '## TITLE' of bench/RESULTS.md",
+    )
+
     s = sub.add_parser(
         "setup", help="build the load generator and install the Node peer's packages"
     )
@@ -187,6 +214,29 @@ def main(argv: list[str] | None = None) -> int:
         from bench import report
 
         return report.rerender(args.json, charts=not args.no_charts)
+
+    if args.cmd == "compare":
+        from bench import compare
+
+        opts = Options()
+        if args.quick:
+            opts.apply_quick()
+        opts.repeat = args.repeats
+        if args.duration is not None:
+            opts.duration = args.duration
+        try:
+            return compare.compare(
+                args.base,
+                args.new,
+                compare.pick_workloads(args.workloads),
+                [n.strip() for n in args.peers.split(",") if n.strip()],
+                opts,
+                pin=not args.no_pin,
+                section=args.section,
+            )
+        except KeyboardInterrupt:
+            log("interrupted")
+            return 130
 
     from bench import loadgen
 

@@ -227,10 +227,39 @@ class SmartSocketPeer(Peer):
     ) -> None:
         super().__init__(name, "smartsocket", description, only_in=only_in)
         self.variant_args = variant_args or []
+        # another checkout (``bench compare``): its tree, interpreter and the serve options
+        # it knows (the others are left out of its command)
+        self.tree: Path | None = None
+        self.python: str | None = None
+        self.known_options: set[str] | None = None
 
     def command(self, port: int, workload: str = "") -> list[str]:
-        cmd = [project_python(), "-m", "smartsocket", "serve", "--port", str(port), "--host", HOST]
-        return cmd + self.FLAGS + self.variant_args + self.extra_args
+        args = ["-m", "smartsocket", "serve", "--port", str(port), "--host", HOST]
+        args += self.FLAGS + self.variant_args + self.extra_args
+        if self.known_options is not None:
+            args = known_args(args, self.known_options)
+        return [self.python or project_python(), *args]
+
+    @property
+    def cwd(self) -> Path:
+        return self.tree or REPO_ROOT
+
+
+def known_args(args: list[str], known: set[str]) -> list[str]:
+    """``args`` without the ``--options`` not in ``known`` (and their values)."""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name not in known:
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            skip = "=" not in arg and nxt is not None and not nxt.startswith("--")
+            continue
+        out.append(arg)
+    return out
 
 
 def _answers(port: int) -> bool:

@@ -342,9 +342,9 @@ async def test_a_peer_that_reads_nothing_is_dropped_after_a_close(
 ) -> None:
     """Natively the close frame is written at once and the peer has CLOSE_TIMEOUT to answer;
     a bridged close waits behind the queue and the host's send, so it has a deadline."""
-    import smartsocket.integrations
+    import smartsocket.integrations.bridge
 
-    monkeypatch.setattr(smartsocket.integrations, "CLOSE_TIMEOUT", 0.05)
+    monkeypatch.setattr(smartsocket.integrations.bridge, "CLOSE_TIMEOUT", 0.05)
     server = SmartSocket()
     mount = SmartSocketASGI(server)
     stuck = asyncio.Event()

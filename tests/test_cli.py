@@ -289,3 +289,20 @@ def test_help_is_written_for_users() -> None:
         text = run_cli(args).stdout
         assert "``" not in text and "seed" not in text.lower(), text
     assert "SMARTSOCKET_" in run_cli(["serve", "--help"]).stdout
+
+
+def test_workers_without_a_cluster_url_is_a_usage_error() -> None:
+    """The supervisor refuses before starting anything; the CLI prints its one line."""
+    result = run_cli(["serve", "--port", "0", "--workers", "2"])
+    assert_one_line(result, 2, "--workers needs --cluster-url")
+
+
+def test_workers_on_a_taken_port_say_so_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound without SO_REUSEPORT: the supervisor cannot share it
+        port = str(taken.getsockname()[1])
+        result = run_cli(["serve", "--host", "127.0.0.1", "--port", port, "--workers", "2",
+                          "--cluster-url", "memory://x"])
+    assert_one_line(result, 1, f"cannot bind 127.0.0.1:{port}")

@@ -189,7 +189,7 @@ async def test_presence_across_nodes_and_node_death() -> None:
         b._cluster._task.cancel()
         adapter = b._cluster.adapter
         assert isinstance(adapter, MemoryAdapter)
-        adapter.broker._detach(adapter)
+        adapter.broker.detach(adapter)
         assert (await ra.next("$presence", timeout=2))["left"]["sid"] == cb.sid
         await wait_for(lambda: b.node_id not in a.cluster_nodes())
         assert sorted(p.info["name"] for p in await a.room("game:1").presence()) == [

@@ -19,7 +19,7 @@ import pytest
 
 from clusters import ROOT, Node, clients, node_processes, prefix
 from smartsocket.cluster import create_adapter
-from smartsocket.cluster.redis_cluster import (
+from smartsocket.cluster.brokers.redis_cluster import (
     RedisClusterAdapter,
     channel_slot,
     is_cluster_url,

@@ -328,10 +328,17 @@ def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connection at INFO
     config = config_from_args(args)
     if args.workers > 1:
-        from smartsocket.cluster.workers import run_workers
+        from smartsocket.supervisor import SupervisorError, run_workers
+
+        def workers_ready(message: str, url: str) -> None:
+            print(ready_line(message, url, as_json=args.log_json), flush=True)
 
         argv = sys.argv[1:] if argv is None else list(argv)
-        return run_workers(argv, args.workers, config, log_json=args.log_json)
+        try:
+            return run_workers(argv, args.workers, config, workers_ready)
+        except SupervisorError as exc:
+            failure = UsageError(str(exc)) if exc.code == 2 else Failure(str(exc))
+            raise failure from None
     if args.app:
         sys.path.insert(0, os.getcwd())
         server = load_app(args.app, config)

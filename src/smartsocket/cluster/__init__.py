@@ -4,10 +4,10 @@
 Cluster, ``nats://...``, ``memory://NAME``) makes a server a node; without ``cluster_url`` it
 is a single node and none of this costs anything on the hot path. See ``node.py`` for the
 design (channels, faults) and the modules it names (liveness, requests, operations,
-presence), ``messages.py`` for what travels between nodes, and ``adapter.py`` for the brokers.
+presence), ``messages.py`` for what travels between nodes, and ``brokers/`` for the brokers.
 """
 
-from smartsocket.cluster.adapter import (
+from smartsocket.cluster.brokers import (
     Adapter,
     BrokerAdapter,
     MemoryAdapter,

@@ -42,7 +42,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from smartsocket.cluster import messages as m
-from smartsocket.cluster.adapter import Script, ScriptCall
+from smartsocket.cluster.brokers.scripts import Script, ScriptCall
 from smartsocket.protocol import envelope
 
 if TYPE_CHECKING:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from smartsocket.cluster import messages as m
-from smartsocket.cluster.adapter import Adapter, BrokerAdapter, create_adapter
+from smartsocket.cluster.brokers import Adapter, BrokerAdapter, create_adapter
 from smartsocket.cluster.catchup import RoomSync
 from smartsocket.cluster.liveness import Liveness, RemoteNode
 from smartsocket.cluster.operations import Operations, node_of

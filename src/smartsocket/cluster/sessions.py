@@ -57,11 +57,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from smartsocket.cluster.adapter import Script, ScriptCall
+from smartsocket.cluster.brokers.scripts import Script, ScriptCall
 from smartsocket.protocol import envelope
 
 if TYPE_CHECKING:
-    from smartsocket.cluster.adapter import BrokerAdapter
+    from smartsocket.cluster.brokers.base import BrokerAdapter
     from smartsocket.cluster.ports import HeldSessionState as SessionState
     from smartsocket.cluster.ports import HeldSocket as Socket
     from smartsocket.config import Config

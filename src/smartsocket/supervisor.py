@@ -6,11 +6,15 @@ and waits until each says it listens; the kernel then spreads new connections ov
 The workers join through ``cluster_url`` (required), so rooms, broadcasts and presence span
 them. A worker that dies is started again (with a growing delay if it keeps dying); SIGTERM or
 SIGINT stops them all gracefully (each drains its clients with 1001).
+
+The supervisor logs (``smartsocket.supervisor``); what the user must read before it starts
+(``SupervisorError``) and the ready line are the CLI's to print.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -18,13 +22,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from smartsocket.config import Config
-from smartsocket.logs import ready_line, ready_url
+from smartsocket.logs import ready_url
+
+logger = logging.getLogger("smartsocket.supervisor")
 
 READY_TIMEOUT = 20.0
+
+
+class SupervisorError(Exception):
+    """The workers cannot be started (nothing was): one line for the user, exit ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Worker:
@@ -84,24 +98,23 @@ def without_workers(argv: Sequence[str]) -> list[str]:
 
 
 def run_workers(
-    argv: Sequence[str], workers: int, config: Config, *, log_json: bool = False
+    argv: Sequence[str], workers: int, config: Config, on_ready: Callable[[str, str], None],
 ) -> int:
-    """Supervise ``workers`` copies of ``smartsocket serve <argv>``; returns the exit code."""
+    """Supervise ``workers`` copies of ``smartsocket serve <argv>``; returns the exit code.
+    ``on_ready(message, url)`` once every worker listens. Raises ``SupervisorError`` (and
+    ``MissingDependency``) before starting any worker."""
     if not config.cluster_url:
-        print("smartsocket: --workers needs --cluster-url (redis://... or nats://...) so the "
-              "workers act as one server", file=sys.stderr)
-        return 2
+        raise SupervisorError("--workers needs --cluster-url (redis://... or nats://...) so "
+                              "the workers act as one server", 2)
     if not hasattr(socket, "SO_REUSEPORT"):
-        print("smartsocket: --workers needs SO_REUSEPORT (Linux, BSD, macOS)", file=sys.stderr)
-        return 2
-    from smartsocket.cluster.adapter import create_adapter
+        raise SupervisorError("--workers needs SO_REUSEPORT (Linux, BSD, macOS)", 2)
+    from smartsocket.cluster.brokers import create_adapter
 
     create_adapter(config.cluster_url)  # a missing extra fails here, once, not in each worker
     try:
         reserved = reserve_port(config.host, config.port)
     except OSError as exc:
-        print(f"smartsocket: cannot bind {config.host}:{config.port}: {exc}", file=sys.stderr)
-        return 1
+        raise SupervisorError(f"cannot bind {config.host}:{config.port}: {exc}") from None
     port = reserved.getsockname()[1]
     command = [
         sys.executable, "-m", "smartsocket", *without_workers(argv), "--port", str(port),
@@ -123,14 +136,13 @@ def run_workers(
         for worker in pool:
             ready = ready_url(worker.wait_ready(READY_TIMEOUT))
             if ready is None:
-                print(f"smartsocket: worker {worker.index} did not start", file=sys.stderr)
+                logger.error("worker %d did not start", worker.index)
                 stopping.set()
                 failed = True
                 break
             url = ready
         else:
-            message = f"({workers} workers) listening on {url}"
-            print(ready_line(message, url, as_json=log_json), flush=True)
+            on_ready(f"({workers} workers) listening on {url}", url)
         _supervise(pool, stopping)
     finally:
         code = _stop_all(pool, config.shutdown_timeout + 5.0)
@@ -147,9 +159,8 @@ def _supervise(pool: list[Worker], stopping: threading.Event) -> None:
             quick = time.monotonic() - worker.started < 5.0
             worker.crashes = worker.crashes + 1 if quick else 1
             delay = min(5.0, 0.1 * 2 ** (worker.crashes - 1))
-            print(f"smartsocket: worker {worker.index} (pid {process.pid}) exited with "
-                  f"{process.returncode}; restarting in {delay:.1f} s", file=sys.stderr,
-                  flush=True)
+            logger.warning("worker %d (pid %d) exited with %s; restarting in %.1f s",
+                           worker.index, process.pid, process.returncode, delay)
             if stopping.wait(delay):
                 return
             worker.start()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from smartsocket.cluster.adapter import BrokerAdapter, Outbound
+from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound
 from smartsocket.errors import MissingDependency
 
 

@@ -18,7 +18,8 @@ import contextlib
 import logging
 from typing import Any
 
-from smartsocket.cluster.adapter import SCRIPTS, BrokerAdapter, Outbound, ScriptCall, _safe_url
+from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound, safe_url
+from smartsocket.cluster.brokers.scripts import SCRIPTS, ScriptCall
 from smartsocket.errors import MissingDependency
 
 logger = logging.getLogger("smartsocket.cluster")
@@ -59,7 +60,7 @@ class RedisAdapter(BrokerAdapter):
         await self._pub.ping()
         for script in SCRIPTS:
             await self._pub.script_load(script.source)
-        self._incarnation = await read_incarnation(self._pub, _safe_url(self.url))
+        self._incarnation = await read_incarnation(self._pub, safe_url(self.url))
         if not self._checked_mode:
             self._checked_mode = True
             await self._warn_if_cluster()
@@ -85,7 +86,7 @@ class RedisAdapter(BrokerAdapter):
             if info.get("cluster_enabled"):
                 logger.warning(
                     "cluster_url %s is a Redis Cluster node: classic pub/sub reaches every "
-                    "node of that cluster; add ?cluster=1 for sharded pub/sub", _safe_url(self.url),
+                    "node of that cluster; add ?cluster=1 for sharded pub/sub", safe_url(self.url),
                 )
 
     def _handle(self, message: dict[str, Any]) -> None:

@@ -1,4 +1,6 @@
-"""The ``Adapter`` interface (a pub/sub link between nodes) and ``MemoryAdapter``.
+"""The ``Adapter`` interface (a pub/sub link between nodes) and ``BrokerAdapter``, the
+machinery the network brokers share (``redis``, ``redis_cluster``, ``nats``; ``memory`` is the
+in-process one).
 
 An adapter moves opaque bytes between nodes on named channels; it knows nothing of rooms or
 sockets (``ClusterNode`` does). Its contract:
@@ -20,19 +22,20 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import hashlib
 import logging
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from smartsocket.client.backoff import backoff_delay
+from smartsocket.cluster.brokers.scripts import Script, ScriptCall
 
 logger = logging.getLogger("smartsocket.cluster")
 
 Receive = Callable[[str, bytes], None]
 StateCallback = Callable[[bool], None]
+# What a node queues for the broker: (channel, message) or (channel, script that publishes there)
+Outbound = tuple[str, "bytes | ScriptCall"]
 
 
 class Adapter(abc.ABC):
@@ -97,57 +100,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-class Script:
-    """A Lua script run by the broker (Redis): ``EVALSHA``, falling back to ``EVAL`` where
-    the broker does not have it cached yet (a restart, a new shard)."""
-
-    __slots__ = ("sha", "source")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-        SCRIPTS.append(self)  # loaded on every (re)connect
-
-
-SCRIPTS: list[Script] = []
-# What a node queues for the broker: (channel, message) or (channel, script that publishes there)
-Outbound = tuple[str, "bytes | ScriptCall"]
-
-
-class ScriptCall:
-    """A queued script call: published in order with this node's other messages;
-    ``on_result`` gets what the script returned."""
-
-    __slots__ = ("args", "keys", "on_result", "script")
-
-    def __init__(
-        self, script: Script, keys: list[str], args: list[Any],
-        on_result: Callable[[Any], None] | None = None,
-    ) -> None:
-        self.script = script
-        self.keys = keys
-        self.args = args
-        self.on_result = on_result
-
-    def add_to(self, pipe: Any, incarnation: str) -> None:
-        """Queue the call on a redis-py pipeline (by digest: the script is loaded). Every
-        script gets the incarnation of the server it runs on as its last argument."""
-        pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args, incarnation)
-
-    async def run_source(self, client: Any, incarnation: str) -> Any:
-        """Run it with its source (after NOSCRIPT: a restarted or new server)."""
-        return await client.eval(
-            self.script.source, len(self.keys), *self.keys, *self.args, incarnation
-        )
-
-    def done(self, result: Any) -> None:
-        if self.on_result is not None:
-            try:
-                self.on_result(result)
-            except Exception:
-                logger.exception("handling the result of a broker script failed")
 
 
 class BrokerAdapter(Adapter):
@@ -257,7 +209,7 @@ class BrokerAdapter(Adapter):
         error = f"{type(exc).__name__}: {exc}"
         level = logging.DEBUG if error == self.last_error else logging.WARNING
         logger.log(level, "%s broker %s: %s (%s); retrying with backoff", self.name,
-                   _safe_url(self.url), what, error)
+                   safe_url(self.url), what, error)
         self.last_error = error
 
     async def _run(self) -> None:
@@ -385,7 +337,7 @@ class BrokerAdapter(Adapter):
         self._waiters.clear()
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without its password."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
@@ -393,148 +345,3 @@ def _safe_url(url: str) -> str:
         return url
     user = userinfo.partition(":")[0]
     return f"{scheme}{sep}{user + ':***' if user else '***'}@{host}"
-
-
-class MemoryBroker:
-    """An in-process broker: nodes in one process (tests, embedded use) share one by name.
-
-    ``down()`` / ``up()`` simulate an outage: every adapter loses its link, then reconnects.
-    """
-
-    _named: ClassVar[weakref.WeakValueDictionary[str, MemoryBroker]] = (
-        weakref.WeakValueDictionary()
-    )
-
-    def __init__(self) -> None:
-        self._subscribers: dict[str, set[MemoryAdapter]] = {}
-        self._adapters: set[MemoryAdapter] = set()
-        self.available = True
-
-    @classmethod
-    def named(cls, name: str) -> MemoryBroker:
-        broker = cls._named.get(name)
-        if broker is None:
-            broker = cls._named[name] = cls()
-        return broker
-
-    def down(self) -> None:
-        self.available = False
-        for adapter in list(self._adapters):
-            adapter._lost()
-
-    def up(self) -> None:
-        self.available = True
-        for adapter in list(self._adapters):
-            adapter._reconnect_soon()
-
-    def publish(self, channel: str, data: bytes) -> None:
-        for adapter in list(self._subscribers.get(channel, ())):
-            if adapter._loop is not None:
-                adapter._loop.call_soon(adapter._deliver, channel, data)
-
-    def _subscribe(self, adapter: MemoryAdapter, channel: str) -> None:
-        self._subscribers.setdefault(channel, set()).add(adapter)
-
-    def _unsubscribe(self, adapter: MemoryAdapter, channel: str) -> None:
-        subscribers = self._subscribers.get(channel)
-        if subscribers is not None:
-            subscribers.discard(adapter)
-            if not subscribers:
-                del self._subscribers[channel]
-
-    def _detach(self, adapter: MemoryAdapter) -> None:
-        for channel in list(self._subscribers):
-            self._unsubscribe(adapter, channel)
-
-
-class MemoryAdapter(Adapter):
-    """Nodes in one process joined through a ``MemoryBroker`` (``memory://NAME`` URLs)."""
-
-    name = "memory"
-
-    def __init__(self, broker: MemoryBroker | None = None) -> None:
-        super().__init__()
-        self.broker = broker if broker is not None else MemoryBroker()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
-        self._retry: asyncio.TimerHandle | None = None
-        self._backoff = Backoff()
-
-    async def start(self, receive: Receive, state: StateCallback) -> None:
-        self._receive, self._state = receive, state
-        self._loop = asyncio.get_running_loop()
-        self._connect()
-
-    def _connect(self) -> None:
-        self._retry = None
-        if self._closed:
-            return
-        if not self.broker.available:
-            assert self._loop is not None
-            self._retry = self._loop.call_later(self._backoff.next(), self._connect)
-            return
-        self._backoff.reset()
-        self.broker._adapters.add(self)
-        for channel in self._channels:
-            self.broker._subscribe(self, channel)
-        self._set_state(True)
-
-    def _lost(self) -> None:
-        self.broker._detach(self)  # stays known to the broker: up() reconnects it
-        self._set_state(False)
-
-    def _reconnect_soon(self) -> None:
-        if self._retry is None and not self.connected:
-            self._connect()
-
-    def _deliver(self, channel: str, data: bytes) -> None:
-        if self.connected and channel in self._channels:
-            self._receive(channel, data)
-
-    def publish(self, channel: str, data: bytes) -> bool:
-        if not self.connected:
-            return False
-        self.broker.publish(channel, data)
-        return True
-
-    def subscribe(self, channel: str) -> asyncio.Future[None]:
-        self._channels.add(channel)
-        if self.connected:
-            self.broker._subscribe(self, channel)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
-
-    def unsubscribe(self, channel: str) -> None:
-        self._channels.discard(channel)
-        self.broker._unsubscribe(self, channel)
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._retry is not None:
-            self._retry.cancel()
-        self.broker._detach(self)
-        self.broker._adapters.discard(self)
-        self.connected = False
-
-
-def create_adapter(url: str) -> Adapter:
-    """The adapter for a ``cluster_url``: ``redis://``, ``rediss://``, ``unix://``;
-    ``redis://...?cluster=1`` (a Redis Cluster: sharded pub/sub); ``nats://``, ``tls://``
-    (NATS over TLS) or ``memory://NAME``."""
-    scheme = url.partition("://")[0].lower()
-    if scheme in ("redis", "rediss", "unix"):
-        from smartsocket.cluster.redis_cluster import RedisClusterAdapter, is_cluster_url
-
-        if is_cluster_url(url):
-            return RedisClusterAdapter(url)
-        from smartsocket.cluster.redis import RedisAdapter
-
-        return RedisAdapter(url)
-    if scheme in ("nats", "tls"):
-        from smartsocket.cluster.nats import NatsAdapter
-
-        return NatsAdapter(url)
-    if scheme == "memory":
-        return MemoryAdapter(MemoryBroker.named(url.partition("://")[2]))
-    raise ValueError(f"unsupported cluster_url scheme {scheme!r} (redis://, nats://, memory://)")
