@@ -410,7 +410,7 @@ async def test_close_followed_by_more_data_ends_with_the_close_frame_and_no_rese
                 assert ws.lost_error is None, f"round {round_}: reset ({ws.lost_error!r})"
             finally:
                 ws.close()
-        await wait_for(lambda: not server._open, 2.0)
+        await wait_for(lambda: not server._connections.open, 2.0)
 
 
 async def test_answered_close_is_released_when_the_peer_closes_its_side() -> None:
@@ -422,7 +422,7 @@ async def test_answered_close_is_released_when_the_peer_closes_its_side() -> Non
         check_close_frame(await ws.recv_frame())
         started = time.monotonic()
         await ws.wait_closed(timeout=1.0)  # FIN right after the close frame; RawClient answers
-        await wait_for(lambda: not server._open, 1.0)
+        await wait_for(lambda: not server._connections.open, 1.0)
         assert time.monotonic() - started < CLOSE_TIMEOUT / 2
         assert ws.lost_error is None
 
@@ -441,15 +441,15 @@ async def test_answered_close_of_a_peer_that_keeps_its_side_open_ends_at_close_t
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-        await wait_for(lambda: len(server._open) == 1, 1.0)
+        await wait_for(lambda: len(server._connections.open) == 1, 1.0)
         writer.write(encode_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
         started = time.monotonic()
         rest = await asyncio.wait_for(reader.read(), 1.0)  # up to EOF: our side stays open
         assert rest.endswith(encode_frame(OP_CLOSE, (1000).to_bytes(2, "big"), masked=False))
         writer.write(encode_frame(OP_TEXT, b"ignored") * 100)  # read and dropped
         await asyncio.sleep(0.1)
-        assert len(server._open) == 1  # closing, still counted
-        await wait_for(lambda: not server._open, 2.0)
+        assert len(server._connections.open) == 1  # closing, still counted
+        await wait_for(lambda: not server._connections.open, 2.0)
         assert 0.3 <= time.monotonic() - started < 1.5
         writer.close()
 
