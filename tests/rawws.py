@@ -119,6 +119,7 @@ class _Buffer(asyncio.Protocol):
     def __init__(self) -> None:
         self.data = bytearray()
         self.eof = False
+        self.error: Exception | None = None  # how the connection ended: None for a clean EOF
         self.changed = asyncio.Event()
 
     def data_received(self, data: bytes) -> None:
@@ -132,6 +133,7 @@ class _Buffer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
+        self.error = exc
         self.changed.set()
 
 
@@ -298,6 +300,12 @@ class RawClient:
         """Wait for the server to drop TCP, with nothing more sent on the connection."""
         rest = await self.read_until_eof(timeout)
         assert rest == b"", f"unexpected bytes before EOF: {rest[:60]!r}"
+
+    @property
+    def lost_error(self) -> Exception | None:
+        """Why the connection ended: e.g. ConnectionResetError when the server sent a TCP
+        reset; None while it is open or after a clean EOF (FIN)."""
+        return self._buffer.error
 
     @property
     def at_eof(self) -> bool:

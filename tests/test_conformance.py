@@ -4,9 +4,13 @@ could leak, that another connection on the same server keeps working."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import itertools
 import json
+import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,9 +28,10 @@ from rawws import (
     RawClient,
     encode_frame,
 )
-from smartsocket import Client, Config, SmartSocket, Socket
+from smartsocket import Client, Config, SmartSocket, Socket, transport
 from smartsocket.demo import create_app
-from smartsocket.testing import connected, running
+from smartsocket.testing import connected, running, wait_for
+from smartsocket.transport import CLOSE_TIMEOUT
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -372,6 +377,81 @@ async def test_valid_close_code_is_echoed(ws: RawClient, code: int) -> None:
     check_close_frame(frame)
     assert frame.close_code == code
     await ws.wait_closed(timeout=1.0)
+
+
+# Bytes the peer sends after its close frame (RFC 6455 5.5.1 forbids it, but a frame may be in
+# flight, and the fuzzing sends them) used to be left unread when the server dropped TCP right
+# after its answer: Linux then sends a reset instead of a FIN (RFC 1122 4.2.2.13), and a reset may
+# destroy our close frame before the peer reads it (RFC 9293 3.10.7.4). Each round: the close
+# frame, a frame too big for the server's first read, a ping; the close frame must arrive, then a
+# clean EOF. Without the fix nearly every round ended in a reset.
+CLOSE_THEN_DATA_ROUNDS = 100
+
+
+@pytest.mark.parametrize("fast_transport", [True, False], ids=["aiofastnet", "asyncio"])
+async def test_close_followed_by_more_data_ends_with_the_close_frame_and_no_reset(
+    fast_transport: bool,
+) -> None:
+    trailer = encode_frame(OP_BINARY, b"x" * 70_000) + encode_frame(OP_PING, b"after close")
+    async with running(create_app(Config(fast_transport=fast_transport))) as server:
+        for round_ in range(CLOSE_THEN_DATA_ROUNDS):
+            ws = await open_ws(server)
+            try:
+                ws.send_raw(encode_frame(OP_CLOSE, (1000).to_bytes(2, "big")) + trailer)
+                try:
+                    frame = await ws.recv_frame()
+                except EOFError:
+                    raise AssertionError(
+                        f"round {round_}: no close frame before EOF ({ws.lost_error!r})"
+                    ) from None
+                check_close_frame(frame)
+                assert frame.close_code == 1000
+                await ws.wait_closed(timeout=1.0)
+                assert ws.lost_error is None, f"round {round_}: reset ({ws.lost_error!r})"
+            finally:
+                ws.close()
+        await wait_for(lambda: not server._open, 2.0)
+
+
+async def test_answered_close_is_released_when_the_peer_closes_its_side() -> None:
+    """The server half-closes after its answer and keeps the connection (counted, closing)
+    only until the peer's FIN: an ordinary close is over in one round trip, not a timeout."""
+    async with running(create_app(Config())) as server:
+        ws = await open_ws(server)
+        ws.send_close(1000)
+        check_close_frame(await ws.recv_frame())
+        started = time.monotonic()
+        await ws.wait_closed(timeout=1.0)  # FIN right after the close frame; RawClient answers
+        await wait_for(lambda: not server._open, 1.0)
+        assert time.monotonic() - started < CLOSE_TIMEOUT / 2
+        assert ws.lost_error is None
+
+
+async def test_answered_close_of_a_peer_that_keeps_its_side_open_ends_at_close_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that never closes its side cannot hold the connection past CLOSE_TIMEOUT (it is
+    aborted then); until then it counts as open, and what it sends is read and dropped."""
+    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 0.3)
+    async with running(create_app(Config())) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        await wait_for(lambda: len(server._open) == 1, 1.0)
+        writer.write(encode_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+        started = time.monotonic()
+        rest = await asyncio.wait_for(reader.read(), 1.0)  # up to EOF: our side stays open
+        assert rest.endswith(encode_frame(OP_CLOSE, (1000).to_bytes(2, "big"), masked=False))
+        writer.write(encode_frame(OP_TEXT, b"ignored") * 100)  # read and dropped
+        await asyncio.sleep(0.1)
+        assert len(server._open) == 1  # closing, still counted
+        await wait_for(lambda: not server._open, 2.0)
+        assert 0.3 <= time.monotonic() - started < 1.5
+        writer.close()
 
 
 @pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2999, 5000, 65535])

@@ -340,7 +340,11 @@ class Connection(picows.WSListener):
             self._disconnect()
         else:  # RFC 6455 5.5.1: echo the close, then the server drops TCP
             self.close(code, reason)
-            self._disconnect()
+            self._drop_after_answer()
+
+    def _drop_after_answer(self) -> None:
+        """End the TCP connection once our close frame answers the peer's."""
+        self._disconnect()
 
     def _protocol_error(self, code: int, reason: str) -> None:
         logger.info("closing %s: %s (%d)", self.remote_address, reason, code)
@@ -560,6 +564,59 @@ class ServerConnection(Connection):
 
     def _release(self) -> None:
         self._raw = None
+
+    def _drop_after_answer(self) -> None:
+        """Our close frame answers the peer's: end TCP without a reset.
+
+        Closing a socket whose receive queue still holds bytes makes Linux send RST instead of
+        FIN (RFC 1122 4.2.2.13, RFC 9293 3.6.1: "to show that data was lost"), and a RST makes
+        the peer's TCP flush what it has not read yet (RFC 9293 3.10.7.4): our close frame with
+        it, or a client still writing gets ECONNRESET and never reads it. A peer that sent anything
+        after its close frame (RFC 6455 5.5.1 forbids it, but it happens, and a frame may be
+        in flight) thus lost our answer. So: FIN right after the close frame (the server
+        still closes first, RFC 6455 7.1.1, and the peer sees EOF as soon as before), then
+        read and drop whatever still comes until the peer closes its side, which is when the
+        socket is closed, with nothing unread; a peer that never does is aborted after
+        CLOSE_TIMEOUT. Until then the connection stays open (closing) in the server's counts.
+        """
+        raw = self._raw
+        if raw is None or raw.is_closing() or not raw.can_write_eof():
+            # The TLS transports have no write_eof (can_write_eof() is False): no FIN to send
+            # first, so close at once as before rather than make every TLS close wait for a
+            # peer that waits for us (RFC 6455 7.1.1: the client waits for the server's close).
+            self._disconnect()
+            return
+        if self._throttle is not None:  # over its frame budget: the drain must read
+            self._throttle.cancel()
+            self._throttle = None
+            raw.resume_reading()
+        # From here picows parses nothing: what follows is read and dropped by _Linger, so no
+        # later frame (an oversized one, say) makes picows fail the connection and drop TCP
+        # itself 10 ms on, with bytes unread.
+        raw.set_protocol(_Linger(raw.get_protocol()))
+        raw.write_eof()  # FIN after the queued close frame
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
+
+
+class _Linger(asyncio.Protocol):
+    """A server connection's protocol after its close handshake and FIN: reads and drops
+    what the peer still sends until it closes its side (see _drop_after_answer)."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: asyncio.BaseProtocol) -> None:
+        self._ws = ws  # picows' protocol: told when the connection is gone
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the peer closed too: close the socket, nothing left unread
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ws.connection_lost(exc)  # -> on_ws_disconnected
 
 
 class ClientConnection(Connection):
