@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from smartsocket.protocol import envelope
 from smartsocket.protocol.names import check_event
 from smartsocket.server.fanout import (
+    ONE,
     Exclude,
     Fanout,
     SendFrame,
@@ -59,7 +60,7 @@ class Broadcaster:
             return 0
         if binary is None:
             binary = envelope.needs_binary(data)
-        if exclude is not None and not isinstance(exclude, Socket | str):
+        if exclude is not None and not isinstance(exclude, ONE):
             exclude = tuple(exclude)  # read twice below
         skip = skip_set(exclude, self.sockets) if exclude is not None else None
         if logs_here:

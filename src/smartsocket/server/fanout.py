@@ -26,20 +26,22 @@ if TYPE_CHECKING:
 
 SendFrame = Callable[[bytes], None]
 Exclude = Socket | str | Iterable[Socket | str] | None
+# isinstance with a tuple: no ``Socket | str`` union object made per broadcast.
+ONE = (Socket, str)
 
 
 def exclude_ids(exclude: Exclude) -> tuple[str, ...]:
     """The socket ids ``exclude`` names (sockets by their id), each once, in order."""
     if exclude is None:
         return ()
-    items = (exclude,) if isinstance(exclude, Socket | str) else exclude
+    items = (exclude,) if isinstance(exclude, ONE) else exclude
     return tuple(dict.fromkeys(item if isinstance(item, str) else item.id for item in items))
 
 
 def skip_set(exclude: Exclude, sockets: Mapping[str, Socket]) -> set[Socket]:
     """The local sockets ``exclude`` names (ids of sockets not on this node are ignored)."""
     items: Iterable[Socket | str] = (
-        (exclude,) if isinstance(exclude, Socket | str) else exclude or ()
+        (exclude,) if isinstance(exclude, ONE) else exclude or ()
     )
     skip: set[Socket] = set()
     for item in items:
