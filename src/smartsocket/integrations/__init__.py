@@ -47,8 +47,8 @@ def admit(
     """What a WebSocket upgrade gets: the HTTP refusal, or the connection's handler and the
     subprotocol to accept. ``path`` is below the mount point: ``/smartsocket/live`` is the
     live stats feed, anything else a SmartSocket connection (the host routed it to us).
-    The checks are the native server's (server.app ``_route``), except the WebSocket ones the
-    host server does itself."""
+    The checks are the native server's (``server.http.route_request``), except the WebSocket
+    ones the host server does itself."""
     offered = request.header("Sec-WebSocket-Protocol")
     subprotocol = None
     if offered is not None:
