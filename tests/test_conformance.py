@@ -31,7 +31,6 @@ from rawws import (
 from smartsocket import Client, Config, SmartSocket, Socket, transport
 from smartsocket.demo import create_app
 from smartsocket.testing import connected, running, wait_for
-from smartsocket.transport import CLOSE_TIMEOUT
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -413,17 +412,20 @@ async def test_close_followed_by_more_data_ends_with_the_close_frame_and_no_rese
         await wait_for(lambda: not server._connections.open, 2.0)
 
 
-async def test_answered_close_is_released_when_the_peer_closes_its_side() -> None:
+async def test_answered_close_is_released_when_the_peer_closes_its_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The server half-closes after its answer and keeps the connection (counted, closing)
     only until the peer's FIN: an ordinary close is over in one round trip, not a timeout."""
+    # With a close timeout far beyond the waits below, a release can only be the peer's FIN
+    # (no assertion on how long it took: a slow machine must not fail this test).
+    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 120.0)
     async with running(create_app(Config())) as server:
         ws = await open_ws(server)
         ws.send_close(1000)
         check_close_frame(await ws.recv_frame())
-        started = time.monotonic()
-        await ws.wait_closed(timeout=1.0)  # FIN right after the close frame; RawClient answers
-        await wait_for(lambda: not server._connections.open, 1.0)
-        assert time.monotonic() - started < CLOSE_TIMEOUT / 2
+        await ws.wait_closed(timeout=30.0)  # FIN right after the close frame; RawClient answers
+        await wait_for(lambda: not server._connections.open, 30.0)
         assert ws.lost_error is None
 
 
@@ -432,7 +434,7 @@ async def test_answered_close_of_a_peer_that_keeps_its_side_open_ends_at_close_t
 ) -> None:
     """A peer that never closes its side cannot hold the connection past CLOSE_TIMEOUT (it is
     aborted then); until then it counts as open, and what it sends is read and dropped."""
-    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 0.3)
+    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 1.0)
     async with running(create_app(Config())) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         key = base64.b64encode(os.urandom(16)).decode()
@@ -448,9 +450,13 @@ async def test_answered_close_of_a_peer_that_keeps_its_side_open_ends_at_close_t
         assert rest.endswith(encode_frame(OP_CLOSE, (1000).to_bytes(2, "big"), masked=False))
         writer.write(encode_frame(OP_TEXT, b"ignored") * 100)  # read and dropped
         await asyncio.sleep(0.1)
-        assert len(server._connections.open) == 1  # closing, still counted
-        await wait_for(lambda: not server._connections.open, 2.0)
-        assert 0.3 <= time.monotonic() - started < 1.5
+        # Closing, still counted (checked only while the timer cannot have run yet: a stalled
+        # machine makes this assertion vacuous, never false).
+        counted = len(server._connections.open) == 1
+        assert counted or time.monotonic() - started >= transport.CLOSE_TIMEOUT
+        await wait_for(lambda: not server._connections.open, 30.0)
+        # Not before the timer (no upper bound: how late depends on the machine).
+        assert time.monotonic() - started >= transport.CLOSE_TIMEOUT
         writer.close()
 
 
