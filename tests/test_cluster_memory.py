@@ -259,7 +259,7 @@ def test_presence_replica_prefers_newer_information() -> None:
     joined, left = replica.snapshot("n", 6, [("s1", {"v": 1})])  # ...nor a stale one resurrect
     assert joined == [] and replica.listing() == []
     joined, left = replica.snapshot("n", 9, [("s2", {})])
-    assert [sid for sid, _ in joined] == ["s2"]
+    assert [entry[0] for entry in joined] == ["s2"]
     assert not replica.apply("n", "s3", 8, {})  # older than the snapshot floor
 
 

@@ -24,6 +24,8 @@ KINDS: list[m.Body] = [
     m.SendTo("a.1", b"[\"e\",1]", False),
     m.SessionMoved("a.1"),
     m.SessionGone("a.1"),
+    m.SendToUser("alice", b"[\"e\",1]", False),
+    m.DisconnectUser(8, "alice", 4000, "banned"),
 ]
 
 

@@ -15,7 +15,9 @@ from typing import Any, Final
 
 import msgspec
 
-VERSION: Final = 2  # 2: one message type per query kind (1 had ``Query.kind`` strings)
+# 2: one message type per query kind (1 had ``Query.kind`` strings); 3: users (``SendToUser``,
+# ``DisconnectUser``, the user of presence members and socket records).
+VERSION: Final = 3
 
 
 class Envelope(msgspec.Struct, array_like=True, gc=False):
@@ -48,6 +50,7 @@ class PresenceDelta(_Body, tag="p"):
     info: Any
     payload: bytes
     seq: int = 0  # the sender's presence sequence number (newer wins)
+    user: str | None = None  # the member's ``socket.user``
 
 
 class Heartbeat(_Body, tag="h"):
@@ -133,6 +136,27 @@ class SendTo(_Body, tag="qd"):
     reply_to: str = ""  # set when forwarded (never answered: it only marks the forward)
 
 
+class SendToUser(_Body, tag="us"):
+    """A direct message for every connection of ``user``, on every node: published on
+    ``<prefix>.all`` (``all_channel``), which every node hears. Anyone may make one (an
+    emitter too): ``messages.encode(src, SendToUser(user, encode_event(event, data), False))``.
+    """
+
+    user: str
+    payload: bytes  # the protocol v1 envelope, encoded once at the origin
+    binary: bool
+
+
+class DisconnectUser(_Body, tag="ux"):
+    """Close every connection of ``user`` (logout, ban); on ``<prefix>.all``. Every node
+    replies with how many it closed (a packed int) to the sender's inbox."""
+
+    id: int
+    user: str
+    code: int
+    reason: str
+
+
 class SessionMoved(_Body, tag="qm"):
     """Recovery: the receiver's session ``sid`` resumed on the sender."""
 
@@ -146,7 +170,10 @@ class SessionGone(_Body, tag="qg"):
 
 
 # What ``Requests.request`` sends (each has an ``id``), and what acts on one socket.
-Request = ListSockets | ListPresence | CallSocket | JoinRoom | LeaveRoom | DisconnectSocket
+Request = (
+    ListSockets | ListPresence | CallSocket | JoinRoom | LeaveRoom | DisconnectSocket
+    | DisconnectUser
+)
 SocketOperation = JoinRoom | LeaveRoom | DisconnectSocket
 ForSocket = CallSocket | JoinRoom | LeaveRoom | DisconnectSocket | SendTo
 
@@ -166,6 +193,7 @@ class SocketRecord(msgspec.Struct, array_like=True, gc=False):
     node: str
     rooms: list[str]
     presence: dict[str, Any]
+    user: str | None = None
 
 
 class PresenceMember(msgspec.Struct, array_like=True, gc=False):
@@ -174,12 +202,13 @@ class PresenceMember(msgspec.Struct, array_like=True, gc=False):
     sid: str
     node: str
     info: dict[str, Any]
+    user: str | None = None  # the member's ``socket.user``
 
 
 Body = (
     Broadcast | PresenceDelta | Heartbeat | Bye | ServerEvent | Reply
     | ListSockets | ListPresence | CallSocket | JoinRoom | LeaveRoom | DisconnectSocket
-    | SendTo | SessionMoved | SessionGone
+    | SendTo | SessionMoved | SessionGone | SendToUser | DisconnectUser
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -8,11 +8,13 @@ and is the one object the server talks to; the parts live in their own modules:
 ``operations.py``   operations on sockets anywhere (send, call, join, leave, disconnect) and
                     cluster-wide socket listings;
 ``presence.py``     presence rooms and the replicas of other nodes' members;
+``users.py``        operations on every connection of a user (send, disconnect);
 this module         the lifecycle, channels, broadcasts, server events, receiving, stats.
 
 channels (``<prefix>`` is ``cluster_prefix``)
     ``<prefix>.all``            heartbeats, goodbyes, server broadcasts, server events, queries
-                                to every node; every node subscribes.
+                                to every node, messages for a user's connections; every node
+                                subscribes.
     ``<prefix>.node.<id>``      this node's inbox: operations on its sockets, replies.
     ``<prefix>.room.<token>``   one room's broadcasts and presence changes; a node subscribes
                                 only while it has local members, so it never decodes traffic
@@ -48,6 +50,7 @@ from smartsocket.cluster.operations import Operations, node_of
 from smartsocket.cluster.presence import Presence
 from smartsocket.cluster.requests import Requests
 from smartsocket.cluster.sessions import BrokerRecovery, parse_logged
+from smartsocket.cluster.users import UserOperations
 from smartsocket.handlers import Handler
 
 if TYPE_CHECKING:
@@ -67,6 +70,25 @@ def channel_token(name: str) -> str:
     return "~" + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
 
 
+# The channels of a cluster whose ``cluster_prefix`` is ``prefix`` (also for publishers that
+# are no node, e.g. an emitter: ``all_channel(prefix)`` for ``messages.SendToUser``).
+
+
+def all_channel(prefix: str) -> str:
+    """What every node hears."""
+    return f"{prefix}.all"
+
+
+def inbox_channel(prefix: str, node: str) -> str:
+    """Node ``node``'s inbox."""
+    return f"{prefix}.node.{node}"
+
+
+def room_channel(prefix: str, room: str) -> str:
+    """Room ``room``'s broadcasts and presence changes."""
+    return f"{prefix}.room.{channel_token(room)}"
+
+
 class ClusterNode:
     """A server's link to the rest of the cluster (also its presence bookkeeping when alone)."""
 
@@ -83,6 +105,7 @@ class ClusterNode:
         self.requests = Requests(self)
         self.operations = Operations(self)
         self.presence_state = Presence(self)
+        self.users = UserOperations(self)
         self.epoch = 0  # bumped on every (re)connection to the broker: peers resync
         self._handlers: dict[str, list[Handler]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -133,13 +156,13 @@ class ClusterNode:
 
     @property
     def all_channel(self) -> str:
-        return f"{self.prefix}.all"
+        return all_channel(self.prefix)
 
     def inbox(self, node: str) -> str:
-        return f"{self.prefix}.node.{node}"
+        return inbox_channel(self.prefix, node)
 
     def room_channel(self, room: str) -> str:
-        return f"{self.prefix}.room.{channel_token(room)}"
+        return room_channel(self.prefix, room)
 
     # lifecycle
 
@@ -356,6 +379,12 @@ class ClusterNode:
     ) -> Any:
         return await self.operations.call(sid, event, data, timeout, binary)
 
+    def to_user(self, user: str, event: str, data: Any, binary: bool | None) -> int:
+        return self.users.send(user, event, data, binary)
+
+    async def disconnect_user(self, user: str, code: int, reason: str, timeout: float) -> int:
+        return await self.users.disconnect(user, code, reason, timeout)
+
     # server events
 
     def on_server_event(self, name: str, handler: Callable[..., Any]) -> None:
@@ -415,6 +444,8 @@ class ClusterNode:
             m.SessionGone: ops.session_gone,
             m.ServerEvent: self._on_server_event,
             m.Bye: self._on_bye,
+            m.SendToUser: self.users.send_here,
+            m.DisconnectUser: self.users.disconnect_here,
         }
 
     def _on_heartbeat(self, src: str, beat: m.Heartbeat) -> None:

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
     from smartsocket.cluster.ports import LocalSocket
 
-_RECORDS = msgspec.msgpack.Decoder(list[tuple[str, list[str], dict[str, Any]]])
+_Record = tuple[str, list[str], dict[str, Any], str | None]  # sid, rooms, presence, user
+_RECORDS = msgspec.msgpack.Decoder(list[_Record])
 
 
 def node_of(sid: str) -> str | None:
@@ -113,8 +114,8 @@ class Operations:
     ) -> list[m.SocketRecord]:
         node = self.node
         records = [
-            m.SocketRecord(sid, node.node_id, rooms, presence)
-            for sid, rooms, presence in self.local_records(room)
+            m.SocketRecord(sid, node.node_id, rooms, presence, user)
+            for sid, rooms, presence, user in self.local_records(room)
         ]
         if not node.active:
             return records
@@ -122,13 +123,15 @@ class Operations:
         for src, reply in replies.items():
             if reply.ok and reply.result is not None:
                 records.extend(
-                    m.SocketRecord(sid, src, rooms, presence)
-                    for sid, rooms, presence in _RECORDS.decode(reply.result)
+                    m.SocketRecord(sid, src, rooms, presence, user)
+                    for sid, rooms, presence, user in _RECORDS.decode(reply.result)
                 )
         return records
 
-    def local_records(self, room: str | None) -> list[tuple[str, list[str], dict[str, Any]]]:
-        return [(s.id, sorted(s.rooms), s.presence) for s in self.node.local.members(room)]
+    def local_records(self, room: str | None) -> list[_Record]:
+        return [
+            (s.id, sorted(s.rooms), s.presence, s.user) for s in self.node.local.members(room)
+        ]
 
     # answering
 

@@ -21,6 +21,9 @@ class LocalSocket(Protocol):
     def presence(self) -> dict[str, Any]: ...
 
     @property
+    def user(self) -> str | None: ...
+
+    @property
     def rooms(self) -> frozenset[str]: ...
 
     def send(self, event: str, data: Any = None, *, binary: bool | None = None) -> None: ...
@@ -82,6 +85,15 @@ class LocalServer(Protocol):
     def send_direct(self, sid: str, payload: bytes, binary: bool) -> bool:
         """An encoded direct message for local socket ``sid`` (numbered when its session is
         recoverable); False if it is not connected here."""
+        ...
+
+    def send_user(self, user: str, payload: bytes, binary: bool) -> int:
+        """An encoded direct message for every local connection of ``user`` (each numbered
+        when its session is recoverable); how many got it."""
+        ...
+
+    def disconnect_user(self, user: str, code: int, reason: str) -> int:
+        """Close every local connection of ``user``; how many were told to close."""
         ...
 
     def send_held(self, sid: str, payload: bytes, binary: bool) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
     from smartsocket.cluster.ports import LocalSocket
 
 PRESENCE_EVENT = "$presence"
-_SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, dict[str, Any]]]])
+# A member as the nodes exchange it: (sid, info, user).
+Entry = tuple[str, dict[str, Any], str | None]
+_SNAPSHOT = msgspec.msgpack.Decoder(tuple[int, list[Entry]])
 
 
 class Replica:
@@ -36,12 +39,16 @@ class Replica:
     __slots__ = ("floor", "members", "synced", "tombs")
 
     def __init__(self) -> None:
-        self.members: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}  # node -> sid
+        # node -> sid -> (seq, info, user)
+        self.members: dict[str, dict[str, tuple[int, dict[str, Any], str | None]]] = {}
         self.tombs: dict[str, dict[str, int]] = {}  # node -> sid -> seq of its leaving
         self.floor: dict[str, int] = {}  # node -> seq of the last snapshot applied
         self.synced = asyncio.Event()
 
-    def apply(self, node: str, sid: str, seq: int, info: dict[str, Any] | None) -> bool:
+    def apply(
+        self, node: str, sid: str, seq: int, info: dict[str, Any] | None,
+        user: str | None = None,
+    ) -> bool:
         """A delta (info None: left). True when it changed what we know."""
         if seq <= self.floor.get(node, 0):
             return False
@@ -54,46 +61,48 @@ class Replica:
             tombs[sid] = seq
             return members.pop(sid, None) is not None
         tombs.pop(sid, None)
-        members[sid] = (seq, info)
-        return known is None or known[1] != info
+        members[sid] = (seq, info, user)
+        return known is None or known[1] != info or known[2] != user
 
     def snapshot(
-        self, node: str, seq: int, entries: list[tuple[str, dict[str, Any]]]
-    ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
-        """Apply node's members as of ``seq``; returns (joined, left)."""
+        self, node: str, seq: int, entries: Iterable[Sequence[Any]]
+    ) -> tuple[list[Entry], list[Entry]]:
+        """Apply node's members (``Entry``; a user may be left out) as of ``seq``; returns
+        (joined, left)."""
         if seq <= self.floor.get(node, 0):
             return [], []
         members = self.members.setdefault(node, {})
         tombs = self.tombs.setdefault(node, {})
-        joined: list[tuple[str, dict[str, Any]]] = []
-        left: list[tuple[str, dict[str, Any]]] = []
+        joined: list[Entry] = []
+        left: list[Entry] = []
         present = set()
-        for sid, info in entries:
+        for sid, info, *rest in entries:
+            user = rest[0] if rest else None
             present.add(sid)
             known = members.get(sid)
             if (known is not None and known[0] > seq) or tombs.get(sid, 0) > seq:
                 continue  # a newer delta already told us
-            members[sid] = (seq, info)
+            members[sid] = (seq, info, user)
             if known is None:
-                joined.append((sid, info))
-        for sid, (since, info) in list(members.items()):
+                joined.append((sid, info, user))
+        for sid, (since, info, user) in list(members.items()):
             if sid not in present and since <= seq:
                 del members[sid]
-                left.append((sid, info))
+                left.append((sid, info, user))
         self.floor[node] = seq
         self.tombs[node] = {sid: s for sid, s in tombs.items() if s > seq}
         return joined, left
 
-    def drop(self, node: str) -> list[tuple[str, dict[str, Any]]]:
+    def drop(self, node: str) -> list[Entry]:
         self.floor.pop(node, None)
         self.tombs.pop(node, None)
-        return [(sid, info) for sid, (_, info) in self.members.pop(node, {}).items()]
+        return [(sid, info, user) for sid, (_, info, user) in self.members.pop(node, {}).items()]
 
     def listing(self) -> list[m.PresenceMember]:
         return [
-            m.PresenceMember(sid, node, info)
+            m.PresenceMember(sid, node, info, user)
             for node, members in self.members.items()
-            for sid, (_, info) in members.items()
+            for sid, (_, info, user) in members.items()
         ]
 
 
@@ -127,20 +136,23 @@ class Presence:
         """A local member of presence room ``room`` joined, left or (``updated``) changed its
         info: tell the local members, then the other nodes."""
         self.seq += 1
-        info = socket.presence
-        payload = self.deliver(room, socket.id, info, joined=joined, updated=updated)
+        info, user = socket.presence, socket.user
+        payload = self.deliver(room, socket.id, info, user, joined=joined, updated=updated)
         node = self.node
         if node.active:
             node.publish(
                 node.room_channel(room),
-                m.PresenceDelta(room, socket.id, joined, info, payload, self.seq),
+                m.PresenceDelta(room, socket.id, joined, info, payload, self.seq, user),
             )
 
     def deliver(
-        self, room: str, sid: str, info: dict[str, Any], *, joined: bool, updated: bool = False
+        self, room: str, sid: str, info: dict[str, Any], user: str | None = None, *,
+        joined: bool, updated: bool = False,
     ) -> bytes:
         """Send ``$presence`` to this node's members of ``room``; returns the payload."""
-        change = {"sid": sid, "info": info}
+        change: dict[str, Any] = {"sid": sid, "info": info}
+        if user is not None:  # shown only when the member has one (protocol.md)
+            change["user"] = user
         kind = "updated" if updated else "joined" if joined else "left"
         payload = envelope.encode_event(PRESENCE_EVENT, {"room": room, kind: change})
         self.node.local.deliver(room, payload, False)
@@ -178,10 +190,10 @@ class Presence:
                 return
             seq, entries = _SNAPSHOT.decode(reply.result)
             joined, left = current.snapshot(src, seq, entries)
-            for sid, info in joined:
-                self.deliver(room, sid, info, joined=True)
-            for sid, info in left:
-                self.deliver(room, sid, info, joined=False)
+            for sid, info, user in joined:
+                self.deliver(room, sid, info, user, joined=True)
+            for sid, info, user in left:
+                self.deliver(room, sid, info, user, joined=False)
 
         query = m.ListPresence(0, room)
         future = node.requests.request(query, target, node.node_timeout, on_reply)
@@ -198,18 +210,18 @@ class Presence:
         if replica is None:
             return
         info = body.info if isinstance(body.info, dict) else {}
-        if replica.apply(src, body.sid, body.seq, info if body.joined else None):
+        if replica.apply(src, body.sid, body.seq, info if body.joined else None, body.user):
             self.node.local.deliver(body.room, body.payload, False)
 
     def drop_node(self, node_id: str) -> None:
         """``node_id`` is gone: its members leave."""
         for room, replica in self.replicas.items():
-            for sid, info in replica.drop(node_id):
-                self.deliver(room, sid, info, joined=False)
+            for sid, info, user in replica.drop(node_id):
+                self.deliver(room, sid, info, user, joined=False)
 
     def snapshot(self, room: str) -> bytes:
         """This node's members of ``room`` as of now (a reply to a ``presence`` query)."""
-        entries = [(s.id, s.presence) for s in self.node.local.members(room)]
+        entries = [(s.id, s.presence, s.user) for s in self.node.local.members(room)]
         return m.pack((self.seq, entries))
 
     # queries
@@ -217,7 +229,7 @@ class Presence:
     async def members(self, room: str, timeout: float) -> list[m.PresenceMember]:
         node = self.node
         local = [
-            m.PresenceMember(s.id, node.node_id, s.presence)
+            m.PresenceMember(s.id, node.node_id, s.presence, s.user)
             for s in node.local.members(room)
         ]
         if not node.active:
@@ -232,5 +244,7 @@ class Presence:
         for src, reply in replies.items():
             if reply.ok and reply.result is not None:
                 _, entries = _SNAPSHOT.decode(reply.result)
-                local.extend(m.PresenceMember(sid, src, info) for sid, info in entries)
+                local.extend(
+                    m.PresenceMember(sid, src, info, user) for sid, info, user in entries
+                )
         return local

@@ -27,6 +27,7 @@ from smartsocket.security import (
     parse_cookies,
     parse_origins,
 )
+from smartsocket.server.users import user_of
 from smartsocket.transport import HandshakeRequest, HttpResponse
 
 if TYPE_CHECKING:
@@ -184,6 +185,7 @@ class Admission:
         socket.authenticated = True
         socket.identity = identity
         socket.data["identity"] = identity
+        socket.user = user_of(identity)
         if socket._auth_timer is not None:
             socket._auth_timer.cancel()
             socket._auth_timer = None

@@ -36,6 +36,7 @@ from smartsocket.server.recovery import Recovery
 from smartsocket.server.resume import Resumer
 from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
+from smartsocket.server.users import Users, check_user
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
@@ -68,8 +69,9 @@ class SmartSocket:
         self._sockets: dict[str, Socket] = {}
         self._registry = RoomRegistry()
         self._fan = Fanout(self._config, None)  # rebuilt with the config (setter below)
+        self._users = Users()  # admitted sockets by user (server/users.py)
         # What the cluster may do with this node's sockets (cluster/ports.py).
-        self._local = LocalSide(self._sockets, self._registry, self._fan)
+        self._local = LocalSide(self._sockets, self._registry, self._fan, users=self._users)
         self._cluster = ClusterNode(self._local)  # cluster/: cross-node operations, presence
         self._broadcaster = Broadcaster(self._sockets, self._cluster, self._fan)
         self._broadcast = self._broadcaster.send  # bound once (Room.broadcast calls it)
@@ -88,7 +90,8 @@ class SmartSocket:
         self._dispatch = self._router.dispatch
         self._emit_local = self._router.emit_local
         self._connections = Connections(
-            self._sockets, self._cluster, self._tasks.spawn, self._router.emit_local
+            self._sockets, self._cluster, self._tasks.spawn, self._router.emit_local,
+            self._users,
         )
         self._resumer = Resumer(
             self._config, self._sockets, self._registry, self._cluster, self._tasks.spawn,
@@ -177,7 +180,8 @@ class SmartSocket:
     def authenticate(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Authenticate connections: ``hook(request: AuthRequest)`` (sync or async) returns the
         identity (stored as ``socket.identity`` and ``socket.data["identity"]``), or None /
-        raises AuthError to refuse. It runs at the upgrade (refusal: HTTP 401; async hooks run
+        raises AuthError to refuse. The identity's ``"user"`` item (a dict) or ``.user``
+        attribute (an object), a str or an int, becomes ``socket.user`` (see ``to_user``). It runs at the upgrade (refusal: HTTP 401; async hooks run
         just after it, refusal: close 4001) and again for a ``$auth`` message. A decorator."""
         self._admission.set_hook(hook)
         return hook
@@ -288,6 +292,47 @@ class SmartSocket:
     async def presence(self, room: str, *, timeout: float = 2.0) -> list[PresenceMember]:
         """``room``'s members cluster-wide with their ``socket.presence`` info."""
         return await self._cluster.presence(room, timeout)
+
+    async def room_users(self, room: str, *, timeout: float = 2.0) -> list[str]:
+        """The distinct users (``socket.user``) among ``room``'s members cluster-wide, sorted;
+        members without a user are left out."""
+        members = await self._cluster.presence(room, timeout)
+        return sorted({member.user for member in members if member.user is not None})
+
+    # users: every connection of one user, on every node (server/users.py, cluster/users.py)
+
+    def set_user(self, socket: Socket, user: str | int | None) -> None:
+        """Make ``user`` (an int becomes a str; None: no user) the user of ``socket``, e.g.
+        in ``on_connection``; use this rather than assigning ``socket.user``, which the user
+        index would not see."""
+        checked = None if user is None else check_user(user)
+        if checked == socket.user:
+            return
+        self._users.change(socket, checked, self._sockets.get(socket.id) is socket)
+        cluster = self._cluster
+        for room in socket.rooms if socket.connected else ():  # presence shows the user
+            if cluster.is_presence_room(room):
+                cluster.presence_state.changed(room, socket, joined=True, updated=True)
+
+    def to_user(
+        self, user: str | int, event: str, data: Any = None, *, binary: bool | None = None
+    ) -> int:
+        """Send ``event`` to every connection of ``user`` on every node (fire and forget).
+        Returns the deliveries made on this node (the other nodes deliver theirs, uncounted)."""
+        return self._cluster.to_user(check_user(user), event, data, binary)
+
+    async def disconnect_user(
+        self, user: str | int, code: int = CloseCode.KICKED, reason: str = "", *,
+        timeout: float = 2.0,
+    ) -> int:
+        """Close every connection of ``user`` on every node (logout, ban; default 4000, so
+        their sessions are not held for resuming). Returns how many were closed cluster-wide
+        (a node that does not answer within ``timeout`` closes its own, uncounted)."""
+        return await self._cluster.disconnect_user(check_user(user), code, reason, timeout)
+
+    def user_sockets(self, user: str | int) -> list[Socket]:
+        """``user``'s connections on this node."""
+        return self._users.sockets(check_user(user))
 
     def on_server_event(
         self, name: str, handler: Callable[..., Any] | None = None

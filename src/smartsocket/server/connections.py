@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from smartsocket.server.recovery import Recovery
     from smartsocket.server.resume import Resumer
     from smartsocket.server.socket import Socket
+    from smartsocket.server.users import Users
 
 logger = logging.getLogger("smartsocket.server")
 
@@ -40,14 +41,15 @@ class Connections:
 
     __slots__ = (
         "admission", "closing", "cluster", "config", "emit_local", "handlers", "open",
-        "recovery", "resumer", "sockets", "spawn", "stats",
+        "recovery", "resumer", "sockets", "spawn", "stats", "users",
     )
 
     def __init__(
         self, sockets: dict[str, Socket], cluster: ClusterNode, spawn: Callable[[Any], None],
-        emit_local: Callable[[Socket, str, Any], None],
+        emit_local: Callable[[Socket, str, Any], None], users: Users,
     ) -> None:
         self.sockets = sockets  # admitted, by id
+        self.users = users  # admitted, by user (server/users.py)
         self.open: dict[Socket, None] = {}  # every open connection, admitted or not
         self.cluster = cluster
         self.spawn = spawn
@@ -82,6 +84,7 @@ class Connections:
         """Welcome an admitted socket (after a resume: then the missed messages, and frames
         its rooms delivered while it resumed), then hand it to the application."""
         self.sockets[socket.id] = socket
+        self.users.add(socket)
         if self.stats is not None:
             self.stats.total_connections += 1
         logger.debug(
@@ -144,6 +147,7 @@ class Connections:
         self.open.pop(socket, None)
         self.resumer.early.pop(socket, None)
         self.admission.close(socket)
+        self.users.remove(socket)  # by the socket, not its id (a resume changes the id)
         if self.stats is not None and code == CloseCode.SLOW_CONSUMER:
             self.stats.dropped_slow += 1
         if self.sockets.get(socket.id) is not socket:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from smartsocket.server.fanout import Fanout, SendFrame, skip_set
+from smartsocket.server.users import Users
 
 if TYPE_CHECKING:
     from smartsocket.metrics import Stats
@@ -23,13 +24,15 @@ class LocalSide:
     """The server side of ``cluster.ports.LocalServer``. ``fanout``, ``recovery`` and
     ``stats`` follow the configuration (the server sets them when it is reconfigured)."""
 
-    __slots__ = ("fanout", "recovery", "registry", "sockets", "stats")
+    __slots__ = ("fanout", "recovery", "registry", "sockets", "stats", "users")
 
     def __init__(
         self, sockets: Mapping[str, Socket], registry: RoomRegistry, fanout: Fanout,
         recovery: Recovery | None = None, stats: Stats | None = None,
+        users: Users | None = None,
     ) -> None:
         self.sockets = sockets
+        self.users = users if users is not None else Users()
         self.registry = registry
         self.fanout = fanout
         self.recovery = recovery
@@ -65,11 +68,26 @@ class LocalSide:
         socket = self.sockets.get(sid)
         if socket is None:
             return False
+        self._send(socket, payload, binary)
+        return True
+
+    def _send(self, socket: Socket, payload: bytes, binary: bool) -> None:
         session = socket._rec
         if session is not None and self.recovery is not None:  # numbered and logged
             payload = self.recovery.direct_payload(session, payload, binary)
         socket._send_payload(payload, binary)
-        return True
+
+    def send_user(self, user: str, payload: bytes, binary: bool) -> int:
+        sockets = self.users.sockets(user)
+        for socket in sockets:
+            self._send(socket, payload, binary)
+        return len(sockets)
+
+    def disconnect_user(self, user: str, code: int, reason: str) -> int:
+        sockets = self.users.sockets(user)
+        for socket in sockets:
+            socket.disconnect(code, reason)
+        return len(sockets)
 
     def send_held(self, sid: str, payload: bytes, binary: bool) -> bool:
         return self.recovery is not None and self.recovery.send_held(sid, payload, binary)

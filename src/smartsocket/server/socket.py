@@ -18,6 +18,7 @@ from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, Invali
 from smartsocket.protocol.names import check_event, name_problem
 from smartsocket.security import LimitExceeded, TokenBucket
 from smartsocket.server.recovery import Replies
+from smartsocket.server.users import user_of
 from smartsocket.transport import HandshakeRequest
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class Socket:
         "recovered",
         "request",
         "token",
+        "user",
     )
 
     def __init__(
@@ -128,6 +130,8 @@ class Socket:
         self.identity = identity
         if identity is not None:
             self.data["identity"] = identity
+        # The user it belongs to (server/users.py): from the identity, or server.set_user.
+        self.user: str | None = user_of(identity)
         self._auth_timer: asyncio.TimerHandle | None = None
         self._limiter = server._new_limiter()
         self._strikes: TokenBucket | None = None  # made on the first refusal
