@@ -180,9 +180,10 @@ class SmartSocket:
     def authenticate(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Authenticate connections: ``hook(request: AuthRequest)`` (sync or async) returns the
         identity (stored as ``socket.identity`` and ``socket.data["identity"]``), or None /
-        raises AuthError to refuse. The identity's ``"user"`` item (a dict) or ``.user``
-        attribute (an object), a str or an int, becomes ``socket.user`` (see ``to_user``). It runs at the upgrade (refusal: HTTP 401; async hooks run
-        just after it, refusal: close 4001) and again for a ``$auth`` message. A decorator."""
+        raises AuthError to refuse. It runs at the upgrade (refusal: HTTP 401; async hooks run
+        just after it, refusal: close 4001) and again for a ``$auth`` message. A decorator.
+        The identity's ``"user"`` item (a dict) or ``.user`` attribute (an object), a str or
+        an int, becomes ``socket.user`` (see ``to_user``)."""
         self._admission.set_hook(hook)
         return hook
 
