@@ -3,7 +3,8 @@
 
 One node with real clients (``smartsocket.Client``, and the ``websockets`` library for the
 wire-level flows: ``$auth``, resuming, the take-over), then two nodes in one process on a
-MemoryBroker and on the real Redis (each with its own channel prefix).
+MemoryBroker and on the real brokers (Redis, NATS, Redis Cluster; each test cluster with its own
+channel prefix).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import websockets
 from clusters import BROKERS, require_broker
 from smartsocket import Client, SmartSocket, Socket
 from smartsocket.cluster import messages
+from smartsocket.cluster.brokers import create_adapter
 from smartsocket.cluster.node import all_channel, inbox_channel, room_channel
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
@@ -325,10 +327,12 @@ async def test_presence_shows_users_on_one_node() -> None:
         assert await server.room_users("p-lobby") == ["bob"]
 
 
-# two nodes: a MemoryBroker in this process, and the real Redis
+# two nodes in this process: on a MemoryBroker, the real Redis, NATS and a Redis Cluster
 
 
-BROKER_URLS = {"memory": None, "redis": BROKERS["redis"]}
+BROKER_URLS = {
+    "memory": None, **BROKERS, "redis-cluster": "redis://127.0.0.1:7101?cluster=1",
+}
 
 
 @asynccontextmanager
@@ -419,16 +423,22 @@ async def test_presence_by_user_across_nodes(broker: str) -> None:
 
 
 async def test_an_outside_publisher_reaches_a_user_with_the_plain_message(broker: str) -> None:
-    """What an emitter does: encode ``SendToUser`` and publish it on the all channel."""
+    """What an emitter does: its own broker connection publishes ``SendToUser`` on the
+    cluster's all channel (``all_channel(prefix)``)."""
     async with two_nodes(broker) as (a, b), client(a, "alice") as on_a, client(b, "alice") as on_b:
         recs = [Recorder(c, "note") for c in (on_a, on_b)]
-        body = messages.SendToUser("alice", envelope.encode_event("note", "from outside"), False)
-        adapter = a._cluster.adapter
-        assert adapter is not None
         prefix = a.config.cluster_prefix
         assert all_channel(prefix) == a._cluster.all_channel
         assert inbox_channel(prefix, "n1") == a._cluster.inbox("n1")
         assert room_channel(prefix, "a b") == a._cluster.room_channel("a b")
-        assert adapter.publish(all_channel(prefix), messages.encode("emitter", body))
-        for rec in recs:  # a hears it too: its src is no node's
-            assert await rec.next("note") == "from outside"
+        body = messages.SendToUser("alice", envelope.encode_event("note", "from outside"), False)
+        assert a.config.cluster_url is not None
+        emitter = create_adapter(a.config.cluster_url)
+        await emitter.start(lambda channel, data: None, lambda connected: None)
+        try:
+            await wait_for(lambda: emitter.publish(
+                all_channel(prefix), messages.encode("emitter", body)))
+            for rec in recs:
+                assert await rec.next("note") == "from outside"
+        finally:
+            await emitter.close()
