@@ -447,7 +447,7 @@ class Client:
         elif name == "$error":
             logger.info("server reported an error: %r", packet.data)
             self._emit_local("error", packet.data)
-        elif name == "$presence":  # {"room", "joined"|"left": {"sid", "info"}}
+        elif name == "$presence":  # {"room", "joined"|"left"|"updated": {"sid", "info", "user"?}}
             self._emit_local("$presence", packet.data)
         elif name == "$gap":  # {"room"}: messages of it may be lost (protocol.md 8, "Gaps")
             room = packet.data.get("room") if type(packet.data) is dict else None

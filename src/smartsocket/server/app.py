@@ -283,7 +283,7 @@ class SmartSocket:
         self, room: str | None = None, *, timeout: float = 2.0
     ) -> list[SocketRecord]:
         """Every socket in the cluster (or in ``room``): ``SocketRecord(sid, node, rooms,
-        presence)``. Nodes that do not answer within ``timeout`` are left out."""
+        presence, user)``. Nodes that do not answer within ``timeout`` are left out."""
         return await self._cluster.fetch_sockets(room, timeout)
 
     async def socket_count(self, room: str | None = None, *, timeout: float = 2.0) -> int:
@@ -291,7 +291,8 @@ class SmartSocket:
         return len(await self._cluster.fetch_sockets(room, timeout))
 
     async def presence(self, room: str, *, timeout: float = 2.0) -> list[PresenceMember]:
-        """``room``'s members cluster-wide with their ``socket.presence`` info."""
+        """``room``'s members cluster-wide: ``PresenceMember(sid, node, info, user)``, with
+        their ``socket.presence`` info and ``socket.user``."""
         return await self._cluster.presence(room, timeout)
 
     async def room_users(self, room: str, *, timeout: float = 2.0) -> list[str]:
