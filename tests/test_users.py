@@ -336,11 +336,13 @@ BROKER_URLS = {
 
 
 @asynccontextmanager
-async def two_nodes(broker: str) -> AsyncIterator[list[SmartSocket]]:
+async def two_nodes(broker: str, **extra: Any) -> AsyncIterator[list[SmartSocket]]:
     cluster_url = BROKER_URLS[broker] or f"memory://{uuid.uuid4().hex}"
     if broker != "memory":
         require_broker(cluster_url)
-    options: dict[str, Any] = {"cluster_url": cluster_url, "presence_rooms": "p-*", **FAST}
+    options: dict[str, Any] = {
+        "cluster_url": cluster_url, "presence_rooms": "p-*", **FAST, **extra,
+    }
     if broker != "memory":
         options["cluster_prefix"] = "t" + uuid.uuid4().hex[:12]
     async with AsyncExitStack() as stack:
@@ -442,3 +444,23 @@ async def test_an_outside_publisher_reaches_a_user_with_the_plain_message(broker
                 assert await rec.next("note") == "from outside"
         finally:
             await emitter.close()
+
+
+async def test_a_session_resumed_on_another_node_keeps_its_user() -> None:
+    """Recovery on Redis: alice's connection drops on node a and resumes on node b; the user
+    goes with it, and a's index keeps nothing of it."""
+    async with two_nodes("redis", recovery_window=5.0) as (a, b):
+        first = await Peer.open(a, "token=alice")
+        sid = (await first.welcomed())["sid"]
+        first.ws.transport.abort()
+        await wait_for(lambda: sid not in a.sockets)
+        again = await Peer.open(b, "token=alice&resume=1")
+        await again.resume(first)
+        assert b.sockets[sid].user == "alice" and b._users.filed == 1
+        assert a._users.filed == 0
+        assert a.to_user("alice", "note", "via a") == 0  # b delivers it
+        assert (await again.recv())[:2] == ["note", "via a"]
+        assert await a.disconnect_user("alice", reason="logout") == 1
+        await wait_for(lambda: b._users.filed == 0)
+        await first.ws.close()
+        await again.ws.close()
