@@ -41,7 +41,7 @@ class LocalSide:
     ) -> int:
         members: Mapping[Socket, SendFrame]
         if room is None:
-            members = {s: s._send_frame for s in self.sockets.values()}
+            members = {s: s.send_frame for s in self.sockets.values()}
         else:
             members = self.registry.members(room)
         if not members:
@@ -65,10 +65,10 @@ class LocalSide:
         socket = self.sockets.get(sid)
         if socket is None:
             return False
-        session = socket._rec
+        session = socket.session
         if session is not None and self.recovery is not None:  # numbered and logged
             payload = self.recovery.direct_payload(session, payload, binary)
-        socket._send_payload(payload, binary)
+        socket.send_encoded(payload, binary)
         return True
 
     def send_held(self, sid: str, payload: bytes, binary: bool) -> bool:
