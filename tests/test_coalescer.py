@@ -24,7 +24,7 @@ class FakeConnection:
             self.coalescer.add(cast(Any, self))
         self.out.append(frame)
 
-    def _flush_now(self) -> None:
+    def flush_pending(self) -> None:
         self.log.append((self.name, self.out))
         self.out = []
 
@@ -74,13 +74,13 @@ async def test_a_frame_sent_during_a_flush_waits_for_the_next_iteration() -> Non
     """A write made while flushing (e.g. a handler run by a flush) is not lost, and does
     not make the running flush loop forever."""
     log, (a, b) = setup("a", "b")
-    flush_a = a._flush_now
+    flush_a = a.flush_pending
 
     def flush_and_write() -> None:
         flush_a()
         b.send(b"late")
 
-    a._flush_now = flush_and_write  # type: ignore[method-assign]
+    a.flush_pending = flush_and_write  # type: ignore[method-assign]
     a.send(b"first")
     await iteration()
     assert log == [("a", [b"first"])]

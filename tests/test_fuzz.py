@@ -1745,7 +1745,7 @@ async def test_regression_nothing_after_the_close_frame(
     """RFC 6455 5.5.1: after its close frame an endpoint sends no more data frames. (picows
     reads one frame ahead: a framing error in the next frame makes it write its close frame
     at once, before the current frame is handled; that frame's ack, queued for the end of the
-    loop iteration, then went out after the close frame: ServerConnection._flush_now does not
+    loop iteration, then went out after the close frame: ServerConnection.flush_pending does not
     know picows closed.)"""
     async with running(make_app(Tracker())) as server:
         ws, socket = await open_raw(server)

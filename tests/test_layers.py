@@ -19,10 +19,12 @@ SHARED = {
     "_version", "acks", "config", "errors", "handlers", "logs", "metrics", "security",
 }
 EDGES = {"protocol", "compression", "handshake", "transport"}
+# Shared-level helpers the server uses (token auth, room policies, the config file): above the
+# shared modules and protocol, below every layer that serves connections.
+HELPERS = {"auth", "config_file", "policies", "room_patterns"}
 
 # What each part (a package under smartsocket/, or a top-level module) may import, besides
-# itself. Parts not listed here are the application-facing top (the package root, cli, demo,
-# asgi, integrations, testing): they may import anything.
+# itself. Parts in TOP may import anything; every part is in one or the other (checked below).
 ALLOWED: dict[str, set[str]] = {
     # sans-I/O: the wire format only; its errors join the one exception tree (errors imports
     # nothing of ours)
@@ -35,8 +37,19 @@ ALLOWED: dict[str, set[str]] = {
     # client.backoff is a pure function the broker adapters share (see MODULE_ALLOWED).
     "cluster": SHARED | EDGES,
     "recovery": SHARED | EDGES | {"cluster"},
-    "server": SHARED | EDGES | {"cluster", "recovery"},
+    "server": SHARED | EDGES | HELPERS | {"cluster", "recovery", "outbox"},
+    # helpers, lowest first: the room name patterns, JWT verification, the room policies, the
+    # TOML config file (which reads the policies)
+    "room_patterns": SHARED | {"protocol"},
+    "auth": SHARED | {"protocol", "room_patterns"},
+    "policies": SHARED | {"protocol", "auth", "room_patterns"},
+    "config_file": SHARED | {"protocol", "auth", "policies", "room_patterns"},
+    # the PostgreSQL outbox: takes a publish callable, checks event names with the protocol's rule
+    "outbox": SHARED | {"protocol"},
 }
+# The application-facing top: the package root, entry points, bridges to other servers, test
+# helpers and the worker supervisor (it starts whole servers).
+TOP = {"", "__main__", "asgi", "cli", "demo", "integrations", "supervisor", "testing"}
 # Single modules another part may import although its package is not allowed.
 MODULE_ALLOWED: dict[str, set[str]] = {
     "cluster": {"smartsocket.client.backoff"},
@@ -80,9 +93,9 @@ MODULES = _modules()
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_follow_the_layers(module: str) -> None:
     part = _part(module)
-    allowed = ALLOWED.get(part)
-    if allowed is None:
+    if part in TOP:
         return  # the application-facing top
+    allowed = ALLOWED[part]
     wrong = []
     for name in sorted(_imports(MODULES[module])):
         if not name.startswith("smartsocket.") or (
@@ -134,3 +147,10 @@ def test_the_map_names_real_parts() -> None:
     parts = {_part(module) for module in MODULES}
     unknown = {name for allowed in ALLOWED.values() for name in allowed} - parts - {"recovery"}
     assert not unknown
+
+
+def test_every_part_has_a_place() -> None:
+    """A new package or top-level module must be declared: in ALLOWED (its layer) or TOP."""
+    parts = {_part(module) for module in MODULES}
+    assert not parts - ALLOWED.keys() - TOP, "declare these parts in tests/test_layers.py"
+    assert not ALLOWED.keys() & TOP

@@ -304,6 +304,36 @@ async def test_heartbeat_measures_latency_and_drops_silent_clients() -> None:
             assert info.value.rcvd is not None and info.value.rcvd.code == 4002
 
 
+async def test_closed_sockets_leave_no_heartbeat_or_abuse_state() -> None:
+    """The $ping in flight (Liveness) and the abuse buckets (AbuseRules) of a socket live
+    outside it: both forget a socket once it is gone."""
+    server = SmartSocket(
+        ping_interval=0.05, ping_timeout=0.1, rate_limit_messages=1, rate_limit_burst=1,
+    )
+    server._clock = lambda: 0  # frozen: the one token is spent for good
+    abuse = server._socket_context.abuse
+    async with running(server):
+        async with websockets.connect(server.url) as ws:
+            await ws.recv()  # $welcome
+            await ws.send("not an envelope")  # refused: the error-rate rule counts it
+            assert (await _not_ping(ws))[0] == "$error"
+            await ws.send(json.dumps(["chat", 1]))  # over the rate: a strike
+            assert (await _not_ping(ws))[1]["code"] == "rate_limited"
+            assert list(abuse.errors) == list(abuse.strikes) == list(server.sockets.values())
+            await wait_for(lambda: server._liveness.pending)  # pinged, never answers
+        await wait_for(lambda: not server.sockets)
+        assert not abuse.errors and not abuse.strikes
+        await wait_for(lambda: not server._liveness.pending)  # its ping's check forgets it
+
+
+async def _not_ping(ws: Any) -> Any:
+    """The next message that is not a $ping (the heartbeat runs fast in these tests)."""
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        if message[0] != "$ping":
+            return message
+
+
 async def test_graceful_close_finishes_handlers_then_sends_1001() -> None:
     server = SmartSocket()
     finished: list[str] = []

@@ -27,7 +27,7 @@ async def running(server: SmartSocket | None = None, **options: Any) -> AsyncIte
     """Run ``server`` (or a new one with ``options``) on 127.0.0.1 and a free port."""
     if server is None:
         server = SmartSocket(**options)
-    if server._server is None:
+    if not server.started:
         server.config = server.config.replace(host="127.0.0.1", port=0)
     await server.start()
     try:

@@ -360,7 +360,7 @@ class Connection(picows.WSListener):
             raise ValueError(f"{code} may not be sent in a close frame")
         # Control frames carry at most 125 bytes: cut the reason on a character boundary.
         reason_bytes = reason.encode()[:123].decode("utf-8", "ignore").encode()
-        self._flush_now()
+        self.flush_pending()
         self.closed = True
         self._drop_buffer()
         tr.send_close(picows.WSCloseCode(code), reason_bytes)
@@ -399,8 +399,8 @@ class Connection(picows.WSListener):
         if self._tr is not None:
             self._tr.send_pong(payload)
 
-    def _flush_now(self) -> None:
-        pass
+    def flush_pending(self) -> None:
+        """Write what was coalesced (``WriteCoalescer`` calls it once per loop iteration)."""
 
     def _drop_buffer(self) -> None:
         pass
@@ -453,7 +453,7 @@ class WriteCoalescer:
         self._dirty = []
         self._scheduled = False
         for conn in dirty:
-            conn._flush_now()
+            conn.flush_pending()
 
 
 class ServerConnection(Connection):
@@ -526,7 +526,7 @@ class ServerConnection(Connection):
             self._coalescer.add(self)
         self._pending_pong = payload
 
-    def _flush_now(self) -> None:
+    def flush_pending(self) -> None:
         out = self._out
         pong = self._pending_pong
         if pong is not None:

@@ -206,7 +206,7 @@ class Client:
         """One connection attempt; ``resume``: ask to resume the last session."""
         loop = asyncio.get_running_loop()
         self._welcomed = loop.create_future()
-        link = _Link(self)
+        link = _Link(self._attach, self._on_message, self._on_close)
         url = _with_query(self.url, "resume", "1") if resume else self.url
         try:
             conn = await ws_connect(
@@ -382,8 +382,13 @@ class Client:
 
     # inbound
 
+    def _attach(self, conn: ClientConnection) -> None:
+        self._conn = conn
+
     def _on_message(self, link: _Link, payload: bytes | memoryview, binary: bool) -> None:
         """A whole message from the server (already inflated)."""
+        if link.conn is not self._conn:
+            return  # from a connection a newer one replaced
         self._last_seen = time.monotonic()
         try:
             packet = envelope.decode(payload, binary=binary)
@@ -511,24 +516,29 @@ class Client:
 
 class _Link:
     """Binds one connection attempt to the client, so callbacks from an old connection
-    cannot disturb a newer one."""
+    cannot disturb a newer one. It gets the client's callbacks, bound once."""
 
-    __slots__ = ("client", "conn")
+    __slots__ = ("_attach", "_closed", "_deliver", "conn")
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    def __init__(
+        self, attach: Callable[[ClientConnection], None],
+        deliver: Callable[[_Link, bytes | memoryview, bool], None],
+        closed: Callable[[_Link, int, str], None],
+    ) -> None:
+        self._attach = attach
+        self._deliver = deliver
+        self._closed = closed
         self.conn: ClientConnection | None = None
 
     def on_open(self, conn: ClientConnection) -> None:
         self.conn = conn
-        self.client._conn = conn  # before anything is read: $welcome may come with the 101
+        self._attach(conn)  # before anything is read: $welcome may come with the 101
 
     def on_message(self, payload: bytes | memoryview, binary: bool, wire_size: int) -> None:
-        if self.conn is self.client._conn:
-            self.client._on_message(self, payload, binary)
+        self._deliver(self, payload, binary)
 
     def on_close(self, code: int, reason: str) -> None:
-        self.client._on_close(self, code, reason)
+        self._closed(self, code, reason)
 
     def send(self, payload: bytes, binary: bool = False) -> None:
         if self.conn is not None:

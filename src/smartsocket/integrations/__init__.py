@@ -57,7 +57,7 @@ def admit(
             return HttpResponse(400, body)
         subprotocol = SUBPROTOCOL
     if path.rstrip("/") == live.PATH:
-        accepted = live.accept(server, request)
+        accepted = server.open_live(request)
         if isinstance(accepted, HttpResponse):
             return accepted
         return accepted.handler, subprotocol

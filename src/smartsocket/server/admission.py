@@ -9,14 +9,13 @@ reaches ``on_connection``) only once authenticated; until then it may send only 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from smartsocket.handlers import Handler
 from smartsocket.protocol import envelope
-from smartsocket.protocol.codes import CloseCode, ErrorCode
+from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.envelope import Event
 from smartsocket.security import (
     ApiKeys,
@@ -31,7 +30,8 @@ from smartsocket.server.users import user_of
 from smartsocket.transport import HandshakeRequest, HttpResponse
 
 if TYPE_CHECKING:
-    from smartsocket.server.app import SmartSocket
+    from smartsocket.config import Config
+    from smartsocket.metrics import Stats
     from smartsocket.server.socket import Socket
 
 logger = logging.getLogger("smartsocket.security")
@@ -40,15 +40,27 @@ _UNAUTHORIZED = HttpResponse(401, b"unauthorized\n", headers={"WWW-Authenticate"
 
 
 class Admission:
-    """Origin, authentication and per-IP policy of one server."""
+    """Origin, authentication and per-IP policy of one server (for one configuration: the
+    server makes a new one, with the same hook, when it is reconfigured). ``spawn`` runs async
+    hooks; ``admit`` gets each socket once authenticated (``Resumer.admit``)."""
 
-    def __init__(self, server: SmartSocket) -> None:
-        cfg = server.config
-        self._server = server
-        self._origins = parse_origins(cfg.allowed_origins)
-        self._api_keys = ApiKeys(cfg.api_keys) if cfg.api_keys else None
-        self._hook: Handler | None = None
+    def __init__(
+        self, config: Config, *, spawn: Callable[[Any], None], admit: Callable[[Socket], None],
+        stats: Stats | None = None, hook: Handler | None = None,
+    ) -> None:
+        self._config = config
+        self._spawn = spawn
+        self._admit = admit
+        self._stats = stats
+        self._origins = parse_origins(config.allowed_origins)
+        self._api_keys = ApiKeys(config.api_keys) if config.api_keys else None
+        self._hook = hook
         self._per_ip: dict[Any, int] = {}
+
+    @property
+    def hook(self) -> Handler | None:
+        """The application's authentication hook (``server.authenticate``)."""
+        return self._hook
 
     @property
     def required(self) -> bool:
@@ -86,7 +98,7 @@ class Admission:
 
     def open(self, socket: Socket) -> bool:
         """A new connection; False if it was refused (and is being closed)."""
-        limit = self._server.config.max_connections_per_ip
+        limit = self._config.max_connections_per_ip
         ip = _ip(socket.remote_address)
         count = self._per_ip.get(ip, 0) + 1
         self._per_ip[ip] = count
@@ -99,14 +111,11 @@ class Admission:
             return False
         if socket.authenticated:
             return True
-        loop = asyncio.get_running_loop()
-        socket._auth_timer = loop.call_later(
-            self._server.config.auth_timeout, self._auth_timed_out, socket
-        )
+        socket.set_deadline(self._config.auth_timeout, self._auth_timed_out)
         hook = self._hook
         if hook is not None and hook.is_async:
             auth = self._auth_request(socket.request, socket.remote_address)
-            self._server._spawn(self._authenticate_async(socket, auth, upgrade=True))
+            self._spawn(self._authenticate_async(socket, auth, upgrade=True))
         else:
             self._ask_for_credentials(socket)
         return True
@@ -114,8 +123,8 @@ class Admission:
     def _ask_for_credentials(self, socket: Socket) -> None:
         """Tell a socket that came without credentials, at once, that it must send ``$auth``:
         a client with nothing to send fails fast instead of waiting out ``auth_timeout``."""
-        timeout = self._server.config.auth_timeout
-        socket._send_payload(envelope.encode_event("$auth_required", {
+        timeout = self._config.auth_timeout
+        socket.send_encoded(envelope.encode_event("$auth_required", {
             "timeout": round(timeout * 1000),
             "message": f"this server requires authentication: send $auth within {timeout:g} s",
         }), False)
@@ -127,19 +136,12 @@ class Admission:
             self._per_ip[ip] = count
         else:
             self._per_ip.pop(ip, None)
-        if socket._auth_timer is not None:
-            socket._auth_timer.cancel()
-            socket._auth_timer = None
+        socket.clear_deadline()
 
     def auth_message(self, socket: Socket, packet: Event) -> None:
-        """``["$auth", {"token": ...} | anything]`` from a socket."""
-        if socket.authenticated:
-            socket._refuse(
-                ErrorCode.BAD_MESSAGE, "already authenticated", event="$auth",
-                ack_id=packet.ack_id, binary=packet.binary,
-            )
-            return
-        if not self.required:  # nothing to check: cannot happen, sockets start authenticated
+        """``["$auth", {"token": ...} | anything]`` from a socket not authenticated yet (the
+        socket refuses it once authenticated)."""
+        if socket.authenticated or not self.required:  # (not required: sockets start authenticated)
             return
         data = packet.data
         token = data.get("token") if type(data) is dict else None
@@ -148,7 +150,7 @@ class Admission:
             auth = _with_token(auth, token)
         hook = self._hook
         if hook is not None and hook.is_async:
-            self._server._spawn(self._authenticate_async(socket, auth, upgrade=False))
+            self._spawn(self._authenticate_async(socket, auth, upgrade=False))
             return
         try:
             identity = self._call_sync(auth)
@@ -186,19 +188,17 @@ class Admission:
         socket.identity = identity
         socket.data["identity"] = identity
         socket.user = user_of(identity)
-        if socket._auth_timer is not None:
-            socket._auth_timer.cancel()
-            socket._auth_timer = None
-        self._server._resumer.admit(socket)
+        socket.clear_deadline()
+        self._admit(socket)
 
     def _refuse(self, socket: Socket) -> None:
-        stats = self._server._stats
+        stats = self._stats
         if stats is not None:
             stats.rejected_connections += 1
         socket.fail(CloseCode.UNAUTHORIZED, "unauthorized")
 
     def _auth_timed_out(self, socket: Socket) -> None:
-        socket._auth_timer = None
+        socket.clear_deadline()  # fired: forget it
         if socket.connected and not socket.authenticated:
             self._refuse(socket)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from smartsocket._version import __version__
 from smartsocket.cluster.messages import PresenceMember, SocketRecord
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
@@ -22,19 +23,21 @@ from smartsocket.metrics import Stats
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
-from smartsocket.security import Limiter, RateLimit
-from smartsocket.server import http, live, prometheus
+from smartsocket.security import RateLimit
+from smartsocket.server import http, prometheus
 from smartsocket.server.admission import Admission
 from smartsocket.server.broadcast import Broadcaster
 from smartsocket.server.connections import Connections
+from smartsocket.server.context import SocketContext
 from smartsocket.server.dispatch import EventRouter, Tasks
 from smartsocket.server.fanout import Exclude, Fanout
-from smartsocket.server.heartbeat import heartbeat
+from smartsocket.server.heartbeat import Liveness, heartbeat
 from smartsocket.server.listener import bind, run
+from smartsocket.server.live import LiveStats
 from smartsocket.server.local import LocalSide
 from smartsocket.server.recovery import Recovery
 from smartsocket.server.resume import Resumer
-from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
+from smartsocket.server.rooms import Room, RoomContext, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
 from smartsocket.server.users import Users, check_user
 from smartsocket.transport import (
@@ -76,19 +79,13 @@ class SmartSocket:
         self._broadcaster = Broadcaster(self._sockets, self._cluster, self._fan)
         self._broadcast = self._broadcaster.send  # bound once (Room.broadcast calls it)
         self._registry.hook = self._cluster
-        self._limit_overrides: dict[str, RateLimit] = {}
-        self._admission = Admission(self)
-        self._default_limit: RateLimit | None = None
         # Per-room broadcast rates; they read the clock at each use (tests replace it).
         self._room_limits = RoomLimits(self._config, lambda: self._clock())
-        # Rate limits and the error-rate rule read this clock (integer ns; tests inject one).
-        self._clock: Callable[[], int] = time.monotonic_ns
+        self._room_context = RoomContext(
+            self._registry, self._room_limits, self._broadcast, self._cluster
+        )
         self._tasks = Tasks()
-        self._spawn = self._tasks.spawn
         self._router = EventRouter(self._config, self._tasks)  # inbound events -> handlers
-        # Bound once: a socket's inbound hot path reads one attribute, as before the split.
-        self._dispatch = self._router.dispatch
-        self._emit_local = self._router.emit_local
         self._connections = Connections(
             self._sockets, self._cluster, self._tasks.spawn, self._router.emit_local,
             self._users,
@@ -98,18 +95,22 @@ class SmartSocket:
             self._connections.welcome,
         )
         self._connections.resumer = self._resumer
-        # What a Socket calls as it opens, authenticates and closes (bound once).
-        self._on_open = self._connections.on_open
-        self._auth_message = self._connections.auth_message
-        self._on_close = self._connections.on_close
         self._stats: Stats | None = None
+        self._admission = self._new_admission(None)
+        self._liveness = Liveness()  # the $ping/$pong in flight
+        # What every Socket uses of this server (server/context.py). Its clock (integer ns)
+        # is the rate limits' and the error-rate rule's; tests replace it (``_clock``).
+        self._socket_context = SocketContext(
+            self._config, self._registry, self._cluster, self._connections, self._resumer,
+            self._liveness, self._router.dispatch, time.monotonic_ns,
+        )
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
         self._recovery: Recovery | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
-        self._stats_subscribers: dict[Any, None] = {}  # /smartsocket/live connections
+        self._live = LiveStats(self.stats)  # /smartsocket/live connections
         self._closed: asyncio.Event | None = None
         self._port: int | None = None
         # Started (heartbeat, sampler), with or without a listener: ``start(listen=False)``
@@ -129,11 +130,9 @@ class SmartSocket:
         """Replace the configuration (before ``start()``): what derives from it is rebuilt."""
         if self._started:
             raise RuntimeError("cannot reconfigure a running server")
-        hook = self._admission._hook
         self._config = config
-        self._admission = Admission(self)
-        self._admission._hook = hook
         self._stats = Stats() if config.enable_metrics else None
+        self._admission = self._new_admission(self._admission.hook)
         # With metrics off the stats keep their shape: counters that never move (zeros).
         self._still_stats = self._stats or Stats()
         self._recovery = Recovery(config) if config.recovery_window else None
@@ -145,11 +144,24 @@ class SmartSocket:
         self._broadcaster.fanout, self._broadcaster.recovery = self._fan, self._recovery
         self._resumer.config, self._resumer.recovery = config, self._recovery
         self._connections.configure(config, self._admission, self._stats, self._recovery)
-        self._default_limit = None
-        if config.rate_limit_messages or config.rate_limit_bytes:
-            self._default_limit = RateLimit(
-                config.rate_limit_messages, config.rate_limit_burst, config.rate_limit_bytes
-            )
+        self._socket_context.configure(config, self._stats, self._recovery)
+        self._liveness.stats = self._stats
+        self._prometheus = None  # its collector reads this configuration's parts
+
+    def _new_admission(self, hook: Handler | None) -> Admission:
+        return Admission(
+            self._config, spawn=self._tasks.spawn, admit=self._resumer.admit, stats=self._stats,
+            hook=hook,
+        )
+
+    @property
+    def _clock(self) -> Callable[[], int]:
+        """The clock (integer ns) of rate limits and the error-rate rule; tests replace it."""
+        return self._socket_context.clock
+
+    @_clock.setter
+    def _clock(self, clock: Callable[[], int]) -> None:
+        self._socket_context.clock = clock
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> SmartSocket:
@@ -192,12 +204,7 @@ class SmartSocket:
         bytes: float | None = None,
     ) -> None:
         """Per-socket rate limit for one event, instead of the default one (None: no limit)."""
-        self._limit_overrides[event] = RateLimit(messages, burst, bytes)
-
-    def _new_limiter(self) -> Limiter | None:
-        if self._default_limit is None and not self._limit_overrides:
-            return None
-        return Limiter(self._default_limit, self._limit_overrides)
+        self._socket_context.overrides[event] = RateLimit(messages, burst, bytes)
 
     def on_message(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Call ``hook(socket, event, data)`` for every inbound event (e.g. custom metrics); like
@@ -214,16 +221,16 @@ class SmartSocket:
         members get ``$presence`` joined/left updates (see also ``presence_rooms``)."""
         if presence:
             self._cluster.enable_presence(name)
-        return Room(self, name)
+        return Room(self._room_context, name)
 
     @property
     def rooms(self) -> Mapping[str, Room]:
-        return RoomsView(self)
+        return RoomsView(self._room_context)
 
     def remove_room(self, name: str) -> None:
         """Make every member leave ``name``."""
         for socket in self._registry.pop(name):
-            socket._rooms.pop(name, None)
+            socket.room_removed(name)
 
     @property
     def sockets(self) -> Mapping[str, Socket]:
@@ -363,7 +370,7 @@ class SmartSocket:
     ) -> int:
         """Send ``event`` to every connected socket except ``exclude``. Returns the
         deliveries made on this node (in a cluster the other nodes deliver too, uncounted)."""
-        senders = {s: s._send_frame for s in self._sockets.values()}
+        senders = {s: s.send_frame for s in self._sockets.values()}
         return self._broadcast(senders, event, data, exclude, binary, None)
 
     emit = broadcast
@@ -372,6 +379,12 @@ class SmartSocket:
 
     def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
         return http.route_request(self, request)
+
+    def open_live(self, request: HandshakeRequest) -> HttpResponse | Accept:
+        """Admission of a reader of the live stats stream (``/smartsocket/live``, the
+        dashboard's feed): the HTTP refusal, or the upgrade to accept. Hook for other
+        transports, like ``open_socket``."""
+        return self._live.accept(self.config, request)
 
     def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket:
         """Admission of a new WebSocket: shutting down, ``max_connections``, origin and
@@ -391,7 +404,9 @@ class SmartSocket:
         if isinstance(admitted, HttpResponse):
             return self._refuse(admitted)
         authenticated, identity = admitted
-        return Socket(self, request, authenticated=authenticated, identity=identity)
+        return Socket(
+            self._socket_context, request, authenticated=authenticated, identity=identity
+        )
 
     def _refuse(self, response: HttpResponse) -> HttpResponse:
         if self._stats is not None:
@@ -400,8 +415,32 @@ class SmartSocket:
 
     def _metrics_registry(self) -> CollectorRegistry:
         if self._prometheus is None:
-            self._prometheus = prometheus.registry_for(self)
+            self._prometheus = prometheus.registry_for(prometheus.ServerCollector(
+                self._sockets, self._registry, self._recovery, self._stats
+            ))
         return self._prometheus
+
+    def metrics(self) -> bytes:
+        """The figures in the Prometheus text format (what ``/metrics`` serves)."""
+        return prometheus.exposition(self._metrics_registry())
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """What ``/smartsocket/health`` answers: the HTTP status (503 while shutting down)
+        and the body."""
+        closing = self._connections.closing
+        body: dict[str, Any] = {
+            "status": "closing" if closing else "ok",
+            "version": __version__,
+            "connections": len(self._sockets),
+        }
+        if self._cluster.active:
+            # Cut off from the broker the node still serves its own clients: "degraded", but
+            # 200, so a load balancer keeps it (an outage of the broker must not empty the pool).
+            section = self._cluster.stats_section()
+            if section["status"] == "degraded" and not closing:
+                body["status"] = "degraded"
+            body["cluster"] = section
+        return (503 if closing else 200), body
 
     def stats(self, *, cluster: bool = False) -> dict[str, Any]:
         """The figures served at /smartsocket/stats (this node's; in a cluster, a ``cluster``
@@ -424,6 +463,11 @@ class SmartSocket:
         return figures
 
     # lifecycle
+
+    @property
+    def started(self) -> bool:
+        """``start()`` has run and ``close()`` has not (with or without a listener)."""
+        return self._started
 
     @property
     def port(self) -> int:
@@ -473,7 +517,9 @@ class SmartSocket:
             self._started = True
             loop = asyncio.get_running_loop()
             self._heartbeat_task = loop.create_task(
-                heartbeat(self._sockets, self.config, self._room_limits, self._registry)
+                heartbeat(
+                    self._sockets, self.config, self._liveness, self._room_limits, self._registry
+                )
             )
             if self._stats is not None:
                 self._sampler = loop.call_later(1.0, self._sample)
@@ -525,15 +571,16 @@ class SmartSocket:
             self._sweeper = None
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
-        live.close_all(self)
+        self._live.close_all()
         for socket in list(self._connections.open):
             socket.fail(CloseCode.GOING_AWAY, "server shutting down")
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
         while self._connections.open and time.monotonic() < wait_until:
             await asyncio.sleep(0.01)
         for socket in list(self._connections.open):
-            if socket._conn is not None:
-                socket._conn.abort()
+            conn = socket.connection
+            if conn is not None:
+                conn.abort()
         await self._close_cluster()  # after the sockets: their presence leaves go out first
         for task in list(self._tasks):
             task.cancel()
@@ -577,8 +624,8 @@ class SmartSocket:
         assert self._stats is not None
         self._stats.sample()
         self._sampler = asyncio.get_running_loop().call_later(1.0, self._sample)
-        if self._stats_subscribers:
-            live.push(self)
+        if self._live.readers:
+            self._live.push()
 
     def _sweep(self) -> None:
         """Every few seconds: expire held sessions and history nobody can resume from."""

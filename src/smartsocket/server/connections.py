@@ -91,18 +91,18 @@ class Connections:
             "connected %s from %s", socket.id, socket.remote_address,
             extra={"event": "connect", "sid": socket.id, "remote": str(socket.remote_address)},
         )
-        socket._send_payload(self.welcome_payload(socket, recovered), False)
+        socket.send_encoded(self.welcome_payload(socket, recovered), False)
         for payload, binary in replay or ():
-            socket._send_payload(payload, binary)
+            socket.send_encoded(payload, binary)
+        send_frame = socket.send_frame
         for frame in frames or ():
-            socket._send_frame(frame)
+            send_frame(frame)
         if not self.handlers:
-            socket._flush_inbox()
+            socket.flush_inbox()
             return
         handlers = self.handlers
         if any(h.is_async for h in handlers):
-            if socket._inbox is None:
-                socket._inbox = []  # hold events until on_connection has registered handlers
+            socket.hold_inbox()  # hold events until on_connection has registered handlers
             self.spawn(self._run_handlers(socket, handlers))
             return
         for handler in handlers:
@@ -112,7 +112,7 @@ class Connections:
                 logger.exception("on_connection handler %s failed", handler.name)
                 socket.fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
                 return
-        socket._flush_inbox()
+        socket.flush_inbox()
 
     async def _run_handlers(self, socket: Socket, handlers: list[Handler]) -> None:
         try:
@@ -124,7 +124,7 @@ class Connections:
             logger.exception("on_connection handler failed for %s", socket.id)
             socket.fail(CloseCode.INTERNAL_ERROR, "connection handler failed")
             return
-        socket._flush_inbox()
+        socket.flush_inbox()
 
     def welcome_payload(self, socket: Socket, recovered: bool | None = None) -> bytes:
         cfg = self.config
@@ -153,7 +153,7 @@ class Connections:
         if self.sockets.get(socket.id) is not socket:
             return  # never admitted: the application never saw it
         del self.sockets[socket.id]
-        rec = socket._rec
+        rec = socket.session
         if rec is not None and rec.owner is socket:
             rec.owner = None
             assert self.recovery is not None

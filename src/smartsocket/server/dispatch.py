@@ -59,7 +59,7 @@ class EventRouter:
                     self._spawn(_log_failure(result, hook, "on_message"))
             except Exception:
                 logger.exception("on_message hook %s failed", hook.name)
-        handlers = socket._handlers_for(name)
+        handlers = socket.handlers_for(name)
         if handlers is not None:
             with_socket = False
         else:
@@ -80,14 +80,15 @@ class EventRouter:
         self, socket: Socket, handler: Handler, with_socket: bool, packet: Event, answer: bool
     ) -> None:
         ack_id = packet.ack_id if answer else None
-        if handler.is_async and ack_id is not None:
-            if socket._running >= self.config.max_pending_acks:
-                socket.reject(
-                    ErrorCode.TOO_MANY_PENDING, "too many calls in progress", ack_id=ack_id,
-                    binary=packet.binary,
-                )
-                return
-            socket._running += 1
+        if (
+            handler.is_async and ack_id is not None
+            and not socket.call_started(self.config.max_pending_acks)
+        ):
+            socket.reject(
+                ErrorCode.TOO_MANY_PENDING, "too many calls in progress", ack_id=ack_id,
+                binary=packet.binary,
+            )
+            return
         try:
             data = packet.data if handler.data_type is None else handler.convert(packet.data)
             args = (socket, data) if with_socket else (data,)
@@ -98,12 +99,12 @@ class EventRouter:
                 binary=packet.binary,
             )
             if handler.is_async and ack_id is not None:
-                socket._running -= 1
+                socket.call_finished()
             return
         except Exception as exc:
             self._handler_failed(socket, handler, packet, ack_id, exc)
             if handler.is_async and ack_id is not None:
-                socket._running -= 1
+                socket.call_finished()
             return
         if handler.is_async or asyncio.iscoroutine(result):
             self._spawn(self._finish(socket, handler, packet, ack_id, result))
@@ -120,7 +121,7 @@ class EventRouter:
             return
         finally:
             if handler.is_async and ack_id is not None:
-                socket._running -= 1
+                socket.call_finished()
         if ack_id is not None:
             socket.reply(ack_id, result, binary=packet.binary)
 
@@ -148,7 +149,7 @@ class EventRouter:
     def emit_local(self, socket: Socket, event: str, arg: Any) -> None:
         """Run local ``disconnect``/``error`` handlers, socket-level then server-level."""
         calls: list[tuple[Handler, tuple[Any, ...]]] = []
-        for handler in socket._handlers_for(event) or ():
+        for handler in socket.handlers_for(event) or ():
             calls.append((handler, (arg,)))
         for handler in self.handlers.get(event, ()):
             calls.append((handler, (socket, arg)))

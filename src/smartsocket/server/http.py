@@ -12,72 +12,84 @@ import mimetypes
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from smartsocket import compression
-from smartsocket._version import __version__
 from smartsocket.protocol import SUBPROTOCOL
 from smartsocket.security import bearer_token
 from smartsocket.server import live, prometheus
 from smartsocket.transport import Accept, HandshakeRequest, HttpResponse
 
 if TYPE_CHECKING:
-    from smartsocket.server.app import SmartSocket
+    from smartsocket.config import Config
+    from smartsocket.server.socket import Socket
 
 WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})  # where the WebSocket is served
 _JSON = "application/json"
 _HTML = "text/html; charset=utf-8"
-Route = Callable[["SmartSocket", HandshakeRequest], HttpResponse]
 
 
-def authorized(server: SmartSocket, request: HandshakeRequest) -> bool:
+class HttpHost(Protocol):
+    """What the endpoints use of their server: public members of ``SmartSocket`` only."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def home_page(self) -> bytes | None: ...
+
+    def stats(self, *, cluster: bool = False) -> dict[str, Any]: ...
+
+    def health(self) -> tuple[int, dict[str, Any]]: ...
+
+    def metrics(self) -> bytes: ...
+
+    def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket: ...
+
+    def open_live(self, request: HandshakeRequest) -> HttpResponse | Accept: ...
+
+
+Route = Callable[[HttpHost, HandshakeRequest], HttpResponse]
+
+
+def authorized(config: Config, request: HandshakeRequest) -> bool:
     """Whether the request carries ``stats_token`` (when one is configured)."""
-    expected = server.config.stats_token
+    expected = config.stats_token
     if not expected:
         return True
     token = bearer_token(request.headers, request.query) or ""
     return hmac.compare_digest(token.encode(), expected.encode())
 
 
-def _stats(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
-    if not authorized(server, request):
+def _stats(server: HttpHost, request: HandshakeRequest) -> HttpResponse:
+    if not authorized(server.config, request):
         return HttpResponse(401, b"stats token required\n", headers={"WWW-Authenticate": "Bearer"})
     cluster = request.query.get("cluster", ["0"])[-1] not in ("", "0", "false")
     return HttpResponse(200, msgspec.json.encode(server.stats(cluster=cluster)), _JSON)
 
 
-def _health(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
-    body: dict[str, object] = {
-        "status": "closing" if server._connections.closing else "ok",
-        "version": __version__,
-        "connections": len(server._sockets),
-    }
-    if server._cluster.active:
-        # Cut off from the broker the node still serves its own clients: "degraded", but 200,
-        # so a load balancer keeps it (an outage of the broker must not empty the pool).
-        section = server._cluster.stats_section()
-        if section["status"] == "degraded" and not server._connections.closing:
-            body["status"] = "degraded"
-        body["cluster"] = section
-    status = 503 if server._connections.closing else 200
+def _health(server: HttpHost, request: HandshakeRequest) -> HttpResponse:
+    status, body = server.health()
     return HttpResponse(status, msgspec.json.encode(body), _JSON)
 
 
-def _metrics(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
-    if not authorized(server, request):
+def _metrics(server: HttpHost, request: HandshakeRequest) -> HttpResponse:
+    if not authorized(server.config, request):
         return HttpResponse(401, b"stats token required\n", headers={"WWW-Authenticate": "Bearer"})
-    body = prometheus.exposition(server._metrics_registry())
-    return HttpResponse(200, body, prometheus.CONTENT_TYPE)
+    return HttpResponse(200, server.metrics(), prometheus.CONTENT_TYPE)
 
 
-def _dashboard(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
+def _dashboard(server: HttpHost, request: HandshakeRequest) -> HttpResponse:
     page = static_file("dashboard.html")
     return page if page is not None else HttpResponse(404, b"dashboard not installed\n")
 
 
-def _favicon(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
+def _favicon(server: HttpHost, request: HandshakeRequest) -> HttpResponse:
     return HttpResponse(204)  # browsers ask on every page: answer without a 404 in the console
 
 
@@ -90,7 +102,7 @@ ROUTES: dict[str, Route] = {
 }
 
 
-def route(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
+def route(server: HttpHost, request: HandshakeRequest) -> HttpResponse:
     path = request.path.rstrip("/") or "/"
     handler = ROUTES.get(path)
     if handler is not None:
@@ -143,13 +155,13 @@ script) and <a href="/smartsocket/client.mjs">/smartsocket/client.mjs</a> (ES mo
 """
 
 
-def route_request(server: SmartSocket, request: HandshakeRequest) -> HttpResponse | Accept:
+def route_request(server: HttpHost, request: HandshakeRequest) -> HttpResponse | Accept:
     """Every request on the port: plain GETs (``route``), the live stats stream, and the
     WebSocket upgrade with its checks (path, version, subprotocol, admission, deflate)."""
     if not request.is_upgrade:
         return route(server, request)
     if request.path == live.PATH:
-        return live.accept(server, request)
+        return server.open_live(request)
     if request.path not in WS_PATHS:
         return HttpResponse(404, b"no WebSocket endpoint here; use / or /smartsocket\n")
     if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":

@@ -44,7 +44,7 @@ class LocalSide:
     ) -> int:
         members: Mapping[Socket, SendFrame]
         if room is None:
-            members = {s: s._send_frame for s in self.sockets.values()}
+            members = {s: s.send_frame for s in self.sockets.values()}
         else:
             members = self.registry.members(room)
         if not members:
@@ -72,10 +72,10 @@ class LocalSide:
         return True
 
     def _send(self, socket: Socket, payload: bytes, binary: bool) -> None:
-        session = socket._rec
+        session = socket.session
         if session is not None and self.recovery is not None:  # numbered and logged
             payload = self.recovery.direct_payload(session, payload, binary)
-        socket._send_payload(payload, binary)
+        socket.send_encoded(payload, binary)
 
     def send_user(self, user: str, payload: bytes, binary: bool) -> int:
         sockets = self.users.sockets(user)

@@ -7,7 +7,7 @@ process do not clash), with the process collector (memory, CPU, open fds) added.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -22,24 +22,32 @@ from prometheus_client.registry import Collector
 from smartsocket.metrics import RTT_BUCKETS
 
 if TYPE_CHECKING:
-    from smartsocket.server.app import SmartSocket
+    from smartsocket.metrics import Stats
+    from smartsocket.server.recovery import Recovery
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ServerCollector(Collector):
-    def __init__(self, server: SmartSocket) -> None:
-        self._server = server
+    """Reads one server's parts at scrape time: its sockets and rooms (sized), its recovery
+    and stats (None when off)."""
+
+    def __init__(
+        self, sockets: Sized, rooms: Sized, recovery: Recovery | None, stats: Stats | None
+    ) -> None:
+        self._sockets = sockets
+        self._rooms = rooms
+        self._recovery = recovery
+        self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        server = self._server
         yield GaugeMetricFamily(
-            "smartsocket_connections", "Connected sockets", value=len(server._sockets)
+            "smartsocket_connections", "Connected sockets", value=len(self._sockets)
         )
         yield GaugeMetricFamily(
-            "smartsocket_rooms", "Rooms with members", value=len(server._registry)
+            "smartsocket_rooms", "Rooms with members", value=len(self._rooms)
         )
-        recovery = server._recovery
+        recovery = self._recovery
         if recovery is not None:
             yield GaugeMetricFamily(
                 "smartsocket_held_sessions", "Dropped sessions that may still resume",
@@ -51,7 +59,7 @@ class ServerCollector(Collector):
             resumes.add_metric(["recovered"], recovery.recovered)
             resumes.add_metric(["failed"], recovery.failed)
             yield resumes
-        stats = server._stats
+        stats = self._stats
         if stats is None:
             return
         counters = (
@@ -100,9 +108,9 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
-def registry_for(server: SmartSocket) -> CollectorRegistry:
+def registry_for(collector: ServerCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(ServerCollector(server))
+    registry.register(collector)
     ProcessCollector(registry=registry)
     return registry
 

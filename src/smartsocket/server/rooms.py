@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
     from smartsocket.config import Config
     from smartsocket.metrics import Stats
-    from smartsocket.server.app import SmartSocket
     from smartsocket.server.socket import Socket
 
 SendFrame = Callable[[bytes], None]
@@ -126,13 +125,29 @@ class RoomLimits:
             del self._buckets[name]
 
 
+class RoomContext:
+    """What ``Room`` handles and ``RoomsView`` use of their server: the registry, the per-room
+    rates, the broadcast (``Broadcaster.send``, bound once) and the cluster."""
+
+    __slots__ = ("broadcast", "cluster", "limits", "registry")
+
+    def __init__(
+        self, registry: RoomRegistry, limits: RoomLimits, broadcast: Callable[..., int],
+        cluster: ClusterNode,
+    ) -> None:
+        self.registry = registry
+        self.limits = limits
+        self.broadcast = broadcast
+        self.cluster = cluster
+
+
 class Room:
     """A room by name. ``server.room(name)`` returns one; members come and go."""
 
-    __slots__ = ("_server", "name")
+    __slots__ = ("_ctx", "name")
 
-    def __init__(self, server: SmartSocket, name: str) -> None:
-        self._server = server
+    def __init__(self, context: RoomContext, name: str) -> None:
+        self._ctx = context
         self.name = name
 
     def broadcast(
@@ -150,11 +165,12 @@ class Room:
         With ``room_rate_limit_messages`` set, raises LimitExceeded (``rate_limited``) when the
         room is over its rate; in a handler that becomes the sender's ack error.
         """
-        server = self._server
-        if server._config.room_rate_limit_messages:
-            server._room_limits.check(self.name)
-        return server._broadcast(
-            server._registry.members(self.name), event, data, exclude, binary, self.name
+        ctx = self._ctx
+        limits = ctx.limits
+        if limits.rate:
+            limits.check(self.name)
+        return ctx.broadcast(
+            ctx.registry.members(self.name), event, data, exclude, binary, self.name
         )
 
     emit = broadcast
@@ -163,30 +179,33 @@ class Room:
         """In a cluster, the first local member's join subscribes this node to the room's
         channel: await this (e.g. before acking a join) to be sure broadcasts made on other
         nodes from now on reach the room's members here. False on timeout or no local member."""
-        return await self._server._cluster.subscribed(self.name, timeout)
+        return await self._ctx.cluster.subscribed(self.name, timeout)
 
     async def presence(self, *, timeout: float = 2.0) -> list[PresenceMember]:
         """Members cluster-wide, each with the ``socket.presence`` info its app set."""
-        return await self._server._cluster.presence(self.name, timeout)
+        return await self._ctx.cluster.presence(self.name, timeout)
 
     @property
     def sockets(self) -> list[Socket]:
-        return list(self._server._registry.members(self.name))
+        return list(self._ctx.registry.members(self.name))
 
     def socket_count(self) -> int:
-        return len(self._server._registry.members(self.name))
+        return len(self._ctx.registry.members(self.name))
 
     def __len__(self) -> int:
         return self.socket_count()
 
     def __contains__(self, socket: object) -> bool:
-        return socket in self._server._registry.members(self.name)
+        return socket in self._ctx.registry.members(self.name)
 
     def __iter__(self) -> Iterator[Socket]:
         return iter(self.sockets)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Room) and other.name == self.name and other._server is self._server
+        if not isinstance(other, Room):
+            return False
+        room: Room = other
+        return room.name == self.name and room._ctx is self._ctx
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -198,18 +217,18 @@ class Room:
 class RoomsView(Mapping[str, Room]):
     """``server.rooms``: a read-only mapping of the rooms that have members."""
 
-    __slots__ = ("_server",)
+    __slots__ = ("_ctx",)
 
-    def __init__(self, server: SmartSocket) -> None:
-        self._server = server
+    def __init__(self, context: RoomContext) -> None:
+        self._ctx = context
 
     def __getitem__(self, name: str) -> Room:
-        if name not in self._server._registry:
+        if name not in self._ctx.registry:
             raise KeyError(name)
-        return Room(self._server, name)
+        return Room(self._ctx, name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._server._registry.names())
+        return iter(self._ctx.registry.names())
 
     def __len__(self) -> int:
-        return len(self._server._registry)
+        return len(self._ctx.registry)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from smartsocket.acks import AckTracker
 from smartsocket.errors import ConnectionClosed
@@ -16,15 +15,17 @@ from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
 from smartsocket.protocol.names import check_event, name_problem
-from smartsocket.security import LimitExceeded, TokenBucket
+from smartsocket.security import LimitExceeded
+from smartsocket.server.context import SocketConnection
 from smartsocket.server.recovery import Replies
 from smartsocket.server.users import user_of
 from smartsocket.transport import HandshakeRequest
 
 if TYPE_CHECKING:
-    from smartsocket.compression import MessageDeflater
-    from smartsocket.server.app import SmartSocket
+    from smartsocket.server.context import SocketContext
     from smartsocket.server.recovery import SessionState
+
+__all__ = ["LOCAL_EVENTS", "OWN", "PLAIN", "SHARED", "Socket", "SocketConnection"]
 
 logger = logging.getLogger("smartsocket.server")
 
@@ -32,31 +33,6 @@ PLAIN, SHARED, OWN = 0, 1, 2  # Socket.compression_mode
 
 # Names with a local meaning; a client may not send events with these names.
 LOCAL_EVENTS = frozenset({"connect", "disconnect", "error"})
-
-
-
-class SocketConnection(Protocol):
-    """What a Socket and the server use of its connection: ``transport.ServerConnection``
-    natively; the bridges of smartsocket.asgi and smartsocket.integrations implement it too
-    (with ``deflater = None``: broadcasts only ever hand them plain frames)."""
-
-    @property
-    def closed(self) -> bool: ...
-
-    @property
-    def remote_address(self) -> tuple[Any, ...] | None: ...
-
-    @property
-    def deflater(self) -> MessageDeflater | None: ...
-
-    def send_frame(self, frame: bytes) -> None: ...
-
-    def send_message(self, payload: bytes, binary: bool = False) -> int: ...
-
-    def close(self, code: int = ..., reason: str = "") -> None: ...
-
-    def abort(self) -> None: ...
-
 
 _decode = envelope.decode
 _encode_event = envelope.encode_event
@@ -72,19 +48,15 @@ class Socket:
         "_acks",
         "_auth_timer",
         "_conn",
-        "_errors",
+        "_ctx",
         "_handlers",
         "_inbox",
         "_limiter",
-        "_ping_sent_at",
-        "_ping_value",
         "_rec",
         "_resuming",
         "_rooms",
         "_running",
         "_send_frame",
-        "_server",
-        "_strikes",
         "authenticated",
         "close_code",
         "close_reason",
@@ -101,12 +73,12 @@ class Socket:
     )
 
     def __init__(
-        self, server: SmartSocket, request: HandshakeRequest, *, authenticated: bool = True,
+        self, context: SocketContext, request: HandshakeRequest, *, authenticated: bool = True,
         identity: Any = None,
     ) -> None:
-        self._server = server
+        self._ctx = context  # the server's parts it uses (server/context.py)
         self.request = request
-        self.id = server._cluster.new_sid()  # in a cluster: "<node id>.<random>"
+        self.id = context.cluster.new_sid()  # in a cluster: "<node id>.<random>"
         self.token = secrets.token_urlsafe(24)  # session token for resuming (protocol.md)
         self.data: dict[str, Any] = {}
         self.presence: dict[str, Any] = {}  # public info shown in room presence (cluster-wide)
@@ -120,8 +92,6 @@ class Socket:
         self._send_frame: Callable[[bytes], None] = _drop
         # Packets that arrived while an async on_connection handler was still running.
         self._inbox: list[envelope.Packet] | None = None
-        self._ping_value: int | None = None
-        self._ping_sent_at = 0.0
         # How broadcasts reach this socket: PLAIN frames, the SHARED compressed frame, or
         # compressed by its OWN deflater (context takeover).
         self.compression_mode = PLAIN  # how broadcasts reach it (server/fanout.py)
@@ -133,12 +103,10 @@ class Socket:
         # The user it belongs to (server/users.py): from the identity, or server.set_user.
         self.user: str | None = user_of(identity)
         self._auth_timer: asyncio.TimerHandle | None = None
-        self._limiter = server._new_limiter()
-        self._strikes: TokenBucket | None = None  # made on the first refusal
-        self._errors: TokenBucket | None = None  # the error-rate rule, made on the first error
+        self._limiter = context.new_limiter()
         self._running = 0  # async handlers that owe this socket an ack
         # Connection state recovery (server/recovery.py): None while recovery_window is 0.
-        self._rec: SessionState | None = server._resumer.new_session_state(self)
+        self._rec: SessionState | None = context.resumer.new_session_state(self)
         self._resuming = False  # waiting for the client's $resume before $welcome
         self.recovered = False  # this connection resumed a dropped session (same id)
 
@@ -193,7 +161,7 @@ class Socket:
             binary = _needs_binary(data)
         rec = self._rec
         if rec is not None:  # numbered and logged, for replay after a reconnect
-            recovery = self._server._recovery
+            recovery = self._ctx.recovery
             assert recovery is not None
             self._send_payload(recovery.direct_message(rec, event, data, binary), binary)
         else:
@@ -213,12 +181,13 @@ class Socket:
         check_event(event)
         if not self.connected:
             raise ConnectionClosed(self.close_code, self.close_reason)
-        if len(self._acks) >= self._server.config.max_pending_acks:
+        cfg = self._ctx.config
+        if len(self._acks) >= cfg.max_pending_acks:
             raise LimitExceeded(
                 ErrorCode.TOO_MANY_PENDING, "max_pending_acks calls already wait for this socket"
             )
         if timeout is None:
-            timeout = self._server.config.message_timeout
+            timeout = cfg.message_timeout
         if binary is None:
             binary = _needs_binary(data)
         ack_id, future = self._acks.create(event, timeout)
@@ -236,7 +205,8 @@ class Socket:
         Raises LimitExceeded (an AckError: in a handler it becomes the ack error) with code
         ``invalid_name`` or ``room_limit``.
         """
-        cfg = self._server.config
+        ctx = self._ctx
+        cfg = ctx.config
         problem = name_problem("room", room, cfg.max_name_length)
         if problem is not None:
             raise LimitExceeded(ErrorCode.INVALID_NAME, problem)
@@ -246,11 +216,11 @@ class Socket:
             raise LimitExceeded(
                 ErrorCode.ROOM_LIMIT, f"a socket may be in {cfg.max_rooms_per_socket} rooms"
             )
-        if self._server._registry.add(room, self, self._send_frame):
+        if ctx.registry.add(room, self, self._send_frame):
             self._rooms[room] = None
             rec = self._rec
             if rec is not None:  # a resume replays what the room got from here on
-                recovery = self._server._recovery
+                recovery = ctx.recovery
                 assert recovery is not None
                 rec.joined[room] = recovery.position(room)
 
@@ -260,16 +230,20 @@ class Socket:
         self.presence = info
         if not self.connected:
             return
-        cluster = self._server._cluster
+        cluster = self._ctx.cluster
         for room in self._rooms:
             if cluster.is_presence_room(room):
                 cluster.presence_state.changed(room, self, joined=True, updated=True)
 
     def leave(self, room: str) -> None:
-        if self._server._registry.discard(room, self):
+        if self._ctx.registry.discard(room, self):
             self._rooms.pop(room, None)
             if self._rec is not None:
                 self._rec.joined.pop(room, None)
+
+    def room_removed(self, room: str) -> None:
+        """The server removed ``room`` with every member (``server.remove_room``)."""
+        self._rooms.pop(room, None)
 
     def disconnect(self, code: int = CloseCode.KICKED, reason: str = "") -> None:
         """Close the connection (default 4000: kicked by the application)."""
@@ -286,10 +260,11 @@ class Socket:
             shareable = deflater.stateless and deflater.window_bits == 15
             self.compression_mode = SHARED if shareable else OWN
         self.connected = True
-        self._server._on_open(self)
+        self._ctx.connections.on_open(self)
 
     def on_message(self, payload: bytes | memoryview, binary: bool, wire_size: int) -> None:
-        stats = self._server._stats
+        ctx = self._ctx
+        stats = ctx.stats
         if stats is not None:
             stats.messages_in += 1
             stats.bytes_in += len(payload)
@@ -305,7 +280,7 @@ class Socket:
             return
         except EnvelopeError as exc:
             if limiter is not None:
-                now = self._server._clock()
+                now = ctx.clock()
                 wait = limiter.check("", len(payload), now)
                 if wait:
                     self._rate_limited(None, exc.ack_id, binary, wait, now)
@@ -313,7 +288,7 @@ class Socket:
             self._refuse(exc.code, exc.message, ack_id=exc.ack_id, binary=binary)
             return
         if limiter is not None:
-            now = self._server._clock()
+            now = ctx.clock()
             if type(packet) is Event:
                 wait = limiter.check(packet.name, len(payload), now)
                 if wait:
@@ -338,10 +313,12 @@ class Socket:
         self.close_reason = reason
         self._send_frame = _drop
         self._acks.fail_all(ConnectionClosed(code, reason))
-        registry = self._server._registry
+        ctx = self._ctx
+        ctx.abuse.forget(self)
+        registry = ctx.registry
         for room in self._rooms:
             registry.discard(room, self)
-        self._server._on_close(self, code, reason)
+        ctx.connections.on_close(self, code, reason)
         self._rooms.clear()
 
     # dispatch
@@ -357,7 +334,7 @@ class Socket:
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
             elif (
-                problem := name_problem("event", name, self._server._config.max_name_length)
+                problem := name_problem("event", name, self._ctx.config.max_name_length)
             ) is not None:
                 self._refuse(
                     ErrorCode.INVALID_NAME, problem, ack_id=packet.ack_id, binary=packet.binary,
@@ -368,7 +345,7 @@ class Socket:
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
             elif packet.meta is None or self._dedupe(packet):
-                self._server._dispatch(self, packet)
+                self._ctx.dispatch(self, packet)
         else:
             assert type(packet) is AckReply
             if not self._acks.resolve_reply(packet):
@@ -380,11 +357,7 @@ class Socket:
     def _system_event(self, packet: Event) -> None:
         name = packet.name
         if name == "$pong":
-            if packet.data == self._ping_value and self._ping_value is not None:
-                self._ping_value = None
-                stats = self._server._stats
-                if stats is not None:
-                    stats.record_rtt(time.monotonic() - self._ping_sent_at)
+            self._ctx.liveness.pong(self, packet.data)
         elif name == "$ping":  # the client measures its own round trip
             binary = packet.binary
             try:
@@ -395,23 +368,37 @@ class Socket:
                 return
             self._send_payload(pong, binary)
         elif name == "$auth":
-            self._server._auth_message(self, packet)
-        elif name == "$resume" and self._server._recovery is not None:
-            self._server._resumer.resume_message(self, packet)
+            if self.authenticated:
+                self._refuse(
+                    ErrorCode.BAD_MESSAGE, "already authenticated", event=name,
+                    ack_id=packet.ack_id, binary=packet.binary,
+                )
+            else:
+                self._ctx.connections.auth_message(self, packet)
+        elif name == "$resume" and self._ctx.recovery is not None:
+            self._ctx.resumer.resume_message(self, packet)
         else:
             self._refuse(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
                 event=name, ack_id=packet.ack_id, binary=packet.binary,
             )
 
-    def _handlers_for(self, event: str) -> list[Handler] | None:
+    def handlers_for(self, event: str) -> list[Handler] | None:
+        """This socket's own handlers of ``event`` (``on``), or None: the server's apply."""
         if self._handlers is not None:
             handlers = self._handlers.get(event)
             if handlers:
                 return handlers
         return None
 
-    def _flush_inbox(self) -> None:
+    def hold_inbox(self) -> None:
+        """Hold what it sends until ``flush_inbox`` (an async ``on_connection`` handler is
+        still registering the handlers)."""
+        if self._inbox is None:
+            self._inbox = []
+
+    def flush_inbox(self) -> None:
+        """Handle what was held, in order, and stop holding."""
         inbox, self._inbox = self._inbox, None
         for packet in inbox or ():
             if not self.connected:
@@ -431,9 +418,26 @@ class Socket:
         if conn is None or not self.connected:
             return
         wire = conn.send_message(payload, binary)
-        stats = self._server._stats
+        stats = self._ctx.stats
         if stats is not None:
             stats.record_out(1, len(payload), wire)
+
+    # An encoded message (welcome, replay, $ping, a cluster's direct send) to this client.
+    send_encoded = _send_payload
+
+    @property
+    def send_frame(self) -> Callable[[bytes], None]:
+        """Writes a ready frame to this client (what rooms and broadcasts hold for it)."""
+        return self._send_frame
+
+    @property
+    def session(self) -> SessionState | None:
+        """Its recovery session (None while ``recovery_window`` is 0)."""
+        return self._rec
+
+    @property
+    def connection(self) -> SocketConnection | None:
+        return self._conn
 
     def reply(self, ack_id: int, result: Any, *, binary: bool = False) -> None:
         """Send the ack reply for ``ack_id`` (done for you when a handler returns). It goes in
@@ -442,9 +446,10 @@ class Socket:
         if rec is not None and rec.replies is not None and ack_id in rec.replies.running:
             self._settle_call(rec, ack_id, result, None, binary)
             return
-        self._answer(ack_id, result, binary)
+        self.answer(ack_id, result, binary)
 
-    def _answer(self, ack_id: int, result: Any, binary: bool) -> None:
+    def answer(self, ack_id: int, result: Any, binary: bool) -> None:
+        """Send the ack reply for ``ack_id`` now (``reply`` first settles a keyed call)."""
         binary = binary or _needs_binary(result)
         try:
             payload = envelope.encode_ack(ack_id, result, binary=binary)
@@ -476,7 +481,7 @@ class Socket:
         else:
             payload = envelope.encode_error(code, message, event=event, retry_after=retry_after)
             binary = False
-        stats = self._server._stats
+        stats = self._ctx.stats
         if stats is not None:
             stats.errors_sent += 1
         self._send_payload(payload, binary)
@@ -501,14 +506,14 @@ class Socket:
             return True
         replies = rec.replies
         if replies is None:
-            recovery = self._server._recovery
+            recovery = self._ctx.recovery
             assert recovery is not None
             replies = rec.replies = Replies(recovery.reply_limit)
         done = replies.done.get(key)
         if done is not None:  # ran already: answer again
             result, error = done
             if error is None:
-                self._answer(ack_id, result, packet.binary)
+                self.answer(ack_id, result, packet.binary)
             else:
                 self.reject(error[0], error[1], ack_id=ack_id, retry_after=error[2],
                             binary=packet.binary)
@@ -527,10 +532,10 @@ class Socket:
         assert rec.replies is not None
         waiting = rec.replies.finish(ack_id, result, error)
         if rec.owner is None:  # held: in a cluster, its stored copy learns the outcome
-            self._server._resumer.session_changed(self.id, rec)
+            self._ctx.resumer.session_changed(self.id, rec)
         for waiting_id, socket in waiting:
             if error is None:
-                socket._answer(waiting_id, result, binary)
+                socket.answer(waiting_id, result, binary)
             else:
                 socket.reject(error[0], error[1], ack_id=waiting_id, retry_after=error[2],
                               binary=binary)
@@ -539,49 +544,19 @@ class Socket:
         self, code: str, message: str, *, event: str | None = None, ack_id: int | None = None,
         binary: bool = False,
     ) -> None:
-        """Refuse a message that breaks the protocol (malformed, unknown ack id, reserved or
-        invalid name, not authenticated yet) and count it against the error-rate rule:
-        more than ``error_limit`` such messages within 10 s close the socket with 1008."""
+        """Refuse a message that breaks the protocol; it counts against the error-rate rule
+        (server/abuse.py)."""
         self.reject(code, message, event=event, ack_id=ack_id, binary=binary)
-        limit = self._server._config.error_limit
-        if not limit or not self.connected:
-            return
-        now = self._server._clock()
-        errors = self._errors
-        if errors is None:
-            errors = self._errors = TokenBucket(limit / 10, limit, now)
-        if errors.take(now):
-            stats = self._server._stats
-            if stats is not None:
-                stats.error_closes += 1
-            logger.info(
-                "closing %s: over the error-rate rule", self.id,
-                extra={"event": "limit", "limit": "errors", "sid": self.id},
-            )
-            self.fail(CloseCode.POLICY_VIOLATION, "too many invalid messages")
+        self._ctx.abuse.refused(self, self._ctx.clock)
 
     def _rate_limited(
         self, event: str | None, ack_id: int | None, binary: bool, wait: float, now: int
     ) -> None:
-        stats = self._server._stats
-        if stats is not None:
-            stats.rate_limited += 1
-        logger.debug(
-            "rate limited %s on %r", self.id, event,
-            extra={"event": "limit", "limit": "rate", "sid": self.id, "retry_after": wait},
-        )
         self.reject(
             ErrorCode.RATE_LIMITED, "too many messages; slow down", event=event,
             ack_id=ack_id, retry_after=round(wait, 3), binary=binary,
         )
-        strikes = self._strikes
-        if strikes is None:
-            limit = self._server.config.rate_limit_strikes
-            strikes = self._strikes = TokenBucket(limit / 10, limit, now)
-        if strikes.take(now):  # refused too often: abuse, not a burst
-            if stats is not None:
-                stats.rate_limit_closes += 1
-            self.fail(CloseCode.RATE_LIMITED, "rate limit abuse")
+        self._ctx.abuse.rate_limited(self, event, wait, now)
 
     def fail(self, code: int, reason: str) -> None:
         logger.info(
@@ -591,20 +566,27 @@ class Socket:
         if self._conn is not None:
             self._conn.close(code, reason)
 
-    # heartbeat
+    # admission: until admitted (authenticated, or resumed) it has a deadline
 
-    @property
-    def ping_pending(self) -> bool:
-        """A ``$ping`` sent to it is still unanswered."""
-        return self._ping_value is not None
+    def set_deadline(self, delay: float, expired: Callable[[Socket], None]) -> None:
+        self._auth_timer = asyncio.get_running_loop().call_later(delay, expired, self)
 
-    def ping(self, value: int, now: float) -> None:
-        self._ping_value = value
-        self._ping_sent_at = now
-        self._send_payload(_encode_event("$ping", value), False)
+    def clear_deadline(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
 
-    def ping_overdue(self, value: int) -> bool:
-        return self._ping_value == value
+    # async handlers that owe this socket an ack (EventRouter)
+
+    def call_started(self, limit: int) -> bool:
+        """Count one more; False (not counted) when ``limit`` run already."""
+        if self._running >= limit:
+            return False
+        self._running += 1
+        return True
+
+    def call_finished(self) -> None:
+        self._running -= 1
 
 
 def _is_resume(packet: envelope.Packet) -> bool:
