@@ -35,7 +35,13 @@ ALLOWED: dict[str, set[str]] = {
     # client.backoff is a pure function the broker adapters share (see MODULE_ALLOWED).
     "cluster": SHARED | EDGES,
     "recovery": SHARED | EDGES | {"cluster"},
-    "server": SHARED | EDGES | {"cluster", "recovery"},
+    # token auth and room policies (issue 19): sans-I/O but for the JWKS fetch; below server
+    "room_patterns": SHARED | {"protocol"},
+    "auth": SHARED | {"protocol", "room_patterns"},
+    "policies": SHARED | {"protocol", "auth", "room_patterns"},
+    "config_file": SHARED | {"protocol", "policies", "room_patterns"},
+    "server": SHARED | EDGES | {"cluster", "recovery", "auth", "policies", "room_patterns",
+                                "config_file"},
 }
 # Single modules another part may import although its package is not allowed.
 MODULE_ALLOWED: dict[str, set[str]] = {

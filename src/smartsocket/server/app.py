@@ -9,16 +9,19 @@ import logging
 import signal
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from smartsocket.auth.tokens import TokenVerifier
 from smartsocket.cluster.messages import PresenceMember, SocketRecord
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
+from smartsocket.errors import ConfigError
 from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
+from smartsocket.policies import Join, Publish, RoomPolicy
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
@@ -34,8 +37,10 @@ from smartsocket.server.listener import bind, run
 from smartsocket.server.local import LocalSide
 from smartsocket.server.recovery import Recovery
 from smartsocket.server.resume import Resumer
+from smartsocket.server.room_policy import RoomGate
 from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
+from smartsocket.server.tokens import TokenSessions
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
@@ -75,7 +80,13 @@ class SmartSocket:
         self._broadcast = self._broadcaster.send  # bound once (Room.broadcast calls it)
         self._registry.hook = self._cluster
         self._limit_overrides: dict[str, RateLimit] = {}
-        self._admission = Admission(self)
+        # Token auth and room policies (server/tokens.py, server/room_policy.py), rebuilt with
+        # the config. Token expiry reads this clock (Unix seconds; tests inject one).
+        self._token_clock: Callable[[], float] = time.time
+        self._policy_list: dict[str, RoomPolicy] = {}
+        self._token_sessions = TokenSessions(None)
+        self._room_gate = self._new_gate(self._config)
+        self._admission = Admission(self, self._token_sessions)
         self._default_limit: RateLimit | None = None
         # Per-room broadcast rates; they read the clock at each use (tests replace it).
         self._room_limits = RoomLimits(self._config, lambda: self._clock())
@@ -128,7 +139,9 @@ class SmartSocket:
             raise RuntimeError("cannot reconfigure a running server")
         hook = self._admission._hook
         self._config = config
-        self._admission = Admission(self)
+        self._token_sessions = TokenSessions(self._new_verifier(config))
+        self._room_gate = self._new_gate(config)
+        self._admission = Admission(self, self._token_sessions)
         self._admission._hook = hook
         self._stats = Stats() if config.enable_metrics else None
         # With metrics off the stats keep their shape: counters that never move (zeros).
@@ -147,6 +160,49 @@ class SmartSocket:
             self._default_limit = RateLimit(
                 config.rate_limit_messages, config.rate_limit_burst, config.rate_limit_bytes
             )
+
+    def _new_verifier(self, config: Config) -> TokenVerifier | None:
+        if config.jwt_secret is None and config.jwt_public_key is None and (
+            config.jwt_jwks is None
+        ):
+            return None
+        try:
+            return TokenVerifier.from_options(
+                jwt_secret=config.jwt_secret, jwt_public_key=config.jwt_public_key,
+                jwt_jwks=config.jwt_jwks, jwt_audience=config.jwt_audience,
+                jwt_issuer=config.jwt_issuer, jwt_leeway=config.jwt_leeway,
+                clock=lambda: self._token_clock(), monotonic=lambda: self._token_clock(),
+            )
+        except ValueError as exc:
+            source = next(n for n in ("jwt_secret", "jwt_public_key", "jwt_jwks")
+                          if getattr(config, n) is not None)
+            raise ConfigError(source, str(exc)) from None
+
+    def _new_gate(self, config: Config) -> RoomGate:
+        gate = RoomGate(
+            deny_by_default=config.rooms_deny_by_default,
+            verifier=self._token_sessions.verifier, clock=lambda: self._token_clock(),
+            monotonic_ns=lambda: self._clock(), has_room=self._registry.__contains__,
+        )
+        for pattern, policy in self._policy_list.items():
+            gate.set(pattern, policy)
+        return gate
+
+    @classmethod
+    def from_file(
+        cls, path: str, environ: Mapping[str, str] | None = None, **options: Any
+    ) -> SmartSocket:
+        """A server configured by the TOML file ``path`` (options and ``[rooms."..."]``
+        policies, docs/auth.md), overlaid by env vars, overlaid by ``options``."""
+        import os
+
+        from smartsocket.config_file import layered, load
+
+        file = load(path)
+        server = cls(config=Config(**layered(file, os.environ if environ is None else environ,
+                                             options)))
+        server.add_policies(file.rooms)
+        return server
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> SmartSocket:
@@ -181,6 +237,44 @@ class SmartSocket:
         just after it, refusal: close 4001) and again for a ``$auth`` message. A decorator."""
         self._admission.set_hook(hook)
         return hook
+
+    def policy(
+        self, pattern: str, policy: RoomPolicy | None = None, *,
+        join: str | Iterable[str] = "anyone", publish: str = "members", presence: bool = False,
+        history_size: int | None = None, history_ttl: float | None = None,
+        rate: float | None = None, burst: float | None = None,
+    ) -> RoomPolicy:
+        """Set the policy of the rooms ``pattern`` matches (``chat:*``, ``admin``, ``*``):
+        who may ``join`` (anyone, authenticated, grant, user, subscription, server; several
+        of which any suffices) and ``publish`` (members, grant, server) from the client side
+        (``socket.join``, ``socket.publish``), ``presence``, history and a broadcast ``rate``
+        (per second) with its ``burst``. Raises ValueError. See docs/auth.md."""
+        if policy is None:
+            policy = RoomPolicy(
+                join=frozenset(Join(j) for j in ((join,) if isinstance(join, str) else join)),
+                publish=Publish(publish), presence=presence, history_size=history_size,
+                history_ttl=history_ttl, rate_limit_messages=rate, rate_limit_burst=burst,
+            )
+        self._room_gate.set(pattern, policy)  # checks the pattern first
+        self._policy_list[pattern] = policy
+        if policy.presence:
+            self._cluster.enable_presence(pattern)
+        return policy
+
+    def add_policies(self, policies: Mapping[str, RoomPolicy]) -> None:
+        """Several policies by pattern (e.g. a config file's ``rooms``)."""
+        for pattern, policy in policies.items():
+            self.policy(pattern, policy)
+
+    @property
+    def policies(self) -> Mapping[str, RoomPolicy]:
+        """The room policies by pattern (read-only)."""
+        return types.MappingProxyType(self._policy_list)
+
+    def expire_tokens(self) -> int:
+        """Close the sockets whose token expired without a refresh (4003) and end room
+        memberships whose subscription token did, now (a timer does it every second)."""
+        return self._token_sessions.expire_due()
 
     def rate_limit(
         self, event: str, messages: float | None, *, burst: float | None = None,
@@ -412,6 +506,7 @@ class SmartSocket:
         if not self._started:
             self._closed = asyncio.Event()
             self._connections.closing = False
+            await self._token_sessions.start()  # a JWKS URL: keys before the first token
             await self._cluster.start(self.config)  # before the first socket (its id)
             if self._recovery is not None:
                 self._recovery.broker = self._cluster.recovery  # Redis holds it in a cluster
@@ -476,6 +571,7 @@ class SmartSocket:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self._token_sessions.stop()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         live.close_all(self)

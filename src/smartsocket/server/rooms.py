@@ -151,7 +151,10 @@ class Room:
         room is over its rate; in a handler that becomes the sender's ack error.
         """
         server = self._server
-        if server._config.room_rate_limit_messages:
+        gate = server._room_gate
+        if gate.active and gate.check_rate(self.name):
+            pass  # the room's policy sets its rate
+        elif server._config.room_rate_limit_messages:
             server._room_limits.check(self.name)
         return server._broadcast(
             server._registry.members(self.name), event, data, exclude, binary, self.name

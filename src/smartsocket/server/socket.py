@@ -6,7 +6,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smartsocket.acks import AckTracker
@@ -21,6 +22,7 @@ from smartsocket.server.recovery import Replies
 from smartsocket.transport import HandshakeRequest
 
 if TYPE_CHECKING:
+    from smartsocket.auth.tokens import SubscriptionClaims, TokenClaims
     from smartsocket.compression import MessageDeflater
     from smartsocket.server.app import SmartSocket
     from smartsocket.server.recovery import SessionState
@@ -96,6 +98,8 @@ class Socket:
         "recovered",
         "request",
         "token",
+        "token_claims",
+        "user",
     )
 
     def __init__(
@@ -137,6 +141,9 @@ class Socket:
         self._rec: SessionState | None = server._resumer.new_session_state(self)
         self._resuming = False  # waiting for the client's $resume before $welcome
         self.recovered = False  # this connection resumed a dropped session (same id)
+        # The user a JWT connection token named (its sub), and the verified token.
+        self.user: str | None = None
+        self.token_claims: TokenClaims | None = None
 
     def __repr__(self) -> str:
         return f"<Socket {self.id} rooms={sorted(self._rooms)}>"
@@ -150,6 +157,12 @@ class Socket:
     def joined_rooms(self) -> list[str]:
         """The rooms it is in, in the order it joined them."""
         return list(self._rooms)
+
+    @property
+    def claims(self) -> Mapping[str, Any]:
+        """Every claim of the connection token (read-only; empty without one)."""
+        claims = self.token_claims
+        return claims.claims if claims is not None else _NO_CLAIMS
 
     @property
     def remote_address(self) -> tuple[Any, ...] | None:
@@ -226,11 +239,18 @@ class Socket:
         self._send_payload(payload, binary)
         return await future
 
-    def join(self, room: str) -> None:
+    def join(
+        self, room: str, *, token: str | SubscriptionClaims | None = None,
+        by_server: bool = False,
+    ) -> None:
         """Join ``room`` (no-op if already a member).
 
+        With room policies (docs/auth.md) the join is the client's, checked against the
+        room's policy (``token``: a subscription token the client sent for it), unless
+        ``by_server`` (the application's own decision: never refused by a policy).
+
         Raises LimitExceeded (an AckError: in a handler it becomes the ack error) with code
-        ``invalid_name`` or ``room_limit``.
+        ``invalid_name``, ``room_limit`` or ``forbidden``.
         """
         cfg = self._server.config
         problem = name_problem("room", room, cfg.max_name_length)
@@ -242,6 +262,10 @@ class Socket:
             raise LimitExceeded(
                 ErrorCode.ROOM_LIMIT, f"a socket may be in {cfg.max_rooms_per_socket} rooms"
             )
+        gate = self._server._room_gate
+        decision = None
+        if gate.active and not by_server:
+            decision = gate.check_join(self, room, token)
         if self._server._registry.add(room, self, self._send_frame):
             self._rooms[room] = None
             rec = self._rec
@@ -249,6 +273,26 @@ class Socket:
                 recovery = self._server._recovery
                 assert recovery is not None
                 rec.joined[room] = recovery.position(room)
+            if decision is not None and gate.by_subscription(room, decision):
+                self._server._token_sessions.hold_room(self, room, None, decision.expires)
+
+    def publish(
+        self, room: str, event: str, data: Any = None, *, include_self: bool = True,
+        binary: bool | None = None,
+    ) -> int:
+        """Broadcast ``event`` to ``room`` on this client's behalf: the room's policy decides
+        whether it may (``publish``: members, grant, server; LimitExceeded ``forbidden``).
+        Returns the deliveries made on this node."""
+        gate = self._server._room_gate
+        if gate.active:
+            gate.check_publish(self, room)
+        return self._server.room(room).broadcast(
+            event, data, exclude=None if include_self else self, binary=binary
+        )
+
+    def send_system(self, event: str, data: Any) -> None:
+        """Send a protocol event (a ``$`` name, docs/protocol.md section 3)."""
+        self._send_payload(_encode_event(event, data), False)
 
     def set_presence(self, info: dict[str, Any]) -> None:
         """Change this socket's public presence info (``socket.presence``, e.g. a status):
@@ -262,6 +306,7 @@ class Socket:
                 cluster.presence_state.changed(room, self, joined=True, updated=True)
 
     def leave(self, room: str) -> None:
+        self._server._token_sessions.drop_room(self, room)
         if self._server._registry.discard(room, self):
             self._rooms.pop(room, None)
             if self._rec is not None:
@@ -392,6 +437,8 @@ class Socket:
             self._send_payload(pong, binary)
         elif name == "$auth":
             self._server._auth_message(self, packet)
+        elif name == "$refresh" and self.authenticated:
+            self._server._token_sessions.refresh_message(self, packet)
         elif name == "$resume" and self._server._recovery is not None:
             self._server._resumer.resume_message(self, packet)
         else:
@@ -605,6 +652,9 @@ class Socket:
 
 def _is_resume(packet: envelope.Packet) -> bool:
     return type(packet) is Event and packet.name == "$resume"
+
+
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
 def _drop(frame: bytes) -> None:
