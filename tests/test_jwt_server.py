@@ -5,6 +5,7 @@ server's ``_token_clock``), never real seconds of waiting for an expiry."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -494,3 +495,72 @@ def test_cli_config_flag_layers_the_file(tmp_path: Path) -> None:
     args = build_parser().parse_args(["serve"])
     file = config_file_from_args(args, {"SMARTSOCKET_CONFIG": str(path)})
     assert file is not None and file.options["port"] == 9000
+
+
+# --- the Python client: get_token, refresh ahead of expiry, reconnect after 4003
+
+
+async def test_python_client_refreshes_by_itself_and_loses_nothing() -> None:
+    """A "long-running" session with 10 s tokens over 120 s of driven time: the client
+    refreshes ahead of each expiry (jittered), the server never closes it, and every message
+    sent meanwhile arrives, in order."""
+    import random
+
+    from smartsocket import Client
+
+    clock = tk.FakeClock()
+    minted: list[float] = []
+
+    async def get_token() -> str:
+        minted.append(clock.now)
+        return tk.sign(tk.claims(iat=clock.now, exp=clock.now + 10))
+
+    server = jwt_server(clock, jwt_leeway=0)
+    got: list[int] = []
+    async with running(server):
+        client = Client(server.url, get_token=get_token, token_clock=clock,
+                        token_rng=random.Random(7))
+        client.on("tick", got.append)
+        await client.connect()
+        me = next(iter(server.sockets.values()))
+        for step in range(120):
+            clock.advance(1)
+            await client.check_token()
+            assert server.expire_tokens() == 0, f"closed at step {step}"
+            me.send("tick", step)
+        await wait_for(lambda: len(got) == 120, 10)
+        assert got == list(range(120)) and me.connected
+        assert client.tokens is not None and client.tokens.refreshes >= 12
+        # Each refresh came 2.5-3.5 s before the 10 s token ran out (a quarter, minus jitter).
+        gaps = [b - a for a, b in itertools.pairwise(minted)]
+        assert all(6 <= gap <= 8 for gap in gaps), gaps
+        await client.close()
+
+
+async def test_python_client_gets_a_new_token_after_4003() -> None:
+    from smartsocket import Client
+
+    clock = tk.FakeClock()
+    tokens = [tk.sign(tk.claims(exp=tk.NOW + 10)), tk.sign(tk.claims(exp=tk.NOW + 3600))]
+    calls = []
+
+    def get_token() -> str:
+        calls.append(1)
+        return tokens[min(len(calls), 2) - 1]
+
+    server = jwt_server(clock, jwt_leeway=0)
+    async with running(server):
+        client = Client(server.url, get_token=get_token, token_clock=clock,
+                        reconnect_delay=0.01, reconnect_delay_max=0.02)
+        connects: list[bool] = []
+        client.on("connect", connects.append)
+        await client.connect()
+        first = client.sid
+        assert client.tokens is not None
+        client.tokens.due = None  # never refreshed: this test lets the token lapse
+        clock.advance(20)
+        assert server.expire_tokens() == 1
+        await wait_for(lambda: len(connects) == 2 and client.connected, 10)
+        assert client.sid != first and len(calls) == 2
+        assert await client.call("whoami") == {"user": "ann", "name": None, "identity": "ann"}
+        await client.close()
