@@ -14,11 +14,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from smartsocket.auth.tokens import TokenVerifier
 from smartsocket.cluster.messages import PresenceMember, SocketRecord
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
-from smartsocket.errors import ConfigError
 from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
 from smartsocket.policies import Join, Publish, RoomPolicy
@@ -40,7 +38,7 @@ from smartsocket.server.resume import Resumer
 from smartsocket.server.room_policy import RoomGate
 from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
-from smartsocket.server.tokens import TokenSessions
+from smartsocket.server.tokens import TokenSessions, verifier_for
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
@@ -139,7 +137,7 @@ class SmartSocket:
             raise RuntimeError("cannot reconfigure a running server")
         hook = self._admission._hook
         self._config = config
-        self._token_sessions = TokenSessions(self._new_verifier(config))
+        self._token_sessions = TokenSessions(verifier_for(config, lambda: self._token_clock()))
         self._room_gate = self._new_gate(config)
         self._admission = Admission(self, self._token_sessions)
         self._admission._hook = hook
@@ -160,23 +158,6 @@ class SmartSocket:
             self._default_limit = RateLimit(
                 config.rate_limit_messages, config.rate_limit_burst, config.rate_limit_bytes
             )
-
-    def _new_verifier(self, config: Config) -> TokenVerifier | None:
-        if config.jwt_secret is None and config.jwt_public_key is None and (
-            config.jwt_jwks is None
-        ):
-            return None
-        try:
-            return TokenVerifier.from_options(
-                jwt_secret=config.jwt_secret, jwt_public_key=config.jwt_public_key,
-                jwt_jwks=config.jwt_jwks, jwt_audience=config.jwt_audience,
-                jwt_issuer=config.jwt_issuer, jwt_leeway=config.jwt_leeway,
-                clock=lambda: self._token_clock(), monotonic=lambda: self._token_clock(),
-            )
-        except ValueError as exc:
-            source = next(n for n in ("jwt_secret", "jwt_public_key", "jwt_jwks")
-                          if getattr(config, n) is not None)
-            raise ConfigError(source, str(exc)) from None
 
     def _new_gate(self, config: Config) -> RoomGate:
         gate = RoomGate(

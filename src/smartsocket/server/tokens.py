@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 from smartsocket.auth.errors import TokenError, TokenErrorCode
 from smartsocket.auth.refresh import check_refresh
 from smartsocket.auth.tokens import SubscriptionClaims, TokenClaims, TokenVerifier
+from smartsocket.errors import ConfigError
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import Event
 
 if TYPE_CHECKING:
+    from smartsocket.config import Config
     from smartsocket.server.socket import Socket
 
 logger = logging.getLogger("smartsocket.security")
@@ -220,6 +222,19 @@ class TokenSessions:
         return {"deadlines": len(self._deadlines), "heap": len(self._heap)}
 
 
-def bound_clock(sessions: TokenSessions) -> Callable[[], float]:
-    """A clock that reads ``sessions``' verifier at each call (for the room policies)."""
-    return lambda: sessions.clock()
+def verifier_for(config: Config, clock: Callable[[], float]) -> TokenVerifier | None:
+    """The verifier the ``jwt_*`` options describe (None: JWT off). ``clock`` (Unix seconds)
+    also paces the JWKS reloads. Raises ConfigError naming the key option."""
+    sources = [n for n in ("jwt_secret", "jwt_public_key", "jwt_jwks")
+               if getattr(config, n) is not None]
+    if not sources:
+        return None
+    try:
+        return TokenVerifier.from_options(
+            jwt_secret=config.jwt_secret, jwt_public_key=config.jwt_public_key,
+            jwt_jwks=config.jwt_jwks, jwt_audience=config.jwt_audience,
+            jwt_issuer=config.jwt_issuer, jwt_leeway=config.jwt_leeway,
+            clock=clock, monotonic=clock,
+        )
+    except ValueError as exc:
+        raise ConfigError(sources[0], str(exc)) from None
