@@ -318,6 +318,7 @@ def policy_server(clock: tk.FakeClock, **options: Any) -> SmartSocket:
     server.policy("chat:*", join="grant", publish="grant", presence=True)
     server.policy("user:*", join="user")
     server.policy("private:*", join="subscription")
+    server.policy("mixed:*", join=["grant", "subscription"])
     server.policy("admin", join="server", publish="server")
     server.policy("news", rate=1, burst=2)
     return server
@@ -418,9 +419,12 @@ async def test_policy_rate_and_presence_apply_to_the_room() -> None:
 async def test_subscription_tokens_join_expire_and_refresh() -> None:
     clock = tk.FakeClock()
     async with running(policy_server(clock, jwt_leeway=0)) as server, connect(
-        server, tk.sign(tk.claims(exp=tk.NOW + 3600))
+        server, tk.sign(tk.claims(exp=tk.NOW + 3600, rooms=["mixed:1"]))
     ) as ws:
         await welcomed(ws)
+        # Granted by the connection token: a subscription token sent along does not bound it.
+        assert await joined(ws, 10, "mixed:1", tk.sign(
+            {"sub": "ann", "room": "mixed:1", "exp": tk.NOW + 1})) == [10, True]
         _, _, error = await joined(ws, 1, "private:7")
         assert error["message"].startswith("subscription_required")
         other_room = tk.sign({"sub": "ann", "room": "private:8", "exp": tk.NOW + 10})
@@ -444,12 +448,13 @@ async def test_subscription_tokens_join_expire_and_refresh() -> None:
         assert await recv(ws, "$left") == ["$left", {"room": "private:9",
                                                      "reason": "token_expired"}]
         me = next(iter(server.sockets.values()))
-        assert me.rooms == {"private:7"}
+        assert me.rooms == {"private:7", "mixed:1"}
         clock.advance(10)
         assert server.expire_tokens() == 1
         assert await recv(ws, "$left") == ["$left", {"room": "private:7",
                                                      "reason": "token_expired"}]
-        assert me.connected and me.rooms == frozenset()
+        assert me.connected and me.rooms == {"mixed:1"}
+        server.remove_room("mixed:1")
 
 
 def test_policy_in_python_checks_its_arguments() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from smartsocket.auth.tokens import SubscriptionClaims, TokenVerifier
-from smartsocket.policies import Decision, Join, Refusal, RoomPolicies, RoomPolicy
+from smartsocket.policies import Decision, Refusal, RoomPolicies, RoomPolicy
 from smartsocket.protocol.codes import ErrorCode
 from smartsocket.security import LimitExceeded, TokenBucket
 
@@ -56,28 +56,27 @@ class RoomGate:
 
     def check_join(
         self, socket: Socket, room: str, token: str | SubscriptionClaims | None
-    ) -> Decision:
-        """The decision for a client's join; raises LimitExceeded (``forbidden``) if refused."""
-        decision = self.policies.may_join(room, socket.token_claims, token)
+    ) -> float | None:
+        """Check a client's join; raises LimitExceeded (``forbidden``) if refused. Returns
+        when the membership ends (the ``exp`` of the subscription token that allowed it), or
+        None when it rests on something else (then it lasts as long as the connection)."""
+        policies, claims = self.policies, socket.token_claims
+        # Allowed without the token (a grant, say): the token's exp does not bound it.
+        if token is not None and policies.may_join(room, claims, None).allowed:
+            return None
+        decision = policies.may_join(room, claims, token)
         if not decision.allowed:
-            jwks = self.policies.verifier.jwks if self.policies.verifier is not None else None
+            jwks = policies.verifier.jwks if policies.verifier is not None else None
             if decision.reason is Refusal.SUBSCRIPTION_INVALID and jwks is not None:
                 jwks.refresh_soon()  # maybe a key not loaded yet: the client's retry finds it
             _refused(socket, "join", room, decision)
-        return decision
+        return decision.expires if token is not None else None
 
     def check_publish(self, socket: Socket, room: str) -> None:
         decision = self.policies.may_publish(room, socket.token_claims,
                                              member=room in socket.rooms)
         if not decision.allowed:
             _refused(socket, "publish", room, decision)
-
-    def by_subscription(self, room: str, decision: Decision) -> bool:
-        """Whether an allowed join rests on a subscription token (and so ends with it)."""
-        if decision.expires is None or decision.pattern is None:
-            return False
-        policy = self.policies.policy(room)
-        return policy is not None and Join.SUBSCRIPTION in policy.join
 
     def check_rate(self, room: str) -> bool:
         """Count a broadcast to ``room`` against its policy's rate; False: the policy sets

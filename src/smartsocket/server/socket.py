@@ -263,9 +263,9 @@ class Socket:
                 ErrorCode.ROOM_LIMIT, f"a socket may be in {cfg.max_rooms_per_socket} rooms"
             )
         gate = self._server._room_gate
-        decision = None
+        held_until = None  # the end of a subscription token's grant
         if gate.active and not by_server:
-            decision = gate.check_join(self, room, token)
+            held_until = gate.check_join(self, room, token)
         if self._server._registry.add(room, self, self._send_frame):
             self._rooms[room] = None
             rec = self._rec
@@ -273,8 +273,8 @@ class Socket:
                 recovery = self._server._recovery
                 assert recovery is not None
                 rec.joined[room] = recovery.position(room)
-            if decision is not None and gate.by_subscription(room, decision):
-                self._server._token_sessions.hold_room(self, room, None, decision.expires)
+            if held_until is not None:
+                self._server._token_sessions.hold_room(self, room, held_until)
 
     def publish(
         self, room: str, event: str, data: Any = None, *, include_self: bool = True,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from smartsocket.auth.errors import TokenError, TokenErrorCode
 from smartsocket.auth.refresh import check_refresh
-from smartsocket.auth.tokens import SubscriptionClaims, TokenClaims, TokenVerifier
+from smartsocket.auth.tokens import TokenClaims, TokenVerifier
 from smartsocket.errors import ConfigError
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import Event
@@ -54,6 +54,7 @@ class TokenSessions:
         # The live deadline of each (socket, room): an entry whose deadline differs is stale.
         self._deadlines: dict[tuple[Socket, str | None], float] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task[None]] = set()  # $refresh verifications
 
     @property
     def enabled(self) -> bool:
@@ -108,7 +109,9 @@ class TokenSessions:
             socket.reject(ErrorCode.BAD_MESSAGE, why, event="$refresh", ack_id=packet.ack_id,
                           binary=packet.binary)
             return
-        asyncio.get_running_loop().create_task(self._refresh(socket, packet, token, room))
+        task = asyncio.get_running_loop().create_task(self._refresh(socket, packet, token, room))
+        self._running.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._running.discard)
 
     async def _refresh(self, socket: Socket, packet: Event, token: str, room: str | None) -> None:
         verifier = self.verifier
@@ -144,10 +147,8 @@ class TokenSessions:
 
     # room subscription tokens
 
-    def hold_room(self, socket: Socket, room: str, sub: SubscriptionClaims | None,
-                  expires: float | None) -> None:
+    def hold_room(self, socket: Socket, room: str, expires: float) -> None:
         """``socket`` joined ``room`` on a subscription token ending at ``expires``."""
-        del sub
         self._schedule(socket, room, expires)
 
     def drop_room(self, socket: Socket, room: str) -> None:
@@ -202,8 +203,8 @@ class TokenSessions:
             if deadlines.get(key) != deadline:
                 continue  # refreshed since, or closed
             del deadlines[key]
-            if not socket.connected:
-                continue
+            if not socket.connected or (room is not None and room not in socket.rooms):
+                continue  # closed, or out of the room already (server.remove_room)
             done += 1
             if room is None:
                 logger.info("closing %s: token expired", socket.id,
