@@ -569,3 +569,53 @@ async def test_python_client_gets_a_new_token_after_4003() -> None:
         assert client.sid != first and len(calls) == 2
         assert await client.call("whoami") == {"user": "ann", "name": None, "identity": "ann"}
         await client.close()
+
+
+# --- the expiry heap at scale (no sockets on the wire: its bookkeeping alone)
+
+
+class _Held:
+    """What TokenSessions uses of a Socket."""
+
+    def __init__(self, sid: int) -> None:
+        self.id = str(sid)
+        self.user: str | None = None
+        self.token_claims: Any = None
+        self.connected = True
+        self.rooms: frozenset[str] = frozenset()
+        self.closed_with: int | None = None
+
+    def fail(self, code: int, reason: str) -> None:
+        self.closed_with, self.connected = code, False
+
+
+def test_expiry_heap_for_many_sockets_is_one_heap() -> None:
+    from smartsocket.auth import TokenVerifier
+    from smartsocket.server.tokens import TokenSessions
+
+    clock = tk.FakeClock()
+    sessions = TokenSessions(TokenVerifier(secret=tk.SECRET, leeway=0, clock=clock))
+    live = [_Held(i) for i in range(20_000)]
+    for i, held in enumerate(live):  # tokens ending over 20,000 s
+        sessions.admit(held, _claims(f"u{i}", tk.NOW + 1 + i))
+    assert sessions.pending() == 20_000
+    for held in live[10_000:]:  # half of them close: their entries go at the next compaction
+        sessions.forget(held)
+    for i in range(5_000):  # churn: short-lived sockets come and go
+        held = _Held(100_000 + i)
+        sessions.admit(held, _claims("c", tk.NOW + 50_000))
+        sessions.forget(held)
+    assert sessions.describe()["heap"] <= 2 * sessions.pending() + 1024
+    clock.advance(100)  # the first 100 tokens are due (exp < now); nothing else
+    assert sessions.expire_due() == 100
+    assert [h.closed_with for h in live[:101]] == [4003] * 100 + [None]
+    assert sessions.expire_due() == 0
+
+
+def _claims(user: str, exp: float) -> Any:
+    from types import MappingProxyType
+
+    from smartsocket.auth.tokens import NO_GRANTS, TokenClaims
+
+    return TokenClaims(user=user, expires=exp, issued_at=None, grants=NO_GRANTS,
+                       claims=MappingProxyType({}))
