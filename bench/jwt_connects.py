@@ -3,11 +3,10 @@
     .venv/bin/python -m bench.jwt_connects [--connects 5000] [--modes none,apikey,hs256,rs256,es256]
 
 The issue's target: 10,000 JWT-authenticated connects no slower than 1.2x API-key ones.
-Until the server takes ``jwt_*`` options, the JWT rows use today's extension point: an
-``@server.authenticate`` hook (sync, so it runs at the upgrade like an API key check) that
-calls ``TokenVerifier.verify`` on the ``?token=`` and returns ``claims.user``; the wired-in
-version will do the same work. Each mode runs a fresh server process pinned to core 0
-(``python -m smartsocket``-like, uvloop); this process, on core 1, opens ``--connects``
+The JWT rows configure the server with ``jwt_secret`` / ``jwt_public_key`` (checked at the
+upgrade, like an API key; each socket then holds its claims and an expiry deadline). Each
+mode runs a fresh server process pinned to core 0 (``python -m smartsocket``-like, uvloop);
+this process, on core 1, opens ``--connects``
 connections (64 at a time; each: TCP connect, upgrade with ``?token=...``, read the 101,
 close) after 300 for warm-up. The figure is the server process's CPU time (utime + stime
 from /proc) per connect: it does not depend on how fast this client is. Every client uses
@@ -26,8 +25,6 @@ import sys
 import time
 from typing import Any
 
-from smartsocket.security import AuthRequest
-
 MODES = ("none", "apikey", "hs256", "rs256", "es256")
 SECRET = "bench-secret-bench-secret-0123456"
 API_KEY = "bench-api-key-0123456789"
@@ -35,7 +32,6 @@ API_KEY = "bench-api-key-0123456789"
 
 def server_main(mode: str, keyfile: str | None) -> None:
     from smartsocket import SmartSocket
-    from smartsocket.auth import TokenVerifier
 
     options: dict[str, Any] = dict(
         host="127.0.0.1", port=0, max_connections=100_000, max_connections_per_ip=0,
@@ -43,20 +39,11 @@ def server_main(mode: str, keyfile: str | None) -> None:
     )
     if mode == "apikey":
         options["api_keys"] = API_KEY
+    if mode == "hs256":
+        options["jwt_secret"] = SECRET
+    elif mode in ("rs256", "es256"):
+        options["jwt_public_key"] = keyfile
     server = SmartSocket(**options)
-    if mode in ("hs256", "rs256", "es256"):
-        if mode == "hs256":
-            verifier = TokenVerifier(secret=SECRET)
-        else:
-            assert keyfile is not None
-            with open(keyfile, "rb") as f:
-                verifier = TokenVerifier(public_key=f.read())
-
-        @server.authenticate
-        def authenticate(request: AuthRequest) -> str | None:
-            if request.token is None:
-                return None
-            return verifier.verify(request.token).user
 
     async def run() -> None:
         await server.start()

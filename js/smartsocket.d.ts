@@ -42,6 +42,16 @@ export interface SmartSocketOptions {
   /** Credentials sent as `["$auth", auth]` on every connection (or a function returning them,
    * or a Promise of them), for servers that require authentication. */
   auth?: Record<string, unknown> | (() => Record<string, unknown> | Promise<Record<string, unknown>>) | null;
+  /** A JWT connection token (or a Promise of one) for every connection, sent in `$auth`;
+   * called again ahead of the token's `exp` (with jitter) for `$refresh`, and after a close
+   * 4003 (expired) before reconnecting. Replaces `auth`. */
+  getToken?: (() => string | Promise<string>) | null;
+  /** Clock of the token refresh, ms since the epoch (default `Date.now`; tests inject one). */
+  tokenClock?: (() => number) | null;
+  /** Random source of the refresh jitter, in [0, 1) (default `Math.random`). */
+  tokenRandom?: (() => number) | null;
+  /** How often the refresh time is checked, in ms. Default 1000. */
+  tokenCheckInterval?: number;
   /** WebSocket implementation (default: the global `WebSocket`). Node 20: pass `ws`'s. */
   WebSocket?: WebSocketConstructor | null;
   /** Third argument of the WebSocket constructor (e.g. `{headers}` with `ws`). */
@@ -149,6 +159,10 @@ export declare class SmartSocket {
   readonly welcome: WelcomeInfo | null;
   /** Last round trip measured by ping(), in ms. */
   readonly latency: number | null;
+  /** With getToken: when the token is refreshed next (Unix seconds), or null. */
+  tokenDue: number | null;
+  /** With getToken: `$refresh` round trips the server accepted. */
+  readonly tokenRefreshes: number;
 
   /** Connect; resolves on `$welcome`, rejects if this attempt fails (code "connect_failed",
    * or "auth_required" / "unauthorized" when the server wants other credentials). */
@@ -172,6 +186,10 @@ export declare class SmartSocket {
   call<T = any>(event: string, data?: Payload, options?: CallOptions): Promise<T>;
   /** Round trip to the server in ms. */
   ping(timeout?: number): Promise<number>;
+  /** Refresh the token (getToken) if it is due; true if the server accepted a new one. */
+  checkToken(): Promise<boolean>;
+  /** Get a token from getToken and send it in `$refresh` now. */
+  refreshToken(): Promise<boolean>;
   /** Close for good (no reconnect). */
   close(): Promise<void>;
 
@@ -181,6 +199,11 @@ export declare class SmartSocket {
 
 /** Whether `data` would be sent as MessagePack (bytes at the top level or one level down). */
 export declare function needsBinary(data: unknown): boolean;
+/** [exp, iat] of a JWT in Unix seconds (unverified), nulls when absent or unreadable. */
+export declare function tokenTimes(token: string): [number | null, number | null];
+/** When to refresh a token (Unix seconds): a quarter of its lifetime before exp (at most
+ * 300 s), minus a random jitter of up to a tenth of it (at most 60 s); null without exp. */
+export declare function refreshAt(exp: number | null, iat: number | null, now: number, random?: () => number): number | null;
 /** MessagePack encoding of `value`. */
 export declare function encode(value: unknown): Uint8Array;
 /** Decodes one MessagePack value (bin -> Uint8Array, 64-bit ints beyond 2^53 -> bigint). */

@@ -306,3 +306,14 @@ def test_workers_on_a_taken_port_say_so_in_one_line() -> None:
         result = run_cli(["serve", "--host", "127.0.0.1", "--port", port, "--workers", "2",
                           "--cluster-url", "memory://x"])
     assert_one_line(result, 1, f"cannot bind 127.0.0.1:{port}")
+
+
+def test_bad_config_file_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "smartsocket.toml"
+    bad.write_text('prot = 80\n[rooms."chat:*"]\njoin = "grant"\n')
+    assert_one_line(run_cli(["serve", "--config", str(bad)]), 2, "prot", "did you mean 'port'")
+    bad.write_text('[rooms."chat:*"]\njoin = "grants"\n')
+    assert_one_line(run_cli(["serve", "--config", str(bad)]), 2, "did you mean 'grant'")
+    assert_one_line(run_cli(["serve", "--config", str(tmp_path / "none.toml")]), 2,
+                    "none.toml", "cannot read")
+    assert_one_line(run_cli(["serve", "--jwt-secret", "short"]), 2, "jwt_secret", "32 bytes")

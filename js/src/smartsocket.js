@@ -14,6 +14,32 @@ const MAX_ACK_ID = Number.MAX_SAFE_INTEGER; // 2^53 - 1: ids survive JSON both w
 // Names local to each side: never sent (the server refuses them with reserved_event).
 const LOCAL = ["connect", "disconnect", "error"];
 
+// Connection tokens (protocol.md section 7, "Token refresh"): refresh a quarter of the
+// lifetime before exp (at most 5 min), minus a jitter of up to a tenth of it (at most 1 min).
+const MAX_AHEAD = 300;
+const MAX_JITTER = 60;
+
+/** [exp, iat] of a JWT (Unix seconds; unverified: only to know when to refresh it). */
+export function tokenTimes(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(part + "===".slice((part.length + 3) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    const num = (v) => (typeof v == "number" ? v : null);
+    return [num(claims.exp), num(claims.iat)];
+  } catch (_) {
+    return [null, null];
+  }
+}
+
+/** When to refresh a token expiring at `exp` (Unix seconds), or null if it never expires. */
+export function refreshAt(exp, iat, now, random = Math.random) {
+  if (exp == null) return null;
+  const lifetime = Math.max(exp - (iat != null ? iat : now), 0);
+  const jitter = random() * Math.min(lifetime / 10, MAX_JITTER);
+  return Math.max(now, exp - Math.min(lifetime / 4, MAX_AHEAD) - jitter);
+}
+
 const DEFAULTS = {
   reconnect: true,
   reconnectDelay: 1000,
@@ -24,6 +50,10 @@ const DEFAULTS = {
   maxBuffered: 1000,
   connectTimeout: 10000,
   auth: null,
+  getToken: null,
+  tokenClock: null,
+  tokenRandom: null,
+  tokenCheckInterval: 1000,
   WebSocket: null,
   wsOptions: null,
 };
@@ -113,6 +143,10 @@ export class SmartSocket {
     this._seq = 0;
     this._resume = false;
     this._lost = null; // the "disconnected" error of the last drop, for calls kept over it
+    // Connection tokens (options.getToken): when to refresh (Unix seconds), successful refreshes.
+    this.tokenDue = null;
+    this.tokenRefreshes = 0;
+    this._tokenTimer = null;
     // Back online (a laptop waking up, a phone leaving a tunnel): retry now, not after the backoff.
     this._online = () => this._timer && this._retryNow();
   }
@@ -226,6 +260,50 @@ export class SmartSocket {
     });
   }
 
+  /** Refresh the connection token if it is due (a timer calls this every tokenCheckInterval
+   * ms; tests call it after moving options.tokenClock). Resolves true if a refresh was
+   * accepted. */
+  checkToken() {
+    const due = this.tokenDue;
+    return due != null && this._tokenNow() >= due ? this.refreshToken() : Promise.resolve(false);
+  }
+
+  /** Get a token from options.getToken and send it in `$refresh` now. On a failure the
+   * connection keeps its token (retried in 5 s; the server closes with 4003 once it expires,
+   * and the client reconnects with a fresh one). */
+  async refreshToken() {
+    const ws = this._ws;
+    if (!this.options.getToken || !this._ready) return false;
+    try {
+      const token = await this._fetchToken();
+      const id = (this._nextId = (this._nextId % MAX_ACK_ID) + 1);
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => this._settle(id, fail("timeout", "no ack for $refresh")), this.options.ackTimeout);
+        this._pending.set(id, { resolve, reject, sent: true, timer, id, payload: null, keyed: false });
+        this._raw(ws, JSON.stringify(["$refresh", { token }, id]));
+      });
+    } catch (err) {
+      this.tokenDue = this._tokenNow() + 5;
+      this._emit("error", { code: err && err.code, message: `token refresh failed: ${err && err.message}`, event: "$refresh" });
+      return false;
+    }
+    this.tokenRefreshes++;
+    return true;
+  }
+
+  _tokenNow() {
+    const clock = this.options.tokenClock;
+    return (clock ? clock() : Date.now()) / 1000;
+  }
+
+  async _fetchToken() {
+    const token = await this.options.getToken();
+    if (typeof token != "string" || !token) throw new TypeError("getToken must return a token string");
+    const [exp, iat] = tokenTimes(token);
+    this.tokenDue = refreshAt(exp, iat, this._tokenNow(), this.options.tokenRandom || Math.random);
+    return token;
+  }
+
   /** Close for good: no reconnect; pending calls fail with code "disconnected" and the offline
    * buffer is dropped. Resolves when the connection is closed (or after 1 s). */
   close() {
@@ -274,7 +352,8 @@ export class SmartSocket {
       resume &&
       this._raw(ws, JSON.stringify(["$resume", { sid: resume.sid, token: resume.token, offsets: Object.fromEntries(this._offsets), seq: this._seq }]));
     ws.onopen = () => {
-      const auth = o.auth;
+      // getToken: a fresh token for every connection (after a 4003 too), sent in $auth.
+      const auth = o.getToken ? () => this._fetchToken().then((token) => ({ token })) : o.auth;
       if (auth && this._ws === ws)
         new Promise((resolve) => resolve(typeof auth == "function" ? auth() : auth)).then(
           (credentials) => (this._raw(ws, JSON.stringify(["$auth", credentials])), hello()),
@@ -305,6 +384,8 @@ export class SmartSocket {
     const wasReady = this._ready;
     this._ready = false;
     clearTimeout(this._watchdog);
+    clearTimeout(this._tokenTimer);
+    this._tokenTimer = null;
     const info = { closeCode: code, closeReason: reason };
     const error = fail("disconnected", `connection closed (${code}${reason ? ": " + reason : ""})`, info);
     if (wasReady) {
@@ -389,6 +470,11 @@ export class SmartSocket {
       else this._watchdog = setTimeout(check, limit - silent);
     };
     this._watchdog = setTimeout(check, limit);
+    const tick = () => {
+      this._tokenTimer = setTimeout(tick, this.options.tokenCheckInterval);
+      if (this._ready) this.checkToken();
+    };
+    if (this.options.getToken && !this._tokenTimer) this._tokenTimer = setTimeout(tick, this.options.tokenCheckInterval);
     // 'connect' handlers run before the kept calls and the offline buffer go out, so what they
     // send (joining rooms again, say) reaches the server before the messages that waited for it.
     this._emit("connect", { recovered });
@@ -503,7 +589,7 @@ export class SmartSocket {
       // The server wants $auth: with options.auth it is sent already (or about to be); without,
       // nothing will come, so fail now instead of at the server's auth_timeout (4001).
       const opening = this._opening;
-      if (!this.options.auth && !this._ready && opening) {
+      if (!this.options.auth && !this.options.getToken && !this._ready && opening) {
         opening.authRequired = true;
         this._drop(ws, 1000, "no credentials");
       }

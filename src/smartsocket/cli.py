@@ -14,11 +14,13 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from smartsocket._version import __version__
 from smartsocket.config import Config, env_names, field_type, option_fields, parse_value
+from smartsocket.config_file import ConfigFile, layered
+from smartsocket.config_file import load as load_config_file
 from smartsocket.errors import ConfigError, MissingDependency
 from smartsocket.logs import JsonFormatter, SkipReadyRecord, error_line, ready_line
 from smartsocket.server import SmartSocket
@@ -90,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="append logs to PATH instead of stderr; SIGHUP reopens it (log rotation)",
     )
     serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    serve.add_argument(
+        "--config", metavar="PATH",
+        help="a TOML file of options and room policies (docs/auth.md); env vars and flags "
+        "win over it (env SMARTSOCKET_CONFIG)",
+    )
     serve.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="run N processes on one port (SO_REUSEPORT) joined by --cluster-url; a worker "
@@ -180,8 +187,21 @@ def format_stats(stats: dict[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
-    """Defaults < env vars < flags. Flags arrive as strings and are parsed like env vars."""
+def config_file_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ConfigFile | None:
+    """The ``--config`` file (or ``SMARTSOCKET_CONFIG``), read and checked; None if unset."""
+    environ = os.environ if environ is None else environ
+    path = getattr(args, "config", None) or environ.get("SMARTSOCKET_CONFIG") or None
+    return None if path is None else load_config_file(path)
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None,
+    file: ConfigFile | None = None,
+) -> Config:
+    """Defaults < config file < env vars < flags. Flags arrive as strings and are parsed like
+    env vars."""
     overrides: dict[str, Any] = {}
     for f in option_fields():
         value = getattr(args, f.name)
@@ -190,7 +210,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         overrides[f.name] = value if isinstance(value, bool) else parse_value(
             f.name, value, source="--" + f.name.replace("_", "-")
         )
-    return Config.from_env(os.environ if environ is None else environ, **overrides)
+    return Config(**layered(file, os.environ if environ is None else environ, overrides))
 
 
 def load_app(spec: str, config: Config) -> SmartSocket:
@@ -326,7 +346,8 @@ def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             handler.addFilter(SkipReadyRecord())
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connection at INFO
-    config = config_from_args(args)
+    file = config_file_from_args(args)
+    config = config_from_args(args, file=file)
     if args.workers > 1:
         from smartsocket.supervisor import SupervisorError, run_workers
 
@@ -346,6 +367,11 @@ def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         from smartsocket.demo import create_app
 
         server = create_app(config)
+    if file is not None:
+        try:
+            server.add_policies(file.rooms)
+        except ValueError as exc:  # a pattern the app set already
+            raise UsageError(f"{file.path}: rooms: {exc}") from None
     listening = False
 
     def started() -> None:

@@ -28,7 +28,8 @@ _SEED_ENV = {
 
 # Options holding several values: a comma-separated string, or a list, tuple or set of strings
 # (kept as the string, so env vars, flags and keywords end up alike).
-_LIST_OPTIONS = ("api_keys", "allowed_origins", "presence_rooms")
+_JWT_KEY_SOURCES = ("jwt_secret", "jwt_public_key", "jwt_jwks")
+_LIST_OPTIONS = ("api_keys", "allowed_origins", "presence_rooms", "jwt_audience")
 
 
 def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
@@ -119,6 +120,19 @@ class Config:
     presence_rooms: str | None = _opt(None, "rooms or patterns (game:*) whose members get "
                                       "$presence updates, comma-separated or a list")
     reuse_port: bool = _opt(False, "bind with SO_REUSEPORT (set for each --workers process)")
+    # token authentication and room policies (docs/auth.md; the jwt extra)
+    jwt_secret: str | None = _opt(None, "HS256 secret of connection tokens (at least 32 bytes; "
+                                  "prefer the env var to a flag)")
+    jwt_public_key: str | None = _opt(None, "PEM public key file of connection tokens (RS*, PS*, "
+                                      "ES*)")
+    jwt_jwks: str | None = _opt(None, "JWK set of connection tokens: a file or an https:// URL "
+                                "(the token's kid picks the key)")
+    jwt_audience: str | None = _opt(None, "audiences a token's aud must name, comma-separated "
+                                    "or a list (unset: tokens with an aud are refused)")
+    jwt_issuer: str | None = _opt(None, "issuer a token's iss must equal")
+    jwt_leeway: float = _opt(5.0, "seconds of clock skew allowed on exp, nbf and iat", min=0)
+    rooms_deny_by_default: bool = _opt(False, "clients may not join or publish to rooms that no "
+                                       "room policy matches")
 
     def __post_init__(self) -> None:
         for name in _LIST_OPTIONS:
@@ -163,6 +177,11 @@ class Config:
             for part in self.cluster_prefix.split(".")
         ):
             raise ConfigError("cluster_prefix", "letters, digits, '-', '_' and dots only")
+        sources = [n for n in _JWT_KEY_SOURCES if getattr(self, n) is not None]
+        if len(sources) > 1:
+            raise ConfigError(sources[1], f"set only one of {', '.join(_JWT_KEY_SOURCES)}")
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < 32:
+            raise ConfigError("jwt_secret", "at least 32 bytes for HS256 (RFC 7518 3.2)")
         if self.api_keys is not None and not any(k.strip() for k in self.api_keys.split(",")):
             raise ConfigError("api_keys", "holds no key")
         try:

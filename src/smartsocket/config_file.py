@@ -39,17 +39,6 @@ from smartsocket.errors import ConfigError
 from smartsocket.policies import Join, Publish, RoomPolicies, RoomPolicy
 from smartsocket.room_patterns import pattern_problem
 
-# Options that are not Config fields yet (config.py gains them when the server is wired):
-# name -> (type, minimum or None).
-NEW_OPTIONS: dict[str, tuple[type, float | None]] = {
-    "jwt_secret": (str, None),
-    "jwt_public_key": (str, None),
-    "jwt_jwks": (str, None),
-    "jwt_audience": (str, None),
-    "jwt_issuer": (str, None),
-    "jwt_leeway": (float, 0.0),
-    "rooms_deny_by_default": (bool, None),
-}
 # Options that hold several values: a TOML array of strings, or one comma-separated string.
 LIST_OPTIONS = frozenset({"api_keys", "allowed_origins", "presence_rooms", "jwt_audience"})
 # Files: a relative path is taken from the config file's directory, and must exist.
@@ -91,7 +80,7 @@ class ConfigFile:
     rooms: dict[str, RoomPolicy] = field(default_factory=dict)
 
     def config_options(self) -> dict[str, Any]:
-        """The options ``Config`` has today (the new ones wait for config.py)."""
+        """The options, for ``Config(**options)``."""
         known = {f.name for f in fields(Config)}
         return {k: v for k, v in self.options.items() if k in known}
 
@@ -104,8 +93,7 @@ class ConfigFile:
 def layered(file: ConfigFile | None, environ: Mapping[str, str],
             flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The options of defaults < ``file`` < env vars < ``flags``, for ``Config(**options)``
-    (what ``smartsocket serve --config FILE`` will do). Env vars are read for the options
-    ``Config`` has; the new ones join when config.py gains their fields."""
+    (what ``smartsocket serve --config FILE`` and ``SmartSocket.from_file`` do)."""
     options = dict(file.config_options()) if file is not None else {}
     options.update(env_values(environ))
     options.update(flags or {})
@@ -263,8 +251,6 @@ def _option_types() -> Mapping[str, tuple[type, float | None, float | None]]:
         f.name: (field_type(f.name), f.metadata["min"], f.metadata["max"])
         for f in option_fields()
     }
-    for name, (kind, low) in NEW_OPTIONS.items():
-        types.setdefault(name, (kind, low, None))
     return types
 
 

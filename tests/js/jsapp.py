@@ -138,3 +138,39 @@ def create(config: Config | None = None) -> SmartSocket:
         return tallies
 
     return server
+
+
+class _TokenClock:
+    """The JWT app's clock (Unix seconds), moved by the ``advance`` event."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def create_jwt(config: Config | None = None) -> SmartSocket:
+    """For tests/js/tokens.test.mjs: JWT connection tokens (``--jwt-secret``) on a clock the
+    test drives. ``advance`` (seconds): moves the clock, closes the sockets whose token
+    expired (4003) and acks how many; ``whoami``: ``socket.user``; ``push``
+    ``{"user", "n"}``: sends ``["tick", n]`` to that user's sockets."""
+    server = SmartSocket(config=config)
+    clock = _TokenClock()
+    server._token_clock = clock
+
+    def advance(socket: Socket, seconds: float) -> int:
+        clock.now += seconds
+        return server.expire_tokens()
+
+    def push(socket: Socket, data: dict[str, Any]) -> int:
+        targets = [s for s in server.sockets.values() if s.user == data["user"]]
+        for target in targets:
+            target.send("tick", data["n"])
+        return len(targets)
+
+    server.on("advance", advance)
+    server.on("now", lambda socket: clock.now)
+    server.on("whoami", lambda socket: socket.user)
+    server.on("push", push)
+    return server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl as ssl_module
 import time
 import urllib.parse
@@ -15,6 +16,7 @@ import msgspec
 
 from smartsocket.acks import AckTracker
 from smartsocket.client.backoff import backoff_delay
+from smartsocket.client.tokens import GetToken, TokenKeeper
 from smartsocket.compression import NegotiationError
 from smartsocket.errors import AckError, ConnectionClosed, OfflineBufferFull, Unauthorized
 from smartsocket.handlers import Handler
@@ -44,6 +46,10 @@ class Client:
     (protocol.md section 8): same ``sid``, and the room and direct messages missed meanwhile
     arrive once, in order (``recovered`` is True); calls left unanswered by the drop are sent
     again with their idempotency key, so the server runs them once.
+
+    ``get_token`` (a function, sync or async, returning a JWT): called before each connect
+    (the token goes in ``Authorization: Bearer``) and ahead of the token's ``exp`` (with
+    jitter: ``refresh_token``); after a close 4003 (expired) the reconnect gets a new one.
     """
 
     def __init__(
@@ -62,6 +68,9 @@ class Client:
         ssl: ssl_module.SSLContext | None = None,
         max_message_size: int | None = 16 << 20,
         compression: bool = True,
+        get_token: GetToken | None = None,
+        token_clock: Callable[[], float] = time.time,
+        token_rng: random.Random | None = None,
     ) -> None:
         if reconnect_delay <= 0 or reconnect_delay_max < reconnect_delay:
             raise ValueError("need 0 < reconnect_delay <= reconnect_delay_max")
@@ -101,6 +110,12 @@ class Client:
         self._last_seen = 0.0
         self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
         self._ping_seq = 0
+        # JWT connection tokens (client/tokens.py): one before each connect, refreshed ahead
+        # of expiry; checked every token_check_interval seconds against token_clock.
+        self.tokens = (TokenKeeper(get_token, clock=token_clock, rng=token_rng)
+                       if get_token is not None else None)
+        self.token_check_interval = 1.0
+        self._token_timer: asyncio.TimerHandle | None = None
 
     # public API
 
@@ -174,6 +189,40 @@ class Client:
         finally:
             self._pings.pop(seq, None)
 
+    async def check_token(self) -> bool:
+        """Refresh the connection token if it is due (a timer calls this every
+        ``token_check_interval`` s; tests call it after moving ``token_clock``). True if a
+        ``$refresh`` was made and accepted."""
+        keeper = self.tokens
+        if keeper is None or not keeper.is_due():
+            return False
+        return await self.refresh_token()
+
+    async def refresh_token(self) -> bool:
+        """Get a token from ``get_token`` and send it in ``$refresh`` now. On a failure the
+        connection keeps its token (retried in 5 s; the server closes with 4003 when it
+        expires, and the client reconnects with a fresh one)."""
+        keeper, conn = self.tokens, self._conn
+        if keeper is None or not self._ready or conn is None:
+            return False
+        try:
+            token = await keeper.fetch()
+            ack_id, future = self._acks.create("$refresh", self.ack_timeout)
+            conn.send_message(envelope.encode_event("$refresh", {"token": token}, ack_id))
+            await future
+        except Exception as exc:  # get_token failed, or the server refused: try again soon
+            logger.warning("token refresh failed: %s", exc)
+            keeper.retry_later(5.0)
+            return False
+        keeper.refreshes += 1
+        return True
+
+    def _token_tick(self) -> None:
+        self._token_timer = asyncio.get_running_loop().call_later(
+            self.token_check_interval, self._token_tick)
+        if self._ready and self.tokens is not None and self.tokens.is_due():
+            self._spawn(self.check_token())
+
     async def connect(self) -> Client:
         """Connect and wait for the server's ``$welcome``; raises if the first attempt fails
         (later drops are handled by automatic reconnect)."""
@@ -208,9 +257,12 @@ class Client:
         self._welcomed = loop.create_future()
         link = _Link(self._attach, self._on_message, self._on_close)
         url = _with_query(self.url, "resume", "1") if resume else self.url
+        headers = self.headers
+        if self.tokens is not None:  # a fresh token for each connection (4003: expired)
+            headers = {**headers, "Authorization": f"Bearer {await self.tokens.fetch()}"}
         try:
             conn = await ws_connect(
-                url, link, subprotocol=SUBPROTOCOL, extra_headers=self.headers,
+                url, link, subprotocol=SUBPROTOCOL, extra_headers=headers,
                 ssl=self.ssl, max_message_size=self.max_message_size,
                 timeout=self.connect_timeout, compression=self.compression,
             )
@@ -253,6 +305,9 @@ class Client:
         self._ready = True
         self._last_seen = time.monotonic()
         self._arm_watchdog()
+        if self.tokens is not None and self._token_timer is None:
+            self._token_timer = asyncio.get_running_loop().call_later(
+                self.token_check_interval, self._token_tick)
         # "connect" handlers run first, so what they send (e.g. re-joining rooms) reaches the
         # server before the messages buffered while offline (the browser client does the same).
         self._emit_local("connect", self.recovered)
@@ -288,6 +343,9 @@ class Client:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._token_timer is not None:
+            self._token_timer.cancel()
+            self._token_timer = None
         closed = ConnectionClosed(code, reason)
         reconnect = (
             was_ready and self.reconnect and not self._closing and code not in NO_RECONNECT_CODES

@@ -228,7 +228,7 @@ _NAMES: dict[type, str] = {m.JoinRoom: "join", m.LeaveRoom: "leave",
 def apply(socket: LocalSocket, operation: m.SocketOperation) -> bool:
     """Run a join / leave / disconnect on a socket of this node."""
     if isinstance(operation, m.JoinRoom):
-        socket.join(operation.room)
+        socket.join(operation.room, by_server=True)  # server.join: the app's own decision
     elif isinstance(operation, m.LeaveRoom):
         socket.leave(operation.room)
     else:

@@ -113,6 +113,7 @@ class Presence:
         self.node = node
         self._rooms: set[str] = set()
         self._patterns: tuple[str, ...] = ()
+        self._prefixes: tuple[str, ...] = ()  # enable("chat:*"): room policies' patterns
         self.replicas: dict[str, Replica] = {}
         self.seq = 0  # bumped by every local change; orders deltas and snapshots
 
@@ -121,10 +122,16 @@ class Presence:
         self._patterns = tuple(patterns)
 
     def enable(self, room: str) -> None:
-        self._rooms.add(room)
+        """A room name, or a prefix pattern ending in ``*`` (``chat:*``; ``*``: every room)."""
+        if room.endswith("*"):
+            self._prefixes = (*self._prefixes, room[:-1])
+        else:
+            self._rooms.add(room)
 
     def is_presence_room(self, room: str) -> bool:
         if room in self._rooms:
+            return True
+        if self._prefixes and room.startswith(self._prefixes):
             return True
         return any(fnmatch.fnmatchcase(room, p) for p in self._patterns)
 

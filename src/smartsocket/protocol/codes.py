@@ -23,6 +23,7 @@ class CloseCode(IntEnum):
     KICKED = 4000  # the application disconnected this socket: do not reconnect automatically
     UNAUTHORIZED = 4001  # authentication failed: do not reconnect
     HEARTBEAT_TIMEOUT = 4002  # no $pong in time: reconnect
+    TOKEN_EXPIRED = 4003  # the connection token expired without a $refresh: new token, reconnect
     RATE_LIMITED = 4008  # sustained abuse: reconnect with backoff
     SLOW_CONSUMER = 4009  # read too slowly, its send buffer overflowed: reconnect
 
@@ -57,3 +58,4 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"  # too many events or bytes; see retryAfter
     ROOM_LIMIT = "room_limit"  # the socket is in max_rooms_per_socket rooms already
     TOO_MANY_PENDING = "too_many_pending"  # max_pending_acks calls are already waiting
+    FORBIDDEN = "forbidden"  # a room policy refused a join or publish (docs/auth.md)

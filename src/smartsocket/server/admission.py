@@ -1,7 +1,12 @@
 """Who may connect, and when a connection becomes a socket the application sees.
 
 Checks at the upgrade (origin, authentication when credentials are already there) answer
-with an HTTP error before any WebSocket exists. After the upgrade: the per-IP limit, async
+with an HTTP error before any WebSocket exists.
+
+Credentials are checked in this order: a JWT-shaped token (three dot-separated parts) goes
+to the JWT verifier when one is configured (``jwt_*``; ``server/tokens.py``) and that answer
+is final; any other credentials go to the ``authenticate`` hook if there is one, else to the
+API keys. After the upgrade: the per-IP limit, async
 authentication hooks and the ``$auth`` message. A socket is *admitted* (gets ``$welcome`` and
 reaches ``on_connection``) only once authenticated; until then it may send only ``$auth`` and
 ``$ping``, for at most ``auth_timeout``.
@@ -13,6 +18,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from smartsocket.auth.errors import TokenError, TokenErrorCode
+from smartsocket.auth.tokens import TokenClaims
 from smartsocket.handlers import Handler
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
     from smartsocket.config import Config
     from smartsocket.metrics import Stats
     from smartsocket.server.socket import Socket
+    from smartsocket.server.tokens import TokenSessions
 
 logger = logging.getLogger("smartsocket.security")
 
@@ -46,11 +54,12 @@ class Admission:
 
     def __init__(
         self, config: Config, *, spawn: Callable[[Any], None], admit: Callable[[Socket], None],
-        stats: Stats | None = None, hook: Handler | None = None,
+        tokens: TokenSessions, stats: Stats | None = None, hook: Handler | None = None,
     ) -> None:
         self._config = config
         self._spawn = spawn
         self._admit = admit
+        self._tokens = tokens
         self._stats = stats
         self._origins = parse_origins(config.allowed_origins)
         self._api_keys = ApiKeys(config.api_keys) if config.api_keys else None
@@ -64,7 +73,7 @@ class Admission:
 
     @property
     def required(self) -> bool:
-        return self._hook is not None or self._api_keys is not None
+        return self._hook is not None or self._api_keys is not None or self._tokens.enabled
 
     def set_hook(self, fn: Callable[..., Any]) -> None:
         self._hook = Handler(fn, max_args=1, called_with="(request: AuthRequest)")
@@ -81,6 +90,9 @@ class Admission:
             return HttpResponse(403, b"origin not allowed\n")
         if not self.required:
             return True, None
+        token = bearer_token(request.headers, request.query)
+        if self._tokens.accepts(token):
+            return self._check_jwt(token)
         hook = self._hook
         if hook is not None and hook.is_async:
             return False, None  # runs once the socket is open (see open())
@@ -93,6 +105,18 @@ class Admission:
         if identity is None and auth.token is not None:
             return _UNAUTHORIZED  # wrong credentials: no second chance through $auth
         return identity is not None, identity
+
+    def _check_jwt(self, token: Any) -> HttpResponse | tuple[bool, Any]:
+        verifier = self._tokens.verifier
+        assert verifier is not None
+        try:
+            return True, verifier.verify(token)
+        except TokenError as exc:
+            if exc.code is TokenErrorCode.UNKNOWN_KEY and verifier.jwks is not None:
+                return False, None  # maybe a rotation: open() reloads the key set and retries
+            logger.info("token refused at the upgrade: %s", exc)
+            return HttpResponse(401, f"unauthorized: {exc.code}\n".encode(),
+                                headers={"WWW-Authenticate": "Bearer"})
 
     # after the upgrade
 
@@ -110,10 +134,15 @@ class Admission:
             socket.fail(CloseCode.TRY_AGAIN_LATER, "too many connections from your address")
             return False
         if socket.authenticated:
+            if isinstance(socket.identity, TokenClaims):  # verified at the upgrade
+                self._admit_claims(socket, socket.identity)
             return True
         socket.set_deadline(self._config.auth_timeout, self._auth_timed_out)
+        token = bearer_token(socket.request.headers, socket.request.query)
         hook = self._hook
-        if hook is not None and hook.is_async:
+        if token is not None and self._tokens.accepts(token):
+            self._spawn(self._verify_jwt(socket, token))
+        elif hook is not None and hook.is_async:
             auth = self._auth_request(socket.request, socket.remote_address)
             self._spawn(self._authenticate_async(socket, auth, upgrade=True))
         else:
@@ -137,6 +166,7 @@ class Admission:
         else:
             self._per_ip.pop(ip, None)
         socket.clear_deadline()
+        self._tokens.forget(socket)
 
     def auth_message(self, socket: Socket, packet: Event) -> None:
         """``["$auth", {"token": ...} | anything]`` from a socket not authenticated yet (the
@@ -148,6 +178,9 @@ class Admission:
         auth = self._auth_request(socket.request, socket.remote_address, auth=data)
         if type(token) is str:
             auth = _with_token(auth, token)
+            if self._tokens.accepts(token):
+                self._spawn(self._verify_jwt(socket, token))
+                return
         hook = self._hook
         if hook is not None and hook.is_async:
             self._spawn(self._authenticate_async(socket, auth, upgrade=False))
@@ -158,6 +191,28 @@ class Admission:
             logger.info("authentication refused: %s", exc)
             identity = None
         self._settle(socket, identity, final=True)
+
+    async def _verify_jwt(self, socket: Socket, token: str) -> None:
+        """A JWT from ``$auth``, or one whose key set needed a reload: final either way."""
+        verifier = self._tokens.verifier
+        assert verifier is not None
+        try:
+            claims = await verifier.verify_async(token)
+        except TokenError as exc:
+            logger.info("token refused: %s", exc)
+            if socket.connected and not socket.authenticated:
+                expired = exc.code is TokenErrorCode.EXPIRED
+                self._refuse(socket, CloseCode.TOKEN_EXPIRED if expired
+                             else CloseCode.UNAUTHORIZED, str(exc.code))
+            return
+        if socket.connected and not socket.authenticated:
+            self._admit_claims(socket, claims)
+            self._settle(socket, claims.user, final=True)
+
+    def _admit_claims(self, socket: Socket, claims: TokenClaims) -> None:
+        socket.identity = claims.user
+        socket.data["identity"] = claims.user
+        self._tokens.admit(socket, claims)
 
     async def _authenticate_async(
         self, socket: Socket, auth: AuthRequest, *, upgrade: bool
@@ -187,15 +242,17 @@ class Admission:
         socket.authenticated = True
         socket.identity = identity
         socket.data["identity"] = identity
-        socket.user = user_of(identity)
+        if socket.token_claims is None:  # a token names its user itself (TokenSessions)
+            socket.user = user_of(identity)
         socket.clear_deadline()
         self._admit(socket)
 
-    def _refuse(self, socket: Socket) -> None:
+    def _refuse(self, socket: Socket, code: int = CloseCode.UNAUTHORIZED,
+                reason: str = "unauthorized") -> None:
         stats = self._stats
         if stats is not None:
             stats.rejected_connections += 1
-        socket.fail(CloseCode.UNAUTHORIZED, "unauthorized")
+        socket.fail(code, reason)
 
     def _auth_timed_out(self, socket: Socket) -> None:
         socket.clear_deadline()  # fired: forget it
@@ -205,7 +262,8 @@ class Admission:
     def _call_sync(self, auth: AuthRequest) -> Any:
         if self._hook is not None:
             return self._hook.fn(*(auth,)[: self._hook.arity])
-        assert self._api_keys is not None
+        if self._api_keys is None:  # JWT only, and these credentials are not a JWT
+            return None
         return self._api_keys.identify(auth.token)
 
     @staticmethod

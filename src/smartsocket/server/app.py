@@ -9,7 +9,7 @@ import logging
 import signal
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -20,6 +20,7 @@ from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
 from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
+from smartsocket.policies import Join, Publish, RoomPolicy
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
@@ -37,8 +38,10 @@ from smartsocket.server.live import LiveStats
 from smartsocket.server.local import LocalSide
 from smartsocket.server.recovery import Recovery
 from smartsocket.server.resume import Resumer
+from smartsocket.server.room_policy import RoomGate
 from smartsocket.server.rooms import Room, RoomContext, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
+from smartsocket.server.tokens import TokenSessions, verifier_for
 from smartsocket.server.users import Users, check_user
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
@@ -79,10 +82,16 @@ class SmartSocket:
         self._broadcaster = Broadcaster(self._sockets, self._cluster, self._fan)
         self._broadcast = self._broadcaster.send  # bound once (Room.broadcast calls it)
         self._registry.hook = self._cluster
+        # Token auth and room policies (server/tokens.py, server/room_policy.py), rebuilt with
+        # the config. Token expiry reads this clock (Unix seconds; tests inject one).
+        self._token_clock: Callable[[], float] = time.time
+        self._policy_list: dict[str, RoomPolicy] = {}
+        self._token_sessions = TokenSessions(None)
+        self._room_gate = self._new_gate(self._config)
         # Per-room broadcast rates; they read the clock at each use (tests replace it).
         self._room_limits = RoomLimits(self._config, lambda: self._clock())
         self._room_context = RoomContext(
-            self._registry, self._room_limits, self._broadcast, self._cluster
+            self._registry, self._room_limits, self._broadcast, self._cluster, self._room_gate
         )
         self._tasks = Tasks()
         self._router = EventRouter(self._config, self._tasks)  # inbound events -> handlers
@@ -102,7 +111,8 @@ class SmartSocket:
         # is the rate limits' and the error-rate rule's; tests replace it (``_clock``).
         self._socket_context = SocketContext(
             self._config, self._registry, self._cluster, self._connections, self._resumer,
-            self._liveness, self._router.dispatch, time.monotonic_ns,
+            self._liveness, self._router.dispatch, time.monotonic_ns, self.room,
+            self._token_sessions, self._room_gate,
         )
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -131,6 +141,9 @@ class SmartSocket:
         if self._started:
             raise RuntimeError("cannot reconfigure a running server")
         self._config = config
+        self._token_sessions = TokenSessions(verifier_for(config, lambda: self._token_clock()))
+        self._room_gate = self._new_gate(config)
+        self._room_context.gate = self._room_gate
         self._stats = Stats() if config.enable_metrics else None
         self._admission = self._new_admission(self._admission.hook)
         # With metrics off the stats keep their shape: counters that never move (zeros).
@@ -144,14 +157,16 @@ class SmartSocket:
         self._broadcaster.fanout, self._broadcaster.recovery = self._fan, self._recovery
         self._resumer.config, self._resumer.recovery = config, self._recovery
         self._connections.configure(config, self._admission, self._stats, self._recovery)
-        self._socket_context.configure(config, self._stats, self._recovery)
+        self._socket_context.configure(
+            config, self._stats, self._recovery, self._token_sessions, self._room_gate
+        )
         self._liveness.stats = self._stats
         self._prometheus = None  # its collector reads this configuration's parts
 
     def _new_admission(self, hook: Handler | None) -> Admission:
         return Admission(
-            self._config, spawn=self._tasks.spawn, admit=self._resumer.admit, stats=self._stats,
-            hook=hook,
+            self._config, spawn=self._tasks.spawn, admit=self._resumer.admit,
+            tokens=self._token_sessions, stats=self._stats, hook=hook,
         )
 
     @property
@@ -162,6 +177,32 @@ class SmartSocket:
     @_clock.setter
     def _clock(self, clock: Callable[[], int]) -> None:
         self._socket_context.clock = clock
+
+    def _new_gate(self, config: Config) -> RoomGate:
+        gate = RoomGate(
+            deny_by_default=config.rooms_deny_by_default,
+            verifier=self._token_sessions.verifier, clock=lambda: self._token_clock(),
+            monotonic_ns=lambda: self._clock(), has_room=self._registry.__contains__,
+        )
+        for pattern, policy in self._policy_list.items():
+            gate.set(pattern, policy)
+        return gate
+
+    @classmethod
+    def from_file(
+        cls, path: str, environ: Mapping[str, str] | None = None, **options: Any
+    ) -> SmartSocket:
+        """A server configured by the TOML file ``path`` (options and ``[rooms."..."]``
+        policies, docs/auth.md), overlaid by env vars, overlaid by ``options``."""
+        import os
+
+        from smartsocket.config_file import layered, load
+
+        file = load(path)
+        server = cls(config=Config(**layered(file, os.environ if environ is None else environ,
+                                             options)))
+        server.add_policies(file.rooms)
+        return server
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> SmartSocket:
@@ -198,6 +239,44 @@ class SmartSocket:
         an int, becomes ``socket.user`` (see ``to_user``)."""
         self._admission.set_hook(hook)
         return hook
+
+    def policy(
+        self, pattern: str, policy: RoomPolicy | None = None, *,
+        join: str | Iterable[str] = "anyone", publish: str = "members", presence: bool = False,
+        history_size: int | None = None, history_ttl: float | None = None,
+        rate: float | None = None, burst: float | None = None,
+    ) -> RoomPolicy:
+        """Set the policy of the rooms ``pattern`` matches (``chat:*``, ``admin``, ``*``):
+        who may ``join`` (anyone, authenticated, grant, user, subscription, server; several
+        of which any suffices) and ``publish`` (members, grant, server) from the client side
+        (``socket.join``, ``socket.publish``), ``presence``, history and a broadcast ``rate``
+        (per second) with its ``burst``. Raises ValueError. See docs/auth.md."""
+        if policy is None:
+            policy = RoomPolicy(
+                join=frozenset(Join(j) for j in ((join,) if isinstance(join, str) else join)),
+                publish=Publish(publish), presence=presence, history_size=history_size,
+                history_ttl=history_ttl, rate_limit_messages=rate, rate_limit_burst=burst,
+            )
+        self._room_gate.set(pattern, policy)  # checks the pattern first
+        self._policy_list[pattern] = policy
+        if policy.presence:
+            self._cluster.enable_presence(pattern)
+        return policy
+
+    def add_policies(self, policies: Mapping[str, RoomPolicy]) -> None:
+        """Several policies by pattern (e.g. a config file's ``rooms``)."""
+        for pattern, policy in policies.items():
+            self.policy(pattern, policy)
+
+    @property
+    def policies(self) -> Mapping[str, RoomPolicy]:
+        """The room policies by pattern (read-only)."""
+        return types.MappingProxyType(self._policy_list)
+
+    def expire_tokens(self) -> int:
+        """Close the sockets whose token expired without a refresh (4003) and end room
+        memberships whose subscription token did, now (a timer does it every second)."""
+        return self._token_sessions.expire_due()
 
     def rate_limit(
         self, event: str, messages: float | None, *, burst: float | None = None,
@@ -503,6 +582,7 @@ class SmartSocket:
         if not self._started:
             self._closed = asyncio.Event()
             self._connections.closing = False
+            await self._token_sessions.start()  # a JWKS URL: keys before the first token
             await self._cluster.start(self.config)  # before the first socket (its id)
             if self._recovery is not None:
                 self._recovery.broker = self._cluster.recovery  # Redis holds it in a cluster
@@ -569,6 +649,7 @@ class SmartSocket:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self._token_sessions.stop()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         self._live.close_all()

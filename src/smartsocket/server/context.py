@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from smartsocket.server.heartbeat import Liveness
     from smartsocket.server.recovery import Recovery
     from smartsocket.server.resume import Resumer
-    from smartsocket.server.rooms import RoomRegistry
+    from smartsocket.server.room_policy import RoomGate
+    from smartsocket.server.rooms import Room, RoomRegistry
     from smartsocket.server.socket import Socket
+    from smartsocket.server.tokens import TokenSessions
 
 
 class SocketConnection(Protocol):
@@ -57,13 +59,15 @@ class SocketContext:
 
     __slots__ = (
         "abuse", "clock", "cluster", "config", "connections", "default_limit", "dispatch",
-        "liveness", "overrides", "recovery", "registry", "resumer", "stats",
+        "gate", "liveness", "overrides", "recovery", "registry", "resumer", "room", "stats",
+        "tokens",
     )
 
     def __init__(
         self, config: Config, registry: RoomRegistry, cluster: ClusterNode,
         connections: Connections, resumer: Resumer, liveness: Liveness,
         dispatch: Callable[[Socket, Event], None], clock: Callable[[], int],
+        room: Callable[[str], Room], tokens: TokenSessions, gate: RoomGate,
     ) -> None:
         self.registry = registry
         self.cluster = cluster  # ids, presence
@@ -72,12 +76,22 @@ class SocketContext:
         self.liveness = liveness  # $pong
         self.dispatch = dispatch  # inbound events to handlers (EventRouter.dispatch)
         self.clock = clock  # integer ns: rate limits, the error-rate rule
+        self.room = room  # a Room handle by name (server.room): Socket.publish
+        self.tokens = tokens  # JWT expiry, $refresh, subscription-token rooms (configure)
+        self.gate = gate  # room policies: joins and publishes (configure)
         self.overrides: dict[str, RateLimit] = {}  # per-event rate limits (server.rate_limit)
         self.abuse = AbuseRules(config)
         self.configure(config, None, None)
 
-    def configure(self, config: Config, stats: Stats | None, recovery: Recovery | None) -> None:
+    def configure(
+        self, config: Config, stats: Stats | None, recovery: Recovery | None,
+        tokens: TokenSessions | None = None, gate: RoomGate | None = None,
+    ) -> None:
         self.config, self.stats, self.recovery = config, stats, recovery
+        if tokens is not None:
+            self.tokens = tokens
+        if gate is not None:
+            self.gate = gate
         self.abuse.config, self.abuse.stats = config, stats
         self.default_limit: RateLimit | None = None
         if config.rate_limit_messages or config.rate_limit_bytes:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
     from smartsocket.config import Config
     from smartsocket.metrics import Stats
+    from smartsocket.server.room_policy import RoomGate
     from smartsocket.server.socket import Socket
 
 SendFrame = Callable[[bytes], None]
@@ -127,16 +128,17 @@ class RoomLimits:
 
 class RoomContext:
     """What ``Room`` handles and ``RoomsView`` use of their server: the registry, the per-room
-    rates, the broadcast (``Broadcaster.send``, bound once) and the cluster."""
+    rates, the room policies, the broadcast (``Broadcaster.send``, bound once) and the cluster."""
 
-    __slots__ = ("broadcast", "cluster", "limits", "registry")
+    __slots__ = ("broadcast", "cluster", "gate", "limits", "registry")
 
     def __init__(
         self, registry: RoomRegistry, limits: RoomLimits, broadcast: Callable[..., int],
-        cluster: ClusterNode,
+        cluster: ClusterNode, gate: RoomGate,
     ) -> None:
         self.registry = registry
         self.limits = limits
+        self.gate = gate  # the room policies (rebuilt with the configuration)
         self.broadcast = broadcast
         self.cluster = cluster
 
@@ -166,9 +168,11 @@ class Room:
         room is over its rate; in a handler that becomes the sender's ack error.
         """
         ctx = self._ctx
-        limits = ctx.limits
-        if limits.rate:
-            limits.check(self.name)
+        gate = ctx.gate
+        if gate.active and gate.check_rate(self.name):
+            pass  # the room's policy sets its rate
+        elif ctx.limits.rate:
+            ctx.limits.check(self.name)
         return ctx.broadcast(
             ctx.registry.members(self.name), event, data, exclude, binary, self.name
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from smartsocket.acks import AckTracker
@@ -22,6 +23,7 @@ from smartsocket.server.users import user_of
 from smartsocket.transport import HandshakeRequest
 
 if TYPE_CHECKING:
+    from smartsocket.auth.tokens import SubscriptionClaims, TokenClaims
     from smartsocket.server.context import SocketContext
     from smartsocket.server.recovery import SessionState
 
@@ -69,6 +71,7 @@ class Socket:
         "recovered",
         "request",
         "token",
+        "token_claims",
         "user",
     )
 
@@ -109,6 +112,8 @@ class Socket:
         self._rec: SessionState | None = context.resumer.new_session_state(self)
         self._resuming = False  # waiting for the client's $resume before $welcome
         self.recovered = False  # this connection resumed a dropped session (same id)
+        # The verified JWT connection token (server/tokens.py), if one admitted it.
+        self.token_claims: TokenClaims | None = None
 
     def __repr__(self) -> str:
         return f"<Socket {self.id} rooms={sorted(self._rooms)}>"
@@ -122,6 +127,12 @@ class Socket:
     def joined_rooms(self) -> list[str]:
         """The rooms it is in, in the order it joined them."""
         return list(self._rooms)
+
+    @property
+    def claims(self) -> Mapping[str, Any]:
+        """Every claim of the connection token (read-only; empty without one)."""
+        claims = self.token_claims
+        return claims.claims if claims is not None else _NO_CLAIMS
 
     @property
     def remote_address(self) -> tuple[Any, ...] | None:
@@ -199,11 +210,18 @@ class Socket:
         self._send_payload(payload, binary)
         return await future
 
-    def join(self, room: str) -> None:
+    def join(
+        self, room: str, *, token: str | SubscriptionClaims | None = None,
+        by_server: bool = False,
+    ) -> None:
         """Join ``room`` (no-op if already a member).
 
+        With room policies (docs/auth.md) the join is the client's, checked against the
+        room's policy (``token``: a subscription token the client sent for it), unless
+        ``by_server`` (the application's own decision: never refused by a policy).
+
         Raises LimitExceeded (an AckError: in a handler it becomes the ack error) with code
-        ``invalid_name`` or ``room_limit``.
+        ``invalid_name``, ``room_limit`` or ``forbidden``.
         """
         ctx = self._ctx
         cfg = ctx.config
@@ -216,6 +234,10 @@ class Socket:
             raise LimitExceeded(
                 ErrorCode.ROOM_LIMIT, f"a socket may be in {cfg.max_rooms_per_socket} rooms"
             )
+        gate = ctx.gate
+        held_until = None  # the end of a subscription token's grant
+        if gate.active and not by_server:
+            held_until = gate.check_join(self, room, token)
         if ctx.registry.add(room, self, self._send_frame):
             self._rooms[room] = None
             rec = self._rec
@@ -223,6 +245,26 @@ class Socket:
                 recovery = ctx.recovery
                 assert recovery is not None
                 rec.joined[room] = recovery.position(room)
+            if held_until is not None:
+                ctx.tokens.hold_room(self, room, held_until)
+
+    def publish(
+        self, room: str, event: str, data: Any = None, *, include_self: bool = True,
+        binary: bool | None = None,
+    ) -> int:
+        """Broadcast ``event`` to ``room`` on this client's behalf: the room's policy decides
+        whether it may (``publish``: members, grant, server; LimitExceeded ``forbidden``).
+        Returns the deliveries made on this node."""
+        ctx = self._ctx
+        if ctx.gate.active:
+            ctx.gate.check_publish(self, room)
+        return ctx.room(room).broadcast(
+            event, data, exclude=None if include_self else self, binary=binary
+        )
+
+    def send_system(self, event: str, data: Any) -> None:
+        """Send a protocol event (a ``$`` name, docs/protocol.md section 3)."""
+        self._send_payload(_encode_event(event, data), False)
 
     def set_presence(self, info: dict[str, Any]) -> None:
         """Change this socket's public presence info (``socket.presence``, e.g. a status):
@@ -236,6 +278,7 @@ class Socket:
                 cluster.presence_state.changed(room, self, joined=True, updated=True)
 
     def leave(self, room: str) -> None:
+        self._ctx.tokens.drop_room(self, room)
         if self._ctx.registry.discard(room, self):
             self._rooms.pop(room, None)
             if self._rec is not None:
@@ -375,6 +418,8 @@ class Socket:
                 )
             else:
                 self._ctx.connections.auth_message(self, packet)
+        elif name == "$refresh" and self.authenticated:
+            self._ctx.tokens.refresh_message(self, packet)
         elif name == "$resume" and self._ctx.recovery is not None:
             self._ctx.resumer.resume_message(self, packet)
         else:
@@ -591,6 +636,9 @@ class Socket:
 
 def _is_resume(packet: envelope.Packet) -> bool:
     return type(packet) is Event and packet.name == "$resume"
+
+
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
 def _drop(frame: bytes) -> None:
