@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import msgspec
 
+from smartsocket.backoff import backoff_delay
 from smartsocket.outbox.rows import (
     CHANNEL,
     INSERT_SQL_NUMERIC,
@@ -161,15 +161,18 @@ class OutboxConsumer:
     # -- the loop ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = self._delay_min
+        attempt = 0  # failures in a row (backoff); a connection that led resets it
         while not self._stopping.is_set():
+            # Jitter so that a restarted database is not hit by every node at once.
+            delay = backoff_delay(attempt + 1, base=self._delay_min, maximum=self._delay_max)
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
                 if self._create_table:
                     await apply_schema(conn)
                 if await self._lead(conn):
-                    delay = self._delay_min
+                    attempt = 0
+                    delay = backoff_delay(1, base=self._delay_min, maximum=self._delay_max)
                     await self._consume(conn)
             except _DB_ERRORS as exc:
                 self.reconnects += 1
@@ -183,9 +186,8 @@ class OutboxConsumer:
                 if conn is not None:
                     await self._close(conn)
             if not self._stopping.is_set():
-                # Jitter so that a restarted database is not hit by every node at once.
-                await self._sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self._delay_max)
+                await self._sleep(delay)
+                attempt += 1
 
     async def _lead(self, conn: asyncpg.Connection) -> bool:
         """Wait (connected) until this connection holds the leader lock; False when stopping."""
