@@ -35,7 +35,9 @@ ALLOWED: dict[str, set[str]] = {
     "client": SHARED | EDGES,
     "cluster": SHARED | EDGES,
     "recovery": SHARED | EDGES | {"cluster"},
-    "server": SHARED | EDGES | {"cluster", "recovery"},
+    "server": SHARED | EDGES | {"cluster", "recovery", "outbox"},
+    # the PostgreSQL outbox: asyncpg and the naming rule; it publishes through a callable
+    "outbox": SHARED | {"protocol"},
     # Application-facing, but a client of the cluster's broker only: never the server (an
     # emitter process runs no server), and the one recovery tie (the room-log script).
     "emitter": SHARED | EDGES | {"cluster"},

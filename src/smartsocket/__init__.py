@@ -9,12 +9,13 @@ Protocol v1 is specified in docs/protocol.md.
 from smartsocket._version import __version__
 from smartsocket.client import Client, connect
 from smartsocket.config import Config
-from smartsocket.emitter import AsyncEmitter, Emitter, EmitterError
+from smartsocket.emitter import AsyncEmitter, Emitter
 from smartsocket.errors import (
     AckError,
     AckTimeout,
     ConfigError,
     ConnectionClosed,
+    EmitterError,
     OfflineBufferFull,
     SmartSocketError,
     Unauthorized,

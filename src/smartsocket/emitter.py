@@ -46,7 +46,7 @@ from smartsocket.cluster.brokers.scripts import ScriptCall
 from smartsocket.cluster.node import channel_token
 from smartsocket.cluster.operations import node_of
 from smartsocket.cluster.sessions import LOG, BrokerRecovery  # the one tie to recovery
-from smartsocket.errors import SmartSocketError
+from smartsocket.errors import EmitterError
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event, name_problem
@@ -60,11 +60,6 @@ __all__ = ["AsyncEmitter", "Batch", "Emitter", "EmitterCore", "EmitterError"]
 R = TypeVar("R")
 _pack = msgspec.msgpack.Encoder().encode
 _MAX_BATCH = 1000  # messages per pipeline
-
-
-class EmitterError(SmartSocketError, ConnectionError):
-    """The broker could not take the message (unreachable within ``timeout``, or the link
-    broke while sending: then some messages of that call may have gone out)."""
 
 
 class EmitterCore:
