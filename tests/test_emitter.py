@@ -238,3 +238,56 @@ async def test_a_client_cut_during_the_emits_gets_them_on_resume(
         finally:
             await subject.close()
             await publisher.close()
+
+
+# lifecycle: close sends what was emitted before it; a forked child gets its own link
+
+
+async def test_close_sends_what_was_emitted_before_it(tmp_path: Path) -> None:
+    url = BROKERS["redis"]
+    with node_processes(url, 1, tmp_path) as (node,):
+        name = node.proc.args[node.proc.args.index("--cluster-prefix") + 1]  # type: ignore[union-attr]
+        async with clients(node) as (client,):
+            got: list[int] = []
+            client.on("news", got.append)
+            await client.call("join", {"room": "news"})
+            emitter = AsyncEmitter(url, prefix=name)
+            await emitter.connect()
+            sends = [asyncio.ensure_future(emitter.publish("news", "news", n))
+                     for n in range(3000)]
+            await asyncio.sleep(0)  # the first pipelines are on their way
+            await emitter.close()
+            await asyncio.gather(*sends)  # every one went out: none failed, none hangs
+            assert emitter.sent == 3000
+            await wait_for(lambda: len(got) == 3000, timeout=10)
+            assert got == list(range(3000))
+
+
+def _publish_in_child(emitter: Emitter, sid: str) -> None:
+    emitter.send(sid, "news", "from the child")
+    emitter.close()
+
+
+async def test_a_forked_child_makes_its_own_connection(tmp_path: Path) -> None:
+    import multiprocessing
+
+    url = BROKERS["redis"]
+    with node_processes(url, 1, tmp_path) as (node,):
+        name = node.proc.args[node.proc.args.index("--cluster-prefix") + 1]  # type: ignore[union-attr]
+        async with clients(node) as (client,):
+            rec = Recorder(client, "news")
+            emitter = Emitter(url, prefix=name)
+            try:
+                await asyncio.to_thread(emitter.send, client.sid, "news", "from the parent")
+                assert await rec.next("news") == "from the parent"
+                child = multiprocessing.get_context("fork").Process(
+                    target=_publish_in_child, args=(emitter, client.sid)
+                )
+                child.start()
+                await asyncio.to_thread(child.join, 30)
+                assert child.exitcode == 0
+                assert await rec.next("news") == "from the child"
+                await asyncio.to_thread(emitter.send, client.sid, "news", "parent again")
+                assert await rec.next("news") == "parent again"
+            finally:
+                await asyncio.to_thread(emitter.close)

@@ -352,6 +352,8 @@ class AsyncEmitter(Operations[Awaitable[None]]):
         pending = self._pending
         while True:
             if not pending:
+                if self._closed:
+                    return  # close(): everything emitted before it went out
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -368,14 +370,14 @@ class AsyncEmitter(Operations[Awaitable[None]]):
                         self._adapter.send_now(self._packed(batch[start:start + _MAX_BATCH])),
                         self.timeout,
                     )
+            except asyncio.CancelledError:  # close() gave up waiting: no caller waits forever
+                _fail(futures, EmitterError("the emitter was closed while sending"))
+                raise
             except Exception as exc:
-                error = exc if isinstance(exc, EmitterError) else EmitterError(
+                _fail(futures, exc if isinstance(exc, EmitterError) else EmitterError(
                     f"publishing to the {self._adapter.name} broker failed "
                     f"({type(exc).__name__}: {exc})"
-                )
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(error)
+                ))
                 continue
             self.sent += len(batch)
             for future in futures:
@@ -403,19 +405,21 @@ class AsyncEmitter(Operations[Awaitable[None]]):
         return out
 
     async def close(self) -> None:
-        """Send what is pending, then disconnect."""
+        """Send what was emitted before (waiting up to ``timeout`` for it), then disconnect."""
         if self._closed:
             return
         self._closed = True
-        while self._pending and self._writer is not None and self.connected:
-            await asyncio.sleep(0.001)
-        if self._writer is not None:
-            self._writer.cancel()
+        writer = self._writer
+        if writer is not None:
+            assert self._wakeup is not None
+            self._wakeup.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), self.timeout)
+            except TimeoutError:
+                writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        for _, future in self._pending:
-            if not future.done():
-                future.set_exception(EmitterError("the emitter is closed"))
+                await writer
+        _fail([future for _, future in self._pending], EmitterError("the emitter is closed"))
         self._pending.clear()
         await self._adapter.close()
 
@@ -429,6 +433,12 @@ class AsyncEmitter(Operations[Awaitable[None]]):
 
 def _ignore(channel: str, data: bytes) -> None:
     pass
+
+
+def _fail(futures: list[asyncio.Future[None]], error: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 def _publish_many(run: list[Any]) -> Outbound:
