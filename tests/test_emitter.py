@@ -1,4 +1,4 @@
-"""The emitter (smartsocket/emitter.py): a separate Python process publishes to a running
+"""The emitter (smartsocket/emitter/): a separate Python process publishes to a running
 cluster through its broker (the real Redis, NATS and the throwaway Redis Cluster of
 scripts/redis-cluster); clients on two nodes receive it; with recovery on, a client cut during
 the emits gets them on resume."""

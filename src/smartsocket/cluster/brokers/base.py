@@ -271,7 +271,7 @@ class BrokerAdapter(Adapter):
 
     async def send_now(self, batch: list[Outbound]) -> None:
         """Publish ``batch`` at once, in order, past the queue, and return when the broker
-        took it: for a caller that must know (the emitter, ``smartsocket/emitter.py``), where
+        took it: for a caller that must know (the emitter, ``smartsocket/emitter/``), where
         ``publish`` is fire and forget. Raises ConnectionError while the link is down, or what
         the link raised (then some of the batch may have gone out)."""
         if not self.connected:
