@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from clusters import BROKERS, ROOT, clients, free_port, node_processes, read_line
+from clusters import BROKERS, ROOT, clients, free_port, node_processes, prefix, read_line
 from smartsocket import AsyncEmitter, Client, Config, Emitter, EmitterError
 from smartsocket.emitter import EmitterCore
 from smartsocket.testing import Recorder, wait_for
@@ -291,3 +291,47 @@ async def test_a_forked_child_makes_its_own_connection(tmp_path: Path) -> None:
                 assert await rec.next("news") == "parent again"
             finally:
                 await asyncio.to_thread(emitter.close)
+
+
+async def test_runs_of_messages_keep_their_order_around_logged_ones() -> None:
+    """Plain Redis: runs of plain messages go as PUBLISH_MANY calls, logged room messages as
+    LOG calls, in one pipeline; a subscriber (redis-py, independent of the emitter) sees every
+    message in the order emitted."""
+    import msgspec
+    import redis.asyncio
+
+    from smartsocket.cluster import messages
+    from smartsocket.cluster.brokers.scripts import ScriptCall
+    from smartsocket.cluster.sessions import parse_logged
+    from smartsocket.emitter.emitters import pack_runs
+
+    name = prefix()
+    core = EmitterCore(prefix=name, recovery_window=5)
+    items = [core.send("n1.s", "e", n) for n in range(300)]
+    items.append(core.publish("room", "e", 300, None))
+    items += [core.send("n1.s", "e", n) for n in range(301, 601)]
+    packed = pack_runs(items)
+    assert [type(item[1]) for item in packed] == [ScriptCall] * 5  # 256+44, the LOG, 256+44
+    assert pack_runs(items[:1]) == items[:1]
+
+    subscriber = redis.asyncio.Redis.from_url(BROKERS["redis"])
+    pubsub = subscriber.pubsub()
+    await pubsub.subscribe(f"{name}.node.n1", f"{name}.room.room")
+    async with AsyncEmitter(BROKERS["redis"], prefix=name, recovery_window=5) as emitter:
+        await emitter.send_items(items)
+    seen: list[int] = []
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(seen) < 601:
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(seen)} messages"
+        message = await pubsub.get_message(timeout=1)
+        if message is None or message["type"] != "message":
+            continue  # the subscribe confirmations
+        data = message["data"]
+        if data[:1] == b"P":
+            data = parse_logged(data)[2]
+        body = messages.decode_body(messages.decode_envelope(data))
+        payload = body.payload  # type: ignore[union-attr]
+        seen.append(msgspec.json.decode(payload)[1])
+    await pubsub.aclose()
+    await subscriber.aclose()
+    assert seen == list(range(601))

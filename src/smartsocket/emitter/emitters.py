@@ -84,6 +84,8 @@ class AsyncEmitter(Operations[Awaitable[None]]):
         self._starting: asyncio.Task[None] | None = None
         self._closed = False
         self.sent = 0  # messages the broker took
+        # Plain Redis takes runs of messages as one script call (PUBLISH_MANY).
+        self._pack = pack_runs if adapter.name == "redis" else _as_is
 
     @classmethod
     def from_config(cls, config: Config, *, timeout: float = 5.0) -> AsyncEmitter:
@@ -174,7 +176,7 @@ class AsyncEmitter(Operations[Awaitable[None]]):
                 for start in range(0, len(batch), _MAX_BATCH):  # a big Batch: in slices
                     await self._wait_up()
                     await asyncio.wait_for(
-                        self._adapter.send_now(self._packed(batch[start:start + _MAX_BATCH])),
+                        self._adapter.send_now(self._pack(batch[start:start + _MAX_BATCH])),
                         self.timeout,
                     )
             except asyncio.CancelledError:  # close() gave up waiting: no caller waits forever
@@ -190,26 +192,6 @@ class AsyncEmitter(Operations[Awaitable[None]]):
             for future in futures:
                 if not future.done():
                     future.set_result(None)
-
-    def _packed(self, batch: list[Outbound]) -> list[Outbound]:
-        """On plain Redis, runs of plain messages as PUBLISH_MANY calls (same order)."""
-        if self._adapter.name != "redis" or len(batch) < 2:
-            return batch
-        out: list[Outbound] = []
-        run: list[Any] = []
-        for channel, data in batch:
-            if type(data) is bytes:
-                run += (channel, data)
-                if len(run) < 2 * _RUN:
-                    continue
-            if run:
-                out.append(_publish_many(run))
-                run = []
-            if type(data) is not bytes:
-                out.append((channel, data))
-        if run:
-            out.append(_publish_many(run))
-        return out
 
     async def close(self) -> None:
         """Send what was emitted before (waiting up to ``timeout`` for it), then disconnect."""
@@ -246,6 +228,32 @@ def _fail(futures: list[asyncio.Future[None]], error: BaseException) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(error)
+
+
+def pack_runs(batch: list[Outbound]) -> list[Outbound]:
+    """Runs of plain messages (up to ``_RUN``) as PUBLISH_MANY calls, in the same order;
+    script calls (logged room messages) stay where they are."""
+    if len(batch) < 2:
+        return batch
+    out: list[Outbound] = []
+    run: list[Any] = []
+    for channel, data in batch:
+        if type(data) is bytes:
+            run += (channel, data)
+            if len(run) < 2 * _RUN:
+                continue
+        if run:
+            out.append(_publish_many(run))
+            run = []
+        if type(data) is not bytes:
+            out.append((channel, data))
+    if run:
+        out.append(_publish_many(run))
+    return out
+
+
+def _as_is(batch: list[Outbound]) -> list[Outbound]:
+    return batch
 
 
 def _publish_many(run: list[Any]) -> Outbound:
