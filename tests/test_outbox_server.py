@@ -162,3 +162,23 @@ def test_without_asyncpg_the_start_names_the_extra(dsn: str) -> None:
     done = serve("--outbox-url", dsn, hide_asyncpg=True)
     assert done.returncode == 1
     assert "smartsocket[postgres]" in done.stderr.strip().splitlines()[-1]
+
+
+async def test_a_consumer_of_its_own_publishes_through_an_emitter(dsn: str) -> None:
+    """The consumer outside the servers (docs/outbox.md): rows reach a server's client through
+    an AsyncEmitter on the cluster's Redis."""
+    from smartsocket import AsyncEmitter
+    from smartsocket.outbox import OutboxConsumer
+
+    options = {"cluster_url": BROKERS["redis"], "cluster_prefix": prefix()}
+    async with running(app(**options)) as server, connected(server) as client, \
+            AsyncEmitter(BROKERS["redis"], prefix=options["cluster_prefix"]) as emitter, \
+            OutboxConsumer(dsn, emitter.publish):
+        got = collect(client)
+        await client.call("join", "feed")
+        await insert(dsn, [("feed", n) for n in range(20)])
+        await insert(dsn, [("feed", "never")], commit=False)
+        await insert(dsn, [("feed", 20)])
+        await until(lambda: len(got) >= 21, what="21 rows")
+        await asyncio.sleep(0.05)
+        assert got == list(range(21))
