@@ -22,8 +22,8 @@ One encoding core, two transports:
                     synchronous client, and one transport means one behaviour); made on first
                     use, and again in a forked child (gunicorn ``--preload``, Celery prefork)
 
-A call returns once the broker took the message (Redis answered the pipeline; NATS: the
-client's buffer, flushed at ``close()``), and raises ``EmitterError`` when the broker cannot
+A call returns once the broker took the message (Redis answered the pipeline; NATS answered
+a PING sent after it), and raises ``EmitterError`` when the broker cannot
 be reached within ``timeout``. Delivery to sockets is not confirmed: the channel is one-way.
 """
 
