@@ -12,9 +12,17 @@ import pytest
 import websockets
 
 from smartsocket import Client, ConnectionClosed, OfflineBufferFull, SmartSocket, Socket
-from smartsocket.client.backoff import backoff_delay
+from smartsocket.backoff import backoff_delay
 from smartsocket.demo import create_app
 from smartsocket.testing import Recorder, running, wait_for
+
+
+def test_backoff_is_one_function_for_every_part() -> None:
+    from smartsocket.client import backoff as client_backoff
+    from smartsocket.cluster.brokers import base
+
+    # the client's old import path still works; the broker links use the same function
+    assert client_backoff.backoff_delay is backoff_delay is base.backoff_delay
 
 
 def test_backoff_grows_caps_and_jitters() -> None:

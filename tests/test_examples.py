@@ -17,8 +17,10 @@ import aiohttp
 import pytest
 import websockets
 
-from smartsocket import AckError, Client
-from smartsocket.testing import Recorder, connected, running_asgi
+from clusters import BROKERS, answers, free_port, prefix
+from outboxdb import database
+from smartsocket import AckError, Client, SmartSocket, Socket
+from smartsocket.testing import Recorder, connected, running, running_asgi, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -190,3 +192,71 @@ async def test_two_node_cluster_example(broker: str) -> None:
     text = out.decode()
     assert "Ben got 'hello from node A' from Ann" in text
     assert "Ann got 'hi Ann, this is node B' from Ben" in text
+
+
+def joinable(**options: object) -> SmartSocket:
+    """A server whose clients join rooms with a ``join`` call (acked once subscribed)."""
+    server = SmartSocket(**options)  # type: ignore[arg-type]
+
+    @server.on("join")
+    async def join(socket: Socket, room: str) -> bool:
+        socket.join(room)
+        return await server.room(room).subscribed()
+
+    return server
+
+
+async def test_fastapi_emitter_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One FastAPI endpoint publishes through AsyncEmitter to a server it shares Redis with."""
+    cluster = {"cluster_url": BROKERS["redis"], "cluster_prefix": prefix()}
+    monkeypatch.setenv("SMARTSOCKET_CLUSTER_URL", cluster["cluster_url"])
+    monkeypatch.setenv("SMARTSOCKET_CLUSTER_PREFIX", cluster["cluster_prefix"])
+    example = load_example("fastapi_emitter.py")
+    async with running(joinable(**cluster)) as server, connected(server) as client, \
+            running_asgi(example.app) as base, aiohttp.ClientSession() as http:
+        messages = Recorder(client, "message")
+        assert await client.call("join", "news")
+        async with http.post(base + "/rooms/news/messages", json={"text": "deploy at 5"}) as r:
+            assert r.status == 202
+        assert await messages.next("message") == {"room": "news", "text": "deploy at 5"}
+        async with http.post(base + "/rooms/%E2%80%AE/messages", json={"text": "x"}) as r:
+            assert r.status == 400  # a room name the servers refuse (U+202E)
+
+
+async def test_django_outbox_example() -> None:
+    """The Django view saves a note and its outbox row in one transaction; a server with
+    ``outbox_url`` publishes it; a note the database refuses is never published."""
+    async with database() as dsn:
+        env = {**ENV, "DATABASE_URL": dsn}
+        script = str(EXAMPLES / "django_outbox" / "app.py")
+        migrate = await asyncio.create_subprocess_exec(sys.executable, script, "migrate_notes",
+                                                       env=env, stdout=subprocess.PIPE,
+                                                       stderr=subprocess.PIPE)
+        await finish(migrate)
+        port = free_port()
+        django = await asyncio.create_subprocess_exec(
+            sys.executable, script, "runserver", f"127.0.0.1:{port}", "--noreload",
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            await wait_for(lambda: answers(port), timeout=30)
+            async with running(joinable(outbox_url=dsn)) as server, \
+                    connected(server) as client, aiohttp.ClientSession() as http:
+                notes = Recorder(client, "note.added")
+                assert await client.call("join", "board:team")
+                url = f"http://127.0.0.1:{port}/boards/team/notes"
+                async with http.post(url, json={"text": "hello"}) as r:
+                    assert r.status == 201
+                    first = (await r.json())["id"]
+                assert await notes.next("note.added", timeout=20) == {"id": first,
+                                                                      "text": "hello"}
+                async with http.post(url, json={"text": "x" * 201}) as r:
+                    assert r.status == 400  # the CHECK refused it: rolled back
+                async with http.post(url, json={"text": "again"}) as r:
+                    second = (await r.json())["id"]
+                assert await notes.next("note.added", timeout=20) == {"id": second,
+                                                                      "text": "again"}
+                assert notes.pending("note.added") == 0
+        finally:
+            django.terminate()
+            await django.wait()

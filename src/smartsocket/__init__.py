@@ -1,6 +1,7 @@
 """SmartSocket: a fast real-time WebSocket server and clients for Python.
 
 Server: ``SmartSocket``, ``Socket``, ``Room``, ``AuthRequest``. Client: ``Client`` and ``connect``.
+Publishing from other processes: ``Emitter``, ``AsyncEmitter`` (docs/emitter.md).
 Every public name is importable from here (``__all__``); the modules behind it may move.
 Protocol v1 is specified in docs/protocol.md.
 """
@@ -8,11 +9,13 @@ Protocol v1 is specified in docs/protocol.md.
 from smartsocket._version import __version__
 from smartsocket.client import Client, connect
 from smartsocket.config import Config
+from smartsocket.emitter import AsyncEmitter, Emitter
 from smartsocket.errors import (
     AckError,
     AckTimeout,
     ConfigError,
     ConnectionClosed,
+    EmitterError,
     OfflineBufferFull,
     SmartSocketError,
     Unauthorized,
@@ -24,6 +27,7 @@ from smartsocket.server import Room, SmartSocket, Socket
 __all__ = [
     "AckError",
     "AckTimeout",
+    "AsyncEmitter",
     "AuthError",
     "AuthRequest",
     "Client",
@@ -31,6 +35,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConnectionClosed",
+    "Emitter",
+    "EmitterError",
     "ErrorCode",
     "LimitExceeded",
     "OfflineBufferFull",

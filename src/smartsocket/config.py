@@ -119,6 +119,10 @@ class Config:
                                "counts and presence", min=0.05)
     presence_rooms: str | None = _opt(None, "rooms or patterns (game:*) whose members get "
                                       "$presence updates, comma-separated or a list")
+    # transactional outbox (src/smartsocket/outbox, docs/outbox.md)
+    outbox_url: str | None = _opt(None, "publish the rows of the PostgreSQL outbox table at "
+                                  "postgresql://... (one server of a cluster at a time; needs "
+                                  "smartsocket[postgres])")
     reuse_port: bool = _opt(False, "bind with SO_REUSEPORT (set for each --workers process)")
     # token authentication and room policies (docs/auth.md; the jwt extra)
     jwt_secret: str | None = _opt(None, "HS256 secret of connection tokens (at least 32 bytes; "
@@ -172,6 +176,10 @@ class Config:
             # History and sessions live in the broker: Redis streams, keys and scripts.
             raise ConfigError("recovery_window", "recovery in a cluster needs cluster_url "
                               "redis://... (NATS and memory:// cannot keep history)")
+        if self.outbox_url is not None and self.outbox_url.partition("://")[0].lower() not in (
+            "postgresql", "postgres"
+        ):
+            raise ConfigError("outbox_url", "must start with postgresql://")
         if not self.cluster_prefix or not all(
             part.replace("-", "").replace("_", "").isalnum()
             for part in self.cluster_prefix.split(".")

@@ -10,7 +10,9 @@
     ├── ConnectionClosed         the connection closed; carries the close code and reason
     ├── Unauthorized             the server wants credentials the client lacks or it refused
     │                            (also a ConnectionError)
-    └── OfflineBufferFull        the client buffered as many sends as it may while offline
+    ├── OfflineBufferFull        the client buffered as many sends as it may while offline
+    └── EmitterError             an emitter's broker did not take a message (also a
+                                 ConnectionError)
 
 ``LimitExceeded`` and ``AuthError`` live in ``smartsocket.security``, beside the checks that
 raise them.
@@ -87,3 +89,9 @@ class Unauthorized(SmartSocketError, ConnectionError):
 
 class OfflineBufferFull(SmartSocketError):
     """The client is offline and its buffer of pending sends is full."""
+
+
+class EmitterError(SmartSocketError, ConnectionError):
+    """An ``Emitter`` or ``AsyncEmitter`` could not hand a message to the broker: unreachable
+    within ``timeout``, the link broke while sending (some messages of that call may have gone
+    out), or the emitter is closed."""

@@ -1,25 +1,6 @@
-"""Reconnect delays: exponential backoff with jitter, so clients that lost the same server do
-not all come back in the same instant."""
+"""Kept for imports of ``smartsocket.client.backoff``: the function lives in
+``smartsocket.backoff``, shared with the broker adapters and the outbox consumer."""
 
-from __future__ import annotations
+from smartsocket.backoff import backoff_delay
 
-import random
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float,
-    maximum: float,
-    jitter: float = 0.5,
-    rng: random.Random | None = None,
-) -> float:
-    """Delay before reconnect ``attempt`` (1-based): ``base * 2**(attempt-1)``, capped at
-    ``maximum``, then spread by +/- ``jitter`` (a fraction) uniformly."""
-    if attempt < 1:
-        raise ValueError("attempt starts at 1")
-    delay = min(maximum, base * 2 ** min(attempt - 1, 62))
-    if jitter:
-        spread: float = (rng or random).uniform(-jitter, jitter)
-        delay = min(maximum, delay * (1 + spread))
-    return float(max(0.0, delay))
+__all__ = ["backoff_delay"]

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from smartsocket.acks import AckTracker
-from smartsocket.client.backoff import backoff_delay
+from smartsocket.backoff import backoff_delay
 from smartsocket.client.tokens import GetToken, TokenKeeper
 from smartsocket.compression import NegotiationError
 from smartsocket.errors import AckError, ConnectionClosed, OfflineBufferFull, Unauthorized

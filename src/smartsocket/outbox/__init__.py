@@ -25,20 +25,30 @@ from smartsocket.outbox.rows import (
 )
 
 if TYPE_CHECKING:
-    from smartsocket.outbox.consumer import OutboxConsumer, Publish, apply_schema, insert_row
+    from smartsocket.outbox.consumer import (
+        OutboxConsumer,
+        OutboxUnusable,
+        Publish,
+        apply_schema,
+        check_database,
+        insert_row,
+    )
 
 __all__ = [
     "INSERT_SQL_NUMERIC",
     "INSERT_SQL_PYFORMAT",
     "OutboxConsumer",
+    "OutboxUnusable",
     "Publish",
     "apply_schema",
+    "check_database",
     "encode_row",
     "insert_row",
     "schema_sql",
 ]
 
-_LAZY = {"OutboxConsumer", "Publish", "apply_schema", "insert_row"}
+_LAZY = {"OutboxConsumer", "OutboxUnusable", "Publish", "apply_schema", "check_database",
+         "insert_row"}
 
 
 def __getattr__(name: str) -> Any:

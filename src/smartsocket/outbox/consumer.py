@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import msgspec
 
+from smartsocket.backoff import backoff_delay
 from smartsocket.outbox.rows import (
     CHANNEL,
     INSERT_SQL_NUMERIC,
@@ -37,7 +37,8 @@ from smartsocket.outbox.rows import (
     schema_sql,
 )
 
-__all__ = ["OutboxConsumer", "Publish", "apply_schema", "insert_row"]
+__all__ = ["OutboxConsumer", "OutboxUnusable", "Publish", "apply_schema", "check_database",
+           "insert_row"]
 
 log = logging.getLogger("smartsocket.outbox")
 
@@ -58,6 +59,42 @@ _DB_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.Inte
 
 class _PublishFailed(Exception):
     """The publish callable raised; the rows before the failing one are already deleted."""
+
+
+class OutboxUnusable(Exception):
+    """The outbox database refuses us for a reason retrying cannot fix."""
+
+
+# What waiting cannot fix: a wrong password or role, a database or table that does not exist.
+_PERMANENT = (
+    asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError,
+    asyncpg.InsufficientPrivilegeError,
+)
+
+
+async def check_database(dsn: str, timeout: float = 5.0) -> bool:
+    """One attempt at what the consumer needs: connect and find the table. Raises
+    ``OutboxUnusable`` for a mistake that retrying cannot fix (credentials, no such database,
+    no table: apply ``schema.sql``); returns False, with a warning, when the database does not
+    answer now (the consumer retries with backoff: the rows wait in the table)."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+    except _PERMANENT as exc:
+        raise OutboxUnusable(f"{type(exc).__name__}: {exc}") from None
+    except ValueError as exc:  # a malformed URL (asyncpg's ClientConfigurationError too)
+        raise OutboxUnusable(f"invalid URL: {exc}") from None
+    except _DB_ERRORS as exc:
+        log.warning("outbox: database unavailable at start (%s: %s); retrying with backoff",
+                    type(exc).__name__, exc)
+        return False
+    try:
+        table = await conn.fetchval("SELECT to_regclass('smartsocket_outbox')", timeout=timeout)
+    finally:
+        await conn.close()
+    if table is None:
+        raise OutboxUnusable("no table smartsocket_outbox in that database: apply its "
+                             "migration (smartsocket.outbox.schema_sql(), docs/outbox.md)")
+    return True
 
 
 async def apply_schema(conn_or_dsn: asyncpg.Connection | str) -> None:
@@ -161,15 +198,18 @@ class OutboxConsumer:
     # -- the loop ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = self._delay_min
+        attempt = 0  # failures in a row (backoff); a connection that led resets it
         while not self._stopping.is_set():
+            # Jitter so that a restarted database is not hit by every node at once.
+            delay = backoff_delay(attempt + 1, base=self._delay_min, maximum=self._delay_max)
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
                 if self._create_table:
                     await apply_schema(conn)
                 if await self._lead(conn):
-                    delay = self._delay_min
+                    attempt = 0
+                    delay = backoff_delay(1, base=self._delay_min, maximum=self._delay_max)
                     await self._consume(conn)
             except _DB_ERRORS as exc:
                 self.reconnects += 1
@@ -183,9 +223,8 @@ class OutboxConsumer:
                 if conn is not None:
                     await self._close(conn)
             if not self._stopping.is_set():
-                # Jitter so that a restarted database is not hit by every node at once.
-                await self._sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self._delay_max)
+                await self._sleep(delay)
+                attempt += 1
 
     async def _lead(self, conn: asyncpg.Connection) -> bool:
         """Wait (connected) until this connection holds the leader lock; False when stopping."""

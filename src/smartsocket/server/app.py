@@ -36,6 +36,7 @@ from smartsocket.server.heartbeat import Liveness, heartbeat
 from smartsocket.server.listener import bind, run
 from smartsocket.server.live import LiveStats
 from smartsocket.server.local import LocalSide
+from smartsocket.server.outbox import Outbox
 from smartsocket.server.recovery import Recovery
 from smartsocket.server.resume import Resumer
 from smartsocket.server.room_policy import RoomGate
@@ -118,6 +119,7 @@ class SmartSocket:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
         self._recovery: Recovery | None = None
+        self._outbox = Outbox()  # outbox_url: the PostgreSQL outbox consumer (server/outbox.py)
         self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
         self._live = LiveStats(self.stats)  # /smartsocket/live connections
@@ -533,6 +535,8 @@ class SmartSocket:
             figures["metrics"] = "disabled"  # the counters are zeros, not measurements
         if self._recovery is not None:
             figures["recovery"] = self._recovery.stats()
+        if (outbox := self._outbox.stats()) is not None:
+            figures["outbox"] = outbox
         if self._cluster.active:
             section = figures["cluster"] = self._cluster.stats_section(aggregate=cluster)
             if "raw" in figures:
@@ -586,6 +590,16 @@ class SmartSocket:
             await self._cluster.start(self.config)  # before the first socket (its id)
             if self._recovery is not None:
                 self._recovery.broker = self._cluster.recovery  # Redis holds it in a cluster
+            if self.config.outbox_url:
+                try:
+                    await self._outbox.start(
+                        self.config.outbox_url,
+                        lambda room, event, data: self.room(room).broadcast(event, data),
+                        lambda: self._cluster.degraded,
+                    )
+                except BaseException:
+                    await self._close_cluster()
+                    raise
         if listen:
             try:
                 await self._listen()
@@ -635,6 +649,7 @@ class SmartSocket:
                 await self._closed.wait()
             return
         self._connections.closing = True
+        await self._outbox.stop()  # its batch in hand goes out to the sockets still here
         deadline = time.monotonic() + (
             self.config.shutdown_timeout if timeout is None else timeout
         )
@@ -676,6 +691,7 @@ class SmartSocket:
         logger.info("closed")
 
     async def _close_cluster(self) -> None:
+        await self._outbox.stop()
         if self._recovery is not None:
             self._recovery.broker = None
         await self._cluster.close()

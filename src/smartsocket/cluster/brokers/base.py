@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from smartsocket.client.backoff import backoff_delay
+from smartsocket.backoff import backoff_delay
 from smartsocket.cluster.brokers.scripts import Script, ScriptCall
 
 logger = logging.getLogger("smartsocket.cluster")
@@ -268,6 +268,15 @@ class BrokerAdapter(Adapter):
         if len(self._queue) == 1 and self._wakeup is not None:
             self._wakeup.set()
         return True
+
+    async def send_now(self, batch: list[Outbound]) -> None:
+        """Publish ``batch`` at once, in order, past the queue, and return when the broker
+        took it: for a caller that must know (the emitter, ``smartsocket/emitter/``), where
+        ``publish`` is fire and forget. Raises ConnectionError while the link is down, or what
+        the link raised (then some of the batch may have gone out)."""
+        if not self.connected:
+            raise ConnectionError(f"the link to the {self.name} broker is down")
+        await self._send(batch)
 
     supports_scripts: ClassVar[bool] = False
 

@@ -69,6 +69,16 @@ class NatsAdapter(BrokerAdapter):
             assert type(data) is bytes  # no scripts on NATS (recovery needs Redis)
             await nc.publish(channel, data)
 
+    async def send_now(self, batch: list[Outbound]) -> None:
+        """As ``BrokerAdapter.send_now``, returning once the NATS server has the batch: the
+        client only buffers a publish; a flush (PING, answered after what came before) says
+        the server read it."""
+        await super().send_now(batch)
+        nc = self._nc
+        if nc is None:
+            raise ConnectionError("NATS connection lost")
+        await nc.flush(timeout=2)
+
     async def _apply(self, subscribe: bool, channel: str) -> None:
         if subscribe:
             if channel not in self._subs:
