@@ -23,7 +23,7 @@ import pytest
 import websockets
 
 from clusters import BROKERS, require_broker
-from smartsocket import Client, SmartSocket, Socket
+from smartsocket import AsyncEmitter, Client, SmartSocket, Socket
 from smartsocket.cluster import messages
 from smartsocket.cluster.brokers import create_adapter
 from smartsocket.cluster.node import all_channel, inbox_channel, room_channel
@@ -444,6 +444,30 @@ async def test_an_outside_publisher_reaches_a_user_with_the_plain_message(broker
                 assert await rec.next("note") == "from outside"
         finally:
             await emitter.close()
+
+
+@pytest.mark.parametrize("broker_name", ["redis", "nats"])
+async def test_an_emitter_reaches_and_disconnects_a_user_on_both_nodes(broker_name: str) -> None:
+    """``AsyncEmitter.to_user`` / ``disconnect_user`` (issue 18 meets issue 19): a process
+    without a server reaches every connection of a user, on every node."""
+    async with (
+        two_nodes(broker_name) as (a, b),
+        client(a, "alice") as on_a, client(b, "alice") as on_b, client(b, "bob") as bob,
+    ):
+        recs = {c: Recorder(c, "note", "disconnect") for c in (on_a, on_b, bob)}
+        assert a.config.cluster_url is not None
+        async with AsyncEmitter(a.config.cluster_url, prefix=a.config.cluster_prefix) as emitter:
+            with pytest.raises(ValueError):
+                await emitter.to_user("", "note", 1)  # checked before anything is sent
+            await emitter.to_user("alice", "note", {"n": 1})
+            assert await recs[on_a].next("note") == {"n": 1}
+            assert await recs[on_b].next("note") == {"n": 1}
+            await emitter.disconnect_user("alice", reason="banned")
+            for c in (on_a, on_b):
+                closed = await recs[c].next("disconnect")
+                assert (closed.code, closed.reason) == (CloseCode.KICKED, "banned")
+            await wait_for(lambda: not a.user_sockets("alice") and not b.user_sockets("alice"))
+        assert recs[bob].pending("note") == 0 and bob.connected
 
 
 async def test_a_session_resumed_on_another_node_keeps_its_user() -> None:

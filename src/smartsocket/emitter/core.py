@@ -18,7 +18,7 @@ from smartsocket.cluster.operations import node_of
 from smartsocket.cluster.sessions import LOG, BrokerRecovery  # the one tie to recovery
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
-from smartsocket.protocol.names import check_event, name_problem
+from smartsocket.protocol.names import check_event, check_user, name_problem
 
 if TYPE_CHECKING:
     from smartsocket.cluster.brokers.base import Outbound
@@ -112,9 +112,18 @@ class EmitterCore:
         return self.inbox(sid), self._encode(m.LeaveRoom(0, sid, room))
 
     def disconnect(self, sid: str, code: int, reason: str) -> Outbound:
-        if code != 1000 and not 3000 <= code <= 4999:
-            raise ValueError(f"close code {code}: 1000 or 3000-4999")
+        _check_close_code(code)
         return self.inbox(sid), self._encode(m.DisconnectSocket(0, sid, code, reason))
+
+    def to_user(self, user: str | int, event: str, data: Any) -> Outbound:
+        payload, binary = self._event(event, data)
+        body = self._encode(m.SendToUser(check_user(user), payload, binary))
+        return f"{self.prefix}.all", body
+
+    def disconnect_user(self, user: str | int, code: int, reason: str) -> Outbound:
+        _check_close_code(code)
+        body = self._encode(m.DisconnectUser(0, check_user(user), code, reason))
+        return f"{self.prefix}.all", body
 
     # helpers
 
@@ -173,6 +182,16 @@ class Operations(abc.ABC, Generic[R]):
         """Close socket ``sid`` (default code 4000)."""
         return self._emit(self._core.disconnect(sid, code, reason))
 
+    def to_user(self, user: str | int, event: str, data: Any = None) -> R:
+        """``event`` to every connection of ``user`` (``socket.user``), on every node."""
+        return self._emit(self._core.to_user(user, event, data))
+
+    def disconnect_user(self, user: str | int, code: int = CloseCode.KICKED, reason: str = ""
+                        ) -> R:
+        """Close every connection of ``user`` on every node (logout, ban; default 4000: the
+        sessions are not held for resuming)."""
+        return self._emit(self._core.disconnect_user(user, code, reason))
+
 
 class Batch(Operations[None]):
     """Operations collected by ``emitter.batch()`` and sent in order, in one pipeline, when
@@ -184,3 +203,8 @@ class Batch(Operations[None]):
 
     def _emit(self, item: Outbound) -> None:
         self.items.append(item)
+
+
+def _check_close_code(code: int) -> None:
+    if code != 1000 and not 3000 <= code <= 4999:
+        raise ValueError(f"close code {code}: 1000 or 3000-4999")

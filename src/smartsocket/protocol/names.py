@@ -34,3 +34,14 @@ def check_event(event: object) -> None:
     assert isinstance(event, str)
     if event[0] == "$":
         raise ValueError(f"event names starting with '$' are reserved: {event!r}")
+
+
+def check_user(user: object) -> str:
+    """``user`` as a user id: a non-empty str, or an int (not a bool) made a str."""
+    if type(user) is int:
+        return str(user)
+    if not isinstance(user, str):
+        raise TypeError(f"a user id is a str or an int, not {type(user).__name__}")
+    if not user:
+        raise ValueError("a user id cannot be empty")
+    return user

@@ -14,6 +14,10 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from smartsocket.protocol.names import check_user
+
+__all__ = ["Users", "check_user", "user_of"]
+
 if TYPE_CHECKING:
     from smartsocket.server.socket import Socket
 
@@ -37,17 +41,6 @@ def user_of(identity: Any) -> str | None:
     except (TypeError, ValueError) as exc:
         logger.warning("the authentication result names no usable user: %s", exc)
         return None
-
-
-def check_user(user: object) -> str:
-    """``user`` as a user id: a non-empty str, or an int (not a bool) made a str."""
-    if type(user) is int:
-        return str(user)
-    if not isinstance(user, str):
-        raise TypeError(f"a user id is a str or an int, not {type(user).__name__}")
-    if not user:
-        raise ValueError("a user id cannot be empty")
-    return user
 
 
 class Users:
