@@ -22,6 +22,7 @@ from smartsocket.metrics import Stats
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
+from smartsocket.recovery import MemoryStore, Resumer, SessionStore, pick_store
 from smartsocket.security import Limiter, RateLimit
 from smartsocket.server import http, live, prometheus
 from smartsocket.server.admission import Admission
@@ -32,8 +33,6 @@ from smartsocket.server.fanout import Exclude, Fanout
 from smartsocket.server.heartbeat import heartbeat
 from smartsocket.server.listener import bind, run
 from smartsocket.server.local import LocalSide
-from smartsocket.server.recovery import Recovery
-from smartsocket.server.resume import Resumer
 from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
 from smartsocket.transport import (
@@ -90,8 +89,8 @@ class SmartSocket:
         self._connections = Connections(
             self._sockets, self._cluster, self._tasks.spawn, self._router.emit_local
         )
-        self._resumer = Resumer(
-            self._config, self._sockets, self._registry, self._cluster, self._tasks.spawn,
+        self._resumer: Resumer = Resumer(
+            self._config, self._sockets, self._cluster, self._tasks.spawn,
             self._connections.welcome,
         )
         self._connections.resumer = self._resumer
@@ -103,7 +102,10 @@ class SmartSocket:
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
-        self._recovery: Recovery | None = None
+        # Recovery: the session store in use (picked at start-up), and the memory one that
+        # follows the configuration (the store on one node).
+        self._recovery: SessionStore | None = None
+        self._memory_store: MemoryStore | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
         self._stats_subscribers: dict[Any, None] = {}  # /smartsocket/live connections
@@ -133,20 +135,25 @@ class SmartSocket:
         self._stats = Stats() if config.enable_metrics else None
         # With metrics off the stats keep their shape: counters that never move (zeros).
         self._still_stats = self._stats or Stats()
-        self._recovery = Recovery(config) if config.recovery_window else None
+        self._memory_store = MemoryStore(config) if config.recovery_window else None
         self._router.config = config
         self._room_limits.configure(config, self._stats)
         self._fan = Fanout(config, self._stats)
-        local = self._local
-        local.fanout, local.recovery, local.stats = self._fan, self._recovery, self._stats
-        self._broadcaster.fanout, self._broadcaster.recovery = self._fan, self._recovery
-        self._resumer.config, self._resumer.recovery = config, self._recovery
-        self._connections.configure(config, self._admission, self._stats, self._recovery)
+        self._local.fanout, self._local.stats = self._fan, self._stats
+        self._broadcaster.fanout = self._fan
+        self._resumer.config = config
+        self._use_store(self._memory_store)
         self._default_limit = None
         if config.rate_limit_messages or config.rate_limit_bytes:
             self._default_limit = RateLimit(
                 config.rate_limit_messages, config.rate_limit_burst, config.rate_limit_bytes
             )
+
+    def _use_store(self, store: SessionStore | None) -> None:
+        """Recovery goes through ``store`` (None: off) from now on."""
+        self._recovery = store
+        self._local.recovery = self._broadcaster.recovery = self._resumer.store = store
+        self._connections.configure(self._config, self._admission, self._stats, store)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> SmartSocket:
@@ -367,7 +374,7 @@ class SmartSocket:
         if self._stats is None:
             figures["metrics"] = "disabled"  # the counters are zeros, not measurements
         if self._recovery is not None:
-            figures["recovery"] = self._recovery.stats()
+            figures["recovery"] = self._resumer.stats()
         if self._cluster.active:
             section = figures["cluster"] = self._cluster.stats_section(aggregate=cluster)
             if "raw" in figures:
@@ -413,8 +420,8 @@ class SmartSocket:
             self._closed = asyncio.Event()
             self._connections.closing = False
             await self._cluster.start(self.config)  # before the first socket (its id)
-            if self._recovery is not None:
-                self._recovery.broker = self._cluster.recovery  # Redis holds it in a cluster
+            # The session store, once: in Redis when the node logs its rooms there.
+            self._use_store(pick_store(self.config, self._cluster, self._memory_store))
         if listen:
             try:
                 await self._listen()
@@ -501,8 +508,7 @@ class SmartSocket:
         logger.info("closed")
 
     async def _close_cluster(self) -> None:
-        if self._recovery is not None:
-            self._recovery.broker = None
+        self._use_store(self._memory_store)
         await self._cluster.close()
 
     def listen(self, callback: Callable[[], Any] | None = None) -> None:

@@ -39,17 +39,17 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily(
             "smartsocket_rooms", "Rooms with members", value=len(server._registry)
         )
-        recovery = server._recovery
-        if recovery is not None:
+        resumer = server._resumer
+        if resumer.store is not None:
             yield GaugeMetricFamily(
                 "smartsocket_held_sessions", "Dropped sessions that may still resume",
-                value=len(recovery.held),
+                value=resumer.store.stats()["heldSessions"],
             )
             resumes = CounterMetricFamily(
                 "smartsocket_resumes", "Resume attempts ($resume)", labels=["result"]
             )
-            resumes.add_metric(["recovered"], recovery.recovered)
-            resumes.add_metric(["failed"], recovery.failed)
+            resumes.add_metric(["recovered"], resumer.recovered)
+            resumes.add_metric(["failed"], resumer.failed)
             yield resumes
         stats = server._stats
         if stats is None:

@@ -16,14 +16,14 @@ from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
 from smartsocket.protocol.names import check_event, name_problem
+from smartsocket.recovery.state import Replies
 from smartsocket.security import LimitExceeded, TokenBucket
-from smartsocket.server.recovery import Replies
 from smartsocket.transport import HandshakeRequest
 
 if TYPE_CHECKING:
     from smartsocket.compression import MessageDeflater
+    from smartsocket.recovery.state import SessionState
     from smartsocket.server.app import SmartSocket
-    from smartsocket.server.recovery import SessionState
 
 logger = logging.getLogger("smartsocket.server")
 
@@ -133,7 +133,7 @@ class Socket:
         self._strikes: TokenBucket | None = None  # made on the first refusal
         self._errors: TokenBucket | None = None  # the error-rate rule, made on the first error
         self._running = 0  # async handlers that owe this socket an ack
-        # Connection state recovery (server/recovery.py): None while recovery_window is 0.
+        # Connection state recovery (recovery/): None while recovery_window is 0.
         self._rec: SessionState | None = server._resumer.new_session_state(self)
         self._resuming = False  # waiting for the client's $resume before $welcome
         self.recovered = False  # this connection resumed a dropped session (same id)
@@ -271,6 +271,49 @@ class Socket:
         """Close the connection (default 4000: kicked by the application)."""
         if self._conn is not None:
             self._conn.close(code, reason)
+
+    # resuming (recovery.resume.ResumingSocket)
+
+    @property
+    def session(self) -> SessionState | None:
+        return self._rec
+
+    @session.setter
+    def session(self, state: SessionState | None) -> None:
+        self._rec = state
+
+    @property
+    def resuming(self) -> bool:
+        return self._resuming
+
+    def await_resume(self, timeout: float, on_timeout: Callable[[], None]) -> None:
+        self._resuming = True
+        self._inbox = []  # what it sends before $resume waits for the session
+        self._auth_timer = asyncio.get_running_loop().call_later(timeout, on_timeout)
+
+    def stop_resuming(self) -> None:
+        self._resuming = False
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+
+    def enter_room(self, room: str, sink: Callable[[bytes], None]) -> bool:
+        if not self._server._registry.add(room, self, sink):
+            return False
+        self._rooms[room] = None
+        return True
+
+    def exit_room(self, room: str) -> None:
+        self._server._registry.discard(room, self)
+        self._rooms.pop(room, None)
+
+    def connect_room(self, room: str) -> None:
+        self._server._registry.set_sender(room, self, self._send_frame)
+
+    def abandon(self, code: int, reason: str) -> None:
+        self.on_close(code, reason)
+        if self._conn is not None:
+            self._conn.abort()
 
     # transport callbacks (ConnectionHandler)
 
