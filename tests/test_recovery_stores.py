@@ -31,8 +31,6 @@ from smartsocket.recovery import (
 )
 from smartsocket.recovery.redis import REFRESH
 
-pytestmark = pytest.mark.asyncio
-
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WINDOW = 10.0
 TTL = 5.0
@@ -628,3 +626,120 @@ async def test_the_server_picks_memory_without_a_room_log() -> None:
     node = ClusterNode(LocalSide({}, RoomRegistry(), None))  # type: ignore[arg-type]
     assert pick_store(config(), node, memory) is memory
     assert pick_store(config(), node, None) is None
+
+
+# the session state both stores carry
+
+
+def test_direct_messages_since_a_sequence_number() -> None:
+    clock = Clock(0.0)
+    store = MemoryStore(config(history_size=2), clock)
+    state = session()
+    assert state.since(0) == [] and state.since(1) is None and state.since(-1) is None
+    for n in range(3):
+        store.direct_message(state, "dm", n, False)
+    assert state.since(3) == []
+    assert [e[0] for e in state.since(1) or ()] == [2, 3]
+    assert state.since(0) is None  # the first one is gone (history_size)
+    clock.now += TTL + 1
+    state.trim(clock.now - TTL)
+    assert state.since(2) is None  # too old now
+
+
+def test_replies_answer_every_retry_of_a_running_call() -> None:
+    replies = Replies(2)
+    first, retry, other = object(), object(), object()
+    replies.running[1] = ("k", first)
+    replies.running[2] = ("k", retry)  # the same call, retried on a new connection
+    replies.running[3] = ("j", other)
+    assert replies.is_running("k") and not replies.is_running("x")
+    assert replies.finish(1, "ok", None) == [(1, first), (2, retry)]
+    assert list(replies.running) == [3]
+    replies.remember("a", 1, None)
+    replies.remember("b", 2, None)  # over the limit: the oldest outcome goes
+    assert list(replies.done) == ["a", "b"]
+
+
+# the Redis replay in detail: positions a node knew, epochs that began after the join
+
+
+async def redis_held(
+    backend: Redis, sid: str, joined: dict[str, tuple[str, int]], rooms: list[str]
+) -> Any:
+    backend.redis.hold(Dropped(sid, rooms=rooms), session(joined))
+    await backend.settled()
+    held = await backend.redis.take(sid, "secret-token", None)
+    assert held is not None
+    return held
+
+
+async def test_redis_replays_by_time_what_came_after_an_unknown_join(
+    redis_adapter: tuple[BrokerAdapter, redis.asyncio.Redis],
+) -> None:
+    adapter, probe = redis_adapter
+    backend = Redis(config(history_size=2), adapter, probe)
+    store = backend.redis
+    try:
+        joined = store.position("r")  # this node knew no position: by time
+        held = await redis_held(backend, "n.t", {"r": joined}, ["r"])
+        assert await store.missed(held, {}, 0) == []  # no history: nothing was sent
+        await backend.append("r", 1)
+        await backend.append("r", 2)
+        missed = await store.missed(held, {}, 0)
+        assert missed is not None and [data_of(p) for p, _ in missed] == [1, 2]
+        await backend.append("r", 3)  # the history (2) no longer starts at the join
+        assert await store.missed(held, {}, 0) is None
+        # A position reported by the client replaces the time.
+        view = await store.read_room("r", 0)
+        assert view is not None
+        again = await store.missed(held, {"r": [view.epoch, 2]}, 0)
+        assert again is not None and [data_of(p) for p, _ in again] == [3]
+    finally:
+        await backend.cleanup()
+
+
+async def test_redis_replays_from_an_epoch_that_began_after_the_join(
+    redis_adapter: tuple[BrokerAdapter, redis.asyncio.Redis],
+) -> None:
+    adapter, probe = redis_adapter
+    backend = Redis(config(), adapter, probe)
+    store = backend.redis
+    try:
+        await backend.append("r", 0)
+        old = await store.read_room("r", 0)
+        assert old is not None
+        held = await redis_held(backend, "n.e", {"r": (old.epoch, old.last)}, ["r"])
+        await backend.lose_history("r")  # Redis restarted: a new epoch
+        await backend.append("r", 1)
+        await backend.append("r", 2)
+        new = await store.read_room("r", 0)
+        assert new is not None and new.epoch != old.epoch
+        # The client got offset 1 of the new epoch (after a $gap): it misses offset 2 only.
+        missed = await store.missed(held, {"r": [new.epoch, 1]}, 0)
+        assert missed is not None and [data_of(p) for p, _ in missed] == [2]
+        # A position in an epoch that is not the room's: from the join, which is gone.
+        assert await store.missed(held, {"r": ["bogus", 1]}, 0) is None
+    finally:
+        await backend.cleanup()
+
+
+async def test_redis_replays_nothing_from_a_history_that_may_have_lost_its_tail(
+    redis_adapter: tuple[BrokerAdapter, redis.asyncio.Redis],
+) -> None:
+    adapter, probe = redis_adapter
+    backend = Redis(config(), adapter, probe)
+    store = backend.redis
+    try:
+        await backend.append("r", 0)
+        view = await store.read_room("r", 0)
+        assert view is not None
+        held = await redis_held(backend, "n.c", {"r": (view.epoch, view.last)}, ["r"])
+        await backend.append("r", 1)
+        # The epoch's incarnation is another server's (it restarted or failed over).
+        await probe.hset(backend.logs.room_keys(backend.channel("r"))[0], "i", "another")
+        later = await store.read_room("r", 0)
+        assert later is not None and not later.current
+        assert await store.missed(held, {}, 0) is None
+        assert await store.missed(held, {"r": [view.epoch, 5]}, 0) is None  # ahead of it
+    finally:
+        await backend.cleanup()
