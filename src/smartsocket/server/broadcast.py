@@ -63,12 +63,14 @@ class Broadcaster:
         if exclude is not None and not isinstance(exclude, ONE):
             exclude = tuple(exclude)  # read twice below
         skip = skip_set(exclude, self.sockets) if exclude is not None else None
-        payload = None
         if logged:
             assert recovery is not None and room is not None
             ids = exclude_ids(exclude) if exclude is not None else None
-            payload = recovery.log_room(room, event, data, binary, ids)
-        if payload is None:  # not logged here (none, or by Redis as it is published)
+            # None from the Redis store: Redis logs it as the node publishes it
+            payload = recovery.log_room(room, event, data, binary, ids) or envelope.encode_event(
+                event, data, binary=binary
+            )
+        else:
             payload = envelope.encode_event(event, data, binary=binary)
         if not cluster.active:
             return self.fanout.deliver(members, payload, binary, skip)
