@@ -20,13 +20,6 @@ Entry = tuple[int, int, float, bytes, bool, tuple[str, ...] | None]
 Failure = tuple[str, str, float | None]
 
 
-class Answerable(Protocol):
-    """The connection a keyed call came on (a ``Socket``): it is answered there."""
-
-    @property
-    def id(self) -> str: ...
-
-
 class HeldSocket(Protocol):
     """What a store keeps of a socket whose session it holds."""
 
