@@ -1,5 +1,5 @@
 """Recovery in a cluster when Redis fails (protocol.md 8, "Gaps"; cluster/catchup.py,
-cluster/sessions.py): two node processes with recovery on a throwaway redis-server (its own
+cluster/roomlog.py): two node processes with recovery on a throwaway redis-server (its own
 port and directory; the shared Redis is never touched) that the tests kill, restart, restore
 from an older snapshot, pause and cut; real Python clients. A client gets every room message
 once, in order, or a ``$gap`` notice for the room: never a silent loss."""

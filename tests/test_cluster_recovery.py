@@ -1,6 +1,6 @@
-"""Recovery in a cluster (protocol.md section 8, cluster/sessions.py): history and sessions in
-Redis, so a client resumes on another node. Node processes on the real Redis (6379) and on the
-throwaway Redis Cluster (scripts/redis-cluster, 7101-7103)."""
+"""Recovery in a cluster (protocol.md section 8, recovery/redis.py, cluster/roomlog.py): history
+and sessions in Redis, so a client resumes on another node. Node processes on the real Redis
+(6379) and on the throwaway Redis Cluster (scripts/redis-cluster, 7101-7103)."""
 
 from __future__ import annotations
 

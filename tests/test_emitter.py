@@ -302,7 +302,7 @@ async def test_runs_of_messages_keep_their_order_around_logged_ones() -> None:
 
     from smartsocket.cluster import messages
     from smartsocket.cluster.brokers.scripts import ScriptCall
-    from smartsocket.cluster.sessions import parse_logged
+    from smartsocket.cluster.roomlog import parse_logged
     from smartsocket.emitter.emitters import pack_runs
 
     name = prefix()

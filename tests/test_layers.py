@@ -146,7 +146,7 @@ def test_no_import_cycle_spans_two_parts() -> None:
 
 def test_the_map_names_real_parts() -> None:
     parts = {_part(module) for module in MODULES}
-    unknown = {name for allowed in ALLOWED.values() for name in allowed} - parts - {"recovery"}
+    unknown = {name for allowed in ALLOWED.values() for name in allowed} - parts
     assert not unknown
 
 

@@ -101,7 +101,7 @@ class Config:
     max_write_buffer: int = _opt(4 << 20, "bytes queued for a slow socket before it is "
                                  "dropped (4009)", min=1024)
     stats_token: str | None = _opt(None, "token required by /smartsocket/stats and /metrics")
-    # connection state recovery (server/recovery.py)
+    # connection state recovery (recovery/)
     recovery_window: float = _opt(0.0, "seconds a dropped session stays resumable, with the "
                                   "messages it missed (0: recovery off)", min=0)
     history_size: int = _opt(100, "room messages (and direct messages per session) kept for "

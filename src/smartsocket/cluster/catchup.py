@@ -2,8 +2,12 @@
 "Gaps").
 
 ``RoomSync`` owns this node's view of each room's position and the delivery of logged room
-messages (``P<epoch> <offset> <envelope>``, cluster/sessions.py) to local members, so that a
+messages (``P<epoch> <offset> <envelope>``, cluster/roomlog.py) to local members, so that a
 member either gets every message of its rooms, in order, or a ``$gap`` notice for the room.
+
+It stays in ``cluster/`` (not ``recovery/``): it orders what a room channel delivers to this
+node's members across outages of the node's broker link, driven by the node's link events and
+subscriptions; it holds no session, and ``cluster/`` never calls up into ``recovery/``.
 
 Continuity
     While the link to Redis is up, this node's subscription hears every message of its rooms,
@@ -31,6 +35,14 @@ Link lost, link back (item by item)
       began under another incarnation of the server (it restarted or failed over since, so
       a tail that we never saw may be lost). Then what was held back.
 
+Bounds
+    What is held back while a room catches up, and the own messages delivered when the link
+    broke (kept to be matched against the history), are at most ``limit`` per room (the
+    adapter's outbound queue, ``max_queue``). Past it, the room's members get ``$gap``
+    instead of a longer wait: the held-back messages are dropped (live delivery resumes
+    with the next message), or the own messages are no longer matched (the room's epoch is
+    broken, as for messages Redis never logged).
+
 Everything here is per broadcast, never per delivery.
 """
 
@@ -47,7 +59,7 @@ from smartsocket.protocol import envelope
 
 if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
-    from smartsocket.cluster.sessions import BrokerRecovery, RoomLog
+    from smartsocket.cluster.roomlog import RoomLog, RoomLogs
 
 logger = logging.getLogger("smartsocket.cluster")
 
@@ -60,7 +72,6 @@ return 1
 """)
 
 _NOWHERE = 1 << 60  # read a room's state without its entries
-_MAX_PENDING = 10_000  # as many as the adapter queues
 _READS_AT_ONCE = 64  # room histories read concurrently after an outage (one round trip each)
 
 
@@ -72,15 +83,18 @@ def gap_notice(room: str) -> bytes:
 class RoomSync:
     """Positions and delivery of this node's logged room messages (see the module doc)."""
 
-    def __init__(self, node: ClusterNode, recovery: BrokerRecovery) -> None:
+    def __init__(self, node: ClusterNode, logs: RoomLogs, limit: int) -> None:
         self.node = node
-        self.recovery = recovery
-        self.positions = recovery.positions  # room -> (epoch, offset) of the last delivered
+        self.logs = logs
+        self.limit = limit  # per room: own messages in flight, held back, uncertain
+        self.positions = logs.positions  # room -> (epoch, offset) of the last delivered
         # Own messages sent to Redis and not back yet, per room (in order: one channel).
         self.pending: dict[str, deque[tuple[bytes, bool, list[str]]]] = {}
         # Payloads delivered here when the link broke: Redis may have logged them.
         self.uncertain: dict[str, list[bytes]] = {}
         self.unlogged_rooms: set[str] = set()  # rooms with messages Redis never logged
+        # Rooms whose uncertain messages went over ``limit``: $gap at catch-up.
+        self.overflowed: set[str] = set()
         # Rooms being caught up: logged messages held back meanwhile.
         self.holding: dict[str, list[tuple[str, int, m.Broadcast]]] = {}
         # Rooms (re)subscribed for a first local member, until the broker confirms it.
@@ -93,7 +107,7 @@ class RoomSync:
         """An own message of ``room`` (which has local members) went to Redis."""
         queue = self.pending.get(room)
         if queue is None:
-            queue = self.pending[room] = deque(maxlen=_MAX_PENDING)
+            queue = self.pending[room] = deque(maxlen=self.limit)
         queue.append((payload, binary, excluded))
 
     def unlogged(self, room: str) -> None:
@@ -109,8 +123,14 @@ class RoomSync:
                 _back(queue, body.payload)
         held = self.holding.get(room)
         if held is not None:
-            held.append((epoch, offset, body))
-            return
+            if len(held) < self.limit:
+                held.append((epoch, offset, body))
+                return
+            # Caught up too slowly for what arrives: stop holding back. What was held back
+            # is lost to the members (told), and delivery carries on from this message.
+            del self.holding[room]
+            self.gap(room)
+            self.positions.pop(room, None)
         self._deliver(room, epoch, offset, body)
 
     def started(self, room: str, subscribed: asyncio.Future[None]) -> None:
@@ -129,7 +149,7 @@ class RoomSync:
                 # Left over from the old subscription (the broker sends it before it confirms
                 # the new one): the hole after it is not one of the new subscription, and a
                 # $gap for it would make clients drop their dedupe state while a resume
-                # replays the same messages (server/resume.py). Deliver, unchecked and
+                # replays the same messages (recovery/resume.py). Deliver, unchecked and
                 # unrecorded.
                 last = None
         if last is not None and (
@@ -147,7 +167,7 @@ class RoomSync:
     def gap(self, room: str) -> None:
         local = self.node.local
         if local.has_room(room):
-            self.recovery.gaps += 1
+            self.logs.gaps += 1
             local.deliver(room, gap_notice(room), False)
 
     def forget(self, room: str) -> None:
@@ -156,6 +176,7 @@ class RoomSync:
         self.holding.pop(room, None)
         self.pending.pop(room, None)
         self.subscribing.pop(room, None)
+        self.overflowed.discard(room)
 
     # the link
 
@@ -166,6 +187,12 @@ class RoomSync:
             for payload, binary, excluded in queue:
                 local.deliver(room, payload, binary, excluded)
                 uncertain.append(payload)
+            if len(uncertain) > self.limit:
+                # Too many to match against the history: members get $gap at catch-up,
+                # and the room's epoch is broken (like messages Redis never logged).
+                del self.uncertain[room]
+                self.overflowed.add(room)
+                self.unlogged_rooms.add(room)
         self.pending.clear()
         for room in local.room_names():
             self.holding.setdefault(room, [])
@@ -199,7 +226,7 @@ class RoomSync:
         last = self.positions.get(room)
         log: RoomLog | None = None
         try:
-            log = await self.recovery.read_room(
+            log = await self.logs.read_room(
                 node.room_channel(room), last[1] if last is not None else _NOWHERE
             )
         except Exception as exc:
@@ -214,6 +241,9 @@ class RoomSync:
         if held is None:
             return True  # forgotten meanwhile
         uncertain = self.uncertain.get(room, [])
+        if room in self.overflowed:
+            self.overflowed.discard(room)
+            last = None  # ours went out here, too many to match: $gap, not a catch-up
         if last is not None and log is not None and _follows(log, last):
             # What the history holds after our position (a prefix of the room's messages,
             # even where Redis went back: every state of an epoch is); then, if Redis may
@@ -229,7 +259,7 @@ class RoomSync:
                         entry.payload, [room, log.epoch, entry.offset], binary=entry.binary
                     )
                     node.local.deliver(room, payload, entry.binary, entry.excluded)
-                    self.recovery.caught_up += 1
+                    self.logs.caught_up += 1
             self.positions[room] = (log.epoch, log.last)
             if not log.current:
                 self.gap(room)
@@ -250,12 +280,11 @@ class RoomSync:
         """Messages of ``room`` went out here only: tell the other nodes, and end the room's
         epoch (a session resuming across them must get ``recovered: false``)."""
         node = self.node
-        adapter = self.recovery.adapter
+        adapter = self.logs.adapter
         channel = node.room_channel(room)
         notice = m.encode(node.node_id, m.Broadcast(room, gap_notice(room), False))
         call = ScriptCall(
-            BREAK, self.recovery.room_keys(channel),
-            [channel, self.recovery.publish_command, notice],
+            BREAK, self.logs.room_keys(channel), [channel, self.logs.publish_command, notice],
         )
         if not adapter.publish(channel, call):
             return False  # the link broke again: the next link_up goes on

@@ -26,7 +26,8 @@ goes straight to its node's inbox.
 Broker faults: the adapter reports the link down; the node keeps delivering locally, reports
 itself degraded, counts what it could not publish, and when the link is back it bumps its
 epoch (peers then resync their view of it) and resyncs its own presence replicas. With
-recovery, ``catchup.py`` catches its rooms up from their history (or sends ``$gap``).
+recovery, ``roomlog.py`` logs room messages in Redis and ``catchup.py`` catches rooms up from
+their history (or sends ``$gap``); the sessions themselves are ``recovery/``'s.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from smartsocket.cluster.liveness import Liveness, RemoteNode
 from smartsocket.cluster.operations import Operations, node_of
 from smartsocket.cluster.presence import Presence
 from smartsocket.cluster.requests import Requests
-from smartsocket.cluster.sessions import BrokerRecovery, parse_logged
+from smartsocket.cluster.roomlog import RoomLogs, parse_logged
 from smartsocket.cluster.users import UserOperations
 from smartsocket.handlers import Handler
 
@@ -121,8 +122,8 @@ class ClusterNode:
         self.received = 0
         self.dropped_version = 0
         self.dropped_invalid = 0
-        # Recovery on Redis (cluster/sessions.py): room history and held sessions in Redis.
-        self.recovery: BrokerRecovery | None = None
+        # Recovery on Redis (roomlog.py): Redis numbers and logs room messages.
+        self.room_logs: RoomLogs | None = None
         self.sync: RoomSync | None = None  # room positions across outages (catchup.py)
         # Sessions of this node's sockets that resumed on another node: sid -> that node.
         self.moved: dict[str, str] = {}
@@ -176,12 +177,11 @@ class ClusterNode:
         self.active = True
         self.epoch = 1
         if config.recovery_window:
-            # The server hands ``self.recovery`` to its own recovery once this returns.
+            # The server picks its session store (recovery/) once this returns.
             if not isinstance(adapter, BrokerAdapter) or not adapter.supports_scripts:
                 raise ValueError(f"recovery in a cluster needs Redis, not {adapter.name}")
-            self.recovery = BrokerRecovery(config, adapter, self.prefix)
-            self.recovery.forward = self._forward_direct
-            self.sync = RoomSync(self, self.recovery)
+            self.room_logs = RoomLogs(config, adapter)
+            self.sync = RoomSync(self, self.room_logs, adapter.max_queue)
         self.degraded_since = time.monotonic()
         adapter.subscribe(self.all_channel)
         adapter.subscribe(self.inbox(self.node_id))
@@ -206,7 +206,7 @@ class ClusterNode:
         if self.sync is not None:
             self.sync.close()
             self.sync = None
-        self.recovery = None
+        self.room_logs = None
         await adapter.close()
         self.liveness.nodes.clear()
         self.presence_state.replicas.clear()
@@ -294,16 +294,16 @@ class ClusterNode:
         server delivers it here, without a position, and the other nodes get ``$gap`` when
         the link is back. If the link breaks before the message comes back, it is delivered
         here then (catchup.py)."""
-        recovery, sync = self.recovery, self.sync
-        assert recovery is not None and sync is not None
+        logs, sync = self.room_logs, self.sync
+        assert logs is not None and sync is not None
         ids = list(exclude)
         body = m.encode(self.node_id, m.Broadcast(room, payload, binary, exclude=ids))
-        if recovery.publish_room(self.room_channel(room), body, payload, binary, ids):
+        if logs.publish_room(self.room_channel(room), body, payload, binary, ids):
             self.published += 1
             if local:
                 sync.sent(room, payload, binary, ids)
             return True
-        recovery.unlogged += 1
+        logs.unlogged += 1
         self.publish_failed += 1
         sync.unlogged(room)
         return False
@@ -398,7 +398,7 @@ class ClusterNode:
     # receiving
 
     def _receive(self, channel: str, data: bytes) -> None:
-        if data[:1] == b"P":  # a room message logged by Redis (cluster/sessions.py)
+        if data[:1] == b"P":  # a room message logged by Redis (roomlog.py)
             self._on_logged(channel, data)
             return
         try:
@@ -482,16 +482,14 @@ class ClusterNode:
 
     def resumed_here(self, sid: str) -> None:
         """Session ``sid`` resumed on this node: its home node forwards what is sent to it."""
-        if self.recovery is not None:
-            self.recovery.held.pop(sid, None)
         self.moved.pop(sid, None)
         home = node_of(sid)
         if self.active and home is not None and home != self.node_id:
             self.publish(self.inbox(home), m.SessionMoved(sid))
 
-    def _forward_direct(self, sid: str, node: str, payload: bytes, binary: bool) -> None:
-        """A direct message for a session of ours that resumed on ``node`` (we learn it from
-        Redis before its notice arrives)."""
+    def forward_direct(self, sid: str, node: str, payload: bytes, binary: bool) -> None:
+        """A direct message for a session of ours that resumed on ``node`` (the session store
+        learns it from Redis before the node's notice arrives)."""
         self.moved[sid] = node
         self.publish(self.inbox(node), m.SendTo(sid, payload, binary))
 

@@ -168,8 +168,7 @@ class Operations:
     def session_moved(self, sender: str, notice: m.SessionMoved) -> None:
         """Recovery: a session of ours resumed on ``sender``."""
         self.node.moved[notice.sid] = sender
-        if self.node.recovery is not None:
-            self.node.recovery.held.pop(notice.sid, None)
+        self.node.local.session_moved(notice.sid)
 
     def session_gone(self, sender: str, notice: m.SessionGone) -> None:
         """Recovery: a session of ours that resumed on ``sender`` ended there."""

@@ -7,7 +7,7 @@ through it. Data flows down (server -> cluster) by calls, and up only through th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 
@@ -38,27 +38,6 @@ class LocalSocket(Protocol):
     def leave(self, room: str) -> None: ...
 
     def disconnect(self, code: int = ..., reason: str = "") -> None: ...
-
-
-class HeldSocket(Protocol):
-    """A socket whose session is being held for resuming (what Redis stores of it)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def token(self) -> str: ...
-
-    @property
-    def identity(self) -> Any: ...
-
-    @property
-    def data(self) -> dict[str, Any]: ...
-
-    @property
-    def presence(self) -> dict[str, Any]: ...
-
-    def joined_rooms(self) -> list[str]: ...
 
 
 class LocalServer(Protocol):
@@ -100,34 +79,10 @@ class LocalServer(Protocol):
         """The same for a session held here for resuming; False if none is."""
         ...
 
+    def session_moved(self, sid: str) -> None:
+        """Session ``sid``, held here, resumed on another node: forget it here."""
+        ...
+
     def counters(self) -> dict[str, int | float]:
         """This node's figures for its heartbeat (connections, rooms, traffic)."""
         ...
-
-
-# One message of a session's direct-message log: (seq, order, monotonic time, payload,
-# binary, excluded).
-OutboxEntry = tuple[int, int, float, bytes, bool, tuple[str, ...] | None]
-
-
-class DoneReplies(Protocol):
-    """The outcomes of a session's recent idempotent calls, by key."""
-
-    @property
-    def done(self) -> Mapping[Any, tuple[Any, Any]]: ...
-
-
-class HeldSessionState(Protocol):
-    """The recovery state of a session being written to Redis."""
-
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def outbox(self) -> Iterable[OutboxEntry] | None: ...
-
-    @property
-    def joined(self) -> Mapping[str, tuple[str, int]]: ...
-
-    @property
-    def replies(self) -> DoneReplies | None: ...

@@ -4,7 +4,7 @@
 The emitter speaks the cluster's own protocol on its broker (``cluster/messages.py``, format v2,
 the channels of ``cluster/node.py``), so the nodes cannot tell its messages from another
 node's: a room message reaches the members on every node; with recovery on, Redis logs it and
-gives it its position with the same script the nodes use (``cluster/sessions.LOG``), so clients
+gives it its position with the same script the nodes use (``cluster/roomlog.LOG``), so clients
 resume across it; a direct message to a dropped session waits for its resume like any other.
 
 One encoding core, two transports:

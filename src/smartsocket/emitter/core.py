@@ -15,7 +15,7 @@ from smartsocket.cluster.brokers.redis_cluster import is_cluster_url
 from smartsocket.cluster.brokers.scripts import ScriptCall
 from smartsocket.cluster.node import channel_token
 from smartsocket.cluster.operations import node_of
-from smartsocket.cluster.sessions import LOG, BrokerRecovery  # the one tie to recovery
+from smartsocket.cluster.roomlog import LOG, RoomLogs  # the one tie to recovery
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event, check_user, name_problem
@@ -89,10 +89,10 @@ class EmitterCore:
         body = self._encode(m.Broadcast(room, payload, binary, exclude=ids))
         if not self.recovery:
             return channel, body
-        # BrokerRecovery.publish_room's call: positioned and kept by Redis like a node's.
+        # RoomLogs.publish_room's call: positioned and kept by Redis like a node's.
         args = [channel, body, self.history_size, self.expire_ms, secrets.token_urlsafe(6),
                 self.publish_command, _pack((payload, binary, ids))]
-        return channel, ScriptCall(LOG, BrokerRecovery.room_keys(channel), args)
+        return channel, ScriptCall(LOG, RoomLogs.room_keys(channel), args)
 
     def broadcast(self, event: str, data: Any) -> Outbound:
         payload, binary = self._event(event, data)

@@ -24,6 +24,7 @@ from smartsocket.policies import Join, Publish, RoomPolicy
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
+from smartsocket.recovery import MemoryStore, Resumer, SessionStore, pick_store
 from smartsocket.security import RateLimit
 from smartsocket.server import http, prometheus
 from smartsocket.server.admission import Admission
@@ -37,8 +38,6 @@ from smartsocket.server.listener import bind, run
 from smartsocket.server.live import LiveStats
 from smartsocket.server.local import LocalSide
 from smartsocket.server.outbox import Outbox
-from smartsocket.server.recovery import Recovery
-from smartsocket.server.resume import Resumer
 from smartsocket.server.room_policy import RoomGate
 from smartsocket.server.rooms import Room, RoomContext, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
@@ -100,8 +99,8 @@ class SmartSocket:
             self._sockets, self._cluster, self._tasks.spawn, self._router.emit_local,
             self._users,
         )
-        self._resumer = Resumer(
-            self._config, self._sockets, self._registry, self._cluster, self._tasks.spawn,
+        self._resumer: Resumer = Resumer(
+            self._config, self._sockets, self._cluster, self._tasks.spawn,
             self._connections.welcome,
         )
         self._connections.resumer = self._resumer
@@ -118,7 +117,10 @@ class SmartSocket:
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
-        self._recovery: Recovery | None = None
+        # Recovery: the session store in use (picked at start-up), and the memory one that
+        # follows the configuration (the store on one node).
+        self._recovery: SessionStore | None = None
+        self._memory_store: MemoryStore | None = None
         self._outbox = Outbox()  # outbox_url: the PostgreSQL outbox consumer (server/outbox.py)
         self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
@@ -150,18 +152,18 @@ class SmartSocket:
         self._admission = self._new_admission(self._admission.hook)
         # With metrics off the stats keep their shape: counters that never move (zeros).
         self._still_stats = self._stats or Stats()
-        self._recovery = Recovery(config) if config.recovery_window else None
+        self._memory_store = MemoryStore(config) if config.recovery_window else None
         self._router.config = config
         self._room_limits.configure(config, self._stats)
         self._fan = Fanout(config, self._stats)
         local = self._local
-        local.fanout, local.recovery, local.stats = self._fan, self._recovery, self._stats
-        self._broadcaster.fanout, self._broadcaster.recovery = self._fan, self._recovery
-        self._resumer.config, self._resumer.recovery = config, self._recovery
-        self._connections.configure(config, self._admission, self._stats, self._recovery)
+        local.fanout, local.stats = self._fan, self._stats
+        self._broadcaster.fanout = self._fan
+        self._resumer.config = config
         self._socket_context.configure(
-            config, self._stats, self._recovery, self._token_sessions, self._room_gate
+            config, self._stats, None, self._token_sessions, self._room_gate
         )
+        self._use_store(self._memory_store)
         self._liveness.stats = self._stats
         self._prometheus = None  # its collector reads this configuration's parts
 
@@ -205,6 +207,13 @@ class SmartSocket:
                                              options)))
         server.add_policies(file.rooms)
         return server
+
+    def _use_store(self, store: SessionStore | None) -> None:
+        """Recovery goes through ``store`` (None: off) from now on."""
+        self._recovery = store
+        self._local.recovery = self._broadcaster.recovery = self._resumer.store = store
+        self._socket_context.recovery = store
+        self._connections.configure(self._config, self._admission, self._stats, store)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> SmartSocket:
@@ -497,7 +506,7 @@ class SmartSocket:
     def _metrics_registry(self) -> CollectorRegistry:
         if self._prometheus is None:
             self._prometheus = prometheus.registry_for(prometheus.ServerCollector(
-                self._sockets, self._registry, self._recovery, self._stats
+                self._sockets, self._registry, self._resumer, self._stats
             ))
         return self._prometheus
 
@@ -534,7 +543,7 @@ class SmartSocket:
         if self._stats is None:
             figures["metrics"] = "disabled"  # the counters are zeros, not measurements
         if self._recovery is not None:
-            figures["recovery"] = self._recovery.stats()
+            figures["recovery"] = self._resumer.stats()
         if (outbox := self._outbox.stats()) is not None:
             figures["outbox"] = outbox
         if self._cluster.active:
@@ -588,8 +597,8 @@ class SmartSocket:
             self._connections.closing = False
             await self._token_sessions.start()  # a JWKS URL: keys before the first token
             await self._cluster.start(self.config)  # before the first socket (its id)
-            if self._recovery is not None:
-                self._recovery.broker = self._cluster.recovery  # Redis holds it in a cluster
+            # The session store, once: in Redis when the node logs its rooms there.
+            self._use_store(pick_store(self.config, self._cluster, self._memory_store))
             if self.config.outbox_url:
                 try:
                     await self._outbox.start(
@@ -692,8 +701,7 @@ class SmartSocket:
 
     async def _close_cluster(self) -> None:
         await self._outbox.stop()
-        if self._recovery is not None:
-            self._recovery.broker = None
+        self._use_store(self._memory_store)
         await self._cluster.close()
 
     def listen(self, callback: Callable[[], Any] | None = None) -> None:

@@ -1,6 +1,6 @@
 """The broadcast pipeline: one message to the members of a room (or to every socket).
 
-``Broadcaster`` encodes once (logging room messages for single-node recovery), delivers here
+``Broadcaster`` encodes once (the session store logs room messages on one node), delivers here
 through ``Fanout``, then, in a cluster, publishes the encoded payload: the compress decision is
 ``Fanout``'s, made once for here and every other node. With recovery on Redis, Redis logs room
 messages and every node (this one too) delivers them from the room channel.
@@ -26,7 +26,7 @@ from smartsocket.server.socket import Socket
 
 if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
-    from smartsocket.server.recovery import Recovery
+    from smartsocket.recovery.store import SessionStore
 
 
 class Broadcaster:
@@ -36,7 +36,7 @@ class Broadcaster:
 
     def __init__(
         self, sockets: Mapping[str, Socket], cluster: ClusterNode, fanout: Fanout,
-        recovery: Recovery | None = None,
+        recovery: SessionStore | None = None,
     ) -> None:
         self.sockets = sockets
         self.cluster = cluster
@@ -53,20 +53,23 @@ class Broadcaster:
         check_event(event)
         cluster = self.cluster
         recovery = self.recovery
-        # Single-node recovery logs room messages here, even with no member here: a dropped
-        # member may resume and want it. (In a cluster on Redis, Redis logs them.)
-        logs_here = recovery is not None and room is not None and recovery.broker is None
-        if not members and not cluster.active and not logs_here:
+        # With recovery a room message is logged even with no member here: a dropped member
+        # may resume and want it (on one node the store logs it; in a cluster, Redis).
+        logged = recovery is not None and room is not None
+        if not members and not cluster.active and not logged:
             return 0
         if binary is None:
             binary = envelope.needs_binary(data)
         if exclude is not None and not isinstance(exclude, ONE):
             exclude = tuple(exclude)  # read twice below
         skip = skip_set(exclude, self.sockets) if exclude is not None else None
-        if logs_here:
+        if logged:
             assert recovery is not None and room is not None
             ids = exclude_ids(exclude) if exclude is not None else None
-            payload = recovery.room_message(room, event, data, binary, ids)
+            # None from the Redis store: Redis logs it as the node publishes it
+            payload = recovery.log_room(room, event, data, binary, ids) or envelope.encode_event(
+                event, data, binary=binary
+            )
         else:
             payload = envelope.encode_event(event, data, binary=binary)
         if not cluster.active:

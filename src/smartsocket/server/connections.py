@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
     from smartsocket.config import Config
     from smartsocket.metrics import Stats
+    from smartsocket.recovery.resume import Resumer
+    from smartsocket.recovery.store import SessionStore
     from smartsocket.server.admission import Admission
-    from smartsocket.server.recovery import Recovery
-    from smartsocket.server.resume import Resumer
     from smartsocket.server.socket import Socket
     from smartsocket.server.users import Users
 
@@ -57,14 +57,14 @@ class Connections:
         self.handlers: list[Handler] = []  # on_connection
         self.closing = False
         self.stats: Stats | None = None
-        self.recovery: Recovery | None = None
+        self.recovery: SessionStore | None = None
         self.resumer: Resumer  # set by the server once made (it welcomes through us)
         self.config: Config
         self.admission: Admission
 
     def configure(
         self, config: Config, admission: Admission, stats: Stats | None,
-        recovery: Recovery | None,
+        recovery: SessionStore | None,
     ) -> None:
         self.config, self.admission = config, admission
         self.stats, self.recovery = stats, recovery
@@ -157,9 +157,9 @@ class Connections:
         if rec is not None and rec.owner is socket:
             rec.owner = None
             assert self.recovery is not None
-            # A shutdown ends sessions, unless Redis keeps them for another node to resume.
+            # A shutdown ends sessions, unless the store keeps them for another node.
             if code not in _FINAL_CLOSES and (
-                not self.closing or self.recovery.broker is not None
+                not self.closing or self.recovery.keeps_sessions
             ):
                 self.recovery.hold(socket, rec)
             else:

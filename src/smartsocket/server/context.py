@@ -20,10 +20,9 @@ if TYPE_CHECKING:
     from smartsocket.config import Config
     from smartsocket.metrics import Stats
     from smartsocket.protocol.envelope import Event
+    from smartsocket.recovery import Resumer, SessionStore
     from smartsocket.server.connections import Connections
     from smartsocket.server.heartbeat import Liveness
-    from smartsocket.server.recovery import Recovery
-    from smartsocket.server.resume import Resumer
     from smartsocket.server.room_policy import RoomGate
     from smartsocket.server.rooms import Room, RoomRegistry
     from smartsocket.server.socket import Socket
@@ -84,7 +83,7 @@ class SocketContext:
         self.configure(config, None, None)
 
     def configure(
-        self, config: Config, stats: Stats | None, recovery: Recovery | None,
+        self, config: Config, stats: Stats | None, recovery: SessionStore | None,
         tokens: TokenSessions | None = None, gate: RoomGate | None = None,
     ) -> None:
         self.config, self.stats, self.recovery = config, stats, recovery

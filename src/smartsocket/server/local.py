@@ -1,7 +1,7 @@
 """``LocalSide``: this node's sockets and rooms as the cluster sees them.
 
 It implements ``cluster.ports.LocalServer`` over the parts that own the state (the socket
-table, the ``RoomRegistry``, ``Fanout``, ``Recovery``), so ``cluster/`` acts on local sockets
+table, the ``RoomRegistry``, ``Fanout``, the session store), so ``cluster/`` acts on local sockets
 without importing the server or reading its privates.
 """
 
@@ -15,7 +15,7 @@ from smartsocket.server.users import Users
 
 if TYPE_CHECKING:
     from smartsocket.metrics import Stats
-    from smartsocket.server.recovery import Recovery
+    from smartsocket.recovery.store import SessionStore
     from smartsocket.server.rooms import RoomRegistry
     from smartsocket.server.socket import Socket
 
@@ -28,7 +28,7 @@ class LocalSide:
 
     def __init__(
         self, sockets: Mapping[str, Socket], registry: RoomRegistry, fanout: Fanout,
-        recovery: Recovery | None = None, stats: Stats | None = None,
+        recovery: SessionStore | None = None, stats: Stats | None = None,
         users: Users | None = None,
     ) -> None:
         self.sockets = sockets
@@ -91,6 +91,10 @@ class LocalSide:
 
     def send_held(self, sid: str, payload: bytes, binary: bool) -> bool:
         return self.recovery is not None and self.recovery.send_held(sid, payload, binary)
+
+    def session_moved(self, sid: str) -> None:
+        if self.recovery is not None:
+            self.recovery.drop(sid)
 
     def counters(self) -> dict[str, int | float]:
         counters: dict[str, int | float] = {

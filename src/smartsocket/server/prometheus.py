@@ -23,21 +23,21 @@ from smartsocket.metrics import RTT_BUCKETS
 
 if TYPE_CHECKING:
     from smartsocket.metrics import Stats
-    from smartsocket.server.recovery import Recovery
+    from smartsocket.recovery.resume import Resumer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ServerCollector(Collector):
-    """Reads one server's parts at scrape time: its sockets and rooms (sized), its recovery
-    and stats (None when off)."""
+    """Reads one server's parts at scrape time: its sockets and rooms (sized), the resume flow
+    (its store is None when recovery is off) and the stats (None when off)."""
 
     def __init__(
-        self, sockets: Sized, rooms: Sized, recovery: Recovery | None, stats: Stats | None
+        self, sockets: Sized, rooms: Sized, resumer: Resumer, stats: Stats | None
     ) -> None:
         self._sockets = sockets
         self._rooms = rooms
-        self._recovery = recovery
+        self._resumer = resumer
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
@@ -47,17 +47,17 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily(
             "smartsocket_rooms", "Rooms with members", value=len(self._rooms)
         )
-        recovery = self._recovery
-        if recovery is not None:
+        resumer = self._resumer
+        if resumer.store is not None:
             yield GaugeMetricFamily(
                 "smartsocket_held_sessions", "Dropped sessions that may still resume",
-                value=len(recovery.held),
+                value=resumer.store.stats()["heldSessions"],
             )
             resumes = CounterMetricFamily(
                 "smartsocket_resumes", "Resume attempts ($resume)", labels=["result"]
             )
-            resumes.add_metric(["recovered"], recovery.recovered)
-            resumes.add_metric(["failed"], recovery.failed)
+            resumes.add_metric(["recovered"], resumer.recovered)
+            resumes.add_metric(["failed"], resumer.failed)
             yield resumes
         stats = self._stats
         if stats is None:

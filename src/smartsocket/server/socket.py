@@ -16,16 +16,16 @@ from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
 from smartsocket.protocol.names import check_event, name_problem
+from smartsocket.recovery.state import Replies
 from smartsocket.security import LimitExceeded
 from smartsocket.server.context import SocketConnection
-from smartsocket.server.recovery import Replies
 from smartsocket.server.users import user_of
 from smartsocket.transport import HandshakeRequest
 
 if TYPE_CHECKING:
     from smartsocket.auth.tokens import SubscriptionClaims, TokenClaims
+    from smartsocket.recovery.state import SessionState
     from smartsocket.server.context import SocketContext
-    from smartsocket.server.recovery import SessionState
 
 __all__ = ["LOCAL_EVENTS", "OWN", "PLAIN", "SHARED", "Socket", "SocketConnection"]
 
@@ -108,7 +108,7 @@ class Socket:
         self._auth_timer: asyncio.TimerHandle | None = None
         self._limiter = context.new_limiter()
         self._running = 0  # async handlers that owe this socket an ack
-        # Connection state recovery (server/recovery.py): None while recovery_window is 0.
+        # Connection state recovery (recovery/): None while recovery_window is 0.
         self._rec: SessionState | None = context.resumer.new_session_state(self)
         self._resuming = False  # waiting for the client's $resume before $welcome
         self.recovered = False  # this connection resumed a dropped session (same id)
@@ -293,6 +293,50 @@ class Socket:
         if self._conn is not None:
             self._conn.close(code, reason)
 
+    # resuming (recovery.resume.ResumingSocket)
+
+    @property
+    def session(self) -> SessionState | None:
+        """Its recovery session (None while ``recovery_window`` is 0)."""
+        return self._rec
+
+    @session.setter
+    def session(self, state: SessionState | None) -> None:
+        self._rec = state
+
+    @property
+    def resuming(self) -> bool:
+        return self._resuming
+
+    def await_resume(self, timeout: float, on_timeout: Callable[[], None]) -> None:
+        self._resuming = True
+        self._inbox = []  # what it sends before $resume waits for the session
+        self._auth_timer = asyncio.get_running_loop().call_later(timeout, on_timeout)
+
+    def stop_resuming(self) -> None:
+        self._resuming = False
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+
+    def enter_room(self, room: str, sink: Callable[[bytes], None]) -> bool:
+        if not self._ctx.registry.add(room, self, sink):
+            return False
+        self._rooms[room] = None
+        return True
+
+    def exit_room(self, room: str) -> None:
+        self._ctx.registry.discard(room, self)
+        self._rooms.pop(room, None)
+
+    def connect_room(self, room: str) -> None:
+        self._ctx.registry.set_sender(room, self, self._send_frame)
+
+    def abandon(self, code: int, reason: str) -> None:
+        self.on_close(code, reason)
+        if self._conn is not None:
+            self._conn.abort()
+
     # transport callbacks (ConnectionHandler)
 
     def on_open(self, conn: SocketConnection) -> None:
@@ -474,11 +518,6 @@ class Socket:
     def send_frame(self) -> Callable[[bytes], None]:
         """Writes a ready frame to this client (what rooms and broadcasts hold for it)."""
         return self._send_frame
-
-    @property
-    def session(self) -> SessionState | None:
-        """Its recovery session (None while ``recovery_window`` is 0)."""
-        return self._rec
 
     @property
     def connection(self) -> SocketConnection | None:

@@ -178,7 +178,7 @@ class RedisAdapter(BrokerAdapter):
 
 async def read_incarnation(client: Any, where: str) -> str:
     """``<run_id>:<master_replid>`` of a Redis server: what changes whenever the data it
-    holds may have gone back in time (cluster/sessions.py relies on it).
+    holds may have gone back in time (cluster/roomlog.py relies on it).
 
     ``run_id`` is new on every start of the process (a restart, with or without lost writes,
     or a restore from an older snapshot); ``master_replid`` is new whenever a replica is

@@ -1,10 +1,10 @@
 """The Lua scripts a Redis broker runs: ``Script`` (registered in ``SCRIPTS``, loaded on every
 (re)connect) and ``ScriptCall`` (one queued call, published in order with a node's messages).
 
-The scripts themselves live with what they keep (``cluster/sessions.py``, ``cluster/catchup.py``);
-every script gets the incarnation of the Redis server it runs on as its last argument
-(``brokers.redis.read_incarnation``), so state kept by a restarted server is never mistaken for
-the state before the restart.
+The scripts themselves live with what they keep (``cluster/roomlog.py``, ``cluster/catchup.py``,
+``recovery/redis.py``); every script gets the incarnation of the Redis server it runs on as its
+last argument (``brokers.redis.read_incarnation``), so state kept by a restarted server is never
+mistaken for the state before the restart.
 """
 
 from __future__ import annotations

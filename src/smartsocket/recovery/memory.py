@@ -1,0 +1,226 @@
+"""``MemoryStore``: recovery on one node (protocol.md section 8), everything in this process.
+
+With ``recovery_window`` set, every room message gets a position (room, epoch, offset) and
+every direct message a per-session sequence number, both sent as the envelope's 4th item. A
+room keeps its last ``history_size`` messages (none older than ``history_ttl``); a socket keeps
+as many of its direct messages. When a connection drops without a clean close, its session
+(id, data, rooms, unsent direct messages, recent ack replies) is held for ``recovery_window``
+seconds; a client that reconnects with ``$resume`` and its last positions gets the same socket
+id back and exactly the messages it missed, in the order they were sent, or ``recovered:
+false`` when something it missed is gone (history trimmed, epoch changed, window passed).
+
+Everything here is per broadcast or per direct message (never per delivery). ``clock`` (in
+seconds, monotonic) is injectable: tests move time instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Container
+from typing import TYPE_CHECKING, Any
+
+from smartsocket.protocol import envelope
+from smartsocket.recovery.state import DirectLog, Entry, Held, SessionState, order_of
+from smartsocket.recovery.store import RoomItem, RoomView
+
+if TYPE_CHECKING:
+    from smartsocket.config import Config
+    from smartsocket.recovery.state import HeldSocket
+
+
+class RoomHistory:
+    """One room's recent messages. ``epoch`` names this history: when it is lost (a restart,
+    or the room forgotten after a quiet spell with nobody to resume into it) a new one starts,
+    and positions of the old epoch can no longer be resumed from."""
+
+    __slots__ = ("entries", "epoch", "holders", "last")
+
+    def __init__(self, size: int) -> None:
+        self.epoch = secrets.token_urlsafe(6)
+        self.last = 0  # offset of the newest message (offsets start at 1)
+        self.entries: deque[Entry] = deque(maxlen=size)
+        self.holders = 0  # held sessions that will resume from a position in it
+
+    def since(self, epoch: str, after: int, sid: str) -> list[Entry] | None:
+        """Messages after offset ``after`` that ``sid`` should get; None if some are gone."""
+        if epoch != self.epoch or after > self.last:
+            return None
+        if after == self.last:
+            return []
+        entries = self.entries
+        if not entries or entries[0][0] > after + 1:
+            return None  # trimmed (count or age)
+        return [e for e in entries if e[0] > after and (e[5] is None or sid not in e[5])]
+
+    def trim(self, oldest: float) -> None:
+        entries = self.entries
+        while entries and entries[0][2] < oldest:
+            entries.popleft()
+
+
+class MemoryStore:
+    """Room histories and held sessions of one server (``recovery.store.SessionStore``)."""
+
+    keeps_sessions = False  # a shutdown ends the sessions held here
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = config.recovery_window
+        self.size = config.history_size
+        self.ttl = config.history_ttl or config.recovery_window
+        self.reply_limit = max(128, 2 * config.max_pending_acks)
+        # Held sessions at most: as many as connections may be open (the oldest goes first),
+        # so clients that connect and drop in a loop cannot grow memory without bound.
+        self.max_held = config.max_connections
+        self.clock = clock
+        self.rooms: dict[str, RoomHistory] = {}
+        self.held: dict[str, Held] = {}
+        # One sequence for every message logged, rooms and direct: the replay's send order.
+        self._order = itertools.count(1).__next__
+        self.direct = DirectLog(self.size, clock, self._order)
+        self.evicted = 0  # held sessions dropped early (over max_held)
+
+    # direct messages
+
+    def direct_message(self, state: SessionState, event: str, data: Any, binary: bool) -> bytes:
+        return self.direct.message(state, event, data, binary)
+
+    def direct_payload(self, state: SessionState, payload: bytes, binary: bool) -> bytes:
+        return self.direct.payload(state, payload, binary)
+
+    # room history
+
+    def _history(self, room: str) -> RoomHistory:
+        history = self.rooms.get(room)
+        if history is None:
+            history = self.rooms[room] = RoomHistory(self.size)
+        return history
+
+    def log_room(
+        self, room: str, event: str, data: Any, binary: bool, excluded: tuple[str, ...] | None,
+    ) -> bytes:
+        history = self._history(room)
+        offset = history.last + 1
+        payload = envelope.encode_event(
+            event, data, binary=binary, meta=[room, history.epoch, offset]
+        )
+        history.last = offset
+        history.entries.append((offset, self._order(), self.clock(), payload, binary, excluded))
+        return payload
+
+    def position(self, room: str) -> tuple[str, int]:
+        history = self._history(room)
+        return history.epoch, history.last
+
+    async def read_room(self, room: str, after: int) -> RoomView | None:
+        history = self.rooms.get(room)
+        if history is None:
+            return None
+        history.trim(self.clock() - self.ttl)
+        items = [RoomItem(e[0], e[3], e[4], e[5]) for e in history.entries if e[0] > after]
+        return RoomView(history.epoch, history.last, items)
+
+    # held sessions
+
+    def hold(self, socket: HeldSocket, state: SessionState) -> None:
+        while len(self.held) >= self.max_held:
+            self._release(self.held.pop(next(iter(self.held))))
+            self.evicted += 1
+        held = Held.of(socket, state, self.clock() + self.window)
+        self.held[held.sid] = held
+        for room in held.rooms:
+            history = self.rooms.get(room)
+            if history is not None:
+                history.holders += 1
+
+    def holds(self, sid: str) -> bool:
+        held = self.held.get(sid)
+        return held is not None and held.expires >= self.clock()
+
+    def send_held(self, sid: str, payload: bytes, binary: bool) -> bool:
+        held = self.held.get(sid)
+        if held is None:
+            return False
+        self.direct.payload(held.state, payload, binary)
+        return True
+
+    async def take(self, sid: Any, token: Any, identity: Any) -> Held | None:
+        if type(sid) is not str or type(token) is not str:
+            return None
+        held = self.held.get(sid)
+        if held is None or not hmac.compare_digest(held.token.encode(), token.encode()):
+            return None
+        if held.expires < self.clock() or held.identity != identity:
+            return None
+        self._release(self.held.pop(sid))
+        return held
+
+    def drop(self, sid: str) -> None:
+        held = self.held.pop(sid, None)
+        if held is not None:
+            self._release(held)
+
+    def refresh(self, sid: str, state: SessionState) -> None:
+        """Nothing to do: the held session is this very state."""
+
+    async def missed(
+        self, held: Held, offsets: dict[str, Any], seq: int
+    ) -> list[tuple[bytes, bool]] | None:
+        oldest = self.clock() - self.ttl
+        missed = held.state.since(max(seq, 0))
+        if missed is None:
+            return None
+        for room in held.rooms:
+            epoch, after = held.state.joined.get(room, ("", 0))
+            reported = offsets.get(room)
+            if (
+                type(reported) is list and len(reported) == 2 and reported[0] == epoch
+                and type(reported[1]) is int and reported[1] > after
+            ):
+                after = reported[1]
+            history = self.rooms.get(room)
+            if history is None:
+                return None
+            history.trim(oldest)
+            entries = history.since(epoch, after, held.sid)
+            if entries is None:
+                return None
+            missed.extend(entries)
+        missed.sort(key=order_of)
+        return [(entry[3], entry[4]) for entry in missed]
+
+    def sweep(self, rooms_in_use: Container[str]) -> list[str]:
+        """Drop expired sessions and what no one can resume from any more."""
+        now = self.clock()
+        for sid in [sid for sid, held in self.held.items() if held.expires < now]:
+            self._release(self.held.pop(sid))
+        oldest = now - self.ttl
+        for held in self.held.values():
+            held.state.trim(oldest)
+        for name in list(self.rooms):
+            history = self.rooms[name]
+            history.trim(oldest)
+            if not history.entries and not history.holders and name not in rooms_in_use:
+                del self.rooms[name]
+        return []
+
+    def _release(self, held: Held) -> None:
+        for room in held.rooms:
+            history = self.rooms.get(room)
+            if history is not None:
+                history.holders -= 1
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "heldSessions": len(self.held),
+            "heldEvicted": self.evicted,
+            "historyRooms": len(self.rooms),
+            "historyMessages": sum(len(h.entries) for h in self.rooms.values()),
+            "unlogged": 0,
+            "lostDirect": 0,
+            "gaps": 0,
+            "caughtUp": 0,
+        }

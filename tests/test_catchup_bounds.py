@@ -1,0 +1,82 @@
+"""``RoomSync``'s buffers are bounded (cluster/catchup.py, "Bounds"): past ``limit`` per room,
+members get ``$gap`` instead of the node holding more. One in-process node with recovery on
+the real Redis (6379, a prefix of its own); the link events are the node's own calls."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from smartsocket import SmartSocket, Socket
+from smartsocket.protocol.envelope import encode_event
+from smartsocket.testing import connected, running, wait_for
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def server() -> SmartSocket:
+    app = SmartSocket(
+        cluster_url=REDIS, cluster_prefix="cb" + uuid.uuid4().hex[:10], recovery_window=10,
+    )
+
+    @app.on("join")
+    async def join(socket: Socket, room: str) -> None:
+        socket.join(room)
+        await app.room(room).subscribed()
+
+    return app
+
+
+@pytest.mark.asyncio
+async def test_messages_held_back_past_the_limit_become_a_gap() -> None:
+    app = server()
+    async with running(app), connected(app) as c:
+        sync = app._cluster.sync
+        assert sync is not None
+        got: list[Any] = []
+        c.on("said", lambda n: got.append(n))
+        c.on("$gap", lambda info: got.append(("gap", info["room"])))
+        await c.call("join", "r")
+        app.room("r").broadcast("said", 0)
+        await wait_for(lambda: got == [0])
+        sync.limit = 3
+        sync.link_lost()  # the link broke: the room's messages are held back until caught up
+        assert sync.holding == {"r": []}
+        for n in range(1, 6):
+            app.room("r").broadcast("said", n)
+        # Three held back, the fourth crossed the limit: those three are dropped and the
+        # member is told; the fourth and the fifth go out live.
+        await wait_for(lambda: got[-1:] == [5])
+        assert got == [0, ("gap", "r"), 4, 5]
+        assert "r" not in sync.holding
+        assert app.stats()["recovery"]["gaps"] == 1
+
+
+@pytest.mark.asyncio
+async def test_own_messages_past_the_limit_are_not_matched_but_told() -> None:
+    app = server()
+    async with running(app), connected(app) as c:
+        sync = app._cluster.sync
+        assert sync is not None
+        got: list[Any] = []
+        c.on("said", lambda n: got.append(n))
+        c.on("$gap", lambda info: got.append(("gap", info["room"])))
+        await c.call("join", "r")
+        sync.limit = 2
+        # Own messages on their way through Redis when the link broke, twice over: more
+        # than ``limit`` to match against the history later.
+        for outage in ("a", "b"):
+            for n in range(2):
+                sync.sent("r", encode_event("said", f"{outage}{n}"), False, [])
+            sync.link_lost()  # delivered here at once, kept as uncertain
+        await wait_for(lambda: len(got) == 4)
+        assert got == ["a0", "a1", "b0", "b1"]
+        assert sync.overflowed == {"r"} and "r" not in sync.uncertain
+        sync.link_up()  # the link is back: no catch-up for the room, a $gap instead
+        await wait_for(lambda: ("gap", "r") in got)
+        # The room's epoch ends (nobody resumes across what went out here only).
+        await wait_for(lambda: not sync.unlogged_rooms and not sync.overflowed)
+        app.room("r").broadcast("said", "after")
+        await wait_for(lambda: got[-1:] == ["after"])
