@@ -31,7 +31,7 @@ LIMITS_OFF = {"rate_limit_messages": 0, "rate_limit_bytes": 0}
 def jwt_server(clock: tk.FakeClock, **options: Any) -> SmartSocket:
     options.setdefault("jwt_secret", tk.SECRET)
     server = SmartSocket(**LIMITS_OFF, **options)
-    server._token_clock = clock
+    server._access.token_clock = clock
     server.on("whoami", lambda socket: {"user": socket.user, "name": socket.claims.get("name"),
                                         "identity": socket.identity})
 
@@ -305,7 +305,7 @@ async def test_expiry_heap_stays_bounded_by_live_sockets() -> None:
             async with connect(server, tk.sign(tk.claims(exp=tk.NOW + 3600))) as ws:
                 await welcomed(ws)
         await wait_for(lambda: not server.sockets, 5)
-        assert server._token_sessions.pending() == 0
+        assert server._access.tokens.pending() == 0
 
 
 # --- room policies

@@ -157,7 +157,7 @@ def create_jwt(config: Config | None = None) -> SmartSocket:
     ``{"user", "n"}``: sends ``["tick", n]`` to that user's sockets."""
     server = SmartSocket(config=config)
     clock = _TokenClock()
-    server._token_clock = clock
+    server._access.token_clock = clock
 
     def advance(socket: Socket, seconds: float) -> int:
         clock.now += seconds

@@ -27,6 +27,7 @@ from smartsocket.protocol.names import check_event
 from smartsocket.recovery import MemoryStore, Resumer, SessionStore, pick_store
 from smartsocket.security import RateLimit
 from smartsocket.server import http, prometheus
+from smartsocket.server.access import Access
 from smartsocket.server.admission import Admission
 from smartsocket.server.broadcast import Broadcaster
 from smartsocket.server.connections import Connections
@@ -38,10 +39,8 @@ from smartsocket.server.listener import bind, run
 from smartsocket.server.live import LiveStats
 from smartsocket.server.local import LocalSide
 from smartsocket.server.outbox import Outbox
-from smartsocket.server.room_policy import RoomGate
 from smartsocket.server.rooms import Room, RoomContext, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
-from smartsocket.server.tokens import TokenSessions, verifier_for
 from smartsocket.server.users import Users, check_user
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
@@ -82,16 +81,15 @@ class SmartSocket:
         self._broadcaster = Broadcaster(self._sockets, self._cluster, self._fan)
         self._broadcast = self._broadcaster.send  # bound once (Room.broadcast calls it)
         self._registry.hook = self._cluster
-        # Token auth and room policies (server/tokens.py, server/room_policy.py), rebuilt with
-        # the config. Token expiry reads this clock (Unix seconds; tests inject one).
-        self._token_clock: Callable[[], float] = time.time
-        self._policy_list: dict[str, RoomPolicy] = {}
-        self._token_sessions = TokenSessions(None)
-        self._room_gate = self._new_gate(self._config)
+        # Token auth and room policies (server/access.py), rebuilt with the config.
+        self._access = Access(
+            self._config, monotonic_ns=lambda: self._clock(),
+            has_room=self._registry.__contains__, enable_presence=self._cluster.enable_presence,
+        )
         # Per-room broadcast rates; they read the clock at each use (tests replace it).
         self._room_limits = RoomLimits(self._config, lambda: self._clock())
         self._room_context = RoomContext(
-            self._registry, self._room_limits, self._broadcast, self._cluster, self._room_gate
+            self._registry, self._room_limits, self._broadcast, self._cluster, self._access.gate
         )
         self._tasks = Tasks()
         self._router = EventRouter(self._config, self._tasks)  # inbound events -> handlers
@@ -112,7 +110,7 @@ class SmartSocket:
         self._socket_context = SocketContext(
             self._config, self._registry, self._cluster, self._connections, self._resumer,
             self._liveness, self._router.dispatch, time.monotonic_ns, self.room,
-            self._token_sessions, self._room_gate,
+            self._access.tokens, self._access.gate,
         )
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -145,9 +143,9 @@ class SmartSocket:
         if self._started:
             raise RuntimeError("cannot reconfigure a running server")
         self._config = config
-        self._token_sessions = TokenSessions(verifier_for(config, lambda: self._token_clock()))
-        self._room_gate = self._new_gate(config)
-        self._room_context.gate = self._room_gate
+        access = self._access
+        access.configure(config)
+        self._room_context.gate = access.gate
         self._stats = Stats() if config.enable_metrics else None
         self._admission = self._new_admission(self._admission.hook)
         # With metrics off the stats keep their shape: counters that never move (zeros).
@@ -160,9 +158,7 @@ class SmartSocket:
         local.fanout, local.stats = self._fan, self._stats
         self._broadcaster.fanout = self._fan
         self._resumer.config = config
-        self._socket_context.configure(
-            config, self._stats, None, self._token_sessions, self._room_gate
-        )
+        self._socket_context.configure(config, self._stats, None, access.tokens, access.gate)
         self._use_store(self._memory_store)
         self._liveness.stats = self._stats
         self._prometheus = None  # its collector reads this configuration's parts
@@ -170,7 +166,7 @@ class SmartSocket:
     def _new_admission(self, hook: Handler | None) -> Admission:
         return Admission(
             self._config, spawn=self._tasks.spawn, admit=self._resumer.admit,
-            tokens=self._token_sessions, stats=self._stats, hook=hook,
+            tokens=self._access.tokens, stats=self._stats, hook=hook,
         )
 
     @property
@@ -181,16 +177,6 @@ class SmartSocket:
     @_clock.setter
     def _clock(self, clock: Callable[[], int]) -> None:
         self._socket_context.clock = clock
-
-    def _new_gate(self, config: Config) -> RoomGate:
-        gate = RoomGate(
-            deny_by_default=config.rooms_deny_by_default,
-            verifier=self._token_sessions.verifier, clock=lambda: self._token_clock(),
-            monotonic_ns=lambda: self._clock(), has_room=self._registry.__contains__,
-        )
-        for pattern, policy in self._policy_list.items():
-            gate.set(pattern, policy)
-        return gate
 
     @classmethod
     def from_file(
@@ -268,10 +254,7 @@ class SmartSocket:
                 publish=Publish(publish), presence=presence, history_size=history_size,
                 history_ttl=history_ttl, rate_limit_messages=rate, rate_limit_burst=burst,
             )
-        self._room_gate.set(pattern, policy)  # checks the pattern first
-        self._policy_list[pattern] = policy
-        if policy.presence:
-            self._cluster.enable_presence(pattern)
+        self._access.set_policy(pattern, policy)
         return policy
 
     def add_policies(self, policies: Mapping[str, RoomPolicy]) -> None:
@@ -282,12 +265,12 @@ class SmartSocket:
     @property
     def policies(self) -> Mapping[str, RoomPolicy]:
         """The room policies by pattern (read-only)."""
-        return types.MappingProxyType(self._policy_list)
+        return self._access.policies
 
     def expire_tokens(self) -> int:
         """Close the sockets whose token expired without a refresh (4003) and end room
         memberships whose subscription token did, now (a timer does it every second)."""
-        return self._token_sessions.expire_due()
+        return self._access.tokens.expire_due()
 
     def rate_limit(
         self, event: str, messages: float | None, *, burst: float | None = None,
@@ -595,7 +578,7 @@ class SmartSocket:
         if not self._started:
             self._closed = asyncio.Event()
             self._connections.closing = False
-            await self._token_sessions.start()  # a JWKS URL: keys before the first token
+            await self._access.tokens.start()  # a JWKS URL: keys before the first token
             await self._cluster.start(self.config)  # before the first socket (its id)
             # The session store, once: in Redis when the node logs its rooms there.
             self._use_store(pick_store(self.config, self._cluster, self._memory_store))
@@ -673,7 +656,7 @@ class SmartSocket:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        self._token_sessions.stop()
+        self._access.tokens.stop()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         self._live.close_all()
