@@ -352,7 +352,7 @@ async def test_expired_sessions_and_history_are_swept() -> None:
         server.room("r").broadcast("m", 1)
         peer.drop()
         await wait_for(lambda: sid not in server.sockets)
-        recovery = server._recovery
+        recovery = server._parts.recovery
         assert recovery is not None
         assert sid in recovery.held
         await wait_for(lambda: not recovery.held and not recovery.rooms, timeout=3)
@@ -406,7 +406,7 @@ async def test_held_sessions_are_capped_at_max_connections() -> None:
             sids.append((await peer.welcomed())["sid"])
             peer.drop()
             await wait_for(lambda sid=sids[-1]: sid not in server.sockets)
-        recovery = server._recovery
+        recovery = server._parts.recovery
         assert recovery is not None
         assert list(recovery.held) == sids[2:]  # the two oldest went first
         assert server.stats()["recovery"]["heldEvicted"] == 2

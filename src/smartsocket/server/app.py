@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry
 
 from smartsocket._version import __version__
 from smartsocket.cluster.messages import PresenceMember, SocketRecord
-from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
 from smartsocket.handlers import Handler
 from smartsocket.metrics import Stats
@@ -24,24 +23,17 @@ from smartsocket.policies import Join, Publish, RoomPolicy
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
-from smartsocket.recovery import MemoryStore, Resumer, SessionStore, pick_store
+from smartsocket.recovery import pick_store
 from smartsocket.security import RateLimit
 from smartsocket.server import http, prometheus
-from smartsocket.server.access import Access
-from smartsocket.server.admission import Admission
-from smartsocket.server.broadcast import Broadcaster
-from smartsocket.server.connections import Connections
-from smartsocket.server.context import SocketContext
-from smartsocket.server.dispatch import EventRouter, Tasks
-from smartsocket.server.fanout import Exclude, Fanout
-from smartsocket.server.heartbeat import Liveness, heartbeat
+from smartsocket.server.fanout import Exclude
+from smartsocket.server.heartbeat import heartbeat
 from smartsocket.server.listener import bind, run
 from smartsocket.server.live import LiveStats
-from smartsocket.server.local import LocalSide
-from smartsocket.server.outbox import Outbox
-from smartsocket.server.rooms import Room, RoomContext, RoomLimits, RoomRegistry, RoomsView
+from smartsocket.server.parts import Parts
+from smartsocket.server.rooms import Room, RoomsView
 from smartsocket.server.socket import Socket
-from smartsocket.server.users import Users, check_user
+from smartsocket.server.users import check_user
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
@@ -71,55 +63,19 @@ class SmartSocket:
         if host is not None:
             options["host"] = host
         self._config = (config or Config()).replace(**options)
-        self._sockets: dict[str, Socket] = {}
-        self._registry = RoomRegistry()
-        self._fan = Fanout(self._config, None)  # rebuilt with the config (setter below)
-        self._users = Users()  # admitted sockets by user (server/users.py)
-        # What the cluster may do with this node's sockets (cluster/ports.py).
-        self._local = LocalSide(self._sockets, self._registry, self._fan, users=self._users)
-        self._cluster = ClusterNode(self._local)  # cluster/: cross-node operations, presence
-        self._broadcaster = Broadcaster(self._sockets, self._cluster, self._fan)
-        self._broadcast = self._broadcaster.send  # bound once (Room.broadcast calls it)
-        self._registry.hook = self._cluster
-        # Token auth and room policies (server/access.py), rebuilt with the config.
-        self._access = Access(
-            self._config, monotonic_ns=lambda: self._clock(),
-            has_room=self._registry.__contains__, enable_presence=self._cluster.enable_presence,
-        )
-        # Per-room broadcast rates; they read the clock at each use (tests replace it).
-        self._room_limits = RoomLimits(self._config, lambda: self._clock())
-        self._room_context = RoomContext(
-            self._registry, self._room_limits, self._broadcast, self._cluster, self._access.gate
-        )
-        self._tasks = Tasks()
-        self._router = EventRouter(self._config, self._tasks)  # inbound events -> handlers
-        self._connections = Connections(
-            self._sockets, self._cluster, self._tasks.spawn, self._router.emit_local,
-            self._users,
-        )
-        self._resumer: Resumer = Resumer(
-            self._config, self._sockets, self._cluster, self._tasks.spawn,
-            self._connections.welcome,
-        )
-        self._connections.resumer = self._resumer
-        self._stats: Stats | None = None
-        self._admission = self._new_admission(None)
-        self._liveness = Liveness()  # the $ping/$pong in flight
-        # What every Socket uses of this server (server/context.py). Its clock (integer ns)
-        # is the rate limits' and the error-rate rule's; tests replace it (``_clock``).
-        self._socket_context = SocketContext(
-            self._config, self._registry, self._cluster, self._connections, self._resumer,
-            self._liveness, self._router.dispatch, time.monotonic_ns, self.room,
-            self._access.tokens, self._access.gate,
-        )
+        # The parts, composed once; those that derive from the config are rebuilt with it.
+        parts = self._parts = Parts(self._config, self.room)
+        # Bound once: the parts that stay (the rebuilt ones are read through ``_parts``).
+        self._sockets, self._registry, self._cluster = parts.sockets, parts.registry, parts.cluster
+        self._users, self._connections, self._tasks = parts.users, parts.connections, parts.tasks
+        self._router, self._liveness, self._local = parts.router, parts.liveness, parts.local
+        self._socket_context, self._resumer = parts.socket_context, parts.resumer
+        self._access, self._outbox = parts.access, parts.outbox
+        self._room_context = parts.room_context
+        self._broadcast = parts.broadcaster.send  # (Room.broadcast calls it)
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
-        # Recovery: the session store in use (picked at start-up), and the memory one that
-        # follows the configuration (the store on one node).
-        self._recovery: SessionStore | None = None
-        self._memory_store: MemoryStore | None = None
-        self._outbox = Outbox()  # outbox_url: the PostgreSQL outbox consumer (server/outbox.py)
         self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
         self._live = LiveStats(self.stats)  # /smartsocket/live connections
@@ -143,31 +99,12 @@ class SmartSocket:
         if self._started:
             raise RuntimeError("cannot reconfigure a running server")
         self._config = config
-        access = self._access
-        access.configure(config)
-        self._room_context.gate = access.gate
-        self._stats = Stats() if config.enable_metrics else None
-        self._admission = self._new_admission(self._admission.hook)
-        # With metrics off the stats keep their shape: counters that never move (zeros).
-        self._still_stats = self._stats or Stats()
-        self._memory_store = MemoryStore(config) if config.recovery_window else None
-        self._router.config = config
-        self._room_limits.configure(config, self._stats)
-        self._fan = Fanout(config, self._stats)
-        local = self._local
-        local.fanout, local.stats = self._fan, self._stats
-        self._broadcaster.fanout = self._fan
-        self._resumer.config = config
-        self._socket_context.configure(config, self._stats, None, access.tokens, access.gate)
-        self._use_store(self._memory_store)
-        self._liveness.stats = self._stats
+        self._parts.configure(config)
         self._prometheus = None  # its collector reads this configuration's parts
 
-    def _new_admission(self, hook: Handler | None) -> Admission:
-        return Admission(
-            self._config, spawn=self._tasks.spawn, admit=self._resumer.admit,
-            tokens=self._access.tokens, stats=self._stats, hook=hook,
-        )
+    @property
+    def _stats(self) -> Stats | None:
+        return self._parts.stats
 
     @property
     def _clock(self) -> Callable[[], int]:
@@ -193,13 +130,6 @@ class SmartSocket:
                                              options)))
         server.add_policies(file.rooms)
         return server
-
-    def _use_store(self, store: SessionStore | None) -> None:
-        """Recovery goes through ``store`` (None: off) from now on."""
-        self._recovery = store
-        self._local.recovery = self._broadcaster.recovery = self._resumer.store = store
-        self._socket_context.recovery = store
-        self._connections.configure(self._config, self._admission, self._stats, store)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> SmartSocket:
@@ -234,7 +164,7 @@ class SmartSocket:
         just after it, refusal: close 4001) and again for a ``$auth`` message. A decorator.
         The identity's ``"user"`` item (a dict) or ``.user`` attribute (an object), a str or
         an int, becomes ``socket.user`` (see ``to_user``)."""
-        self._admission.set_hook(hook)
+        self._parts.admission.set_hook(hook)
         return hook
 
     def policy(
@@ -314,7 +244,7 @@ class SmartSocket:
         """Send ``event`` to socket ``sid`` on any node (fire and forget). False when the
         socket is not here and cannot be reached (unknown id, or the broker is down). With
         recovery on, a session that dropped and may resume gets it on resuming."""
-        recovery = self._recovery
+        recovery = self._parts.recovery
         if recovery is not None and sid not in self._sockets and recovery.holds(sid):
             check_event(event)
             if binary is None:
@@ -473,7 +403,7 @@ class SmartSocket:
             return HttpResponse(503, b"server is shutting down\n", headers={"Retry-After": "1"})
         if len(self._connections.open) >= self.config.max_connections:
             return self._refuse(HttpResponse(503, b"server full\n", headers={"Retry-After": "5"}))
-        admitted = self._admission.check_upgrade(request)
+        admitted = self._parts.admission.check_upgrade(request)
         if isinstance(admitted, HttpResponse):
             return self._refuse(admitted)
         authenticated, identity = admitted
@@ -518,14 +448,14 @@ class SmartSocket:
     def stats(self, *, cluster: bool = False) -> dict[str, Any]:
         """The figures served at /smartsocket/stats (this node's; in a cluster, a ``cluster``
         section too, with every node's figures and totals when ``cluster`` is true)."""
-        figures = self._still_stats.snapshot(
+        figures = self._parts.still_stats.snapshot(
             connections=len(self._sockets),
             rooms=len(self._registry),
             top_rooms=self._registry.largest(10),
         )
         if self._stats is None:
             figures["metrics"] = "disabled"  # the counters are zeros, not measurements
-        if self._recovery is not None:
+        if self._parts.recovery is not None:
             figures["recovery"] = self._resumer.stats()
         if (outbox := self._outbox.stats()) is not None:
             figures["outbox"] = outbox
@@ -581,7 +511,7 @@ class SmartSocket:
             await self._access.tokens.start()  # a JWKS URL: keys before the first token
             await self._cluster.start(self.config)  # before the first socket (its id)
             # The session store, once: in Redis when the node logs its rooms there.
-            self._use_store(pick_store(self.config, self._cluster, self._memory_store))
+            self._parts.use_store(pick_store(self.config, self._cluster, self._parts.memory_store))
             if self.config.outbox_url:
                 try:
                     await self._outbox.start(
@@ -603,13 +533,12 @@ class SmartSocket:
             self._started = True
             loop = asyncio.get_running_loop()
             self._heartbeat_task = loop.create_task(
-                heartbeat(
-                    self._sockets, self.config, self._liveness, self._room_limits, self._registry
-                )
+                heartbeat(self._sockets, self.config, self._liveness, self._parts.room_limits,
+                          self._registry)
             )
             if self._stats is not None:
                 self._sampler = loop.call_later(1.0, self._sample)
-            if self._recovery is not None:
+            if self._parts.recovery is not None:
                 self._sweep()
         if listen:
             logger.info("listening on %s", self.listening, extra={"event": "listening",
@@ -684,7 +613,7 @@ class SmartSocket:
 
     async def _close_cluster(self) -> None:
         await self._outbox.stop()
-        self._use_store(self._memory_store)
+        self._parts.use_store(self._parts.memory_store)
         await self._cluster.close()
 
     def listen(self, callback: Callable[[], Any] | None = None) -> None:
@@ -717,8 +646,8 @@ class SmartSocket:
 
     def _sweep(self) -> None:
         """Every few seconds: expire held sessions and history nobody can resume from."""
-        assert self._recovery is not None
+        assert self._parts.recovery is not None
         interval = max(0.5, min(5.0, self._config.recovery_window / 4))
         self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
-        for sid in self._recovery.sweep(self._registry):
+        for sid in self._parts.recovery.sweep(self._registry):
             self._cluster.ended_here(sid)
