@@ -142,7 +142,7 @@ async def test_app_shutdown_finishes_handlers_then_closes_1001() -> None:
     # Leaving running_aiohttp ran the app's shutdown: the call got its answer first.
     assert await call == "done"
     assert (await closed.next("disconnect")).code == 1001
-    assert not server._started
+    assert not server.started
     await client.close()
 
 
@@ -153,5 +153,5 @@ async def test_bare_handler_in_your_own_routes() -> None:
     async with running_aiohttp(app) as base:
         async with connected(ws_url(base, "/rt/x"), reconnect=False) as client:
             assert await client.call("echo", 5) == 5
-        assert server._started  # started by its first connection
+        assert server.started  # started by its first connection
     await server.close()

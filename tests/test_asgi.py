@@ -251,7 +251,7 @@ async def test_wrapping_an_app_and_the_asgi_lifespan() -> None:
         lifespan=lifespan,
     )
     async with running_asgi(SmartSocketASGI(server, inner)) as base:
-        assert events == ["startup"] and server._started
+        assert events == ["startup"] and server.started
         async with connected(ws_url(base, "/")) as client:
             assert await client.call("echo", 7) == 7
         async with websockets.connect(ws_url(base, "/other")) as ws:
@@ -262,16 +262,16 @@ async def test_wrapping_an_app_and_the_asgi_lifespan() -> None:
         assert (await http_get(base + "/metrics"))[0] == 404  # the wrapped app's path
         async with websockets.connect(ws_url(base, "/smartsocket/live")) as feed:
             assert json.loads(await feed.recv())[1]["live"] is True
-    assert events == ["startup", "shutdown"] and not server._started
+    assert events == ["startup", "shutdown"] and not server.started
 
     # Alone, it answers the lifespan protocol itself; other HTTP paths get 404.
     server = create_app()
     async with running_asgi(SmartSocketASGI(server)) as base:
-        assert server._started
+        assert server.started
         assert (await http_get(base + "/anything"))[0] == 404
         async with connected(ws_url(base, "/")) as client:
             assert await client.call("echo", "x") == "x"
-    assert not server._started
+    assert not server.started
 
 
 async def test_starlette_websocket_route_at_an_exact_path() -> None:
@@ -289,7 +289,7 @@ async def test_starlette_websocket_route_at_an_exact_path() -> None:
     async with running_asgi(app) as base, connected(ws_url(base, "/ws")) as client:
         assert await client.call("echo", [1]) == [1]
         assert await http_get(base + "/") == (200, b"1 connected")
-    assert not server._started
+    assert not server.started
 
 
 # Without a server: the bridge itself.

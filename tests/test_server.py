@@ -398,10 +398,10 @@ async def test_async_with_and_serve_until_close() -> None:
         assert server.port != 0 and server.url.endswith(f":{server.port}/")
         async with connected(server) as client:
             assert await client.call("echo", "in context") == "in context"
-    assert server._server is None  # closed on exit
+    assert server._life.server is None  # closed on exit
 
     runner = asyncio.ensure_future(server.serve())
-    await wait_for(lambda: server._server is not None)
+    await wait_for(lambda: server._life.server is not None)
     async with connected(server) as client:
         assert await client.call("echo", "serving") == "serving"
     await server.close()

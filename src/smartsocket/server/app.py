@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
-import time
 import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -23,19 +21,17 @@ from smartsocket.policies import Join, Publish, RoomPolicy
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
-from smartsocket.recovery import pick_store
 from smartsocket.security import RateLimit
 from smartsocket.server import http, prometheus
 from smartsocket.server.fanout import Exclude
-from smartsocket.server.heartbeat import heartbeat
-from smartsocket.server.listener import bind, run
+from smartsocket.server.lifecycle import Lifecycle
+from smartsocket.server.listener import run
 from smartsocket.server.live import LiveStats
 from smartsocket.server.parts import Parts
 from smartsocket.server.rooms import Room, RoomsView
 from smartsocket.server.socket import Socket
 from smartsocket.server.users import check_user
 from smartsocket.transport import (
-    CLOSE_TIMEOUT,
     Accept,
     HandshakeRequest,
     HttpResponse,
@@ -73,17 +69,13 @@ class SmartSocket:
         self._access, self._outbox = parts.access, parts.outbox
         self._room_context = parts.room_context
         self._broadcast = parts.broadcaster.send  # (Room.broadcast calls it)
-        self._server: asyncio.Server | None = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
-        self._sampler: asyncio.TimerHandle | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
         self._live = LiveStats(self.stats)  # /smartsocket/live connections
-        self._closed: asyncio.Event | None = None
-        self._port: int | None = None
-        # Started (heartbeat, sampler), with or without a listener: ``start(listen=False)``
-        # serves sockets that another transport carries (smartsocket.asgi, integrations).
-        self._started = False
+        # Started or not: the listener, the heartbeat, the sampler and sweeper, in order.
+        self._life = Lifecycle(
+            parts, self._live, self._route,
+            lambda room, event, data: self.room(room).broadcast(event, data),
+        )
         # What a plain GET / answers: None is a short page naming this server and its
         # endpoints; the demo app puts its chat page here (its events are not the app's).
         self.home_page: bytes | None = None
@@ -96,7 +88,7 @@ class SmartSocket:
     @config.setter
     def config(self, config: Config) -> None:
         """Replace the configuration (before ``start()``): what derives from it is rebuilt."""
-        if self._started:
+        if self._life.started:
             raise RuntimeError("cannot reconfigure a running server")
         self._config = config
         self._parts.configure(config)
@@ -467,17 +459,18 @@ class SmartSocket:
                 figures["raw"]["clusterReceived"] = section["received"]
         return figures
 
-    # lifecycle
+    # lifecycle (server/lifecycle.py)
 
     @property
     def started(self) -> bool:
         """``start()`` has run and ``close()`` has not (with or without a listener)."""
-        return self._started
+        return self._life.started
 
     @property
     def port(self) -> int:
         """The bound port (useful with ``port=0``); the configured one before start."""
-        return self._port if self._port is not None else self.config.port
+        port = self._life.port
+        return port if port is not None else self.config.port
 
     @property
     def url(self) -> str:
@@ -503,57 +496,14 @@ class SmartSocket:
         whose sockets come through another transport only (smartsocket.asgi,
         smartsocket.integrations.aiohttp start it so on their first connection).
         """
-        if self._started and (self._server is not None or not listen):
-            return
-        if not self._started:
-            self._closed = asyncio.Event()
-            self._connections.closing = False
-            await self._access.tokens.start()  # a JWKS URL: keys before the first token
-            await self._cluster.start(self.config)  # before the first socket (its id)
-            # The session store, once: in Redis when the node logs its rooms there.
-            self._parts.use_store(pick_store(self.config, self._cluster, self._parts.memory_store))
-            if self.config.outbox_url:
-                try:
-                    await self._outbox.start(
-                        self.config.outbox_url,
-                        lambda room, event, data: self.room(room).broadcast(event, data),
-                        lambda: self._cluster.degraded,
-                    )
-                except BaseException:
-                    await self._close_cluster()
-                    raise
-        if listen:
-            try:
-                await self._listen()
-            except BaseException:
-                if not self._started:  # a port in use, a bad certificate: undo the cluster
-                    await self._close_cluster()
-                raise
-        if not self._started:
-            self._started = True
-            loop = asyncio.get_running_loop()
-            self._heartbeat_task = loop.create_task(
-                heartbeat(self._sockets, self.config, self._liveness, self._parts.room_limits,
-                          self._registry)
-            )
-            if self._stats is not None:
-                self._sampler = loop.call_later(1.0, self._sample)
-            if self._parts.recovery is not None:
-                self._sweep()
-        if listen:
+        if await self._life.start(listen):
             logger.info("listening on %s", self.listening, extra={"event": "listening",
                                                                   "url": self.url})
-
-    async def _listen(self) -> None:
-        # The clock is read at each use: tests replace ``_clock``.
-        self._server = await bind(self.config, self._route, lambda: self._clock())
-        self._port = self._server.sockets[0].getsockname()[1]
 
     async def serve(self) -> None:
         """Start, then run until ``close()``."""
         await self.start()
-        assert self._closed is not None
-        await self._closed.wait()
+        await self._life.wait_closed()
 
     async def __aenter__(self) -> SmartSocket:
         await self.start()
@@ -565,56 +515,7 @@ class SmartSocket:
     async def close(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stop accepting, let running handlers finish (up to ``timeout``,
         default ``shutdown_timeout``), close every client with 1001, wait for them to go."""
-        if not self._started or self._connections.closing:
-            if self._closed is not None:
-                await self._closed.wait()
-            return
-        self._connections.closing = True
-        await self._outbox.stop()  # its batch in hand goes out to the sockets still here
-        deadline = time.monotonic() + (
-            self.config.shutdown_timeout if timeout is None else timeout
-        )
-        server = self._server
-        if server is not None:
-            server.close()
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-        if self._sampler is not None:
-            self._sampler.cancel()
-            self._sampler = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        self._access.tokens.stop()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
-        self._live.close_all()
-        for socket in list(self._connections.open):
-            socket.fail(CloseCode.GOING_AWAY, "server shutting down")
-        wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
-        while self._connections.open and time.monotonic() < wait_until:
-            await asyncio.sleep(0.01)
-        for socket in list(self._connections.open):
-            conn = socket.connection
-            if conn is not None:
-                conn.abort()
-        await self._close_cluster()  # after the sockets: their presence leaves go out first
-        for task in list(self._tasks):
-            task.cancel()
-        if server is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
-        self._server = None
-        self._port = None
-        self._started = False
-        assert self._closed is not None
-        self._closed.set()
-        logger.info("closed")
-
-    async def _close_cluster(self) -> None:
-        await self._outbox.stop()
-        self._parts.use_store(self._parts.memory_store)
-        await self._cluster.close()
+        await self._life.close(timeout)
 
     def listen(self, callback: Callable[[], Any] | None = None) -> None:
         """Run the server until SIGINT or SIGTERM, then close gracefully (blocking)."""
@@ -631,23 +532,6 @@ class SmartSocket:
             gc.freeze()
             if callback is not None:
                 callback()
-            assert self._closed is not None
-            await self._closed.wait()
+            await self._life.wait_closed()
 
         run(main())
-
-    def _sample(self) -> None:
-        """Once a second: counters for the rates in the stats, and the live stats stream."""
-        assert self._stats is not None
-        self._stats.sample()
-        self._sampler = asyncio.get_running_loop().call_later(1.0, self._sample)
-        if self._live.readers:
-            self._live.push()
-
-    def _sweep(self) -> None:
-        """Every few seconds: expire held sessions and history nobody can resume from."""
-        assert self._parts.recovery is not None
-        interval = max(0.5, min(5.0, self._config.recovery_window / 4))
-        self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
-        for sid in self._parts.recovery.sweep(self._registry):
-            self._cluster.ended_here(sid)
