@@ -19,6 +19,7 @@ from smartsocket.protocol.names import check_event, name_problem
 from smartsocket.recovery.state import Replies
 from smartsocket.security import LimitExceeded
 from smartsocket.server.context import SocketConnection
+from smartsocket.server.system_events import system_event as _system_event
 from smartsocket.server.users import user_of
 from smartsocket.transport import HandshakeRequest
 
@@ -372,7 +373,7 @@ class Socket:
                 if wait:
                     self._rate_limited(None, exc.ack_id, binary, wait, now)
                     return
-            self._refuse(exc.code, exc.message, ack_id=exc.ack_id, binary=binary)
+            self.refuse(exc.code, exc.message, ack_id=exc.ack_id, binary=binary)
             return
         if limiter is not None:
             now = ctx.clock()
@@ -414,20 +415,20 @@ class Socket:
         if type(packet) is Event:
             name = packet.name
             if name[0] == "$":
-                self._system_event(packet)
+                _system_event(self, self._ctx, packet)
             elif not self.authenticated:
-                self._refuse(
+                self.refuse(
                     ErrorCode.UNAUTHORIZED, "authenticate with $auth first",
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
             elif (
                 problem := name_problem("event", name, self._ctx.config.max_name_length)
             ) is not None:
-                self._refuse(
+                self.refuse(
                     ErrorCode.INVALID_NAME, problem, ack_id=packet.ack_id, binary=packet.binary,
                 )
             elif name in LOCAL_EVENTS:
-                self._refuse(
+                self.refuse(
                     ErrorCode.RESERVED_EVENT, f"{name!r} is a local event name",
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
@@ -436,41 +437,10 @@ class Socket:
         else:
             assert type(packet) is AckReply
             if not self._acks.resolve_reply(packet):
-                self._refuse(
+                self.refuse(
                     ErrorCode.UNKNOWN_ACK, f"no pending call with id {packet.ack_id}",
                     ack_id=None,
                 )
-
-    def _system_event(self, packet: Event) -> None:
-        name = packet.name
-        if name == "$pong":
-            self._ctx.liveness.pong(self, packet.data)
-        elif name == "$ping":  # the client measures its own round trip
-            binary = packet.binary
-            try:
-                pong = _encode_event("$pong", packet.data, binary=binary)
-            except envelope.ENCODE_ERRORS:
-                # Decodable but not encodable back (msgspec's encoder nests less deep).
-                self._refuse(ErrorCode.BAD_MESSAGE, "$ping data cannot be echoed", event=name)
-                return
-            self._send_payload(pong, binary)
-        elif name == "$auth":
-            if self.authenticated:
-                self._refuse(
-                    ErrorCode.BAD_MESSAGE, "already authenticated", event=name,
-                    ack_id=packet.ack_id, binary=packet.binary,
-                )
-            else:
-                self._ctx.connections.auth_message(self, packet)
-        elif name == "$refresh" and self.authenticated:
-            self._ctx.tokens.refresh_message(self, packet)
-        elif name == "$resume" and self._ctx.recovery is not None:
-            self._ctx.resumer.resume_message(self, packet)
-        else:
-            self._refuse(
-                ErrorCode.RESERVED_EVENT, f"{name!r} is reserved for the protocol",
-                event=name, ack_id=packet.ack_id, binary=packet.binary,
-            )
 
     def handlers_for(self, event: str) -> list[Handler] | None:
         """This socket's own handlers of ``event`` (``on``), or None: the server's apply."""
@@ -579,7 +549,7 @@ class Socket:
         if ack_id is None or not (
             (type(key) is str and 0 < len(key) <= 64) or (type(key) is int and key > 0)
         ):
-            self._refuse(
+            self.refuse(
                 ErrorCode.BAD_MESSAGE, "the 4th item (idempotency key) needs an ack id and "
                 "must be a string of 1-64 characters or a positive integer",
                 event=packet.name, ack_id=ack_id, binary=packet.binary,
@@ -624,12 +594,12 @@ class Socket:
                 socket.reject(error[0], error[1], ack_id=waiting_id, retry_after=error[2],
                               binary=binary)
 
-    def _refuse(
+    def refuse(
         self, code: str, message: str, *, event: str | None = None, ack_id: int | None = None,
         binary: bool = False,
     ) -> None:
-        """Refuse a message that breaks the protocol; it counts against the error-rate rule
-        (server/abuse.py)."""
+        """``reject`` a message that breaks the protocol; it counts against the error-rate
+        rule (server/abuse.py)."""
         self.reject(code, message, event=event, ack_id=ack_id, binary=binary)
         self._ctx.abuse.refused(self, self._ctx.clock)
 
