@@ -16,9 +16,10 @@ from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
 from smartsocket.protocol.names import check_event, name_problem
-from smartsocket.recovery.state import Replies
 from smartsocket.security import LimitExceeded
 from smartsocket.server.context import SocketConnection
+from smartsocket.server.keyed_calls import admit as _admit_keyed
+from smartsocket.server.keyed_calls import settle as _settle
 from smartsocket.server.system_events import system_event as _system_event
 from smartsocket.server.users import user_of
 from smartsocket.transport import HandshakeRequest
@@ -432,7 +433,7 @@ class Socket:
                     ErrorCode.RESERVED_EVENT, f"{name!r} is a local event name",
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
-            elif packet.meta is None or self._dedupe(packet):
+            elif packet.meta is None or _admit_keyed(self, self._ctx, packet):
                 self._ctx.dispatch(self, packet)
         else:
             assert type(packet) is AckReply
@@ -498,7 +499,7 @@ class Socket:
         a binary frame if the request came in one (``binary``) or the result holds bytes."""
         rec = self._rec
         if rec is not None and rec.replies is not None and ack_id in rec.replies.running:
-            self._settle_call(rec, ack_id, result, None, binary)
+            _settle(self, self._ctx, rec, ack_id, result, None, binary)
             return
         self.answer(ack_id, result, binary)
 
@@ -526,7 +527,7 @@ class Socket:
             ack_id is not None and rec is not None and rec.replies is not None
             and ack_id in rec.replies.running
         ):
-            self._settle_call(rec, ack_id, None, (code, message, retry_after), binary)
+            _settle(self, self._ctx, rec, ack_id, None, (code, message, retry_after), binary)
             return
         if ack_id is not None:
             payload = envelope.encode_ack_error(
@@ -539,60 +540,6 @@ class Socket:
         if stats is not None:
             stats.errors_sent += 1
         self._send_payload(payload, binary)
-
-    # idempotent calls (recovery): a call the client retries after a reconnect runs once
-
-    def _dedupe(self, packet: Event) -> bool:
-        """An event with an idempotency key: True if its handlers should run."""
-        key = packet.meta
-        ack_id = packet.ack_id
-        if ack_id is None or not (
-            (type(key) is str and 0 < len(key) <= 64) or (type(key) is int and key > 0)
-        ):
-            self.refuse(
-                ErrorCode.BAD_MESSAGE, "the 4th item (idempotency key) needs an ack id and "
-                "must be a string of 1-64 characters or a positive integer",
-                event=packet.name, ack_id=ack_id, binary=packet.binary,
-            )
-            return False
-        rec = self._rec
-        if rec is None:  # recovery off: nothing is retried, keys change nothing
-            return True
-        replies = rec.replies
-        if replies is None:
-            recovery = self._ctx.recovery
-            assert recovery is not None
-            replies = rec.replies = Replies(recovery.reply_limit)
-        done = replies.done.get(key)
-        if done is not None:  # ran already: answer again
-            result, error = done
-            if error is None:
-                self.answer(ack_id, result, packet.binary)
-            else:
-                self.reject(error[0], error[1], ack_id=ack_id, retry_after=error[2],
-                            binary=packet.binary)
-            return False
-        running = replies.is_running(key)
-        replies.running[ack_id] = (key, self)
-        return not running  # still running (from before the reconnect): answered when done
-
-    def _settle_call(
-        self, rec: SessionState, ack_id: int, result: Any,
-        error: tuple[str, str, float | None] | None, binary: bool,
-    ) -> None:
-        """A keyed call finished: record its outcome and answer every call waiting for it on
-        a live connection (a retry on a newer connection than this one gets it too; a
-        connection that dropped gets nothing, its client retries)."""
-        assert rec.replies is not None
-        waiting = rec.replies.finish(ack_id, result, error)
-        if rec.owner is None:  # held: in a cluster, its stored copy learns the outcome
-            self._ctx.resumer.session_changed(self.id, rec)
-        for waiting_id, socket in waiting:
-            if error is None:
-                socket.answer(waiting_id, result, binary)
-            else:
-                socket.reject(error[0], error[1], ack_id=waiting_id, retry_after=error[2],
-                              binary=binary)
 
     def refuse(
         self, code: str, message: str, *, event: str | None = None, ack_id: int | None = None,
