@@ -48,33 +48,10 @@ class Socket:
     ``on_connection`` and in every server-level handler."""
 
     __slots__ = (
-        "__weakref__",
-        "_acks",
-        "_auth_timer",
-        "_conn",
-        "_ctx",
-        "_handlers",
-        "_inbox",
-        "_limiter",
-        "_rec",
-        "_resuming",
-        "_rooms",
-        "_running",
-        "_send_frame",
-        "authenticated",
-        "close_code",
-        "close_reason",
-        "compression_mode",
-        "connected",
-        "data",
-        "id",
-        "identity",
-        "presence",
-        "recovered",
-        "request",
-        "token",
-        "token_claims",
-        "user",
+        "__weakref__", "_acks", "_auth_timer", "_conn", "_ctx", "_handlers", "_inbox", "_limiter",
+        "_rec", "_resuming", "_rooms", "_running", "_send_frame", "authenticated", "close_code",
+        "close_reason", "compression_mode", "connected", "data", "id", "identity", "presence",
+        "recovered", "request", "token", "token_claims", "user",
     )
 
     def __init__(
