@@ -1,6 +1,6 @@
 """JWT connection tokens, $refresh, expiry (4003) and room policies against a live server: real
 sockets on 127.0.0.1, tokens signed with PyJWT (tests/tokenkit.py), clocks injected (the
-server's ``_token_clock``), never real seconds of waiting for an expiry."""
+server's ``_access.token_clock``), never real seconds of waiting for an expiry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``SmartSocket``: configuration, handlers, routing of requests, fan-out and lifecycle."""
+"""``SmartSocket``, the facade: configuration, registration, rooms, the cluster-facing API,
+stats and HTTP; it composes its parts (server/parts.py) and delegates to them."""
 
 from __future__ import annotations
 

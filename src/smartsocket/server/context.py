@@ -3,7 +3,8 @@ parts (``SocketContext``).
 
 Every socket of a server shares one ``SocketContext``: one pointer per socket, like the
 back-pointer to the server it replaces, but to the parts a socket needs and nothing else.
-The server composes it and keeps it in step with its configuration (``configure``).
+``Parts`` (server/parts.py) composes it and keeps it in step with the configuration
+(``configure``).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class Socket:
         # How broadcasts reach this socket: PLAIN frames, the SHARED compressed frame, or
         # compressed by its OWN deflater (context takeover).
         self.compression_mode = PLAIN  # how broadcasts reach it (server/fanout.py)
-        # Until authenticated a socket may only send $auth and $ping (server/app.py).
+        # Until authenticated a socket may only send $auth and $ping (server/system_events.py).
         self.authenticated = authenticated
         self.identity = identity
         if identity is not None:
