@@ -119,6 +119,12 @@ class Config:
     presence_rooms: str | None = _opt(None, "rooms or patterns (game:*) whose members get "
                                       "$presence updates, comma-separated or a list")
     reuse_port: bool = _opt(False, "bind with SO_REUSEPORT (set for each --workers process)")
+    # Socket.IO clients (server/socketio/): Engine.IO v4 / Socket.IO v5 on the same port
+    socketio: bool = _opt(True, "serve Socket.IO clients (Engine.IO v4) at socketio_path")
+    socketio_path: str = _opt("/socket.io/", "path of the Socket.IO endpoint (the clients' "
+                              "`path` option)")
+    socketio_connect_timeout: float = _opt(45.0, "seconds a Socket.IO client may take to send "
+                                           "its CONNECT after opening the transport", min=0.01)
 
     def __post_init__(self) -> None:
         for name in _LIST_OPTIONS:
@@ -163,6 +169,8 @@ class Config:
             for part in self.cluster_prefix.split(".")
         ):
             raise ConfigError("cluster_prefix", "letters, digits, '-', '_' and dots only")
+        if not self.socketio_path.startswith("/") or "?" in self.socketio_path:
+            raise ConfigError("socketio_path", "must start with / and hold no query")
         if self.api_keys is not None and not any(k.strip() for k in self.api_keys.split(",")):
             raise ConfigError("api_keys", "holds no key")
         try:

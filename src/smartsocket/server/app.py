@@ -36,6 +36,7 @@ from smartsocket.server.recovery import Recovery
 from smartsocket.server.resume import Resumer
 from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
+from smartsocket.server.socketio import SocketIOEndpoint
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
@@ -115,6 +116,8 @@ class SmartSocket:
         # What a plain GET / answers: None is a short page naming this server and its
         # endpoints; the demo app puts its chat page here (its events are not the app's).
         self.home_page: bytes | None = None
+        # Socket.IO clients (server/socketio/): admitted through open_socket like the rest.
+        self._socketio = SocketIOEndpoint(self._config, self.open_socket)
         self.config = self._config
 
     @property
@@ -142,6 +145,7 @@ class SmartSocket:
         self._broadcaster.fanout, self._broadcaster.recovery = self._fan, self._recovery
         self._resumer.config, self._resumer.recovery = config, self._recovery
         self._connections.configure(config, self._admission, self._stats, self._recovery)
+        self._socketio.configure(config)
         self._default_limit = None
         if config.rate_limit_messages or config.rate_limit_bytes:
             self._default_limit = RateLimit(
@@ -324,9 +328,13 @@ class SmartSocket:
     # HTTP and upgrade routing
 
     def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
+        if self._socketio.handles(request.path):
+            return self._socketio.route(request)
         return http.route_request(self, request)
 
-    def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket:
+    def open_socket(
+        self, request: HandshakeRequest, socket_class: type[Socket] = Socket
+    ) -> HttpResponse | Socket:
         """Admission of a new WebSocket: shutting down, ``max_connections``, origin and
         authentication at the upgrade (refusals are counted in the stats).
 
@@ -344,7 +352,7 @@ class SmartSocket:
         if isinstance(admitted, HttpResponse):
             return self._refuse(admitted)
         authenticated, identity = admitted
-        return Socket(self, request, authenticated=authenticated, identity=identity)
+        return socket_class(self, request, authenticated=authenticated, identity=identity)
 
     def _refuse(self, response: HttpResponse) -> HttpResponse:
         if self._stats is not None:
@@ -368,6 +376,8 @@ class SmartSocket:
             figures["metrics"] = "disabled"  # the counters are zeros, not measurements
         if self._recovery is not None:
             figures["recovery"] = self._recovery.stats()
+        if self._config.socketio:
+            figures["socketio"] = self._socketio.stats()
         if self._cluster.active:
             section = figures["cluster"] = self._cluster.stats_section(aggregate=cluster)
             if "raw" in figures:
@@ -481,6 +491,7 @@ class SmartSocket:
         live.close_all(self)
         for socket in list(self._connections.open):
             socket.fail(CloseCode.GOING_AWAY, "server shutting down")
+        self._socketio.close_all()  # Socket.IO sessions that never connected a socket
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
         while self._connections.open and time.monotonic() < wait_until:
             await asyncio.sleep(0.01)

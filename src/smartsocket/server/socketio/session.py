@@ -1,0 +1,273 @@
+"""One Socket.IO client on the server: the I/O side of the sans-I/O core.
+
+``ClientSession`` drives the client's ``EngineSession`` (heartbeat, close) and
+``SocketIOConnection`` (namespaces, packets) from its transport's frames, performs the actions
+they return, and owns the client's ``SocketIOSocket`` once a CONNECT to ``/`` is admitted.
+It is also that socket's connection (``SocketConnection``): what the socket sends goes out as
+Socket.IO packets, and a close becomes a CONNECT_ERROR (before admission) or a DISCONNECT.
+
+Admission is the native one: ``open_socket`` (shutting down, ``max_connections``, origin,
+credentials from the ``Authorization`` header or the query) when CONNECT arrives, then the
+socket opens (per-IP limit, hooks) and, unless already authenticated, the CONNECT auth
+payload goes through the ``$auth`` path. The ``$welcome`` that admission ends with answers the
+CONNECT. The state a later node or a resumed connection would need (sid, namespaces joined)
+is reachable by sid from the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode
+from smartsocket.protocol.socketio import (
+    AckReceived,
+    Action,
+    Closed,
+    CloseReason,
+    ConnectRequested,
+    Deliver,
+    EncodedPacket,
+    EngineSession,
+    EventReceived,
+    NamespaceLeft,
+    SocketIOConnection,
+    SocketIOPacketError,
+    WriteWebSocket,
+    websocket_payload,
+)
+from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE
+from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket, translate
+from smartsocket.transport import HandshakeRequest, HttpResponse
+
+if TYPE_CHECKING:
+    from smartsocket.compression import MessageDeflater
+    from smartsocket.transport import ServerConnection
+
+logger = logging.getLogger("smartsocket.socketio")
+
+OpenSocket = Callable[[HandshakeRequest], "HttpResponse | SocketIOSocket"]
+
+# What the application's "disconnect" handlers and close codes see for each session end.
+_CLOSE_CODES: dict[CloseReason, int] = {
+    CloseReason.PING_TIMEOUT: CloseCode.HEARTBEAT_TIMEOUT,
+    CloseReason.TRANSPORT_CLOSE: CloseCode.GOING_AWAY,
+    CloseReason.TRANSPORT_ERROR: CloseCode.PROTOCOL_ERROR,
+    CloseReason.PARSE_ERROR: CloseCode.PROTOCOL_ERROR,
+    CloseReason.FORCED_CLOSE: CloseCode.NORMAL,
+    CloseReason.CONNECT_TIMEOUT: CloseCode.NORMAL,
+    CloseReason.SLOW_CONSUMER: CloseCode.SLOW_CONSUMER,
+}
+
+
+def _refusal(status: int, body: bytes) -> str:
+    """The CONNECT_ERROR message for an HTTP refusal of ``open_socket``."""
+    return body.decode(errors="replace").strip() or f"refused ({status})"
+
+
+class ClientSession:
+    """A Socket.IO client: its sessions' state, its socket, and its WebSocket."""
+
+    __slots__ = (
+        "_deadline", "_forget", "_open_socket", "_remote", "_timer", "_translator", "_ws",
+        "_ws_close",
+        "admitted_socket", "engine", "request", "sio", "socket",
+    )
+
+    def __init__(
+        self, engine: EngineSession, sio: SocketIOConnection, request: HandshakeRequest, *,
+        open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
+    ) -> None:
+        self.engine = engine
+        self.sio = sio
+        self.request = request
+        self.socket: SocketIOSocket | None = None
+        self.admitted_socket = False  # the CONNECT to "/" was answered
+        self._open_socket = open_socket
+        self._translator = translator
+        self._forget = forget
+        self._ws: ServerConnection | None = None
+        self._remote: tuple[Any, ...] | None = None  # kept after the transport closes
+        self._ws_close: tuple[int, str] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+
+    @property
+    def sid(self) -> str:
+        return self.engine.sid
+
+    # -- the WebSocket transport ---------------------------------------------------------
+
+    def websocket_opened(self, conn: ServerConnection) -> None:
+        self._ws = conn
+        self._remote = conn.remote_address
+        self.perform(self.engine.open())
+        for packet in self.sio.open_frames():  # Socket.IO v4 clients join "/" at once
+            self.write(packet)
+
+    def websocket_message(self, payload: bytes | memoryview, binary: bool) -> None:
+        data: str | bytes = bytes(payload) if binary else bytes(payload).decode()
+        self.perform(self.engine.receive(data))
+
+    def websocket_closed(self, code: int, reason: str) -> None:
+        self._ws_close = (code, reason)
+        self._ws = None
+        self.perform(self.engine.connection_lost())
+
+    # -- actions -------------------------------------------------------------------------
+
+    def perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if type(action) is WriteWebSocket:
+                ws = self._ws
+                if ws is not None:
+                    eio = self.engine.eio
+                    for frame in action.frames:
+                        ws.send_message(websocket_payload(frame, eio), frame.binary)
+            elif type(action) is Deliver:
+                self._deliver(action.data)
+            elif type(action) is Closed:
+                self._closed(action.reason)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        deadline = self.engine.next_deadline()
+        if deadline == self._deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = deadline
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._deadline = None
+        self.perform(self.engine.tick())
+
+    def _closed(self, reason: CloseReason) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._forget(self.sid)
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.close(CloseCode.NORMAL if reason is CloseReason.FORCED_CLOSE
+                     else CloseCode.GOING_AWAY)
+        code, text = _CLOSE_CODES[reason], reason.value
+        if reason is CloseReason.TRANSPORT_CLOSE and self._ws_close is not None:
+            code = self._ws_close[0] or code
+        self._drop_socket(code, text)
+
+    # -- Socket.IO packets ---------------------------------------------------------------
+
+    def _deliver(self, data: str | bytes) -> None:
+        try:
+            events = self.sio.receive(data)
+        except SocketIOPacketError as exc:
+            logger.info("session %s: %s", self.sid, exc)
+            self.perform(self.engine.close(CloseReason.PARSE_ERROR))
+            return
+        size = len(data)
+        for event in events:
+            socket = self.socket
+            if type(event) is EventReceived:
+                if socket is not None and event.namespace == DEFAULT_NAMESPACE:
+                    socket.receive_event(event.name, event.data, event.ack_id, size)
+            elif type(event) is AckReceived:
+                if socket is not None and event.namespace == DEFAULT_NAMESPACE:
+                    socket.receive_ack(event.ack_id, event.data, size)
+            elif type(event) is ConnectRequested:
+                self._connect(event.request.namespace, event.request.auth)
+            elif type(event) is NamespaceLeft and event.namespace == DEFAULT_NAMESPACE:
+                self.admitted_socket = False
+                self._drop_socket(CloseCode.NORMAL, "client namespace disconnect")
+
+    def _connect(self, namespace: str, auth: dict[str, Any]) -> None:
+        if namespace != DEFAULT_NAMESPACE:
+            self.write(self.sio.refuse(namespace, "Invalid namespace"))
+            return
+        result = self._open_socket(self.request)
+        if isinstance(result, HttpResponse):
+            self.write(self.sio.refuse(namespace, _refusal(result.status, result.body)))
+            return
+        socket = self.socket = result
+        socket.bind(self)
+        socket.on_open(self)
+        if socket.connected and not socket.authenticated and self.socket is socket:
+            socket.authenticate(auth)
+
+    def admitted(self) -> None:
+        """The socket passed admission (its ``$welcome``): answer the CONNECT."""
+        socket = self.socket
+        if socket is None or self.admitted_socket:
+            return
+        self.admitted_socket = True
+        self.engine.socketio_connected()
+        self.write(self.sio.accept(DEFAULT_NAMESPACE, socket.id))
+        self._schedule()
+
+    def write(self, packet: EncodedPacket) -> None:
+        self.perform(self.engine.send(packet.frames))
+
+    def _drop_socket(self, code: int, reason: str) -> None:
+        socket, self.socket = self.socket, None
+        if socket is not None:
+            socket.on_close(code, reason)
+
+    # -- SocketConnection: what the socket and the server's parts use --------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.socket is None
+
+    @property
+    def remote_address(self) -> tuple[Any, ...] | None:
+        return self._remote
+
+    @property
+    def deflater(self) -> MessageDeflater | None:
+        return None
+
+    def send_frame(self, frame: bytes) -> None:
+        """A broadcast's native frame: its Socket.IO frames, translated once per broadcast."""
+        ws = self._ws
+        if ws is not None and self.engine.transport == "websocket":
+            for built in self._translator.websocket_frames(frame, self.engine.eio):
+                ws.send_frame(built)
+            return
+        packet = self._translator.packet(frame)
+        if packet is not None:
+            self.write(packet)
+
+    def send_message(self, payload: bytes, binary: bool = False) -> int:
+        """A native payload (``SocketIOSocket`` translates its own: this is a fallback)."""
+        packet = translate(payload, binary)
+        if isinstance(packet, EncodedPacket):
+            self.write(packet)
+        return len(payload)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """The server closes the socket: a refusal before admission is a CONNECT_ERROR (the
+        client may try again on the same session); after it, a DISCONNECT when the client
+        should not reconnect by itself, then the session ends."""
+        if self.socket is None:
+            return
+        if not self.admitted_socket:
+            self.write(self.sio.refuse(DEFAULT_NAMESPACE, reason or "unauthorized"))
+            self._drop_socket(code, reason)
+            return
+        self.admitted_socket = False
+        if code in NO_RECONNECT_CODES or code == CloseCode.RATE_LIMITED:
+            leave = self.sio.leave(DEFAULT_NAMESPACE)
+            if leave is not None:
+                self.write(leave)
+        self._drop_socket(code, reason)
+        self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
+
+    def abort(self) -> None:
+        self._drop_socket(CloseCode.GOING_AWAY, "aborted")
+        self.perform(self.engine.close(CloseReason.FORCED_CLOSE))

@@ -1,0 +1,317 @@
+"""Socket.IO clients against the server: python-socketio's AsyncClient (PyPI) over WebSocket,
+a native v1 client beside it, and raw packets from the ``websockets`` library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import socketio
+import websockets
+
+from smartsocket import AuthRequest, SmartSocket, Socket
+from smartsocket.testing import connected, running, wait_for
+
+
+@asynccontextmanager
+async def sio_client(
+    server: SmartSocket, *, auth: Any = None, headers: dict[str, str] | None = None,
+    namespaces: list[str] | None = None,
+) -> AsyncIterator[socketio.AsyncClient]:
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(
+        f"http://127.0.0.1:{server.port}", transports=["websocket"], auth=auth,
+        headers=headers or {}, namespaces=namespaces, wait_timeout=5,
+    )
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+def ws_url(server: SmartSocket, query: str = "EIO=4&transport=websocket") -> str:
+    return f"ws://127.0.0.1:{server.port}/socket.io/?{query}"
+
+
+async def test_events_and_acks_reach_the_same_handlers_as_native_clients() -> None:
+    server = SmartSocket()
+    seen: list[Any] = []
+
+    @server.on("add")
+    def add(socket: Socket, data: list[int]) -> int:
+        return sum(data)
+
+    @server.on("note")
+    def note(socket: Socket, data: Any) -> None:
+        seen.append((type(socket).__name__, data))
+
+    async with running(server), sio_client(server) as client:
+        assert await client.call("add", [1, 2, 3], timeout=5) == 6
+        await client.emit("note", {"a": 1})
+        await wait_for(lambda: seen)
+        assert seen == [("SocketIOSocket", {"a": 1})]
+        async with connected(server) as native:
+            assert await native.call("add", [4, 5]) == 9
+        assert server.stats()["socketio"]["connections"] == 1
+
+
+async def test_several_arguments_map_to_a_tuple_and_back() -> None:
+    server = SmartSocket()
+
+    @server.on("move")
+    def move(socket: Socket, data: Any) -> Any:
+        assert isinstance(data, tuple)
+        x, y = data
+        return (y, x)
+
+    @server.on("none")
+    def none(socket: Socket, data: Any) -> Any:
+        return data
+
+    async with running(server), sio_client(server) as client:
+        assert await client.call("move", (1, 2), timeout=5) == (2, 1)
+        assert await client.call("none", timeout=5) is None
+
+
+async def test_server_calls_the_client_through_its_ack() -> None:
+    server = SmartSocket()
+    result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def ask(socket: Socket) -> None:
+        result.set_result(await socket.call("ask", {"q": 1}, timeout=5))
+
+    @server.on_connection
+    def hello(socket: Socket) -> None:
+        # Not awaited here: replies wait until on_connection handlers are done.
+        tasks.add(asyncio.get_running_loop().create_task(ask(socket)))
+
+    async with running(server):
+        client = socketio.AsyncClient(reconnection=False)
+
+        @client.on("ask")
+        def answer(data: Any) -> Any:
+            return "a", data["q"] + 1
+
+        await client.connect(f"http://127.0.0.1:{server.port}", transports=["websocket"])
+        try:
+            assert await asyncio.wait_for(result, 5) == ("a", 2)
+        finally:
+            await client.disconnect()
+
+
+async def test_binary_payloads_both_ways() -> None:
+    server = SmartSocket()
+
+    @server.on("echo")
+    def echo(socket: Socket, data: Any) -> Any:
+        return {"got": data, "extra": b"\x00\xff"}
+
+    async with running(server), sio_client(server) as client:
+        answer = await client.call("echo", b"\x01\x02\x03", timeout=5)
+        assert answer == {"got": b"\x01\x02\x03", "extra": b"\x00\xff"}
+
+
+async def test_rooms_are_shared_with_native_clients() -> None:
+    server = SmartSocket()
+
+    @server.on("join")
+    def join(socket: Socket, room: str) -> bool:
+        socket.join(room)
+        return True
+
+    @server.on("say")
+    def say(socket: Socket, text: str) -> None:
+        server.room("lobby").broadcast("said", {"text": text, "by": socket.id})
+
+    async with running(server), sio_client(server) as sio, connected(server) as native:
+        got: asyncio.Queue[Any] = asyncio.Queue()
+        sio.on("said", got.put_nowait)
+        native_got: asyncio.Queue[Any] = asyncio.Queue()
+        native.on("said", native_got.put_nowait)
+        assert await sio.call("join", "lobby", timeout=5) is True
+        assert await native.call("join", "lobby") is True
+        native.send("say", "hi")
+        first = await asyncio.wait_for(got.get(), 5)
+        assert first["text"] == "hi"
+        assert (await asyncio.wait_for(native_got.get(), 5))["text"] == "hi"
+        await sio.emit("say", "hello")
+        assert (await asyncio.wait_for(got.get(), 5))["text"] == "hello"
+        assert (await asyncio.wait_for(native_got.get(), 5))["text"] == "hello"
+        everyone: asyncio.Queue[Any] = asyncio.Queue()
+        sio.on("all", everyone.put_nowait)
+        assert server.broadcast("all", [1, 2]) == 2
+        assert await asyncio.wait_for(everyone.get(), 5) == [1, 2]
+
+
+async def test_server_send_reaches_a_socketio_client_by_id() -> None:
+    server = SmartSocket()
+    ids: list[str] = []
+    server.on_connection(lambda socket: ids.append(socket.id))
+    async with running(server), sio_client(server) as client:
+        got: asyncio.Queue[Any] = asyncio.Queue()
+        client.on("direct", got.put_nowait)
+        await wait_for(lambda: ids)
+        assert client.get_sid() == ids[0]
+        assert server.send(ids[0], "direct", {"n": 1})
+        assert await asyncio.wait_for(got.get(), 5) == {"n": 1}
+
+
+async def test_auth_payload_goes_through_the_auth_hook() -> None:
+    server = SmartSocket()
+    seen: list[Any] = []
+
+    @server.authenticate
+    def check(request: AuthRequest) -> Any:
+        seen.append(request.auth)
+        return {"user": "ann"} if request.token == "good" else None
+
+    identities: list[Any] = []
+    server.on_connection(lambda socket: identities.append(socket.identity))
+    async with running(server):
+        async with sio_client(server, auth={"token": "good"}):
+            await wait_for(lambda: identities)
+        assert identities == [{"user": "ann"}]
+        client = socketio.AsyncClient(reconnection=False)
+        errors: list[Any] = []
+        client.on("connect_error", errors.append)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await client.connect(f"http://127.0.0.1:{server.port}", transports=["websocket"],
+                                 auth={"token": "bad"}, wait_timeout=5)
+        await client.disconnect()
+        assert errors == [{"message": "unauthorized"}]
+        # As for native clients: once at the upgrade (headers, query), then with the payload.
+        assert [auth for auth in seen if auth is not None] == [{"token": "good"}, {"token": "bad"}]
+
+
+async def test_api_keys_from_the_auth_payload_or_the_authorization_header() -> None:
+    server = SmartSocket(api_keys="k1")
+    async with running(server):
+        async with sio_client(server, auth={"token": "k1"}) as client:
+            assert client.connected
+        async with sio_client(server, headers={"Authorization": "Bearer k1"}) as client:
+            assert client.connected
+        client = socketio.AsyncClient(reconnection=False)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await client.connect(f"http://127.0.0.1:{server.port}", transports=["websocket"],
+                                 auth={"token": "nope"}, wait_timeout=5)
+        await client.disconnect()
+
+
+async def test_disconnect_handlers_run_and_the_server_can_kick() -> None:
+    server = SmartSocket()
+    gone: list[str] = []
+    sockets: list[Socket] = []
+    server.on_connection(sockets.append)
+
+    @server.on("disconnect")
+    def bye(socket: Socket, reason: str) -> None:
+        gone.append(reason)
+
+    async with running(server):
+        client = socketio.AsyncClient(reconnection=False)
+        reasons: list[Any] = []
+        client.on("disconnect", lambda *args: reasons.append(args))
+        await client.connect(f"http://127.0.0.1:{server.port}", transports=["websocket"])
+        await wait_for(lambda: sockets)
+        sockets[0].disconnect()
+        await wait_for(lambda: reasons and gone)
+        assert server.stats()["connections"] == 0
+        async with websockets.connect(ws_url(server)) as ws:  # a client's DISCONNECT
+            await ws.recv()
+            await ws.send("40")
+            await ws.recv()
+            await wait_for(lambda: len(sockets) == 2)
+            await ws.send("41")
+            await wait_for(lambda: len(gone) == 2)
+        assert gone[1] == "client namespace disconnect"
+
+
+async def test_unknown_namespace_is_refused_like_socketio() -> None:
+    async with running(SmartSocket()) as server, websockets.connect(ws_url(server)) as ws:
+        opened = json.loads(str(await ws.recv())[1:])
+        assert opened["upgrades"] == [] and opened["maxPayload"] > 0
+        assert opened["pingInterval"] == 25000 and opened["pingTimeout"] == 20000
+        await ws.send("40/admin,")
+        assert await ws.recv() == '44/admin,{"message":"Invalid namespace"}'
+        await ws.send("40")
+        answer = str(await ws.recv())
+        assert answer.startswith('40{"sid":')
+
+
+async def test_connect_timeout_closes_a_session_without_connect() -> None:
+    server = SmartSocket(socketio_connect_timeout=0.05)
+    async with running(server), websockets.connect(ws_url(server)) as ws:
+        assert str(await ws.recv()).startswith("0{")
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        await wait_for(lambda: server.stats()["socketio"]["sessions"] == 0)
+
+
+async def test_heartbeat_pings_and_closes_a_silent_client() -> None:
+    server = SmartSocket(ping_interval=0.05, ping_timeout=0.05)
+    async with running(server), websockets.connect(ws_url(server)) as ws:
+        await ws.recv()
+        await ws.send("40")
+        await ws.recv()
+        assert await ws.recv() == "2"
+        await ws.send("3")
+        assert await ws.recv() == "2"  # the next ping: answered, the session lives on
+        await asyncio.wait_for(ws.wait_closed(), 5)  # this one is not answered
+
+
+@pytest.mark.parametrize(
+    "packet",
+    ["4x", "42{not json", "42[]", "43", "9", "451-[\"a\"]", '42["connect"]'],
+)
+async def test_malformed_packets_close_only_their_session(packet: str) -> None:
+    server = SmartSocket()
+    server.on("ping-me", lambda socket, data: "pong")
+    async with running(server), sio_client(server) as healthy:
+        async with websockets.connect(ws_url(server)) as ws:
+            await ws.recv()
+            await ws.send("40")
+            await ws.recv()
+            await ws.send(packet)
+            if packet == '451-["a"]':
+                await ws.send("40")  # a text packet before the announced attachment
+            await asyncio.wait_for(ws.wait_closed(), 5)
+        assert await healthy.call("ping-me", timeout=5) == "pong"
+
+
+async def test_bad_queries_get_engineio_errors() -> None:
+    async with running(SmartSocket()) as server:
+        for query, code in (("EIO=5&transport=websocket", 5), ("EIO=4&transport=carrier", 0)):
+            with pytest.raises(websockets.InvalidStatus) as raised:
+                async with websockets.connect(ws_url(server, query)):
+                    pass
+            assert raised.value.response.status_code == 400
+            assert json.loads(raised.value.response.body)["code"] == code
+
+
+async def test_oversized_message_closes_the_session() -> None:
+    server = SmartSocket(max_message_size=1024)
+    async with running(server), websockets.connect(ws_url(server), max_size=None) as ws:
+        assert json.loads(str(await ws.recv())[1:])["maxPayload"] == 1024
+        await ws.send("40")
+        await ws.recv()
+        await ws.send('42["big","' + "x" * 2000 + '"]')
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_code == 1009
+
+
+async def test_the_endpoint_can_be_moved_or_turned_off() -> None:
+    async with running(SmartSocket(socketio_path="/rt/")) as server:
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(f"http://127.0.0.1:{server.port}", socketio_path="/rt/",
+                             transports=["websocket"], wait_timeout=5)
+        assert client.connected
+        await client.disconnect()
+    async with running(SmartSocket(socketio=False)) as server:
+        with pytest.raises(websockets.InvalidStatus):
+            async with websockets.connect(ws_url(server)):
+                pass
