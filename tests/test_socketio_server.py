@@ -315,3 +315,59 @@ async def test_the_endpoint_can_be_moved_or_turned_off() -> None:
         with pytest.raises(websockets.InvalidStatus):
             async with websockets.connect(ws_url(server)):
                 pass
+
+
+async def test_engineio_v3_clients_are_admitted_at_the_handshake() -> None:
+    server = SmartSocket(api_keys="k1")
+    server.on("add", lambda socket, data: sum(data))
+    async with running(server):
+        async with websockets.connect(ws_url(server, "EIO=3&transport=websocket&token=k1")) as ws:
+            opened = json.loads(str(await ws.recv())[1:])
+            assert "maxPayload" not in opened
+            assert await ws.recv() == "40"  # in "/" at once (Socket.IO v4)
+            await ws.send('421["add",[1,2]]')
+            assert await ws.recv() == "431[3]"
+            await ws.send("2")  # v3: the client pings
+            assert await ws.recv() == "3"
+        async with websockets.connect(ws_url(server, "EIO=3&transport=websocket")) as ws:
+            await ws.recv()
+            assert await ws.recv() == '44"unauthorized"'
+
+
+async def test_stats_and_metrics_count_both_protocols() -> None:
+    server = SmartSocket()
+    server.on("hi", lambda socket, data: data)
+    async with running(server), sio_client(server) as client, connected(server):
+        assert await client.call("hi", 1, timeout=5) == 1
+        await wait_for(lambda: server.stats()["connections"] == 2)
+        section = server.stats()["socketio"]
+        assert section["connections"] == 1 and section["packetsIn"] >= 2
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = (await reader.read()).decode()
+        writer.close()
+        assert 'smartsocket_protocol_connections{protocol="socketio"} 1.0' in body
+        assert 'smartsocket_protocol_connections{protocol="native"} 1.0' in body
+        assert "smartsocket_socketio_packets_received_total" in body
+
+
+async def test_origins_per_ip_and_rate_limits_guard_socketio_too() -> None:
+    server = SmartSocket(allowed_origins="https://ok.example", max_connections_per_ip=1,
+                         rate_limit_messages=1, rate_limit_burst=1, rate_limit_strikes=2)
+    server.on("hi", lambda socket, data: data)
+    async with running(server):
+        bad = {"Origin": "https://evil.example"}
+        async with websockets.connect(ws_url(server), additional_headers=bad) as ws:
+            await ws.recv()
+            await ws.send("40")
+            assert await ws.recv() == '44{"message":"origin not allowed"}'
+        good = {"Origin": "https://ok.example"}
+        async with sio_client(server, headers=good) as client:
+            async with websockets.connect(ws_url(server), additional_headers=good) as ws:
+                await ws.recv()
+                await ws.send("40")  # a second connection from 127.0.0.1: over the limit
+                answer = json.loads(str(await ws.recv())[2:])
+                assert "too many connections" in answer["message"]
+            assert await client.call("hi", 1, timeout=5) == 1
+            refused = await client.call("hi", 2, timeout=5)  # over 1 event/s
+            assert refused["error"]["code"] == "rate_limited"

@@ -37,6 +37,7 @@ from smartsocket.server.resume import Resumer
 from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
 from smartsocket.server.socketio import SocketIOEndpoint
+from smartsocket.server.socketio.metrics import SocketIOCollector
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
     Accept,
@@ -362,6 +363,9 @@ class SmartSocket:
     def _metrics_registry(self) -> CollectorRegistry:
         if self._prometheus is None:
             self._prometheus = prometheus.registry_for(self)
+            self._prometheus.register(
+                SocketIOCollector(self._socketio, lambda: len(self._sockets))
+            )
         return self._prometheus
 
     def stats(self, *, cluster: bool = False) -> dict[str, Any]:

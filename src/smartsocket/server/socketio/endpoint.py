@@ -25,7 +25,7 @@ from smartsocket.protocol.socketio import (
 )
 from smartsocket.protocol.socketio.errors import EngineErrorCode
 from smartsocket.protocol.socketio.session import WEBSOCKET
-from smartsocket.server.socketio.session import ClientSession
+from smartsocket.server.socketio.session import ClientSession, Counters
 from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
 from smartsocket.transport import Accept, HandshakeRequest, HttpResponse, ServerConnection
 
@@ -68,13 +68,13 @@ class SocketIOEndpoint:
     """Socket.IO clients of one server. ``open_socket`` is the server's admission
     (``SmartSocket.open_socket``)."""
 
-    __slots__ = ("_open_socket", "config", "options", "path", "sessions", "total", "translator")
+    __slots__ = ("_open_socket", "config", "counters", "options", "path", "sessions", "translator")
 
     def __init__(self, config: Config, open_socket: OpenSocket) -> None:
         self._open_socket = open_socket
         self.sessions: dict[str, ClientSession] = {}
         self.translator = FrameTranslator()
-        self.total = 0  # sessions opened since start
+        self.counters = Counters()
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -111,10 +111,10 @@ class SocketIOEndpoint:
         )
         session = ClientSession(
             engine, sio, request, open_socket=self._open, translator=self.translator,
-            forget=self._forget,
+            forget=self._forget, counters=self.counters,
         )
         self.sessions[sid] = session
-        self.total += 1
+        self.counters.sessions_total += 1
         return session
 
     def _open(self, request: HandshakeRequest) -> HttpResponse | SocketIOSocket:
@@ -130,7 +130,14 @@ class SocketIOEndpoint:
         for session in list(self.sessions.values()):
             session.abort()
 
+    def connected(self) -> int:
+        """Sessions with a socket the application sees."""
+        return sum(1 for s in self.sessions.values() if s.admitted_socket)
+
     def stats(self) -> dict[str, int]:
-        connected = sum(1 for s in self.sessions.values() if s.admitted_socket)
-        return {"sessions": len(self.sessions), "connections": connected,
-                "totalSessions": self.total}
+        c = self.counters
+        return {
+            "sessions": len(self.sessions), "connections": self.connected(),
+            "totalSessions": c.sessions_total, "packetsIn": c.packets_in,
+            "packetsOut": c.packets_out, "connectErrors": c.connect_errors,
+        }

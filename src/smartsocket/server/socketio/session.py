@@ -67,19 +67,33 @@ def _refusal(status: int, body: bytes) -> str:
     return body.decode(errors="replace").strip() or f"refused ({status})"
 
 
+class Counters:
+    """Plain counters of the Socket.IO side (read by stats and /metrics)."""
+
+    __slots__ = ("connect_errors", "packets_in", "packets_out", "sessions_total")
+
+    def __init__(self) -> None:
+        self.sessions_total = 0  # Engine.IO sessions opened
+        self.packets_in = 0  # Engine.IO messages received (Socket.IO packets and attachments)
+        self.packets_out = 0  # Socket.IO packets sent (one per receiver)
+        self.connect_errors = 0  # CONNECTs refused (CONNECT_ERROR)
+
+
 class ClientSession:
     """A Socket.IO client: its sessions' state, its socket, and its WebSocket."""
 
     __slots__ = (
         "_deadline", "_forget", "_open_socket", "_remote", "_timer", "_translator", "_ws",
         "_ws_close",
-        "admitted_socket", "engine", "request", "sio", "socket",
+        "admitted_socket", "counters", "engine", "request", "sio", "socket",
     )
 
     def __init__(
         self, engine: EngineSession, sio: SocketIOConnection, request: HandshakeRequest, *,
         open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
+        counters: Counters,
     ) -> None:
+        self.counters = counters
         self.engine = engine
         self.sio = sio
         self.request = request
@@ -104,8 +118,10 @@ class ClientSession:
         self._ws = conn
         self._remote = conn.remote_address
         self.perform(self.engine.open())
-        for packet in self.sio.open_frames():  # Socket.IO v4 clients join "/" at once
-            self.write(packet)
+        if self.sio.protocol < 5:
+            # Socket.IO v4 (Engine.IO v3) clients are in "/" from the start, with no CONNECT:
+            # admission runs now, on the handshake's headers and query.
+            self._connect(DEFAULT_NAMESPACE, {})
 
     def websocket_message(self, payload: bytes | memoryview, binary: bool) -> None:
         data: str | bytes = bytes(payload) if binary else bytes(payload).decode()
@@ -165,6 +181,7 @@ class ClientSession:
     # -- Socket.IO packets ---------------------------------------------------------------
 
     def _deliver(self, data: str | bytes) -> None:
+        self.counters.packets_in += 1
         try:
             events = self.sio.receive(data)
         except SocketIOPacketError as exc:
@@ -188,17 +205,23 @@ class ClientSession:
 
     def _connect(self, namespace: str, auth: dict[str, Any]) -> None:
         if namespace != DEFAULT_NAMESPACE:
-            self.write(self.sio.refuse(namespace, "Invalid namespace"))
+            self._refuse(namespace, "Invalid namespace")
             return
+        if self.socket is not None:
+            return  # v4 clients may CONNECT to "/" they were put in: nothing to do
         result = self._open_socket(self.request)
         if isinstance(result, HttpResponse):
-            self.write(self.sio.refuse(namespace, _refusal(result.status, result.body)))
+            self._refuse(namespace, _refusal(result.status, result.body))
             return
         socket = self.socket = result
         socket.bind(self)
         socket.on_open(self)
         if socket.connected and not socket.authenticated and self.socket is socket:
             socket.authenticate(auth)
+
+    def _refuse(self, namespace: str, message: str) -> None:
+        self.counters.connect_errors += 1
+        self.write(self.sio.refuse(namespace, message))
 
     def admitted(self) -> None:
         """The socket passed admission (its ``$welcome``): answer the CONNECT."""
@@ -211,6 +234,7 @@ class ClientSession:
         self._schedule()
 
     def write(self, packet: EncodedPacket) -> None:
+        self.counters.packets_out += 1
         self.perform(self.engine.send(packet.frames))
 
     def _drop_socket(self, code: int, reason: str) -> None:
@@ -236,6 +260,7 @@ class ClientSession:
         """A broadcast's native frame: its Socket.IO frames, translated once per broadcast."""
         ws = self._ws
         if ws is not None and self.engine.transport == "websocket":
+            self.counters.packets_out += 1
             for built in self._translator.websocket_frames(frame, self.engine.eio):
                 ws.send_frame(built)
             return
@@ -257,7 +282,7 @@ class ClientSession:
         if self.socket is None:
             return
         if not self.admitted_socket:
-            self.write(self.sio.refuse(DEFAULT_NAMESPACE, reason or "unauthorized"))
+            self._refuse(DEFAULT_NAMESPACE, reason or "unauthorized")
             self._drop_socket(code, reason)
             return
         self.admitted_socket = False
