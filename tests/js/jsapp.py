@@ -15,6 +15,11 @@ marked ``<!-- doc-test: browser ... -->``), for tests/browser/readme.test.mjs.
 - ``sleep`` (seconds): acks the same number after that long;
 - ``kick`` (close code): the server disconnects the sender with that code.
 
+``socketio_app``: ``create`` plus, for Socket.IO clients (tests/js/socketio.test.mjs):
+``move`` (several arguments: answers them swapped), ``blob`` (answers ``{"got": data, "extra":
+bytes}``), ``shout`` (``{"room", "text"}``: broadcasts ``shouted`` to the room, sender
+included).
+
 For recovery (``--recovery-window``, protocol.md section 8):
 
 - ``enter`` (room name): joins that room (no presence message, unlike ``join``);
@@ -136,5 +141,23 @@ def create(config: Config | None = None) -> SmartSocket:
     @server.on("tallies")
     def get_tallies(socket: Socket, data: Any) -> dict[str, int]:
         return tallies
+
+    return server
+
+
+def socketio_app(config: Config | None = None) -> SmartSocket:
+    server = create(config)
+
+    @server.on("move")
+    def move(socket: Socket, data: Any) -> Any:
+        return tuple(reversed(data)) if isinstance(data, tuple) else data
+
+    @server.on("blob")
+    def blob(socket: Socket, data: Any) -> Any:
+        return {"got": data, "extra": b"\x00\xff"}
+
+    @server.on("shout")
+    def shout(socket: Socket, data: dict[str, Any]) -> int:
+        return server.room(data["room"]).broadcast("shouted", data["text"])
 
     return server
