@@ -41,6 +41,7 @@ from smartsocket.transport import (
     Accept,
     HandshakeRequest,
     HttpResponse,
+    Serve,
 )
 
 logger = logging.getLogger("smartsocket.server")
@@ -323,7 +324,7 @@ class SmartSocket:
 
     # HTTP and upgrade routing
 
-    def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
+    def _route(self, request: HandshakeRequest) -> HttpResponse | Accept | Serve:
         return http.route_request(self, request)
 
     def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket:
