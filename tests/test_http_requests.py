@@ -73,7 +73,13 @@ class App:
             return Serve(self.fail)
         if request.path == "/close":
             return Serve(self.close)
+        if request.path == "/json":
+            return Serve(self.echo, max_body=10, errors=json_error)
         return HttpResponse(404, b"not found\n")
+
+
+def json_error(status: int, reason: str) -> HttpResponse:
+    return HttpResponse(status, json.dumps({"error": reason}).encode(), "application/json")
 
 
 @contextlib.asynccontextmanager
@@ -372,3 +378,18 @@ async def test_a_websocket_upgrade_after_served_requests_on_one_connection() -> 
         other.request("GET", "/echo")
         assert (await other.answer()).status == 200
         other.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [("Content-Length: 11", 413), ("Transfer-Encoding: chunked", 411), ("Content-Length: x", 400)],
+)
+async def test_a_route_words_the_gate_refusals_itself(header: str, status: int) -> None:
+    app = App()
+    async with serving(app) as port:
+        client = await Client.open(port)
+        client.send(f"POST /json HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n".encode())
+        answer = await client.answer()
+        assert answer.status == status and answer.headers["content-type"] == "application/json"
+        assert "error" in json.loads(answer.body)
+        client.close()

@@ -318,11 +318,11 @@ class RequestGate(asyncio.Protocol):
         try:
             length = _content_length(headers)
         except HeadError as exc:
-            self._answer(error_response(exc.status, exc.reason))
+            self._refuse(serve, exc.status, exc.reason)
             return
         limit = limits.max_body if serve.max_body is None else serve.max_body
         if length > limit:
-            self._answer(error_response(413, f"request body larger than {limit} bytes"))
+            self._refuse(serve, 413, f"request body larger than {limit} bytes")
             return
         if self._ip is None and self._counter is not None:
             assert self._transport is not None
@@ -332,7 +332,7 @@ class RequestGate(asyncio.Protocol):
                     "too many HTTP connections from %s", ip,
                     extra={"event": "limit", "limit": "http_per_ip", "ip": str(ip)},
                 )
-                self._answer(error_response(429, "too many connections from your address"))
+                self._refuse(serve, 429, "too many connections from your address")
                 return
             self._ip = ip
         self._head = (request, serve, head_only, keep_alive)
@@ -342,6 +342,18 @@ class RequestGate(asyncio.Protocol):
             return
         self._state = _BODY
         self._arm(limits.body_timeout)  # the body may not trickle in forever
+
+    def _refuse(self, serve: Serve, status: int, reason: str) -> None:
+        if serve.errors is None:
+            self._answer(error_response(status, reason))
+            return
+        try:
+            response = serve.errors(status, reason)
+        except Exception:
+            logger.exception("error renderer failed")
+            self._answer(error_response(status, reason))
+            return
+        self._answer(render(response.status, response_headers(response), response.body))
 
     def _start(self) -> None:
         """The body is in: run the handler."""

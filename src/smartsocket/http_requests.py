@@ -82,6 +82,9 @@ class Serve:
 
     handler: Handler
     max_body: int | None = None
+    # How the gate words its own refusals of this route's requests (400 bad Content-Length,
+    # 411 chunked, 413 too large, 429 per-IP): ``errors(status, reason)``; None: plain text.
+    errors: Callable[[int, str], HttpResponse] | None = None
 
 
 @dataclass(frozen=True, slots=True)
