@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "smartsocket"
 SHARED = {
     "_version", "acks", "config", "errors", "handlers", "logs", "metrics", "security",
 }
-EDGES = {"protocol", "compression", "handshake", "transport"}
+EDGES = {"protocol", "compression", "http_requests", "handshake", "transport"}
 
 # What each part (a package under smartsocket/, or a top-level module) may import, besides
 # itself. Parts not listed here are the application-facing top (the package root, cli, demo,
@@ -28,8 +28,11 @@ ALLOWED: dict[str, set[str]] = {
     # nothing of ours)
     "protocol": {"errors"},
     "compression": {"protocol", "errors"},  # sans-I/O
-    "handshake": {"protocol", "security", "errors"},
-    "transport": {"protocol", "compression", "handshake", "security", "errors", "config"},
+    "http_requests": set(),  # plain-request types the gate, transport and routers share
+    "handshake": {"protocol", "security", "errors", "http_requests"},
+    "transport": {
+        "protocol", "compression", "handshake", "http_requests", "security", "errors", "config",
+    },
     **{name: SHARED | {"protocol"} for name in SHARED},
     "client": SHARED | EDGES,
     # client.backoff is a pure function the broker adapters share (see MODULE_ALLOWED).

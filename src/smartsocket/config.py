@@ -100,6 +100,14 @@ class Config:
     max_write_buffer: int = _opt(4 << 20, "bytes queued for a slow socket before it is "
                                  "dropped (4009)", min=1024)
     stats_token: str | None = _opt(None, "token required by /smartsocket/stats and /metrics")
+    # plain HTTP requests served by handlers (the HTTP API, long-polling): http_requests.py
+    max_http_body: int = _opt(1 << 20, "largest HTTP request body (over: 413, not read)", min=0)
+    http_body_timeout: float = _opt(10.0, "seconds an HTTP request body may take to arrive "
+                                    "once its head is in", min=0.01)
+    http_keepalive_timeout: float = _opt(15.0, "idle seconds an HTTP connection is kept for "
+                                         "its next request", min=0.01)
+    http_keepalive_requests: int = _opt(1000, "HTTP requests served on one connection before "
+                                        "it is closed", min=1)
     # connection state recovery (server/recovery.py)
     recovery_window: float = _opt(0.0, "seconds a dropped session stays resumable, with the "
                                   "messages it missed (0: recovery off)", min=0)

@@ -43,6 +43,7 @@ from smartsocket.transport import (
     Accept,
     HandshakeRequest,
     HttpResponse,
+    Serve,
 )
 
 logger = logging.getLogger("smartsocket.server")
@@ -328,7 +329,7 @@ class SmartSocket:
 
     # HTTP and upgrade routing
 
-    def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
+    def _route(self, request: HandshakeRequest) -> HttpResponse | Accept | Serve:
         if self._socketio.handles(request.path):
             return self._socketio.route(request)
         return http.route_request(self, request)

@@ -1,4 +1,6 @@
-"""Plain HTTP GETs on the WebSocket port: stats, health and static files.
+"""Plain HTTP on the WebSocket port: stats, health and static files (GET and HEAD, answered
+at once), and the path prefixes served by async handlers (``SERVED``: any method, a body, an
+answer awaited; see ``smartsocket/http_requests.py``).
 
 Files in the package's ``static/`` folder are served at ``/smartsocket/<name>``. They are read
 once, at first request, and kept in memory. ``/`` answers ``server.home_page`` (the demo app's
@@ -21,7 +23,7 @@ from smartsocket._version import __version__
 from smartsocket.protocol import SUBPROTOCOL
 from smartsocket.security import bearer_token
 from smartsocket.server import live, prometheus
-from smartsocket.transport import Accept, HandshakeRequest, HttpResponse
+from smartsocket.transport import Accept, HandshakeRequest, HttpResponse, Serve
 
 if TYPE_CHECKING:
     from smartsocket.server.app import SmartSocket
@@ -30,6 +32,8 @@ WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})  # where the WebSoc
 _JSON = "application/json"
 _HTML = "text/html; charset=utf-8"
 Route = Callable[["SmartSocket", HandshakeRequest], HttpResponse]
+# A served prefix's router: an answer now (e.g. 404, 405) or Serve(handler) for the gate.
+ServedRoute = Callable[["SmartSocket", HandshakeRequest], "HttpResponse | Serve"]
 
 
 def authorized(server: SmartSocket, request: HandshakeRequest) -> bool:
@@ -90,6 +94,23 @@ ROUTES: dict[str, Route] = {
 }
 
 
+# Path prefixes (ending in "/"; the bare prefix without it matches too) whose plain requests
+# go to an async handler. Checked in order, before the GET routes. Add one per feature.
+SERVED: list[tuple[str, ServedRoute]] = []
+
+
+def served_route(server: SmartSocket, request: HandshakeRequest) -> HttpResponse | Serve | None:
+    """The outcome of a request on a ``SERVED`` prefix, or None."""
+    path = request.path
+    for prefix, handler in SERVED:
+        if path.startswith(prefix) or path == prefix[:-1]:
+            return handler(server, request)
+    return None
+
+
+_METHOD_NOT_ALLOWED = HttpResponse(405, b"method not allowed\n", headers={"Allow": "GET, HEAD"})
+
+
 def route(server: SmartSocket, request: HandshakeRequest) -> HttpResponse:
     path = request.path.rstrip("/") or "/"
     handler = ROUTES.get(path)
@@ -143,10 +164,18 @@ script) and <a href="/smartsocket/client.mjs">/smartsocket/client.mjs</a> (ES mo
 """
 
 
-def route_request(server: SmartSocket, request: HandshakeRequest) -> HttpResponse | Accept:
-    """Every request on the port: plain GETs (``route``), the live stats stream, and the
-    WebSocket upgrade with its checks (path, version, subprotocol, admission, deflate)."""
+def route_request(
+    server: SmartSocket, request: HandshakeRequest
+) -> HttpResponse | Accept | Serve:
+    """Every request on the port: served prefixes (``SERVED``), plain GETs (``route``), the
+    live stats stream, and the WebSocket upgrade with its checks (path, version, subprotocol,
+    admission, deflate)."""
     if not request.is_upgrade:
+        served = served_route(server, request)
+        if served is not None:
+            return served
+        if request.method not in ("GET", "HEAD"):
+            return _METHOD_NOT_ALLOWED
         return route(server, request)
     if request.path == live.PATH:
         return live.accept(server, request)
