@@ -2,8 +2,10 @@
 Engine.IO sessions by sid, and the counters of the Socket.IO side.
 
 A WebSocket request without a sid opens a session on that WebSocket (Engine.IO v4, or v3 for
-older clients). The checks of the request (``EIO``, ``transport``) are the sans-I/O core's
-(``protocol/socketio/request.py``); their refusals are Engine.IO's JSON errors.
+older clients); a polling GET without one opens a polling session (``polling.py``), which a
+WebSocket with its sid may then upgrade (probe, upgrade, noop). The checks of the request
+(``EIO``, ``transport``, method) are the sans-I/O core's (``protocol/socketio/request.py``);
+their refusals are Engine.IO's JSON errors.
 """
 
 from __future__ import annotations
@@ -12,19 +14,24 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from smartsocket.config import Config
+from smartsocket.http_requests import HttpRequest, Serve
+from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.socketio import (
+    EngineIOError,
     EngineOptions,
     EngineSession,
     RequestRefused,
     SocketIOConnection,
     check_request,
-    error_body,
 )
 from smartsocket.protocol.socketio.errors import EngineErrorCode
-from smartsocket.protocol.socketio.session import WEBSOCKET
+from smartsocket.protocol.socketio.session import POLLING, WEBSOCKET
+from smartsocket.security import parse_origins
+from smartsocket.server.socketio import polling
 from smartsocket.server.socketio.session import ClientSession, Counters
 from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
 from smartsocket.transport import Accept, HandshakeRequest, HttpResponse, ServerConnection
@@ -53,6 +60,32 @@ class _WebSocketHandler:
         self._session.websocket_closed(code, reason)
 
 
+class _ProbeHandler:
+    """A WebSocket upgrading a polling session: the probe, then (once upgraded) its
+    transport."""
+
+    __slots__ = ("_conn", "_session")
+
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+        self._conn: ServerConnection | None = None
+
+    def on_open(self, conn: ServerConnection) -> None:
+        self._conn = conn
+        try:
+            self._session.probe_opened(conn)
+        except EngineIOError:  # closed meanwhile, or upgrading already
+            conn.close(CloseCode.POLICY_VIOLATION, "cannot upgrade this session")
+
+    def on_message(self, payload: bytes | memoryview, binary: bool, wire_size: int) -> None:
+        assert self._conn is not None
+        self._session.probe_message(self._conn, payload, binary)
+
+    def on_close(self, code: int, reason: str) -> None:
+        if self._conn is not None:
+            self._session.probe_closed(self._conn, code, reason)
+
+
 def engine_options(config: Config) -> EngineOptions:
     """The Engine.IO options under their Socket.IO names, from the server's config."""
     return EngineOptions(
@@ -68,7 +101,10 @@ class SocketIOEndpoint:
     """Socket.IO clients of one server. ``open_socket`` is the server's admission
     (``SmartSocket.open_socket``)."""
 
-    __slots__ = ("_open_socket", "config", "counters", "options", "path", "sessions", "translator")
+    __slots__ = (
+        "_open_socket", "config", "counters", "options", "origins", "path", "sessions",
+        "translator",
+    )
 
     def __init__(self, config: Config, open_socket: OpenSocket) -> None:
         self._open_socket = open_socket
@@ -80,26 +116,69 @@ class SocketIOEndpoint:
     def configure(self, config: Config) -> None:
         self.config = config
         self.options = engine_options(config)
+        self.origins = parse_origins(config.allowed_origins)
         self.path = config.socketio_path.rstrip("/") or "/"
 
     def handles(self, path: str) -> bool:
         return self.config.socketio and (path.rstrip("/") or "/") == self.path
 
-    def route(self, request: HandshakeRequest) -> HttpResponse | Accept:
+    def route(self, request: HandshakeRequest) -> HttpResponse | Accept | Serve:
+        cors = polling.cors_headers(request.headers, self.origins)
+        if cors is None:
+            return polling.engine_error(EngineErrorCode.FORBIDDEN, 403, {})
+        if request.method == "OPTIONS":
+            return polling.preflight(request.headers, cors)
         query = {name: values[-1] for name, values in request.query.items()}
         try:
-            checked = check_request("GET", query, transports=(WEBSOCKET,))
+            checked = check_request(request.method, query)
         except RequestRefused as exc:
-            return HttpResponse(400, error_body(exc.code), _JSON)
-        if not request.is_upgrade or checked.sid is not None:
-            # HTTP long-polling (and the upgrade from it) is not served yet.
-            return HttpResponse(400, error_body(EngineErrorCode.UNKNOWN_TRANSPORT), _JSON)
+            return polling.engine_error(exc.code, 400, cors)
+        if request.is_upgrade:
+            return self._upgrade(request, checked.eio, checked.transport, checked.sid)
+        if checked.transport != POLLING:
+            return polling.engine_error(EngineErrorCode.BAD_REQUEST, 400, cors)
+
+        def errors(status: int, reason: str) -> HttpResponse:
+            return polling.engine_error(EngineErrorCode.BAD_REQUEST, status, cors)
+
+        if checked.sid is None:
+            if self._full():
+                return HttpResponse(503, b"server full\n", headers={"Retry-After": "5", **cors})
+
+            def new_session(served: HttpRequest) -> ClientSession:
+                session = self._new_session(request, checked.eio, POLLING)
+                session.polling_opened(served.peer)
+                return session
+
+            return Serve(partial(polling.handshake, new_session=new_session, cors=cors),
+                         errors=errors)
+        session = self.sessions.get(checked.sid)
+        if session is None:
+            return polling.engine_error(EngineErrorCode.UNKNOWN_SID, 400, cors)
+        if checked.method == "GET":
+            return Serve(partial(polling.get, session=session, cors=cors), errors=errors)
+        return Serve(partial(polling.post, session=session, cors=cors),
+                     max_body=self.options.max_payload, errors=errors)
+
+    def _full(self) -> bool:
+        return len(self.sessions) >= self.config.max_connections
+
+    def _upgrade(
+        self, request: HandshakeRequest, eio: int, transport: str, sid: str | None
+    ) -> HttpResponse | Accept:
+        if transport != WEBSOCKET:
+            return polling.engine_error(EngineErrorCode.BAD_REQUEST, 400, {})
         if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
             return HttpResponse(426, b"WebSocket version 13 required\n",
                                 headers={"Sec-WebSocket-Version": "13"})
-        if len(self.sessions) >= self.config.max_connections:
+        if sid is not None:
+            session = self.sessions.get(sid)
+            if session is None:
+                return polling.engine_error(EngineErrorCode.UNKNOWN_SID, 400, {})
+            return Accept(_ProbeHandler(session))
+        if self._full():
             return HttpResponse(503, b"server full\n", headers={"Retry-After": "5"})
-        return Accept(_WebSocketHandler(self._new_session(request, checked.eio, WEBSOCKET)))
+        return Accept(_WebSocketHandler(self._new_session(request, eio, WEBSOCKET)))
 
     def _new_session(self, request: HandshakeRequest, eio: int, transport: str) -> ClientSession:
         sid = secrets.token_urlsafe(15)

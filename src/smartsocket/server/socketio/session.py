@@ -25,7 +25,9 @@ from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode
 from smartsocket.protocol.socketio import (
     AckReceived,
     Action,
+    AnswerPoll,
     Closed,
+    CloseProbe,
     CloseReason,
     ConnectRequested,
     Deliver,
@@ -35,6 +37,8 @@ from smartsocket.protocol.socketio import (
     NamespaceLeft,
     SocketIOConnection,
     SocketIOPacketError,
+    Upgraded,
+    WriteProbe,
     WriteWebSocket,
     websocket_payload,
 )
@@ -83,8 +87,8 @@ class ClientSession:
     """A Socket.IO client: its sessions' state, its socket, and its WebSocket."""
 
     __slots__ = (
-        "_deadline", "_forget", "_open_socket", "_remote", "_timer", "_translator", "_ws",
-        "_ws_close",
+        "_deadline", "_forget", "_open_socket", "_poll", "_probe", "_remote", "_timer",
+        "_translator", "_ws", "_ws_close",
         "admitted_socket", "counters", "engine", "request", "sio", "socket",
     )
 
@@ -104,6 +108,8 @@ class ClientSession:
         self._forget = forget
         self._ws: ServerConnection | None = None
         self._remote: tuple[Any, ...] | None = None  # kept after the transport closes
+        self._poll: asyncio.Future[AnswerPoll] | None = None  # the held polling GET
+        self._probe: ServerConnection | None = None  # a WebSocket upgrading a polling session
         self._ws_close: tuple[int, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
@@ -132,6 +138,52 @@ class ClientSession:
         self._ws = None
         self.perform(self.engine.connection_lost())
 
+    # -- HTTP long-polling and the upgrade (server/socketio/polling.py) ---------------------
+
+    def polling_opened(self, remote: tuple[Any, ...] | None) -> None:
+        self._remote = remote
+        self.perform(self.engine.open())
+        if self.sio.protocol < 5:
+            self._connect(DEFAULT_NAMESPACE, {})
+
+    def polling_get(self) -> asyncio.Future[AnswerPoll]:
+        """A GET: its answer, now or when there is something to send. Raises EngineIOError
+        (perform its ``actions`` and answer its status)."""
+        future: asyncio.Future[AnswerPoll] = asyncio.get_running_loop().create_future()
+        actions = self.engine.get()  # raises before the future is ours to answer
+        self._poll = future
+        self.perform(actions)
+        return future
+
+    def polling_aborted(self, future: asyncio.Future[AnswerPoll]) -> None:
+        """The held GET's client went away before its answer."""
+        if self._poll is future:
+            self._poll = None
+            self.perform(self.engine.get_aborted())
+
+    def polling_post(self, body: bytes) -> None:
+        """A POST body (raises EngineIOError: perform its ``actions``, answer its status)."""
+        self.perform(self.engine.post(body))
+
+    def probe_opened(self, conn: ServerConnection) -> None:
+        self._probe = conn
+        self.perform(self.engine.probe_opened())
+
+    def probe_message(self, conn: ServerConnection, payload: bytes | memoryview,
+                      binary: bool) -> None:
+        if conn is self._ws:  # upgraded: it is the transport now
+            self.websocket_message(payload, binary)
+            return
+        data: str | bytes = bytes(payload) if binary else bytes(payload).decode()
+        self.perform(self.engine.receive_probe(data))
+
+    def probe_closed(self, conn: ServerConnection, code: int, reason: str) -> None:
+        if conn is self._ws:
+            self.websocket_closed(code, reason)
+        elif conn is self._probe:
+            self._probe = None
+            self.perform(self.engine.probe_lost())
+
     # -- actions -------------------------------------------------------------------------
 
     def perform(self, actions: list[Action]) -> None:
@@ -144,6 +196,20 @@ class ClientSession:
                         ws.send_message(websocket_payload(frame, eio), frame.binary)
             elif type(action) is Deliver:
                 self._deliver(action.data)
+            elif type(action) is AnswerPoll:
+                poll, self._poll = self._poll, None
+                if poll is not None and not poll.done():
+                    poll.set_result(action)
+            elif type(action) is WriteProbe:
+                if self._probe is not None:
+                    for frame in action.frames:
+                        self._probe.send_message(frame.payload, frame.binary)
+            elif type(action) is Upgraded:
+                self._ws, self._probe = self._probe, None
+            elif type(action) is CloseProbe:
+                probe, self._probe = self._probe, None
+                if probe is not None:
+                    probe.close(CloseCode.NORMAL)
             elif type(action) is Closed:
                 self._closed(action.reason)
         self._schedule()
@@ -169,6 +235,9 @@ class ClientSession:
             self._timer.cancel()
             self._timer = None
         self._forget(self.sid)
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.close(CloseCode.GOING_AWAY)
         ws, self._ws = self._ws, None
         if ws is not None:
             ws.close(CloseCode.NORMAL if reason is CloseReason.FORCED_CLOSE
