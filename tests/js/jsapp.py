@@ -20,6 +20,9 @@ marked ``<!-- doc-test: browser ... -->``), for tests/browser/readme.test.mjs.
 bytes}``), ``shout`` (``{"room", "text"}``: broadcasts ``shouted`` to the room, sender
 included).
 
+``socketio_page``: ``socketio_app`` whose page at ``/`` holds socket.io-client's browser bundle
+(from js/node_modules), for tests/browser/socketio.test.mjs.
+
 For recovery (``--recovery-window``, protocol.md section 8):
 
 - ``enter`` (room name): joins that room (no presence message, unlike ``join``);
@@ -160,4 +163,14 @@ def socketio_app(config: Config | None = None) -> SmartSocket:
     def shout(socket: Socket, data: dict[str, Any]) -> int:
         return server.room(data["room"]).broadcast("shouted", data["text"])
 
+    return server
+
+
+def socketio_page(config: Config | None = None) -> SmartSocket:
+    server = socketio_app(config)
+    root = Path(__file__).resolve().parents[2]
+    bundle = (root / "js/node_modules/socket.io-client/dist/socket.io.min.js").read_text()
+    bundle = bundle.replace("</script", "<\\/script")  # cannot end the inline script early
+    page = '<!doctype html>\n<meta charset="utf-8"><title>socket.io-client</title>\n'
+    server.home_page = (page + "<script>" + bundle + "</script>\n").encode()
     return server

@@ -8,7 +8,7 @@ import { WebSocket, requireFromJs, startServer } from "./helpers.mjs";
 const { io } = requireFromJs("socket.io-client");
 
 const clients = new Set();
-/** A Socket.IO client (WebSocket only: polling is not served yet), connected. */
+/** A Socket.IO client (WebSocket only unless `transports` says otherwise). */
 function sio(server, options = {}) {
   const socket = io(server.http, { transports: ["websocket"], reconnection: false, ...options });
   clients.add(socket);
@@ -118,5 +118,38 @@ describe("socket.io-client with API keys", () => {
     const socket = sio(server, { auth: { token: "wrong" } });
     const [err] = await once(socket, "connect_error");
     assert.equal(err.message, "unauthorized");
+  });
+});
+
+describe("socket.io-client over HTTP long-polling", () => {
+  let server;
+  before(async () => {
+    server = await startServer({ app: "jsapp:socketio_app" });
+  });
+  after(() => server.stop());
+
+  it("starts on polling and upgrades to WebSocket (default transports)", async () => {
+    const socket = io(server.http, { reconnection: false });
+    clients.add(socket);
+    const upgraded = once(socket.io.engine, "upgrade");
+    await once(socket, "connect");
+    assert.deepEqual(await socket.emitWithAck("echo", { n: 1 }), { n: 1 });
+    await upgraded;
+    assert.equal(socket.io.engine.transport.name, "websocket");
+    assert.deepEqual(await socket.emitWithAck("move", 1, 2), 2);
+  });
+
+  it("works with polling only: events, acks, binary, broadcasts", async () => {
+    const socket = await connectedSio(server, { transports: ["polling"] });
+    assert.equal(socket.io.engine.transport.name, "polling");
+    assert.deepEqual(await socket.emitWithAck("echo", "hi"), "hi");
+    const reply = await socket.emitWithAck("blob", Buffer.from([7]));
+    assert.deepEqual([...reply.got], [7]);
+    await socket.emitWithAck("enter", "polled");
+    const got = once(socket, "shouted");
+    assert.equal(await socket.emitWithAck("shout", { room: "polled", text: "yo" }), 1);
+    assert.deepEqual(await got, ["yo"]);
+    socket.on("question", (data, ack) => ack(data.n + 1));
+    assert.deepEqual(await socket.emitWithAck("ask", { event: "question", data: { n: 1 } }), { result: 2 });
   });
 });
