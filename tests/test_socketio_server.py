@@ -371,3 +371,47 @@ async def test_origins_per_ip_and_rate_limits_guard_socketio_too() -> None:
             assert await client.call("hi", 1, timeout=5) == 1
             refused = await client.call("hi", 2, timeout=5)  # over 1 event/s
             assert refused["error"]["code"] == "rate_limited"
+
+
+async def test_a_declared_namespace_has_its_own_handlers_and_hooks() -> None:
+    server = SmartSocket()
+    admin = server.namespace("/admin")
+    assert server.namespace("/admin") is admin
+    seen: list[tuple[str, str]] = []
+    server.on_connection(lambda socket: seen.append(("app", socket.namespace)))
+    admin.on_connection(lambda socket: seen.append(("admin", socket.namespace)))
+    server.on("who", lambda socket, data: "app")
+    admin.on("who", lambda socket, data: ("admin", data))
+    gone: list[str] = []
+    admin.on("disconnect", lambda socket, reason: gone.append(reason))
+
+    @admin.on("greet")
+    def greet(socket: Socket, data: Any) -> None:
+        socket.send("greeted", (1, 2))
+
+    async with running(server):
+        client = socketio.AsyncClient(reconnection=False)
+        got: asyncio.Queue[Any] = asyncio.Queue()
+        client.on("greeted", lambda *args: got.put_nowait(args), namespace="/admin")
+        await client.connect(f"http://127.0.0.1:{server.port}", namespaces=["/", "/admin"],
+                             transports=["websocket"], wait_timeout=5)
+        try:
+            assert await client.call("who", 1, timeout=5) == "app"
+            assert await client.call("who", 1, namespace="/admin", timeout=5) == ("admin", 1)
+            await client.emit("greet", namespace="/admin")
+            assert await asyncio.wait_for(got.get(), 5) == (1, 2)
+            unknown = await client.call("nothing", namespace="/admin", timeout=5)
+            assert unknown["error"]["code"] == "unknown_event"  # no fallback to the app's
+            assert sorted(seen) == [("admin", "/admin"), ("app", "/")]
+            assert server.stats()["socketio"]["connections"] == 2
+            await client.disconnect()
+            await wait_for(lambda: gone)
+        finally:
+            await client.disconnect()
+
+
+def test_namespace_names_are_checked() -> None:
+    server = SmartSocket()
+    for bad in ("/", "admin", "/a,b"):
+        with pytest.raises(ValueError, match="namespace"):
+            server.namespace(bad)

@@ -36,7 +36,7 @@ from smartsocket.server.recovery import Recovery
 from smartsocket.server.resume import Resumer
 from smartsocket.server.rooms import Room, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
-from smartsocket.server.socketio import SocketIOEndpoint
+from smartsocket.server.socketio import Namespace, SocketIOEndpoint
 from smartsocket.server.socketio.metrics import SocketIOCollector
 from smartsocket.transport import (
     CLOSE_TIMEOUT,
@@ -179,6 +179,12 @@ class SmartSocket:
             return fn
 
         return register(handler) if handler is not None else register
+
+    def namespace(self, name: str) -> Namespace:
+        """A Socket.IO namespace of the application's own (``/`` is the application itself):
+        its ``on(event)``, ``on_connection`` and ``disconnect`` handlers serve the Socket.IO
+        clients that connect to it (docs/socketio.md). Unknown namespaces are refused."""
+        return self._socketio.namespace(name, lambda: EventRouter(self._config, self._tasks))
 
     def authenticate(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Authenticate connections: ``hook(request: AuthRequest)`` (sync or async) returns the

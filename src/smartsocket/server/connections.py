@@ -93,10 +93,11 @@ class Connections:
             socket._send_payload(payload, binary)
         for frame in frames or ():
             socket._send_frame(frame)
-        if not self.handlers:
+        scope = socket.connection_scope
+        handlers = self.handlers if scope is None else scope.connection_handlers
+        if not handlers:
             socket._flush_inbox()
             return
-        handlers = self.handlers
         if any(h.is_async for h in handlers):
             if socket._inbox is None:
                 socket._inbox = []  # hold events until on_connection has registered handlers
@@ -164,4 +165,6 @@ class Connections:
             "disconnected %s: %d %s", socket.id, code, reason,
             extra={"event": "disconnect", "sid": socket.id, "code": code, "reason": reason},
         )
-        self.emit_local(socket, "disconnect", reason or str(code))
+        scope = socket.connection_scope
+        emit = self.emit_local if scope is None else scope.router.emit_local
+        emit(socket, "disconnect", reason or str(code))

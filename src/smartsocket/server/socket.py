@@ -155,6 +155,12 @@ class Socket:
     def remote_address(self) -> tuple[Any, ...] | None:
         return self._conn.remote_address if self._conn is not None else None
 
+    @property
+    def connection_scope(self) -> Any:
+        """Where its ``on_connection`` and ``disconnect`` handlers come from: None, the
+        server's; a Socket.IO namespace of the application's own (server/socketio/)."""
+        return None
+
     def on(
         self, event: str, handler: Callable[..., Any] | None = None
     ) -> Callable[..., Any]:

@@ -3,6 +3,7 @@
 ``smartsocket.protocol.socketio``."""
 
 from smartsocket.server.socketio.endpoint import SocketIOEndpoint
+from smartsocket.server.socketio.namespace import Namespace
 from smartsocket.server.socketio.socket import SocketIOSocket
 
-__all__ = ["SocketIOEndpoint", "SocketIOSocket"]
+__all__ = ["Namespace", "SocketIOEndpoint", "SocketIOSocket"]

@@ -31,7 +31,9 @@ from smartsocket.protocol.socketio import (
 from smartsocket.protocol.socketio.errors import EngineErrorCode
 from smartsocket.protocol.socketio.session import POLLING, WEBSOCKET
 from smartsocket.security import parse_origins
+from smartsocket.server.dispatch import EventRouter
 from smartsocket.server.socketio import polling
+from smartsocket.server.socketio.namespace import Namespace
 from smartsocket.server.socketio.session import ClientSession, Counters
 from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
 from smartsocket.transport import Accept, HandshakeRequest, HttpResponse, ServerConnection
@@ -102,8 +104,8 @@ class SocketIOEndpoint:
     (``SmartSocket.open_socket``)."""
 
     __slots__ = (
-        "_open_socket", "config", "counters", "options", "origins", "path", "sessions",
-        "translator",
+        "_open_socket", "config", "counters", "namespaces", "options", "origins", "path",
+        "sessions", "translator",
     )
 
     def __init__(self, config: Config, open_socket: OpenSocket) -> None:
@@ -111,12 +113,15 @@ class SocketIOEndpoint:
         self.sessions: dict[str, ClientSession] = {}
         self.translator = FrameTranslator()
         self.counters = Counters()
+        self.namespaces: dict[str, Namespace] = {}  # the application's own, by name
         self.configure(config)
 
     def configure(self, config: Config) -> None:
         self.config = config
         self.options = engine_options(config)
         self.origins = parse_origins(config.allowed_origins)
+        for namespace in self.namespaces.values():
+            namespace.router.config = config
         self.path = config.socketio_path.rstrip("/") or "/"
 
     def handles(self, path: str) -> bool:
@@ -190,7 +195,7 @@ class SocketIOEndpoint:
         )
         session = ClientSession(
             engine, sio, request, open_socket=self._open, translator=self.translator,
-            forget=self._forget, counters=self.counters,
+            forget=self._forget, counters=self.counters, namespaces=self.namespaces.get,
         )
         self.sessions[sid] = session
         self.counters.sessions_total += 1
@@ -209,9 +214,18 @@ class SocketIOEndpoint:
         for session in list(self.sessions.values()):
             session.abort()
 
+    def namespace(self, name: str, router: Callable[[], EventRouter]) -> Namespace:
+        """The namespace ``name`` of the application's own (made on first use)."""
+        if not name.startswith("/") or name == "/" or "," in name or "?" in name:
+            raise ValueError(f"a namespace is a path like '/admin' (not '/'), got {name!r}")
+        found = self.namespaces.get(name)
+        if found is None:
+            found = self.namespaces[name] = Namespace(name, router())
+        return found
+
     def connected(self) -> int:
         """Sessions with a socket the application sees."""
-        return sum(1 for s in self.sessions.values() if s.admitted_socket)
+        return sum(s.connected_sockets for s in self.sessions.values())
 
     def stats(self) -> dict[str, int]:
         c = self.counters

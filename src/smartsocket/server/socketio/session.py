@@ -1,10 +1,11 @@
 """One Socket.IO client on the server: the I/O side of the sans-I/O core.
 
-``ClientSession`` drives the client's ``EngineSession`` (heartbeat, close) and
-``SocketIOConnection`` (namespaces, packets) from its transport's frames, performs the actions
-they return, and owns the client's ``SocketIOSocket`` once a CONNECT to ``/`` is admitted.
-It is also that socket's connection (``SocketConnection``): what the socket sends goes out as
-Socket.IO packets, and a close becomes a CONNECT_ERROR (before admission) or a DISCONNECT.
+``ClientSession`` drives the client's ``EngineSession`` (heartbeat, buffer, upgrade, close)
+and ``SocketIOConnection`` (namespaces, packets) from its transport (a WebSocket, polling
+requests, a probe), performs the actions they return, and owns one ``SocketIOSocket`` per
+namespace the client connected to, each with a ``NamespaceLink`` as its connection: what the
+socket sends goes out as Socket.IO packets, and a close becomes a CONNECT_ERROR (before
+admission) or a DISCONNECT.
 
 Admission is the native one: ``open_socket`` (shutting down, ``max_connections``, origin,
 credentials from the ``Authorization`` header or the query) when CONNECT arrives, then the
@@ -42,12 +43,14 @@ from smartsocket.protocol.socketio import (
     WriteWebSocket,
     websocket_payload,
 )
+from smartsocket.protocol.socketio.session import WEBSOCKET
 from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE
-from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket, translate
+from smartsocket.server.socketio.link import NamespaceLink
+from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
 from smartsocket.transport import HandshakeRequest, HttpResponse
 
 if TYPE_CHECKING:
-    from smartsocket.compression import MessageDeflater
+    from smartsocket.server.socketio.namespace import Namespace
     from smartsocket.transport import ServerConnection
 
 logger = logging.getLogger("smartsocket.socketio")
@@ -87,22 +90,35 @@ class ClientSession:
     """A Socket.IO client: its sessions' state, its socket, and its WebSocket."""
 
     __slots__ = (
-        "_deadline", "_forget", "_open_socket", "_poll", "_probe", "_remote", "_timer",
-        "_translator", "_ws", "_ws_close",
-        "admitted_socket", "counters", "engine", "request", "sio", "socket",
+        "_deadline",
+        "_forget",
+        "_namespaces",
+        "_open_socket",
+        "_poll",
+        "_probe",
+        "_remote",
+        "_timer",
+        "_translator",
+        "_ws",
+        "_ws_close",
+        "counters",
+        "engine",
+        "links",
+        "request",
+        "sio",
     )
 
     def __init__(
         self, engine: EngineSession, sio: SocketIOConnection, request: HandshakeRequest, *,
         open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
-        counters: Counters,
+        counters: Counters, namespaces: Callable[[str], Namespace | None],
     ) -> None:
+        self._namespaces = namespaces  # the application's own namespaces, by name
         self.counters = counters
         self.engine = engine
         self.sio = sio
         self.request = request
-        self.socket: SocketIOSocket | None = None
-        self.admitted_socket = False  # the CONNECT to "/" was answered
+        self.links: dict[str, NamespaceLink] = {}  # by namespace: its socket
         self._open_socket = open_socket
         self._translator = translator
         self._forget = forget
@@ -245,7 +261,7 @@ class ClientSession:
         code, text = _CLOSE_CODES[reason], reason.value
         if reason is CloseReason.TRANSPORT_CLOSE and self._ws_close is not None:
             code = self._ws_close[0] or code
-        self._drop_socket(code, text)
+        self._drop_all(code, text)
 
     # -- Socket.IO packets ---------------------------------------------------------------
 
@@ -259,109 +275,108 @@ class ClientSession:
             return
         size = len(data)
         for event in events:
-            socket = self.socket
             if type(event) is EventReceived:
-                if socket is not None and event.namespace == DEFAULT_NAMESPACE:
+                socket = self._socket_in(event.namespace)
+                if socket is not None:
                     socket.receive_event(event.name, event.data, event.ack_id, size)
             elif type(event) is AckReceived:
-                if socket is not None and event.namespace == DEFAULT_NAMESPACE:
+                socket = self._socket_in(event.namespace)
+                if socket is not None:
                     socket.receive_ack(event.ack_id, event.data, size)
             elif type(event) is ConnectRequested:
                 self._connect(event.request.namespace, event.request.auth)
-            elif type(event) is NamespaceLeft and event.namespace == DEFAULT_NAMESPACE:
-                self.admitted_socket = False
-                self._drop_socket(CloseCode.NORMAL, "client namespace disconnect")
+            elif type(event) is NamespaceLeft:
+                link = self.links.pop(event.namespace, None)
+                if link is not None:
+                    link.drop(CloseCode.NORMAL, "client namespace disconnect")
+
+    def _socket_in(self, namespace: str) -> SocketIOSocket | None:
+        link = self.links.get(namespace)
+        return link.socket if link is not None else None
 
     def _connect(self, namespace: str, auth: dict[str, Any]) -> None:
+        scope = None
         if namespace != DEFAULT_NAMESPACE:
-            self._refuse(namespace, "Invalid namespace")
-            return
-        if self.socket is not None:
+            scope = self._namespaces(namespace)
+            if scope is None:
+                self._refuse(namespace, "Invalid namespace")
+                return
+        if namespace in self.links:
             return  # v4 clients may CONNECT to "/" they were put in: nothing to do
         result = self._open_socket(self.request)
         if isinstance(result, HttpResponse):
             self._refuse(namespace, _refusal(result.status, result.body))
             return
-        socket = self.socket = result
-        socket.bind(self)
-        socket.on_open(self)
-        if socket.connected and not socket.authenticated and self.socket is socket:
-            socket.authenticate(auth)
+        link = self.links[namespace] = NamespaceLink(self, namespace, result)
+        result.bind(link, namespace, scope)
+        result.on_open(link)
+        if result.connected and not result.authenticated and link.socket is result:
+            result.authenticate(auth)
 
     def _refuse(self, namespace: str, message: str) -> None:
         self.counters.connect_errors += 1
         self.write(self.sio.refuse(namespace, message))
 
-    def admitted(self) -> None:
-        """The socket passed admission (its ``$welcome``): answer the CONNECT."""
-        socket = self.socket
-        if socket is None or self.admitted_socket:
+    def admitted(self, link: NamespaceLink) -> None:
+        """A socket passed admission (its ``$welcome``): answer its CONNECT."""
+        socket = link.socket
+        if socket is None or link.admitted_socket:
             return
-        self.admitted_socket = True
+        link.admitted_socket = True
         self.engine.socketio_connected()
-        self.write(self.sio.accept(DEFAULT_NAMESPACE, socket.id))
-        self._schedule()
+        self.write(self.sio.accept(link.namespace, socket.id))
 
     def write(self, packet: EncodedPacket) -> None:
         self.counters.packets_out += 1
         self.perform(self.engine.send(packet.frames))
 
-    def _drop_socket(self, code: int, reason: str) -> None:
-        socket, self.socket = self.socket, None
-        if socket is not None:
-            socket.on_close(code, reason)
-
-    # -- SocketConnection: what the socket and the server's parts use --------------------
-
     @property
-    def closed(self) -> bool:
-        return self.socket is None
+    def connected_sockets(self) -> int:
+        return sum(1 for link in self.links.values() if link.admitted_socket)
 
     @property
     def remote_address(self) -> tuple[Any, ...] | None:
         return self._remote
 
-    @property
-    def deflater(self) -> MessageDeflater | None:
-        return None
-
-    def send_frame(self, frame: bytes) -> None:
+    def broadcast_frame(self, frame: bytes, namespace: str) -> None:
         """A broadcast's native frame: its Socket.IO frames, translated once per broadcast."""
         ws = self._ws
-        if ws is not None and self.engine.transport == "websocket":
+        if ws is not None and self.engine.transport == WEBSOCKET:
             self.counters.packets_out += 1
-            for built in self._translator.websocket_frames(frame, self.engine.eio):
+            for built in self._translator.websocket_frames(frame, self.engine.eio, namespace):
                 ws.send_frame(built)
             return
-        packet = self._translator.packet(frame)
+        packet = self._translator.packet(frame, namespace)
         if packet is not None:
             self.write(packet)
 
-    def send_message(self, payload: bytes, binary: bool = False) -> int:
-        """A native payload (``SocketIOSocket`` translates its own: this is a fallback)."""
-        packet = translate(payload, binary)
-        if isinstance(packet, EncodedPacket):
-            self.write(packet)
-        return len(payload)
-
-    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """The server closes the socket: a refusal before admission is a CONNECT_ERROR (the
+    def close_link(self, link: NamespaceLink, code: int, reason: str) -> None:
+        """The server closes one socket: a refusal before admission is a CONNECT_ERROR (the
         client may try again on the same session); after it, a DISCONNECT when the client
-        should not reconnect by itself, then the session ends."""
-        if self.socket is None:
+        should not reconnect by itself (then the session ends with its last namespace), else
+        the session ends at once and the client reconnects."""
+        if self.links.get(link.namespace) is not link:
             return
-        if not self.admitted_socket:
-            self._refuse(DEFAULT_NAMESPACE, reason or "unauthorized")
-            self._drop_socket(code, reason)
+        del self.links[link.namespace]
+        if not link.admitted_socket:
+            self._refuse(link.namespace, reason or "unauthorized")
+            link.drop(code, reason)
             return
-        self.admitted_socket = False
-        if code in NO_RECONNECT_CODES or code == CloseCode.RATE_LIMITED:
-            leave = self.sio.leave(DEFAULT_NAMESPACE)
+        final = code in NO_RECONNECT_CODES or code == CloseCode.RATE_LIMITED
+        if final:
+            leave = self.sio.leave(link.namespace)
             if leave is not None:
                 self.write(leave)
-        self._drop_socket(code, reason)
-        self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
+        link.drop(code, reason)
+        if not final or not self.links:
+            self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
 
     def abort(self) -> None:
-        self._drop_socket(CloseCode.GOING_AWAY, "aborted")
+        """Ends the session now (its sockets see 1001)."""
+        self._drop_all(CloseCode.GOING_AWAY, "server shutting down")
         self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
+
+    def _drop_all(self, code: int, reason: str) -> None:
+        links, self.links = self.links, {}
+        for link in links.values():
+            link.drop(code, reason)

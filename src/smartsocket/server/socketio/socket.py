@@ -13,18 +13,21 @@ that frame into Socket.IO frames once per broadcast, however many Socket.IO memb
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 
 from smartsocket.errors import ConnectionClosed
 from smartsocket.protocol.codes import ErrorCode
-from smartsocket.protocol.envelope import ENCODE_ERRORS, AckReply, Event
-from smartsocket.protocol.names import check_event
+from smartsocket.protocol.envelope import ENCODE_ERRORS, AckReply, Event, Packet
+from smartsocket.protocol.names import check_event, name_problem
 from smartsocket.protocol.socketio import EncodedPacket, PacketKind, encode, encode_event
-from smartsocket.protocol.socketio.socketio import data_to_args, encode_ack
+from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE, data_to_args, encode_ack
 from smartsocket.security import LimitExceeded
-from smartsocket.server.socket import Socket
+from smartsocket.server.socket import LOCAL_EVENTS, Socket
+
+if TYPE_CHECKING:
+    from smartsocket.server.socketio.namespace import Namespace
 from smartsocket.transport import build_frame
 
 _json_decode = msgspec.json.Decoder().decode
@@ -44,7 +47,9 @@ class SocketIOLink(Protocol):
     def admitted(self) -> None: ...
 
 
-def translate(payload: bytes | memoryview, binary: bool) -> EncodedPacket | str | None:
+def translate(
+    payload: bytes | memoryview, binary: bool, namespace: str = DEFAULT_NAMESPACE
+) -> EncodedPacket | str | None:
     """A native v1 payload the server made -> the Socket.IO packet that means the same;
     ``WELCOME`` for ``$welcome`` (the session answers CONNECT), None for what is dropped.
 
@@ -58,10 +63,11 @@ def translate(payload: bytes | memoryview, binary: bool) -> EncodedPacket | str 
         if head in _DROPPED:
             return None
         ack_id = obj[2] if len(obj) >= 3 else None
-        return encode_event(head, obj[1] if len(obj) > 1 else None, ack_id=ack_id)
+        data = obj[1] if len(obj) > 1 else None
+        return encode_event(head, data, ack_id=ack_id, namespace=namespace)
     if len(obj) == 3:
-        return encode(PacketKind.ACK, data=[{"error": obj[2]}], ack_id=head)
-    return encode(PacketKind.ACK, data=data_to_args(obj[1]), ack_id=head)
+        return encode(PacketKind.ACK, namespace, [{"error": obj[2]}], head)
+    return encode(PacketKind.ACK, namespace, data_to_args(obj[1]), head)
 
 
 def frame_payload(frame: bytes) -> tuple[bytes, bool]:
@@ -74,35 +80,42 @@ def frame_payload(frame: bytes) -> tuple[bytes, bool]:
 class FrameTranslator:
     """One broadcast's native frame -> its Socket.IO packet and WebSocket frames, made on the
     first Socket.IO member's delivery and reused for the others (the fan-out hands every
-    member the same frame object; holding it keeps its identity from being reused)."""
+    member the same frame object; holding it keeps its identity from being reused). Per
+    namespace and Engine.IO version: members in the same ones share the bytes."""
 
-    __slots__ = ("_frame", "_packet", "_ws")
+    __slots__ = ("_frame", "_packets", "_ws")
 
     def __init__(self) -> None:
         self._frame: bytes | None = None
-        self._packet: EncodedPacket | None = None
-        self._ws: dict[int, tuple[bytes, ...]] = {}
+        self._packets: dict[str, EncodedPacket | None] = {}
+        self._ws: dict[tuple[str, int], tuple[bytes, ...]] = {}
 
-    def packet(self, frame: bytes) -> EncodedPacket | None:
+    def packet(self, frame: bytes, namespace: str = DEFAULT_NAMESPACE) -> EncodedPacket | None:
         if frame is not self._frame:
             self._frame = frame
+            self._packets = {}
             self._ws = {}
-            payload, binary = frame_payload(frame)
-            try:
-                packet = translate(payload, binary)
-            except (msgspec.DecodeError, IndexError, TypeError):
-                packet = None
-            self._packet = packet if isinstance(packet, EncodedPacket) else None
-        return self._packet
+        if namespace in self._packets:
+            return self._packets[namespace]
+        payload, binary = frame_payload(frame)
+        try:
+            packet = translate(payload, binary, namespace)
+        except (msgspec.DecodeError, IndexError, TypeError):
+            packet = None
+        found = self._packets[namespace] = packet if isinstance(packet, EncodedPacket) else None
+        return found
 
-    def websocket_frames(self, frame: bytes, eio: int) -> tuple[bytes, ...]:
+    def websocket_frames(
+        self, frame: bytes, eio: int, namespace: str = DEFAULT_NAMESPACE
+    ) -> tuple[bytes, ...]:
         """The prebuilt WebSocket frames of a broadcast for Engine.IO version ``eio``."""
-        packet = self.packet(frame)
+        packet = self.packet(frame, namespace)
         if packet is None:
             return ()
-        built = self._ws.get(eio)
+        key = (namespace, eio)
+        built = self._ws.get(key)
         if built is None:
-            built = self._ws[eio] = tuple(
+            built = self._ws[key] = tuple(
                 build_frame(data, binary=binary) for data, binary in packet.websocket_frames(eio)
             )
         return built
@@ -112,7 +125,7 @@ class SocketIOSocket(Socket):
     """A server ``Socket`` for a Socket.IO client (made by ``server.open_socket`` when the
     client's CONNECT to ``/`` arrives; ``on_open`` follows with its ``SocketIOLink``)."""
 
-    __slots__ = ("_link",)
+    __slots__ = ("_link", "_scope", "namespace")
 
     protocol = "socketio"
 
@@ -120,9 +133,34 @@ class SocketIOSocket(Socket):
         super().__init__(*args, **kwargs)
         self._rec = None  # connection-state recovery is not mapped for Socket.IO yet
         self._link: SocketIOLink | None = None
+        self._scope: Namespace | None = None
+        self.namespace = DEFAULT_NAMESPACE  # the Socket.IO namespace this socket is in
 
-    def bind(self, link: SocketIOLink) -> None:
+    def bind(self, link: SocketIOLink, namespace: str, scope: Namespace | None) -> None:
+        """Its client's session, and the namespace of the application's own it is in (None:
+        ``/``, the application itself)."""
         self._link = link
+        self.namespace = namespace
+        self._scope = scope
+
+    @property
+    def connection_scope(self) -> Namespace | None:
+        return self._scope
+
+    def _handle(self, packet: Packet) -> None:
+        scope = self._scope
+        if scope is None or type(packet) is not Event or packet.name[:1] == "$":
+            super()._handle(packet)
+            return
+        # A namespace of the application's own: its handlers, not the server-level ones.
+        name = packet.name
+        problem = name_problem("event", name, self._server.config.max_name_length)
+        if problem is None and name in LOCAL_EVENTS:
+            problem = f"{name!r} is a local event name"
+        if problem is not None:
+            self._refuse(ErrorCode.INVALID_NAME, problem, event=name, ack_id=packet.ack_id)
+            return
+        scope.router.dispatch(self, packet)
 
     # inbound (from the session)
 
@@ -151,7 +189,7 @@ class SocketIOSocket(Socket):
     def send(self, event: str, data: Any = None, *, binary: bool | None = None) -> None:
         """Send ``event``; a tuple ``data`` is several Socket.IO arguments."""
         check_event(event)
-        self._write(encode_event(event, data))
+        self._write(encode_event(event, data, namespace=self.namespace))
 
     emit = send
 
@@ -172,7 +210,7 @@ class SocketIOSocket(Socket):
         ack_id, future = self._acks.create(event, config.message_timeout if timeout is None
                                            else timeout)
         try:
-            packet = encode_event(event, data, ack_id=ack_id)
+            packet = encode_event(event, data, ack_id=ack_id, namespace=self.namespace)
         except BaseException:
             self._acks.forget(ack_id)
             raise
@@ -181,7 +219,7 @@ class SocketIOSocket(Socket):
 
     def _answer(self, ack_id: int, result: Any, binary: bool) -> None:
         try:
-            packet = encode_ack(ack_id, result)
+            packet = encode_ack(ack_id, result, namespace=self.namespace)
         except ENCODE_ERRORS:
             self.reject(ErrorCode.INTERNAL_ERROR, "the reply could not be encoded", ack_id=ack_id)
             return
@@ -191,7 +229,7 @@ class SocketIOSocket(Socket):
         link = self._link
         if link is None or not self.connected:
             return
-        packet = translate(payload, binary)
+        packet = translate(payload, binary, self.namespace)
         if packet == WELCOME:
             link.admitted()
         elif isinstance(packet, EncodedPacket):
