@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import pytest
 import socketio
 import websockets
@@ -364,10 +365,8 @@ async def test_origins_per_ip_and_rate_limits_guard_socketio_too() -> None:
         good = {"Origin": "https://ok.example"}
         async with sio_client(server, headers=good) as client:
             async with websockets.connect(ws_url(server), additional_headers=good) as ws:
-                await ws.recv()
-                await ws.send("40")  # a second connection from 127.0.0.1: over the limit
-                answer = json.loads(str(await ws.recv())[2:])
-                assert "too many connections" in answer["message"]
+                await asyncio.wait_for(ws.wait_closed(), 5)  # a second one from 127.0.0.1
+                assert ws.close_code == 1013
             assert await client.call("hi", 1, timeout=5) == 1
             refused = await client.call("hi", 2, timeout=5)  # over 1 event/s
             assert refused["error"]["code"] == "rate_limited"
@@ -415,3 +414,21 @@ def test_namespace_names_are_checked() -> None:
     for bad in ("/", "admin", "/a,b"):
         with pytest.raises(ValueError, match="namespace"):
             server.namespace(bad)
+
+
+async def test_sessions_without_a_socket_count_against_the_per_ip_limit() -> None:
+    server = SmartSocket(max_connections_per_ip=2)
+    async with running(server), websockets.connect(ws_url(server)) as first:
+        await first.recv()
+        async with websockets.connect(ws_url(server)) as second:
+            await second.recv()
+            async with websockets.connect(ws_url(server)) as third:
+                await asyncio.wait_for(third.wait_closed(), 5)
+                assert third.close_code == 1013
+            async with aiohttp.ClientSession() as http:
+                query = {"EIO": "4", "transport": "polling"}
+                async with http.get(f"http://127.0.0.1:{server.port}/socket.io/",
+                                    params=query) as resp:
+                    assert resp.status == 429
+        async with websockets.connect(ws_url(server)) as again:  # the second one left
+            assert str(await again.recv()).startswith("0{")

@@ -104,8 +104,8 @@ class SocketIOEndpoint:
     (``SmartSocket.open_socket``)."""
 
     __slots__ = (
-        "_open_socket", "config", "counters", "namespaces", "options", "origins", "path",
-        "sessions", "translator",
+        "_ips", "_open_socket", "_per_ip", "config", "counters", "namespaces", "options",
+        "origins", "path", "sessions", "translator",
     )
 
     def __init__(self, config: Config, open_socket: OpenSocket) -> None:
@@ -113,6 +113,8 @@ class SocketIOEndpoint:
         self.sessions: dict[str, ClientSession] = {}
         self.translator = FrameTranslator()
         self.counters = Counters()
+        self._per_ip: dict[Any, int] = {}  # sessions by client address
+        self._ips: dict[str, Any] = {}  # each counted session's address
         self.namespaces: dict[str, Namespace] = {}  # the application's own, by name
         self.configure(config)
 
@@ -150,8 +152,11 @@ class SocketIOEndpoint:
             if self._full():
                 return HttpResponse(503, b"server full\n", headers={"Retry-After": "5", **cors})
 
-            def new_session(served: HttpRequest) -> ClientSession:
+            def new_session(served: HttpRequest) -> ClientSession | None:
                 session = self._new_session(request, checked.eio, POLLING)
+                if not self._claim(session.sid, served.peer):
+                    self._forget(session.sid)
+                    return None
                 session.polling_opened(served.peer)
                 return session
 
@@ -196,6 +201,7 @@ class SocketIOEndpoint:
         session = ClientSession(
             engine, sio, request, open_socket=self._open, translator=self.translator,
             forget=self._forget, counters=self.counters, namespaces=self.namespaces.get,
+            claim=self._claim,
         )
         self.sessions[sid] = session
         self.counters.sessions_total += 1
@@ -206,8 +212,29 @@ class SocketIOEndpoint:
         assert isinstance(result, HttpResponse | SocketIOSocket)
         return result
 
+    def _claim(self, sid: str, remote: Any) -> bool:
+        """Counts a session against ``max_connections_per_ip`` (sessions that have not
+        connected a socket yet included: the per-IP rule of admission counts sockets)."""
+        ip = remote[0] if remote else None
+        limit = self.config.max_connections_per_ip
+        count = self._per_ip.get(ip, 0)
+        if limit and count >= limit:
+            logger.info("too many Socket.IO sessions from %s", ip,
+                        extra={"event": "limit", "limit": "connections_per_ip", "ip": str(ip)})
+            return False
+        self._per_ip[ip] = count + 1
+        self._ips[sid] = ip
+        return True
+
     def _forget(self, sid: str) -> None:
         self.sessions.pop(sid, None)
+        if sid in self._ips:
+            ip = self._ips.pop(sid)
+            count = self._per_ip.get(ip, 0) - 1
+            if count > 0:
+                self._per_ip[ip] = count
+            else:
+                self._per_ip.pop(ip, None)
 
     def close_all(self) -> None:
         """Shutting down: end every session (their sockets see 1001, clients reconnect)."""

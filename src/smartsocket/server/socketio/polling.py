@@ -64,10 +64,12 @@ def _failed(session: ClientSession, exc: EngineIOError, cors: Mapping[str, str])
 
 
 async def handshake(
-    request: HttpRequest, new_session: Callable[[HttpRequest], ClientSession],
+    request: HttpRequest, new_session: Callable[[HttpRequest], ClientSession | None],
     cors: Mapping[str, str],
 ) -> HttpResponse:
     session = new_session(request)
+    if session is None:  # over max_connections_per_ip
+        return engine_error(EngineErrorCode.BAD_REQUEST, 429, cors)
     return await get(request, session, cors)
 
 

@@ -90,6 +90,7 @@ class ClientSession:
     """A Socket.IO client: its sessions' state, its socket, and its WebSocket."""
 
     __slots__ = (
+        "_claim",
         "_deadline",
         "_forget",
         "_namespaces",
@@ -112,7 +113,9 @@ class ClientSession:
         self, engine: EngineSession, sio: SocketIOConnection, request: HandshakeRequest, *,
         open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
         counters: Counters, namespaces: Callable[[str], Namespace | None],
+        claim: Callable[[str, Any], bool],
     ) -> None:
+        self._claim = claim  # counts the session against its address's limit (False: over)
         self._namespaces = namespaces  # the application's own namespaces, by name
         self.counters = counters
         self.engine = engine
@@ -137,6 +140,10 @@ class ClientSession:
     # -- the WebSocket transport ---------------------------------------------------------
 
     def websocket_opened(self, conn: ServerConnection) -> None:
+        if not self._claim(self.sid, conn.remote_address):
+            self._forget(self.sid)
+            conn.close(CloseCode.TRY_AGAIN_LATER, "too many connections from your address")
+            return
         self._ws = conn
         self._remote = conn.remote_address
         self.perform(self.engine.open())
