@@ -43,7 +43,7 @@ from smartsocket.protocol.socketio import (
     WriteWebSocket,
     websocket_payload,
 )
-from smartsocket.protocol.socketio.session import WEBSOCKET
+from smartsocket.protocol.socketio.session import WEBSOCKET, State
 from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE
 from smartsocket.server.socketio.link import NamespaceLink
 from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
@@ -191,6 +191,7 @@ class ClientSession:
     def probe_opened(self, conn: ServerConnection) -> None:
         self._probe = conn
         self.perform(self.engine.probe_opened())
+        self._schedule()  # the upgrade timeout may come before the armed deadline
 
     def probe_message(self, conn: ServerConnection, payload: bytes | memoryview,
                       binary: bool) -> None:
@@ -235,11 +236,16 @@ class ClientSession:
                     probe.close(CloseCode.NORMAL)
             elif type(action) is Closed:
                 self._closed(action.reason)
-        self._schedule()
+        if self._timer is None:
+            self._schedule()
 
     def _schedule(self) -> None:
+        """Arms the timer at the session's next deadline. Deadlines that move later (a pong,
+        any packet for v3, a CONNECT) are left to the armed timer: it fires, ``tick`` finds
+        nothing due and the timer is re-armed; only what moves a deadline earlier (open,
+        tick, a probe, a close) re-arms at once."""
         deadline = self.engine.next_deadline()
-        if deadline == self._deadline:
+        if deadline == self._deadline and self._timer is not None:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -335,7 +341,16 @@ class ClientSession:
 
     def write(self, packet: EncodedPacket) -> None:
         self.counters.packets_out += 1
-        self.perform(self.engine.send(packet.frames))
+        ws = self._ws
+        engine = self.engine
+        if ws is not None and engine.transport == WEBSOCKET and engine.state is State.OPEN:
+            # What engine.send would ask for (a WebSocket session buffers nothing), minus the
+            # action objects: the hot path of acks and direct sends.
+            eio = engine.eio
+            for frame in packet.frames:
+                ws.send_message(websocket_payload(frame, eio), frame.binary)
+            return
+        self.perform(engine.send(packet.frames))
 
     @property
     def connected_sockets(self) -> int:
@@ -377,6 +392,7 @@ class ClientSession:
         link.drop(code, reason)
         if not final or not self.links:
             self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
+            self._schedule()  # polling: the close packet's deadline
 
     def abort(self) -> None:
         """Ends the session now (its sockets see 1001)."""
