@@ -153,3 +153,25 @@ describe("socket.io-client over HTTP long-polling", () => {
     assert.deepEqual(await socket.emitWithAck("ask", { event: "question", data: { n: 1 } }), { result: 2 });
   });
 });
+
+describe("socket.io-client across a server restart", () => {
+  it("reconnects by itself to the restarted server on the same port", async () => {
+    let server = await startServer({ app: "jsapp:socketio_app" });
+    const socket = io(server.http, { transports: ["websocket"], reconnectionDelay: 50, reconnectionDelayMax: 200 });
+    clients.add(socket);
+    await once(socket, "connect");
+    const firstId = socket.id;
+    const dropped = once(socket, "disconnect");
+    await server.stop(); // graceful: 1001, the client reconnects
+    assert.equal((await dropped)[0], "transport close");
+    server = await startServer({ app: "jsapp:socketio_app", port: server.port });
+    try {
+      await once(socket, "connect", 10000);
+      assert.notEqual(socket.id, firstId);
+      assert.deepEqual(await socket.emitWithAck("echo", "again"), "again");
+    } finally {
+      socket.disconnect();
+      await server.stop();
+    }
+  });
+});
