@@ -18,7 +18,7 @@ marked ``<!-- doc-test: browser ... -->``), for tests/browser/readme.test.mjs.
 ``socketio_app``: ``create`` plus, for Socket.IO clients (tests/js/socketio.test.mjs):
 ``move`` (several arguments: answers them swapped), ``blob`` (answers ``{"got": data, "extra":
 bytes}``), ``shout`` (``{"room", "text"}``: broadcasts ``shouted`` to the room, sender
-included).
+included); the namespace ``/admin`` with its own ``who`` (answers ``["admin", socket id]``).
 
 ``socketio_page``: ``socketio_app`` whose page at ``/`` holds socket.io-client's browser bundle
 (from js/node_modules), for tests/browser/socketio.test.mjs.
@@ -163,6 +163,8 @@ def socketio_app(config: Config | None = None) -> SmartSocket:
     def shout(socket: Socket, data: dict[str, Any]) -> int:
         return server.room(data["room"]).broadcast("shouted", data["text"])
 
+    admin = server.namespace("/admin")
+    admin.on("who", lambda socket, data: ("admin", socket.id))
     return server
 
 

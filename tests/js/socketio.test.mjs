@@ -87,8 +87,20 @@ describe("socket.io-client against the Socket.IO endpoint", () => {
     native.close();
   });
 
+  it("joins a namespace of the application's own, beside the main one", async () => {
+    const main = await connectedSio(server);
+    const admin = main.io.socket("/admin"); // the same connection, another namespace
+    clients.add(admin);
+    await once(admin, "connect");
+    const answer = await new Promise((resolve) => admin.emit("who", (...args) => resolve(args)));
+    assert.deepEqual(answer, ["admin", admin.id]);
+    assert.notEqual(admin.id, main.id);
+    const [err] = await admin.emitWithAck("echo", 1).then((r) => [r]);
+    assert.equal(err.error.code, "unknown_event"); // the app's handlers are not the namespace's
+  });
+
   it("is refused on an unknown namespace", async () => {
-    const socket = io(`${server.http}/admin`, { transports: ["websocket"], reconnection: false });
+    const socket = io(`${server.http}/nope`, { transports: ["websocket"], reconnection: false });
     clients.add(socket);
     const [err] = await once(socket, "connect_error");
     assert.equal(err.message, "Invalid namespace");
