@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -433,3 +434,51 @@ async def test_sessions_without_a_socket_count_against_the_per_ip_limit() -> Non
                     assert resp.status == 429
         async with websockets.connect(ws_url(server)) as again:  # the second one left
             assert str(await again.recv()).startswith("0{")
+
+
+async def test_engineio_v3_over_polling() -> None:
+    server = SmartSocket()
+    async with running(server), aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{server.port}/socket.io/"
+        async with http.get(url, params={"EIO": "3", "transport": "polling"}) as resp:
+            body = await resp.text()
+        length, _, rest = body.partition(":")
+        opened = json.loads(rest[1 : int(length)])
+        assert opened["upgrades"] == ["websocket"] and "maxPayload" not in opened
+        assert rest[int(length):] == "2:40"  # in "/" at once (Socket.IO v4)
+
+
+async def test_recovery_on_leaves_socketio_clients_working() -> None:
+    server = SmartSocket(recovery_window=30)
+
+    @server.on("enter")
+    def enter(socket: Socket, room: str) -> None:
+        socket.join(room)
+        server.room(room).broadcast("numbered", {"n": 1})
+
+    async with running(server), sio_client(server) as client:
+        got: asyncio.Queue[Any] = asyncio.Queue()
+        client.on("numbered", got.put_nowait)
+        await client.call("enter", "r", timeout=5)
+        assert await asyncio.wait_for(got.get(), 5) == {"n": 1}  # no offset argument added
+
+
+async def test_broadcasts_and_sends_from_another_node_reach_socketio_clients() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    fast = {"cluster_heartbeat": 0.05, "node_timeout": 1.0}
+    a, b = SmartSocket(cluster_url=url, **fast), SmartSocket(cluster_url=url, **fast)
+
+    @b.on("enter")
+    async def enter(socket: Socket, room: str) -> bool:
+        socket.join(room)
+        return await b.room(room).subscribed()
+
+    async with running(a), running(b), sio_client(b) as client:
+        await wait_for(lambda: len(a.cluster_nodes()) == 2)
+        got: asyncio.Queue[Any] = asyncio.Queue()
+        client.on("news", lambda *args: got.put_nowait(args))
+        assert await client.call("enter", "r", timeout=5) is True
+        a.room("r").broadcast("news", {"from": "a"})
+        assert await asyncio.wait_for(got.get(), 5) == ({"from": "a"},)
+        assert a.send(client.get_sid(), "news", "direct") is not False
+        assert await asyncio.wait_for(got.get(), 5) == ("direct",)
