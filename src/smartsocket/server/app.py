@@ -41,6 +41,8 @@ from smartsocket.server.outbox import Outbox
 from smartsocket.server.room_policy import RoomGate
 from smartsocket.server.rooms import Room, RoomContext, RoomLimits, RoomRegistry, RoomsView
 from smartsocket.server.socket import Socket
+from smartsocket.server.socketio import Namespace, SocketIOEndpoint
+from smartsocket.server.socketio.metrics import SocketIOCollector
 from smartsocket.server.tokens import TokenSessions, verifier_for
 from smartsocket.server.users import Users, check_user
 from smartsocket.transport import (
@@ -48,6 +50,7 @@ from smartsocket.transport import (
     Accept,
     HandshakeRequest,
     HttpResponse,
+    Serve,
 )
 
 logger = logging.getLogger("smartsocket.server")
@@ -133,6 +136,8 @@ class SmartSocket:
         # What a plain GET / answers: None is a short page naming this server and its
         # endpoints; the demo app puts its chat page here (its events are not the app's).
         self.home_page: bytes | None = None
+        # Socket.IO clients (server/socketio/): admitted through open_socket like the rest.
+        self._socketio = SocketIOEndpoint(self._config, self.open_socket)
         self.config = self._config
 
     @property
@@ -164,6 +169,7 @@ class SmartSocket:
             config, self._stats, None, self._token_sessions, self._room_gate
         )
         self._use_store(self._memory_store)
+        self._socketio.configure(config)
         self._liveness.stats = self._stats
         self._prometheus = None  # its collector reads this configuration's parts
 
@@ -240,6 +246,12 @@ class SmartSocket:
             return fn
 
         return register(handler) if handler is not None else register
+
+    def namespace(self, name: str) -> Namespace:
+        """A Socket.IO namespace of the application's own (``/`` is the application itself):
+        its ``on(event)``, ``on_connection`` and ``disconnect`` handlers serve the Socket.IO
+        clients that connect to it (docs/socketio.md). Unknown namespaces are refused."""
+        return self._socketio.namespace(name, lambda: EventRouter(self._config, self._tasks))
 
     def authenticate(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Authenticate connections: ``hook(request: AuthRequest)`` (sync or async) returns the
@@ -467,7 +479,9 @@ class SmartSocket:
 
     # HTTP and upgrade routing
 
-    def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
+    def _route(self, request: HandshakeRequest) -> HttpResponse | Accept | Serve:
+        if self._socketio.handles(request.path):
+            return self._socketio.route(request)
         return http.route_request(self, request)
 
     def open_live(self, request: HandshakeRequest) -> HttpResponse | Accept:
@@ -476,7 +490,9 @@ class SmartSocket:
         transports, like ``open_socket``."""
         return self._live.accept(self.config, request)
 
-    def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket:
+    def open_socket(
+        self, request: HandshakeRequest, socket_class: type[Socket] = Socket
+    ) -> HttpResponse | Socket:
         """Admission of a new WebSocket: shutting down, ``max_connections``, origin and
         authentication at the upgrade (refusals are counted in the stats).
 
@@ -494,7 +510,7 @@ class SmartSocket:
         if isinstance(admitted, HttpResponse):
             return self._refuse(admitted)
         authenticated, identity = admitted
-        return Socket(
+        return socket_class(
             self._socket_context, request, authenticated=authenticated, identity=identity
         )
 
@@ -508,6 +524,9 @@ class SmartSocket:
             self._prometheus = prometheus.registry_for(prometheus.ServerCollector(
                 self._sockets, self._registry, self._resumer, self._stats
             ))
+            self._prometheus.register(
+                SocketIOCollector(self._socketio, lambda: len(self._sockets))
+            )
         return self._prometheus
 
     def metrics(self) -> bytes:
@@ -546,6 +565,8 @@ class SmartSocket:
             figures["recovery"] = self._resumer.stats()
         if (outbox := self._outbox.stats()) is not None:
             figures["outbox"] = outbox
+        if self._config.socketio:
+            figures["socketio"] = self._socketio.stats()
         if self._cluster.active:
             section = figures["cluster"] = self._cluster.stats_section(aggregate=cluster)
             if "raw" in figures:
@@ -679,6 +700,7 @@ class SmartSocket:
         self._live.close_all()
         for socket in list(self._connections.open):
             socket.fail(CloseCode.GOING_AWAY, "server shutting down")
+        self._socketio.close_all()  # Socket.IO sessions that never connected a socket
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
         while self._connections.open and time.monotonic() < wait_until:
             await asyncio.sleep(0.01)
