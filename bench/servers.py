@@ -245,6 +245,16 @@ class SmartSocketPeer(Peer):
         return self.tree or REPO_ROOT
 
 
+class SmartSocketIOPeer(SmartSocketPeer):
+    """The same server and demo app, driven through its Socket.IO endpoint: the generator
+    speaks Socket.IO to it exactly as to the Socket.IO peers (issue 17)."""
+
+    def __init__(self, name: str, description: str, only_in: set[str] | None = None) -> None:
+        super().__init__(name, description, only_in=only_in)
+        self.proto = "socketio"
+        self.ws_path = SIO_PATH
+
+
 def known_args(args: list[str], known: set[str]) -> list[str]:
     """``args`` without the ``--options`` not in ``known`` (and their values)."""
     out: list[str] = []
@@ -339,6 +349,12 @@ PEERS: dict[str, Peer] = {
         SmartSocketPeer(
             "smartsocket",
             "SmartSocket (`python -m smartsocket serve`), compression on (its default)",
+        ),
+        SmartSocketIOPeer(
+            "smartsocket-socketio",
+            "SmartSocket (the same server and app) through its Socket.IO endpoint, websocket "
+            "transport: the Socket.IO peers' clients against SmartSocket",
+            only_in={"ack", "fanout", "rooms", "idle"},
         ),
         SmartSocketPeer(
             "smartsocket-nodeflate",

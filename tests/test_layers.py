@@ -19,7 +19,7 @@ SHARED = {
     "_version", "acks", "backoff", "config", "errors", "handlers", "logs", "metrics",
     "security",
 }
-EDGES = {"protocol", "compression", "handshake", "transport"}
+EDGES = {"protocol", "compression", "http_requests", "handshake", "transport"}
 # Shared-level helpers the server uses (token auth, room policies, the config file): above the
 # shared modules and protocol, below every layer that serves connections.
 HELPERS = {"auth", "config_file", "policies", "room_patterns"}
@@ -31,8 +31,11 @@ ALLOWED: dict[str, set[str]] = {
     # nothing of ours)
     "protocol": {"errors"},
     "compression": {"protocol", "errors"},  # sans-I/O
-    "handshake": {"protocol", "security", "errors"},
-    "transport": {"protocol", "compression", "handshake", "security", "errors", "config"},
+    "http_requests": set(),  # plain-request types the gate, transport and routers share
+    "handshake": {"protocol", "security", "errors", "http_requests"},
+    "transport": {
+        "protocol", "compression", "handshake", "http_requests", "security", "errors", "config",
+    },
     **{name: SHARED | {"protocol"} for name in SHARED},
     "client": SHARED | EDGES,
     "cluster": SHARED | EDGES,

@@ -101,6 +101,14 @@ class Config:
     max_write_buffer: int = _opt(4 << 20, "bytes queued for a slow socket before it is "
                                  "dropped (4009)", min=1024)
     stats_token: str | None = _opt(None, "token required by /smartsocket/stats and /metrics")
+    # plain HTTP requests served by handlers (the HTTP API, long-polling): http_requests.py
+    max_http_body: int = _opt(1 << 20, "largest HTTP request body (over: 413, not read)", min=0)
+    http_body_timeout: float = _opt(10.0, "seconds an HTTP request body may take to arrive "
+                                    "once its head is in", min=0.01)
+    http_keepalive_timeout: float = _opt(15.0, "idle seconds an HTTP connection is kept for "
+                                         "its next request", min=0.01)
+    http_keepalive_requests: int = _opt(1000, "HTTP requests served on one connection before "
+                                        "it is closed", min=1)
     # connection state recovery (recovery/)
     recovery_window: float = _opt(0.0, "seconds a dropped session stays resumable, with the "
                                   "messages it missed (0: recovery off)", min=0)
@@ -137,6 +145,12 @@ class Config:
     jwt_leeway: float = _opt(5.0, "seconds of clock skew allowed on exp, nbf and iat", min=0)
     rooms_deny_by_default: bool = _opt(False, "clients may not join or publish to rooms that no "
                                        "room policy matches")
+    # Socket.IO clients (server/socketio/): Engine.IO v4 / Socket.IO v5 on the same port
+    socketio: bool = _opt(True, "serve Socket.IO clients (Engine.IO v4) at socketio_path")
+    socketio_path: str = _opt("/socket.io/", "path of the Socket.IO endpoint (the clients' "
+                              "`path` option)")
+    socketio_connect_timeout: float = _opt(45.0, "seconds a Socket.IO client may take to send "
+                                           "its CONNECT after opening the transport", min=0.01)
 
     def __post_init__(self) -> None:
         for name in _LIST_OPTIONS:
@@ -190,6 +204,8 @@ class Config:
             raise ConfigError(sources[1], f"set only one of {', '.join(_JWT_KEY_SOURCES)}")
         if self.jwt_secret is not None and len(self.jwt_secret.encode()) < 32:
             raise ConfigError("jwt_secret", "at least 32 bytes for HS256 (RFC 7518 3.2)")
+        if not self.socketio_path.startswith("/") or "?" in self.socketio_path:
+            raise ConfigError("socketio_path", "must start with / and hold no query")
         if self.api_keys is not None and not any(k.strip() for k in self.api_keys.split(",")):
             raise ConfigError("api_keys", "holds no key")
         try:

@@ -37,7 +37,15 @@ from smartsocket.compression import (
     accept_response,
     client_offer,
 )
-from smartsocket.handshake import Headers, HeadPacer, RequestGate
+from smartsocket.handshake import HeadPacer, RequestGate
+from smartsocket.http_requests import (
+    HandshakeRequest,
+    HttpLimits,
+    HttpRequest,
+    HttpResponse,
+    PerIpCounter,
+    Serve,
+)
 from smartsocket.protocol.assembler import (
     FrameError,
     MessageAssembler,
@@ -657,37 +665,6 @@ class ClientConnection(Connection):
 
 
 @dataclass(frozen=True, slots=True)
-class HandshakeRequest:
-    """An HTTP request that reached the listener (a WebSocket upgrade or a plain GET)."""
-
-    path: str
-    query: Mapping[str, list[str]]
-    headers: Mapping[str, str]  # case-insensitive
-
-    @property
-    def is_upgrade(self) -> bool:
-        return "websocket" in self.headers.get("Upgrade", "").lower()
-
-    def header(self, name: str) -> str | None:
-        """All values of a header that may repeat, joined with ", " (RFC 9110 5.3)."""
-        getall = getattr(self.headers, "getall", None)
-        if getall is None:
-            return self.headers.get(name)
-        values: list[str] = getall(name, [])
-        return ", ".join(values) if values else None
-
-
-@dataclass(frozen=True, slots=True)
-class HttpResponse:
-    """A plain HTTP response; picows sends it with ``Connection: close``."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class Accept:
     """Accept a WebSocket upgrade; ``handler`` receives the connection's events."""
 
@@ -696,7 +673,11 @@ class Accept:
     deflate: DeflateParams | None = None  # negotiated permessage-deflate, if any
 
 
-Router = Callable[[HandshakeRequest], "HttpResponse | Accept"]
+Router = Callable[[HandshakeRequest], "HttpResponse | Accept | Serve"]
+__all__ = [
+    "Accept", "HandshakeRequest", "HttpLimits", "HttpRequest", "HttpResponse", "Router",
+    "Serve", "connect", "create_server",
+]
 
 
 async def create_server(
@@ -717,8 +698,10 @@ async def create_server(
     clock: Callable[[], int] = time.monotonic_ns,
     fast_transport: bool = True,
     backlog: int = 4096,
+    http_limits: HttpLimits | None = None,
 ) -> asyncio.Server:
-    """Listen on host:port; ``router`` decides what each request gets."""
+    """Listen on host:port; ``router`` decides what each request gets (plain requests that
+    it ``Serve``s obey ``http_limits``)."""
     loop = asyncio.get_running_loop()
     coalescer = WriteCoalescer(loop)
 
@@ -734,6 +717,8 @@ async def create_server(
         except Exception:
             logger.exception("router failed for %s", path)
             outcome = HttpResponse(500, b"internal server error\n")
+        if isinstance(outcome, Serve):  # the gate serves plain requests; upgrades only here
+            outcome = HttpResponse(400, b"this endpoint does not take a WebSocket upgrade\n")
         if isinstance(outcome, HttpResponse):
             return picows.WSUpgradeResponseWithListener(_http_response(outcome), None)
         listener = ServerConnection(
@@ -748,16 +733,12 @@ async def create_server(
             return picows.WSUpgradeResponseWithListener(response, listener)
         return listener
 
-    def plain(method: str, target: str, headers: Headers) -> tuple[int, dict[str, str], bytes]:
-        """HEAD and HTTP/1.0 requests, answered by the gate (picows refuses them)."""
-        path, _, query = target.partition("?")
-        multi: CIMultiDict[str] = CIMultiDict(headers)
-        outcome = router(HandshakeRequest(path, parse_qs(query) if query else _NO_QUERY, multi))
-        if not isinstance(outcome, HttpResponse):
-            return 400, {}, b"a WebSocket upgrade needs GET and HTTP/1.1\n"
-        extra = {"Content-Type": outcome.content_type, "Cache-Control": "no-store",
-                 **outcome.headers}
-        return outcome.status, extra, outcome.body
+    def plain(request: HandshakeRequest) -> HttpResponse | Serve:
+        """Every request but a WebSocket upgrade, answered by the gate."""
+        outcome = router(request)
+        if isinstance(outcome, Accept):
+            return HttpResponse(400, b"a WebSocket upgrade needs GET and HTTP/1.1\n")
+        return outcome
 
     # What picows.ws_create_server would build for each connection (picows 2.3's WSProtocol
     # arguments), made only once the gate has seen a GET HTTP/1.1 request head.
@@ -778,9 +759,11 @@ async def create_server(
         return protocol
 
     pacer = HeadPacer(loop)
+    limits = http_limits or HttpLimits()
+    per_ip = PerIpCounter(limits.max_per_ip)
 
     def gate() -> RequestGate:
-        return RequestGate(websocket_protocol, plain, handshake_timeout, pacer)
+        return RequestGate(websocket_protocol, plain, handshake_timeout, pacer, limits, per_ip)
 
     # The event loops accept up to ``backlog + 1`` queued connections per readiness event: with
     # a backlog of 4096, a storm's 2,000 connections were all accepted (a transport and a

@@ -15,6 +15,14 @@ marked ``<!-- doc-test: browser ... -->``), for tests/browser/readme.test.mjs.
 - ``sleep`` (seconds): acks the same number after that long;
 - ``kick`` (close code): the server disconnects the sender with that code.
 
+``socketio_app``: ``create`` plus, for Socket.IO clients (tests/js/socketio.test.mjs):
+``move`` (several arguments: answers them swapped), ``blob`` (answers ``{"got": data, "extra":
+bytes}``), ``shout`` (``{"room", "text"}``: broadcasts ``shouted`` to the room, sender
+included); the namespace ``/admin`` with its own ``who`` (answers ``["admin", socket id]``).
+
+``socketio_page``: ``socketio_app`` whose page at ``/`` holds socket.io-client's browser bundle
+(from js/node_modules), for tests/browser/socketio.test.mjs.
+
 For recovery (``--recovery-window``, protocol.md section 8):
 
 - ``enter`` (room name): joins that room (no presence message, unlike ``join``);
@@ -173,4 +181,34 @@ def create_jwt(config: Config | None = None) -> SmartSocket:
     server.on("now", lambda socket: clock.now)
     server.on("whoami", lambda socket: socket.user)
     server.on("push", push)
+    return server
+
+
+def socketio_app(config: Config | None = None) -> SmartSocket:
+    server = create(config)
+
+    @server.on("move")
+    def move(socket: Socket, data: Any) -> Any:
+        return tuple(reversed(data)) if isinstance(data, tuple) else data
+
+    @server.on("blob")
+    def blob(socket: Socket, data: Any) -> Any:
+        return {"got": data, "extra": b"\x00\xff"}
+
+    @server.on("shout")
+    def shout(socket: Socket, data: dict[str, Any]) -> int:
+        return server.room(data["room"]).broadcast("shouted", data["text"])
+
+    admin = server.namespace("/admin")
+    admin.on("who", lambda socket, data: ("admin", socket.id))
+    return server
+
+
+def socketio_page(config: Config | None = None) -> SmartSocket:
+    server = socketio_app(config)
+    root = Path(__file__).resolve().parents[2]
+    bundle = (root / "js/node_modules/socket.io-client/dist/socket.io.min.js").read_text()
+    bundle = bundle.replace("</script", "<\\/script")  # cannot end the inline script early
+    page = '<!doctype html>\n<meta charset="utf-8"><title>socket.io-client</title>\n'
+    server.home_page = (page + "<script>" + bundle + "</script>\n").encode()
     return server

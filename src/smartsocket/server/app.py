@@ -24,6 +24,7 @@ from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
 from smartsocket.security import RateLimit
 from smartsocket.server import http, prometheus
+from smartsocket.server.dispatch import EventRouter
 from smartsocket.server.fanout import Exclude
 from smartsocket.server.lifecycle import Lifecycle
 from smartsocket.server.listener import run
@@ -31,11 +32,14 @@ from smartsocket.server.live import LiveStats
 from smartsocket.server.parts import Parts
 from smartsocket.server.rooms import Room, RoomsView
 from smartsocket.server.socket import Socket
+from smartsocket.server.socketio import Namespace, SocketIOEndpoint
+from smartsocket.server.socketio.metrics import SocketIOCollector
 from smartsocket.server.users import check_user
 from smartsocket.transport import (
     Accept,
     HandshakeRequest,
     HttpResponse,
+    Serve,
 )
 
 logger = logging.getLogger("smartsocket.server")
@@ -72,10 +76,13 @@ class SmartSocket:
         self._broadcast = parts.broadcaster.send  # (Room.broadcast calls it)
         self._prometheus: CollectorRegistry | None = None
         self._live = LiveStats(self.stats)  # /smartsocket/live connections
+        # Socket.IO clients (server/socketio/): admitted through open_socket like the rest.
+        self._socketio = SocketIOEndpoint(self._config, self.open_socket)
         # Started or not: the listener, the heartbeat, the sampler and sweeper, in order.
         self._life = Lifecycle(
             parts, self._live, self._route,
             lambda room, event, data: self.room(room).broadcast(event, data),
+            self._socketio.close_all,
         )
         # What a plain GET / answers: None is a short page naming this server and its
         # endpoints; the demo app puts its chat page here (its events are not the app's).
@@ -93,6 +100,7 @@ class SmartSocket:
             raise RuntimeError("cannot reconfigure a running server")
         self._config = config
         self._parts.configure(config)
+        self._socketio.configure(config)
         self._prometheus = None  # its collector reads this configuration's parts
 
     @property
@@ -149,6 +157,12 @@ class SmartSocket:
             return fn
 
         return register(handler) if handler is not None else register
+
+    def namespace(self, name: str) -> Namespace:
+        """A Socket.IO namespace of the application's own (``/`` is the application itself):
+        its ``on(event)``, ``on_connection`` and ``disconnect`` handlers serve the Socket.IO
+        clients that connect to it (docs/socketio.md). Unknown namespaces are refused."""
+        return self._socketio.namespace(name, lambda: EventRouter(self._config, self._tasks))
 
     def authenticate(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Authenticate connections: ``hook(request: AuthRequest)`` (sync or async) returns the
@@ -373,7 +387,9 @@ class SmartSocket:
 
     # HTTP and upgrade routing
 
-    def _route(self, request: HandshakeRequest) -> HttpResponse | Accept:
+    def _route(self, request: HandshakeRequest) -> HttpResponse | Accept | Serve:
+        if self._socketio.handles(request.path):
+            return self._socketio.route(request)
         return http.route_request(self, request)
 
     def open_live(self, request: HandshakeRequest) -> HttpResponse | Accept:
@@ -382,7 +398,9 @@ class SmartSocket:
         transports, like ``open_socket``."""
         return self._live.accept(self.config, request)
 
-    def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket:
+    def open_socket(
+        self, request: HandshakeRequest, socket_class: type[Socket] = Socket
+    ) -> HttpResponse | Socket:
         """Admission of a new WebSocket: shutting down, ``max_connections``, origin and
         authentication at the upgrade (refusals are counted in the stats).
 
@@ -400,7 +418,7 @@ class SmartSocket:
         if isinstance(admitted, HttpResponse):
             return self._refuse(admitted)
         authenticated, identity = admitted
-        return Socket(
+        return socket_class(
             self._socket_context, request, authenticated=authenticated, identity=identity
         )
 
@@ -414,6 +432,9 @@ class SmartSocket:
             self._prometheus = prometheus.registry_for(prometheus.ServerCollector(
                 self._sockets, self._registry, self._resumer, self._stats
             ))
+            self._prometheus.register(
+                SocketIOCollector(self._socketio, lambda: len(self._sockets))
+            )
         return self._prometheus
 
     def metrics(self) -> bytes:
@@ -452,6 +473,8 @@ class SmartSocket:
             figures["recovery"] = self._resumer.stats()
         if (outbox := self._outbox.stats()) is not None:
             figures["outbox"] = outbox
+        if self._config.socketio:
+            figures["socketio"] = self._socketio.stats()
         if self._cluster.active:
             section = figures["cluster"] = self._cluster.stats_section(aggregate=cluster)
             if "raw" in figures:

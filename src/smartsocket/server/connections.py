@@ -97,10 +97,11 @@ class Connections:
         send_frame = socket.send_frame
         for frame in frames or ():
             send_frame(frame)
-        if not self.handlers:
+        scope = socket.connection_scope
+        handlers = self.handlers if scope is None else scope.connection_handlers
+        if not handlers:
             socket.flush_inbox()
             return
-        handlers = self.handlers
         if any(h.is_async for h in handlers):
             socket.hold_inbox()  # hold events until on_connection has registered handlers
             self.spawn(self._run_handlers(socket, handlers))
@@ -168,4 +169,6 @@ class Connections:
             "disconnected %s: %d %s", socket.id, code, reason,
             extra={"event": "disconnect", "sid": socket.id, "code": code, "reason": reason},
         )
-        self.emit_local(socket, "disconnect", reason or str(code))
+        scope = socket.connection_scope
+        emit = self.emit_local if scope is None else scope.router.emit_local
+        emit(socket, "disconnect", reason or str(code))

@@ -34,9 +34,11 @@ class Liveness:
 
     def ping(self, sockets: Iterable[Socket], value: int, now: float) -> list[Socket]:
         """``$ping`` the sockets that have no ping unanswered; the ones pinged. A socket with
-        a ping still unanswered is not pinged again: the check of that ping decides its fate."""
+        a ping still unanswered is not pinged again: the check of that ping decides its fate.
+        Sockets with a heartbeat of their own (``Socket.heartbeat`` false: Socket.IO) are
+        skipped."""
         pending = self.pending
-        pinged = [s for s in sockets if s not in pending]
+        pinged = [s for s in sockets if s.heartbeat and s not in pending]
         payload = envelope.encode_event("$ping", value)
         for socket in pinged:
             pending[socket] = (value, now)

@@ -1,4 +1,6 @@
-"""Plain HTTP GETs on the WebSocket port: stats, health and static files.
+"""Plain HTTP on the WebSocket port: stats, health and static files (GET and HEAD, answered
+at once), and the path prefixes served by async handlers (``SERVED``: any method, a body, an
+answer awaited; see ``smartsocket/http_requests.py``).
 
 Files in the package's ``static/`` folder are served at ``/smartsocket/<name>``. They are read
 once, at first request, and kept in memory. ``/`` answers ``server.home_page`` (the demo app's
@@ -20,7 +22,7 @@ from smartsocket import compression
 from smartsocket.protocol import SUBPROTOCOL
 from smartsocket.security import bearer_token
 from smartsocket.server import live, prometheus
-from smartsocket.transport import Accept, HandshakeRequest, HttpResponse
+from smartsocket.transport import Accept, HandshakeRequest, HttpResponse, Serve
 
 if TYPE_CHECKING:
     from smartsocket.config import Config
@@ -55,6 +57,8 @@ class HttpHost(Protocol):
 
 
 Route = Callable[[HttpHost, HandshakeRequest], HttpResponse]
+# A served prefix's router: an answer now (e.g. 404, 405) or Serve(handler) for the gate.
+ServedRoute = Callable[[HttpHost, HandshakeRequest], "HttpResponse | Serve"]
 
 
 def authorized(config: Config, request: HandshakeRequest) -> bool:
@@ -100,6 +104,23 @@ ROUTES: dict[str, Route] = {
     "/metrics": _metrics,
     "/smartsocket/dashboard": _dashboard,
 }
+
+
+# Path prefixes (ending in "/"; the bare prefix without it matches too) whose plain requests
+# go to an async handler. Checked in order, before the GET routes. Add one per feature.
+SERVED: list[tuple[str, ServedRoute]] = []
+
+
+def served_route(server: HttpHost, request: HandshakeRequest) -> HttpResponse | Serve | None:
+    """The outcome of a request on a ``SERVED`` prefix, or None."""
+    path = request.path
+    for prefix, handler in SERVED:
+        if path.startswith(prefix) or path == prefix[:-1]:
+            return handler(server, request)
+    return None
+
+
+_METHOD_NOT_ALLOWED = HttpResponse(405, b"method not allowed\n", headers={"Allow": "GET, HEAD"})
 
 
 def route(server: HttpHost, request: HandshakeRequest) -> HttpResponse:
@@ -155,10 +176,18 @@ script) and <a href="/smartsocket/client.mjs">/smartsocket/client.mjs</a> (ES mo
 """
 
 
-def route_request(server: HttpHost, request: HandshakeRequest) -> HttpResponse | Accept:
-    """Every request on the port: plain GETs (``route``), the live stats stream, and the
-    WebSocket upgrade with its checks (path, version, subprotocol, admission, deflate)."""
+def route_request(
+    server: HttpHost, request: HandshakeRequest
+) -> HttpResponse | Accept | Serve:
+    """Every request on the port: served prefixes (``SERVED``), plain GETs (``route``), the
+    live stats stream, and the WebSocket upgrade with its checks (path, version, subprotocol,
+    admission, deflate)."""
     if not request.is_upgrade:
+        served = served_route(server, request)
+        if served is not None:
+            return served
+        if request.method not in ("GET", "HEAD"):
+            return _METHOD_NOT_ALLOWED
         return route(server, request)
     if request.path == live.PATH:
         return server.open_live(request)

@@ -33,16 +33,19 @@ logger = logging.getLogger("smartsocket.server")
 
 class Lifecycle:
     """The started state of a server's ``parts``: ``route`` answers its requests, ``live``
-    is its stats stream, ``publish(room, event, data)`` what the outbox publishes through."""
+    is its stats stream, ``publish(room, event, data)`` what the outbox publishes through,
+    ``close_sessions`` ends the sessions of other endpoints that are no socket yet (Socket.IO
+    sessions that never connected one), once the sockets were told to close."""
 
     def __init__(
         self, parts: Parts, live: LiveStats, route: Router,
-        publish: Callable[[str, str, Any], Any],
+        publish: Callable[[str, str, Any], Any], close_sessions: Callable[[], None],
     ) -> None:
         self._parts = parts
         self._live = live
         self._route = route
         self._publish = publish
+        self._close_sessions = close_sessions
         self.server: asyncio.Server | None = None  # the listener
         self.port: int | None = None  # the bound port while listening
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -131,6 +134,7 @@ class Lifecycle:
         self._live.close_all()
         for socket in list(connections.open):
             socket.fail(CloseCode.GOING_AWAY, "server shutting down")
+        self._close_sessions()
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
         while connections.open and time.monotonic() < wait_until:
             await asyncio.sleep(0.01)

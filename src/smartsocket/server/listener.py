@@ -10,7 +10,14 @@ from typing import Any
 
 from smartsocket.config import Config
 from smartsocket.errors import ConfigError
-from smartsocket.transport import Accept, HandshakeRequest, HttpResponse, create_server
+from smartsocket.transport import (
+    Accept,
+    HandshakeRequest,
+    HttpLimits,
+    HttpResponse,
+    Serve,
+    create_server,
+)
 
 
 def ssl_context(cfg: Config) -> ssl.SSLContext | None:
@@ -35,7 +42,7 @@ def ssl_context(cfg: Config) -> ssl.SSLContext | None:
 
 
 async def bind(
-    cfg: Config, route: Callable[[HandshakeRequest], HttpResponse | Accept],
+    cfg: Config, route: Callable[[HandshakeRequest], HttpResponse | Accept | Serve],
     clock: Callable[[], int],
 ) -> asyncio.Server:
     """Listen as ``cfg`` says; ``route`` answers each request, ``clock`` paces frame rates."""
@@ -56,6 +63,18 @@ async def bind(
         fast_transport=cfg.fast_transport,
         reuse_port=cfg.reuse_port,
         backlog=cfg.backlog,
+        http_limits=http_limits(cfg),
+    )
+
+
+def http_limits(cfg: Config) -> HttpLimits:
+    """Bounds of served plain requests (per-IP: the WebSocket's ``max_connections_per_ip``,
+    counted apart)."""
+    return HttpLimits(
+        max_body=cfg.max_http_body, body_timeout=cfg.http_body_timeout,
+        keepalive_timeout=cfg.http_keepalive_timeout,
+        keepalive_requests=cfg.http_keepalive_requests,
+        max_per_ip=cfg.max_connections_per_ip,
     )
 
 

@@ -54,6 +54,10 @@ class Socket:
         "recovered", "request", "token", "token_claims", "user",
     )
 
+    protocol = "native"  # the wire protocol it speaks (stats and metrics count by it)
+    # Whether the server's $ping/$pong heartbeat watches it (Socket.IO: Engine.IO's own does).
+    heartbeat = True
+
     def __init__(
         self, context: SocketContext, request: HandshakeRequest, *, authenticated: bool = True,
         identity: Any = None,
@@ -116,6 +120,12 @@ class Socket:
     @property
     def remote_address(self) -> tuple[Any, ...] | None:
         return self._conn.remote_address if self._conn is not None else None
+
+    @property
+    def connection_scope(self) -> Any:
+        """Where its ``on_connection`` and ``disconnect`` handlers come from: None, the
+        server's; a Socket.IO namespace of the application's own (server/socketio/)."""
+        return None
 
     def on(
         self, event: str, handler: Callable[..., Any] | None = None
@@ -371,6 +381,33 @@ class Socket:
         else:
             self._handle(packet)
 
+    def receive_packet(self, packet: envelope.Packet, size: int) -> None:
+        """A packet another protocol front end decoded (server/socketio/): the checks of
+        ``on_message`` after decoding (stats, rate limits, held until on_connection ran)."""
+        ctx = self._ctx
+        stats = ctx.stats
+        if stats is not None:
+            stats.messages_in += 1
+            stats.bytes_in += size
+            stats.bytes_in_wire += size
+        limiter = self._limiter
+        if limiter is not None:
+            now = ctx.clock()
+            if type(packet) is Event:
+                wait = limiter.check(packet.name, size, now)
+                if wait:
+                    self._rate_limited(packet.name, packet.ack_id, packet.binary, wait, now)
+                    return
+            else:
+                wait = limiter.check("", size, now)
+                if wait:  # a late reply is dropped: the call it answers times out
+                    self._rate_limited(None, None, False, wait, now)
+                    return
+        if self._inbox is not None:
+            self._inbox.append(packet)
+        else:
+            self._handle(packet)
+
     def on_close(self, code: int, reason: str) -> None:
         if self.close_code is not None:
             return  # closed already (a resuming connection took this session over)
@@ -460,7 +497,7 @@ class Socket:
             stats.record_out(1, len(payload), wire)
 
     # An encoded message (welcome, replay, $ping, a cluster's direct send) to this client.
-    send_encoded = _send_payload
+    send_encoded = _send_payload  # (a subclass that overrides _send_payload rebinds it)
 
     @property
     def send_frame(self) -> Callable[[bytes], None]:

@@ -80,8 +80,9 @@ class SocketIOConnection:
         self, *, protocol: int = 5, max_attachments: int = 10, max_attachment_bytes: int = 1_000_000
     ) -> None:
         self.protocol = protocol
-        self._joined: set[str] = set()
-        self._asked: set[str] = set()  # CONNECTs awaiting the application's answer
+        # Sets as dicts: 64 bytes empty instead of 216, for every idle client.
+        self._joined: dict[str, None] = {}
+        self._asked: dict[str, None] = {}  # CONNECTs awaiting the application's answer
         self._reassembler = BinaryReassembler(
             max_attachments=max_attachments, max_attachment_bytes=max_attachment_bytes
         )
@@ -100,7 +101,7 @@ class SocketIOConnection:
         """What to send right after the Engine.IO open packet: v4 joins ``/`` implicitly."""
         if self.protocol >= 5:
             return ()
-        self._joined.add(DEFAULT_NAMESPACE)
+        self._joined[DEFAULT_NAMESPACE] = None
         return (encode_connect(DEFAULT_NAMESPACE, protocol=4),)
 
     def receive(self, data: str | bytes) -> list[SioEvent]:
@@ -118,12 +119,12 @@ class SocketIOConnection:
                 if self.protocol < 5 and namespace == DEFAULT_NAMESPACE:
                     return []
                 raise SocketIOPacketError(f"second CONNECT to {namespace}")
-            self._asked.add(namespace)
+            self._asked[namespace] = None
             return [ConnectRequested(connect_request(packet))]
         if namespace not in self._joined:
             raise SocketIOPacketError(f"{kind.name} for {namespace}: the client has not joined it")
         if kind is PacketKind.DISCONNECT:
-            self._joined.discard(namespace)
+            self._joined.pop(namespace, None)
             return [NamespaceLeft(namespace)]
         if kind in (PacketKind.EVENT, PacketKind.BINARY_EVENT):
             args = packet.data
@@ -136,13 +137,13 @@ class SocketIOConnection:
     def accept(self, namespace: str, sid: str, *, pid: str | None = None) -> EncodedPacket:
         """Joins ``namespace``; returns the CONNECT answer to send. The caller also tells the
         Engine.IO session (``socketio_connected``): the connect timeout no longer applies."""
-        self._asked.discard(namespace)
-        self._joined.add(namespace)
+        self._asked.pop(namespace, None)
+        self._joined[namespace] = None
         return encode_connect(namespace, sid, pid=pid, protocol=self.protocol)
 
     def refuse(self, namespace: str, message: str, data: Any = None) -> EncodedPacket:
         """Refuses a CONNECT (auth failed, unknown namespace); the session stays open."""
-        self._asked.discard(namespace)
+        self._asked.pop(namespace, None)
         return encode_connect_error(message, data, namespace=namespace, protocol=self.protocol)
 
     def leave(self, namespace: str) -> EncodedPacket | None:
@@ -150,5 +151,5 @@ class SocketIOConnection:
         it had not joined)."""
         if namespace not in self._joined:
             return None
-        self._joined.discard(namespace)
+        self._joined.pop(namespace, None)
         return encode_disconnect(namespace)

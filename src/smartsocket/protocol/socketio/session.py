@@ -225,6 +225,11 @@ class EngineSession:
         """Bytes waiting for a GET (count them against the connection's budget)."""
         return self._buffered
 
+    @property
+    def get_pending(self) -> bool:
+        """A polling GET is held, waiting for something to send."""
+        return self._get_pending
+
     def socketio_connected(self) -> None:
         """The client connected to a namespace: the connect timeout no longer applies."""
         self._connect_deadline = None

@@ -62,6 +62,11 @@ class PacketKind(IntEnum):
     BINARY_ACK = 6
 
 
+_KINDS: Final = tuple(PacketKind)  # by value: indexing is cheaper than the enum call
+# Values that hold no bytes: most event arguments, skipped without walking them.
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
 @dataclass(slots=True)
 class SioPacket:
     """A Socket.IO packet. ``data`` is the JSON payload (placeholders already replaced by
@@ -114,7 +119,7 @@ def decode(text: str, *, max_attachments: int = 10) -> SioPacket:
     """Decodes the text of a Socket.IO packet (an Engine.IO message's data)."""
     if not text or not "0" <= text[0] <= "6":
         raise SocketIOPacketError(f"unknown packet type {text[:1]!r}")
-    kind = PacketKind(ord(text[0]) - 48)
+    kind = _KINDS[ord(text[0]) - 48]
     i = 1
     attachments = 0
     if kind in (PacketKind.BINARY_EVENT, PacketKind.BINARY_ACK):
@@ -309,7 +314,9 @@ def encode(
 ) -> EncodedPacket:
     """Encodes a packet; EVENT and ACK with bytes anywhere in ``data`` become BINARY_*."""
     buffers: list[bytes] = []
-    if kind in (PacketKind.EVENT, PacketKind.ACK):
+    if kind in (PacketKind.EVENT, PacketKind.ACK) and not (
+        type(data) is list and all(type(arg) in _SCALARS for arg in data)
+    ):
         data = _extract_binary(data, buffers)
         if buffers:
             kind = PacketKind(kind + 3)  # EVENT -> BINARY_EVENT, ACK -> BINARY_ACK

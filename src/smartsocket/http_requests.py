@@ -1,0 +1,130 @@
+"""Plain HTTP requests on the WebSocket port: the types the request gate and the routers share.
+
+A router answers a request head with an ``HttpResponse`` (sent at once, connection closed),
+an ``Accept`` (a WebSocket upgrade, ``transport.py``) or a ``Serve``: read the body and await
+``Serve.handler(HttpRequest)`` for the answer. Served requests may take their time (a
+long-poll holds its answer); when the client goes away first the handler's task is cancelled
+and ``HttpRequest.disconnected`` is set. Their connection is kept alive for the next request
+(HTTP/1.1, bounded in time and count, ``HttpLimits``). This module imports no picows: the gate
+(``handshake.py``) serves these requests before picows exists for the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRequest:
+    """A request head that reached the listener (a WebSocket upgrade or a plain request)."""
+
+    path: str
+    query: Mapping[str, list[str]]
+    headers: Mapping[str, str]  # case-insensitive
+    method: str = "GET"
+
+    @property
+    def is_upgrade(self) -> bool:
+        return "websocket" in self.headers.get("Upgrade", "").lower()
+
+    def header(self, name: str) -> str | None:
+        """All values of a header that may repeat, joined with ", " (RFC 9110 5.3)."""
+        getall = getattr(self.headers, "getall", None)
+        if getall is None:
+            return self.headers.get(name)
+        values: list[str] = getall(name, [])
+        return ", ".join(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A plain HTTP response. Sync answers close the connection; a ``Serve`` handler's
+    answer keeps it alive unless ``headers`` says ``Connection: close``."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A whole request (head and body) for a ``Serve`` handler."""
+
+    method: str
+    path: str
+    query: Mapping[str, list[str]]
+    headers: Mapping[str, str]  # case-insensitive (a CIMultiDict)
+    body: bytes
+    peer: Any  # the transport's peername: (host, port, ...) or None
+    # Set when the client closed the connection before the answer was sent (the handler's
+    # task is cancelled too; this lets code outside it, e.g. a long-poll queue, notice).
+    disconnected: asyncio.Event
+
+    def header(self, name: str) -> str | None:
+        getall = getattr(self.headers, "getall", None)
+        if getall is None:
+            return self.headers.get(name)
+        values: list[str] = getall(name, [])
+        return ", ".join(values) if values else None
+
+
+Handler = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]  # an async def
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """Route outcome: read the body (at most ``max_body`` bytes; None: the listener's
+    ``HttpLimits.max_body``) and answer with ``await handler(request)``."""
+
+    handler: Handler
+    max_body: int | None = None
+    # How the gate words its own refusals of this route's requests (400 bad Content-Length,
+    # 411 chunked, 413 too large, 429 per-IP): ``errors(status, reason)``; None: plain text.
+    errors: Callable[[int, str], HttpResponse] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Bounds of served requests (``Serve``) on one listener."""
+
+    max_body: int = 1 << 20  # Content-Length over it: 413, body not read
+    body_timeout: float = 10.0  # seconds for the body once the head is in; then dropped
+    keepalive_timeout: float = 15.0  # idle seconds between requests on one connection
+    keepalive_requests: int = 1000  # requests on one connection; the last one closes it
+    max_per_ip: int = 0  # connections serving requests per client IP (0: no limit); over: 429
+
+
+class PerIpCounter:
+    """Connections in use per client IP, checked against a limit (0: none)."""
+
+    __slots__ = ("_counts", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[Any, int] = {}
+
+    def acquire(self, ip: Any) -> bool:
+        count = self._counts.get(ip, 0)
+        if self.limit and count >= self.limit:
+            return False
+        self._counts[ip] = count + 1
+        return True
+
+    def release(self, ip: Any) -> None:
+        count = self._counts.get(ip, 0) - 1
+        if count > 0:
+            self._counts[ip] = count
+        else:
+            self._counts.pop(ip, None)
+
+    def count(self, ip: Any) -> int:
+        return self._counts.get(ip, 0)
+
+
+def peer_ip(peer: Any) -> Any:
+    """The IP part of a peername (the whole value for a Unix socket's)."""
+    return peer[0] if isinstance(peer, tuple) and peer else peer

@@ -1,0 +1,72 @@
+"""``NamespaceLink``: the connection (``SocketConnection``) of one ``SocketIOSocket``: its
+client's session, seen from one namespace."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from smartsocket.protocol.codes import CloseCode
+from smartsocket.protocol.socketio import EncodedPacket
+from smartsocket.server.socketio.socket import SocketIOSocket, translate
+
+if TYPE_CHECKING:
+    from smartsocket.compression import MessageDeflater
+    from smartsocket.server.socketio.session import ClientSession
+
+
+class NamespaceLink:
+    """What a socket in ``namespace`` writes, and how it closes, through ``session``."""
+
+    __slots__ = ("admitted_socket", "namespace", "session", "socket")
+
+    def __init__(self, session: ClientSession, namespace: str, socket: SocketIOSocket) -> None:
+        self.session = session
+        self.namespace = namespace
+        self.socket: SocketIOSocket | None = socket
+        self.admitted_socket = False  # its CONNECT was answered
+
+    def drop(self, code: int, reason: str) -> None:
+        """The socket is over: tell it (and, through it, the application) once."""
+        socket, self.socket = self.socket, None
+        self.admitted_socket = False
+        if socket is not None:
+            socket.on_close(code, reason)
+
+    # SocketIOLink
+
+    def write(self, packet: EncodedPacket) -> None:
+        self.session.write(packet)
+
+    def admitted(self) -> None:
+        self.session.admitted(self)
+
+    # SocketConnection
+
+    @property
+    def closed(self) -> bool:
+        return self.socket is None
+
+    @property
+    def remote_address(self) -> tuple[Any, ...] | None:
+        return self.session.remote_address
+
+    @property
+    def deflater(self) -> MessageDeflater | None:
+        return None
+
+    def send_frame(self, frame: bytes) -> None:
+        """A broadcast's native frame (the same object for every member)."""
+        self.session.broadcast_frame(frame, self.namespace)
+
+    def send_message(self, payload: bytes, binary: bool = False) -> int:
+        """A native payload (``SocketIOSocket`` translates its own: this is a fallback)."""
+        packet = translate(payload, binary, self.namespace)
+        if isinstance(packet, EncodedPacket):
+            self.session.write(packet)
+        return len(payload)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        self.session.close_link(self, code, reason)
+
+    def abort(self) -> None:
+        self.session.close_link(self, CloseCode.GOING_AWAY, "aborted")

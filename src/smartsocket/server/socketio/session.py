@@ -1,0 +1,405 @@
+"""One Socket.IO client on the server: the I/O side of the sans-I/O core.
+
+``ClientSession`` drives the client's ``EngineSession`` (heartbeat, buffer, upgrade, close)
+and ``SocketIOConnection`` (namespaces, packets) from its transport (a WebSocket, polling
+requests, a probe), performs the actions they return, and owns one ``SocketIOSocket`` per
+namespace the client connected to, each with a ``NamespaceLink`` as its connection: what the
+socket sends goes out as Socket.IO packets, and a close becomes a CONNECT_ERROR (before
+admission) or a DISCONNECT.
+
+Admission is the native one: ``open_socket`` (shutting down, ``max_connections``, origin,
+credentials from the ``Authorization`` header or the query) when CONNECT arrives, then the
+socket opens (per-IP limit, hooks) and, unless already authenticated, the CONNECT auth
+payload goes through the ``$auth`` path. The ``$welcome`` that admission ends with answers the
+CONNECT. The state a later node or a resumed connection would need (sid, namespaces joined)
+is reachable by sid from the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode
+from smartsocket.protocol.socketio import (
+    AckReceived,
+    Action,
+    AnswerPoll,
+    Closed,
+    CloseProbe,
+    CloseReason,
+    ConnectRequested,
+    Deliver,
+    EncodedPacket,
+    EngineSession,
+    EventReceived,
+    NamespaceLeft,
+    SocketIOConnection,
+    SocketIOPacketError,
+    Upgraded,
+    WriteProbe,
+    WriteWebSocket,
+    websocket_payload,
+)
+from smartsocket.protocol.socketio.session import WEBSOCKET, State
+from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE
+from smartsocket.server.socketio.link import NamespaceLink
+from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
+from smartsocket.transport import HandshakeRequest, HttpResponse
+
+if TYPE_CHECKING:
+    from smartsocket.server.socketio.namespace import Namespace
+    from smartsocket.transport import ServerConnection
+
+logger = logging.getLogger("smartsocket.socketio")
+
+OpenSocket = Callable[[HandshakeRequest], "HttpResponse | SocketIOSocket"]
+
+# What the application's "disconnect" handlers and close codes see for each session end.
+_CLOSE_CODES: dict[CloseReason, int] = {
+    CloseReason.PING_TIMEOUT: CloseCode.HEARTBEAT_TIMEOUT,
+    CloseReason.TRANSPORT_CLOSE: CloseCode.GOING_AWAY,
+    CloseReason.TRANSPORT_ERROR: CloseCode.PROTOCOL_ERROR,
+    CloseReason.PARSE_ERROR: CloseCode.PROTOCOL_ERROR,
+    CloseReason.FORCED_CLOSE: CloseCode.NORMAL,
+    CloseReason.CONNECT_TIMEOUT: CloseCode.NORMAL,
+    CloseReason.SLOW_CONSUMER: CloseCode.SLOW_CONSUMER,
+}
+
+
+def _refusal(status: int, body: bytes) -> str:
+    """The CONNECT_ERROR message for an HTTP refusal of ``open_socket``."""
+    return body.decode(errors="replace").strip() or f"refused ({status})"
+
+
+class Counters:
+    """Plain counters of the Socket.IO side (read by stats and /metrics)."""
+
+    __slots__ = ("connect_errors", "packets_in", "packets_out", "sessions_total")
+
+    def __init__(self) -> None:
+        self.sessions_total = 0  # Engine.IO sessions opened
+        self.packets_in = 0  # Engine.IO messages received (Socket.IO packets and attachments)
+        self.packets_out = 0  # Socket.IO packets sent (one per receiver)
+        self.connect_errors = 0  # CONNECTs refused (CONNECT_ERROR)
+
+
+class ClientSession:
+    """A Socket.IO client: its sessions' state, its socket, and its WebSocket."""
+
+    __slots__ = (
+        "_claim",
+        "_deadline",
+        "_forget",
+        "_namespaces",
+        "_open_socket",
+        "_poll",
+        "_probe",
+        "_remote",
+        "_timer",
+        "_translator",
+        "_ws",
+        "_ws_close",
+        "counters",
+        "engine",
+        "links",
+        "request",
+        "sio",
+    )
+
+    def __init__(
+        self, engine: EngineSession, sio: SocketIOConnection, request: HandshakeRequest, *,
+        open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
+        counters: Counters, namespaces: Callable[[str], Namespace | None],
+        claim: Callable[[str, Any], bool],
+    ) -> None:
+        self._claim = claim  # counts the session against its address's limit (False: over)
+        self._namespaces = namespaces  # the application's own namespaces, by name
+        self.counters = counters
+        self.engine = engine
+        self.sio = sio
+        self.request = request
+        self.links: dict[str, NamespaceLink] = {}  # by namespace: its socket
+        self._open_socket = open_socket
+        self._translator = translator
+        self._forget = forget
+        self._ws: ServerConnection | None = None
+        self._remote: tuple[Any, ...] | None = None  # kept after the transport closes
+        self._poll: asyncio.Future[AnswerPoll] | None = None  # the held polling GET
+        self._probe: ServerConnection | None = None  # a WebSocket upgrading a polling session
+        self._ws_close: tuple[int, str] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+
+    @property
+    def sid(self) -> str:
+        return self.engine.sid
+
+    # -- the WebSocket transport ---------------------------------------------------------
+
+    def websocket_opened(self, conn: ServerConnection) -> None:
+        if not self._claim(self.sid, conn.remote_address):
+            self._forget(self.sid)
+            conn.close(CloseCode.TRY_AGAIN_LATER, "too many connections from your address")
+            return
+        self._ws = conn
+        self._remote = conn.remote_address
+        self.perform(self.engine.open())
+        if self.sio.protocol < 5:
+            # Socket.IO v4 (Engine.IO v3) clients are in "/" from the start, with no CONNECT:
+            # admission runs now, on the handshake's headers and query.
+            self._connect(DEFAULT_NAMESPACE, {})
+
+    def websocket_message(self, payload: bytes | memoryview, binary: bool) -> None:
+        data: str | bytes = bytes(payload) if binary else bytes(payload).decode()
+        self.perform(self.engine.receive(data))
+
+    def websocket_closed(self, code: int, reason: str) -> None:
+        self._ws_close = (code, reason)
+        self._ws = None
+        self.perform(self.engine.connection_lost())
+
+    # -- HTTP long-polling and the upgrade (server/socketio/polling.py) ---------------------
+
+    def polling_opened(self, remote: tuple[Any, ...] | None) -> None:
+        self._remote = remote
+        self.perform(self.engine.open())
+        if self.sio.protocol < 5:
+            self._connect(DEFAULT_NAMESPACE, {})
+
+    def polling_get(self) -> asyncio.Future[AnswerPoll]:
+        """A GET: its answer, now or when there is something to send. Raises EngineIOError
+        (perform its ``actions`` and answer its status)."""
+        future: asyncio.Future[AnswerPoll] = asyncio.get_running_loop().create_future()
+        actions = self.engine.get()  # raises before the future is ours to answer
+        self._poll = future
+        self.perform(actions)
+        return future
+
+    def polling_aborted(self, future: asyncio.Future[AnswerPoll]) -> None:
+        """The held GET's client went away before its answer."""
+        if self._poll is future:
+            self._poll = None
+            self.perform(self.engine.get_aborted())
+
+    def polling_post(self, body: bytes) -> None:
+        """A POST body (raises EngineIOError: perform its ``actions``, answer its status)."""
+        self.perform(self.engine.post(body))
+
+    def probe_opened(self, conn: ServerConnection) -> None:
+        self._probe = conn
+        self.perform(self.engine.probe_opened())
+        self._schedule()  # the upgrade timeout may come before the armed deadline
+
+    def probe_message(self, conn: ServerConnection, payload: bytes | memoryview,
+                      binary: bool) -> None:
+        if conn is self._ws:  # upgraded: it is the transport now
+            self.websocket_message(payload, binary)
+            return
+        data: str | bytes = bytes(payload) if binary else bytes(payload).decode()
+        self.perform(self.engine.receive_probe(data))
+
+    def probe_closed(self, conn: ServerConnection, code: int, reason: str) -> None:
+        if conn is self._ws:
+            self.websocket_closed(code, reason)
+        elif conn is self._probe:
+            self._probe = None
+            self.perform(self.engine.probe_lost())
+
+    # -- actions -------------------------------------------------------------------------
+
+    def perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if type(action) is WriteWebSocket:
+                ws = self._ws
+                if ws is not None:
+                    eio = self.engine.eio
+                    for frame in action.frames:
+                        ws.send_message(websocket_payload(frame, eio), frame.binary)
+            elif type(action) is Deliver:
+                self._deliver(action.data)
+            elif type(action) is AnswerPoll:
+                poll, self._poll = self._poll, None
+                if poll is not None and not poll.done():
+                    poll.set_result(action)
+            elif type(action) is WriteProbe:
+                if self._probe is not None:
+                    for frame in action.frames:
+                        self._probe.send_message(frame.payload, frame.binary)
+            elif type(action) is Upgraded:
+                self._ws, self._probe = self._probe, None
+            elif type(action) is CloseProbe:
+                probe, self._probe = self._probe, None
+                if probe is not None:
+                    probe.close(CloseCode.NORMAL)
+            elif type(action) is Closed:
+                self._closed(action.reason)
+        if self._timer is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """Arms the timer at the session's next deadline. Deadlines that move later (a pong,
+        any packet for v3, a CONNECT) are left to the armed timer: it fires, ``tick`` finds
+        nothing due and the timer is re-armed; only what moves a deadline earlier (open,
+        tick, a probe, a close) re-arms at once."""
+        deadline = self.engine.next_deadline()
+        if deadline == self._deadline and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = deadline
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._deadline = None
+        self.perform(self.engine.tick())
+
+    def _closed(self, reason: CloseReason) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._forget(self.sid)
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.close(CloseCode.GOING_AWAY)
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.close(CloseCode.NORMAL if reason is CloseReason.FORCED_CLOSE
+                     else CloseCode.GOING_AWAY)
+        code, text = _CLOSE_CODES[reason], reason.value
+        if reason is CloseReason.TRANSPORT_CLOSE and self._ws_close is not None:
+            code = self._ws_close[0] or code
+        self._drop_all(code, text)
+
+    # -- Socket.IO packets ---------------------------------------------------------------
+
+    def _deliver(self, data: str | bytes) -> None:
+        self.counters.packets_in += 1
+        try:
+            events = self.sio.receive(data)
+        except SocketIOPacketError as exc:
+            logger.info("session %s: %s", self.sid, exc)
+            self.perform(self.engine.close(CloseReason.PARSE_ERROR))
+            return
+        size = len(data)
+        for event in events:
+            if type(event) is EventReceived:
+                socket = self._socket_in(event.namespace)
+                if socket is not None:
+                    socket.receive_event(event.name, event.data, event.ack_id, size)
+            elif type(event) is AckReceived:
+                socket = self._socket_in(event.namespace)
+                if socket is not None:
+                    socket.receive_ack(event.ack_id, event.data, size)
+            elif type(event) is ConnectRequested:
+                self._connect(event.request.namespace, event.request.auth)
+            elif type(event) is NamespaceLeft:
+                link = self.links.pop(event.namespace, None)
+                if link is not None:
+                    link.drop(CloseCode.NORMAL, "client namespace disconnect")
+
+    def _socket_in(self, namespace: str) -> SocketIOSocket | None:
+        link = self.links.get(namespace)
+        return link.socket if link is not None else None
+
+    def _connect(self, namespace: str, auth: dict[str, Any]) -> None:
+        scope = None
+        if namespace != DEFAULT_NAMESPACE:
+            scope = self._namespaces(namespace)
+            if scope is None:
+                self._refuse(namespace, "Invalid namespace")
+                return
+        if namespace in self.links:
+            return  # v4 clients may CONNECT to "/" they were put in: nothing to do
+        result = self._open_socket(self.request)
+        if isinstance(result, HttpResponse):
+            self._refuse(namespace, _refusal(result.status, result.body))
+            return
+        link = self.links[namespace] = NamespaceLink(self, namespace, result)
+        result.bind(link, namespace, scope)
+        result.on_open(link)
+        if result.connected and not result.authenticated and link.socket is result:
+            result.authenticate(auth)
+
+    def _refuse(self, namespace: str, message: str) -> None:
+        self.counters.connect_errors += 1
+        self.write(self.sio.refuse(namespace, message))
+
+    def admitted(self, link: NamespaceLink) -> None:
+        """A socket passed admission (its ``$welcome``): answer its CONNECT."""
+        socket = link.socket
+        if socket is None or link.admitted_socket:
+            return
+        link.admitted_socket = True
+        self.engine.socketio_connected()
+        self.write(self.sio.accept(link.namespace, socket.id))
+
+    def write(self, packet: EncodedPacket) -> None:
+        self.counters.packets_out += 1
+        ws = self._ws
+        engine = self.engine
+        if ws is not None and engine.transport == WEBSOCKET and engine.state is State.OPEN:
+            # What engine.send would ask for (a WebSocket session buffers nothing), minus the
+            # action objects: the hot path of acks and direct sends.
+            eio = engine.eio
+            for frame in packet.frames:
+                ws.send_message(websocket_payload(frame, eio), frame.binary)
+            return
+        self.perform(engine.send(packet.frames))
+
+    @property
+    def connected_sockets(self) -> int:
+        return sum(1 for link in self.links.values() if link.admitted_socket)
+
+    @property
+    def remote_address(self) -> tuple[Any, ...] | None:
+        return self._remote
+
+    def broadcast_frame(self, frame: bytes, namespace: str) -> None:
+        """A broadcast's native frame: its Socket.IO frames, translated once per broadcast."""
+        ws = self._ws
+        if ws is not None and self.engine.transport == WEBSOCKET:
+            self.counters.packets_out += 1
+            for built in self._translator.websocket_frames(frame, self.engine.eio, namespace):
+                ws.send_frame(built)
+            return
+        packet = self._translator.packet(frame, namespace)
+        if packet is not None:
+            self.write(packet)
+
+    def close_link(self, link: NamespaceLink, code: int, reason: str) -> None:
+        """The server closes one socket: a refusal before admission is a CONNECT_ERROR (the
+        client may try again on the same session); after it, a DISCONNECT when the client
+        should not reconnect by itself (then the session ends with its last namespace), else
+        the session ends at once and the client reconnects."""
+        if self.links.get(link.namespace) is not link:
+            return
+        del self.links[link.namespace]
+        if not link.admitted_socket:
+            self._refuse(link.namespace, reason or "unauthorized")
+            link.drop(code, reason)
+            return
+        final = code in NO_RECONNECT_CODES or code == CloseCode.RATE_LIMITED
+        if final:
+            leave = self.sio.leave(link.namespace)
+            if leave is not None:
+                self.write(leave)
+        link.drop(code, reason)
+        if not final or not self.links:
+            self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
+            self._schedule()  # polling: the close packet's deadline
+
+    def abort(self) -> None:
+        """Ends the session now (its sockets see 1001)."""
+        self._drop_all(CloseCode.GOING_AWAY, "server shutting down")
+        self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
+
+    def _drop_all(self, code: int, reason: str) -> None:
+        links, self.links = self.links, {}
+        for link in links.values():
+            link.drop(code, reason)

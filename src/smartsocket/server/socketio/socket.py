@@ -1,0 +1,243 @@
+"""A Socket.IO client as a server ``Socket``: the same handlers, rooms, acks and broadcasts
+as a native client, with Socket.IO packets on the wire.
+
+``SocketIOSocket`` is a ``Socket`` whose connection is a ``SocketIOLink`` (the client's
+session, ``server/socketio/session.py``). What a socket sends itself (``send``, ``call``, ack
+replies) is encoded straight to Socket.IO, so several arguments survive (a tuple is several
+arguments: ``protocol/socketio/socketio.py``); what the shared parts of the server send as
+native payloads (``$welcome``, ``$error``, ack errors) is translated here, once per message.
+Room broadcasts reach it as the native frame every member shares; ``FrameTranslator`` turns
+that frame into Socket.IO frames once per broadcast, however many Socket.IO members there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import msgspec
+
+from smartsocket.errors import ConnectionClosed
+from smartsocket.protocol.codes import ErrorCode
+from smartsocket.protocol.envelope import ENCODE_ERRORS, AckReply, Event, Packet
+from smartsocket.protocol.names import check_event, name_problem
+from smartsocket.protocol.socketio import EncodedPacket, PacketKind, encode, encode_event
+from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE, data_to_args, encode_ack
+from smartsocket.security import LimitExceeded
+from smartsocket.server.socket import LOCAL_EVENTS, Socket
+
+if TYPE_CHECKING:
+    from smartsocket.server.socketio.namespace import Namespace
+from smartsocket.transport import build_frame
+
+_json_decode = msgspec.json.Decoder().decode
+_msgpack_decode = msgspec.msgpack.Decoder().decode
+
+# Native events a Socket.IO client has no use for: its own protocol does the heartbeat, and
+# authentication rides in CONNECT (the refusal is a CONNECT_ERROR).
+_DROPPED: Final = frozenset({"$ping", "$pong", "$auth_required"})
+WELCOME: Final = "$welcome"
+
+
+class SocketIOLink(Protocol):
+    """What a ``SocketIOSocket`` needs of its client's session (and ``SocketConnection``)."""
+
+    def write(self, packet: EncodedPacket) -> None: ...
+
+    def admitted(self) -> None: ...
+
+
+def translate(
+    payload: bytes | memoryview, binary: bool, namespace: str = DEFAULT_NAMESPACE
+) -> EncodedPacket | str | None:
+    """A native v1 payload the server made -> the Socket.IO packet that means the same;
+    ``WELCOME`` for ``$welcome`` (the session answers CONNECT), None for what is dropped.
+
+    An ack error ``[id, null, {code, message}]`` becomes an ack with one argument
+    ``{"error": {code, message}}`` (Socket.IO acks have no error channel)."""
+    obj = _msgpack_decode(payload) if binary else _json_decode(payload)
+    head = obj[0]
+    if type(head) is str:
+        if head == WELCOME:
+            return WELCOME
+        if head in _DROPPED:
+            return None
+        ack_id = obj[2] if len(obj) >= 3 else None
+        data = obj[1] if len(obj) > 1 else None
+        return encode_event(head, data, ack_id=ack_id, namespace=namespace)
+    if len(obj) == 3:
+        return encode(PacketKind.ACK, namespace, [{"error": obj[2]}], head)
+    return encode(PacketKind.ACK, namespace, data_to_args(obj[1]), head)
+
+
+def frame_payload(frame: bytes) -> tuple[bytes, bool]:
+    """The payload and binary flag of an unmasked server frame (``transport.build_frame``)."""
+    size = frame[1] & 0x7F
+    start = 2 if size < 126 else 4 if size == 126 else 10
+    return frame[start:], (frame[0] & 0x0F) == 2
+
+
+class FrameTranslator:
+    """One broadcast's native frame -> its Socket.IO packet and WebSocket frames, made on the
+    first Socket.IO member's delivery and reused for the others (the fan-out hands every
+    member the same frame object; holding it keeps its identity from being reused). Per
+    namespace and Engine.IO version: members in the same ones share the bytes."""
+
+    __slots__ = ("_frame", "_packets", "_ws")
+
+    def __init__(self) -> None:
+        self._frame: bytes | None = None
+        self._packets: dict[str, EncodedPacket | None] = {}
+        self._ws: dict[tuple[str, int], tuple[bytes, ...]] = {}
+
+    def packet(self, frame: bytes, namespace: str = DEFAULT_NAMESPACE) -> EncodedPacket | None:
+        if frame is not self._frame:
+            self._frame = frame
+            self._packets = {}
+            self._ws = {}
+        if namespace in self._packets:
+            return self._packets[namespace]
+        payload, binary = frame_payload(frame)
+        try:
+            packet = translate(payload, binary, namespace)
+        except (msgspec.DecodeError, IndexError, TypeError):
+            packet = None
+        found = self._packets[namespace] = packet if isinstance(packet, EncodedPacket) else None
+        return found
+
+    def websocket_frames(
+        self, frame: bytes, eio: int, namespace: str = DEFAULT_NAMESPACE
+    ) -> tuple[bytes, ...]:
+        """The prebuilt WebSocket frames of a broadcast for Engine.IO version ``eio``."""
+        packet = self.packet(frame, namespace)
+        if packet is None:
+            return ()
+        key = (namespace, eio)
+        built = self._ws.get(key)
+        if built is None:
+            built = self._ws[key] = tuple(
+                build_frame(data, binary=binary) for data, binary in packet.websocket_frames(eio)
+            )
+        return built
+
+
+class SocketIOSocket(Socket):
+    """A server ``Socket`` for a Socket.IO client (made by ``server.open_socket`` when the
+    client's CONNECT to ``/`` arrives; ``on_open`` follows with its ``SocketIOLink``)."""
+
+    __slots__ = ("_link", "_scope", "namespace")
+
+    protocol = "socketio"
+    heartbeat = False  # Engine.IO's own ping/pong watches a Socket.IO client
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rec = None  # connection-state recovery is not mapped for Socket.IO yet
+        self._link: SocketIOLink | None = None
+        self._scope: Namespace | None = None
+        self.namespace = DEFAULT_NAMESPACE  # the Socket.IO namespace this socket is in
+
+    def bind(self, link: SocketIOLink, namespace: str, scope: Namespace | None) -> None:
+        """Its client's session, and the namespace of the application's own it is in (None:
+        ``/``, the application itself)."""
+        self._link = link
+        self.namespace = namespace
+        self._scope = scope
+
+    @property
+    def connection_scope(self) -> Namespace | None:
+        return self._scope
+
+    def _handle(self, packet: Packet) -> None:
+        scope = self._scope
+        if scope is None or type(packet) is not Event or packet.name[:1] == "$":
+            super()._handle(packet)
+            return
+        # A namespace of the application's own: its handlers, not the server-level ones.
+        name = packet.name
+        problem = name_problem("event", name, self._ctx.config.max_name_length)
+        if problem is None and name in LOCAL_EVENTS:
+            problem = f"{name!r} is a local event name"
+        if problem is not None:
+            self.refuse(ErrorCode.INVALID_NAME, problem, event=name, ack_id=packet.ack_id)
+            return
+        scope.router.dispatch(self, packet)
+
+    # inbound (from the session)
+
+    def receive_event(self, name: str, data: Any, ack_id: int | None, size: int) -> None:
+        if name[:1] == "$":  # the native protocol's system events are not the client's
+            self.refuse(
+                ErrorCode.RESERVED_EVENT, f"{name!r} is reserved", event=name, ack_id=ack_id
+            )
+            return
+        self.receive_packet(Event(name, data, ack_id), size)
+
+    def receive_ack(self, ack_id: int, data: Any, size: int) -> None:
+        self.receive_packet(AckReply(ack_id, data), size)
+
+    def authenticate(self, auth: dict[str, Any]) -> None:
+        """The CONNECT auth payload, checked as the native ``$auth`` message is."""
+        self._handle(Event("$auth", auth))
+
+    # outbound: Socket.IO encodings (several arguments survive)
+
+    def _write(self, packet: EncodedPacket) -> None:
+        link = self._link
+        if link is not None and self.connected:
+            link.write(packet)
+
+    def send(self, event: str, data: Any = None, *, binary: bool | None = None) -> None:
+        """Send ``event``; a tuple ``data`` is several Socket.IO arguments."""
+        check_event(event)
+        self._write(encode_event(event, data, namespace=self.namespace))
+
+    emit = send
+
+    async def call(
+        self, event: str, data: Any = None, *, timeout: float | None = None,
+        binary: bool | None = None,
+    ) -> Any:
+        """Send ``event`` with a Socket.IO ack and wait for the client's answer (its
+        arguments mapped as for events: one -> itself, several -> a tuple)."""
+        check_event(event)
+        if not self.connected:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        config = self._ctx.config
+        if len(self._acks) >= config.max_pending_acks:
+            raise LimitExceeded(
+                ErrorCode.TOO_MANY_PENDING, "max_pending_acks calls already wait for this socket"
+            )
+        ack_id, future = self._acks.create(event, config.message_timeout if timeout is None
+                                           else timeout)
+        try:
+            packet = encode_event(event, data, ack_id=ack_id, namespace=self.namespace)
+        except BaseException:
+            self._acks.forget(ack_id)
+            raise
+        self._write(packet)
+        return await future
+
+    def answer(self, ack_id: int, result: Any, binary: bool) -> None:
+        try:
+            packet = encode_ack(ack_id, result, namespace=self.namespace)
+        except ENCODE_ERRORS:
+            self.reject(ErrorCode.INTERNAL_ERROR, "the reply could not be encoded", ack_id=ack_id)
+            return
+        self._write(packet)
+
+    def _send_payload(self, payload: bytes, binary: bool) -> None:
+        link = self._link
+        if link is None or not self.connected:
+            return
+        packet = translate(payload, binary, self.namespace)
+        if packet == WELCOME:
+            link.admitted()
+        elif isinstance(packet, EncodedPacket):
+            link.write(packet)
+
+    # The server's own writes of encoded payloads (welcome, replays, server.send) translate too.
+    send_encoded = _send_payload
+
+
+SocketFactory = Callable[..., SocketIOSocket]

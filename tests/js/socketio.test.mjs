@@ -1,0 +1,189 @@
+// socket.io-client (npm, 4.8) in Node against the real Python server: the Socket.IO endpoint
+// serves it unchanged, beside native SmartSocket clients on the same app and rooms.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { SmartSocket } from "../../js/src/smartsocket.js";
+import { WebSocket, requireFromJs, startServer } from "./helpers.mjs";
+
+const { io } = requireFromJs("socket.io-client");
+
+const clients = new Set();
+/** A Socket.IO client (WebSocket only unless `transports` says otherwise). */
+function sio(server, options = {}) {
+  const socket = io(server.http, { transports: ["websocket"], reconnection: false, ...options });
+  clients.add(socket);
+  return socket;
+}
+const connectedSio = (server, options) =>
+  new Promise((resolve, reject) => {
+    const socket = sio(server, options);
+    socket.once("connect", () => resolve(socket));
+    socket.once("connect_error", reject);
+  });
+const once = (socket, event, ms = 5000) =>
+  new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no '${event}' within ${ms} ms`)), ms);
+    socket.once(event, (...args) => {
+      clearTimeout(timer);
+      resolve(args);
+    });
+  });
+
+after(() => {
+  for (const socket of clients) socket.disconnect();
+});
+
+describe("socket.io-client against the Socket.IO endpoint", () => {
+  let server;
+  before(async () => {
+    server = await startServer({ app: "jsapp:socketio_app" });
+  });
+  after(() => server.stop());
+
+  it("connects over WebSocket and gets the socket id as its sid", async () => {
+    const socket = await connectedSio(server);
+    assert.equal(typeof socket.id, "string");
+    assert.equal(socket.io.engine.transport.name, "websocket");
+  });
+
+  it("emits with an ack into the same handlers as native clients", async () => {
+    const socket = await connectedSio(server);
+    assert.deepEqual(await socket.emitWithAck("echo", { a: [1, 2] }), { a: [1, 2] });
+    const native = await new SmartSocket(server.url, { WebSocket }).connect();
+    assert.deepEqual(await native.call("echo", { a: [1, 2] }), { a: [1, 2] });
+    native.close();
+  });
+
+  it("sends and answers several arguments", async () => {
+    const socket = await connectedSio(server);
+    const answer = await new Promise((resolve) => socket.emit("move", 1, "two", (...args) => resolve(args)));
+    assert.deepEqual(answer, ["two", 1]);
+  });
+
+  it("answers the server's calls through its ack", async () => {
+    const socket = await connectedSio(server);
+    socket.on("question", (data, ack) => ack({ answer: data.n * 2 }));
+    const reply = await socket.emitWithAck("ask", { event: "question", data: { n: 21 } });
+    assert.deepEqual(reply, { result: { answer: 42 } });
+  });
+
+  it("carries binary payloads both ways", async () => {
+    const socket = await connectedSio(server);
+    const reply = await socket.emitWithAck("blob", Buffer.from([1, 2, 3]));
+    assert.deepEqual([...reply.got], [1, 2, 3]);
+    assert.deepEqual([...reply.extra], [0, 255]);
+  });
+
+  it("shares rooms with a native client: one broadcast reaches both", async () => {
+    const socket = await connectedSio(server);
+    const native = await new SmartSocket(server.url, { WebSocket }).connect();
+    await socket.emitWithAck("enter", "mixed");
+    await native.call("enter", "mixed");
+    const nativeGot = new Promise((resolve) => native.on("shouted", resolve));
+    const sioGot = once(socket, "shouted");
+    assert.equal(await native.call("shout", { room: "mixed", text: "hi all" }), 2);
+    assert.deepEqual(await sioGot, ["hi all"]);
+    assert.equal(await nativeGot, "hi all");
+    native.close();
+  });
+
+  it("joins a namespace of the application's own, beside the main one", async () => {
+    const main = await connectedSio(server);
+    const admin = main.io.socket("/admin"); // the same connection, another namespace
+    clients.add(admin);
+    await once(admin, "connect");
+    const answer = await new Promise((resolve) => admin.emit("who", (...args) => resolve(args)));
+    assert.deepEqual(answer, ["admin", admin.id]);
+    assert.notEqual(admin.id, main.id);
+    const [err] = await admin.emitWithAck("echo", 1).then((r) => [r]);
+    assert.equal(err.error.code, "unknown_event"); // the app's handlers are not the namespace's
+  });
+
+  it("is refused on an unknown namespace", async () => {
+    const socket = io(`${server.http}/nope`, { transports: ["websocket"], reconnection: false });
+    clients.add(socket);
+    const [err] = await once(socket, "connect_error");
+    assert.equal(err.message, "Invalid namespace");
+  });
+
+  it("is disconnected by the server and told why", async () => {
+    const socket = await connectedSio(server);
+    const gone = once(socket, "disconnect");
+    socket.emit("kick", 4000);
+    assert.deepEqual((await gone)[0], "io server disconnect");
+  });
+});
+
+describe("socket.io-client with API keys", () => {
+  let server;
+  before(async () => {
+    server = await startServer({ app: "jsapp:socketio_app", args: ["--api-keys", "k1"] });
+  });
+  after(() => server.stop());
+
+  it("connects with the key in its auth payload", async () => {
+    const socket = await connectedSio(server, { auth: { token: "k1" } });
+    assert.deepEqual(await socket.emitWithAck("echo", 1), 1);
+  });
+
+  it("gets a connect_error without a valid key", async () => {
+    const socket = sio(server, { auth: { token: "wrong" } });
+    const [err] = await once(socket, "connect_error");
+    assert.equal(err.message, "unauthorized");
+  });
+});
+
+describe("socket.io-client over HTTP long-polling", () => {
+  let server;
+  before(async () => {
+    server = await startServer({ app: "jsapp:socketio_app" });
+  });
+  after(() => server.stop());
+
+  it("starts on polling and upgrades to WebSocket (default transports)", async () => {
+    const socket = io(server.http, { reconnection: false });
+    clients.add(socket);
+    const upgraded = once(socket.io.engine, "upgrade");
+    await once(socket, "connect");
+    assert.deepEqual(await socket.emitWithAck("echo", { n: 1 }), { n: 1 });
+    await upgraded;
+    assert.equal(socket.io.engine.transport.name, "websocket");
+    assert.deepEqual(await socket.emitWithAck("move", 1, 2), 2);
+  });
+
+  it("works with polling only: events, acks, binary, broadcasts", async () => {
+    const socket = await connectedSio(server, { transports: ["polling"] });
+    assert.equal(socket.io.engine.transport.name, "polling");
+    assert.deepEqual(await socket.emitWithAck("echo", "hi"), "hi");
+    const reply = await socket.emitWithAck("blob", Buffer.from([7]));
+    assert.deepEqual([...reply.got], [7]);
+    await socket.emitWithAck("enter", "polled");
+    const got = once(socket, "shouted");
+    assert.equal(await socket.emitWithAck("shout", { room: "polled", text: "yo" }), 1);
+    assert.deepEqual(await got, ["yo"]);
+    socket.on("question", (data, ack) => ack(data.n + 1));
+    assert.deepEqual(await socket.emitWithAck("ask", { event: "question", data: { n: 1 } }), { result: 2 });
+  });
+});
+
+describe("socket.io-client across a server restart", () => {
+  it("reconnects by itself to the restarted server on the same port", async () => {
+    let server = await startServer({ app: "jsapp:socketio_app" });
+    const socket = io(server.http, { transports: ["websocket"], reconnectionDelay: 50, reconnectionDelayMax: 200 });
+    clients.add(socket);
+    await once(socket, "connect");
+    const firstId = socket.id;
+    const dropped = once(socket, "disconnect");
+    await server.stop(); // graceful: 1001, the client reconnects
+    assert.equal((await dropped)[0], "transport close");
+    server = await startServer({ app: "jsapp:socketio_app", port: server.port });
+    try {
+      await once(socket, "connect", 10000);
+      assert.notEqual(socket.id, firstId);
+      assert.deepEqual(await socket.emitWithAck("echo", "again"), "again");
+    } finally {
+      socket.disconnect();
+      await server.stop();
+    }
+  });
+});
