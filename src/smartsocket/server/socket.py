@@ -381,33 +381,6 @@ class Socket:
         else:
             self._handle(packet)
 
-    def receive_packet(self, packet: envelope.Packet, size: int) -> None:
-        """A packet another protocol front end decoded (server/socketio/): the checks of
-        ``on_message`` after decoding (stats, rate limits, held until on_connection ran)."""
-        ctx = self._ctx
-        stats = ctx.stats
-        if stats is not None:
-            stats.messages_in += 1
-            stats.bytes_in += size
-            stats.bytes_in_wire += size
-        limiter = self._limiter
-        if limiter is not None:
-            now = ctx.clock()
-            if type(packet) is Event:
-                wait = limiter.check(packet.name, size, now)
-                if wait:
-                    self._rate_limited(packet.name, packet.ack_id, packet.binary, wait, now)
-                    return
-            else:
-                wait = limiter.check("", size, now)
-                if wait:  # a late reply is dropped: the call it answers times out
-                    self._rate_limited(None, None, False, wait, now)
-                    return
-        if self._inbox is not None:
-            self._inbox.append(packet)
-        else:
-            self._handle(packet)
-
     def on_close(self, code: int, reason: str) -> None:
         if self.close_code is not None:
             return  # closed already (a resuming connection took this session over)
