@@ -172,7 +172,7 @@ async def test_recovered_false_when_history_was_trimmed() -> None:
         assert server.stats()["recovery"]["recoveryFailed"] == 1
         from smartsocket.server.prometheus import exposition
 
-        metrics = exposition(server._metrics_registry()).decode()
+        metrics = exposition(server._figures.registry()).decode()
         assert 'smartsocket_resumes_total{result="failed"} 1.0' in metrics
         assert "smartsocket_held_sessions 0.0" in metrics
         await again.ws.close()

@@ -11,9 +11,6 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from smartsocket._version import __version__
 from smartsocket.cluster.messages import PresenceMember, SocketRecord
 from smartsocket.config import Config
 from smartsocket.handlers import Handler
@@ -23,9 +20,10 @@ from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
 from smartsocket.security import RateLimit
-from smartsocket.server import http, prometheus
+from smartsocket.server import http
 from smartsocket.server.dispatch import EventRouter
 from smartsocket.server.fanout import Exclude
+from smartsocket.server.figures import Figures
 from smartsocket.server.lifecycle import Lifecycle
 from smartsocket.server.listener import run
 from smartsocket.server.live import LiveStats
@@ -33,7 +31,6 @@ from smartsocket.server.parts import Parts
 from smartsocket.server.rooms import Room, RoomsView
 from smartsocket.server.socket import Socket
 from smartsocket.server.socketio import Namespace, SocketIOEndpoint
-from smartsocket.server.socketio.metrics import SocketIOCollector
 from smartsocket.server.users import check_user
 from smartsocket.transport import (
     Accept,
@@ -74,7 +71,6 @@ class SmartSocket:
         self._access, self._outbox = parts.access, parts.outbox
         self._room_context = parts.room_context
         self._broadcast = parts.broadcaster.send  # (Room.broadcast calls it)
-        self._prometheus: CollectorRegistry | None = None
         self._live = LiveStats(self.stats)  # /smartsocket/live connections
         # Socket.IO clients (server/socketio/): admitted through open_socket like the rest.
         self._socketio = SocketIOEndpoint(self._config, self.open_socket)
@@ -84,6 +80,7 @@ class SmartSocket:
             lambda room, event, data: self.room(room).broadcast(event, data),
             self._socketio.close_all,
         )
+        self._figures = Figures(parts, self._socketio)  # stats, health, /metrics
         # What a plain GET / answers: None is a short page naming this server and its
         # endpoints; the demo app puts its chat page here (its events are not the app's).
         self.home_page: bytes | None = None
@@ -101,7 +98,7 @@ class SmartSocket:
         self._config = config
         self._parts.configure(config)
         self._socketio.configure(config)
-        self._prometheus = None  # its collector reads this configuration's parts
+        self._figures.configure()
 
     @property
     def _stats(self) -> Stats | None:
@@ -427,61 +424,19 @@ class SmartSocket:
             self._stats.rejected_connections += 1
         return response
 
-    def _metrics_registry(self) -> CollectorRegistry:
-        if self._prometheus is None:
-            self._prometheus = prometheus.registry_for(prometheus.ServerCollector(
-                self._sockets, self._registry, self._resumer, self._stats
-            ))
-            self._prometheus.register(
-                SocketIOCollector(self._socketio, lambda: len(self._sockets))
-            )
-        return self._prometheus
-
     def metrics(self) -> bytes:
         """The figures in the Prometheus text format (what ``/metrics`` serves)."""
-        return prometheus.exposition(self._metrics_registry())
+        return self._figures.metrics()
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """What ``/smartsocket/health`` answers: the HTTP status (503 while shutting down)
         and the body."""
-        closing = self._connections.closing
-        body: dict[str, Any] = {
-            "status": "closing" if closing else "ok",
-            "version": __version__,
-            "connections": len(self._sockets),
-        }
-        if self._cluster.active:
-            # Cut off from the broker the node still serves its own clients: "degraded", but
-            # 200, so a load balancer keeps it (an outage of the broker must not empty the pool).
-            section = self._cluster.stats_section()
-            if section["status"] == "degraded" and not closing:
-                body["status"] = "degraded"
-            body["cluster"] = section
-        return (503 if closing else 200), body
+        return self._figures.health()
 
     def stats(self, *, cluster: bool = False) -> dict[str, Any]:
         """The figures served at /smartsocket/stats (this node's; in a cluster, a ``cluster``
         section too, with every node's figures and totals when ``cluster`` is true)."""
-        figures = self._parts.still_stats.snapshot(
-            connections=len(self._sockets),
-            rooms=len(self._registry),
-            top_rooms=self._registry.largest(10),
-        )
-        if self._stats is None:
-            figures["metrics"] = "disabled"  # the counters are zeros, not measurements
-        if self._parts.recovery is not None:
-            figures["recovery"] = self._resumer.stats()
-        if (outbox := self._outbox.stats()) is not None:
-            figures["outbox"] = outbox
-        if self._config.socketio:
-            figures["socketio"] = self._socketio.stats()
-        if self._cluster.active:
-            section = figures["cluster"] = self._cluster.stats_section(aggregate=cluster)
-            if "raw" in figures:
-                figures["raw"]["clusterPublished"] = section["published"]
-                figures["raw"]["clusterPublishFailed"] = section["publishFailed"]
-                figures["raw"]["clusterReceived"] = section["received"]
-        return figures
+        return self._figures.stats(cluster)
 
     # lifecycle (server/lifecycle.py)
 
