@@ -152,6 +152,12 @@ class Presence:
                 m.PresenceDelta(room, socket.id, joined, info, payload, self.seq, user),
             )
 
+    def updated(self, socket: LocalSocket, rooms: Iterable[str]) -> None:
+        """A local member's info or user changed: its presence rooms among ``rooms`` learn it."""
+        for room in rooms:
+            if self.is_presence_room(room):
+                self.changed(room, socket, joined=True, updated=True)
+
     def deliver(
         self, room: str, sid: str, info: dict[str, Any], user: str | None = None, *,
         joined: bool, updated: bool = False,

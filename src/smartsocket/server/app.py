@@ -325,10 +325,8 @@ class SmartSocket:
         if checked == socket.user:
             return
         self._users.change(socket, checked, self._sockets.get(socket.id) is socket)
-        cluster = self._cluster
-        for room in socket.rooms if socket.connected else ():  # presence shows the user
-            if cluster.is_presence_room(room):
-                cluster.presence_state.changed(room, socket, joined=True, updated=True)
+        if socket.connected:  # presence shows the user
+            self._cluster.presence_state.updated(socket, socket.rooms)
 
     def to_user(
         self, user: str | int, event: str, data: Any = None, *, binary: bool | None = None

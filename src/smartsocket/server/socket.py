@@ -259,12 +259,8 @@ class Socket:
         """Change this socket's public presence info (``socket.presence``, e.g. a status):
         the members of its presence rooms, on every node, get ``$presence`` ``updated``."""
         self.presence = info
-        if not self.connected:
-            return
-        cluster = self._ctx.cluster
-        for room in self._rooms:
-            if cluster.is_presence_room(room):
-                cluster.presence_state.changed(room, self, joined=True, updated=True)
+        if self.connected:
+            self._ctx.cluster.presence_state.updated(self, self._rooms)
 
     def leave(self, room: str) -> None:
         self._ctx.tokens.drop_room(self, room)
