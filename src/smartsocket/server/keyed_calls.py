@@ -53,6 +53,11 @@ def admit(socket: Socket, ctx: SocketContext, packet: Event) -> bool:
     return not running  # still running (from before the reconnect): answered when done
 
 
+def is_keyed(rec: SessionState, ack_id: int) -> bool:
+    """Whether ``ack_id`` is a keyed call still running (its outcome goes to ``settle``)."""
+    return rec.replies is not None and ack_id in rec.replies.running
+
+
 def settle(
     socket: Socket, ctx: SocketContext, rec: SessionState, ack_id: int, result: Any,
     error: Failure | None, binary: bool,

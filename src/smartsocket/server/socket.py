@@ -17,9 +17,8 @@ from smartsocket.protocol.codes import CloseCode, ErrorCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
 from smartsocket.protocol.names import check_event, name_problem
 from smartsocket.security import LimitExceeded
+from smartsocket.server import keyed_calls
 from smartsocket.server.context import SocketConnection
-from smartsocket.server.keyed_calls import admit as _admit_keyed
-from smartsocket.server.keyed_calls import settle as _settle
 from smartsocket.server.system_events import system_event as _system_event
 from smartsocket.server.users import user_of
 from smartsocket.transport import HandshakeRequest
@@ -300,9 +299,7 @@ class Socket:
 
     def stop_resuming(self) -> None:
         self._resuming = False
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
-            self._auth_timer = None
+        self.clear_deadline()
 
     def enter_room(self, room: str, sink: Callable[[bytes], None]) -> bool:
         if not self._ctx.registry.add(room, self, sink):
@@ -416,7 +413,7 @@ class Socket:
                     ErrorCode.RESERVED_EVENT, f"{name!r} is a local event name",
                     event=name, ack_id=packet.ack_id, binary=packet.binary,
                 )
-            elif packet.meta is None or _admit_keyed(self, self._ctx, packet):
+            elif packet.meta is None or keyed_calls.admit(self, self._ctx, packet):
                 self._ctx.dispatch(self, packet)
         else:
             assert type(packet) is AckReply
@@ -482,7 +479,7 @@ class Socket:
         a binary frame if the request came in one (``binary``) or the result holds bytes."""
         rec = self._rec
         if rec is not None and rec.replies is not None and ack_id in rec.replies.running:
-            _settle(self, self._ctx, rec, ack_id, result, None, binary)
+            keyed_calls.settle(self, self._ctx, rec, ack_id, result, None, binary)
             return
         self.answer(ack_id, result, binary)
 
@@ -506,11 +503,9 @@ class Socket:
     ) -> None:
         """Refuse something the client sent: an ack error if it waits for an ack, else $error."""
         rec = self._rec
-        if (
-            ack_id is not None and rec is not None and rec.replies is not None
-            and ack_id in rec.replies.running
-        ):
-            _settle(self, self._ctx, rec, ack_id, None, (code, message, retry_after), binary)
+        if ack_id is not None and rec is not None and keyed_calls.is_keyed(rec, ack_id):
+            failure = (code, message, retry_after)
+            keyed_calls.settle(self, self._ctx, rec, ack_id, None, failure, binary)
             return
         if ack_id is not None:
             payload = envelope.encode_ack_error(
