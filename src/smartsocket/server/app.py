@@ -25,6 +25,8 @@ from smartsocket.protocol.names import check_event
 from smartsocket.security import Limiter, RateLimit
 from smartsocket.server import http, live, prometheus
 from smartsocket.server.admission import Admission
+from smartsocket.server.api import HttpApi
+from smartsocket.server.api_ops import Context
 from smartsocket.server.broadcast import Broadcaster
 from smartsocket.server.connections import Connections
 from smartsocket.server.dispatch import EventRouter, Tasks
@@ -116,6 +118,10 @@ class SmartSocket:
         # What a plain GET / answers: None is a short page naming this server and its
         # endpoints; the demo app puts its chat page here (its events are not the app's).
         self.home_page: bytes | None = None
+        # POST /smartsocket/api/<operation> (server/api.py; on with ``api_secret``)
+        self.api: HttpApi = HttpApi(
+            Context(self, lambda: self._recovery, self._cluster.room_channel)
+        )
         self.config = self._config
 
     @property

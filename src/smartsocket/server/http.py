@@ -22,7 +22,7 @@ from smartsocket import compression
 from smartsocket._version import __version__
 from smartsocket.protocol import SUBPROTOCOL
 from smartsocket.security import bearer_token
-from smartsocket.server import live, prometheus
+from smartsocket.server import api, live, prometheus
 from smartsocket.transport import Accept, HandshakeRequest, HttpResponse, Serve
 
 if TYPE_CHECKING:
@@ -96,7 +96,9 @@ ROUTES: dict[str, Route] = {
 
 # Path prefixes (ending in "/"; the bare prefix without it matches too) whose plain requests
 # go to an async handler. Checked in order, before the GET routes. Add one per feature.
-SERVED: list[tuple[str, ServedRoute]] = []
+SERVED: list[tuple[str, ServedRoute]] = [
+    (api.PREFIX, lambda server, request: server.api.route(request)),
+]
 
 
 def served_route(server: SmartSocket, request: HandshakeRequest) -> HttpResponse | Serve | None:

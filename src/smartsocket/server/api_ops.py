@@ -1,0 +1,311 @@
+"""The HTTP API's operations: one ``msgspec.Struct`` per operation (its request body, checked on
+decoding, and its OpenAPI schema) and what each does through the server's cluster-wide API.
+
+Every operation works on a whole cluster from any node: publishes and broadcasts go through
+the broker, sockets are reached wherever they are (``server.send``, ``call``, ``join``...),
+listings ask every node (``fetch_sockets``). New operations (e.g. ``to_user``,
+``disconnect_user``) add a Struct here, a branch in ``run`` and an entry in ``OPERATIONS``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+
+from smartsocket.errors import AckError, AckTimeout, ConnectionClosed
+from smartsocket.protocol import envelope
+from smartsocket.protocol.codes import is_valid_close_code
+from smartsocket.protocol.names import name_problem
+from smartsocket.security import LimitExceeded
+
+if TYPE_CHECKING:
+    from smartsocket.server.app import SmartSocket
+    from smartsocket.server.recovery import Recovery
+
+Timeout = Annotated[float, msgspec.Meta(
+    gt=0, le=60, description="seconds to wait for the other nodes (default 2)"
+)]
+Sid = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="a socket id")]
+Room = Annotated[str, msgspec.Meta(description="a room name (the naming rule applies)")]
+EventName = Annotated[str, msgspec.Meta(
+    description="an event name (the naming rule applies; not starting with '$')"
+)]
+Data = Annotated[Any, msgspec.Meta(description="the event's data: any JSON value")]
+Exclude = Annotated[list[str] | None, msgspec.Meta(description="socket ids not to deliver to")]
+
+
+class Op(msgspec.Struct, forbid_unknown_fields=True, tag_field="op", kw_only=True):
+    """Base of every operation; ``op`` names it (required in a batch, optional at
+    ``/smartsocket/api/<op>``)."""
+
+
+class Publish(Op, tag="publish"):
+    """Send an event to a room's members on every node."""
+
+    room: Room
+    event: EventName
+    data: Data = None
+    exclude: Exclude = None
+
+
+class Broadcast(Op, tag="broadcast"):
+    """Send an event to every socket on every node."""
+
+    event: EventName
+    data: Data = None
+    exclude: Exclude = None
+
+
+class Send(Op, tag="send"):
+    """Send an event to one socket, wherever it is (fire and forget)."""
+
+    sid: Sid
+    event: EventName
+    data: Data = None
+
+
+class Call(Op, tag="call"):
+    """Send an event to one socket and return its ack reply."""
+
+    sid: Sid
+    event: EventName
+    data: Data = None
+    timeout: Annotated[float | None, msgspec.Meta(
+        description="seconds to wait for the ack, at most 300 (default: message_timeout)"
+    )] = None
+
+
+class Join(Op, tag="join"):
+    """Make a socket join a room."""
+
+    sid: Sid
+    room: Room
+    timeout: Timeout = 2.0
+
+
+class Leave(Op, tag="leave"):
+    """Make a socket leave a room."""
+
+    sid: Sid
+    room: Room
+    timeout: Timeout = 2.0
+
+
+class Disconnect(Op, tag="disconnect"):
+    """Close a socket's connection."""
+
+    sid: Sid
+    code: Annotated[int, msgspec.Meta(description="close code: 1000 or 3000-4999")] = 4000
+    reason: Annotated[str, msgspec.Meta(description="close reason, at most 123 UTF-8 bytes")] = ""
+    timeout: Timeout = 2.0
+
+
+class Rooms(Op, tag="rooms"):
+    """Every room with members, and how many."""
+
+    timeout: Timeout = 2.0
+
+
+class Members(Op, tag="members"):
+    """A room's members: socket id, node, presence info."""
+
+    room: Room
+    timeout: Timeout = 2.0
+
+
+class History(Op, tag="history"):
+    """A room's recent messages (needs recovery: ``recovery_window``)."""
+
+    room: Room
+    after: Annotated[int, msgspec.Meta(ge=0, description="only messages after this offset")] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000, description="at most this many")] = 100
+
+
+class Stats(Op, tag="stats"):
+    """The server's figures (``/smartsocket/stats``); ``cluster``: with every node's."""
+
+    cluster: bool = False
+
+
+Single = (
+    Publish | Broadcast | Send | Call | Join | Leave | Disconnect | Rooms | Members | History
+    | Stats
+)
+
+
+class Batch(Op, tag="batch"):
+    """Many operations in one request, run in order; one result (or error) each."""
+
+    operations: list[Single]
+
+
+OPERATIONS: dict[str, type[Op]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        Publish, Broadcast, Send, Call, Join, Leave, Disconnect, Rooms, Members, History, Stats,
+        Batch,
+    )
+}
+
+
+class ApiError(Exception):
+    """An operation refused: HTTP ``status``, a ``code``, a message, the field at fault."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the operations use: the server's public API, and for ``history`` its recovery
+    state (rebuilt with the configuration: read at each use) and room channel names."""
+
+    server: SmartSocket
+    recovery: Callable[[], Recovery | None]
+    room_channel: Callable[[str], str]
+
+
+def _check_room(room: str, max_length: int) -> None:
+    problem = name_problem("room", room, max_length)
+    if problem is not None:
+        raise ApiError(400, "invalid_name", problem, "room")
+
+
+def _check_event(event: str, max_length: int) -> None:
+    problem = name_problem("event", event, max_length)
+    if problem is None and event[0] == "$":
+        problem = "event names starting with '$' are reserved"
+    if problem is not None:
+        raise ApiError(400, "invalid_name", problem, "event")
+
+
+def _no_socket(sid: str) -> ApiError:
+    return ApiError(404, "socket_not_found", f"no socket {sid!r} in the cluster", "sid")
+
+
+async def run(ctx: Context, op: Op) -> dict[str, Any]:
+    """Carry out one operation (not a batch); its result, or ApiError."""
+    server = ctx.server
+    max_name = server.config.max_name_length
+    for name in ("room", "event"):
+        value = getattr(op, name, None)
+        if value is not None:
+            (_check_room if name == "room" else _check_event)(value, max_name)
+    try:
+        return await _run(ctx, op)
+    except LimitExceeded as exc:
+        raise ApiError(429 if exc.code == "rate_limited" else 409, exc.code, exc.message) from exc
+    except TimeoutError as exc:
+        raise ApiError(504, "node_timeout", "the socket's node did not answer in time") from exc
+
+
+async def _run(ctx: Context, op: Op) -> dict[str, Any]:
+    server = ctx.server
+    if type(op) is Publish:
+        server.room(op.room).broadcast(op.event, op.data, exclude=op.exclude, binary=False)
+        return {}
+    if type(op) is Broadcast:
+        server.broadcast(op.event, op.data, exclude=op.exclude, binary=False)
+        return {}
+    if type(op) is Send:
+        return {"sent": server.send(op.sid, op.event, op.data, binary=False)}
+    if type(op) is Call:
+        return {"ack": await _call(server, op)}
+    if type(op) is Join or type(op) is Leave:
+        method = server.join if type(op) is Join else server.leave
+        if not await method(op.sid, op.room, timeout=op.timeout):
+            raise _no_socket(op.sid)
+        return {}
+    if type(op) is Disconnect:
+        _check_close(op.code, op.reason)
+        if not await server.disconnect(op.sid, op.code, op.reason, timeout=op.timeout):
+            raise _no_socket(op.sid)
+        return {}
+    if type(op) is Rooms:
+        counts = Counter(
+            room for record in await server.fetch_sockets(timeout=op.timeout)
+            for room in record.rooms
+        )
+        return {"rooms": [{"room": room, "members": counts[room]} for room in sorted(counts)]}
+    if type(op) is Members:
+        records = await server.fetch_sockets(op.room, timeout=op.timeout)
+        return {"members": [
+            {"sid": r.sid, "node": r.node, "presence": r.presence}
+            for r in sorted(records, key=lambda r: r.sid)
+        ]}
+    if type(op) is History:
+        return await _history(ctx, op)
+    if type(op) is Stats:
+        return server.stats(cluster=op.cluster)
+    raise ApiError(400, "invalid_operation", "a batch cannot hold a batch", "op")
+
+
+async def _call(server: SmartSocket, op: Call) -> Any:
+    timeout = server.config.message_timeout if op.timeout is None else op.timeout
+    if not 0 < timeout <= 300:
+        raise ApiError(400, "invalid_field", "timeout must be > 0 and <= 300", "timeout")
+    try:
+        return await server.call(op.sid, op.event, op.data, timeout=timeout, binary=False)
+    except AckTimeout as exc:
+        raise ApiError(504, "ack_timeout", str(exc)) from exc
+    except AckError as exc:  # the socket's handler answered with an error
+        raise ApiError(502, "ack_error", f"{exc.code}: {exc.message}") from exc
+    except ConnectionClosed as exc:
+        raise _no_socket(op.sid) from exc
+
+
+def _check_close(code: int, reason: str) -> None:
+    if not (code == 1000 or 3000 <= code <= 4999) or not is_valid_close_code(code):
+        raise ApiError(400, "invalid_field", "close code must be 1000 or 3000-4999", "code")
+    if len(reason.encode()) > 123:
+        raise ApiError(400, "invalid_field", "close reason longer than 123 bytes", "reason")
+
+
+async def _history(ctx: Context, op: History) -> dict[str, Any]:
+    """The room's messages after ``op.after``: from Redis in a cluster on Redis, else this
+    node's own history."""
+    recovery = ctx.recovery()
+    if recovery is None:
+        raise ApiError(
+            409, "recovery_off", "room history needs recovery (recovery_window > 0)"
+        )
+    messages: list[dict[str, Any]] = []
+    if recovery.broker is not None:
+        log = await recovery.broker.read_room(ctx.room_channel(op.room), op.after)
+        if log is None:
+            return {"epoch": None, "last": 0, "messages": []}
+        for e in log.entries[: op.limit]:
+            messages.append(_message(e.offset, e.ms, e.payload, e.binary))
+        return {"epoch": log.epoch, "last": log.last, "messages": messages}
+    history = recovery.rooms.get(op.room)
+    if history is None:
+        return {"epoch": None, "last": 0, "messages": []}
+    # Entries keep monotonic times: their wall-clock time is now minus their age.
+    wall, mono = time.time() * 1000, time.monotonic()
+    for offset, _, at, payload, binary, _ in history.entries:
+        if offset > op.after:
+            messages.append(_message(offset, round(wall - (mono - at) * 1000), payload, binary))
+            if len(messages) == op.limit:
+                break
+    return {"epoch": history.epoch, "last": history.last, "messages": messages}
+
+
+def _message(offset: int, ms: int, payload: bytes, binary: bool) -> dict[str, Any]:
+    packet = envelope.decode(payload, binary=binary)
+    assert isinstance(packet, envelope.Event)
+    return {"offset": offset, "time": ms, "event": packet.name, "data": packet.data}
