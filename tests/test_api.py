@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -402,3 +403,24 @@ async def test_auth_on_every_node(cluster: list[Node]) -> None:
             assert status == 403
             status, _ = await post(http, node.http, "stats")
             assert status == 200
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl on this machine")
+async def test_curl_as_in_the_docs() -> None:
+    """curl, an independent client: ``Expect: 100-continue`` (what curl sends by itself for
+    large bodies) is answered, and several URLs in one command reuse one connection."""
+    async with live() as (server, base, _):
+        name = room()
+        async with client(server, name) as a:
+            rec = Recorder(a, "news")
+            big = json.dumps({"room": name, "event": "news", "data": "x" * 5000})
+            proc = await asyncio.create_subprocess_exec(
+                "curl", "-s", "-v", "-H", f"Authorization: Bearer {SECRET}",
+                "-H", "Content-Type: application/json", "-H", "Expect: 100-continue", "-d", big,
+                f"{base}/smartsocket/api/publish", f"{base}/smartsocket/api/publish",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+            assert proc.returncode == 0 and out == b'{"result":{}}' * 2, err
+            assert b"100 Continue" in err and b"Re-using existing connection" in err
+            assert [await rec.next("news") for _ in range(2)] == ["x" * 5000] * 2

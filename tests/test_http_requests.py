@@ -393,3 +393,22 @@ async def test_a_route_words_the_gate_refusals_itself(header: str, status: int) 
         assert answer.status == status and answer.headers["content-type"] == "application/json"
         assert "error" in json.loads(answer.body)
         client.close()
+
+
+async def test_expect_100_continue_gets_its_interim_answer() -> None:
+    app = App()
+    async with serving(app) as port:
+        client = await Client.open(port)
+        client.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 5\r\n\r\n")
+        interim = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.send(b"hello")
+        answer = await client.answer()
+        assert answer.status == 200 and json.loads(answer.body)["body"] == "hello"
+        client.close()
+        client = await Client.open(port)  # refused before the body: no interim answer
+        client.send(b"POST /small HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 11\r\n\r\n")
+        assert (await client.answer()).status == 413
+        client.close()

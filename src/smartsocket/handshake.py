@@ -342,6 +342,9 @@ class RequestGate(asyncio.Protocol):
             return
         self._state = _BODY
         self._arm(limits.body_timeout)  # the body may not trickle in forever
+        if "100-continue" in tokens(headers, "Expect"):  # curl waits 1 s for it otherwise
+            assert self._transport is not None
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _refuse(self, serve: Serve, status: int, reason: str) -> None:
         if serve.errors is None:

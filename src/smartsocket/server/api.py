@@ -111,10 +111,14 @@ class HttpApi:
         """Each operation in order, each with its own result or error (one failing does not
         stop the others)."""
         results: list[dict[str, Any]] = []
-        run, ctx = api_ops.run, self._ctx
+        run_now, run_later, ctx = api_ops.run_now, api_ops.run_later, self._ctx
+        names = api_ops.Names(ctx.server.config.max_name_length)
         for op in batch.operations:
             try:
-                results.append({"result": await run(ctx, op)})
+                result = run_now(ctx, op, names)  # publishes: no coroutine per operation
+                if result is None:
+                    result = await run_later(ctx, op)
+                results.append({"result": result})
             except ApiError as exc:
                 results.append(exc.body())
         return results

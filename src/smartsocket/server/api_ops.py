@@ -198,14 +198,56 @@ def _no_socket(sid: str) -> ApiError:
     return ApiError(404, "socket_not_found", f"no socket {sid!r} in the cluster", "sid")
 
 
-async def run(ctx: Context, op: Op) -> dict[str, Any]:
+class Names:
+    """Room and event names of one request, each checked once (a batch repeats them)."""
+
+    __slots__ = ("events", "max_length", "rooms")
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self.rooms: set[str] = set()
+        self.events: set[str] = set()
+
+    def check(self, op: Op) -> None:
+        room: str | None = getattr(op, "room", None)
+        if room is not None and room not in self.rooms:
+            _check_room(room, self.max_length)
+            self.rooms.add(room)
+        event: str | None = getattr(op, "event", None)
+        if event is not None and event not in self.events:
+            _check_event(event, self.max_length)
+            self.events.add(event)
+
+
+async def run(ctx: Context, op: Op, names: Names | None = None) -> dict[str, Any]:
     """Carry out one operation (not a batch); its result, or ApiError."""
+    result = run_now(ctx, op, names)
+    return result if result is not None else await run_later(ctx, op)
+
+
+def run_now(ctx: Context, op: Op, names: Names | None = None) -> dict[str, Any] | None:
+    """Check the names, then carry out an operation that needs no waiting (publish,
+    broadcast, send, stats): its result; None for the others (``run_later``)."""
     server = ctx.server
-    max_name = server.config.max_name_length
-    for name in ("room", "event"):
-        value = getattr(op, name, None)
-        if value is not None:
-            (_check_room if name == "room" else _check_event)(value, max_name)
+    (names or Names(server.config.max_name_length)).check(op)
+    try:
+        if type(op) is Publish:
+            server.room(op.room).broadcast(op.event, op.data, exclude=op.exclude, binary=False)
+            return {}
+        if type(op) is Broadcast:
+            server.broadcast(op.event, op.data, exclude=op.exclude, binary=False)
+            return {}
+    except LimitExceeded as exc:
+        raise ApiError(429 if exc.code == "rate_limited" else 409, exc.code, exc.message) from exc
+    if type(op) is Send:
+        return {"sent": server.send(op.sid, op.event, op.data, binary=False)}
+    if type(op) is Stats:
+        return server.stats(cluster=op.cluster)
+    return None
+
+
+async def run_later(ctx: Context, op: Op) -> dict[str, Any]:
+    """An operation that waits (for a socket's ack, for other nodes); names checked."""
     try:
         return await _run(ctx, op)
     except LimitExceeded as exc:
@@ -216,14 +258,6 @@ async def run(ctx: Context, op: Op) -> dict[str, Any]:
 
 async def _run(ctx: Context, op: Op) -> dict[str, Any]:
     server = ctx.server
-    if type(op) is Publish:
-        server.room(op.room).broadcast(op.event, op.data, exclude=op.exclude, binary=False)
-        return {}
-    if type(op) is Broadcast:
-        server.broadcast(op.event, op.data, exclude=op.exclude, binary=False)
-        return {}
-    if type(op) is Send:
-        return {"sent": server.send(op.sid, op.event, op.data, binary=False)}
     if type(op) is Call:
         return {"ack": await _call(server, op)}
     if type(op) is Join or type(op) is Leave:
@@ -250,8 +284,6 @@ async def _run(ctx: Context, op: Op) -> dict[str, Any]:
         ]}
     if type(op) is History:
         return await _history(ctx, op)
-    if type(op) is Stats:
-        return server.stats(cluster=op.cluster)
     raise ApiError(400, "invalid_operation", "a batch cannot hold a batch", "op")
 
 
