@@ -44,6 +44,7 @@ from smartsocket.transport import (
     HandshakeRequest,
     HttpResponse,
     Serve,
+    ServedConnections,
 )
 
 logger = logging.getLogger("smartsocket.server")
@@ -109,6 +110,7 @@ class SmartSocket:
         self._recovery: Recovery | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
+        self._served = ServedConnections()
         self._stats_subscribers: dict[Any, None] = {}  # /smartsocket/live connections
         self._closed: asyncio.Event | None = None
         self._port: int | None = None
@@ -445,7 +447,9 @@ class SmartSocket:
 
     async def _listen(self) -> None:
         # The clock is read at each use: tests replace ``_clock``.
-        self._server = await bind(self.config, self._route, lambda: self._clock())
+        # Connections that served plain requests (the HTTP API...): closed by close().
+        self._served = ServedConnections(self.config.max_connections_per_ip)
+        self._server = await bind(self.config, self._route, lambda: self._clock(), self._served)
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def serve(self) -> None:
@@ -475,6 +479,7 @@ class SmartSocket:
         server = self._server
         if server is not None:
             server.close()
+            self._served.close(busy=False)  # idle HTTP keep-alives; answers close theirs
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         if self._sampler is not None:
@@ -486,6 +491,7 @@ class SmartSocket:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         live.close_all(self)
+        self._served.close()  # HTTP requests still held (long-polls): 503
         for socket in list(self._connections.open):
             socket.fail(CloseCode.GOING_AWAY, "server shutting down")
         wait_until = min(deadline, time.monotonic() + CLOSE_TIMEOUT + 0.5)
