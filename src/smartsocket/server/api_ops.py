@@ -4,7 +4,9 @@ decoding, and its OpenAPI schema) and what each does through the server's cluste
 Every operation works on a whole cluster from any node: publishes and broadcasts go through
 the broker, sockets are reached wherever they are (``server.send``, ``call``, ``join``...),
 listings ask every node (``fetch_sockets``). New operations (e.g. ``to_user``,
-``disconnect_user``) add a Struct here, a branch in ``run`` and an entry in ``OPERATIONS``.
+``disconnect_user``) add a Struct here, to ``Single``, to ``OPERATIONS``, a branch in
+``run_now`` (done at once) or ``_run`` (awaited), a result schema in ``api_schema._RESULTS``,
+and a row in docs/api.md.
 """
 
 from __future__ import annotations
