@@ -120,7 +120,12 @@ class MemoryStore:
         if history is None:
             return None
         history.trim(self.clock() - self.ttl)
-        items = [RoomItem(e[0], e[3], e[4], e[5]) for e in history.entries if e[0] > after]
+        # Entries keep this store's clock: their wall-clock time is now minus their age.
+        wall, now = time.time() * 1000, self.clock()
+        items = [
+            RoomItem(e[0], e[3], e[4], e[5], round(wall - (now - e[2]) * 1000))
+            for e in history.entries if e[0] > after
+        ]
         return RoomView(history.epoch, history.last, items)
 
     # held sessions

@@ -171,7 +171,7 @@ class RedisStore:
         log = await self.logs.read_room(self.channel(room), after)
         if log is None:
             return None
-        items = [RoomItem(e.offset, e.payload, e.binary, e.excluded) for e in log.entries]
+        items = [RoomItem(e.offset, e.payload, e.binary, e.excluded, e.ms) for e in log.entries]
         return RoomView(log.epoch, log.last, items, log.current)
 
     # sessions

@@ -36,6 +36,7 @@ class RoomItem(msgspec.Struct, gc=False):
     payload: bytes
     binary: bool
     excluded: tuple[str, ...] | list[str] | None
+    ms: int = 0  # when it was logged, Unix milliseconds (what the HTTP API's history shows)
 
 
 class RoomView(msgspec.Struct, gc=False):

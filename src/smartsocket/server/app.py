@@ -28,6 +28,8 @@ from smartsocket.recovery import MemoryStore, Resumer, SessionStore, pick_store
 from smartsocket.security import RateLimit
 from smartsocket.server import http, prometheus
 from smartsocket.server.admission import Admission
+from smartsocket.server.api import HttpApi
+from smartsocket.server.api_ops import Context
 from smartsocket.server.broadcast import Broadcaster
 from smartsocket.server.connections import Connections
 from smartsocket.server.context import SocketContext
@@ -51,6 +53,7 @@ from smartsocket.transport import (
     HandshakeRequest,
     HttpResponse,
     Serve,
+    ServedConnections,
 )
 
 logger = logging.getLogger("smartsocket.server")
@@ -128,6 +131,7 @@ class SmartSocket:
         self._sweeper: asyncio.TimerHandle | None = None
         self._prometheus: CollectorRegistry | None = None
         self._live = LiveStats(self.stats)  # /smartsocket/live connections
+        self._served = ServedConnections()  # HTTP connections served by handlers
         self._closed: asyncio.Event | None = None
         self._port: int | None = None
         # Started (heartbeat, sampler), with or without a listener: ``start(listen=False)``
@@ -138,6 +142,10 @@ class SmartSocket:
         self.home_page: bytes | None = None
         # Socket.IO clients (server/socketio/): admitted through open_socket like the rest.
         self._socketio = SocketIOEndpoint(self._config, self.open_socket)
+        # POST /smartsocket/api/<operation> (server/api.py; on with ``api_secret``)
+        self.api: HttpApi = HttpApi(
+            Context(self, lambda: self._recovery)
+        )
         self.config = self._config
 
     @property
@@ -655,7 +663,9 @@ class SmartSocket:
 
     async def _listen(self) -> None:
         # The clock is read at each use: tests replace ``_clock``.
-        self._server = await bind(self.config, self._route, lambda: self._clock())
+        # Connections that served plain requests (the HTTP API...): closed by close().
+        self._served = ServedConnections(self.config.max_connections_per_ip)
+        self._server = await bind(self.config, self._route, lambda: self._clock(), self._served)
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def serve(self) -> None:
@@ -686,6 +696,7 @@ class SmartSocket:
         server = self._server
         if server is not None:
             server.close()
+            self._served.close(busy=False)  # idle HTTP keep-alives; answers close theirs
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         if self._sampler is not None:
@@ -698,6 +709,7 @@ class SmartSocket:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         self._live.close_all()
+        self._served.close()  # HTTP requests still held (long-polls): 503
         for socket in list(self._connections.open):
             socket.fail(CloseCode.GOING_AWAY, "server shutting down")
         self._socketio.close_all()  # Socket.IO sessions that never connected a socket
