@@ -186,11 +186,44 @@ def test_api_secret_option() -> None:
     assert server.config.api_secret == SECRET
 
 
+async def test_to_user_and_disconnect_user_reach_every_connection_of_the_user() -> None:
+    async with live() as (server, base, http):
+        server.authenticate(lambda auth: {"user": auth.token})
+        conns = []
+        for user in ("ann", "ann", "bob"):
+            c = Client(server.url, reconnect=False, headers={"Authorization": f"Bearer {user}"})
+            await c.connect()
+            conns.append(c)
+        recs = [Recorder(c, "note", "disconnect") for c in conns]
+        try:
+            status, body = await post(http, base, "to_user", {"user": "ann", "event": "note",
+                                                              "data": [1]})
+            assert (status, body["result"]) == (200, {"delivered_here": 2})
+            assert [await r.next("note") for r in recs[:2]] == [[1], [1]]
+            status, body = await post(http, base, "to_user", {"user": "", "event": "note"})
+            assert status == 400 and body["error"]["field"] == "user"
+            status, body = await post(http, base, "disconnect_user",
+                                      {"user": "ann", "reason": "banned"})
+            assert (status, body["result"]) == (200, {"closed": 2})
+            for rec in recs[:2]:
+                assert (await rec.next("disconnect")).reason == "banned"
+            status, body = await post(http, base, "batch", {"operations": [
+                {"op": "to_user", "user": "bob", "event": "note", "data": "hi"},
+                {"op": "disconnect_user", "user": "nobody"},
+            ]})
+            assert body["results"] == [
+                {"result": {"delivered_here": 1}}, {"result": {"closed": 0}}]
+            assert await recs[2].next("note") == "hi" and conns[2].connected
+        finally:
+            for c in conns:
+                await c.close()
+
+
 async def test_openapi_document_lists_every_operation() -> None:
     document = schema()
     assert document["openapi"].startswith("3.1")
-    ops = ["publish", "broadcast", "send", "call", "join", "leave", "disconnect", "rooms",
-           "members", "history", "stats", "batch"]
+    ops = ["publish", "broadcast", "send", "call", "join", "leave", "disconnect", "to_user",
+           "disconnect_user", "rooms", "members", "history", "stats", "batch"]
     assert sorted(document["paths"]) == sorted(f"/smartsocket/api/{op}" for op in ops)
     publish = document["components"]["schemas"]["Publish"]
     assert publish["required"] == ["room", "event"]

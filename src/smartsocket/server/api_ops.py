@@ -3,10 +3,9 @@ decoding, and its OpenAPI schema) and what each does through the server's cluste
 
 Every operation works on a whole cluster from any node: publishes and broadcasts go through
 the broker, sockets are reached wherever they are (``server.send``, ``call``, ``join``...),
-listings ask every node (``fetch_sockets``). New operations (e.g. ``to_user``,
-``disconnect_user``) add a Struct here, to ``Single``, to ``OPERATIONS``, a branch in
-``run_now`` (done at once) or ``_run`` (awaited), a result schema in ``api_schema._RESULTS``,
-and a row in docs/api.md.
+listings ask every node (``fetch_sockets``). A new operation adds a Struct here, to
+``Single``, to ``OPERATIONS``, a branch in ``run_now`` (done at once) or ``_run`` (awaited),
+a result schema in ``api_schema._RESULTS``, and a row in docs/api.md.
 """
 
 from __future__ import annotations
@@ -106,6 +105,29 @@ class Disconnect(Op, tag="disconnect"):
     timeout: Timeout = 2.0
 
 
+User = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=256, description="a user id (``socket.user``: a JWT's sub, or "
+    "what the auth hook named)"
+)]
+
+
+class ToUser(Op, tag="to_user"):
+    """Send an event to every connection of a user, on every node (fire and forget)."""
+
+    user: User
+    event: EventName
+    data: Data = None
+
+
+class DisconnectUser(Op, tag="disconnect_user"):
+    """Close every connection of a user, on every node (logout, ban); how many closed."""
+
+    user: User
+    code: Annotated[int, msgspec.Meta(description="close code: 1000 or 3000-4999")] = 4000
+    reason: Annotated[str, msgspec.Meta(description="close reason, at most 123 UTF-8 bytes")] = ""
+    timeout: Timeout = 2.0
+
+
 class Rooms(Op, tag="rooms"):
     """Every room with members, and how many."""
 
@@ -134,8 +156,8 @@ class Stats(Op, tag="stats"):
 
 
 Single = (
-    Publish | Broadcast | Send | Call | Join | Leave | Disconnect | Rooms | Members | History
-    | Stats
+    Publish | Broadcast | Send | Call | Join | Leave | Disconnect | ToUser | DisconnectUser
+    | Rooms | Members | History | Stats
 )
 
 
@@ -148,8 +170,8 @@ class Batch(Op, tag="batch"):
 OPERATIONS: dict[str, type[Op]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
-        Publish, Broadcast, Send, Call, Join, Leave, Disconnect, Rooms, Members, History, Stats,
-        Batch,
+        Publish, Broadcast, Send, Call, Join, Leave, Disconnect, ToUser, DisconnectUser, Rooms,
+        Members, History, Stats, Batch,
     )
 }
 
@@ -241,6 +263,8 @@ def run_now(ctx: Context, op: Op, names: Names | None = None) -> dict[str, Any] 
         raise ApiError(429 if exc.code == "rate_limited" else 409, exc.code, exc.message) from exc
     if type(op) is Send:
         return {"sent": server.send(op.sid, op.event, op.data, binary=False)}
+    if type(op) is ToUser:  # delivered here, published to the other nodes
+        return {"delivered_here": server.to_user(op.user, op.event, op.data, binary=False)}
     if type(op) is Stats:
         return server.stats(cluster=op.cluster)
     return None
@@ -270,6 +294,10 @@ async def _run(ctx: Context, op: Op) -> dict[str, Any]:
         if not await server.disconnect(op.sid, op.code, op.reason, timeout=op.timeout):
             raise _no_socket(op.sid)
         return {}
+    if type(op) is DisconnectUser:
+        _check_close(op.code, op.reason)
+        closed = await server.disconnect_user(op.user, op.code, op.reason, timeout=op.timeout)
+        return {"closed": closed}
     if type(op) is Rooms:
         counts = Counter(
             room for record in await server.fetch_sockets(timeout=op.timeout)

@@ -22,6 +22,14 @@ _RESULTS: dict[str, dict[str, Any]] = {
     "join": {"type": "object"},
     "leave": {"type": "object"},
     "disconnect": {"type": "object"},
+    "to_user": {"type": "object", "properties": {"delivered_here": {
+        "type": "integer", "description": "connections of the user on the answering node; the "
+        "other nodes deliver to theirs",
+    }}},
+    "disconnect_user": {"type": "object", "properties": {"closed": {
+        "type": "integer", "description": "connections closed, counted on every node that "
+        "answered in time",
+    }}},
     "rooms": {"type": "object", "properties": {"rooms": {"type": "array", "items": {
         "type": "object", "properties": {
             "room": {"type": "string"}, "members": {"type": "integer"},
