@@ -137,7 +137,7 @@ class Redis(Backend):
         before = await self.logs.read_room(channel, 1 << 60)
         count = before.last if before is not None else 0
         payload = envelope.encode_event("said", data)
-        assert self.logs.publish_room(channel, b"-", payload, False, list(excluded or ()))
+        assert self.logs.publish_room(room, channel, b"-", payload, False, list(excluded or ()))
         await until(lambda: self._last(room), lambda last: last == count + 1)
 
     async def _last(self, room: str) -> int:
