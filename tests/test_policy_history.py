@@ -203,3 +203,48 @@ async def wait_for_async(read: Any, done: Any, timeout: float = 10.0) -> Any:
             return value
         assert loop.time() < deadline, f"still {value!r} after {timeout} s"
         await asyncio.sleep(0.01)
+
+
+async def test_the_python_client_hands_a_resumes_gap_to_the_app() -> None:
+    """An independent peer of the server code: the Python client resumes by itself and gets
+    ``$gap`` for the room without history, then the other room's replay. The resume waits in
+    the (async) authentication hook until the test has broadcast: no race with the
+    reconnect."""
+    import asyncio
+
+    from smartsocket import Client
+
+    server = app()
+    open_door = asyncio.Event()
+    open_door.set()
+
+    @server.authenticate
+    async def door(request: Any) -> dict[str, str]:
+        await open_door.wait()
+        return {"user": "ann"}
+
+    async with running(server):
+        client = Client(server.url, reconnect_delay=0.02, reconnect_delay_max=0.05)
+        got: list[Any] = []
+        client.on("m", got.append)
+        client.on("$gap", lambda info: got.append(("gap", info["room"])))
+        await client.connect()
+        old_sid = client.sid
+        await client.call("join", "live:x")
+        await client.call("join", "plain")
+        server.room("live:x").broadcast("m", "seen")
+        await wait_for(lambda: got == ["seen"])
+        open_door.clear()
+        assert client._conn is not None
+        client._conn.abort()
+        await wait_for(lambda: old_sid not in server.sockets)
+        server.room("live:x").broadcast("m", "lost")
+        server.room("plain").broadcast("m", "kept")
+        open_door.set()
+        await wait_for(lambda: len(got) == 3, timeout=5)
+        assert client.recovered and client.sid == old_sid
+        assert got == ["seen", ("gap", "live:x"), "kept"]
+        assert "live:x" not in client._positions  # forgotten: the app refetches the room
+        server.room("live:x").broadcast("m", "after")
+        await wait_for(lambda: got[-1:] == ["after"])
+        await client.close()
