@@ -722,7 +722,9 @@ async def test_the_memory_store_follows_a_policy_set_later() -> None:
         store.log_room("p:a", "said", n, False, None)
     assert len(store.rooms["p:a"].entries) == 5
     history.use(lambda room: (2, None) if room.startswith("p:") else None)
-    store.log_room("p:a", "said", 5, False, None)  # the next message applies it
+    view = await store.read_room("p:a", 0)  # the next use applies it
+    assert view is not None and [item.offset for item in view.items] == [4, 5]
+    store.log_room("p:a", "said", 5, False, None)
     assert [entry[0] for entry in store.rooms["p:a"].entries] == [5, 6]
 
 

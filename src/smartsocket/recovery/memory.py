@@ -113,12 +113,17 @@ class MemoryStore:
     # room history
 
     def _history(self, room: str) -> RoomHistory:
-        history = self.rooms.get(room)
-        limits = self.history
+        history = self._known(room)
         if history is None:
+            limits = self.history
             history = self.rooms[room] = RoomHistory(limits.of(room), limits.version)
-        elif history.version != limits.version:  # a policy was set since
-            history.resize(limits.of(room), limits.version)
+        return history
+
+    def _known(self, room: str) -> RoomHistory | None:
+        """``room``'s history if it has one, sized by the policies in force."""
+        history = self.rooms.get(room)
+        if history is not None and history.version != self.history.version:
+            history.resize(self.history.of(room), self.history.version)  # a policy was set
         return history
 
     def log_room(
@@ -138,7 +143,7 @@ class MemoryStore:
         return history.epoch, history.last
 
     async def read_room(self, room: str, after: int) -> RoomView | None:
-        history = self.rooms.get(room)
+        history = self._known(room)
         if history is None:
             return None
         history.trim(self.clock() - history.ttl)
@@ -204,7 +209,7 @@ class MemoryStore:
                 and type(reported[1]) is int and reported[1] > after
             ):
                 after = reported[1]
-            history = self.rooms.get(room)
+            history = self._known(room)
             entries = None
             if history is not None:
                 history.trim(now - history.ttl)
