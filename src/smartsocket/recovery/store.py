@@ -112,7 +112,9 @@ class SessionStore(Protocol):
     ):
         """What ``held``'s client missed (payloads in send order) given the positions it
         reports (``offsets``: room -> [epoch, offset]; ``seq``: last direct message); None
-        if some of it can no longer be replayed."""
+        if some of it can no longer be replayed. A room that keeps no history (its policy's
+        ``history_size`` 0, ``history.py``) does not fail it: a ``$gap`` notice for the room
+        comes first instead, when messages of it may have been missed."""
         ...
 
     def sweep(self, rooms_in_use: Container[str]) -> list[str]:

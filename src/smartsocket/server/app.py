@@ -19,6 +19,7 @@ from smartsocket.cluster.messages import PresenceMember, SocketRecord
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.config import Config
 from smartsocket.handlers import Handler
+from smartsocket.history import HistoryLimits
 from smartsocket.metrics import Stats
 from smartsocket.policies import Join, Publish, RoomPolicy
 from smartsocket.protocol import envelope
@@ -165,7 +166,10 @@ class SmartSocket:
         self._admission = self._new_admission(self._admission.hook)
         # With metrics off the stats keep their shape: counters that never move (zeros).
         self._still_stats = self._stats or Stats()
-        self._memory_store = MemoryStore(config) if config.recovery_window else None
+        self._memory_store = (
+            MemoryStore(config, history=self._room_gate.history)
+            if config.recovery_window else None
+        )
         self._router.config = config
         self._room_limits.configure(config, self._stats)
         self._fan = Fanout(config, self._stats)
@@ -201,7 +205,9 @@ class SmartSocket:
             deny_by_default=config.rooms_deny_by_default,
             verifier=self._token_sessions.verifier, clock=lambda: self._token_clock(),
             monotonic_ns=lambda: self._clock(), has_room=self._registry.__contains__,
+            history=HistoryLimits.of_config(config),
         )
+        self._cluster.history = gate.history  # what the room logs keep in Redis, per room
         for pattern, policy in self._policy_list.items():
             gate.set(pattern, policy)
         return gate
