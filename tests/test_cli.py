@@ -317,3 +317,81 @@ def test_bad_config_file_is_one_line(tmp_path: Path) -> None:
     assert_one_line(run_cli(["serve", "--config", str(tmp_path / "none.toml")]), 2,
                     "none.toml", "cannot read")
     assert_one_line(run_cli(["serve", "--jwt-secret", "short"]), 2, "jwt_secret", "32 bytes")
+
+
+# smartsocket publish ----------------------------------------------------------------------
+
+API_SECRET = "cli-test-secret-0123456789"
+
+
+async def run_publish(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "smartsocket", "publish", *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_publish_reaches_a_room_through_the_http_api() -> None:
+    from smartsocket.testing import Recorder, running
+
+    async with running(api_secret=API_SECRET) as server:
+        a = Client(server.url, reconnect=False)
+        b = Client(server.url, reconnect=False)
+        await a.connect()
+        await b.connect()
+        for c in (a, b):
+            assert await server.join(c.sid, "lobby")
+        recs = [Recorder(c, "news") for c in (a, b)]
+        code, out, err = await run_publish(
+            server.url, "lobby", "news", '{"text": "hi"}', "--api-secret", API_SECRET,
+            "--exclude", b.sid,
+        )
+        assert (code, out, err) == (0, "", "")
+        assert await recs[0].next("news") == {"text": "hi"}
+        code, _, err = await run_publish(  # the secret from the environment, a bare host:port
+            f"127.0.0.1:{server.port}", "lobby", "news", '"plain"',
+            env={"SMARTSOCKET_API_SECRET": API_SECRET},
+        )
+        assert code == 0, err
+        assert [await r.next("news") for r in recs] == ["plain", "plain"]
+        assert recs[1].pending("news") == 0
+        await a.close()
+        await b.close()
+
+
+def assert_one_error_line(code: int, err: str, expected: int, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == expected and len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+async def test_publish_mistakes_are_one_line() -> None:
+    from smartsocket.testing import running
+
+    async with running(api_secret=API_SECRET) as server:
+        url = server.url
+        code, _, err = await run_publish(url, "lobby", "news", "1", "--api-secret", "x" * 20)
+        assert_one_error_line(code, err, 1, "HTTP 403 forbidden", "wrong API secret")
+        code, _, err = await run_publish(url, "", "news", "1", "--api-secret", API_SECRET)
+        assert_one_error_line(code, err, 1, "HTTP 400 invalid_name", "(field room)")
+        code, _, err = await run_publish(url, "lobby", "news", "not json", "--api-secret", "s")
+        assert_one_error_line(code, err, 2, "DATA must be JSON")
+        code, _, err = await run_publish(url, "lobby", "news", "1", env={
+            "SMARTSOCKET_API_SECRET": ""
+        })
+        assert_one_error_line(code, err, 2, "--api-secret")
+    async with running() as server:  # no api_secret: the API is off
+        code, _, err = await run_publish(server.url, "r", "e", "1", "--api-secret", API_SECRET)
+        assert_one_error_line(code, err, 1, "HTTP 404", "api_secret set on the server")
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    code, _, err = await run_publish(f"http://127.0.0.1:{port}", "r", "e", "1",
+                                     "--api-secret", API_SECRET)
+    assert_one_error_line(code, err, 1, "cannot reach")

@@ -154,7 +154,7 @@ def test_empty_file_is_fine() -> None:
     ('[rooms."chat:*"]\npublish = "everyone"', 'rooms."chat:*".publish', "unknown rule"),
     ('[rooms."chat:*"]\nhistory_sise = 5', 'rooms."chat:*".history_sise',
      "unknown room setting (did you mean 'history_size'?)"),
-    ('[rooms."chat:*"]\nhistory_size = 0', 'rooms."chat:*".history_size', "must be >= 1"),
+    ('[rooms."chat:*"]\nhistory_size = -1', 'rooms."chat:*".history_size', "must be >= 0"),
     ('[rooms."chat:*"]\nhistory_size = "5"', 'rooms."chat:*".history_size',
      "expected an integer"),
     ('[rooms."chat:*"]\npresence = "on"', 'rooms."chat:*".presence', "expected a boolean"),

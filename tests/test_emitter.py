@@ -335,3 +335,42 @@ async def test_runs_of_messages_keep_their_order_around_logged_ones() -> None:
     await pubsub.aclose()
     await subscriber.aclose()
     assert seen == list(range(601))
+
+
+async def test_a_publish_takes_the_rooms_policy_history() -> None:
+    """The emitter has no room policies: a room whose policy sets history is given its
+    ``history_size`` / ``history_ttl`` per call; the room log keeps and expires it so
+    (checked on the stream and the TTL Redis was given, no waiting)."""
+    import redis.asyncio
+
+    from smartsocket.cluster.roomlog import RoomLogs
+
+    name = prefix()
+    probe = redis.asyncio.Redis.from_url(BROKERS["redis"])
+    try:
+        async with AsyncEmitter(BROKERS["redis"], prefix=name, recovery_window=10,
+                                history_size=3, history_ttl=1000) as emitter:
+            for n in range(4):
+                await emitter.publish("p:a", "e", n, history_size=2, history_ttl=1)
+                await emitter.publish("live:a", "e", n, history_size=0)
+                await emitter.publish("r", "e", n)
+            with pytest.raises(ValueError, match="history_size"):
+                await emitter.publish("r", "e", 0, history_size=-1)
+            core = emitter._core
+
+        def keys(room: str) -> list[str]:
+            return RoomLogs.room_keys(core.room_channel(room))
+
+        assert await probe.xlen(keys("p:a")[1]) == 2
+        assert await probe.xlen(keys("r")[1]) == 3
+        assert await probe.exists(keys("live:a")[1]) == 0
+        assert int(await probe.hget(keys("live:a")[0], "n")) == 4
+        for key in keys("p:a"):
+            assert 0 < await probe.pttl(key) <= (10 + 1) * 1000
+        for key in keys("r"):
+            assert (10 + 1) * 1000 < await probe.pttl(key) <= (10 + 1000) * 1000
+    finally:
+        left = [key async for key in probe.scan_iter(match="{" + name + "*")]
+        if left:
+            await probe.delete(*left)
+        await probe.aclose()

@@ -21,6 +21,7 @@ from smartsocket.transport import (
     HttpRequest,
     HttpResponse,
     Serve,
+    ServedConnections,
     create_server,
 )
 
@@ -83,10 +84,13 @@ def json_error(status: int, reason: str) -> HttpResponse:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: App, **limits: object) -> AsyncIterator[int]:
+async def serving(
+    app: App, served: ServedConnections | None = None, **limits: object
+) -> AsyncIterator[int]:
     server = await create_server(
         app.route, host="127.0.0.1", port=0, max_message_size=1 << 20,
         handshake_timeout=TIMEOUT, http_limits=HttpLimits(**limits),  # type: ignore[arg-type]
+        served=served,
     )
     try:
         yield server.sockets[0].getsockname()[1]
@@ -392,4 +396,57 @@ async def test_a_route_words_the_gate_refusals_itself(header: str, status: int) 
         answer = await client.answer()
         assert answer.status == status and answer.headers["content-type"] == "application/json"
         assert "error" in json.loads(answer.body)
+        client.close()
+
+
+async def test_expect_100_continue_gets_its_interim_answer() -> None:
+    app = App()
+    async with serving(app) as port:
+        client = await Client.open(port)
+        client.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 5\r\n\r\n")
+        interim = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.send(b"hello")
+        answer = await client.answer()
+        assert answer.status == 200 and json.loads(answer.body)["body"] == "hello"
+        client.close()
+        client = await Client.open(port)  # refused before the body: no interim answer
+        client.send(b"POST /small HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 11\r\n\r\n")
+        assert (await client.answer()).status == 413
+        client.close()
+
+
+async def test_shutdown_closes_idle_connections_then_held_requests() -> None:
+    app = App()
+    served = ServedConnections()
+    async with serving(app, served) as port:
+        idle, held, answering = [await Client.open(port) for _ in range(3)]
+        idle.request("GET", "/echo")
+        assert (await idle.answer()).headers["connection"] == "keep-alive"
+        held.request("GET", "/hold")
+        await asyncio.wait_for(app.holding.wait(), TIMEOUT)
+        served.close(busy=False)  # first step: idle ones go, held ones may still answer
+        assert await idle.at_eof()
+        answering.request("GET", "/echo")  # new requests are still answered, and closed
+        answer = await answering.answer()
+        assert answer.status == 200 and answer.headers["connection"] == "close"
+        served.close()  # second step: what is still held gets 503
+        answer = await held.answer()
+        assert answer.status == 503 and answer.headers["connection"] == "close"
+        assert app.seen[1].disconnected.is_set()
+        await asyncio.wait_for(app.cancelled.wait(), TIMEOUT)
+        for client in (idle, held, answering):
+            client.close()
+
+
+async def test_server_close_ends_kept_alive_api_connections() -> None:
+    async with running(api_secret="s" * 16) as server:
+        client = await Client.open(server.port)
+        client.request("POST", "/smartsocket/api/stats", b"{}",
+                       "Authorization: Bearer " + "s" * 16, "Content-Type: application/json")
+        assert (await client.answer()).headers["connection"] == "keep-alive"
+        await server.close()
+        assert await client.at_eof()
         client.close()

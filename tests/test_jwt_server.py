@@ -612,6 +612,30 @@ def test_expiry_heap_for_many_sockets_is_one_heap() -> None:
     assert sessions.expire_due() == 0
 
 
+def test_a_closed_socket_is_not_held_by_its_stale_expiry_entry() -> None:
+    import weakref
+
+    from smartsocket.auth import TokenVerifier
+    from smartsocket.server.tokens import TokenSessions
+
+    clock = tk.FakeClock()
+    sessions = TokenSessions(TokenVerifier(secret=tk.SECRET, leeway=0, clock=clock))
+    held = _Held(1)
+    sessions.admit(held, _claims("a", tk.NOW + 10))
+    gone = weakref.ref(held)
+    sessions.forget(held)
+    del held
+    assert gone() is None  # freed at the close, not when its entry comes up
+    assert sessions.describe() == {"deadlines": 0, "heap": 1}
+    other = _Held(2)  # a live socket due later is left alone by the stale entry
+    sessions.admit(other, _claims("b", tk.NOW + 30))
+    clock.advance(20)
+    assert sessions.expire_due() == 0 and other.connected
+    assert sessions.describe() == {"deadlines": 1, "heap": 1}
+    clock.advance(20)
+    assert sessions.expire_due() == 1 and other.closed_with == 4003
+
+
 def _claims(user: str, exp: float) -> Any:
     from types import MappingProxyType
 

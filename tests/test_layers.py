@@ -16,8 +16,8 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "smartsocket"
 
 # Low-level modules every layer may use; they import only each other and ``protocol``.
 SHARED = {
-    "_version", "acks", "backoff", "config", "errors", "handlers", "logs", "metrics",
-    "security",
+    "_version", "acks", "backoff", "config", "errors", "handlers", "history", "logs",
+    "metrics", "security",
 }
 EDGES = {"protocol", "compression", "http_requests", "handshake", "transport"}
 # Shared-level helpers the server uses (token auth, room policies, the config file): above the

@@ -204,7 +204,7 @@ def test_cache_is_bounded_and_cleared_on_change() -> None:
     ({"join": ["anyone", "grant"]}, "cannot be combined"),
     ({"join": ["server", "subscription"]}, "cannot be combined"),
     ({"publish": "all"}, "all"),
-    ({"history_size": 0}, "history_size"),
+    ({"history_size": -1}, "history_size"),
     ({"history_ttl": -1}, "history_ttl"),
     ({"rate_limit_messages": -1}, "rate_limit_messages"),
 ])

@@ -20,6 +20,8 @@ from smartsocket.cluster.brokers import BrokerAdapter, create_adapter
 from smartsocket.cluster.brokers.scripts import ScriptCall
 from smartsocket.cluster.roomlog import RoomLogs
 from smartsocket.config import Config
+from smartsocket.history import HistoryLimits
+from smartsocket.policies import RoomPolicy
 from smartsocket.protocol import envelope
 from smartsocket.recovery import (
     MemoryStore,
@@ -30,6 +32,7 @@ from smartsocket.recovery import (
     pick_store,
 )
 from smartsocket.recovery.redis import REFRESH
+from smartsocket.server.room_policy import RoomGate
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WINDOW = 10.0
@@ -88,9 +91,9 @@ class Backend:
 class Memory(Backend):
     kind = "memory"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, history: HistoryLimits | None = None) -> None:
         self.clock = Clock(1000.0)
-        self.memory = MemoryStore(config, self.clock)
+        self.memory = MemoryStore(config, self.clock, history=history)
         self.store = self.memory
 
     async def append(
@@ -107,12 +110,15 @@ class Memory(Backend):
 class Redis(Backend):
     kind = "redis"
 
-    def __init__(self, config: Config, adapter: BrokerAdapter, probe: redis.asyncio.Redis) -> None:
+    def __init__(
+        self, config: Config, adapter: BrokerAdapter, probe: redis.asyncio.Redis,
+        history: HistoryLimits | None = None,
+    ) -> None:
         self.prefix = "rs" + uuid.uuid4().hex[:12]
         self.clock = Clock(1000.0)
         self.adapter = adapter
         self.probe = probe
-        self.logs = RoomLogs(config, adapter)
+        self.logs = RoomLogs(config, adapter, history)
         self.forwarded: list[tuple[str, str, bytes, bool]] = []
         self.redis = RedisStore(
             config, adapter, self.logs, prefix=self.prefix, node_id="here",
@@ -137,7 +143,7 @@ class Redis(Backend):
         before = await self.logs.read_room(channel, 1 << 60)
         count = before.last if before is not None else 0
         payload = envelope.encode_event("said", data)
-        assert self.logs.publish_room(channel, b"-", payload, False, list(excluded or ()))
+        assert self.logs.publish_room(room, channel, b"-", payload, False, list(excluded or ()))
         await until(lambda: self._last(room), lambda last: last == count + 1)
 
     async def _last(self, room: str) -> int:
@@ -182,6 +188,17 @@ async def until(
         await asyncio.sleep(0.005)
 
 
+def limits(config: Config, policies: dict[str, RoomPolicy]) -> HistoryLimits:
+    """Each room's history limits as a server with these room policies resolves them."""
+    history = HistoryLimits.of_config(config)
+    gate = RoomGate(deny_by_default=False, verifier=None, clock=time.time,
+                    monotonic_ns=time.monotonic_ns, has_room=lambda room: False,
+                    history=history)
+    for pattern, policy in policies.items():
+        gate.set(pattern, policy)
+    return history
+
+
 def config(**changes: Any) -> Config:
     options: dict[str, Any] = {
         "recovery_window": WINDOW, "history_ttl": TTL, "history_size": 3, **changes,
@@ -217,11 +234,13 @@ async def make(
         assert adapter.connected
         probe = redis.asyncio.Redis.from_url(REDIS_URL)
 
-    def factory(**changes: Any) -> Backend:
+    def factory(policies: dict[str, RoomPolicy] | None = None, **changes: Any) -> Backend:
+        made_config = config(**changes)
+        history = limits(made_config, policies or {})
         if adapter is None:
-            return Memory(config(**changes))
+            return Memory(made_config, history)
         assert probe is not None
-        backend = Redis(config(**changes), adapter, probe)
+        backend = Redis(made_config, adapter, probe, history)
         made.append(backend)
         return backend
 
@@ -493,6 +512,96 @@ async def test_direct_and_room_messages_replay_in_send_order(
     assert [data_of(p) for p, _ in missed] == ["r1", "d1"]
 
 
+# room policies' history settings (history.py): per room, the same on both stores
+
+
+async def test_a_policy_sets_its_rooms_history_size(make: Callable[..., Backend]) -> None:
+    backend = make(history_size=3, policies={"p:*": RoomPolicy(history_size=5)})
+    for n in range(1, 8):
+        await backend.append("p:a", n)
+        await backend.append("r", n)
+    policed = await backend.store.read_room("p:a", 0)
+    plain = await backend.store.read_room("r", 0)
+    assert policed is not None and plain is not None
+    assert [item.offset for item in policed.items] == [3, 4, 5, 6, 7]  # the policy's 5
+    assert [item.offset for item in plain.items] == [5, 6, 7]  # the server's 3
+
+
+async def test_a_resume_gets_a_policy_rooms_last_n_or_fails(
+    make: Callable[..., Backend],
+) -> None:
+    """history_size N: a session that missed N messages gets them all; one that missed N + 1
+    cannot be recovered (protocol.md 8: ``recovered: false``, not the last N)."""
+    backend = make(history_size=2, policies={"p:*": RoomPolicy(history_size=4)})
+    store = backend.store
+    await backend.append("p:a", 0)
+    start = await store.read_room("p:a", 0)
+    assert start is not None
+    store.hold(Dropped("n.p", rooms=["p:a"]), session({"p:a": (start.epoch, start.last)}))
+    await backend.settled()
+    held = await store.take("n.p", "secret-token", None)
+    assert held is not None
+    for n in range(1, 5):  # N = 4 missed: more than the server's 2
+        await backend.append("p:a", n)
+    missed = await store.missed(held, {}, 0)
+    assert missed is not None and [data_of(p) for p, _ in missed] == [1, 2, 3, 4]
+    await backend.append("p:a", 5)  # N + 1
+    assert await store.missed(held, {}, 0) is None
+
+
+async def test_a_room_without_history_resumes_with_a_gap(make: Callable[..., Backend]) -> None:
+    """history_size 0: the room keeps nothing; its messages are still numbered, and a resume
+    that missed some gets ``$gap`` for the room (first), the other rooms' replay after it."""
+    backend = make(policies={"live:*": RoomPolicy(history_size=0)})
+    store = backend.store
+    await backend.append("live:x", 0)
+    await backend.append("r", 0)
+    live = await store.read_room("live:x", 0)
+    plain = await store.read_room("r", 0)
+    assert live is not None and plain is not None
+    assert live.last == 1 and live.items == []  # numbered, nothing kept
+    joined = {"live:x": (live.epoch, live.last), "r": (plain.epoch, plain.last)}
+    store.hold(Dropped("n.l", rooms=["live:x", "r"]), session(joined))
+    await backend.settled()
+    held = await store.take("n.l", "secret-token", None)
+    assert held is not None
+    assert await store.missed(held, {}, 0) == []  # nothing missed: no gap
+    await backend.append("live:x", 1)
+    await backend.append("r", 1)
+    missed = await store.missed(held, {}, 0)
+    assert missed is not None
+    gap = envelope.decode(missed[0][0], binary=False)
+    assert isinstance(gap, envelope.Event)
+    assert (gap.name, gap.data) == ("$gap", {"room": "live:x"})
+    assert [data_of(p) for p, _ in missed[1:]] == [1]
+    # The client saw offset 2 of the live room after all: nothing missed there.
+    seen = await store.missed(held, {"live:x": [live.epoch, 2]}, 0)
+    assert seen is not None and [data_of(p) for p, _ in seen] == [1]
+
+
+async def test_a_policy_ttl_expires_its_rooms_messages(make: Callable[..., Backend]) -> None:
+    backend = make(history_size=10, policies={"short:*": RoomPolicy(history_ttl=1)})
+    store = backend.store
+    await backend.append("short:a", 0)
+    await backend.append("r", 0)
+    short = await store.read_room("short:a", 0)
+    plain = await store.read_room("r", 0)
+    assert short is not None and plain is not None
+    store.hold(Dropped("n.s", rooms=["short:a"]), session({"short:a": (short.epoch, 1)}))
+    store.hold(Dropped("n.r", rooms=["r"]), session({"r": (plain.epoch, 1)}))
+    await backend.settled()
+    in_short = await store.take("n.s", "secret-token", None)
+    in_plain = await store.take("n.r", "secret-token", None)
+    assert in_short is not None and in_plain is not None
+    await backend.append("short:a", 1)
+    await backend.append("r", 1)
+    assert await store.missed(in_short, {}, 0) is not None
+    backend.advance(2)  # past the policy's 1 s, within the server's TTL (5 s)
+    assert await store.missed(in_short, {}, 0) is None
+    kept = await store.missed(in_plain, {}, 0)
+    assert kept is not None and [data_of(p) for p, _ in kept] == [1]
+
+
 async def test_the_stores_report_the_same_figures(make: Callable[..., Backend]) -> None:
     figures = make().store.stats()
     assert set(figures) == {
@@ -568,6 +677,55 @@ async def test_the_redis_store_leaves_room_logging_to_the_broker(
             assert 0 < ttl <= (WINDOW + TTL) * 1000
     finally:
         await backend.cleanup()
+
+
+async def test_the_redis_log_gives_each_room_its_policys_size_and_expiry(
+    redis_adapter: tuple[BrokerAdapter, redis.asyncio.Redis],
+) -> None:
+    """The LOG script's size and expiry per room: a policy's TTL sets the keys' expiry
+    (recovery_window + history_ttl), checked on the TTL Redis was given (no waiting)."""
+    adapter, probe = redis_adapter
+    cfg = config(history_size=3)
+    history = limits(cfg, {
+        "short:*": RoomPolicy(history_ttl=1), "long:*": RoomPolicy(history_ttl=1000),
+        "big:*": RoomPolicy(history_size=5), "live:*": RoomPolicy(history_size=0),
+    })
+    backend = Redis(cfg, adapter, probe, history)
+    try:
+        for room in ("short:a", "long:a", "big:a", "live:a", "r"):
+            for n in range(7):
+                await backend.append(room, n)
+
+        async def ttls(room: str) -> list[int]:
+            keys = backend.logs.room_keys(backend.channel(room))
+            return [await probe.pttl(key) for key in keys]
+
+        assert all(0 < ttl <= (WINDOW + 1) * 1000 for ttl in await ttls("short:a"))
+        assert all((WINDOW + TTL) * 1000 < ttl <= (WINDOW + 1000) * 1000
+                   for ttl in await ttls("long:a"))
+        assert all(0 < ttl <= (WINDOW + TTL) * 1000 for ttl in await ttls("r"))
+        streams = {room: await probe.xlen(backend.logs.room_keys(backend.channel(room))[1])
+                   for room in ("big:a", "r", "short:a")}
+        assert streams == {"big:a": 5, "r": 3, "short:a": 3}
+        meta, stream = backend.logs.room_keys(backend.channel("live:a"))
+        assert await probe.exists(stream) == 0  # no history kept
+        assert int(await probe.hget(meta, "n")) == 7  # but numbered
+    finally:
+        await backend.cleanup()
+
+
+async def test_the_memory_store_follows_a_policy_set_later() -> None:
+    cfg = config(history_size=5)
+    history = HistoryLimits.of_config(cfg)
+    store = MemoryStore(cfg, Clock(0.0), history=history)
+    for n in range(5):
+        store.log_room("p:a", "said", n, False, None)
+    assert len(store.rooms["p:a"].entries) == 5
+    history.use(lambda room: (2, None) if room.startswith("p:") else None)
+    view = await store.read_room("p:a", 0)  # the next use applies it
+    assert view is not None and [item.offset for item in view.items] == [4, 5]
+    store.log_room("p:a", "said", 5, False, None)
+    assert [entry[0] for entry in store.rooms["p:a"].entries] == [5, 6]
 
 
 async def test_the_redis_store_forwards_to_where_a_session_resumed(

@@ -191,6 +191,9 @@ def test_hs384_needs_a_48_byte_secret() -> None:
     long_secret = SECRET * 2
     verifier = TokenVerifier(secret=long_secret, clock=FakeClock())
     assert verifier.verify(sign(claims(), long_secret, "HS512")).algorithm == "HS512"
+    assert verifier.verify(sign(claims(), long_secret, "HS384")).algorithm == "HS384"
+    assert verifier.verify(sign(claims(), long_secret, "HS256")).algorithm == "HS256"
+    refused(verifier, sign(claims(), SECRET * 3, "HS512"), Code.INVALID)  # another secret
 
 
 def test_wrong_rsa_key() -> None:
@@ -752,3 +755,24 @@ def test_jwks_redirect_from_https_to_http_refused() -> None:
     followed = handler.redirect_request(request, None, 302, "Found", {},
                                         "https://cdn.example.com/jwks.json")
     assert followed is not None and followed.full_url == "https://cdn.example.com/jwks.json"
+
+
+def test_hmac_signatures_are_checked_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An HMAC costs no more than the verified-signature cache's own hash: no cache for it.
+    from smartsocket.auth import jws
+
+    calls: list[str] = []
+    original = jws.VerifyKey.verify
+
+    def counting(self: jws.VerifyKey, alg: str, signing_input: bytes, sig: bytes) -> bool:
+        calls.append(alg)
+        return original(self, alg, signing_input, sig)
+
+    monkeypatch.setattr(jws.VerifyKey, "verify", counting)
+    verifier = hs()
+    token = sign(claims())
+    for _ in range(3):
+        assert verifier.verify(token).user == "ann"
+    assert calls == ["HS256"] * 3
+    head, body, sig = token.split(".")
+    refused(verifier, f"{head}.{body}.{sig[:-4]}AAAA", Code.INVALID)

@@ -1,5 +1,5 @@
-"""``smartsocket`` command line: ``serve`` (the demo app or ``--app module:attr``) and
-``stats URL``.
+"""``smartsocket`` command line: ``serve`` (the demo app or ``--app module:attr``),
+``stats URL`` and ``publish URL ROOM EVENT DATA`` (through the HTTP API).
 
 Mistakes a user can fix (a port in use, a wrong ``--app``, a missing certificate or extra)
 end with one line on stderr that says what is wrong and what to do, never a traceback: exit
@@ -33,7 +33,9 @@ SmartSocket: a real-time WebSocket server.
   smartsocket serve            run the demo chat server on port 8080
   smartsocket serve --app myapp:server
                                run your own server (a SmartSocket in myapp.py)
-  smartsocket stats URL        print a running server's figures"""
+  smartsocket stats URL        print a running server's figures
+  smartsocket publish URL ROOM EVENT DATA
+                               publish to a room through the server's HTTP API"""
 
 SERVE_DESCRIPTION = """\
 Run a SmartSocket server: the demo chat app, or your own with --app module:attr (a SmartSocket
@@ -126,7 +128,74 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("url", help="the server, e.g. http://localhost:8080 or ws://host:8080/")
     stats.add_argument("--json", action="store_true", help="print the raw JSON")
     stats.add_argument("--token", help="the server's stats_token, if it has one")
+    publish = commands.add_parser(
+        "publish", help="publish to a room through the server's HTTP API",
+        description="POST URL/smartsocket/api/publish: send EVENT with DATA (JSON) to ROOM's "
+        "members on every node. The secret comes from --api-secret or SMARTSOCKET_API_SECRET "
+        "(prefer the env var: command lines are visible to other users).",
+    )
+    publish.add_argument("url", help="the server, e.g. http://localhost:8080 or ws://host:8080/")
+    publish.add_argument("room")
+    publish.add_argument("event")
+    publish.add_argument("data", help="JSON, e.g. '{\"text\": \"hi\"}' or '\"hi\"' for a string")
+    publish.add_argument("--api-secret", help="the server's api_secret")
+    publish.add_argument("--exclude", action="append", default=[], metavar="SID",
+                         help="a socket id not to deliver to (repeatable)")
     return parser
+
+
+def http_url(url: str, path: str) -> str:
+    """``path`` on the server at ``url`` (http, https, ws, wss or a bare host:port)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def publish_command(args: argparse.Namespace) -> int:
+    """``smartsocket publish URL ROOM EVENT DATA``: one API call, quiet on success."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        data = json.loads(args.data)
+    except ValueError:
+        raise UsageError(
+            f"DATA must be JSON (a string is quoted: '\"{args.data}\"'), got {args.data!r}"
+        ) from None
+    secret = args.api_secret or os.environ.get("SMARTSOCKET_API_SECRET")
+    if not secret:
+        raise UsageError("give the server's api_secret: --api-secret or SMARTSOCKET_API_SECRET")
+    url = http_url(args.url, "/smartsocket/api/publish")
+    body: dict[str, Any] = {"room": args.room, "event": args.event, "data": data}
+    if args.exclude:
+        body["exclude"] = args.exclude
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={
+        "Authorization": f"Bearer {secret}", "Content-Type": "application/json",
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return 0
+    except urllib.error.HTTPError as exc:
+        raise Failure(f"publish refused by {url}: {_api_error(exc)}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Failure(f"cannot reach {url}: {reason}") from None
+
+
+def _api_error(exc: Any) -> str:
+    """``HTTP 403 forbidden: wrong API secret`` from an API error answer."""
+    import json
+
+    try:
+        error = json.loads(exc.read())["error"]
+        where = f" (field {error['field']})" if "field" in error else ""
+        return f"HTTP {exc.code} {error['code']}: {error['message']}{where}"
+    except (ValueError, KeyError, TypeError, OSError):
+        hint = " (is api_secret set on the server?)" if exc.code == 404 else ""
+        return f"HTTP {exc.code} {exc.reason}{hint}"
 
 
 def stats_command(args: argparse.Namespace) -> int:
@@ -134,11 +203,8 @@ def stats_command(args: argparse.Namespace) -> int:
     import json
     import urllib.error
     import urllib.request
-    from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(args.url if "://" in args.url else "http://" + args.url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    url = urlunsplit((scheme, parts.netloc, "/smartsocket/stats", "", ""))
+    url = http_url(args.url, "/smartsocket/stats")
     request = urllib.request.Request(url)
     if args.token:
         request.add_header("Authorization", f"Bearer {args.token}")
@@ -317,6 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # tools; stdout goes to /dev/null so the interpreter's final flush fails no more.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
+    if args.command == "publish":
+        try:
+            return publish_command(args)
+        except Failure as exc:
+            print(error_line(str(exc), as_json=False), file=sys.stderr)
+            return exc.code
     try:
         return serve_command(args, argv)
     except ConfigError as exc:

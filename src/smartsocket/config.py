@@ -101,6 +101,8 @@ class Config:
     max_write_buffer: int = _opt(4 << 20, "bytes queued for a slow socket before it is "
                                  "dropped (4009)", min=1024)
     stats_token: str | None = _opt(None, "token required by /smartsocket/stats and /metrics")
+    api_secret: str | None = _opt(None, "secret of the HTTP API at /smartsocket/api/ (sent as "
+                                  "a Bearer token; unset: the API is off)")
     # plain HTTP requests served by handlers (the HTTP API, long-polling): http_requests.py
     max_http_body: int = _opt(1 << 20, "largest HTTP request body (over: 413, not read)", min=0)
     http_body_timeout: float = _opt(10.0, "seconds an HTTP request body may take to arrive "
@@ -206,6 +208,11 @@ class Config:
             raise ConfigError("jwt_secret", "at least 32 bytes for HS256 (RFC 7518 3.2)")
         if not self.socketio_path.startswith("/") or "?" in self.socketio_path:
             raise ConfigError("socketio_path", "must start with / and hold no query")
+        if self.api_secret is not None and (
+            len(self.api_secret) < 16 or not self.api_secret.isprintable()
+            or any(c.isspace() for c in self.api_secret)
+        ):
+            raise ConfigError("api_secret", "at least 16 characters, printable, no spaces")
         if self.api_keys is not None and not any(k.strip() for k in self.api_keys.split(",")):
             raise ConfigError("api_keys", "holds no key")
         try:

@@ -52,7 +52,7 @@ _ROOM_KEYS: dict[str, tuple[type, float | None]] = {
     "join": (list, None),
     "publish": (str, None),
     "presence": (bool, None),
-    "history_size": (int, 1),
+    "history_size": (int, 0),
     "history_ttl": (float, 0),
     "rate_limit_messages": (float, 0),
     "rate_limit_burst": (float, 0),

@@ -30,8 +30,8 @@ from smartsocket.http_requests import (
     HttpLimits,
     HttpRequest,
     HttpResponse,
-    PerIpCounter,
     Serve,
+    ServedConnections,
     peer_ip,
 )
 
@@ -190,7 +190,7 @@ class RequestGate(asyncio.Protocol):
     def __init__(
         self, make_ws: Callable[[], asyncio.BufferedProtocol], route: PlainRouter,
         timeout: float | None, pacer: HeadPacer | None = None,
-        limits: HttpLimits | None = None, counter: PerIpCounter | None = None,
+        limits: HttpLimits | None = None, counter: ServedConnections | None = None,
     ) -> None:
         self._make_ws = make_ws
         self._route = route
@@ -280,7 +280,7 @@ class RequestGate(asyncio.Protocol):
             self._task.cancel()
             self._task = None
         if self._ip is not None and self._counter is not None:
-            self._counter.release(self._ip)
+            self._counter.release(self._ip, self)
             self._ip = None
 
     # outcomes
@@ -327,7 +327,7 @@ class RequestGate(asyncio.Protocol):
         if self._ip is None and self._counter is not None:
             assert self._transport is not None
             ip = peer_ip(self._transport.get_extra_info("peername"))
-            if not self._counter.acquire(ip):
+            if not self._counter.acquire(ip, self):
                 logger.info(
                     "too many HTTP connections from %s", ip,
                     extra={"event": "limit", "limit": "http_per_ip", "ip": str(ip)},
@@ -342,6 +342,9 @@ class RequestGate(asyncio.Protocol):
             return
         self._state = _BODY
         self._arm(limits.body_timeout)  # the body may not trickle in forever
+        if "100-continue" in tokens(headers, "Expect"):  # curl waits 1 s for it otherwise
+            assert self._transport is not None
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _refuse(self, serve: Serve, status: int, reason: str) -> None:
         if serve.errors is None:
@@ -393,6 +396,7 @@ class RequestGate(asyncio.Protocol):
         self._served += 1
         keep = (
             keep and self._served < self._limits.keepalive_requests
+            and (self._counter is None or not self._counter.closing)
             and response.headers.get("Connection", "").lower() != "close"
         )
         headers = response_headers(response)
@@ -407,6 +411,27 @@ class RequestGate(asyncio.Protocol):
         transport.resume_reading()
         if self._buffer:
             self._check_head()  # a pipelined request already in
+
+    def shutdown(self, *, busy: bool) -> None:
+        """The server is shutting down (``ServedConnections.close``)."""
+        state = self._state
+        if state == _SERVING and self._task is not None:
+            if not busy:
+                return  # its answer closes the connection (``closing``)
+            task, self._task = self._task, None
+            task.cancel()
+            if self._request is not None:
+                self._request.disconnected.set()
+                self._request = None
+            self._answer(error_response(503, "server shutting down"))
+        elif state == _HEAD and not self._buffer and self._transport is not None:
+            self._state = _DONE
+            self._cancel_timer()
+            self._transport.close()  # idle between requests: nothing is lost
+        elif state in (_HEAD, _QUEUED, _BODY) and self._transport is not None:
+            self._state = _DONE
+            self._cancel_timer()
+            self._transport.abort()  # a request half in: it was never going to be served
 
     def _answer(self, response: bytes) -> None:
         """Send a final answer, then read and drop what the peer still sends until it closes
@@ -428,7 +453,7 @@ class RequestGate(asyncio.Protocol):
         self._state = _DONE
         self._cancel_timer()
         if self._ip is not None and self._counter is not None:
-            self._counter.release(self._ip)  # a WebSocket now: admission counts it
+            self._counter.release(self._ip, self)  # a WebSocket now: admission counts it
             self._ip = None
         data, self._buffer = memoryview(bytes(self._buffer)), bytearray()
         protocol = self._make_ws()

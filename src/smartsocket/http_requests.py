@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,23 +98,32 @@ class HttpLimits:
     max_per_ip: int = 0  # connections serving requests per client IP (0: no limit); over: 429
 
 
-class PerIpCounter:
-    """Connections in use per client IP, checked against a limit (0: none)."""
+class Shutdown(Protocol):
+    def shutdown(self, *, busy: bool) -> None: ...
 
-    __slots__ = ("_counts", "limit")
 
-    def __init__(self, limit: int) -> None:
+class ServedConnections:
+    """The connections of one listener that served a request (``Serve``): counted per client
+    IP against a limit (0: none), and closed by ``close()`` when the server shuts down."""
+
+    __slots__ = ("_counts", "closing", "connections", "limit")
+
+    def __init__(self, limit: int = 0) -> None:
         self.limit = limit
         self._counts: dict[Any, int] = {}
+        self.connections: dict[Shutdown, None] = {}
+        self.closing = False  # answers close their connection from now on
 
-    def acquire(self, ip: Any) -> bool:
+    def acquire(self, ip: Any, conn: Shutdown) -> bool:
         count = self._counts.get(ip, 0)
         if self.limit and count >= self.limit:
             return False
         self._counts[ip] = count + 1
+        self.connections[conn] = None
         return True
 
-    def release(self, ip: Any) -> None:
+    def release(self, ip: Any, conn: Shutdown) -> None:
+        self.connections.pop(conn, None)
         count = self._counts.get(ip, 0) - 1
         if count > 0:
             self._counts[ip] = count
@@ -123,6 +132,14 @@ class PerIpCounter:
 
     def count(self, ip: Any) -> int:
         return self._counts.get(ip, 0)
+
+    def close(self, *, busy: bool = True) -> None:
+        """Shut the connections down: idle ones are closed, answers in progress close their
+        connection when sent; ``busy``: requests being served are cancelled too (their
+        handlers' tasks, ``disconnected`` set) and answered 503."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.shutdown(busy=busy)
 
 
 def peer_ip(peer: Any) -> Any:

@@ -70,7 +70,9 @@ class Refusal(StrEnum):
 @dataclass(frozen=True, slots=True)
 class RoomPolicy:
     """One pattern's rules. ``None`` settings fall back to the server's options
-    (``history_size``, ``history_ttl``, ``room_rate_limit_messages``/``_burst``)."""
+    (``history_size``, ``history_ttl``, ``room_rate_limit_messages``/``_burst``).
+    ``history_size`` 0: its rooms keep no history (a resume gets ``$gap`` for them);
+    ``history_ttl`` 0: as long as ``recovery_window``, like the server option."""
 
     join: frozenset[Join] = frozenset({Join.ANYONE})
     publish: Publish = Publish.MEMBERS
@@ -96,8 +98,8 @@ class RoomPolicy:
             if lone in kinds and len(kinds) > 1:
                 raise ValueError(f"join = {lone!r} cannot be combined with other rules")
         object.__setattr__(self, "join", kinds)
-        if self.history_size is not None and self.history_size < 1:
-            raise ValueError("history_size must be >= 1")
+        if self.history_size is not None and self.history_size < 0:
+            raise ValueError("history_size must be >= 0 (0: no history)")
         for name in ("history_ttl", "rate_limit_messages", "rate_limit_burst"):
             value = getattr(self, name)
             if value is not None and value < 0:

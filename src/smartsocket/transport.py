@@ -43,8 +43,8 @@ from smartsocket.http_requests import (
     HttpLimits,
     HttpRequest,
     HttpResponse,
-    PerIpCounter,
     Serve,
+    ServedConnections,
 )
 from smartsocket.protocol.assembler import (
     FrameError,
@@ -676,7 +676,7 @@ class Accept:
 Router = Callable[[HandshakeRequest], "HttpResponse | Accept | Serve"]
 __all__ = [
     "Accept", "HandshakeRequest", "HttpLimits", "HttpRequest", "HttpResponse", "Router",
-    "Serve", "connect", "create_server",
+    "Serve", "ServedConnections", "connect", "create_server",
 ]
 
 
@@ -699,9 +699,11 @@ async def create_server(
     fast_transport: bool = True,
     backlog: int = 4096,
     http_limits: HttpLimits | None = None,
+    served: ServedConnections | None = None,
 ) -> asyncio.Server:
     """Listen on host:port; ``router`` decides what each request gets (plain requests that
-    it ``Serve``s obey ``http_limits``)."""
+    it ``Serve``s obey ``http_limits``; their connections join ``served``, which the caller
+    closes at shutdown)."""
     loop = asyncio.get_running_loop()
     coalescer = WriteCoalescer(loop)
 
@@ -760,7 +762,7 @@ async def create_server(
 
     pacer = HeadPacer(loop)
     limits = http_limits or HttpLimits()
-    per_ip = PerIpCounter(limits.max_per_ip)
+    per_ip = served if served is not None else ServedConnections(limits.max_per_ip)
 
     def gate() -> RequestGate:
         return RequestGate(websocket_protocol, plain, handshake_timeout, pacer, limits, per_ip)

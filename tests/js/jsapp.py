@@ -162,7 +162,8 @@ def create_jwt(config: Config | None = None) -> SmartSocket:
     """For tests/js/tokens.test.mjs: JWT connection tokens (``--jwt-secret``) on a clock the
     test drives. ``advance`` (seconds): moves the clock, closes the sockets whose token
     expired (4003) and acks how many; ``whoami``: ``socket.user``; ``push``
-    ``{"user", "n"}``: sends ``["tick", n]`` to that user's sockets."""
+    ``{"user", "n"}``: sends ``["tick", n]`` to that user's sockets; ``note`` (any data):
+    appended to the sender's user's list; ``notes`` (user): acks that list (arrival order)."""
     server = SmartSocket(config=config)
     clock = _TokenClock()
     server._access.token_clock = clock
@@ -177,7 +178,14 @@ def create_jwt(config: Config | None = None) -> SmartSocket:
             target.send("tick", data["n"])
         return len(targets)
 
+    notes: dict[str, list[Any]] = {}
+
+    def note(socket: Socket, data: Any) -> None:
+        notes.setdefault(socket.user or "", []).append(data)
+
     server.on("advance", advance)
+    server.on("note", note)
+    server.on("notes", lambda socket, user: notes.get(user, []))
     server.on("now", lambda socket: clock.now)
     server.on("whoami", lambda socket: socket.user)
     server.on("push", push)

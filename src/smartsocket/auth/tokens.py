@@ -53,15 +53,20 @@ class RoomGrants:
     """The rooms a token grants, and for what. A token holds a handful of patterns: a dict
     of exact names and a list of prefixes (longest first) answer without building a table."""
 
-    __slots__ = ("_exact", "_prefixes", "_raw")
+    __slots__ = ("_exact", "_prefixes")
 
     def __init__(self, raw: Mapping[str, frozenset[str]]) -> None:
-        self._raw = raw
-        self._exact = {p: perms for p, perms in raw.items() if not p.endswith("*")}
-        self._prefixes = sorted(
-            ((p[:-1], perms) for p, perms in raw.items() if p.endswith("*")),
-            key=lambda item: len(item[0]), reverse=True,
-        )
+        exact: dict[str, frozenset[str]] = {}
+        prefixes: list[tuple[str, frozenset[str]]] = []
+        for pattern, perms in raw.items():
+            if pattern.endswith("*"):
+                prefixes.append((pattern[:-1], perms))
+            else:
+                exact[pattern] = perms
+        self._exact = exact
+        if len(prefixes) > 1:
+            prefixes.sort(key=lambda item: len(item[0]), reverse=True)
+        self._prefixes = prefixes
 
     @classmethod
     def from_claim(cls, value: object) -> RoomGrants:
@@ -96,10 +101,13 @@ class RoomGrants:
         return permission in perms
 
     def patterns(self) -> Mapping[str, frozenset[str]]:
-        return MappingProxyType(dict(self._raw))
+        """Every granted pattern (exact names first, then prefixes, longest first)."""
+        raw = dict(self._exact)
+        raw.update((prefix + "*", perms) for prefix, perms in self._prefixes)
+        return MappingProxyType(raw)
 
     def __bool__(self) -> bool:
-        return bool(self._raw)
+        return bool(self._exact) or bool(self._prefixes)
 
 
 NO_GRANTS = RoomGrants({})
@@ -190,6 +198,7 @@ class TokenVerifier:
         # client that reconnects with the token it had (a server restart, a network blip)
         # costs no second RSA/ECDSA verify. Only the signature check is skipped: the claims
         # (exp...) are checked every time. Cleared when full and when the key set changes.
+        # Not used with an HMAC secret: its verify costs no more than the cache's own hash.
         self._verified_cache: dict[bytes, None] = {}
         self._verified_cache_size = verified_cache_size
         self._cache_generation = 0
@@ -346,7 +355,7 @@ class TokenVerifier:
 
     def _verified(self, compact: jws.Compact, key: jws.VerifyKey) -> dict[str, Any]:
         cache = self._verified_cache
-        if self._verified_cache_size:
+        if self._verified_cache_size and not key.symmetric:
             if self._jwks is not None and self._jwks.generation != self._cache_generation:
                 cache.clear()  # a key may have been withdrawn
                 self._cache_generation = self._jwks.generation

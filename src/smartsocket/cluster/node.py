@@ -57,6 +57,7 @@ from smartsocket.handlers import Handler
 if TYPE_CHECKING:
     from smartsocket.cluster.ports import LocalServer, LocalSocket
     from smartsocket.config import Config
+    from smartsocket.history import HistoryLimits
 
 logger = logging.getLogger("smartsocket.cluster")
 
@@ -124,6 +125,8 @@ class ClusterNode:
         self.dropped_invalid = 0
         # Recovery on Redis (roomlog.py): Redis numbers and logs room messages.
         self.room_logs: RoomLogs | None = None
+        # Each room's history size and TTL in Redis (the server sets it: its room policies).
+        self.history: HistoryLimits | None = None
         self.sync: RoomSync | None = None  # room positions across outages (catchup.py)
         # Sessions of this node's sockets that resumed on another node: sid -> that node.
         self.moved: dict[str, str] = {}
@@ -180,7 +183,7 @@ class ClusterNode:
             # The server picks its session store (recovery/) once this returns.
             if not isinstance(adapter, BrokerAdapter) or not adapter.supports_scripts:
                 raise ValueError(f"recovery in a cluster needs Redis, not {adapter.name}")
-            self.room_logs = RoomLogs(config, adapter)
+            self.room_logs = RoomLogs(config, adapter, self.history)
             self.sync = RoomSync(self, self.room_logs, adapter.max_queue)
         self.degraded_since = time.monotonic()
         adapter.subscribe(self.all_channel)
@@ -298,7 +301,7 @@ class ClusterNode:
         assert logs is not None and sync is not None
         ids = list(exclude)
         body = m.encode(self.node_id, m.Broadcast(room, payload, binary, exclude=ids))
-        if logs.publish_room(self.room_channel(room), body, payload, binary, ids):
+        if logs.publish_room(room, self.room_channel(room), body, payload, binary, ids):
             self.published += 1
             if local:
                 sync.sent(room, payload, binary, ids)

@@ -6,13 +6,16 @@ Room history
     A room broadcast is not published as is: a Lua script, run by Redis atomically, gives it
     the room's next offset (``HINCRBY`` on ``{<room channel>}:m``, which also holds the epoch),
     appends it to the stream ``{<room channel>}:h`` (entry id ``<offset>-0``, capped at
-    ``history_size`` entries) and publishes it on the room channel prefixed with its position:
+    the room's history size: ``history.py``, the server's ``history_size`` or the room policy's;
+    0 keeps no entry) and publishes it on the room channel prefixed with its position:
     ``P<epoch> <offset> <envelope>``. Every node with members, the sender included, delivers
     it from its subscription, in the order Redis published: offsets arrive in order everywhere,
     and each node adds the position to the payload once per broadcast. The keys share the
     channel's hash tag, so on a Redis Cluster they live on the shard of the room's sharded
-    channel. Idle keys expire after ``recovery_window + history_ttl``; an expired room starts a
-    new epoch.
+    channel. Idle keys expire after ``recovery_window + history_ttl`` (the room's TTL, as its
+    size); an expired room starts a new epoch. The size and expiry are arguments of each
+    call: every publisher must give a room the same ones (nodes with the same policies do; an
+    emitter is given them, docs/emitter.md).
 
 Rewinds (a restart that lost writes, a restore from an older snapshot, a failover to a replica
 that lagged)
@@ -50,13 +53,14 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from smartsocket.cluster.brokers.scripts import Script, ScriptCall
+from smartsocket.history import HistoryLimits
 
 if TYPE_CHECKING:
     from smartsocket.cluster.brokers.base import BrokerAdapter
     from smartsocket.config import Config
 
-# ARGV: channel, envelope, history size, expiry ms, a new epoch, publish command, the packed
-# entry, the server's incarnation (added by the adapter).
+# ARGV: channel, envelope, history size (0: none kept), expiry ms, a new epoch, publish
+# command, the packed entry, the server's incarnation (added by the adapter).
 LOG = Script("""
 local state = redis.call('HMGET', KEYS[1], 'e', 'i')
 local epoch = state[1]
@@ -68,7 +72,11 @@ end
 local offset = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'e', ARGV[7], 't', ms)
+if ARGV[3] == '0' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'e', ARGV[7], 't', ms)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call(ARGV[6], ARGV[1], 'P' .. epoch .. ' ' .. offset .. ' ' .. ARGV[2])
@@ -111,12 +119,12 @@ class RoomLogs:
     """This node's logged room channels: logging and publishing room messages, reading a
     room's history, and the position of the last message delivered here per room."""
 
-    def __init__(self, config: Config, adapter: BrokerAdapter) -> None:
+    def __init__(
+        self, config: Config, adapter: BrokerAdapter, history: HistoryLimits | None = None,
+    ) -> None:
         self.adapter = adapter
-        window_ms = round(config.recovery_window * 1000)
-        self.ttl_ms = round((config.history_ttl or config.recovery_window) * 1000)
-        self.size = config.history_size
-        self.expire_ms = window_ms + self.ttl_ms
+        # Each room's history size and TTL (history.py): the server's, or its policy's.
+        self.history = history if history is not None else HistoryLimits.of_config(config)
         self.publish_command = "SPUBLISH" if adapter.name == "redis-cluster" else "PUBLISH"
         # Position of the last room message delivered on this node, per room.
         self.positions: dict[str, tuple[str, int]] = {}
@@ -130,12 +138,14 @@ class RoomLogs:
         return [f"{{{channel}}}:m", f"{{{channel}}}:h"]
 
     def publish_room(
-        self, channel: str, envelope: bytes, payload: bytes, binary: bool, excluded: list[str],
+        self, room: str, channel: str, envelope: bytes, payload: bytes, binary: bool,
+        excluded: list[str],
     ) -> bool:
         """Queue a room message for logging and publishing (in order with this node's other
         messages); False if the broker cannot take it now."""
+        history = self.history.of(room)
         args = [
-            channel, envelope, self.size, self.expire_ms, secrets.token_urlsafe(6),
+            channel, envelope, history.size, history.expire_ms, secrets.token_urlsafe(6),
             self.publish_command, _encode((payload, binary, excluded)),
         ]
         return self.adapter.publish(channel, ScriptCall(LOG, self.room_keys(channel), args))

@@ -16,6 +16,7 @@ from smartsocket.cluster.brokers.scripts import ScriptCall
 from smartsocket.cluster.node import channel_token
 from smartsocket.cluster.operations import node_of
 from smartsocket.cluster.roomlog import LOG, RoomLogs  # the one tie to recovery
+from smartsocket.history import HistoryLimits
 from smartsocket.protocol import envelope
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event, check_user, name_problem
@@ -32,7 +33,7 @@ _pack = msgspec.msgpack.Encoder().encode
 class EmitterCore:
     """The channel and the bytes of each operation, as a node would publish them."""
 
-    __slots__ = ("checked", "expire_ms", "history_size", "max_name_length", "prefix",
+    __slots__ = ("checked", "history", "max_name_length", "prefix",
                  "publish_command", "recovery", "src")
 
     def __init__(
@@ -46,11 +47,11 @@ class EmitterCore:
         self.src = "emitter-" + secrets.token_urlsafe(6).replace(".", "_")
         self.max_name_length = max_name_length
         # Recovery on Redis: room messages are logged like the nodes log them (same script,
-        # same arguments, so the server's recovery_window / history_* must be given here).
+        # same arguments, so the server's recovery_window / history_* must be given here; a
+        # room whose policy sets history gets its values per call: the emitter has no
+        # policies).
         self.recovery = recovery_window > 0
-        self.history_size = history_size
-        window_ms = round(recovery_window * 1000)
-        self.expire_ms = window_ms + round((history_ttl or recovery_window) * 1000)
+        self.history = HistoryLimits(history_size, history_ttl, recovery_window)
         self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
         # Event and room names checked already, with their channel ("" for events): the same
         # few names come again and again (bounded: cleared when full).
@@ -81,8 +82,10 @@ class EmitterCore:
 
     # operations
 
-    def publish(self, room: str, event: str, data: Any, exclude: str | Iterable[str] | None
-                ) -> Outbound:
+    def publish(
+        self, room: str, event: str, data: Any, exclude: str | Iterable[str] | None,
+        history_size: int | None = None, history_ttl: float | None = None,
+    ) -> Outbound:
         channel = self.room_channel(room)
         payload, binary = self._event(event, data)
         ids = [exclude] if isinstance(exclude, str) else list(exclude or ())
@@ -90,7 +93,8 @@ class EmitterCore:
         if not self.recovery:
             return channel, body
         # RoomLogs.publish_room's call: positioned and kept by Redis like a node's.
-        args = [channel, body, self.history_size, self.expire_ms, secrets.token_urlsafe(6),
+        history = self.history.resolve(history_size, history_ttl)  # as a policy would
+        args = [channel, body, history.size, history.expire_ms, secrets.token_urlsafe(6),
                 self.publish_command, _pack((payload, binary, ids))]
         return channel, ScriptCall(LOG, RoomLogs.room_keys(channel), args)
 
@@ -156,11 +160,15 @@ class Operations(abc.ABC, Generic[R]):
 
     def publish(
         self, room: str, event: str, data: Any = None, *,
-        exclude: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None, history_size: int | None = None,
+        history_ttl: float | None = None,
     ) -> R:
         """``event`` to every member of ``room`` on every node, except the socket ids in
-        ``exclude``."""
-        return self._emit(self._core.publish(room, event, data, exclude))
+        ``exclude``. With recovery, ``history_size`` / ``history_ttl`` are those of the
+        room's policy, if it sets them (None: the emitter's options; docs/emitter.md)."""
+        return self._emit(
+            self._core.publish(room, event, data, exclude, history_size, history_ttl)
+        )
 
     def broadcast(self, event: str, data: Any = None) -> R:
         """``event`` to every socket of the cluster."""

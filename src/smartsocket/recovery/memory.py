@@ -2,8 +2,11 @@
 
 With ``recovery_window`` set, every room message gets a position (room, epoch, offset) and
 every direct message a per-session sequence number, both sent as the envelope's 4th item. A
-room keeps its last ``history_size`` messages (none older than ``history_ttl``); a socket keeps
-as many of its direct messages. When a connection drops without a clean close, its session
+room keeps its last ``history_size`` messages (none older than ``history_ttl``): the server's
+options or the room policy's (``history.HistoryLimits``); a socket keeps the server's
+``history_size`` of its direct messages. A room whose policy keeps no history (size 0) still
+numbers its messages: a resume that missed some of them gets ``$gap`` for the room instead of
+failing. When a connection drops without a clean close, its session
 (id, data, rooms, unsent direct messages, recent ack replies) is held for ``recovery_window``
 seconds; a client that reconnects with ``$resume`` and its last positions gets the same socket
 id back and exactly the messages it missed, in the order they were sent, or ``recovered:
@@ -23,6 +26,8 @@ from collections import deque
 from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any
 
+from smartsocket.cluster.catchup import gap_notice
+from smartsocket.history import History, HistoryLimits
 from smartsocket.protocol import envelope
 from smartsocket.recovery.state import DirectLog, Entry, Held, SessionState, order_of
 from smartsocket.recovery.store import RoomItem, RoomView
@@ -37,13 +42,22 @@ class RoomHistory:
     or the room forgotten after a quiet spell with nobody to resume into it) a new one starts,
     and positions of the old epoch can no longer be resumed from."""
 
-    __slots__ = ("entries", "epoch", "holders", "last")
+    __slots__ = ("entries", "epoch", "holders", "last", "ttl", "version")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, limits: History, version: int) -> None:
         self.epoch = secrets.token_urlsafe(6)
         self.last = 0  # offset of the newest message (offsets start at 1)
-        self.entries: deque[Entry] = deque(maxlen=size)
+        self.entries: deque[Entry] = deque(maxlen=limits.size)
+        self.ttl = limits.ttl
+        self.version = version  # of the HistoryLimits it was sized by
         self.holders = 0  # held sessions that will resume from a position in it
+
+    def resize(self, limits: History, version: int) -> None:
+        """The policies changed: keep the newest ``limits.size`` entries, for its TTL."""
+        if self.entries.maxlen != limits.size:
+            self.entries = deque(self.entries, maxlen=limits.size)
+        self.ttl = limits.ttl
+        self.version = version
 
     def since(self, epoch: str, after: int, sid: str) -> list[Entry] | None:
         """Messages after offset ``after`` that ``sid`` should get; None if some are gone."""
@@ -67,10 +81,15 @@ class MemoryStore:
 
     keeps_sessions = False  # a shutdown ends the sessions held here
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: Config, clock: Callable[[], float] = time.monotonic, *,
+        history: HistoryLimits | None = None,
+    ) -> None:
         self.window = config.recovery_window
-        self.size = config.history_size
-        self.ttl = config.history_ttl or config.recovery_window
+        self.size = config.history_size  # direct messages kept per session
+        self.ttl = config.history_ttl or config.recovery_window  # ... and for how long
+        # Room histories: each room's size and TTL (the server's, or its policy's).
+        self.history = history if history is not None else HistoryLimits.of_config(config)
         self.reply_limit = max(128, 2 * config.max_pending_acks)
         # Held sessions at most: as many as connections may be open (the oldest goes first),
         # so clients that connect and drop in a loop cannot grow memory without bound.
@@ -94,9 +113,17 @@ class MemoryStore:
     # room history
 
     def _history(self, room: str) -> RoomHistory:
-        history = self.rooms.get(room)
+        history = self._known(room)
         if history is None:
-            history = self.rooms[room] = RoomHistory(self.size)
+            limits = self.history
+            history = self.rooms[room] = RoomHistory(limits.of(room), limits.version)
+        return history
+
+    def _known(self, room: str) -> RoomHistory | None:
+        """``room``'s history if it has one, sized by the policies in force."""
+        history = self.rooms.get(room)
+        if history is not None and history.version != self.history.version:
+            history.resize(self.history.of(room), self.history.version)  # a policy was set
         return history
 
     def log_room(
@@ -116,11 +143,16 @@ class MemoryStore:
         return history.epoch, history.last
 
     async def read_room(self, room: str, after: int) -> RoomView | None:
-        history = self.rooms.get(room)
+        history = self._known(room)
         if history is None:
             return None
-        history.trim(self.clock() - self.ttl)
-        items = [RoomItem(e[0], e[3], e[4], e[5]) for e in history.entries if e[0] > after]
+        history.trim(self.clock() - history.ttl)
+        # Entries keep this store's clock: their wall-clock time is now minus their age.
+        wall, now = time.time() * 1000, self.clock()
+        items = [
+            RoomItem(e[0], e[3], e[4], e[5], round(wall - (now - e[2]) * 1000))
+            for e in history.entries if e[0] > after
+        ]
         return RoomView(history.epoch, history.last, items)
 
     # held sessions
@@ -169,10 +201,11 @@ class MemoryStore:
     async def missed(
         self, held: Held, offsets: dict[str, Any], seq: int
     ) -> list[tuple[bytes, bool]] | None:
-        oldest = self.clock() - self.ttl
+        now = self.clock()
         missed = held.state.since(max(seq, 0))
         if missed is None:
             return None
+        gaps: list[tuple[bytes, bool]] = []
         for room in held.rooms:
             epoch, after = held.state.joined.get(room, ("", 0))
             reported = offsets.get(room)
@@ -181,16 +214,19 @@ class MemoryStore:
                 and type(reported[1]) is int and reported[1] > after
             ):
                 after = reported[1]
-            history = self.rooms.get(room)
-            if history is None:
-                return None
-            history.trim(oldest)
-            entries = history.since(epoch, after, held.sid)
+            history = self._known(room)
+            entries = None
+            if history is not None:
+                history.trim(now - history.ttl)
+                entries = history.since(epoch, after, held.sid)
             if entries is None:
-                return None
+                if self.history.of(room).size:
+                    return None
+                gaps.append((gap_notice(room), False))  # keeps no history: say so instead
+                continue
             missed.extend(entries)
         missed.sort(key=order_of)
-        return [(entry[3], entry[4]) for entry in missed]
+        return gaps + [(entry[3], entry[4]) for entry in missed]
 
     def sweep(self, rooms_in_use: Container[str]) -> list[str]:
         """Drop expired sessions and what no one can resume from any more."""
@@ -202,7 +238,7 @@ class MemoryStore:
             held.state.trim(oldest)
         for name in list(self.rooms):
             history = self.rooms[name]
-            history.trim(oldest)
+            history.trim(now - history.ttl)
             if not history.entries and not history.holders and name not in rooms_in_use:
                 del self.rooms[name]
         return []

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from smartsocket.cluster.brokers.scripts import Script, ScriptCall
+from smartsocket.cluster.catchup import gap_notice
 from smartsocket.protocol import envelope
 from smartsocket.recovery.state import DirectLog, Entry, Held, Replies, SessionState
 from smartsocket.recovery.store import RoomItem, RoomView
@@ -171,7 +172,7 @@ class RedisStore:
         log = await self.logs.read_room(self.channel(room), after)
         if log is None:
             return None
-        items = [RoomItem(e.offset, e.payload, e.binary, e.excluded) for e in log.entries]
+        items = [RoomItem(e.offset, e.payload, e.binary, e.excluded, e.ms) for e in log.entries]
         return RoomView(log.epoch, log.last, items, log.current)
 
     # sessions
@@ -301,18 +302,23 @@ class RedisStore:
         if direct is None:
             return None
         sources = [self._direct_source(direct)]
+        gaps: list[tuple[bytes, bool]] = []
         for room in held.rooms:
             entries = await self._missed_in_room(room, held, offsets.get(room))
             if entries is None:
-                return None
+                if self.logs.history.of(room).size:
+                    return None
+                gaps.append((gap_notice(room), False))  # keeps no history: say so instead
+                continue
             sources.append(iter(entries))
-        return [(payload, binary) for _, payload, binary in heapq.merge(*sources)]
+        return gaps + [(payload, binary) for _, payload, binary in heapq.merge(*sources)]
 
     async def _missed_in_room(
         self, room: str, held: Held, reported: Any,
     ) -> list[tuple[int, bytes, bool]] | None:
         """(wall ms, payload, binary) of the room messages ``held`` missed; None if some are
-        gone (trimmed, too old, another epoch, a history that may have lost its tail)."""
+        gone (trimmed, too old, another epoch, a history that may have lost its tail) or, in
+        a room that keeps no history (``history_size`` 0), may have been sent."""
         epoch, after = held.state.joined.get(room, ("", -self._now_ms()))
         later: tuple[str, int] | None = None  # a position in an epoch that began after the join
         if (
@@ -339,7 +345,10 @@ class RedisStore:
         if not history.current:
             return None  # the broker restarted or failed over since: its tail may be lost
         current, last, entries = history.epoch, history.last, history.entries
-        oldest = self._now_ms() - self.logs.ttl_ms
+        limits = self.logs.history.of(room)
+        if not limits.size:  # a room that keeps no history: nothing missed, or a gap
+            return [] if current == epoch and after == last else None
+        oldest = self._now_ms() - limits.ttl_ms
         if epoch == "":  # joined before this node saw any message of the room: by time
             since = -after
             if entries and entries[0].ms >= since and entries[0].offset != 1:

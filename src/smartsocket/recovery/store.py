@@ -36,6 +36,7 @@ class RoomItem(msgspec.Struct, gc=False):
     payload: bytes
     binary: bool
     excluded: tuple[str, ...] | list[str] | None
+    ms: int = 0  # when it was logged, Unix milliseconds (what the HTTP API's history shows)
 
 
 class RoomView(msgspec.Struct, gc=False):
@@ -111,7 +112,9 @@ class SessionStore(Protocol):
     ):
         """What ``held``'s client missed (payloads in send order) given the positions it
         reports (``offsets``: room -> [epoch, offset]; ``seq``: last direct message); None
-        if some of it can no longer be replayed."""
+        if some of it can no longer be replayed. A room that keeps no history (its policy's
+        ``history_size`` 0, ``history.py``) does not fail it: a ``$gap`` notice for the room
+        comes first instead, when messages of it may have been missed."""
         ...
 
     def sweep(self, rooms_in_use: Container[str]) -> list[str]:

@@ -14,6 +14,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from smartsocket.history import HistoryLimits
 from smartsocket.server.room_policy import RoomGate
 from smartsocket.server.tokens import TokenSessions, verifier_for
 
@@ -60,6 +61,7 @@ class Access:
             deny_by_default=config.rooms_deny_by_default,
             verifier=self.tokens.verifier, clock=lambda: self.token_clock(),
             monotonic_ns=self._monotonic_ns, has_room=self._has_room,
+            history=HistoryLimits.of_config(config),
         )
         for pattern, policy in self._policies.items():
             gate.set(pattern, policy)

@@ -21,6 +21,8 @@ from smartsocket.protocol.codes import CloseCode
 from smartsocket.protocol.names import check_event
 from smartsocket.security import RateLimit
 from smartsocket.server import http
+from smartsocket.server.api import HttpApi
+from smartsocket.server.api_ops import Context
 from smartsocket.server.dispatch import EventRouter
 from smartsocket.server.fanout import Exclude
 from smartsocket.server.figures import Figures
@@ -84,6 +86,8 @@ class SmartSocket:
         # What a plain GET / answers: None is a short page naming this server and its
         # endpoints; the demo app puts its chat page here (its events are not the app's).
         self.home_page: bytes | None = None
+        # POST /smartsocket/api/<operation> (server/api.py; on with ``api_secret``)
+        self.api: HttpApi = HttpApi(Context(self, lambda: self._parts.recovery))
         self.config = self._config
 
     @property

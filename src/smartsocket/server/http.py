@@ -21,11 +21,12 @@ import msgspec
 from smartsocket import compression
 from smartsocket.protocol import SUBPROTOCOL
 from smartsocket.security import bearer_token
-from smartsocket.server import live, prometheus
+from smartsocket.server import api, live, prometheus
 from smartsocket.transport import Accept, HandshakeRequest, HttpResponse, Serve
 
 if TYPE_CHECKING:
     from smartsocket.config import Config
+    from smartsocket.server.api import HttpApi
     from smartsocket.server.socket import Socket
 
 WS_PATHS = frozenset({"/", "/smartsocket", "/smartsocket/"})  # where the WebSocket is served
@@ -54,6 +55,9 @@ class HttpHost(Protocol):
     def open_socket(self, request: HandshakeRequest) -> HttpResponse | Socket: ...
 
     def open_live(self, request: HandshakeRequest) -> HttpResponse | Accept: ...
+
+    @property
+    def api(self) -> HttpApi: ...
 
 
 Route = Callable[[HttpHost, HandshakeRequest], HttpResponse]
@@ -108,7 +112,9 @@ ROUTES: dict[str, Route] = {
 
 # Path prefixes (ending in "/"; the bare prefix without it matches too) whose plain requests
 # go to an async handler. Checked in order, before the GET routes. Add one per feature.
-SERVED: list[tuple[str, ServedRoute]] = []
+SERVED: list[tuple[str, ServedRoute]] = [
+    (api.PREFIX, lambda server, request: server.api.route(request)),
+]
 
 
 def served_route(server: HttpHost, request: HandshakeRequest) -> HttpResponse | Serve | None:

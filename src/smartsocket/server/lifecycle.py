@@ -21,7 +21,7 @@ from smartsocket.protocol.codes import CloseCode
 from smartsocket.recovery import pick_store
 from smartsocket.server.heartbeat import heartbeat
 from smartsocket.server.listener import bind
-from smartsocket.transport import CLOSE_TIMEOUT
+from smartsocket.transport import CLOSE_TIMEOUT, ServedConnections
 
 if TYPE_CHECKING:
     from smartsocket.server.live import LiveStats
@@ -48,6 +48,7 @@ class Lifecycle:
         self._close_sessions = close_sessions
         self.server: asyncio.Server | None = None  # the listener
         self.port: int | None = None  # the bound port while listening
+        self._served = ServedConnections()  # HTTP connections served by handlers
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -78,9 +79,12 @@ class Lifecycle:
                     raise
         if listen:
             try:
+                # Connections that served plain requests (the HTTP API...): closed by close().
+                self._served = ServedConnections(parts.config.max_connections_per_ip)
                 # The clock is read at each use: tests replace the server's ``_clock``.
                 self.server = await bind(
-                    parts.config, self._route, lambda: parts.socket_context.clock()
+                    parts.config, self._route, lambda: parts.socket_context.clock(),
+                    self._served,
                 )
                 self.port = self.server.sockets[0].getsockname()[1]
             except BaseException:
@@ -119,6 +123,7 @@ class Lifecycle:
         server = self.server
         if server is not None:
             server.close()
+            self._served.close(busy=False)  # idle HTTP keep-alives; answers close theirs
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         if self._sampler is not None:
@@ -132,6 +137,7 @@ class Lifecycle:
         if tasks:
             await asyncio.wait(set(tasks), timeout=max(0.0, deadline - time.monotonic()))
         self._live.close_all()
+        self._served.close()  # HTTP requests still held (long-polls): 503
         for socket in list(connections.open):
             socket.fail(CloseCode.GOING_AWAY, "server shutting down")
         self._close_sessions()

@@ -16,6 +16,7 @@ from smartsocket.transport import (
     HttpLimits,
     HttpResponse,
     Serve,
+    ServedConnections,
     create_server,
 )
 
@@ -43,7 +44,7 @@ def ssl_context(cfg: Config) -> ssl.SSLContext | None:
 
 async def bind(
     cfg: Config, route: Callable[[HandshakeRequest], HttpResponse | Accept | Serve],
-    clock: Callable[[], int],
+    clock: Callable[[], int], served: ServedConnections | None = None,
 ) -> asyncio.Server:
     """Listen as ``cfg`` says; ``route`` answers each request, ``clock`` paces frame rates."""
     return await create_server(
@@ -64,6 +65,7 @@ async def bind(
         reuse_port=cfg.reuse_port,
         backlog=cfg.backlog,
         http_limits=http_limits(cfg),
+        served=served,
     )
 
 

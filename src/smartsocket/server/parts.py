@@ -97,10 +97,13 @@ class Parts:
         access = self.access
         access.configure(config)
         self.room_context.gate = access.gate
+        self.cluster.history = access.gate.history  # what the room logs keep in Redis, per room
         self.stats = Stats() if config.enable_metrics else None
         self.admission = self._new_admission(self.admission.hook)
         self.still_stats = self.stats or Stats()
-        self.memory_store = MemoryStore(config) if config.recovery_window else None
+        self.memory_store = (
+            MemoryStore(config, history=access.gate.history) if config.recovery_window else None
+        )
         self.router.config = config
         self.room_limits.configure(config, self.stats)
         self.fanout = Fanout(config, self.stats)

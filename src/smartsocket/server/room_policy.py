@@ -1,7 +1,8 @@
 """Room policies applied by the server: ``socket.join`` and ``socket.publish`` ask the
 ``RoomGate``, which asks ``policies.RoomPolicies`` and answers a refusal with LimitExceeded
 (code ``forbidden``: the sender's ack error in a handler). It also hands the policies'
-presence and broadcast-rate settings to the rooms they match.
+presence and broadcast-rate settings to the rooms they match, and their history settings to
+recovery (``history``: the ``HistoryLimits`` the session store and the room logs read).
 
 No policy set and no ``rooms_deny_by_default``: the gate is off (``active`` False) and
 ``socket.join`` does not call it.
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from smartsocket.auth.tokens import SubscriptionClaims, TokenVerifier
+from smartsocket.history import HistoryLimits
 from smartsocket.policies import Decision, Refusal, RoomPolicies, RoomPolicy
 from smartsocket.protocol.codes import ErrorCode
 from smartsocket.security import LimitExceeded, TokenBucket
@@ -30,10 +32,12 @@ class RoomGate:
     def __init__(
         self, *, deny_by_default: bool, verifier: TokenVerifier | None,
         clock: Callable[[], float], monotonic_ns: Callable[[], int],
-        has_room: Callable[[str], bool],
+        has_room: Callable[[str], bool], history: HistoryLimits,
     ) -> None:
         self.policies = RoomPolicies(deny_by_default=deny_by_default, verifier=verifier,
                                      clock=clock)
+        # Each room's history limits: looked up only once a policy sets history.
+        self.history = history
         self.active = deny_by_default
         self._monotonic_ns = monotonic_ns
         self._buckets: dict[str, TokenBucket] = {}  # rooms with a policy rate, by name
@@ -43,6 +47,15 @@ class RoomGate:
     def set(self, pattern: str, policy: RoomPolicy) -> None:
         self.policies.set(pattern, policy)
         self.active = True
+        if policy.history_size is not None or policy.history_ttl is not None:
+            self.history.use(self.history_of)
+        elif self.history.lookup is not None:
+            self.history.changed()  # a more specific pattern may now decide some rooms
+
+    def history_of(self, room: str) -> tuple[int | None, float | None] | None:
+        """``room``'s policy history settings (None: no policy matches it)."""
+        policy = self.policies.policy(room)
+        return None if policy is None else (policy.history_size, policy.history_ttl)
 
     def presence(self, room: str) -> bool:
         """Whether a policy makes ``room`` a presence room."""

@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("smartsocket.security")
 
-# heap entry: (deadline, tie-breaker, socket, room or None for the connection token)
-_Entry = tuple[float, int, "Socket", "str | None"]
+# heap entry: (deadline, tie-breaker, id of the socket, room or None for the connection token).
+# Plain values, not the socket: a closed socket is freed at once (not when its stale entry comes
+# up), and the collector does not track tuples of plain values.
+_Key = tuple[int, "str | None"]
+_Entry = tuple[float, int, int, "str | None"]
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -51,8 +54,10 @@ class TokenSessions:
         self.check_interval = check_interval
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
-        # The live deadline of each (socket, room): an entry whose deadline differs is stale.
-        self._deadlines: dict[tuple[Socket, str | None], float] = {}
+        # The live deadline of each (id(socket), room), and the socket: a heap entry whose
+        # deadline differs is stale. (A stale entry whose id is now another socket's still
+        # needs the same deadline to act, and that deadline is then the other socket's own.)
+        self._deadlines: dict[_Key, tuple[float, Socket]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()  # $refresh verifications
 
@@ -90,9 +95,10 @@ class TokenSessions:
         """``socket`` closed: its deadlines go (the heap entries are skipped, then compacted)."""
         if socket.token_claims is None and not self._deadlines:
             return
-        self._deadlines.pop((socket, None), None)
+        key = id(socket)
+        self._deadlines.pop((key, None), None)
         for room in socket.rooms:
-            self._deadlines.pop((socket, room), None)
+            self._deadlines.pop((key, room), None)
 
     def refresh_message(self, socket: Socket, packet: Event) -> None:
         """``["$refresh", {"token": ..., "room"?: ...}, id?]``: a fresh connection token (or a
@@ -127,7 +133,7 @@ class TokenSessions:
                 check_refresh(current, claims)
                 expires = claims.expires
             else:
-                if (socket, room) not in self._deadlines:
+                if (id(socket), room) not in self._deadlines:
                     raise TokenError(TokenErrorCode.WRONG_ROOM,
                                      f"no subscription token holds {room!r} for this socket")
                 sub = await verifier.verify_subscription_async(token, room, socket.user)
@@ -152,19 +158,19 @@ class TokenSessions:
         self._schedule(socket, room, expires)
 
     def drop_room(self, socket: Socket, room: str) -> None:
-        self._deadlines.pop((socket, room), None)
+        self._deadlines.pop((id(socket), room), None)
 
     # expiry
 
     def _schedule(self, socket: Socket, room: str | None, expires: float | None) -> None:
-        key = (socket, room)
+        key = (id(socket), room)
         if expires is None:
             self._deadlines.pop(key, None)
             return
         assert self.verifier is not None
         deadline = expires + self.verifier.leeway
-        self._deadlines[key] = deadline
-        heapq.heappush(self._heap, (deadline, next(self._seq), socket, room))
+        self._deadlines[key] = (deadline, socket)
+        heapq.heappush(self._heap, (deadline, next(self._seq), key[0], room))
         if len(self._heap) > 2 * len(self._deadlines) + 1024:
             self._compact()
         if self._timer is None:
@@ -172,7 +178,8 @@ class TokenSessions:
 
     def _compact(self) -> None:
         deadlines = self._deadlines
-        self._heap = [e for e in self._heap if deadlines.get((e[2], e[3])) == e[0]]
+        self._heap = [e for e in self._heap
+                      if (live := deadlines.get((e[2], e[3]))) is not None and live[0] == e[0]]
         heapq.heapify(self._heap)
 
     def _arm(self) -> None:
@@ -198,11 +205,13 @@ class TokenSessions:
         heap, deadlines = self._heap, self._deadlines
         done = 0
         while heap and heap[0][0] <= now:
-            deadline, _, socket, room = heapq.heappop(heap)
-            key = (socket, room)
-            if deadlines.get(key) != deadline:
+            deadline, _, ident, room = heapq.heappop(heap)
+            key = (ident, room)
+            live = deadlines.get(key)
+            if live is None or live[0] != deadline:
                 continue  # refreshed since, or closed
             del deadlines[key]
+            socket = live[1]
             if not socket.connected or (room is not None and room not in socket.rooms):
                 continue  # closed, or out of the room already (server.remove_room)
             done += 1

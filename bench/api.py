@@ -1,0 +1,261 @@
+"""The HTTP API's publish rate and publish-to-delivery latency (issue 18).
+
+    .venv/bin/python -m bench.api [--seconds 5] [--members 2] [--connections 4] [--batch 1000]
+
+A ``smartsocket serve`` process (its own core when pinning is available) with ``--api-secret``;
+in this process: ``--members`` WebSocket members of one room (the ``websockets`` library, joined
+through the API's ``join``) and the HTTP clients (a minimal keep-alive HTTP/1.1 client: aiohttp
+for the set-up and the idle latency).
+
+- Latency, idle: one publish at a time, the next once every member got the previous one;
+  from just before the POST is sent until a member's receive loop has the message. p50/p99.
+- Single publishes: ``--connections`` clients POST ``publish`` back to back for ``--seconds``;
+  publishes/s answered 200.
+- Batched: the same with ``batch`` requests of ``--batch`` publishes each.
+- Under load (both runs): every 100th publish carries its send time; its delivery latency is
+  measured at the first member. Deliveries are counted at the end (every member gets every
+  publish: a lost one would show).
+
+The members and the HTTP client share this process: under load they compete with each other
+for one core, so the rates say what one node sustains with a Python client in front of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import websockets
+
+from bench.common import (
+    LOADGEN_CORE,
+    SERVER_CORE,
+    pin_preexec,
+    pin_prefix,
+    pinning_available,
+)
+
+SECRET = "bench-api-secret-0123456789"
+ROOM = "bench"
+
+
+class Member:
+    """A room member counting deliveries and timing the stamped ones."""
+
+    def __init__(self, ws: Any, sid: str) -> None:
+        self.ws = ws
+        self.sid = sid
+        self.count = 0
+        self.latencies: list[float] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in self.ws:
+                now = time.perf_counter()
+                if message[:7] == '["$ping':
+                    value = json.loads(message)[1:2]
+                    await self.ws.send(json.dumps(["$pong", *value]))
+                    continue
+                if not message.startswith('["t"'):
+                    continue
+                self.count += 1
+                if '"at"' in message:
+                    data = json.loads(message)[1]
+                    self.latencies.append((now - data["at"]) * 1000)
+                if self.waiter is not None and not self.waiter.done():
+                    self.waiter.set_result(None)
+
+
+@contextlib.contextmanager
+def server_process() -> Any:
+    cmd = [sys.executable, "-m", "smartsocket", "serve", "--host", "127.0.0.1", "--port", "0",
+           "--api-secret", SECRET, "--max-write-buffer", str(512 << 20),
+           "--rate-limit-messages", "0", "--log-level", "WARNING"]
+    pin = SERVER_CORE if pinning_available() else None
+    proc = subprocess.Popen(
+        pin_prefix(pin) + cmd, stdout=subprocess.PIPE, preexec_fn=pin_preexec(pin)
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        yield line.rsplit(" ", 1)[1].strip().replace("ws://", "").rstrip("/")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def post(http: aiohttp.ClientSession, base: str, op: str, body: Any) -> Any:
+    headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
+    async with http.post(f"{base}/smartsocket/api/{op}", data=json.dumps(body),
+                         headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+@contextlib.asynccontextmanager
+async def members(host: str, base: str, http: aiohttp.ClientSession, n: int,
+                  ) -> AsyncIterator[list[Member]]:
+    out = []
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(n):
+            ws = await stack.enter_async_context(
+                websockets.connect(f"ws://{host}/", max_size=None, compression=None)
+            )
+            sid = json.loads(await ws.recv())[1]["sid"]
+            await post(http, base, "join", {"sid": sid, "room": ROOM})
+            out.append(Member(ws, sid))
+        yield out
+
+
+async def idle_latency(http: aiohttp.ClientSession, base: str, group: list[Member],
+                       samples: int) -> list[float]:
+    loop = asyncio.get_running_loop()
+    for i in range(samples + 20):
+        waiters = []
+        for m in group:
+            m.waiter = loop.create_future()
+            waiters.append(m.waiter)
+        await post(http, base, "publish", {
+            "room": ROOM, "event": "t", "data": {"at": time.perf_counter(), "i": i}
+        })
+        await asyncio.wait_for(asyncio.gather(*waiters), 10)
+    for m in group:
+        m.waiter = None
+    return group[0].latencies[20:]
+
+
+class RawHttp(asyncio.Protocol):
+    """A minimal keep-alive HTTP/1.1 client (one request in flight): aiohttp costs the shared
+    process ~5x more per request than the server spends on it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.done: asyncio.Future[bytes] | None = None
+        self.closed = False  # the server said Connection: close (http_keepalive_requests)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 : head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0
+                          else len(head)])
+        if len(self.buffer) < end + 4 + length:
+            return
+        status = bytes(self.buffer[9:12])
+        self.closed = b"connection: close" in head
+        del self.buffer[: end + 4 + length]
+        assert status == b"200", status
+        if self.done is not None:
+            self.done.set_result(status)
+
+    async def post(self, host: str, op: str, body: bytes) -> None:
+        assert self.transport is not None
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(
+            b"POST /smartsocket/api/%s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (op.encode(), host.encode(), SECRET.encode(), len(body), body)
+        )
+        await self.done
+
+
+async def load(host: str, seconds: float, connections: int, batch: int) -> int:
+    """Publishes answered 200 in ``seconds`` (``batch``: publishes per request, 0: single)."""
+    sent = 0
+    until = time.perf_counter() + seconds
+    loop = asyncio.get_running_loop()
+    address, port = host.rsplit(":", 1)
+
+    async def worker() -> None:
+        nonlocal sent
+        _, client = await loop.create_connection(RawHttp, address, int(port))
+        n = 0
+        while time.perf_counter() < until:
+            if client.closed:
+                _, client = await loop.create_connection(RawHttp, address, int(port))
+            if batch:
+                ops = [{"op": "publish", "room": ROOM, "event": "t", "data": n + i}
+                       for i in range(batch)]
+                ops[0]["data"] = {"at": time.perf_counter()}
+                await client.post(host, "batch", json.dumps({"operations": ops}).encode())
+                n += batch
+                sent += batch
+            else:
+                data: Any = {"at": time.perf_counter()} if n % 100 == 0 else n
+                body = {"room": ROOM, "event": "t", "data": data}
+                await client.post(host, "publish", json.dumps(body).encode())
+                n += 1
+                sent += 1
+        assert client.transport is not None
+        client.transport.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return sent
+
+
+async def drained(group: list[Member], expected: int) -> None:
+    deadline = time.perf_counter() + 60
+    while any(m.count < expected for m in group) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def main(args: argparse.Namespace) -> None:
+    if pinning_available():
+        os.sched_setaffinity(0, {LOADGEN_CORE})
+    with server_process() as host:
+        base = f"http://{host}"
+        connector = aiohttp.TCPConnector(limit=args.connections)
+        async with aiohttp.ClientSession(connector=connector) as http, \
+                members(host, base, http, args.members) as group:
+            idle = await idle_latency(http, base, group, args.samples)
+            print(f"idle latency ({args.samples} publishes, {args.members} members): "
+                  f"p50 {statistics.median(idle):.2f} ms, p99 {pct(idle, 0.99):.2f} ms")
+            total = group[0].count
+            for label, batch in (("single", 0), (f"batch of {args.batch}", args.batch)):
+                for m in group:
+                    m.latencies.clear()
+                start = time.perf_counter()
+                sent = await load(host, args.seconds, args.connections, batch)
+                elapsed = time.perf_counter() - start
+                total += sent
+                await drained(group, total)
+                lat = group[0].latencies
+                delivered = min(m.count for m in group)
+                print(f"{label}: {sent / elapsed:,.0f} publishes/s over {elapsed:.1f} s "
+                      f"({args.connections} connections); delivery latency under load "
+                      f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms "
+                      f"({len(lat)} samples); every member got {delivered:,} of {total:,}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--members", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=300)
+    asyncio.run(main(parser.parse_args()))
