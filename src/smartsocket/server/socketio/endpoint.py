@@ -104,8 +104,8 @@ class SocketIOEndpoint:
     (``SmartSocket.open_socket``)."""
 
     __slots__ = (
-        "_ips", "_open_socket", "_per_ip", "config", "counters", "namespaces", "options",
-        "origins", "path", "sessions", "translator",
+        "_ips", "_open_socket", "_per_ip", "config", "counters", "namespaces", "offsets",
+        "options", "origins", "path", "sessions", "translator",
     )
 
     def __init__(self, config: Config, open_socket: OpenSocket) -> None:
@@ -125,6 +125,8 @@ class SocketIOEndpoint:
         for namespace in self.namespaces.values():
             namespace.router.config = config
         self.path = config.socketio_path.rstrip("/") or "/"
+        # Connection-state recovery (recovery/marks.py): offsets on events, pid in CONNECT.
+        self.offsets = config.recovery_window > 0 and config.socketio_recovery
 
     def handles(self, path: str) -> bool:
         return self.config.socketio and (path.rstrip("/") or "/") == self.path
@@ -201,7 +203,7 @@ class SocketIOEndpoint:
         session = ClientSession(
             engine, sio, request, open_socket=self._open, translator=self.translator,
             forget=self._forget, counters=self.counters, namespaces=self.namespaces.get,
-            claim=self._claim,
+            claim=self._claim, offsets=self.offsets and eio >= 4,
         )
         self.sessions[sid] = session
         self.counters.sessions_total += 1
