@@ -3,7 +3,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { SmartSocket } from "../../js/src/smartsocket.js";
-import { WebSocket, requireFromJs, startServer } from "./helpers.mjs";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { ROOT, WebSocket, requireFromJs, startServer } from "./helpers.mjs";
 
 const { io } = requireFromJs("socket.io-client");
 
@@ -294,6 +296,62 @@ describe("socket.io-client connection-state recovery (pid and offset)", () => {
       assert.deepEqual(got.slice(before).map((args) => args[0]), ["two", "three"]);
       socket.disconnect();
     } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+});
+
+/** tests/rrproxy.py in its own process: a round-robin proxy over `ports` (no affinity, no
+ * WebSocket upgrades). */
+function roundRobinProxy(ports) {
+  const python = process.env.SMARTSOCKET_PYTHON || join(ROOT, ".venv", "bin", "python");
+  const child = spawn(python, [join(ROOT, "tests", "rrproxy.py"), ...ports.map(String)], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  return new Promise((resolve, reject) => {
+    let out = "";
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      const found = /listening (\d+)/.exec(out);
+      if (found) resolve({ http: `http://127.0.0.1:${found[1]}`, stop: () => child.kill() });
+    });
+    child.once("exit", (code) => reject(new Error(`proxy exited (${code})`)));
+  });
+}
+
+describe("socket.io-client polling through a round-robin proxy (two nodes, no affinity)", () => {
+  it("events, acks both ways and broadcasts both ways", async () => {
+    const prefix = `rr-${process.pid}-${Date.now()}`;
+    const cluster = ["--cluster-url", "redis://127.0.0.1:6379", "--cluster-prefix", prefix];
+    const a = await startServer({ app: "jsapp:socketio_app", args: cluster });
+    const b = await startServer({ app: "jsapp:socketio_app", args: cluster });
+    const proxy = await roundRobinProxy([a.port, b.port]);
+    try {
+      const one = await connectedSio(proxy, { transports: ["polling"] });
+      const two = await connectedSio(proxy, { transports: ["polling"] });
+      for (let n = 0; n < 6; n++) assert.deepEqual(await one.emitWithAck("echo", { n }), { n });
+      one.on("question", (data, ack) => ack(data.n + 1));
+      assert.deepEqual(await one.emitWithAck("ask", { event: "question", data: { n: 1 } }), { result: 2 });
+      await one.emitWithAck("enter", "rr");
+      await two.emitWithAck("enter", "rr");
+      // The room's subscriptions on both nodes may take a moment: shout until it arrives.
+      const gotTwo = [];
+      two.on("shouted", (text) => gotTwo.push(text));
+      for (let n = 0; gotTwo.length === 0 && n < 100; n++) {
+        await one.emitWithAck("shout", { room: "rr", text: "from one" });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal(gotTwo[0], "from one");
+      const gotOne = [];
+      one.on("shouted", (text) => gotOne.push(text));
+      await two.emitWithAck("shout", { room: "rr", text: "from two" });
+      const end = Date.now() + 10000;
+      while (!gotOne.includes("from two") && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(gotOne.includes("from two"));
+      assert.equal(one.io.engine.transport.name, "polling");
+    } finally {
+      proxy.stop();
       await a.stop();
       await b.stop();
     }
