@@ -117,3 +117,9 @@ async def test_unknown_node_sid_and_upgrade_elsewhere() -> None:
             assert resp.status == 200 and await resp.text() == "ok"
         async with http.get(url, params={**params, "sid": sid}) as resp:
             assert resp.status == 200 and (await resp.text()).startswith("40{")
+        # Closed (an Engine.IO close packet, through a): polled again through a, it is unknown.
+        async with http.post(url, params={**params, "sid": sid}, data=b"1") as resp:
+            assert resp.status == 200
+        await wait_for(lambda: b.stats()["socketio"]["sessions"] == 0)
+        async with http.get(url, params={**params, "sid": sid}) as resp:
+            assert resp.status == 400 and (await resp.json())["code"] == 1

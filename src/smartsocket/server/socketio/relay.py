@@ -105,9 +105,9 @@ class PollRelay:
         return HttpResponse(int(reply["st"]), bytes(reply["b"]), str(reply["t"]), headers)
 
     def _replied(self, data: Any, src: str) -> None:
-        if type(data) is not dict:
+        if type(data) is not dict or type(data.get("i")) is not int:
             return
-        future = self._waiting.get(data.get("i"))  # type: ignore[arg-type]
+        future = self._waiting.get(data["i"])
         if future is not None and not future.done():
             future.set_result(data)
 
@@ -117,13 +117,17 @@ class PollRelay:
         if type(data) is not dict or type(data.get("i")) is not int:
             return
         request_id: int = data["i"]
-        session = self._sessions.get(data.get("s"))  # type: ignore[arg-type]
-        if session is None:
+        sid, method, body = data.get("s"), data.get("m"), data.get("b")
+        session = self._sessions.get(sid) if type(sid) is str else None
+        if session is None or method not in ("GET", "POST") or (
+            method == "POST" and type(body) is not bytes
+        ):
             self._answer(src, request_id,
                          polling.engine_error(EngineErrorCode.UNKNOWN_SID, 400, {}))
             return
-        if data.get("m") == "POST" and type(data.get("b")) is bytes:
-            self._answer(src, request_id, polling.answer_post(session, data["b"], {}))
+        if method == "POST":
+            assert type(body) is bytes
+            self._answer(src, request_id, polling.answer_post(session, body, {}))
             return
         key = (src, request_id)
         task = asyncio.get_running_loop().create_task(self._held_get(src, request_id, session))
@@ -135,8 +139,8 @@ class PollRelay:
         self._answer(src, request_id, response)
 
     def _cancel(self, data: Any, src: str) -> None:
-        if type(data) is dict:
-            task = self._serving.get((src, data.get("i")))  # type: ignore[arg-type]
+        if type(data) is dict and type(data.get("i")) is int:
+            task = self._serving.get((src, data["i"]))
             if task is not None:
                 task.cancel()
 
