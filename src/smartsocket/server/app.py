@@ -142,7 +142,7 @@ class SmartSocket:
         # endpoints; the demo app puts its chat page here (its events are not the app's).
         self.home_page: bytes | None = None
         # Socket.IO clients (server/socketio/): admitted through open_socket like the rest.
-        self._socketio = SocketIOEndpoint(self._config, self.open_socket)
+        self._socketio = SocketIOEndpoint(self._config, self.open_socket, self._cluster)
         # POST /smartsocket/api/<operation> (server/api.py; on with ``api_secret``)
         self.api: HttpApi = HttpApi(
             Context(self, lambda: self._recovery)
