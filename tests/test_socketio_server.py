@@ -462,19 +462,31 @@ async def test_engineio_v3_over_polling() -> None:
         assert rest[int(length):] == "2:40"  # in "/" at once (Socket.IO v4)
 
 
-async def test_recovery_on_leaves_socketio_clients_working() -> None:
-    server = SmartSocket(recovery_window=30)
+@pytest.mark.parametrize("offsets", [True, False])
+async def test_recovery_on_offsets_on_room_events(offsets: bool) -> None:
+    """With recovery on, room events carry their offset as a last argument (Socket.IO's
+    connection-state recovery; python-socketio has no recovery and sees it as an extra
+    argument, as with Socket.IO's own server); ``socketio_recovery=False`` leaves it out."""
+    server = SmartSocket(recovery_window=30, socketio_recovery=offsets)
 
     @server.on("enter")
     def enter(socket: Socket, room: str) -> None:
         socket.join(room)
         server.room(room).broadcast("numbered", {"n": 1})
+        socket.send("direct", "plain")
 
     async with running(server), sio_client(server) as client:
         got: asyncio.Queue[Any] = asyncio.Queue()
-        client.on("numbered", got.put_nowait)
+        client.on("numbered", lambda *args: got.put_nowait(args))
+        client.on("direct", lambda *args: got.put_nowait(args))
         await client.call("enter", "r", timeout=5)
-        assert await asyncio.wait_for(got.get(), 5) == {"n": 1}  # no offset argument added
+        numbered = await asyncio.wait_for(got.get(), 5)
+        if offsets:
+            assert numbered[0] == {"n": 1} and len(numbered) == 2
+            assert isinstance(numbered[1], str)
+        else:
+            assert numbered == ({"n": 1},)
+        assert await asyncio.wait_for(got.get(), 5) == ("plain",)  # sent to one: no offset
 
 
 async def test_broadcasts_and_sends_from_another_node_reach_socketio_clients() -> None:

@@ -3,7 +3,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { SmartSocket } from "../../js/src/smartsocket.js";
-import { WebSocket, requireFromJs, startServer } from "./helpers.mjs";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { ROOT, WebSocket, requireFromJs, startServer } from "./helpers.mjs";
 
 const { io } = requireFromJs("socket.io-client");
 
@@ -184,6 +186,174 @@ describe("socket.io-client across a server restart", () => {
     } finally {
       socket.disconnect();
       await server.stop();
+    }
+  });
+});
+
+describe("socket.io-client connection-state recovery (pid and offset)", () => {
+  const RECOVERY = ["--recovery-window", "10"];
+  const sioClient = (server) => {
+    const socket = io(server.http, { transports: ["websocket"], reconnectionDelay: 50, reconnectionDelayMax: 200 });
+    clients.add(socket);
+    return socket;
+  };
+  /** Collects one event's arguments as they arrive. */
+  const collect = (socket, event) => {
+    const got = [];
+    socket.on(event, (...args) => got.push(args));
+    return got;
+  };
+  const until = async (check, ms = 10000) => {
+    const end = Date.now() + ms;
+    while (!check()) {
+      if (Date.now() > end) throw new Error("condition not met in time");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+
+  /** Cut `socket`'s transport, broadcast `texts` to `room` meanwhile, and wait for the
+   * reconnection (to `next` if given: another node). */
+  async function cutAndResume(socket, shouter, room, texts, next = null) {
+    const dropped = once(socket, "disconnect");
+    if (next) socket.io.uri = next.http; // the next connection goes to the other node
+    socket.io.engine.close(); // the transport ends without a DISCONNECT: the client reconnects
+    await dropped;
+    for (const text of texts) await shouter.emitWithAck("shout", { room, text });
+    await once(socket, "connect", 10000);
+  }
+
+  it("gets what it missed, with socket.recovered, on one node", async () => {
+    const server = await startServer({ app: "jsapp:socketio_app", args: RECOVERY });
+    try {
+      const socket = sioClient(server);
+      await once(socket, "connect");
+      assert.equal(socket.recovered, false);
+      const firstId = socket.id;
+      const got = collect(socket, "shouted");
+      await socket.emitWithAck("enter", "rec");
+      const shouter = await connectedSio(server);
+      await shouter.emitWithAck("shout", { room: "rec", text: "one" });
+      await until(() => got.length === 1);
+      assert.equal(got[0][0], "one");
+      assert.equal(typeof got[0][1], "string"); // the offset, the last argument
+
+      await cutAndResume(socket, shouter, "rec", ["two", "three"]);
+      assert.equal(socket.recovered, true);
+      assert.equal(socket.id, firstId);
+      await until(() => got.length === 3);
+      assert.deepEqual(got.map((args) => args[0]), ["one", "two", "three"]);
+      // Back in the room: live messages follow, and a second cut resumes again.
+      await shouter.emitWithAck("shout", { room: "rec", text: "four" });
+      await until(() => got.length === 4);
+      await cutAndResume(socket, shouter, "rec", ["five"]);
+      assert.equal(socket.recovered, true);
+      await until(() => got.length === 5);
+      assert.deepEqual(got.map((args) => args[0]), ["one", "two", "three", "four", "five"]);
+      socket.disconnect();
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it("starts a new session when the pid is unknown (recovered false)", async () => {
+    const server = await startServer({ app: "jsapp:socketio_app", args: RECOVERY });
+    try {
+      const socket = io(server.http, { transports: ["websocket"], reconnection: false, auth: {} });
+      clients.add(socket);
+      socket.auth = { pid: "nobody.xyz", offset: "1" };
+      await once(socket, "connect");
+      assert.equal(socket.recovered, false);
+      assert.deepEqual(await socket.emitWithAck("echo", 1), 1);
+      socket.disconnect();
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it("resumes on another node of a Redis cluster", async () => {
+    const prefix = `sio2-${process.pid}-${Date.now()}`;
+    const cluster = [...RECOVERY, "--cluster-url", "redis://127.0.0.1:6379", "--cluster-prefix", prefix];
+    const a = await startServer({ app: "jsapp:socketio_app", args: cluster });
+    const b = await startServer({ app: "jsapp:socketio_app", args: cluster });
+    try {
+      const socket = sioClient(a);
+      await once(socket, "connect");
+      const firstId = socket.id;
+      const got = collect(socket, "shouted");
+      await socket.emitWithAck("enter", "rec2");
+      const shouter = await connectedSio(b);
+      // The room's subscription on node a may take a moment: shout until one arrives.
+      for (let n = 0; got.length === 0 && n < 100; n++) {
+        await shouter.emitWithAck("shout", { room: "rec2", text: "one" });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await until(() => got.length >= 1);
+      const before = got.length;
+      await cutAndResume(socket, shouter, "rec2", ["two", "three"], b);
+      assert.equal(socket.recovered, true);
+      assert.equal(socket.id, firstId);
+      await until(() => got.length === before + 2);
+      assert.deepEqual(got.slice(before).map((args) => args[0]), ["two", "three"]);
+      socket.disconnect();
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+});
+
+/** tests/rrproxy.py in its own process: a round-robin proxy over `ports` (no affinity, no
+ * WebSocket upgrades). */
+function roundRobinProxy(ports) {
+  const python = process.env.SMARTSOCKET_PYTHON || join(ROOT, ".venv", "bin", "python");
+  const child = spawn(python, [join(ROOT, "tests", "rrproxy.py"), ...ports.map(String)], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  return new Promise((resolve, reject) => {
+    let out = "";
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      const found = /listening (\d+)/.exec(out);
+      if (found) resolve({ http: `http://127.0.0.1:${found[1]}`, stop: () => child.kill() });
+    });
+    child.once("exit", (code) => reject(new Error(`proxy exited (${code})`)));
+  });
+}
+
+describe("socket.io-client polling through a round-robin proxy (two nodes, no affinity)", () => {
+  it("events, acks both ways and broadcasts both ways", async () => {
+    const prefix = `rr-${process.pid}-${Date.now()}`;
+    const cluster = ["--cluster-url", "redis://127.0.0.1:6379", "--cluster-prefix", prefix];
+    const a = await startServer({ app: "jsapp:socketio_app", args: cluster });
+    const b = await startServer({ app: "jsapp:socketio_app", args: cluster });
+    const proxy = await roundRobinProxy([a.port, b.port]);
+    try {
+      const one = await connectedSio(proxy, { transports: ["polling"] });
+      const two = await connectedSio(proxy, { transports: ["polling"] });
+      for (let n = 0; n < 6; n++) assert.deepEqual(await one.emitWithAck("echo", { n }), { n });
+      one.on("question", (data, ack) => ack(data.n + 1));
+      assert.deepEqual(await one.emitWithAck("ask", { event: "question", data: { n: 1 } }), { result: 2 });
+      await one.emitWithAck("enter", "rr");
+      await two.emitWithAck("enter", "rr");
+      // The room's subscriptions on both nodes may take a moment: shout until it arrives.
+      const gotTwo = [];
+      two.on("shouted", (text) => gotTwo.push(text));
+      for (let n = 0; gotTwo.length === 0 && n < 100; n++) {
+        await one.emitWithAck("shout", { room: "rr", text: "from one" });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal(gotTwo[0], "from one");
+      const gotOne = [];
+      one.on("shouted", (text) => gotOne.push(text));
+      await two.emitWithAck("shout", { room: "rr", text: "from two" });
+      const end = Date.now() + 10000;
+      while (!gotOne.includes("from two") && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(gotOne.includes("from two"));
+      assert.equal(one.io.engine.transport.name, "polling");
+    } finally {
+      proxy.stop();
+      await a.stop();
+      await b.stop();
     }
   });
 });

@@ -398,6 +398,12 @@ class ClusterNode:
             return False
         return self.publish(self.all_channel, m.ServerEvent(name, m.pack(data)))
 
+    def emit_to_node(self, node: str, name: str, data: Any) -> bool:
+        """A server event for one node's handlers (its inbox)."""
+        if not self.active:
+            return False
+        return self.publish(self.inbox(node), m.ServerEvent(name, m.pack(data)))
+
     # receiving
 
     def _receive(self, channel: str, data: bytes) -> None:

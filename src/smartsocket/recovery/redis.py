@@ -93,6 +93,8 @@ class SessionBlob(msgspec.Struct, array_like=True, gc=False):
     seq: int
     outbox: list[tuple[int, int, bytes, bool]]  # (seq, wall ms, payload with its seq, binary)
     replies: list[tuple[Any, Any, Any]]  # (key, result, error) of recent idempotent calls
+    marks: list[str] = []  # positions sent to a Socket.IO client (recovery/marks.py)
+    marks_seq: int = -1
 
 
 class DirectEntry(msgspec.Struct, array_like=True, gc=False):
@@ -188,6 +190,7 @@ class RedisStore:
         blob = SessionBlob(
             BLOB_VERSION, _digest(socket.token), socket.identity, socket.data, socket.presence,
             socket.joined_rooms(), dict(state.joined), state.seq, outbox, _replies(state),
+            list(state.marks or ()), state.marks_seq,
         )
         try:
             encoded = _encode(blob)
@@ -276,6 +279,9 @@ class RedisStore:
     ) -> Held:
         state = SessionState(None)
         state.joined = {room: (epoch, offset) for room, (epoch, offset) in blob.joined.items()}
+        if blob.marks:
+            state.marks = deque(blob.marks)
+        state.marks_seq = blob.marks_seq
         mono_minus_wall = self.clock() - self.wall()
         outbox = [(seq, ms, payload, binary) for seq, ms, payload, binary in blob.outbox]
         outbox += [(e.seq, e.ms, e.payload, e.binary) for e in appended]

@@ -28,6 +28,7 @@ from smartsocket.recovery.state import Held, SessionState
 if TYPE_CHECKING:
     from smartsocket.config import Config
     from smartsocket.protocol.envelope import Event
+    from smartsocket.recovery.marks import ResumePoint
     from smartsocket.recovery.store import SessionStore
 
 logger = logging.getLogger("smartsocket.recovery")
@@ -46,6 +47,10 @@ class ResumingSocket(Protocol):
     presence: dict[str, Any]
     recovered: bool
     session: SessionState | None
+
+    @property
+    def resume_point(self) -> ResumePoint | None:
+        """Where a client that reports one offset (Socket.IO) resumes from, if it asked."""
 
     @property
     def token(self) -> str: ...
@@ -139,6 +144,10 @@ class Resumer:
     def admit(self, socket: ResumingSocket) -> None:
         """The socket is authenticated: welcome it and hand it to the application (or first
         wait for its ``$resume``, if it connected with ``?resume=1``)."""
+        point = socket.resume_point
+        if self.store is not None and point is not None:
+            self._resume_at(socket, point)
+            return
         if self.store is not None and "resume" in socket.request.query:
             early = self.early.pop(socket, None)
             if early is not None:
@@ -177,6 +186,13 @@ class Resumer:
         held = self._take_over(socket, info.get("sid"), info.get("token"))
         self.spawn(self._finish(socket, held, info))
 
+    def _resume_at(self, socket: ResumingSocket, point: ResumePoint) -> None:
+        """A Socket.IO CONNECT with ``pid`` and ``offset`` (recovery/marks.py): the same
+        flow, with the positions its one offset stands for."""
+        held = self._take_over(socket, point.sid, point.token)
+        self.spawn(self._finish(socket, held, {"sid": point.sid, "token": point.token},
+                                point))
+
     def session_changed(self, sid: str, state: SessionState) -> None:
         """A held session's state changed (a call finished): the store keeps it."""
         if self.store is not None:
@@ -198,13 +214,14 @@ class Resumer:
         live.abandon(CloseCode.GOING_AWAY, "resumed by a new connection")
         return held
 
-    async def _finish(self, socket: ResumingSocket, held: Held | None, info: dict[str, Any]) -> (
-        None
-    ):
+    async def _finish(
+        self, socket: ResumingSocket, held: Held | None, info: dict[str, Any],
+        point: ResumePoint | None = None,
+    ) -> None:
         store = self.store
         assert store is not None
         try:
-            resumed = await self._restore(store, socket, held, info)
+            resumed = await self._restore(store, socket, held, info, point)
         except Exception:
             logger.exception("resuming %s failed", socket.id)
             resumed = None
@@ -229,7 +246,7 @@ class Resumer:
 
     async def _restore(
         self, store: SessionStore, socket: ResumingSocket, held: Held | None,
-        info: dict[str, Any],
+        info: dict[str, Any], point: ResumePoint | None = None,
     ) -> tuple[Held, list[tuple[bytes, bool]], list[bytes], list[str]] | None:
         """Take the session ``info`` names (or ``held``, taken over from a connection here),
         join its rooms and compute what its client missed; None if it cannot resume."""
@@ -237,6 +254,11 @@ class Resumer:
             held = await store.take(info.get("sid"), info.get("token"), socket.identity)
             if held is None:
                 return None
+        if point is not None:
+            positions = point.positions(held.state)
+            if positions is None:
+                return None
+            info = {"offsets": positions[0], "seq": positions[1]}
         seq = info.get("seq", 0)
         offsets = info.get("offsets", {})
         if type(seq) is not int or type(offsets) is not dict or not socket.connected:

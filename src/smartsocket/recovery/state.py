@@ -45,7 +45,7 @@ class SessionState:
     """Recovery state of one socket, live or held: its direct-message log, where it joined
     each room, and the replies to its recent idempotent calls."""
 
-    __slots__ = ("joined", "outbox", "owner", "replies", "seq")
+    __slots__ = ("joined", "marks", "marks_seq", "outbox", "owner", "replies", "seq")
 
     def __init__(self, owner: object | None) -> None:
         self.owner = owner  # the connected socket of this session; None while held
@@ -53,6 +53,10 @@ class SessionState:
         self.outbox: deque[Entry] | None = None  # made on the first direct message
         self.joined: dict[str, tuple[str, int]] = {}  # room -> (epoch, offset) at join
         self.replies: Replies | None = None
+        # Clients that report one offset (Socket.IO): the positions sent, in order
+        # (recovery/marks.py), and the direct seq below them (-1: none left the window).
+        self.marks: deque[str] | None = None
+        self.marks_seq = -1
 
     def since(self, after: int) -> list[Entry] | None:
         """Direct messages after ``after``; None if some are gone (or ``after`` is wrong)."""

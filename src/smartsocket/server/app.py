@@ -75,7 +75,7 @@ class SmartSocket:
         self._broadcast = parts.broadcaster.send  # (Room.broadcast calls it)
         self._live = LiveStats(self.stats)  # /smartsocket/live connections
         # Socket.IO clients (server/socketio/): admitted through open_socket like the rest.
-        self._socketio = SocketIOEndpoint(self._config, self.open_socket)
+        self._socketio = SocketIOEndpoint(self._config, self.open_socket, self._cluster)
         # Started or not: the listener, the heartbeat, the sampler and sweeper, in order.
         self._life = Lifecycle(
             parts, self._live, self._route,

@@ -25,6 +25,7 @@ from smartsocket.transport import HandshakeRequest
 
 if TYPE_CHECKING:
     from smartsocket.auth.tokens import SubscriptionClaims, TokenClaims
+    from smartsocket.recovery.marks import ResumePoint
     from smartsocket.recovery.state import SessionState
     from smartsocket.server.context import SocketContext
 
@@ -56,6 +57,8 @@ class Socket:
     protocol = "native"  # the wire protocol it speaks (stats and metrics count by it)
     # Whether the server's $ping/$pong heartbeat watches it (Socket.IO: Engine.IO's own does).
     heartbeat = True
+    # A native client resumes with $resume; a Socket.IO one with the CONNECT's pid and offset.
+    resume_point: ResumePoint | None = None
 
     def __init__(
         self, context: SocketContext, request: HandshakeRequest, *, authenticated: bool = True,

@@ -277,6 +277,23 @@ def _extract_binary(value: Any, buffers: list[bytes]) -> Any:
     return value
 
 
+def _has_binary(value: Any) -> bool:
+    """Whether ``value`` may hold bytes: a walk that allocates nothing (the common case, an
+    ack or event of plain JSON, skips ``_extract_binary``'s copying walk). True for types it
+    does not know, so that the careful walk decides."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return False
+    if kind is dict:
+        value = value.values()
+    elif kind is not list and kind is not tuple:
+        return True
+    for item in value:  # noqa: SIM110 (any() would allocate a generator per container)
+        if type(item) not in _SCALARS and _has_binary(item):
+            return True
+    return False
+
+
 def _header(kind: PacketKind, namespace: str, ack_id: int | None, attachments: int) -> bytes:
     head = b"%d" % kind
     if attachments:
@@ -314,9 +331,7 @@ def encode(
 ) -> EncodedPacket:
     """Encodes a packet; EVENT and ACK with bytes anywhere in ``data`` become BINARY_*."""
     buffers: list[bytes] = []
-    if kind in (PacketKind.EVENT, PacketKind.ACK) and not (
-        type(data) is list and all(type(arg) in _SCALARS for arg in data)
-    ):
+    if kind in (PacketKind.EVENT, PacketKind.ACK) and _has_binary(data):
         data = _extract_binary(data, buffers)
         if buffers:
             kind = PacketKind(kind + 3)  # EVENT -> BINARY_EVENT, ACK -> BINARY_ACK

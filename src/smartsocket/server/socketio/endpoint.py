@@ -34,6 +34,7 @@ from smartsocket.security import parse_origins
 from smartsocket.server.dispatch import EventRouter
 from smartsocket.server.socketio import polling
 from smartsocket.server.socketio.namespace import Namespace
+from smartsocket.server.socketio.relay import ClusterLink, PollRelay
 from smartsocket.server.socketio.session import ClientSession, Counters
 from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
 from smartsocket.transport import Accept, HandshakeRequest, HttpResponse, ServerConnection
@@ -104,13 +105,17 @@ class SocketIOEndpoint:
     (``SmartSocket.open_socket``)."""
 
     __slots__ = (
-        "_ips", "_open_socket", "_per_ip", "config", "counters", "namespaces", "options",
-        "origins", "path", "sessions", "translator",
+        "_ips", "_open_socket", "_per_ip", "config", "counters", "namespaces", "offsets",
+        "options", "origins", "path", "relay", "sessions", "translator",
     )
 
-    def __init__(self, config: Config, open_socket: OpenSocket) -> None:
+    def __init__(
+        self, config: Config, open_socket: OpenSocket, cluster: ClusterLink | None = None
+    ) -> None:
         self._open_socket = open_socket
         self.sessions: dict[str, ClientSession] = {}
+        # Polling requests for sessions of other nodes go through the cluster (relay.py).
+        self.relay = PollRelay(cluster, self.sessions) if cluster is not None else None
         self.translator = FrameTranslator()
         self.counters = Counters()
         self._per_ip: dict[Any, int] = {}  # sessions by client address
@@ -125,6 +130,10 @@ class SocketIOEndpoint:
         for namespace in self.namespaces.values():
             namespace.router.config = config
         self.path = config.socketio_path.rstrip("/") or "/"
+        # Connection-state recovery (recovery/marks.py): offsets on events, pid in CONNECT.
+        self.offsets = config.recovery_window > 0 and config.socketio_recovery
+        if self.relay is not None:
+            self.relay.configure(config.ping_interval + config.ping_timeout)
 
     def handles(self, path: str) -> bool:
         return self.config.socketio and (path.rstrip("/") or "/") == self.path
@@ -164,7 +173,12 @@ class SocketIOEndpoint:
                          errors=errors)
         session = self.sessions.get(checked.sid)
         if session is None:
-            return polling.engine_error(EngineErrorCode.UNKNOWN_SID, 400, cors)
+            owner = self.relay.owner(checked.sid) if self.relay is not None else None
+            if owner is None:
+                return polling.engine_error(EngineErrorCode.UNKNOWN_SID, 400, cors)
+            assert self.relay is not None
+            return Serve(partial(self.relay.forward, owner=owner, sid=checked.sid, cors=cors),
+                         max_body=self.options.max_payload, errors=errors)
         if checked.method == "GET":
             return Serve(partial(polling.get, session=session, cors=cors), errors=errors)
         return Serve(partial(polling.post, session=session, cors=cors),
@@ -191,7 +205,7 @@ class SocketIOEndpoint:
         return Accept(_WebSocketHandler(self._new_session(request, eio, WEBSOCKET)))
 
     def _new_session(self, request: HandshakeRequest, eio: int, transport: str) -> ClientSession:
-        sid = secrets.token_urlsafe(15)
+        sid = self.relay.new_sid() if self.relay is not None else secrets.token_urlsafe(15)
         loop = asyncio.get_running_loop()
         engine = EngineSession(sid, transport=transport, options=self.options, clock=loop.time,
                                eio=eio)
@@ -201,7 +215,7 @@ class SocketIOEndpoint:
         session = ClientSession(
             engine, sio, request, open_socket=self._open, translator=self.translator,
             forget=self._forget, counters=self.counters, namespaces=self.namespaces.get,
-            claim=self._claim,
+            claim=self._claim, offsets=self.offsets and eio >= 4,
         )
         self.sessions[sid] = session
         self.counters.sessions_total += 1
@@ -240,6 +254,8 @@ class SocketIOEndpoint:
         """Shutting down: end every session (their sockets see 1001, clients reconnect)."""
         for session in list(self.sessions.values()):
             session.abort()
+        if self.relay is not None:
+            self.relay.close()
 
     def namespace(self, name: str, router: Callable[[], EventRouter]) -> Namespace:
         """The namespace ``name`` of the application's own (made on first use)."""

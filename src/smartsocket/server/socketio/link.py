@@ -40,6 +40,10 @@ class NamespaceLink:
     def admitted(self) -> None:
         self.session.admitted(self)
 
+    @property
+    def offsets(self) -> bool:
+        return self.session.offsets
+
     # SocketConnection
 
     @property
@@ -56,11 +60,13 @@ class NamespaceLink:
 
     def send_frame(self, frame: bytes) -> None:
         """A broadcast's native frame (the same object for every member)."""
-        self.session.broadcast_frame(frame, self.namespace)
+        mark = self.session.broadcast_frame(frame, self.namespace)
+        if mark is not None and self.socket is not None:
+            self.socket.sent_mark(mark)
 
     def send_message(self, payload: bytes, binary: bool = False) -> int:
         """A native payload (``SocketIOSocket`` translates its own: this is a fallback)."""
-        packet = translate(payload, binary, self.namespace)
+        packet = translate(payload, binary, self.namespace, self.session.offsets)
         if isinstance(packet, EncodedPacket):
             self.session.write(packet)
         return len(payload)

@@ -75,6 +75,11 @@ async def handshake(
 
 async def get(request: HttpRequest, session: ClientSession, cors: Mapping[str, str]
               ) -> HttpResponse:
+    return await answer_get(session, cors)
+
+
+async def answer_get(session: ClientSession, cors: Mapping[str, str]) -> HttpResponse:
+    """A held GET of ``session``: answered when it has something to send."""
     try:
         future = session.polling_get()
     except EngineIOError as exc:
@@ -89,8 +94,13 @@ async def get(request: HttpRequest, session: ClientSession, cors: Mapping[str, s
 
 async def post(request: HttpRequest, session: ClientSession, cors: Mapping[str, str]
                ) -> HttpResponse:
+    return answer_post(session, request.body, cors)
+
+
+def answer_post(session: ClientSession, body: bytes, cors: Mapping[str, str]) -> HttpResponse:
+    """A POST of packets to ``session``."""
     try:
-        session.polling_post(request.body)
+        session.polling_post(body)
     except EngineIOError as exc:
         return _failed(session, exc, cors)
     return HttpResponse(200, b"ok", _OK_TYPE, dict(cors))

@@ -45,6 +45,7 @@ from smartsocket.protocol.socketio import (
 )
 from smartsocket.protocol.socketio.session import WEBSOCKET, State
 from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE
+from smartsocket.recovery.marks import ResumePoint, pid_of
 from smartsocket.server.socketio.link import NamespaceLink
 from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
 from smartsocket.transport import HandshakeRequest, HttpResponse
@@ -105,6 +106,7 @@ class ClientSession:
         "counters",
         "engine",
         "links",
+        "offsets",
         "request",
         "sio",
     )
@@ -113,8 +115,11 @@ class ClientSession:
         self, engine: EngineSession, sio: SocketIOConnection, request: HandshakeRequest, *,
         open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
         counters: Counters, namespaces: Callable[[str], Namespace | None],
-        claim: Callable[[str, Any], bool],
+        claim: Callable[[str, Any], bool], offsets: bool = False,
     ) -> None:
+        # Events carry their position's offset, CONNECT answers a pid (connection-state
+        # recovery; Socket.IO v5 only): recovery/marks.py.
+        self.offsets = offsets
         self._claim = claim  # counts the session against its address's limit (False: over)
         self._namespaces = namespaces  # the application's own namespaces, by name
         self.counters = counters
@@ -273,7 +278,9 @@ class ClientSession:
                      else CloseCode.GOING_AWAY)
         code, text = _CLOSE_CODES[reason], reason.value
         if reason is CloseReason.TRANSPORT_CLOSE and self._ws_close is not None:
-            code = self._ws_close[0] or code
+            # A client that leaves sends DISCONNECT first: a transport closed even cleanly
+            # (1000) is a drop it reconnects from (its session is held for recovery).
+            code = self._ws_close[0] if self._ws_close[0] not in (0, CloseCode.NORMAL) else code
         self._drop_all(code, text)
 
     # -- Socket.IO packets ---------------------------------------------------------------
@@ -297,7 +304,8 @@ class ClientSession:
                 if socket is not None:
                     socket.receive_ack(event.ack_id, event.data, size)
             elif type(event) is ConnectRequested:
-                self._connect(event.request.namespace, event.request.auth)
+                self._connect(event.request.namespace, event.request.auth,
+                              event.request.pid, event.request.offset)
             elif type(event) is NamespaceLeft:
                 link = self.links.pop(event.namespace, None)
                 if link is not None:
@@ -307,7 +315,10 @@ class ClientSession:
         link = self.links.get(namespace)
         return link.socket if link is not None else None
 
-    def _connect(self, namespace: str, auth: dict[str, Any]) -> None:
+    def _connect(
+        self, namespace: str, auth: dict[str, Any], pid: str | None = None,
+        offset: str | None = None,
+    ) -> None:
         scope = None
         if namespace != DEFAULT_NAMESPACE:
             scope = self._namespaces(namespace)
@@ -322,6 +333,8 @@ class ClientSession:
             return
         link = self.links[namespace] = NamespaceLink(self, namespace, result)
         result.bind(link, namespace, scope)
+        if self.offsets and pid is not None:
+            result.resume_point = ResumePoint.parse(pid, offset)
         result.on_open(link)
         if result.connected and not result.authenticated and link.socket is result:
             result.authenticate(auth)
@@ -337,7 +350,13 @@ class ClientSession:
             return
         link.admitted_socket = True
         self.engine.socketio_connected()
-        self.write(self.sio.accept(link.namespace, socket.id))
+        pid = None
+        if self.offsets and socket.session is not None:
+            point = socket.resume_point
+            if socket.recovered and point is not None:
+                socket.token = point.token  # the same pid: the client sees ``recovered``
+            pid = pid_of(socket.id, socket.token)
+        self.write(self.sio.accept(link.namespace, socket.id, pid=pid))
 
     def write(self, packet: EncodedPacket) -> None:
         self.counters.packets_out += 1
@@ -360,17 +379,22 @@ class ClientSession:
     def remote_address(self) -> tuple[Any, ...] | None:
         return self._remote
 
-    def broadcast_frame(self, frame: bytes, namespace: str) -> None:
-        """A broadcast's native frame: its Socket.IO frames, translated once per broadcast."""
+    def broadcast_frame(self, frame: bytes, namespace: str) -> str | None:
+        """A broadcast's native frame: its Socket.IO frames, translated once per broadcast.
+        Returns the mark of its position (when offsets are on and it has one)."""
         ws = self._ws
         if ws is not None and self.engine.transport == WEBSOCKET:
             self.counters.packets_out += 1
-            for built in self._translator.websocket_frames(frame, self.engine.eio, namespace):
-                ws.send_frame(built)
-            return
-        packet = self._translator.packet(frame, namespace)
+            built, mark = self._translator.websocket_frames(
+                frame, self.engine.eio, namespace, self.offsets
+            )
+            for data in built:
+                ws.send_frame(data)
+            return mark
+        packet, mark = self._translator.marked(frame, namespace, self.offsets)
         if packet is not None:
             self.write(packet)
+        return mark
 
     def close_link(self, link: NamespaceLink, code: int, reason: str) -> None:
         """The server closes one socket: a refusal before admission is a CONNECT_ERROR (the

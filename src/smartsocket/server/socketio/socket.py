@@ -23,6 +23,7 @@ from smartsocket.protocol.envelope import ENCODE_ERRORS, AckReply, Event, Packet
 from smartsocket.protocol.names import check_event, name_problem
 from smartsocket.protocol.socketio import EncodedPacket, PacketKind, encode, encode_event
 from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE, data_to_args, encode_ack
+from smartsocket.recovery.marks import ResumePoint, mark_of, record
 from smartsocket.security import LimitExceeded
 from smartsocket.server.socket import LOCAL_EVENTS, Socket
 
@@ -46,28 +47,42 @@ class SocketIOLink(Protocol):
 
     def admitted(self) -> None: ...
 
+    @property
+    def offsets(self) -> bool:
+        """Whether events carry their position's offset (connection-state recovery)."""
+
 
 def translate(
-    payload: bytes | memoryview, binary: bool, namespace: str = DEFAULT_NAMESPACE
+    payload: bytes | memoryview, binary: bool, namespace: str = DEFAULT_NAMESPACE,
+    offsets: bool = False,
 ) -> EncodedPacket | str | None:
     """A native v1 payload the server made -> the Socket.IO packet that means the same;
     ``WELCOME`` for ``$welcome`` (the session answers CONNECT), None for what is dropped.
 
     An ack error ``[id, null, {code, message}]`` becomes an ack with one argument
     ``{"error": {code, message}}`` (Socket.IO acks have no error channel)."""
+    return translate_marked(payload, binary, namespace, offsets)[0]
+
+
+def translate_marked(
+    payload: bytes | memoryview, binary: bool, namespace: str, offsets: bool
+) -> tuple[EncodedPacket | str | None, str | None]:
+    """``translate``, and the mark of the message's position (``offsets``: the client gets
+    it as the event's last argument, connection-state recovery: ``recovery/marks.py``)."""
     obj = _msgpack_decode(payload) if binary else _json_decode(payload)
     head = obj[0]
     if type(head) is str:
         if head == WELCOME:
-            return WELCOME
+            return WELCOME, None
         if head in _DROPPED:
-            return None
+            return None, None
         ack_id = obj[2] if len(obj) >= 3 else None
         data = obj[1] if len(obj) > 1 else None
-        return encode_event(head, data, ack_id=ack_id, namespace=namespace)
+        mark = mark_of(obj[3]) if offsets and len(obj) > 3 and ack_id is None else None
+        return encode_event(head, data, ack_id=ack_id, namespace=namespace, offset=mark), mark
     if len(obj) == 3:
-        return encode(PacketKind.ACK, namespace, [{"error": obj[2]}], head)
-    return encode(PacketKind.ACK, namespace, data_to_args(obj[1]), head)
+        return encode(PacketKind.ACK, namespace, [{"error": obj[2]}], head), None
+    return encode(PacketKind.ACK, namespace, data_to_args(obj[1]), head), None
 
 
 def frame_payload(frame: bytes) -> tuple[bytes, bool]:
@@ -81,58 +96,70 @@ class FrameTranslator:
     """One broadcast's native frame -> its Socket.IO packet and WebSocket frames, made on the
     first Socket.IO member's delivery and reused for the others (the fan-out hands every
     member the same frame object; holding it keeps its identity from being reused). Per
-    namespace and Engine.IO version: members in the same ones share the bytes."""
+    namespace, Engine.IO version and whether offsets are added: members in the same ones
+    share the bytes (and the mark of its position, ``recovery/marks.py``)."""
 
     __slots__ = ("_frame", "_packets", "_ws")
 
     def __init__(self) -> None:
         self._frame: bytes | None = None
-        self._packets: dict[str, EncodedPacket | None] = {}
-        self._ws: dict[tuple[str, int], tuple[bytes, ...]] = {}
+        self._packets: dict[tuple[str, bool], tuple[EncodedPacket | None, str | None]] = {}
+        self._ws: dict[tuple[str, int, bool], tuple[bytes, ...]] = {}
 
-    def packet(self, frame: bytes, namespace: str = DEFAULT_NAMESPACE) -> EncodedPacket | None:
+    def marked(
+        self, frame: bytes, namespace: str = DEFAULT_NAMESPACE, offsets: bool = False
+    ) -> tuple[EncodedPacket | None, str | None]:
+        """The packet of a broadcast and the mark of its position (None: it has none)."""
         if frame is not self._frame:
             self._frame = frame
             self._packets = {}
             self._ws = {}
-        if namespace in self._packets:
-            return self._packets[namespace]
+        key = (namespace, offsets)
+        found = self._packets.get(key)
+        if found is not None:
+            return found
         payload, binary = frame_payload(frame)
         try:
-            packet = translate(payload, binary, namespace)
+            packet, mark = translate_marked(payload, binary, namespace, offsets)
         except (msgspec.DecodeError, IndexError, TypeError):
-            packet = None
-        found = self._packets[namespace] = packet if isinstance(packet, EncodedPacket) else None
+            packet, mark = None, None
+        found = self._packets[key] = (
+            (packet, mark) if isinstance(packet, EncodedPacket) else (None, None)
+        )
         return found
 
+    def packet(self, frame: bytes, namespace: str = DEFAULT_NAMESPACE) -> EncodedPacket | None:
+        return self.marked(frame, namespace)[0]
+
     def websocket_frames(
-        self, frame: bytes, eio: int, namespace: str = DEFAULT_NAMESPACE
-    ) -> tuple[bytes, ...]:
-        """The prebuilt WebSocket frames of a broadcast for Engine.IO version ``eio``."""
-        packet = self.packet(frame, namespace)
+        self, frame: bytes, eio: int, namespace: str = DEFAULT_NAMESPACE, offsets: bool = False
+    ) -> tuple[tuple[bytes, ...], str | None]:
+        """The prebuilt WebSocket frames of a broadcast for Engine.IO version ``eio``, and
+        the mark of its position."""
+        packet, mark = self.marked(frame, namespace, offsets)
         if packet is None:
-            return ()
-        key = (namespace, eio)
+            return (), None
+        key = (namespace, eio, offsets)
         built = self._ws.get(key)
         if built is None:
             built = self._ws[key] = tuple(
                 build_frame(data, binary=binary) for data, binary in packet.websocket_frames(eio)
             )
-        return built
+        return built, mark
 
 
 class SocketIOSocket(Socket):
     """A server ``Socket`` for a Socket.IO client (made by ``server.open_socket`` when the
     client's CONNECT to ``/`` arrives; ``on_open`` follows with its ``SocketIOLink``)."""
 
-    __slots__ = ("_link", "_scope", "namespace")
+    __slots__ = ("_link", "_scope", "namespace", "resume_point")
 
     protocol = "socketio"
     heartbeat = False  # Engine.IO's own ping/pong watches a Socket.IO client
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rec = None  # connection-state recovery is not mapped for Socket.IO yet
+        self.resume_point: ResumePoint | None = None  # the CONNECT's pid and offset
         self._link: SocketIOLink | None = None
         self._scope: Namespace | None = None
         self.namespace = DEFAULT_NAMESPACE  # the Socket.IO namespace this socket is in
@@ -257,11 +284,19 @@ class SocketIOSocket(Socket):
         link = self._link
         if link is None or not self.connected:
             return
-        packet = translate(payload, binary, self.namespace)
+        packet, mark = translate_marked(payload, binary, self.namespace, link.offsets)
         if packet == WELCOME:
             link.admitted()
         elif isinstance(packet, EncodedPacket):
             link.write(packet)
+            if mark is not None:
+                self.sent_mark(mark)
+
+    def sent_mark(self, mark: str) -> None:
+        """A positioned message went to the client: remember its place (recovery/marks.py)."""
+        rec = self._rec
+        if rec is not None:
+            record(rec, mark, self._ctx.config.history_size)
 
     # The server's own writes of encoded payloads (welcome, replays, server.send) translate too.
     send_encoded = _send_payload
