@@ -32,8 +32,10 @@ from smartsocket.http_requests import (
     ServedConnections,
 )
 from smartsocket.transport.coalescer import WriteCoalescer
-from smartsocket.transport.connection import ConnectionHandler, logger
+from smartsocket.transport.connection import ConnectionHandler
 from smartsocket.transport.server_connection import ServerConnection
+
+logger = logging.getLogger("smartsocket.transport")
 
 try:  # picows' faster socket transport (a picows dependency): ~1.5x throughput, ~5 KB/conn more
     import aiofastnet

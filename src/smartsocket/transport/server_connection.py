@@ -5,6 +5,7 @@ answered close."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from smartsocket.compression import DeflateParams, MessageDeflater, MessageInfla
 from smartsocket.protocol.codes import CloseCode
 from smartsocket.transport.closing import Linger, close_timer
 from smartsocket.transport.coalescer import WriteCoalescer
-from smartsocket.transport.connection import Connection, ConnectionHandler, logger
+from smartsocket.transport.connection import Connection, ConnectionHandler
+
+logger = logging.getLogger("smartsocket.transport")
 
 _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
