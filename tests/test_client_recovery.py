@@ -121,7 +121,7 @@ async def test_trimmed_history_reports_not_recovered_and_starts_over() -> None:
         await wait_for(lambda: client.connected, timeout=5)
         assert connects == [False, False]
         assert not client.recovered and client.sid != old_sid
-        assert client._positions == {} and client._seq == 0
+        assert client._positions.rooms == {} and client._positions.seq == 0
         assert got == [0]  # nothing replayed: the application refetches its state
         await client.call("join", "r")
         server.room("r").broadcast("tick", 10)
@@ -188,13 +188,13 @@ async def test_without_recovery_calls_fail_on_a_drop_and_nothing_is_resumed() ->
 
 
 async def test_positions_already_seen_are_dropped() -> None:
-    client = Client("ws://127.0.0.1:1/")
-    assert client._first_time(["r", "e1", 1]) and client._first_time(["r", "e1", 2])
-    assert not client._first_time(["r", "e1", 2]) and not client._first_time(["r", "e1", 1])
-    assert client._first_time(["r", "e2", 1])  # a new epoch starts over
-    assert client._first_time(["s", "e1", 1])  # rooms are independent
-    assert client._first_time(1) and client._first_time(2) and not client._first_time(2)
-    assert client._first_time(["r", 5, "junk"])  # not a position: delivered as is
+    seen = Client("ws://127.0.0.1:1/")._positions.first_time
+    assert seen(["r", "e1", 1]) and seen(["r", "e1", 2])
+    assert not seen(["r", "e1", 2]) and not seen(["r", "e1", 1])
+    assert seen(["r", "e2", 1])  # a new epoch starts over
+    assert seen(["s", "e1", 1])  # rooms are independent
+    assert seen(1) and seen(2) and not seen(2)
+    assert seen(["r", 5, "junk"])  # not a position: delivered as is
 
 
 async def test_a_gap_notice_reaches_the_app_and_starts_the_room_afresh() -> None:

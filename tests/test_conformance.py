@@ -28,9 +28,10 @@ from rawws import (
     RawClient,
     encode_frame,
 )
-from smartsocket import Client, Config, SmartSocket, Socket, transport
+from smartsocket import Client, Config, SmartSocket, Socket
 from smartsocket.demo import create_app
 from smartsocket.testing import connected, running, wait_for
+from smartsocket.transport import closing
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -419,7 +420,7 @@ async def test_answered_close_is_released_when_the_peer_closes_its_side(
     only until the peer's FIN: an ordinary close is over in one round trip, not a timeout."""
     # With a close timeout far beyond the waits below, a release can only be the peer's FIN
     # (no assertion on how long it took: a slow machine must not fail this test).
-    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 120.0)
+    monkeypatch.setattr(closing, "CLOSE_TIMEOUT", 120.0)
     async with running(create_app(Config())) as server:
         ws = await open_ws(server)
         ws.send_close(1000)
@@ -434,7 +435,7 @@ async def test_answered_close_of_a_peer_that_keeps_its_side_open_ends_at_close_t
 ) -> None:
     """A peer that never closes its side cannot hold the connection past CLOSE_TIMEOUT (it is
     aborted then); until then it counts as open, and what it sends is read and dropped."""
-    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 1.0)
+    monkeypatch.setattr(closing, "CLOSE_TIMEOUT", 1.0)
     async with running(create_app(Config())) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         key = base64.b64encode(os.urandom(16)).decode()
@@ -453,10 +454,10 @@ async def test_answered_close_of_a_peer_that_keeps_its_side_open_ends_at_close_t
         # Closing, still counted (checked only while the timer cannot have run yet: a stalled
         # machine makes this assertion vacuous, never false).
         counted = len(server._connections.open) == 1
-        assert counted or time.monotonic() - started >= transport.CLOSE_TIMEOUT
+        assert counted or time.monotonic() - started >= closing.CLOSE_TIMEOUT
         await wait_for(lambda: not server._connections.open, 30.0)
         # Not before the timer (no upper bound: how late depends on the machine).
-        assert time.monotonic() - started >= transport.CLOSE_TIMEOUT
+        assert time.monotonic() - started >= closing.CLOSE_TIMEOUT
         writer.close()
 
 

@@ -309,14 +309,13 @@ async def test_closed_connections_leave_no_reference_cycles() -> None:
 
 
 def test_backlog_is_capped_by_somaxconn(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from smartsocket import transport
-    from smartsocket.transport import effective_backlog
+    from smartsocket.transport import effective_backlog, listener
 
     limit = tmp_path / "somaxconn"
     limit.write_text("512\n")
-    monkeypatch.setattr(transport, "SOMAXCONN", str(limit))
+    monkeypatch.setattr(listener, "SOMAXCONN", str(limit))
     assert effective_backlog(4096) == 512 and effective_backlog(100) == 100
-    monkeypatch.setattr(transport, "SOMAXCONN", str(tmp_path / "missing"))
+    monkeypatch.setattr(listener, "SOMAXCONN", str(tmp_path / "missing"))
     assert effective_backlog(4096) == 4096
 
 

@@ -158,3 +158,12 @@ def test_every_part_has_a_place() -> None:
     parts = {_part(module) for module in MODULES}
     assert not parts - ALLOWED.keys() - TOP, "declare these parts in tests/test_layers.py"
     assert not ALLOWED.keys() & TOP
+
+
+def test_only_the_transport_imports_picows() -> None:
+    """picows (and aiofastnet, its socket transport) stay behind the transport package."""
+    importers = {
+        module for module, path in MODULES.items()
+        if {name.split(".")[0] for name in _imports(path)} & {"picows", "aiofastnet"}
+    }
+    assert importers and all(_part(module) == "transport" for module in importers), importers

@@ -7,8 +7,8 @@ use ``HEAD`` and ``HTTP/1.0`` (HAProxy's and nginx's defaults), a client whose c
 past 16 KiB deserves a status it can log, and the HTTP API and long-polling need bodies and
 answers that come later. So each new connection starts with a ``RequestGate``: it buffers the
 head (bounded), hands every ``GET ... HTTP/1.1`` WebSocket upgrade over to picows unchanged
-(``transport.py`` builds the picows protocol; this module does not import picows), and serves
-every other request itself through the router: a sync answer (connection closed), or a
+(``transport/listener.py`` builds the picows protocol; this module does not import picows), and
+serves every other request itself through the router: a sync answer (connection closed), or a
 ``Serve`` handler that gets the body and answers when it likes, on a kept-alive connection
 (``http_requests.py``). After a hand-over the gate is gone: reads go straight to picows, so
 established WebSockets pay nothing for it.

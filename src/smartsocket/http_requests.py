@@ -1,7 +1,7 @@
 """Plain HTTP requests on the WebSocket port: the types the request gate and the routers share.
 
 A router answers a request head with an ``HttpResponse`` (sent at once, connection closed),
-an ``Accept`` (a WebSocket upgrade, ``transport.py``) or a ``Serve``: read the body and await
+an ``Accept`` (a WebSocket upgrade, ``transport/``) or a ``Serve``: read the body and await
 ``Serve.handler(HttpRequest)`` for the answer. Served requests may take their time (a
 long-poll holds its answer); when the client goes away first the handler's task is cancelled
 and ``HttpRequest.disconnected`` is set. Their connection is kept alive for the next request

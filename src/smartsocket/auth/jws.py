@@ -1,6 +1,6 @@
 """JWS compact tokens: parsing, keys and signature checks (RFC 7515, 7517, 7518).
 
-The only module that imports PyJWT and ``cryptography`` (like ``transport.py`` keeps picows):
+The only module that imports PyJWT and ``cryptography`` (like ``transport/`` keeps picows):
 PyJWT's algorithm objects do the signature math and read JWKs; the compact form is split and
 checked here, strictly, before any signature work. Keys are prepared once when loaded: PyJWT's
 ``decode()`` prepares the key again on every call (for an HMAC secret that means trying to

@@ -7,21 +7,20 @@ import logging
 import random
 import ssl as ssl_module
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import msgspec
-
 from smartsocket.acks import AckTracker
 from smartsocket.backoff import backoff_delay
+from smartsocket.client.events import EventHandlers
+from smartsocket.client.link import Link, with_query
+from smartsocket.client.positions import Positions
 from smartsocket.client.tokens import GetToken, TokenKeeper
 from smartsocket.compression import NegotiationError
-from smartsocket.errors import AckError, ConnectionClosed, OfflineBufferFull, Unauthorized
-from smartsocket.handlers import Handler
+from smartsocket.errors import ConnectionClosed, OfflineBufferFull, Unauthorized
 from smartsocket.protocol import SUBPROTOCOL, envelope
-from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode, ErrorCode
+from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode
 from smartsocket.protocol.envelope import AckReply, EnvelopeError, Event, InvalidUTF8
 from smartsocket.protocol.names import check_event
 from smartsocket.transport import ClientConnection, HandshakeError, handshake_status
@@ -94,17 +93,15 @@ class Client:
         self.latency: float | None = None  # last measured $ping round trip, seconds
         self.recovered = False  # the last (re)connect resumed the session (protocol.md 8)
         # Recovery: the last position seen per room (epoch, offset) and of direct messages.
-        self._positions: dict[str, tuple[str, int]] = {}
-        self._seq = 0
+        self._positions = Positions()
         self._unacked: dict[int, tuple[bytes, bool]] = {}  # calls sent, not answered yet
-        self._handlers: dict[str, list[Handler]] = {}
+        self._events = EventHandlers()
         self._acks = AckTracker()
         self._conn: ClientConnection | None = None
         self._ready = False  # $welcome received on the current connection
         self._buffer: deque[tuple[bytes, bool, int | None]] = deque()  # (..., ack id of a call)
         self._closing = False
         self._reconnect_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._welcomed: asyncio.Future[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_seen = 0.0
@@ -125,19 +122,11 @@ class Client:
 
     def on(self, event: str, handler: Callable[..., Any] | None = None) -> Callable[..., Any]:
         """Handle ``event``: ``handler(data)``; its return value answers a server ``call``."""
-
-        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            entry = Handler(fn, max_args=1, called_with="(data)")
-            self._handlers.setdefault(event, []).append(entry)
-            return fn
-
-        return register(handler) if handler is not None else register
+        return self._events.on(event, handler)
 
     def off(self, event: str, handler: Callable[..., Any] | None = None) -> None:
-        if handler is None:
-            self._handlers.pop(event, None)
-        elif event in self._handlers:
-            self._handlers[event] = [h for h in self._handlers[event] if h.fn is not handler]
+        """Remove ``handler`` of ``event`` (all of them when ``handler`` is None)."""
+        self._events.off(event, handler)
 
     def send(self, event: str, data: Any = None, *, binary: bool | None = None) -> None:
         """Send ``event``; while disconnected it waits in the offline buffer (bounded by
@@ -221,7 +210,7 @@ class Client:
         self._token_timer = asyncio.get_running_loop().call_later(
             self.token_check_interval, self._token_tick)
         if self._ready and self.tokens is not None and self.tokens.is_due():
-            self._spawn(self.check_token())
+            self._events.spawn(self.check_token())
 
     async def connect(self) -> Client:
         """Connect and wait for the server's ``$welcome``; raises if the first attempt fails
@@ -240,8 +229,7 @@ class Client:
             conn.close(CloseCode.NORMAL, "client closed")
             await self._wait_disconnected(conn)
         self._acks.fail_all(ConnectionClosed(CloseCode.NORMAL, "client closed"))
-        for task in list(self._tasks):
-            task.cancel()
+        self._events.cancel_tasks()
 
     async def __aenter__(self) -> Client:
         return await self.connect()
@@ -255,8 +243,8 @@ class Client:
         """One connection attempt; ``resume``: ask to resume the last session."""
         loop = asyncio.get_running_loop()
         self._welcomed = loop.create_future()
-        link = _Link(self._attach, self._on_message, self._on_close)
-        url = _with_query(self.url, "resume", "1") if resume else self.url
+        link = Link(self._attach, self._on_message, self._on_close)
+        url = with_query(self.url, "resume", "1") if resume else self.url
         headers = self.headers
         if self.tokens is not None:  # a fresh token for each connection (4003: expired)
             headers = {**headers, "Authorization": f"Bearer {await self.tokens.fetch()}"}
@@ -276,10 +264,9 @@ class Client:
             conn.close(CloseCode.PROTOCOL_ERROR, "subprotocol not accepted")
             raise ConnectionError(f"{self.url} did not accept subprotocol {SUBPROTOCOL}")
         if resume:  # the server waits for this before its $welcome
-            offsets = {room: list(pos) for room, pos in self._positions.items()}
             conn.send_message(envelope.encode_event("$resume", {
-                "sid": self.sid, "token": self.welcome.get("token"), "offsets": offsets,
-                "seq": self._seq,
+                "sid": self.sid, "token": self.welcome.get("token"),
+                "offsets": self._positions.offsets(), "seq": self._positions.seq,
             }))
         try:
             await asyncio.wait_for(asyncio.shield(self._welcomed), self.connect_timeout)
@@ -292,7 +279,7 @@ class Client:
         while not conn.disconnected and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
 
-    def _on_welcome(self, link: _Link, info: Any) -> None:
+    def _on_welcome(self, link: Link, info: Any) -> None:
         if type(info) is not dict or type(info.get("sid")) is not str:
             logger.warning("invalid $welcome: %r", info)
             return
@@ -300,8 +287,7 @@ class Client:
         self.sid = info["sid"]
         self.recovered = info.get("recovered") is True
         if not self.recovered:  # a new session: positions of the old one mean nothing
-            self._positions.clear()
-            self._seq = 0
+            self._positions.reset()
         self._ready = True
         self._last_seen = time.monotonic()
         self._arm_watchdog()
@@ -310,7 +296,7 @@ class Client:
                 self.token_check_interval, self._token_tick)
         # "connect" handlers run first, so what they send (e.g. re-joining rooms) reaches the
         # server before the messages buffered while offline (the browser client does the same).
-        self._emit_local("connect", self.recovered)
+        self._events.emit_local("connect", self.recovered)
         conn = self._conn
         if conn is not None:
             for payload, binary in list(self._unacked.values()):  # left unanswered by a drop
@@ -321,7 +307,7 @@ class Client:
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_result(None)
 
-    def _on_auth_required(self, link: _Link) -> None:
+    def _on_auth_required(self, link: Link) -> None:
         """The server wants credentials and this client sent none it accepts (this client only
         presents them at the upgrade): fail ``connect()`` now, not after auth_timeout."""
         conn = self._conn
@@ -335,7 +321,7 @@ class Client:
             self._welcomed.exception()  # retrieved: _open reports it
         conn.close(CloseCode.NORMAL, "no credentials")
 
-    def _on_close(self, link: _Link, code: int, reason: str) -> None:
+    def _on_close(self, link: Link, code: int, reason: str) -> None:
         if link.conn is not self._conn:
             return
         was_ready = self._ready
@@ -361,7 +347,7 @@ class Client:
             self._welcomed.set_exception(error)
             self._welcomed.exception()  # retrieved: _open reports it
         if was_ready:
-            self._emit_local("disconnect", closed)
+            self._events.emit_local("disconnect", closed)
         if reconnect:
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
 
@@ -372,13 +358,13 @@ class Client:
             if self.max_reconnect_attempts is not None and attempt > self.max_reconnect_attempts:
                 logger.warning("giving up on %s after %d attempts", self.url, attempt - 1)
                 self._acks.fail_all(ConnectionClosed(None, "reconnecting failed"))
-                self._emit_local("reconnect_failed")
+                self._events.emit_local("reconnect_failed")
                 return
             delay = backoff_delay(
                 attempt, base=self.reconnect_delay, maximum=self.reconnect_delay_max,
                 jitter=self.randomization_factor,
             )
-            self._emit_local("reconnecting", attempt)
+            self._events.emit_local("reconnecting", attempt)
             await asyncio.sleep(delay)
             if self._closing:
                 return
@@ -387,7 +373,7 @@ class Client:
             except Unauthorized as exc:  # trying again cannot help: new credentials are needed
                 logger.warning("giving up on %s: %s", self.url, exc)
                 self._acks.fail_all(ConnectionClosed(CloseCode.UNAUTHORIZED, str(exc)))
-                self._emit_local("reconnect_failed")
+                self._events.emit_local("reconnect_failed")
                 return
             except (OSError, ConnectionError, TimeoutError) as exc:
                 logger.info("reconnect attempt %d to %s failed: %s", attempt, self.url, exc)
@@ -443,7 +429,7 @@ class Client:
     def _attach(self, conn: ClientConnection) -> None:
         self._conn = conn
 
-    def _on_message(self, link: _Link, payload: bytes | memoryview, binary: bool) -> None:
+    def _on_message(self, link: Link, payload: bytes | memoryview, binary: bool) -> None:
         """A whole message from the server (already inflated)."""
         if link.conn is not self._conn:
             return  # from a connection a newer one replaced
@@ -465,32 +451,11 @@ class Client:
         if name[0] == "$":
             self._system_event(link, packet)
             return
-        if packet.meta is not None and not self._first_time(packet.meta):
+        if packet.meta is not None and not self._positions.first_time(packet.meta):
             return  # replayed after a resume, and handled already
-        handlers = self._handlers.get(name)
-        if not handlers:
-            link.reject(packet, ErrorCode.UNKNOWN_EVENT, f"no handler for {name!r}")
-            return
-        for index, handler in enumerate(handlers):
-            self._invoke(link, handler, packet, packet.ack_id if index == 0 else None)
+        self._events.dispatch(link, packet)
 
-    def _first_time(self, position: Any) -> bool:
-        """Record a message's position (protocol.md 8); False if it was seen already."""
-        if type(position) is int:
-            if position <= self._seq:
-                return False
-            self._seq = position
-        elif type(position) is list and len(position) == 3:
-            room, epoch, offset = position
-            if type(room) is not str or type(offset) is not int:
-                return True
-            last = self._positions.get(room)
-            if last is not None and last[0] == epoch and offset <= last[1]:
-                return False
-            self._positions[room] = (epoch, offset)
-        return True
-
-    def _system_event(self, link: _Link, packet: Event) -> None:
+    def _system_event(self, link: Link, packet: Event) -> None:
         name = packet.name
         if name == "$welcome":
             self._on_welcome(link, packet.data)
@@ -509,126 +474,14 @@ class Client:
             self._on_auth_required(link)
         elif name == "$error":
             logger.info("server reported an error: %r", packet.data)
-            self._emit_local("error", packet.data)
+            self._events.emit_local("error", packet.data)
         elif name == "$presence":  # {"room", "joined"|"left"|"updated": {"sid", "info", "user"?}}
-            self._emit_local("$presence", packet.data)
+            self._events.emit_local("$presence", packet.data)
         elif name == "$gap":  # {"room"}: messages of it may be lost (protocol.md 8, "Gaps")
             room = packet.data.get("room") if type(packet.data) is dict else None
             if type(room) is str:
-                # What follows may carry any position (a new epoch, or offsets seen before a
-                # rewind): start the room afresh, so nothing new is taken for a duplicate.
-                self._positions.pop(room, None)
-                self._emit_local("$gap", packet.data)
-
-    def _invoke(self, link: _Link, handler: Handler, packet: Event, ack_id: int | None) -> None:
-        try:
-            data = handler.convert(packet.data)
-            result = handler.fn(*(data,)[: handler.arity])
-        except Exception as exc:
-            self._handler_failed(link, handler, packet, ack_id, exc)
-            return
-        if handler.is_async or asyncio.iscoroutine(result):
-            self._spawn(self._finish(link, handler, packet, ack_id, result))
-        elif ack_id is not None:
-            link.reply(ack_id, result, packet.binary)
-
-    async def _finish(
-        self, link: _Link, handler: Handler, packet: Event, ack_id: int | None, coro: Any
-    ) -> None:
-        try:
-            result = await coro
-        except Exception as exc:
-            self._handler_failed(link, handler, packet, ack_id, exc)
-            return
-        if ack_id is not None:
-            link.reply(ack_id, result, packet.binary)
-
-    def _handler_failed(
-        self, link: _Link, handler: Handler, packet: Event, ack_id: int | None, exc: Exception
-    ) -> None:
-        if isinstance(exc, AckError):
-            code, message = exc.code, exc.message
-        elif isinstance(exc, msgspec.ValidationError):
-            code, message = ErrorCode.INVALID_PAYLOAD, str(exc)
-        else:
-            logger.error("handler %s for %r failed", handler.name, packet.name, exc_info=exc)
-            code, message = ErrorCode.INTERNAL_ERROR, "client handler failed"
-        if ack_id is not None:
-            link.send(envelope.encode_ack_error(ack_id, code, message, binary=packet.binary),
-                      packet.binary)
-
-    def _emit_local(self, event: str, *args: Any) -> None:
-        for handler in self._handlers.get(event, ()):
-            try:
-                result = handler.fn(*args[: handler.arity])
-                if asyncio.iscoroutine(result):
-                    self._spawn(result)
-            except Exception:
-                logger.exception("%r handler %s failed", event, handler.name)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-
-class _Link:
-    """Binds one connection attempt to the client, so callbacks from an old connection
-    cannot disturb a newer one. It gets the client's callbacks, bound once."""
-
-    __slots__ = ("_attach", "_closed", "_deliver", "conn")
-
-    def __init__(
-        self, attach: Callable[[ClientConnection], None],
-        deliver: Callable[[_Link, bytes | memoryview, bool], None],
-        closed: Callable[[_Link, int, str], None],
-    ) -> None:
-        self._attach = attach
-        self._deliver = deliver
-        self._closed = closed
-        self.conn: ClientConnection | None = None
-
-    def on_open(self, conn: ClientConnection) -> None:
-        self.conn = conn
-        self._attach(conn)  # before anything is read: $welcome may come with the 101
-
-    def on_message(self, payload: bytes | memoryview, binary: bool, wire_size: int) -> None:
-        self._deliver(self, payload, binary)
-
-    def on_close(self, code: int, reason: str) -> None:
-        self._closed(self, code, reason)
-
-    def send(self, payload: bytes, binary: bool = False) -> None:
-        if self.conn is not None:
-            self.conn.send_message(payload, binary)
-
-    def reply(self, ack_id: int, result: Any, binary: bool) -> None:
-        binary = binary or envelope.needs_binary(result)
-        try:
-            payload = envelope.encode_ack(ack_id, result, binary=binary)
-        except envelope.ENCODE_ERRORS as exc:
-            logger.error("cannot encode the reply to call %d: %r", ack_id, exc)
-            payload = envelope.encode_ack_error(
-                ack_id, ErrorCode.INTERNAL_ERROR, "the reply could not be encoded", binary=binary
-            )
-        self.send(payload, binary)
-
-    def reject(self, packet: Event, code: str, message: str) -> None:
-        if packet.ack_id is not None:
-            binary = packet.binary
-            payload = envelope.encode_ack_error(packet.ack_id, code, message, binary=binary)
-            self.send(payload, binary)
-
-    def close(self, code: int, reason: str) -> None:
-        if self.conn is not None:
-            self.conn.close(code, reason)
-
-
-def _with_query(url: str, name: str, value: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    query = [(k, v) for k, v in query if k != name] + [(name, value)]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+                self._positions.forget(room)  # its next position may be any
+                self._events.emit_local("$gap", packet.data)
 
 
 async def connect(url: str, **options: Any) -> Client:
