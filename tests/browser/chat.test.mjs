@@ -16,7 +16,8 @@ const APP = "jsapp:create"; // the demo events plus members/presence/typing, and
 
 // ---- page helpers (run in Node, act on a page)
 
-const online = (page) => page.waitForFunction(() => window.chat.socket.connected && document.getElementById("status").textContent.startsWith("online"));
+const online = (page, timeout) =>
+  page.waitForFunction(() => window.chat.socket.connected && document.getElementById("status").textContent.startsWith("online"), null, { timeout });
 const statusIs = (page, text) => page.waitForFunction((t) => document.getElementById("status").textContent.includes(t), text);
 const people = (page) => page.$$eval("#people li", (items) => items.map((li) => li.textContent));
 const hasPeople = (page, names) =>
@@ -196,7 +197,9 @@ describe("the demo chat page in Chromium", () => {
     // Alice's browser reports the network back: she retries at once; Bob waits for his backoff.
     await alice.evaluate(() => window.dispatchEvent(new Event("online")));
     await online(alice);
-    await online(bob);
+    // Bob's next attempt comes within reconnectDelayMax (10 s) + 50 % jitter of the server start,
+    // however long the start took: bound the wait by that, not by the default 10 s.
+    await online(bob, 20000);
     // the queued message went out after Alice joined lobby again (no not_in_room)
     await lastMineSays(alice, "delivered to");
     const newIds = await Promise.all([alice, bob].map((p) => p.evaluate(() => window.chat.socket.id)));

@@ -113,6 +113,17 @@ export async function until(predicate, ms = 5000, what = "condition") {
   }
 }
 
+/** `promise`, or a rejection if it does not settle within `ms` from now. Start it only once
+ * what the promise waits for can happen (the server is up): a bound that also covers the
+ * start-up of a server process fails on a loaded machine. */
+export function within(promise, ms, what = "promise") {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} not settled within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
 /** Records every `event` of a SmartSocket into an array. */
 export function record(socket, ...events) {
   const log = [];

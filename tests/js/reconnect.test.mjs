@@ -3,11 +3,14 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { SmartSocket } from "../../js/src/smartsocket.js";
-import { WebSocket, WebSocketServer, next, record, sleep, startServer, until } from "./helpers.mjs";
+import { WebSocket, WebSocketServer, next, record, sleep, startServer, until, within } from "./helpers.mjs";
 
 const sockets = new Set();
+// No cap on the attempts (maxReconnectAttempts: null) unless a test sets one: with these short
+// delays the default 10 attempts last about 2 s, less than a server takes to start on a loaded
+// machine; the client would give up (reconnect_failed) before the restarted server listens.
 function client(url, options = {}) {
-  const socket = new SmartSocket(url, { WebSocket, reconnectDelay: 50, reconnectDelayMax: 200, ...options });
+  const socket = new SmartSocket(url, { WebSocket, reconnectDelay: 50, reconnectDelayMax: 200, maxReconnectAttempts: null, ...options });
   sockets.add(socket);
   return socket;
 }
@@ -32,7 +35,7 @@ describe("reconnect", () => {
     for (const s of [alice, bob]) s.on("connect", () => s.call("join", { room: "r" }).catch(() => {}));
     // 'connect' handlers send before the offline buffer is flushed
     alice.on("connect", () => alice.send("record", "from the connect handler"));
-    const events = record(alice, "connect", "disconnect", "reconnecting");
+    const events = record(alice, "connect", "disconnect", "reconnecting", "reconnect_failed");
     await alice.connect();
     await bob.connect();
     const firstSid = alice.id;
@@ -46,18 +49,22 @@ describe("reconnect", () => {
     assert.equal(alice.connected, false);
 
     for (let i = 0; i < 5; i++) alice.send("record", i);
-    const whileDown = alice.call("echo", "called while down", { timeout: 10000 });
-    const chatWhileDown = alice.call("chat", { room: "r", text: "queued" }, { timeout: 10000 });
+    // No ack timeout: they wait in the offline buffer for as long as the server takes to start
+    // (the bounds below count from when it listens).
+    const whileDown = alice.call("echo", "called while down", { timeout: 0 });
+    const chatWhileDown = alice.call("chat", { room: "r", text: "queued" }, { timeout: 0 });
     alice.send("record", "last");
     await sleep(300); // a few failed attempts (connection refused) while the server is down
 
+    const connects = () => events.filter(([e]) => e === "connect").length;
     const second = await server({ app: "jsapp:create", port: first.port });
     assert.equal(second.port, first.port);
-    assert.equal(await whileDown, "called while down");
+    await until(() => connects() === 2, 10000, "alice reconnected");
+    assert.equal(await within(whileDown, 10000, "the call made while down"), "called while down");
     assert.notEqual(alice.id, firstSid);
     assert.deepEqual(await alice.call("records"), ["from the connect handler", 0, 1, 2, 3, 4, "last"]);
     // the room was joined again before the queued chat went out: no not_in_room
-    assert.equal(typeof (await chatWhileDown).delivered, "number");
+    assert.equal(typeof (await within(chatWhileDown, 10000, "the chat queued while down")).delivered, "number");
 
     // both reconnected and rejoined: they keep chatting
     await until(() => bob.connected, 5000, "bob reconnected");
@@ -69,6 +76,7 @@ describe("reconnect", () => {
     assert.equal(names[0], "connect");
     assert.equal(names[1], "disconnect");
     assert.equal(names.at(-1), "connect");
+    assert.ok(!names.includes("reconnect_failed"));
     const attempts = events.filter(([e]) => e === "reconnecting").map(([, n]) => n);
     assert.deepEqual(attempts, attempts.map((_, i) => i + 1));
   });
@@ -80,8 +88,10 @@ describe("reconnect", () => {
     const disconnected = next(socket, "disconnect");
     await first.stop();
     assert.equal((await disconnected).code, 1001);
+    // Recorded from now: the client may connect before startServer sees the "listening" line.
+    const connects = record(socket, "connect");
     await server({ port: first.port });
-    await next(socket, "connect", 5000);
+    await until(() => connects.length, 10000, "connect");
     assert.equal(await socket.call("echo", "after 1001"), "after 1001");
   });
 
@@ -100,8 +110,9 @@ describe("reconnect", () => {
     await next(socket, "reconnecting");
     await assert.rejects(socket.call("record", "expired", { timeout: 50 }), (e) => e.code === "timeout");
     socket.send("record", "kept");
+    const connects = record(socket, "connect");
     await server({ app: "jsapp:create", port: first.port });
-    await next(socket, "connect", 5000);
+    await until(() => connects.length, 10000, "connect");
     assert.deepEqual(await socket.call("records"), ["kept"]);
   });
 

@@ -5,7 +5,7 @@ import { after, before, describe, it } from "node:test";
 import { SmartSocket } from "../../js/src/smartsocket.js";
 import { spawn } from "node:child_process";
 import { join } from "node:path";
-import { ROOT, WebSocket, requireFromJs, startServer } from "./helpers.mjs";
+import { ROOT, WebSocket, requireFromJs, startServer, until } from "./helpers.mjs";
 
 const { io } = requireFromJs("socket.io-client");
 
@@ -178,9 +178,12 @@ describe("socket.io-client across a server restart", () => {
     const dropped = once(socket, "disconnect");
     await server.stop(); // graceful: 1001, the client reconnects
     assert.equal((await dropped)[0], "transport close");
+    // Counted from now: the client may connect before startServer reads the "listening" line.
+    let connects = 0;
+    socket.on("connect", () => connects++);
     server = await startServer({ app: "jsapp:socketio_app", port: server.port });
     try {
-      await once(socket, "connect", 10000);
+      await until(() => connects > 0, 10000, "connect");
       assert.notEqual(socket.id, firstId);
       assert.deepEqual(await socket.emitWithAck("echo", "again"), "again");
     } finally {
@@ -216,10 +219,17 @@ describe("socket.io-client connection-state recovery (pid and offset)", () => {
   async function cutAndResume(socket, shouter, room, texts, next = null) {
     const dropped = once(socket, "disconnect");
     if (next) socket.io.uri = next.http; // the next connection goes to the other node
-    socket.io.engine.close(); // the transport ends without a DISCONNECT: the client reconnects
+    // No automatic reconnect until the shouts are out: they are surely missed, and the 'connect'
+    // cannot come before we wait for it (both raced the 50 ms reconnection delay before).
+    socket.io.reconnection(false);
+    socket.io.engine.close(); // the transport ends without a DISCONNECT: the session is kept
     await dropped;
     for (const text of texts) await shouter.emitWithAck("shout", { room, text });
-    await once(socket, "connect", 10000);
+    assert.equal(socket.connected, false);
+    socket.io.reconnection(true);
+    const back = once(socket, "connect", 10000);
+    socket.connect(); // with its pid and offset
+    await back;
   }
 
   it("gets what it missed, with socket.recovered, on one node", async () => {
