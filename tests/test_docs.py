@@ -127,3 +127,27 @@ def test_protocol_doc_covers_every_close_and_error_code() -> None:
     for error in smartsocket.ErrorCode:
         if error.value not in ("timeout", "disconnected"):  # local only, never on the wire
             assert f"`{error.value}`" in doc, f"protocol.md misses error code {error.value}"
+
+
+def test_protocol_doc_lists_every_system_event() -> None:
+    """Every ``"$name"`` the server, the clients or the cluster put on the wire has a row in
+    protocol.md's table of system events (JSON Schema's ``$ref`` is not an event)."""
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    source = ROOT / "src" / "smartsocket"
+    files = [*source.rglob("*.py"), *(source / "static").glob("client.*js")]
+    names = {
+        name
+        for path in files
+        if path.name != "api_schema.py"
+        for name in re.findall(r"[\"'](\$[a-z_]+)[\"']", path.read_text())
+    }
+    assert {"$welcome", "$refresh", "$left", "$gap"} <= names
+    for name in sorted(names):
+        assert f"| `{name}` |" in doc, f"protocol.md section 3 misses {name}"
+
+
+def test_readme_close_code_table_has_every_close_code() -> None:
+    section = README.split("## Protocol and close codes", 1)[1].split("\n## ", 1)[0]
+    listed = {int(code) for row in section.splitlines() if row.startswith("| ")
+              for code in re.findall(r"\b(\d{4})\b", row.split(" | ")[0])}
+    assert listed == {int(code) for code in smartsocket.CloseCode}
