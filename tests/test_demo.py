@@ -23,7 +23,7 @@ async def test_only_the_demo_app_serves_the_chat_page(demo: SmartSocket) -> None
     status, page = await get(demo, "/")
     assert status == 200 and "SmartSocket chat" in page and "/smartsocket/client.js" in page
 
-    # the user's own app (--app, the Quick start): its events are not the chat's
+    # the user's own app (--app, the README's "Your first server"): its events are not the chat's
     async with running(SmartSocket(port=0)) as app:
         status, page = await get(app, "/")
         assert status == 200 and "SmartSocket chat" not in page

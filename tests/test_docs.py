@@ -16,14 +16,49 @@ README = (ROOT / "README.md").read_text()
 ELSEWHERE = {"Recorder": "smartsocket.testing", "SmartSocketASGI": "smartsocket.asgi"}
 
 
-def test_readme_config_table_lists_every_option_and_env_var() -> None:
-    readme = (ROOT / "README.md").read_text()
-    for f in option_fields():
-        rows = [line for line in readme.splitlines() if line.startswith(f"| `{f.name}` |")]
-        row = rows[0] if rows else None
-        assert row is not None, f"README config table misses {f.name}"
-        for var in env_names(f.name):
-            assert f"`{var}`" in row, f"README row of {f.name} misses {var}"
+def _config_table() -> list[list[str]]:
+    """The cells of the README's configuration table, one list per option row."""
+    section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    lines = section.split("| option | env vars | CLI flag | default | meaning |", 1)[1].splitlines()
+    rows = [line for line in lines[2:] if line.startswith("|")]  # past the |---| line
+    return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+
+
+def _default_cell(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    return f"`{value}`"
+
+
+def test_readme_config_table_has_every_option_once_with_env_flag_and_default() -> None:
+    from smartsocket.cli import build_parser
+
+    serve = next(
+        action.choices["serve"]
+        for action in build_parser()._actions
+        if isinstance(action.choices, dict) and "serve" in action.choices
+    )
+    flags = {flag: action.dest for action in serve._actions for flag in action.option_strings}
+    table = _config_table()
+    names = [re.fullmatch(r"`(\w+)`", row[0]) for row in table]
+    assert all(names), "every row of the config table starts with `option`"
+    listed = [m.group(1) for m in names if m]
+    fields = {f.name: f for f in option_fields()}
+    assert sorted(set(listed) - set(fields)) == [], "README config table names no such option"
+    assert sorted(set(fields) - set(listed)) == [], "README config table misses options"
+    assert len(listed) == len(set(listed)), "an option appears twice in the config table"
+    for name, row in zip(listed, table, strict=True):
+        assert len(row) == 5, f"row of {name} has {len(row)} cells"
+        _, env, cli, default, meaning = row
+        assert re.findall(r"`(\w+)`", env) == env_names(name), f"env vars of {name}"
+        row_flags = re.findall(r"`(--[\w-]+)`", cli)
+        assert row_flags, f"row of {name} names no CLI flag"
+        for flag in row_flags:
+            assert flags.get(flag) == name, f"{flag} (row {name}) is not a serve flag for it"
+        assert default == _default_cell(fields[name].default), f"default of {name}"
+        assert meaning, f"row of {name} says nothing"
 
 
 def test_public_api_is_importable() -> None:  # ruff (RUF022) keeps __all__ sorted
@@ -92,3 +127,27 @@ def test_protocol_doc_covers_every_close_and_error_code() -> None:
     for error in smartsocket.ErrorCode:
         if error.value not in ("timeout", "disconnected"):  # local only, never on the wire
             assert f"`{error.value}`" in doc, f"protocol.md misses error code {error.value}"
+
+
+def test_protocol_doc_lists_every_system_event() -> None:
+    """Every ``"$name"`` the server, the clients or the cluster put on the wire has a row in
+    protocol.md's table of system events (JSON Schema's ``$ref`` is not an event)."""
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    source = ROOT / "src" / "smartsocket"
+    files = [*source.rglob("*.py"), *(source / "static").glob("client.*js")]
+    names = {
+        name
+        for path in files
+        if path.name != "api_schema.py"
+        for name in re.findall(r"[\"'](\$[a-z_]+)[\"']", path.read_text())
+    }
+    assert {"$welcome", "$refresh", "$left", "$gap"} <= names
+    for name in sorted(names):
+        assert f"| `{name}` |" in doc, f"protocol.md section 3 misses {name}"
+
+
+def test_readme_close_code_table_has_every_close_code() -> None:
+    section = README.split("## Protocol and close codes", 1)[1].split("\n## ", 1)[0]
+    listed = {int(code) for row in section.splitlines() if row.startswith("| ")
+              for code in re.findall(r"\b(\d{4})\b", row.split(" | ")[0])}
+    assert listed == {int(code) for code in smartsocket.CloseCode}
