@@ -120,6 +120,7 @@ class ClusterNode:
         # counters (raw.cluster* in the stats)
         self.published = 0
         self.publish_failed = 0
+        self.overflowed = 0  # publishes refused because the broker link's queue was full
         self.received = 0
         self.dropped_version = 0
         self.dropped_invalid = 0
@@ -247,6 +248,21 @@ class ClusterNode:
         return self.active and self.degraded_since is not None
 
     @property
+    def congested(self) -> bool:
+        """The broker link is up but its outbound queue is full: a publish now would be
+        refused (the server refuses the broadcast instead: ``overloaded``)."""
+        adapter = self.adapter
+        return isinstance(adapter, BrokerAdapter) and adapter.connected and adapter.full
+
+    async def wait_writable(self, timeout: float) -> bool:
+        """Wait until the broker link can take a burst (see ``BrokerAdapter.wait_writable``);
+        True at once without a network broker."""
+        adapter = self.adapter
+        if not isinstance(adapter, BrokerAdapter):
+            return adapter is not None or not self.active
+        return await adapter.wait_writable(timeout)
+
+    @property
     def failed_total(self) -> int:
         lost = self.adapter.lost if isinstance(self.adapter, BrokerAdapter) else 0
         return self.publish_failed + lost
@@ -269,8 +285,21 @@ class ClusterNode:
         if adapter.publish(channel, m.encode(self.node_id, body)):
             self.published += 1
             return True
-        self.publish_failed += 1
+        self._refused(adapter)
         return False
+
+    def _refused(self, adapter: Adapter) -> None:
+        """Count a publish the adapter refused; a full queue (the link is up) is logged: the
+        message did not go out although the broker is reachable."""
+        self.publish_failed += 1
+        if isinstance(adapter, BrokerAdapter) and adapter.connected and adapter.full:
+            self.overflowed += 1
+            if self.overflowed == 1 or self.overflowed % 1000 == 0:
+                logger.warning(
+                    "the %s broker link's queue is full (%d messages): %d publishes refused "
+                    "so far; publish slower or wait for the link (server.wait_for_broker)",
+                    adapter.name, adapter.max_queue, self.overflowed,
+                )
 
     def publish_broadcast(
         self, room: str | None, payload: bytes, binary: bool, deflated: bytes | None,
@@ -307,7 +336,8 @@ class ClusterNode:
                 sync.sent(room, payload, binary, ids)
             return True
         logs.unlogged += 1
-        self.publish_failed += 1
+        assert self.adapter is not None
+        self._refused(self.adapter)
         sync.unlogged(room)
         return False
 
@@ -543,6 +573,7 @@ class ClusterNode:
             "nodes": len(self.nodes) + 1,
             "published": self.published,
             "publishFailed": self.failed_total,
+            "publishOverflowed": self.overflowed,
             "received": self.received,
             "droppedVersion": self.dropped_version,
             "nodesDropped": self.liveness.dropped,

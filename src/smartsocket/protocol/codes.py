@@ -59,3 +59,4 @@ class ErrorCode(StrEnum):
     ROOM_LIMIT = "room_limit"  # the socket is in max_rooms_per_socket rooms already
     TOO_MANY_PENDING = "too_many_pending"  # max_pending_acks calls are already waiting
     FORBIDDEN = "forbidden"  # a room policy refused a join or publish (docs/auth.md)
+    OVERLOADED = "overloaded"  # the broker link cannot take more right now; see retryAfter

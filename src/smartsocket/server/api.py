@@ -113,8 +113,11 @@ class HttpApi:
         results: list[dict[str, Any]] = []
         run_now, run_later, ctx = api_ops.run_now, api_ops.run_later, self._ctx
         names = api_ops.Names(ctx.server.config.max_name_length)
+        cluster = ctx.cluster
         for op in batch.operations:
             try:
+                if cluster.congested:
+                    await api_ops.make_room(ctx)  # backpressure, not loss
                 result = run_now(ctx, op, names)  # publishes: no coroutine per operation
                 if result is None:
                     result = await run_later(ctx, op)

@@ -24,6 +24,7 @@ from smartsocket.protocol.names import name_problem
 from smartsocket.security import LimitExceeded
 
 if TYPE_CHECKING:
+    from smartsocket.cluster.node import ClusterNode
     from smartsocket.recovery.store import SessionStore
     from smartsocket.server.app import SmartSocket
 
@@ -200,6 +201,7 @@ class Context:
 
     server: SmartSocket
     recovery: Callable[[], SessionStore | None]
+    cluster: ClusterNode  # backpressure: a publish waits while the broker link is congested
 
 
 def _check_room(room: str, max_length: int) -> None:
@@ -241,8 +243,21 @@ class Names:
             self.events.add(event)
 
 
+def _limit_error(exc: LimitExceeded) -> ApiError:
+    status = {"rate_limited": 429, "overloaded": 503}.get(exc.code, 409)
+    return ApiError(status, exc.code, exc.message)
+
+
+async def make_room(ctx: Context) -> None:
+    """Backpressure: while the broker link's queue is full, wait for it to drain (a batch of
+    publishes would otherwise be refused as ``overloaded`` part way)."""
+    if ctx.cluster.congested:
+        await ctx.cluster.wait_writable(ctx.server.config.message_timeout)
+
+
 async def run(ctx: Context, op: Op, names: Names | None = None) -> dict[str, Any]:
     """Carry out one operation (not a batch); its result, or ApiError."""
+    await make_room(ctx)
     result = run_now(ctx, op, names)
     return result if result is not None else await run_later(ctx, op)
 
@@ -260,7 +275,7 @@ def run_now(ctx: Context, op: Op, names: Names | None = None) -> dict[str, Any] 
             server.broadcast(op.event, op.data, exclude=op.exclude, binary=False)
             return {}
     except LimitExceeded as exc:
-        raise ApiError(429 if exc.code == "rate_limited" else 409, exc.code, exc.message) from exc
+        raise _limit_error(exc) from exc
     if type(op) is Send:
         return {"sent": server.send(op.sid, op.event, op.data, binary=False)}
     if type(op) is ToUser:  # delivered here, published to the other nodes
@@ -275,7 +290,7 @@ async def run_later(ctx: Context, op: Op) -> dict[str, Any]:
     try:
         return await _run(ctx, op)
     except LimitExceeded as exc:
-        raise ApiError(429 if exc.code == "rate_limited" else 409, exc.code, exc.message) from exc
+        raise _limit_error(exc) from exc
     except TimeoutError as exc:
         raise ApiError(504, "node_timeout", "the socket's node did not answer in time") from exc
 

@@ -87,7 +87,7 @@ class SmartSocket:
         # endpoints; the demo app puts its chat page here (its events are not the app's).
         self.home_page: bytes | None = None
         # POST /smartsocket/api/<operation> (server/api.py; on with ``api_secret``)
-        self.api: HttpApi = HttpApi(Context(self, lambda: self._parts.recovery))
+        self.api: HttpApi = HttpApi(Context(self, lambda: self._parts.recovery, self._cluster))
         self.config = self._config
 
     @property
@@ -268,6 +268,13 @@ class SmartSocket:
     def node_id(self) -> str:
         """This node's id (the prefix of its sockets' ids in a cluster)."""
         return self._cluster.node_id
+
+    async def wait_for_broker(self, timeout: float = 5.0) -> bool:
+        """Wait until the broker link can take a burst of publishes (its queue at most half
+        full); True at once on one node or when it can. False when the link is down or did
+        not drain in ``timeout`` seconds. A broadcast while the queue is full raises
+        LimitExceeded ``overloaded`` instead of being lost for the other nodes."""
+        return await self._cluster.wait_writable(timeout)
 
     @property
     def degraded(self) -> bool:

@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from smartsocket.protocol import envelope
+from smartsocket.protocol.codes import ErrorCode
 from smartsocket.protocol.names import check_event
+from smartsocket.security import LimitExceeded
 from smartsocket.server.fanout import (
     ONE,
     Exclude,
@@ -74,6 +76,11 @@ class Broadcaster:
             payload = envelope.encode_event(event, data, binary=binary)
         if not cluster.active:
             return self.fanout.deliver(members, payload, binary, skip)
+        if cluster.congested:  # refused as a whole: never here only, lost for the others
+            raise LimitExceeded(
+                ErrorCode.OVERLOADED, "the broker link is congested: publish slower",
+                retry_after=0.05,
+            )
         return self._publish(members, room, payload, binary, skip, exclude_ids(exclude))
 
     def _publish(

@@ -125,6 +125,7 @@ class BrokerAdapter(Adapter):
         self._queue: deque[Outbound] = deque()
         self._control: deque[tuple[bool, str]] = deque()
         self._wakeup: asyncio.Event | None = None
+        self._writable: asyncio.Event | None = None  # set when the queue drains (made on need)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Event | None = None
@@ -200,6 +201,8 @@ class BrokerAdapter(Adapter):
                 self._set_state(False)
                 self.lost += len(self._queue)
                 self._queue.clear()
+                if self._writable is not None:
+                    self._writable.set()  # waiters see the link down
             await self._disconnect()
             if not self._closed:
                 self.reconnects += 1
@@ -243,6 +246,9 @@ class BrokerAdapter(Adapter):
             except BaseException:
                 self.lost += len(batch)
                 raise
+            writable = self._writable
+            if writable is not None and len(queue) <= self.max_queue // 2:
+                writable.set()
 
     async def _control_loop(self) -> None:
         self._control_ready = ready = asyncio.Event()
@@ -268,6 +274,29 @@ class BrokerAdapter(Adapter):
         if len(self._queue) == 1 and self._wakeup is not None:
             self._wakeup.set()
         return True
+
+    @property
+    def full(self) -> bool:
+        """The outbound queue holds ``max_queue`` messages: ``publish`` refuses until the
+        writer drains it (a burst faster than the broker takes it)."""
+        return len(self._queue) >= self.max_queue
+
+    async def wait_writable(self, timeout: float) -> bool:
+        """Wait until the outbound queue is at most half full (at once if it is); False if the
+        link is down, or it did not drain within ``timeout`` seconds. Backpressure for a
+        publisher of bursts that can wait (the HTTP API's batches)."""
+        if not self.connected:
+            return False
+        if len(self._queue) <= self.max_queue // 2:
+            return True
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
+        try:
+            await asyncio.wait_for(self._writable.wait(), timeout)
+        except TimeoutError:
+            return False
+        return self.connected
 
     async def send_now(self, batch: list[Outbound]) -> None:
         """Publish ``batch`` at once, in order, past the queue, and return when the broker

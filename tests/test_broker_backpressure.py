@@ -1,0 +1,113 @@
+"""A burst faster than the broker link takes it is never lost silently: two nodes on the real
+Redis, node A's outbound queue made small. A broadcast while the queue is full is refused as a
+whole (``overloaded``: delivered nowhere, so no node has it and another not), and the HTTP
+API's batches wait for the queue to drain (backpressure) instead of losing publishes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from clusters import BROKERS, require_broker
+from smartsocket import Client, SmartSocket, Socket
+from smartsocket.cluster.brokers import BrokerAdapter
+from smartsocket.protocol.codes import ErrorCode
+from smartsocket.security import LimitExceeded
+from smartsocket.testing import Recorder, running, wait_for
+
+SECRET = "backpressure-secret-0123"
+QUEUE = 20  # node A's outbound queue, in messages
+
+
+def app(**options: Any) -> SmartSocket:
+    server = SmartSocket(**options)
+
+    @server.on("join")
+    async def join(socket: Socket, room: str) -> None:
+        socket.join(room)
+        assert await server.room(room).subscribed()
+
+    return server
+
+
+@contextlib.asynccontextmanager
+async def two_nodes() -> AsyncIterator[tuple[SmartSocket, SmartSocket]]:
+    url = BROKERS["redis"]
+    require_broker(url)
+    options = {
+        "cluster_url": url, "cluster_prefix": "bp" + uuid.uuid4().hex[:10],
+        "cluster_heartbeat": 0.05, "node_timeout": 0.4, "api_secret": SECRET,
+    }
+    async with running(app(**options)) as a, running(app(**options)) as b:
+        await wait_for(lambda: len(a.cluster_nodes()) == len(b.cluster_nodes()) == 2, 10)
+        adapter = a._cluster.adapter
+        assert isinstance(adapter, BrokerAdapter)
+        adapter.max_queue = QUEUE
+        yield a, b
+
+
+@contextlib.asynccontextmanager
+async def member(server: SmartSocket, room: str) -> AsyncIterator[Recorder]:
+    client = Client(server.url, reconnect=False)
+    await client.connect()
+    try:
+        rec = Recorder(client, "n")
+        await client.call("join", room)
+        yield rec
+    finally:
+        await client.close()
+
+
+async def test_a_broadcast_into_a_full_queue_is_refused_everywhere_not_lost() -> None:
+    async with two_nodes() as (a, b), member(a, "r") as here, member(b, "r") as there:
+        sent = refused = 0
+        for n in range(100):  # one synchronous burst: the link's writer cannot run meanwhile
+            try:
+                a.room("r").broadcast("n", n)
+                sent += 1
+            except LimitExceeded as exc:
+                assert exc.code == ErrorCode.OVERLOADED and exc.retry_after
+                refused += 1
+        assert (sent, refused) == (QUEUE, 100 - QUEUE)
+        # what was accepted reaches both nodes, in order; what was refused reaches neither
+        for rec in (here, there):
+            assert [await rec.next("n") for _ in range(QUEUE)] == list(range(QUEUE))
+        await wait_for(lambda: not a._cluster.congested)
+        a.room("r").broadcast("n", "after")  # the link took the burst: broadcasts go again
+        for rec in (here, there):
+            assert await rec.next("n") == "after"
+            assert rec.pending("n") == 0
+
+
+async def test_api_batches_wait_for_the_broker_instead_of_losing_publishes() -> None:
+    total = 10 * QUEUE
+    async with (
+        two_nodes() as (a, b), member(a, "r") as here, member(b, "r") as there,
+        aiohttp.ClientSession() as http,
+    ):
+        body = {"operations": [
+            {"op": "publish", "room": "r", "event": "n", "data": n} for n in range(total)
+        ]}
+        async with http.post(
+            f"http://127.0.0.1:{a.port}/smartsocket/api/batch", data=json.dumps(body),
+            headers={"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"},
+        ) as response:
+            assert response.status == 200
+            results = (await response.json())["results"]
+        assert results == [{"result": {}}] * total
+        for rec in (here, there):
+            assert [await rec.next("n") for _ in range(total)] == list(range(total))
+
+
+@pytest.mark.parametrize("timeout", [0.0, 5.0])
+async def test_wait_for_broker_is_immediate_when_there_is_room(timeout: float) -> None:
+    async with running() as alone:  # one node: nothing to wait for
+        assert await alone.wait_for_broker(timeout)
+    async with two_nodes() as (a, _):
+        assert await a.wait_for_broker(timeout)
