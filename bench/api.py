@@ -106,7 +106,12 @@ def server_process(extra: list[str] | None = None, pin: bool = True) -> Any:
         yield line.rsplit(" ", 1)[1].strip().replace("ws://", "").rstrip("/")
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # seen after a cross-node batch flood: say so
+            print(f"  a node did not stop within 10 s of SIGTERM: killed (pid {proc.pid})")
+            proc.kill()
+            proc.wait(10)
 
 
 @contextlib.contextmanager
