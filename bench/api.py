@@ -66,6 +66,7 @@ class Member:
         self.sid = sid
         self.host = host
         self.warm = False
+        self.other: dict[str, int] = {}  # other events by name ($gap: the server told of a loss)
         self.count = 0
         self.latencies: list[float] = []
         self.waiter: asyncio.Future[None] | None = None
@@ -81,6 +82,8 @@ class Member:
                     continue
                 if not message.startswith('["t"'):
                     self.warm = self.warm or message.startswith('["w"')
+                    name = message[2:message.find('"', 2)]
+                    self.other[name] = self.other.get(name, 0) + 1
                     continue
                 self.count += 1
                 if '"at"' in message:
@@ -298,7 +301,8 @@ async def main(args: argparse.Namespace) -> None:
                       f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms "
                       f"({len(lat)} samples); every member got {delivered:,} of {total:,}")
                 if delivered < total:
-                    print("  short: " + ", ".join(f"{m.host} got {m.count:,}" for m in group))
+                    print("  short: " + ", ".join(f"{m.host} got {m.count:,} {m.other}"
+                                                for m in group))
 
 
 if __name__ == "__main__":
