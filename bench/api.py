@@ -1,6 +1,7 @@
 """The HTTP API's publish rate and publish-to-delivery latency (issue 18).
 
     .venv/bin/python -m bench.api [--seconds 5] [--members 2] [--connections 4] [--batch 1000]
+    .venv/bin/python -m bench.api --nodes 2 [--redis redis://127.0.0.1:6379] [...]
 
 A ``smartsocket serve`` process (its own core when pinning is available) with ``--api-secret``;
 in this process: ``--members`` WebSocket members of one room (the ``websockets`` library, joined
@@ -15,6 +16,13 @@ for the set-up and the idle latency).
 - Under load (both runs): every 100th publish carries its send time; its delivery latency is
   measured at the first member. Deliveries are counted at the end (every member gets every
   publish: a lost one would show).
+
+With ``--nodes 2``: two ``smartsocket serve`` nodes joined by Redis (``--cluster-url``, a
+``--cluster-prefix`` of their own), the members split evenly over them (each joined through
+its own node's API, then a warm-up publish until every member has one: both nodes subscribed),
+every publish POSTed to the first node's API. The latencies are given at the first member of
+each node (under load: the stamped publishes at both). No core pinning: the two nodes share
+the machine with the bench process.
 
 The members and the HTTP client share this process: under load they compete with each other
 for one core, so the rates say what one node sustains with a Python client in front of it.
@@ -31,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,9 +61,12 @@ ROOM = "bench"
 class Member:
     """A room member counting deliveries and timing the stamped ones."""
 
-    def __init__(self, ws: Any, sid: str) -> None:
+    def __init__(self, ws: Any, sid: str, host: str) -> None:
         self.ws = ws
         self.sid = sid
+        self.host = host
+        self.warm = False
+        self.other: dict[str, int] = {}  # other events by name ($gap: the server told of a loss)
         self.count = 0
         self.latencies: list[float] = []
         self.waiter: asyncio.Future[None] | None = None
@@ -69,6 +81,9 @@ class Member:
                     await self.ws.send(json.dumps(["$pong", *value]))
                     continue
                 if not message.startswith('["t"'):
+                    self.warm = self.warm or message.startswith('["w"')
+                    name = message[2:message.find('"', 2)]
+                    self.other[name] = self.other.get(name, 0) + 1
                     continue
                 self.count += 1
                 if '"at"' in message:
@@ -79,21 +94,39 @@ class Member:
 
 
 @contextlib.contextmanager
-def server_process() -> Any:
+def server_process(extra: list[str] | None = None, pin: bool = True) -> Any:
     cmd = [sys.executable, "-m", "smartsocket", "serve", "--host", "127.0.0.1", "--port", "0",
            "--api-secret", SECRET, "--max-write-buffer", str(512 << 20),
-           "--rate-limit-messages", "0", "--log-level", "WARNING"]
-    pin = SERVER_CORE if pinning_available() else None
+           "--rate-limit-messages", "0", "--log-level", "WARNING", *(extra or [])]
+    core = SERVER_CORE if pin and pinning_available() else None
     proc = subprocess.Popen(
-        pin_prefix(pin) + cmd, stdout=subprocess.PIPE, preexec_fn=pin_preexec(pin)
+        pin_prefix(core) + cmd, stdout=subprocess.PIPE, preexec_fn=pin_preexec(core)
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
+        assert "listening on" in line, line
         yield line.rsplit(" ", 1)[1].strip().replace("ws://", "").rstrip("/")
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # seen after a cross-node batch flood: say so
+            print(f"  a node did not stop within 10 s of SIGTERM: killed (pid {proc.pid})")
+            proc.kill()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def cluster(nodes: int, redis: str) -> Any:
+    """``nodes`` host:port addresses: one node alone, or nodes joined by Redis."""
+    if nodes == 1:
+        with server_process() as host:
+            yield [host]
+        return
+    extra = ["--cluster-url", redis, "--cluster-prefix", f"benchapi{uuid.uuid4().hex[:8]}"]
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(server_process(extra, pin=False)) for _ in range(nodes)]
 
 
 async def post(http: aiohttp.ClientSession, base: str, op: str, body: Any) -> Any:
@@ -105,18 +138,29 @@ async def post(http: aiohttp.ClientSession, base: str, op: str, body: Any) -> An
 
 
 @contextlib.asynccontextmanager
-async def members(host: str, base: str, http: aiohttp.ClientSession, n: int,
+async def members(hosts: list[str], http: aiohttp.ClientSession, n: int,
                   ) -> AsyncIterator[list[Member]]:
+    """``n`` members, member i on node ``i % len(hosts)``, joined through that node's API."""
     out = []
     async with contextlib.AsyncExitStack() as stack:
-        for _ in range(n):
+        for i in range(n):
+            host = hosts[i % len(hosts)]
             ws = await stack.enter_async_context(
                 websockets.connect(f"ws://{host}/", max_size=None, compression=None)
             )
             sid = json.loads(await ws.recv())[1]["sid"]
-            await post(http, base, "join", {"sid": sid, "room": ROOM})
-            out.append(Member(ws, sid))
+            await post(http, f"http://{host}", "join", {"sid": sid, "room": ROOM})
+            out.append(Member(ws, sid, host))
         yield out
+
+
+async def warm_up(http: aiohttp.ClientSession, base: str, group: list[Member]) -> None:
+    """Publish ``w`` through ``base`` until every member got one: every node is subscribed."""
+    deadline = time.perf_counter() + 30
+    while not all(m.warm for m in group):
+        assert time.perf_counter() < deadline, "a node never got the room's publishes"
+        await post(http, base, "publish", {"room": ROOM, "event": "w", "data": None})
+        await asyncio.sleep(0.05)
 
 
 async def idle_latency(http: aiohttp.ClientSession, base: str, group: list[Member],
@@ -133,7 +177,12 @@ async def idle_latency(http: aiohttp.ClientSession, base: str, group: list[Membe
         await asyncio.wait_for(asyncio.gather(*waiters), 10)
     for m in group:
         m.waiter = None
-    return group[0].latencies[20:]
+    return [value for m in firsts(group) for value in m.latencies[20:]]
+
+
+def firsts(group: list[Member]) -> list[Member]:
+    """The first member of each node: where latencies are taken."""
+    return list({m.host: m for m in reversed(group)}.values())[::-1]
 
 
 class RawHttp(asyncio.Protocol):
@@ -224,15 +273,17 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    if pinning_available():
+    if pinning_available() and args.nodes == 1:
         os.sched_setaffinity(0, {LOADGEN_CORE})
-    with server_process() as host:
-        base = f"http://{host}"
+    with cluster(args.nodes, args.redis) as hosts:
+        host, base = hosts[0], f"http://{hosts[0]}"
         connector = aiohttp.TCPConnector(limit=args.connections)
         async with aiohttp.ClientSession(connector=connector) as http, \
-                members(host, base, http, args.members) as group:
+                members(hosts, http, args.members) as group:
+            await warm_up(http, base, group)
+            where = f"{args.members} members on {len(hosts)} node(s), publishing through the first"
             idle = await idle_latency(http, base, group, args.samples)
-            print(f"idle latency ({args.samples} publishes, {args.members} members): "
+            print(f"idle latency ({args.samples} publishes, {where}): "
                   f"p50 {statistics.median(idle):.2f} ms, p99 {pct(idle, 0.99):.2f} ms")
             total = group[0].count
             for label, batch in (("single", 0), (f"batch of {args.batch}", args.batch)):
@@ -243,12 +294,15 @@ async def main(args: argparse.Namespace) -> None:
                 elapsed = time.perf_counter() - start
                 total += sent
                 await drained(group, total)
-                lat = group[0].latencies
+                lat = [value for m in firsts(group) for value in m.latencies]
                 delivered = min(m.count for m in group)
                 print(f"{label}: {sent / elapsed:,.0f} publishes/s over {elapsed:.1f} s "
                       f"({args.connections} connections); delivery latency under load "
                       f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms "
                       f"({len(lat)} samples); every member got {delivered:,} of {total:,}")
+                if delivered < total:
+                    print("  short: " + ", ".join(f"{m.host} got {m.count:,} {m.other}"
+                                                for m in group))
 
 
 if __name__ == "__main__":
@@ -258,4 +312,6 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--nodes", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     asyncio.run(main(parser.parse_args()))

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,12 @@ def sync_rate(url: str, prefix: str, seconds: float, batched: bool) -> float:
         return done / (time.perf_counter() - start)
 
 
-def start_node(url: str, prefix: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_node(url: str, prefix: str, extra: Sequence[str] = ()
+               ) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "smartsocket", "serve", "--app", "bench.emitter:create",
          "--host", "127.0.0.1", "--port", "0", "--cluster-url", url, "--cluster-prefix", prefix,
-         "--rate-limit-messages", "0"],
+         "--rate-limit-messages", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
     )
     assert proc.stdout is not None
