@@ -247,7 +247,7 @@ async def test_the_python_client_hands_a_resumes_gap_to_the_app() -> None:
         await wait_for(lambda: len(got) == 3, timeout=5)
         assert client.recovered and client.sid == old_sid
         assert got == ["seen", ("gap", "live:x"), "kept"]
-        assert "live:x" not in client._positions  # forgotten: the app refetches the room
+        assert "live:x" not in client._positions.rooms  # forgotten: the app refetches the room
         server.room("live:x").broadcast("m", "after")
         await wait_for(lambda: got[-1:] == ["after"])
         await client.close()
