@@ -395,7 +395,11 @@ def encode_ack(
     ack_id: int, result: Any = None, *, namespace: str = DEFAULT_NAMESPACE
 ) -> EncodedPacket:
     """An ack answering ``ack_id`` with a handler's return value."""
-    return encode(PacketKind.ACK, namespace, data_to_args(result), ack_id)
+    args = data_to_args(result)
+    if namespace == DEFAULT_NAMESPACE and not _has_binary(args):
+        # The common ack, what ``encode`` would build: "43<id>[...]" in one step.
+        return EncodedPacket((OutFrame(b"43%d" % ack_id + _json_encode(args)),))
+    return encode(PacketKind.ACK, namespace, args, ack_id)
 
 
 def encode_connect(

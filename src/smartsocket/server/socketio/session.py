@@ -386,8 +386,12 @@ class ClientSession:
         if ws is not None and engine.transport == WEBSOCKET and engine.state is State.OPEN:
             # What engine.send would ask for (a WebSocket session buffers nothing), minus the
             # action objects: the hot path of acks and direct sends.
+            frames = packet.frames
+            if len(frames) == 1 and not frames[0].binary:  # a text packet: as it is
+                ws.send_message(frames[0].payload, False)
+                return
             eio = engine.eio
-            for frame in packet.frames:
+            for frame in frames:
                 ws.send_message(websocket_payload(frame, eio), frame.binary)
             return
         self.perform(engine.send(packet.frames))
