@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from smartsocket.protocol.socketio.errors import SocketIOPacketError
 from smartsocket.protocol.socketio.socketio import (
     DEFAULT_NAMESPACE,
@@ -43,8 +45,7 @@ class ConnectRequested:
     request: ConnectRequest
 
 
-@dataclass(frozen=True, slots=True)
-class EventReceived:
+class EventReceived(msgspec.Struct, frozen=True, gc=False):
     """An event: ``data`` per the argument mapping; ``ack_id`` set when the client waits."""
 
     namespace: str
@@ -53,8 +54,7 @@ class EventReceived:
     ack_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class AckReceived:
+class AckReceived(msgspec.Struct, frozen=True, gc=False):
     """The client answered the server's event ``ack_id`` (``data`` per the mapping)."""
 
     namespace: str

@@ -337,8 +337,7 @@ def _header(kind: PacketKind, namespace: str, ack_id: int | None, attachments: i
     return head
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedPacket:
+class EncodedPacket(msgspec.Struct, frozen=True, gc=False):
     """A packet encoded once: ``frames`` are the Engine.IO messages to send in order (the
     text packet, then each attachment), shareable by every receiver of a broadcast."""
 
