@@ -330,3 +330,14 @@ def test_namespace_without_trailing_comma() -> None:
 def test_connect_request_needs_connect() -> None:
     with pytest.raises(SocketIOPacketError):
         connect_request(decode('2["a"]'))
+
+
+@pytest.mark.parametrize(
+    "result", [None, 1, "x", {"a": [1, {"b": None}]}, (1, "two"), [1, 2], b"\x00", {"a": b"1"}]
+)
+@pytest.mark.parametrize("namespace", ["/", "/admin"])
+def test_encode_ack_is_encode(result: object, namespace: str) -> None:
+    """Its shortcut for plain acks in "/" builds what ``encode`` builds."""
+    assert encode_ack(12, result, namespace=namespace) == encode(
+        A, namespace, data_to_args(result), 12
+    )

@@ -110,3 +110,36 @@ def test_protocol_v4_implicit_default_namespace_and_query_auth() -> None:
     assert req == ConnectRequested(ConnectRequest("/admin", {"token": "abc"}))
     assert conn.accept("/admin", "ignored").text == b"0/admin,"
     assert conn.refuse("/x", "Invalid namespace").text == b'4/x,"Invalid namespace"'
+
+
+PLAIN_CASES = [
+    '2["move",3,4]', '212["move",3,4]', '2["bare"]', '20["x",{"a":[1,2]}]', "37[]",
+    '38["a","b"]', '3007["a"]', '29007199254740991["x"]',
+]
+# Not plain, or invalid: receive() decides (other namespaces, binary, bad ids or payloads).
+NOT_PLAIN = [
+    '2/admin,["x"]', '51-["x",{"_placeholder":true,"num":0}]', "3[]", "2[]", "2[1]",
+    '2["connect"]', '29007199254740992["x"]', '212345678901234567["x"]', '2["x"', "2{}",
+    '2["x"]junk', "0", "1", '4{"message":"x"}', "", '2 ["x"]',
+]
+
+
+@pytest.mark.parametrize("text", PLAIN_CASES)
+def test_receive_plain_is_receive(text: str) -> None:
+    conn = joined()
+    [event] = joined().receive(text)
+    assert conn.receive_plain(text) == event
+
+
+@pytest.mark.parametrize("text", NOT_PLAIN)
+def test_receive_plain_leaves_the_rest_to_receive(text: str) -> None:
+    assert joined().receive_plain(text) is None
+
+
+def test_receive_plain_only_in_a_joined_root_and_between_packets() -> None:
+    assert SocketIOConnection().receive_plain('2["x"]') is None  # "/" not joined: an error
+    conn = joined()
+    assert conn.receive('51-["x",{"_placeholder":true,"num":0}]') == []
+    assert conn.receive_plain('2["x"]') is None  # attachments awaited: an error
+    with pytest.raises(AttachmentError):
+        conn.receive('2["x"]')

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from smartsocket.protocol.socketio.errors import SocketIOPacketError
 from smartsocket.protocol.socketio.socketio import (
     DEFAULT_NAMESPACE,
@@ -29,6 +31,7 @@ from smartsocket.protocol.socketio.socketio import (
     SioPacket,
     args_to_data,
     connect_request,
+    decode_plain,
     encode_connect,
     encode_connect_error,
     encode_disconnect,
@@ -42,8 +45,7 @@ class ConnectRequested:
     request: ConnectRequest
 
 
-@dataclass(frozen=True, slots=True)
-class EventReceived:
+class EventReceived(msgspec.Struct, frozen=True, gc=False):
     """An event: ``data`` per the argument mapping; ``ack_id`` set when the client waits."""
 
     namespace: str
@@ -52,8 +54,7 @@ class EventReceived:
     ack_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class AckReceived:
+class AckReceived(msgspec.Struct, frozen=True, gc=False):
     """The client answered the server's event ``ack_id`` (``data`` per the mapping)."""
 
     namespace: str
@@ -111,6 +112,21 @@ class SocketIOConnection:
         else:
             packet = self._reassembler.feed_binary(data)
         return [] if packet is None else self._dispatch(packet)
+
+    def receive_plain(self, text: str) -> EventReceived | AckReceived | None:
+        """The fast path of ``receive`` for its common message, an EVENT or ACK in ``/``
+        (``decode_plain``): its event. None: anything else (or no plain packet may come now):
+        call ``receive``, which decodes it or raises what is wrong."""
+        if DEFAULT_NAMESPACE not in self._joined or self._reassembler.pending:
+            return None
+        plain = decode_plain(text)
+        if plain is None:
+            return None
+        kind, ack_id, args = plain
+        if kind is PacketKind.EVENT:
+            return EventReceived(DEFAULT_NAMESPACE, args[0], args_to_data(args[1:]), ack_id)
+        assert ack_id is not None  # decode_plain refuses an ACK without id
+        return AckReceived(DEFAULT_NAMESPACE, ack_id, args_to_data(args))
 
     def _dispatch(self, packet: SioPacket) -> list[SioEvent]:
         kind, namespace = packet.kind, packet.namespace

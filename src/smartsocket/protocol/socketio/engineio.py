@@ -59,8 +59,7 @@ class Packet:
         return isinstance(self.data, bytes)
 
 
-@dataclass(frozen=True, slots=True)
-class OutFrame:
+class OutFrame(msgspec.Struct, frozen=True, gc=False):
     """One encoded packet to send. ``binary``: ``payload`` is a binary message's raw bytes;
     otherwise it is the whole text packet, type digit included."""
 

@@ -3,6 +3,7 @@ client's session, seen from one namespace."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from smartsocket.protocol.codes import CloseCode
@@ -17,13 +18,15 @@ if TYPE_CHECKING:
 class NamespaceLink:
     """What a socket in ``namespace`` writes, and how it closes, through ``session``."""
 
-    __slots__ = ("admitted_socket", "namespace", "session", "socket")
+    __slots__ = ("admitted_socket", "namespace", "session", "socket", "write")
 
     def __init__(self, session: ClientSession, namespace: str, socket: SocketIOSocket) -> None:
         self.session = session
         self.namespace = namespace
         self.socket: SocketIOSocket | None = socket
         self.admitted_socket = False  # its CONNECT was answered
+        # SocketIOLink.write: the session's own (every ack goes through it: no extra call)
+        self.write: Callable[[EncodedPacket], None] = session.write
 
     def drop(self, code: int, reason: str) -> None:
         """The socket is over: tell it (and, through it, the application) once."""
@@ -33,9 +36,6 @@ class NamespaceLink:
             socket.on_close(code, reason)
 
     # SocketIOLink
-
-    def write(self, packet: EncodedPacket) -> None:
-        self.session.write(packet)
 
     def admitted(self) -> None:
         self.session.admitted(self)

@@ -158,8 +158,17 @@ class ClientSession:
             self._connect(DEFAULT_NAMESPACE, {})
 
     def websocket_message(self, payload: bytes | memoryview, binary: bool) -> None:
-        data: str | bytes = bytes(payload) if binary else bytes(payload).decode()
-        self.perform(self.engine.receive(data))
+        if binary:
+            self.perform(self.engine.receive(bytes(payload)))
+            return
+        text = str(payload, "utf-8")
+        message = self.engine.message_text(text)  # the common frame: no actions to perform
+        if message is None:
+            self.perform(self.engine.receive(text))
+            return
+        self._deliver(message)
+        if self._timer is None:
+            self._schedule()
 
     def websocket_closed(self, code: int, reason: str) -> None:
         self._ws_close = (code, reason)
@@ -287,6 +296,18 @@ class ClientSession:
 
     def _deliver(self, data: str | bytes) -> None:
         self.counters.packets_in += 1
+        if type(data) is str:
+            plain = self.sio.receive_plain(data)  # an EVENT or ACK in "/": no list, no packet
+            if plain is not None:
+                link = self.links.get(DEFAULT_NAMESPACE)
+                socket = link.socket if link is not None else None
+                if socket is None:
+                    pass
+                elif isinstance(plain, EventReceived):
+                    socket.receive_event(plain.name, plain.data, plain.ack_id, len(data))
+                else:
+                    socket.receive_ack(plain.ack_id, plain.data, len(data))
+                return
         try:
             events = self.sio.receive(data)
         except SocketIOPacketError as exc:
@@ -365,8 +386,12 @@ class ClientSession:
         if ws is not None and engine.transport == WEBSOCKET and engine.state is State.OPEN:
             # What engine.send would ask for (a WebSocket session buffers nothing), minus the
             # action objects: the hot path of acks and direct sends.
+            frames = packet.frames
+            if len(frames) == 1 and not frames[0].binary:  # a text packet: as it is
+                ws.send_message(frames[0].payload, False)
+                return
             eio = engine.eio
-            for frame in packet.frames:
+            for frame in frames:
                 ws.send_message(websocket_payload(frame, eio), frame.binary)
             return
         self.perform(engine.send(packet.frames))
