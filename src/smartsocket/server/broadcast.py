@@ -60,6 +60,13 @@ class Broadcaster:
         logged = recovery is not None and room is not None
         if not members and not cluster.active and not logged:
             return 0
+        if cluster.active and cluster.congested:
+            # Refused as a whole, before it is logged or delivered here: never here (or in a
+            # history) only and lost for the other nodes.
+            raise LimitExceeded(
+                ErrorCode.OVERLOADED, "the broker link is congested: publish slower",
+                retry_after=0.05,
+            )
         if binary is None:
             binary = envelope.needs_binary(data)
         if exclude is not None and not isinstance(exclude, ONE):
@@ -76,11 +83,6 @@ class Broadcaster:
             payload = envelope.encode_event(event, data, binary=binary)
         if not cluster.active:
             return self.fanout.deliver(members, payload, binary, skip)
-        if cluster.congested:  # refused as a whole: never here only, lost for the others
-            raise LimitExceeded(
-                ErrorCode.OVERLOADED, "the broker link is congested: publish slower",
-                retry_after=0.05,
-            )
         return self._publish(members, room, payload, binary, skip, exclude_ids(exclude))
 
     def _publish(
