@@ -32,11 +32,17 @@ class HandshakeRequest:
 
     def header(self, name: str) -> str | None:
         """All values of a header that may repeat, joined with ", " (RFC 9110 5.3)."""
-        getall = getattr(self.headers, "getall", None)
-        if getall is None:
-            return self.headers.get(name)
-        values: list[str] = getall(name, [])
-        return ", ".join(values) if values else None
+        return joined_header(self.headers, name)
+
+
+def joined_header(headers: Mapping[str, str], name: str) -> str | None:
+    """Every value of header ``name`` joined with ", " (a CIMultiDict may hold several),
+    or None."""
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return headers.get(name)
+    values: list[str] = getall(name, [])
+    return ", ".join(values) if values else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +71,8 @@ class HttpRequest:
     disconnected: asyncio.Event
 
     def header(self, name: str) -> str | None:
-        getall = getattr(self.headers, "getall", None)
-        if getall is None:
-            return self.headers.get(name)
-        values: list[str] = getall(name, [])
-        return ", ".join(values) if values else None
+        """All values of a header that may repeat, joined with ", " (RFC 9110 5.3)."""
+        return joined_header(self.headers, name)
 
 
 Handler = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]  # an async def

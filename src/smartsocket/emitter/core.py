@@ -18,7 +18,7 @@ from smartsocket.cluster.operations import node_of
 from smartsocket.cluster.roomlog import LOG, RoomLogs  # the one tie to recovery
 from smartsocket.history import HistoryLimits
 from smartsocket.protocol import envelope
-from smartsocket.protocol.codes import CloseCode
+from smartsocket.protocol.codes import CloseCode, is_app_close_code
 from smartsocket.protocol.names import check_event, check_user, name_problem
 
 if TYPE_CHECKING:
@@ -214,5 +214,5 @@ class Batch(Operations[None]):
 
 
 def _check_close_code(code: int) -> None:
-    if code != 1000 and not 3000 <= code <= 4999:
+    if not is_app_close_code(code):
         raise ValueError(f"close code {code}: 1000 or 3000-4999")

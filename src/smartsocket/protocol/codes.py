@@ -38,6 +38,11 @@ def is_valid_close_code(code: int) -> bool:
     return any(low <= code <= high for low, high in _VALID_RANGES)
 
 
+def is_app_close_code(code: int) -> bool:
+    """Whether an application may close a connection with ``code``: 1000 or 3000-4999."""
+    return code == 1000 or 3000 <= code <= 4999
+
+
 # Close codes after which a client should not reconnect by itself.
 NO_RECONNECT_CODES = frozenset({CloseCode.NORMAL, CloseCode.KICKED, CloseCode.UNAUTHORIZED})
 

@@ -19,7 +19,7 @@ import msgspec
 
 from smartsocket.errors import AckError, AckTimeout, ConnectionClosed
 from smartsocket.protocol import envelope
-from smartsocket.protocol.codes import is_valid_close_code
+from smartsocket.protocol.codes import is_app_close_code
 from smartsocket.protocol.names import name_problem
 from smartsocket.security import LimitExceeded
 
@@ -37,6 +37,8 @@ EventName = Annotated[str, msgspec.Meta(
     description="an event name (the naming rule applies; not starting with '$')"
 )]
 Data = Annotated[Any, msgspec.Meta(description="the event's data: any JSON value")]
+CloseCodeField = Annotated[int, msgspec.Meta(description="close code: 1000 or 3000-4999")]
+CloseReason = Annotated[str, msgspec.Meta(description="close reason, at most 123 UTF-8 bytes")]
 Exclude = Annotated[list[str] | None, msgspec.Meta(description="socket ids not to deliver to")]
 
 
@@ -101,8 +103,8 @@ class Disconnect(Op, tag="disconnect"):
     """Close a socket's connection."""
 
     sid: Sid
-    code: Annotated[int, msgspec.Meta(description="close code: 1000 or 3000-4999")] = 4000
-    reason: Annotated[str, msgspec.Meta(description="close reason, at most 123 UTF-8 bytes")] = ""
+    code: CloseCodeField = 4000
+    reason: CloseReason = ""
     timeout: Timeout = 2.0
 
 
@@ -124,8 +126,8 @@ class DisconnectUser(Op, tag="disconnect_user"):
     """Close every connection of a user, on every node (logout, ban); how many closed."""
 
     user: User
-    code: Annotated[int, msgspec.Meta(description="close code: 1000 or 3000-4999")] = 4000
-    reason: Annotated[str, msgspec.Meta(description="close reason, at most 123 UTF-8 bytes")] = ""
+    code: CloseCodeField = 4000
+    reason: CloseReason = ""
     timeout: Timeout = 2.0
 
 
@@ -345,7 +347,7 @@ async def _call(server: SmartSocket, op: Call) -> Any:
 
 
 def _check_close(code: int, reason: str) -> None:
-    if not (code == 1000 or 3000 <= code <= 4999) or not is_valid_close_code(code):
+    if not is_app_close_code(code):
         raise ApiError(400, "invalid_field", "close code must be 1000 or 3000-4999", "code")
     if len(reason.encode()) > 123:
         raise ApiError(400, "invalid_field", "close reason longer than 123 bytes", "reason")
