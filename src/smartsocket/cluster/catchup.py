@@ -101,6 +101,11 @@ class RoomSync:
         self.subscribing: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def catching_up(self) -> int:
+        """Rooms waiting for their history to be read (held back since the link broke)."""
+        return len(self.holding)
+
     # sending
 
     def sent(self, room: str, payload: bytes, binary: bool, excluded: list[str]) -> None:

@@ -579,6 +579,9 @@ class ClusterNode:
             "nodesDropped": self.liveness.dropped,
             "reconnects": adapter.reconnects if isinstance(adapter, BrokerAdapter) else 0,
             "subscriptions": len(adapter.channels) if adapter is not None else 0,
+            # Rooms whose history is still to be read after a broker outage (catchup.py):
+            # until it is 0, live messages of those rooms are held back.
+            "catchingUp": self.sync.catching_up if self.sync is not None else 0,
         }
         if aggregate:
             now = time.monotonic()
