@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -158,3 +159,41 @@ async def test_channels_wanted_while_the_link_connects_are_subscribed(broker: Br
     finally:
         await sender.close()
         await adapter.close()
+
+
+async def test_a_silent_redis_subscription_that_answers_its_ping_keeps_the_link() -> None:
+    """The Redis adapter's watchdog (the same as the cluster adapter's per shard, see
+    test_cluster_redis_sharded.py): its subscription silent (nothing published, as with a
+    ``cluster_heartbeat`` longer than the watchdog's period), a ping answered a millisecond
+    after it must count however late the next round runs (here the loop is blocked on
+    purpose); before, the link went down at the first round after every ping."""
+    from smartsocket.cluster.brokers.redis import RedisAdapter
+
+    broker = Broker("redis")
+    broker.start()
+    idle = 1.0
+    states: list[bool] = []
+    pongs = 0
+    adapter = RedisAdapter(broker.url, idle_timeout=idle)
+    handle = adapter._handle
+
+    def spy(message: dict[str, Any]) -> None:
+        nonlocal pongs
+        if message["type"] == "pong":
+            pongs += 1
+            if pongs == 1:  # the loop is busy: the next round runs >= idle after the answer
+                time.sleep(idle)
+        handle(message)
+
+    adapter._handle = spy  # type: ignore[method-assign]
+    adapter.subscribe("t.silent")
+    await adapter.start(lambda c, d: None, states.append)
+    try:
+        assert states == [True]
+        await wait_for(lambda: pongs >= 1, timeout=4 * idle + 5)
+        # (the round after the answer resets the probe; on the old code it raised instead)
+        await wait_for(lambda: pongs >= 2 or states != [True], timeout=2 * idle + 5)
+        assert states == [True] and adapter.reconnects == 0, adapter.last_error
+    finally:
+        await adapter.close()
+        broker.kill()

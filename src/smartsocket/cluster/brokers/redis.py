@@ -24,16 +24,18 @@ from smartsocket.errors import MissingDependency
 
 logger = logging.getLogger("smartsocket.cluster")
 
-# Without a message for this long (not even our own heartbeat), ping; without an answer to
-# that for as long again, the link is dead (a half-open TCP connection would never say so).
+# The watchdog's period: a subscription that heard nothing for this long (not even our own
+# heartbeat) is pinged; one that heard nothing for as long again, not even the answer, is dead
+# (a half-open TCP connection would never say so).
 IDLE_TIMEOUT = 5.0
 
 
 class RedisAdapter(BrokerAdapter):
     name = "redis"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, idle_timeout: float = IDLE_TIMEOUT) -> None:
         super().__init__(url)
+        self.idle_timeout = idle_timeout
         try:
             import redis.asyncio  # noqa: F401
         except ImportError as exc:
@@ -41,7 +43,7 @@ class RedisAdapter(BrokerAdapter):
         self._pub: Any = None
         self._sub: Any = None
         self._pubsub: Any = None
-        self._last_read = 0.0
+        self._heard = False  # read something since the watchdog's last round
         self._checked_mode = False
         self._incarnation = ""
 
@@ -71,7 +73,7 @@ class RedisAdapter(BrokerAdapter):
             await self._pubsub.subscribe(*channels)
             waiting = set(channels)
             while waiting:
-                message = await self._pubsub.get_message(timeout=IDLE_TIMEOUT)
+                message = await self._pubsub.get_message(timeout=self.idle_timeout)
                 if message is None:
                     raise TimeoutError("no subscription confirmation from Redis")
                 if message["type"] == "subscribe":
@@ -100,21 +102,24 @@ class RedisAdapter(BrokerAdapter):
 
     async def _serve(self) -> None:
         """Read messages (blocking reads: a read timeout per message costs more than the
-        message); a watchdog pings when nothing arrived for IDLE_TIMEOUT."""
-        loop = asyncio.get_running_loop()
-        self._last_read = loop.time()
+        message); a watchdog pings when nothing arrived for a round of ``idle_timeout``.
+        (Heard or not is a flag, not a time: see ``RedisClusterAdapter._watch``.)"""
+        self._heard = True
         reader = asyncio.ensure_future(self._read())
         probing = False
         try:
             while True:
-                done, _ = await asyncio.wait({reader}, timeout=IDLE_TIMEOUT)
+                done, _ = await asyncio.wait({reader}, timeout=self.idle_timeout)
                 if done:
                     reader.result()
                     raise ConnectionError("Redis closed the subscription")
-                if loop.time() - self._last_read < IDLE_TIMEOUT:
-                    probing = False
+                if self._heard:
+                    self._heard = probing = False
                 elif probing:
-                    raise TimeoutError(f"Redis sent nothing for {2 * IDLE_TIMEOUT:g} s")
+                    raise TimeoutError(
+                        f"Redis sent nothing for {2 * self.idle_timeout:g} s, "
+                        "not even the answer to a ping"
+                    )
                 else:
                     probing = True
                     await self._pubsub.ping()
@@ -125,12 +130,11 @@ class RedisAdapter(BrokerAdapter):
     async def _read(self) -> None:
         pubsub = self._pubsub
         receive = self._receive
-        loop = asyncio.get_running_loop()
         while True:
             message = await pubsub.get_message(timeout=None)
             if message is None:
                 continue
-            self._last_read = loop.time()
+            self._heard = True
             if message["type"] == "message":  # the hot path
                 receive(message["channel"].decode(), message["data"])
             else:

@@ -154,7 +154,7 @@ class _Shard:
     """One primary: its client (publishing) and, while this node has channels there, a
     subscribed connection with the task reading it."""
 
-    __slots__ = ("addr", "channels", "client", "incarnation", "last_read", "leaving", "probing",
+    __slots__ = ("addr", "channels", "client", "heard", "incarnation", "leaving", "probing",
                  "pubsub", "reader")
 
     def __init__(self, addr: str, client: Any) -> None:
@@ -164,21 +164,22 @@ class _Shard:
         self.reader: asyncio.Task[None] | None = None
         self.channels: set[str] = set()  # subscribed here (or on the way)
         self.leaving: dict[str, int] = {}  # SUNSUBSCRIBEs we sent, not yet confirmed
-        self.last_read = 0.0
-        self.probing = False
+        self.heard = False  # read something since the watchdog's last round
+        self.probing = False  # pinged by the watchdog's last round
         self.incarnation: str | None = None  # read_incarnation, once connected
 
 
 class RedisClusterAdapter(BrokerAdapter):
     name = "redis-cluster"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, idle_timeout: float = IDLE_TIMEOUT) -> None:
         super().__init__(url)
         try:
             import redis.asyncio  # noqa: F401
         except ImportError as exc:
             raise MissingDependency("cluster_url redis://...?cluster=1 needs redis-py",
                                     "redis") from exc
+        self.idle_timeout = idle_timeout  # the watchdog's period (see _watch)
         self._seeds, self._scheme, self._userinfo, self._query = parse_url(url)
         self._owners: list[str] = []  # slot -> primary address
         self._shards: dict[str, _Shard] = {}
@@ -276,7 +277,7 @@ class RedisClusterAdapter(BrokerAdapter):
             await shard.pubsub.ssubscribe(*group)
         waiting = set(channels)
         while waiting:
-            message = await shard.pubsub.get_message(timeout=IDLE_TIMEOUT)
+            message = await shard.pubsub.get_message(timeout=self.idle_timeout)
             if message is None:
                 raise TimeoutError(f"no subscription confirmation from Redis {shard.addr}")
             if message["type"] == "ssubscribe":
@@ -284,7 +285,7 @@ class RedisClusterAdapter(BrokerAdapter):
             self._handle(shard, message)
 
     def _start_reader(self, shard: _Shard, loop: asyncio.AbstractEventLoop) -> None:
-        shard.last_read = loop.time()
+        shard.heard = True
         shard.probing = False
         shard.reader = loop.create_task(self._read(shard))
         shard.reader.add_done_callback(self._reader_done)
@@ -302,7 +303,6 @@ class RedisClusterAdapter(BrokerAdapter):
 
         pubsub = shard.pubsub
         receive = self._receive
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 message = await pubsub.get_message(timeout=None)
@@ -311,7 +311,7 @@ class RedisClusterAdapter(BrokerAdapter):
                 continue
             if message is None:
                 continue
-            shard.last_read = loop.time()
+            shard.heard = True
             if message["type"] == "smessage":  # the hot path
                 receive(message["channel"].decode(), message["data"])
             else:
@@ -362,36 +362,43 @@ class RedisClusterAdapter(BrokerAdapter):
         self._queue_control(True, channel)
 
     async def _serve(self) -> None:
-        """Wait for a reader to fail; meanwhile, every IDLE_TIMEOUT, ping the subscriptions
-        that were silent (a half-open TCP connection would never say so) and close the ones
-        left without channels."""
+        """Wait for a reader to fail; meanwhile, every ``idle_timeout``, a watchdog round."""
         assert self._broken is not None
-        loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._broken.wait(), IDLE_TIMEOUT)
+                await asyncio.wait_for(self._broken.wait(), self.idle_timeout)
             if self._broken.is_set():
                 raise self._failure or ConnectionError("a shard subscription ended")
-            primaries = set(self._owners)
-            for shard in list(self._shards.values()):
-                if not shard.channels:
-                    await self._close_subscription(shard)
-                    if not shard.channels and shard.addr not in primaries:
-                        del self._shards[shard.addr]
-                        with contextlib.suppress(Exception):
-                            await shard.client.aclose()
-                    continue
-                if shard.pubsub is None or shard.reader is None:
-                    continue
-                if loop.time() - shard.last_read < IDLE_TIMEOUT:
-                    shard.probing = False
-                elif shard.probing:
-                    raise TimeoutError(
-                        f"Redis {shard.addr} sent nothing for {2 * IDLE_TIMEOUT:g} s"
-                    )
-                else:
-                    shard.probing = True
-                    await shard.pubsub.ping()
+            await self._watch()
+
+    async def _watch(self) -> None:
+        """One watchdog round: ping each subscription that heard nothing since the last round
+        (a half-open TCP connection would never say so); raise if one heard nothing since its
+        ping, not even the answer; close the ones left without channels. ("Heard" is a flag
+        the reader sets, not a time: as "read within ``idle_timeout``", the answer to a ping,
+        read 1 ms after it, was too old at the next round whenever that round's timer ran a
+        few ms late, and a shard with silent channels took the link down every 10 s.)"""
+        primaries = set(self._owners)
+        for shard in list(self._shards.values()):
+            if not shard.channels:
+                await self._close_subscription(shard)
+                if not shard.channels and shard.addr not in primaries:
+                    del self._shards[shard.addr]
+                    with contextlib.suppress(Exception):
+                        await shard.client.aclose()
+                continue
+            if shard.pubsub is None or shard.reader is None:
+                continue
+            if shard.heard:
+                shard.heard = shard.probing = False
+            elif shard.probing:
+                raise TimeoutError(
+                    f"Redis {shard.addr} sent nothing for {2 * self.idle_timeout:g} s, "
+                    "not even the answer to a ping"
+                )
+            else:
+                shard.probing = True
+                await shard.pubsub.ping()
 
     async def _close_subscription(self, shard: _Shard) -> None:
         pubsub, shard.pubsub = shard.pubsub, None
