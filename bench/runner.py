@@ -121,6 +121,12 @@ def make_record(
         notes.append(f"generator at {rec['gen_cpu']:.0%} CPU: may be the bottleneck")
     if rec["other_load"] is not None and rec["other_load"] >= OTHER_BUSY:
         notes.append(f"other processes used {rec['other_load']:.0%} of a core")
+    if peer.broker:
+        # (a node that lost its broker link dropped what was in flight: the likely reason of
+        # a "not drained" note, said here rather than found in the log)
+        drops = server.log_count("lost the cluster broker")
+        if drops:
+            notes.append(f"a node lost its broker link {drops} time(s) (see the server log)")
     rec["notes"] = notes
     return rec
 

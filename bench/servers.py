@@ -477,6 +477,13 @@ class RunningServer:
     def cpu_seconds(self) -> float:
         return session_cpu_seconds(self.pid)
 
+    def log_count(self, text: str) -> int:
+        """Lines of the server log that contain ``text``."""
+        try:
+            return self.log_path.read_text(errors="replace").count(text)
+        except OSError:
+            return 0
+
     def log_tail(self, n: int = 8) -> str:
         try:
             lines = self.log_path.read_text(errors="replace").strip().splitlines()
