@@ -203,14 +203,21 @@ class ClientSession:
         self.perform(self.engine.post(body))
 
     def probe_opened(self, conn: ServerConnection) -> None:
+        """A WebSocket to upgrade to. Raises EngineIOError (close ``conn``) when the session
+        cannot take it now: the probe it has stays the one (taking the new one first would
+        orphan the old, open for good outside every timeout)."""
+        actions = self.engine.probe_opened()
         self._probe = conn
-        self.perform(self.engine.probe_opened())
+        self.perform(actions)
         self._schedule()  # the upgrade timeout may come before the armed deadline
 
     def probe_message(self, conn: ServerConnection, payload: bytes | memoryview,
                       binary: bool) -> None:
         if conn is self._ws:  # upgraded: it is the transport now
             self.websocket_message(payload, binary)
+            return
+        if conn is not self._probe:  # a failed probe's last words: it is closing
+            conn.close(CloseCode.POLICY_VIOLATION, "cannot upgrade this session")
             return
         data: str | bytes = bytes(payload) if binary else bytes(payload).decode()
         self.perform(self.engine.receive_probe(data))
