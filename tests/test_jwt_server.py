@@ -122,6 +122,10 @@ async def test_valid_token_in_each_place_names_the_user(how: str) -> None:
     (tk.sign(tk.claims(aud="someone-else")), "token_audience"),
     (tk.sign(tk.claims(iss="https://evil.example")), "token_issuer"),
     (tk.sign({"sub": "ann", "room": "chat:1", "exp": tk.NOW + 60}), "token_wrong_kind"),
+    # A header nested past the JSON decoder's depth (2.4 KB, under the size limit): it was an
+    # HTTP 500 at the upgrade and, through $auth, a socket left waiting for auth_timeout.
+    (tk.b64(b'{"alg":"HS256","x":' + b"[" * 1200 + b"]" * 1200 + b"}") + "."
+     + tk.b64(b"{}") + ".c2ln", "token_invalid"),
 ])
 async def test_wrong_tokens_are_refused_at_the_upgrade_and_in_auth(token: str,
                                                                    code: str) -> None:
