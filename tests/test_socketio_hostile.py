@@ -5,13 +5,15 @@ limits and close", "Malformed input")."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
+import pytest
 import websockets
 
-from smartsocket import SmartSocket
+from smartsocket import AuthRequest, SmartSocket
 from smartsocket.testing import running
-from test_socketio_polling import open_session, poll, send
+from test_socketio_polling import RS, base, open_session, params, poll, send
 
 
 def probe_url(server: SmartSocket, sid: str) -> str:
@@ -55,3 +57,58 @@ async def test_a_failed_probe_is_closed_and_polling_carries_on() -> None:
             await asyncio.wait_for(probe.wait_closed(), 5)
         assert await send(http, server, sid, '421["echo",1]') == 200
         assert await poll(http, server, sid) == "431[1]"
+
+
+def refusing_server(**options: Any) -> SmartSocket:
+    server = SmartSocket(**options)
+    server.on("echo", lambda socket, data: data)
+
+    @server.authenticate
+    def check(request: AuthRequest) -> dict[str, str] | None:
+        return {"user": "ann"} if request.token == "right" else None
+
+    return server
+
+
+async def test_refused_connects_end_the_session_at_the_limit() -> None:
+    # Each CONNECT tries credentials, and one POST carries 1,000 packets: without a bound one
+    # session was a credential-guessing machine (20,000 guesses in 9 s, measured).
+    server = refusing_server(socketio_max_connect_refusals=3)
+    async with running(server), aiohttp.ClientSession() as http:
+        bystander = await open_session(http, server)
+        assert await send(http, server, bystander, '40{"token":"right"}') == 200
+        assert (await poll(http, server, bystander)).startswith('40{"sid":')
+        # just under: two refusals, then the right token on the same session
+        sid = await open_session(http, server)
+        assert await send(http, server, sid, '40{"token":"a"}\x1e40{"token":"b"}') == 200
+        answer = await poll(http, server, sid)
+        assert answer.split(RS) == ['44{"message":"unauthorized"}'] * 2
+        assert await send(http, server, sid, '40{"token":"right"}') == 200
+        assert (await poll(http, server, sid)).startswith('40{"sid":')
+        # over: a burst of guesses gets three answers and the close packet; the rest unread
+        sid = await open_session(http, server)
+        guesses = RS.join(f'40{{"token":"guess{i}"}}' for i in range(50))
+        assert await send(http, server, sid, guesses) == 200
+        answer = await poll(http, server, sid)
+        assert answer.split(RS) == ['44{"message":"unauthorized"}'] * 3 + ["1"]
+        assert server.stats()["socketio"]["connectErrors"] == 5
+        async with http.get(base(server), params=params(sid)) as resp:
+            assert resp.status == 400  # the session is gone
+        assert await send(http, server, bystander, '421["echo",1]') == 200
+        assert await poll(http, server, bystander) == "431[1]"
+
+
+async def test_refused_connects_close_a_websocket_session_at_the_limit() -> None:
+    server = refusing_server(socketio_max_connect_refusals=2)
+    async with running(server):
+        url = f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket"
+        async with websockets.connect(url) as ws:
+            assert str(await ws.recv()).startswith("0{")
+            for i in range(5):
+                await ws.send(f'40{{"token":"guess{i}"}}')
+            got = []
+            with pytest.raises(websockets.ConnectionClosed):
+                for _ in range(10):
+                    got.append(await asyncio.wait_for(ws.recv(), 5))
+            assert got == ['44{"message":"unauthorized"}'] * 2
+        assert server.stats()["socketio"]["connectErrors"] == 2

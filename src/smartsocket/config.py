@@ -153,6 +153,9 @@ class Config:
                               "`path` option)")
     socketio_connect_timeout: float = _opt(45.0, "seconds a Socket.IO client may take to send "
                                            "its CONNECT after opening the transport", min=0.01)
+    socketio_max_connect_refusals: int = _opt(
+        10, "CONNECTs refused (CONNECT_ERROR) on one Socket.IO session; the session ends with "
+        "the last (a bound on credential guesses per session)", min=1)
     socketio_recovery: bool = _opt(True, "with recovery_window: Socket.IO connection-state "
                                    "recovery (pid in CONNECT, an offset as the last argument "
                                    "of room events)")

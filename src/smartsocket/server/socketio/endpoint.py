@@ -216,6 +216,7 @@ class SocketIOEndpoint:
             engine, sio, request, open_socket=self._open, translator=self.translator,
             forget=self._forget, counters=self.counters, namespaces=self.namespaces.get,
             claim=self._claim, offsets=self.offsets and eio >= 4,
+            max_refusals=self.config.socketio_max_connect_refusals,
         )
         self.sessions[sid] = session
         self.counters.sessions_total += 1

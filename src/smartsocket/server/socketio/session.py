@@ -98,6 +98,7 @@ class ClientSession:
         "_open_socket",
         "_poll",
         "_probe",
+        "_refusals",
         "_remote",
         "_timer",
         "_translator",
@@ -115,7 +116,7 @@ class ClientSession:
         self, engine: EngineSession, sio: SocketIOConnection, request: HandshakeRequest, *,
         open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
         counters: Counters, namespaces: Callable[[str], Namespace | None],
-        claim: Callable[[str, Any], bool], offsets: bool = False,
+        claim: Callable[[str, Any], bool], offsets: bool = False, max_refusals: int = 10,
     ) -> None:
         # Events carry their position's offset, CONNECT answers a pid (connection-state
         # recovery; Socket.IO v5 only): recovery/marks.py.
@@ -137,6 +138,9 @@ class ClientSession:
         self._ws_close: tuple[int, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
+        # CONNECT_ERRORs left before the session ends (socketio_max_connect_refusals): each
+        # CONNECT is a try of the client's credentials, and one POST carries 1,000 of them.
+        self._refusals = max_refusals
 
     @property
     def sid(self) -> str:
@@ -347,6 +351,8 @@ class ClientSession:
         self, namespace: str, auth: dict[str, Any], pid: str | None = None,
         offset: str | None = None,
     ) -> None:
+        if self._refusals <= 0:
+            return  # refused too often: the session is closing, later CONNECTs are not read
         scope = None
         if namespace != DEFAULT_NAMESPACE:
             scope = self._namespaces(namespace)
@@ -370,6 +376,12 @@ class ClientSession:
     def _refuse(self, namespace: str, message: str) -> None:
         self.counters.connect_errors += 1
         self.write(self.sio.refuse(namespace, message))
+        self._refusals -= 1
+        if self._refusals == 0:
+            logger.info("session %s: too many CONNECTs refused (the last: %s), closed",
+                        self.sid, message,
+                        extra={"event": "limit", "limit": "socketio_max_connect_refusals"})
+            self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
 
     def admitted(self, link: NamespaceLink) -> None:
         """A socket passed admission (its ``$welcome``): answer its CONNECT."""
