@@ -109,6 +109,14 @@ async def test_refused_requests_name_the_problem() -> None:
         assert (status, body["error"]["code"]) == (415, "unsupported_media_type")
         status, body = await post(http, base, "publish", raw=b"{not json")
         assert (status, body["error"]["code"]) == (400, "invalid_json")
+        # nested past the decoder's depth (it was a 500 with a traceback in the log)
+        deep = b'{"room": "a", "event": "e", "data": ' + b"[" * 1200 + b"]" * 1200 + b"}"
+        status, body = await post(http, base, "publish", raw=deep)
+        assert (status, body["error"]["code"]) == (400, "invalid_json")
+        status, body = await post(http, base, "batch", raw=b'{"operations": [' + deep + b"]}")
+        assert (status, body["error"]["code"]) == (400, "invalid_json")
+        shallow = b'{"room": "a", "event": "e", "data": ' + b"[" * 500 + b"]" * 500 + b"}"
+        assert (await post(http, base, "publish", raw=shallow))[0] == 200
 
 
 @pytest.mark.parametrize(

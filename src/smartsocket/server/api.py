@@ -96,6 +96,8 @@ class HttpApi:
             return error(400, "invalid_field", message, validation_field(message))
         except msgspec.DecodeError as exc:
             return error(400, "invalid_json", f"the body is not JSON: {exc}")
+        except RecursionError:  # msgspec refuses arrays/objects nested ~1000 deep
+            return error(400, "invalid_json", "the body is nested too deeply")
         try:
             if type(op) is Batch:
                 return HttpResponse(200, _encode({"results": await self._batch(op)}), _JSON)
