@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 import websockets
 
-from smartsocket import AuthRequest, SmartSocket
-from smartsocket.testing import running
+from smartsocket import AuthRequest, SmartSocket, Socket
+from smartsocket.testing import running, wait_for
 from test_socketio_polling import RS, base, open_session, params, poll, send
 
 
@@ -112,3 +112,43 @@ async def test_refused_connects_close_a_websocket_session_at_the_limit() -> None
                     got.append(await asyncio.wait_for(ws.recv(), 5))
             assert got == ['44{"message":"unauthorized"}'] * 2
         assert server.stats()["socketio"]["connectErrors"] == 2
+
+
+async def test_a_polling_client_that_stops_polling_is_dropped_at_max_write_buffer() -> None:
+    # What is queued for a client that never polls is bounded by max_write_buffer (then the
+    # session ends: "slow consumer"); the room's other members carry on.
+    server = SmartSocket(max_write_buffer=4096, write_buffer_high=1024,
+                         rate_limit_messages=0, rate_limit_bytes=0)
+    gone: list[str] = []
+    server.on("disconnect", lambda socket, reason: gone.append(reason))
+
+    def join(socket: Socket, room: str) -> bool:
+        socket.join(room)
+        return True
+
+    server.on("join", join)
+    async with running(server), aiohttp.ClientSession() as http:
+        sids = []
+        for _ in range(2):
+            sid = await open_session(http, server)
+            assert await send(http, server, sid, '40\x1e420["join","r"]') == 200
+            assert (await poll(http, server, sid)).endswith("430[true]")  # CONNECT, ack
+            sids.append(sid)
+        stalled, reader = sids
+        await wait_for(lambda: server.room("r").socket_count() == 2)
+        # 100-byte events: the stalled session holds at most 4,096 bytes of them
+        text = "x" * 80
+        for i in range(30):  # just under the limit: about 2,700 bytes queued
+            server.room("r").broadcast("m", text)
+            if i % 10 == 9:
+                assert (await poll(http, server, reader)).count('"m"') == 10
+        assert stalled in server._socketio.sessions  # under the limit: still there
+        for _ in range(20):  # over it: dropped amid a fan-out, which reaches the others
+            assert server.room("r").broadcast("m", text) >= 1
+        await wait_for(lambda: stalled not in server._socketio.sessions)
+        assert gone == ["slow consumer"]
+        assert (await poll(http, server, reader)).count('"m"') == 20
+        async with http.get(base(server), params=params(stalled)) as resp:
+            assert resp.status == 400
+        server.room("r").broadcast("m", "still here")
+        assert "still here" in await poll(http, server, reader)

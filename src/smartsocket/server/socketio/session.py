@@ -260,7 +260,12 @@ class ClientSession:
                 if probe is not None:
                     probe.close(CloseCode.NORMAL)
             elif type(action) is Closed:
-                self._closed(action.reason)
+                if action.reason is CloseReason.SLOW_CONSUMER:
+                    # Found while sending, maybe amid a room's fan-out: the socket leaves its
+                    # rooms once that is over (a native socket is dropped at its flush too).
+                    asyncio.get_running_loop().call_soon(self._closed, action.reason)
+                else:
+                    self._closed(action.reason)
         if self._timer is None:
             self._schedule()
 
