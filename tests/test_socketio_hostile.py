@@ -5,6 +5,7 @@ limits and close", "Malformed input")."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import aiohttp
@@ -152,3 +153,53 @@ async def test_a_polling_client_that_stops_polling_is_dropped_at_max_write_buffe
             assert resp.status == 400
         server.room("r").broadcast("m", "still here")
         assert "still here" in await poll(http, server, reader)
+
+
+async def connected_session(http: aiohttp.ClientSession, server: SmartSocket) -> str:
+    sid = await open_session(http, server)
+    assert await send(http, server, sid, "40") == 200
+    assert (await poll(http, server, sid)).startswith('40{"sid":')
+    return sid
+
+
+async def test_packets_per_post_at_and_over_the_limit() -> None:
+    server = SmartSocket(socketio_max_packets_per_post=5)
+    server.on("echo", lambda socket, data: data)
+    async with running(server), aiohttp.ClientSession() as http:
+        bystander = await connected_session(http, server)
+        sid = await connected_session(http, server)
+        body = RS.join(f'42{i}["echo",{i}]' for i in range(1, 6))
+        assert await send(http, server, sid, body) == 200  # five: at the limit
+        assert (await poll(http, server, sid)).split(RS) == [f"43{i}[{i}]" for i in range(1, 6)]
+        body = RS.join(f'42{i}["echo",{i}]' for i in range(1, 7))
+        async with http.post(base(server), params=params(sid), data=body) as resp:
+            assert resp.status == 400  # six: refused whole, the session ends
+            assert (await resp.json())["message"] == "Bad request"
+        async with http.get(base(server), params=params(sid)) as resp:
+            assert resp.status == 400
+        assert await send(http, server, bystander, '421["echo",1]') == 200
+        assert await poll(http, server, bystander) == "431[1]"
+
+
+def binary_event(ack_id: int, attachments: int) -> str:
+    holders = ",".join(f'{{"_placeholder":true,"num":{i}}}' for i in range(attachments))
+    parts = [f'45{attachments}-{ack_id}["echo",{holders}]']
+    parts += [f"b{base64.b64encode(bytes([i])).decode()}" for i in range(attachments)]
+    return RS.join(parts)
+
+
+async def test_attachments_per_packet_at_and_over_the_limit() -> None:
+    server = SmartSocket(socketio_max_attachments=2)
+    server.on("echo", lambda socket, data: data)
+    async with running(server), aiohttp.ClientSession() as http:
+        bystander = await connected_session(http, server)
+        sid = await connected_session(http, server)
+        assert await send(http, server, sid, binary_event(1, 2)) == 200  # at the limit
+        answer = (await poll(http, server, sid)).split(RS)
+        assert answer[0].startswith("462-1[") and answer[1:] == ["bAA==", "bAQ=="]
+        assert await send(http, server, sid, binary_event(2, 3)) == 200  # over it
+        assert await poll(http, server, sid) == "1"  # the session ends: parse error
+        async with http.get(base(server), params=params(sid)) as resp:
+            assert resp.status == 400
+        assert await send(http, server, bystander, '421["echo",1]') == 200
+        assert await poll(http, server, bystander) == "431[1]"

@@ -156,6 +156,12 @@ class Config:
     socketio_max_connect_refusals: int = _opt(
         10, "CONNECTs refused (CONNECT_ERROR) on one Socket.IO session; the session ends with "
         "the last (a bound on credential guesses per session)", min=1)
+    socketio_max_packets_per_post: int = _opt(
+        1000, "Engine.IO packets one long-polling POST body may carry (over: 400, the session "
+        "ends)", min=1)
+    socketio_max_attachments: int = _opt(
+        10, "binary attachments one Socket.IO packet may announce (over: the session ends, "
+        "\"parse error\")", min=0)
     socketio_recovery: bool = _opt(True, "with recovery_window: Socket.IO connection-state "
                                    "recovery (pid in CONNECT, an offset as the last argument "
                                    "of room events)")

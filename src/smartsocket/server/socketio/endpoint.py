@@ -97,6 +97,7 @@ def engine_options(config: Config) -> EngineOptions:
         max_payload=config.max_message_size,
         connect_timeout=config.socketio_connect_timeout,
         max_buffered=config.max_write_buffer,
+        max_packets_per_post=config.socketio_max_packets_per_post,
     )
 
 
@@ -209,8 +210,10 @@ class SocketIOEndpoint:
         loop = asyncio.get_running_loop()
         engine = EngineSession(sid, transport=transport, options=self.options, clock=loop.time,
                                eio=eio)
+        config = self.config
         sio = SocketIOConnection(
-            protocol=5 if eio >= 4 else 4, max_attachment_bytes=self.config.max_message_size
+            protocol=5 if eio >= 4 else 4, max_attachments=config.socketio_max_attachments,
+            max_attachment_bytes=config.max_message_size,
         )
         session = ClientSession(
             engine, sio, request, open_socket=self._open, translator=self.translator,
