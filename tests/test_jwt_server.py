@@ -246,6 +246,21 @@ async def test_jwks_unknown_kid_then_rotation() -> None:
             assert len(hits) == 2
 
 
+async def test_jwks_refresh_interval_bounds_reloads_by_unknown_kids() -> None:
+    key = tk.rsa_key("old")
+    clock = tk.FakeClock()
+    with jwks_server([tk.jwks(tk.jwk(key, "k1"))]) as (url, hits):
+        server = jwt_server(clock, jwt_secret=None, jwt_jwks=url, jwt_jwks_refresh_interval=2)
+        async with running(server):
+            assert hits == [1]
+            for step, kid, reloads in ((1.9, "k7", 1), (0.1, "k8", 2), (0.0, "k9", 2)):
+                clock.advance(step)  # under the interval no reload; at it one, then none
+                token = tk.sign(tk.claims(exp=tk.NOW + 3600), key=key, alg="RS256", kid=kid)
+                async with connect(server, token) as ws:
+                    assert await closed_with(ws) == (4001, "token_unknown_key")
+                assert len(hits) == reloads, kid
+
+
 # --- refresh and expiry
 
 

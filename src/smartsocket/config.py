@@ -145,6 +145,10 @@ class Config:
                                     "or a list (unset: tokens with an aud are refused)")
     jwt_issuer: str | None = _opt(None, "issuer a token's iss must equal")
     jwt_leeway: float = _opt(5.0, "seconds of clock skew allowed on exp, nbf and iat", min=0)
+    jwt_jwks_refresh_interval: float = _opt(
+        30.0, "seconds between two fetches of a jwt_jwks URL (or reads of its file) that an "
+        "unknown kid may trigger: tokens with made-up kids cannot make it fetch in a loop",
+        min=1.0)
     rooms_deny_by_default: bool = _opt(False, "clients may not join or publish to rooms that no "
                                        "room policy matches")
     # Socket.IO clients (server/socketio/): Engine.IO v4 / Socket.IO v5 on the same port

@@ -213,6 +213,7 @@ class TokenVerifier:
         jwt_audience: str | None = None,
         jwt_issuer: str | None = None,
         jwt_leeway: float = 5.0,
+        jwt_jwks_refresh_interval: float = 30.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> TokenVerifier:
@@ -227,7 +228,8 @@ class TokenVerifier:
                 raise ValueError(f"cannot read {jwt_public_key}: {exc.strerror}") from None
         jwks = None
         if jwt_jwks is not None:
-            jwks = JwksKeys(jwt_jwks, monotonic=monotonic)
+            jwks = JwksKeys(jwt_jwks, min_refresh_interval=jwt_jwks_refresh_interval,
+                            monotonic=monotonic)
             if not jwks.url and not jwks.load_file():
                 raise ValueError(f"{jwt_jwks}: no usable key (see the log)")
         audience = None
