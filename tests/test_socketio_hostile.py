@@ -203,3 +203,60 @@ async def test_attachments_per_packet_at_and_over_the_limit() -> None:
             assert resp.status == 400
         assert await send(http, server, bystander, '421["echo",1]') == 200
         assert await poll(http, server, bystander) == "431[1]"
+
+
+async def native_refused(server: SmartSocket) -> int | None:
+    """How a native WebSocket fares now: None when welcomed, else its close code or HTTP
+    status."""
+    try:
+        async with websockets.connect(server.url) as ws:
+            try:
+                assert "$welcome" in str(await asyncio.wait_for(ws.recv(), 5))
+            except websockets.ConnectionClosed as exc:
+                assert exc.rcvd is not None
+                return exc.rcvd.code
+            return None
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code
+
+
+async def handshake_status(http: aiohttp.ClientSession, server: SmartSocket) -> int:
+    async with http.get(base(server), params={"EIO": "4", "transport": "polling"}) as resp:
+        return resp.status
+
+
+async def test_sessions_and_sockets_share_the_per_ip_limit() -> None:
+    # Sessions without a socket were counted apart from the sockets, against the same limit:
+    # one address held twice max_connections_per_ip (sessions, then as many native sockets).
+    server = SmartSocket(max_connections_per_ip=2)
+    async with running(server), aiohttp.ClientSession() as http:
+        first = await open_session(http, server)
+        second = await open_session(http, server)
+        assert await handshake_status(http, server) == 429
+        assert await native_refused(server) == 1013  # two sessions: the address is full
+        assert await send(http, server, first, "40") == 200  # a socket takes its place
+        assert (await poll(http, server, first)).startswith('40{"sid":')
+        assert await native_refused(server) == 1013  # still two connections
+        assert await send(http, server, second, "1") == 200  # the other session leaves
+        async with websockets.connect(server.url) as native:  # one slot: just under
+            assert "$welcome" in str(await native.recv())
+            assert await handshake_status(http, server) == 429  # a socket each: full
+            assert await send(http, server, first, "41") == 200  # "/" left: a session again
+            assert await native_refused(server) == 1013
+        await wait_for(lambda: not server.sockets)
+        assert await handshake_status(http, server) == 200
+
+
+async def test_sessions_without_a_socket_count_against_max_connections() -> None:
+    server = SmartSocket(max_connections=2)
+    async with running(server), aiohttp.ClientSession() as http:
+        sid = await open_session(http, server)
+        async with websockets.connect(server.url) as native:
+            assert "$welcome" in str(await native.recv())
+            assert await native_refused(server) == 503  # a session and a socket: full
+            assert await handshake_status(http, server) == 503
+            assert await send(http, server, sid, "40") == 200  # its socket: still two
+            assert (await poll(http, server, sid)).startswith('40{"sid":')
+            assert await handshake_status(http, server) == 503
+        await wait_for(lambda: len(server.sockets) == 1)
+        assert await handshake_status(http, server) == 200

@@ -92,6 +92,7 @@ class ClientSession:
 
     __slots__ = (
         "_claim",
+        "_count",
         "_deadline",
         "_forget",
         "_namespaces",
@@ -117,11 +118,15 @@ class ClientSession:
         open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
         counters: Counters, namespaces: Callable[[str], Namespace | None],
         claim: Callable[[str, Any], bool], offsets: bool = False, max_refusals: int = 10,
+        count: Callable[[str, Any, bool], None] = lambda sid, remote, counted: None,
     ) -> None:
         # Events carry their position's offset, CONNECT answers a pid (connection-state
         # recovery; Socket.IO v5 only): recovery/marks.py.
         self.offsets = offsets
         self._claim = claim  # counts the session against its address's limit (False: over)
+        # Counts it (True) or not: a session without a socket is a connection of its own;
+        # with one, its sockets are (the endpoint's tallies, beside admission's).
+        self._count = count
         self._namespaces = namespaces  # the application's own namespaces, by name
         self.counters = counters
         self.engine = engine
@@ -347,6 +352,7 @@ class ClientSession:
                 link = self.links.pop(event.namespace, None)
                 if link is not None:
                     link.drop(CloseCode.NORMAL, "client namespace disconnect")
+                    self._recount()
 
     def _socket_in(self, namespace: str) -> SocketIOSocket | None:
         link = self.links.get(namespace)
@@ -366,6 +372,16 @@ class ClientSession:
                 return
         if namespace in self.links:
             return  # v4 clients may CONNECT to "/" they were put in: nothing to do
+        self._count(self.sid, self._remote, False)  # the socket takes the session's place
+        try:
+            self._open(namespace, scope, auth, pid, offset)
+        finally:
+            self._recount()
+
+    def _open(
+        self, namespace: str, scope: Namespace | None, auth: dict[str, Any], pid: str | None,
+        offset: str | None,
+    ) -> None:
         result = self._open_socket(self.request)
         if isinstance(result, HttpResponse):
             self._refuse(namespace, _refusal(result.status, result.body))
@@ -377,6 +393,11 @@ class ClientSession:
         result.on_open(link)
         if result.connected and not result.authenticated and link.socket is result:
             result.authenticate(auth)
+
+    def _recount(self) -> None:
+        """A session left without a socket counts as a connection again (until it ends)."""
+        if not self.links and self.engine.state is not State.CLOSED:
+            self._count(self.sid, self._remote, True)
 
     def _refuse(self, namespace: str, message: str) -> None:
         self.counters.connect_errors += 1
@@ -456,6 +477,7 @@ class ClientSession:
         if not link.admitted_socket:
             self._refuse(link.namespace, reason or "unauthorized")
             link.drop(code, reason)
+            self._recount()
             return
         final = code in NO_RECONNECT_CODES or code == CloseCode.RATE_LIMITED
         if final:
@@ -466,6 +488,7 @@ class ClientSession:
         if not final or not self.links:
             self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
             self._schedule()  # polling: the close packet's deadline
+        self._recount()
 
     def abort(self) -> None:
         """Ends the session now (its sockets see 1001)."""
