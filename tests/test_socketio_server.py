@@ -283,7 +283,9 @@ async def test_the_native_heartbeat_leaves_socketio_sockets_to_engineio() -> Non
 
 @pytest.mark.parametrize(
     "packet",
-    ["4x", "42{not json", "42[]", "43", "9", "451-[\"a\"]", '42["connect"]'],
+    ["4x", "42{not json", "42[]", "43", "9", "451-[\"a\"]", '42["connect"]',
+     '4212345678901234567890["a"]', '429007199254740992["a"]',  # ack ids: 20 digits, 2**53
+     '42["a",' + "[" * 1200 + "]" * 1200 + "]"],  # nested past the decoder's depth
 )
 async def test_malformed_packets_close_only_their_session(packet: str) -> None:
     server = SmartSocket()
