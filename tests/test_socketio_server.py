@@ -151,6 +151,45 @@ async def test_rooms_are_shared_with_native_clients() -> None:
         assert await asyncio.wait_for(everyone.get(), 5) == [1, 2]
 
 
+def nested(depth: int) -> list[Any]:
+    root: list[Any] = []
+    node = root
+    for _ in range(depth - 1):
+        node.append([])
+        node = node[0]
+    return root
+
+
+async def test_a_broadcast_nested_near_the_depth_limit_reaches_the_other_members() -> None:
+    # Data the sender encodes just under msgspec's depth limit is decoded again a few frames
+    # deeper to translate it for Socket.IO members: its RecursionError came out of the
+    # broadcast, and the members after the Socket.IO one missed it.
+    server = SmartSocket(rate_limit_messages=0, rate_limit_bytes=0)
+
+    @server.on("join")
+    def join(socket: Socket, room: str) -> bool:
+        socket.join(room)
+        return True
+
+    async with running(server), sio_client(server) as sio, connected(server) as native:
+        assert await sio.call("join", "deep", timeout=5) is True  # first in the fan-out
+        assert await native.call("join", "deep") is True
+        native_got: asyncio.Queue[Any] = asyncio.Queue()
+        native.on("m", native_got.put_nowait)
+        delivered = 0
+        for depth in range(1000, 900, -1):
+            try:
+                server.room("deep").broadcast("m", nested(depth))
+            except RecursionError as exc:  # the caller's own value: too deep to encode
+                assert "while serializing" in str(exc)
+                continue
+            delivered += 1
+        assert delivered >= 10
+        for _ in range(delivered):
+            await asyncio.wait_for(native_got.get(), 5)
+        assert await sio.call("join", "deep", timeout=5) is True  # the session carries on
+
+
 async def test_server_send_reaches_a_socketio_client_by_id() -> None:
     server = SmartSocket()
     ids: list[str] = []

@@ -121,7 +121,9 @@ class FrameTranslator:
         payload, binary = frame_payload(frame)
         try:
             packet, mark = translate_marked(payload, binary, namespace, offsets)
-        except (msgspec.DecodeError, IndexError, TypeError):
+        except (msgspec.DecodeError, IndexError, TypeError, RecursionError):
+            # RecursionError: data the sender encoded just under the depth limit, decoded
+            # and encoded again here a few frames deeper; the other members still get it.
             packet, mark = None, None
         found = self._packets[key] = (
             (packet, mark) if isinstance(packet, EncodedPacket) else (None, None)
