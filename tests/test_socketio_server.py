@@ -16,6 +16,7 @@ import socketio
 import websockets
 
 from smartsocket import AuthRequest, SmartSocket, Socket
+from smartsocket.protocol import envelope
 from smartsocket.testing import connected, running, wait_for
 
 
@@ -188,6 +189,14 @@ async def test_a_broadcast_nested_near_the_depth_limit_reaches_the_other_members
             assert delivered >= 10
             for _ in range(delivered):
                 assert str(await asyncio.wait_for(native.recv(), 5)).startswith('["m",[[')
+        # The same, encoded elsewhere (a replay, a send from another node) for one socket.
+        socket = server.sockets[sio.get_sid()]
+        for depth in range(1000, 900, -1):
+            try:
+                payload = envelope.encode_event("m", nested(depth))
+            except RecursionError:
+                continue
+            socket.send_encoded(payload, False)  # sent, or skipped: never raised
         assert await sio.call("join", "deep", timeout=5) is True  # the session carries on
 
 
