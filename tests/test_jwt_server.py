@@ -246,6 +246,22 @@ async def test_jwks_unknown_kid_then_rotation() -> None:
             assert len(hits) == 2
 
 
+async def test_tokens_at_and_over_jwt_max_token_bytes() -> None:
+    clock = tk.FakeClock()
+    token = tk.sign(tk.claims(pad="x" * 300))
+    limit = len(token)
+    async with running(jwt_server(clock, jwt_max_token_bytes=limit)) as server, connect(
+        server, token
+    ) as ws:  # at the limit
+        await welcomed(ws)
+    async with running(jwt_server(clock, jwt_max_token_bytes=len(token) - 1)) as server:
+        assert await refused_at_upgrade(server, token) == "unauthorized: token_invalid"
+        async with connect(server, token, how="auth") as ws:
+            assert await closed_with(ws) == (4001, "token_invalid")
+        async with connect(server, tk.sign(tk.claims())) as ws:  # others still get in
+            await welcomed(ws)
+
+
 async def test_jwks_refresh_interval_bounds_reloads_by_unknown_kids() -> None:
     key = tk.rsa_key("old")
     clock = tk.FakeClock()

@@ -145,6 +145,9 @@ class Config:
                                     "or a list (unset: tokens with an aud are refused)")
     jwt_issuer: str | None = _opt(None, "issuer a token's iss must equal")
     jwt_leeway: float = _opt(5.0, "seconds of clock skew allowed on exp, nbf and iat", min=0)
+    jwt_max_token_bytes: int = _opt(
+        8192, "longest connection or room token accepted, checked before any decoding (over: "
+        "token_invalid)", min=256)
     jwt_jwks_refresh_interval: float = _opt(
         30.0, "seconds between two fetches of a jwt_jwks URL (or reads of its file) that an "
         "unknown kid may trigger: tokens with made-up kids cannot make it fetch in a loop",

@@ -214,6 +214,7 @@ class TokenVerifier:
         jwt_issuer: str | None = None,
         jwt_leeway: float = 5.0,
         jwt_jwks_refresh_interval: float = 30.0,
+        jwt_max_token_bytes: int = MAX_TOKEN_BYTES,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> TokenVerifier:
@@ -235,8 +236,10 @@ class TokenVerifier:
         audience = None
         if jwt_audience is not None:
             audience = [a.strip() for a in jwt_audience.split(",") if a.strip()]
-        return cls(secret=jwt_secret, public_key=public_key, jwks=jwks, audience=audience,
-                   issuer=jwt_issuer, leeway=jwt_leeway, clock=clock)
+        verifier = cls(secret=jwt_secret, public_key=public_key, jwks=jwks,
+                       audience=audience, issuer=jwt_issuer, leeway=jwt_leeway, clock=clock)
+        verifier.max_token_bytes = jwt_max_token_bytes
+        return verifier
 
     @property
     def jwks(self) -> JwksKeys | None:
