@@ -260,3 +260,47 @@ async def test_sessions_without_a_socket_count_against_max_connections() -> None
             assert await handshake_status(http, server) == 503
         await wait_for(lambda: len(server.sockets) == 1)
         assert await handshake_status(http, server) == 200
+
+
+async def test_packets_no_socket_charges_count_against_the_rate_limits() -> None:
+    # Noops ("6" + 100 KB), control packets and binary frames reached no socket's limits:
+    # 200 MB of them in 0.9 s kept a session open under rate_limit_bytes=10000. The session
+    # charges them at the socket's rates; rate_limit_strikes refusals end it (4008).
+    server = SmartSocket(rate_limit_messages=10, rate_limit_burst=10, rate_limit_strikes=5)
+    server.on("echo", lambda socket, data: data)
+    reasons: list[str] = []
+    server.on("disconnect", lambda socket, reason: reasons.append(reason))
+    async with running(server), aiohttp.ClientSession() as http:
+        server._clock = lambda: 0  # frozen: exactly the bursts pass
+        bystander = await connected_session(http, server)
+        url = f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket"
+        async with websockets.connect(url) as ws:
+            await ws.recv()
+            await ws.send("40")
+            assert str(await ws.recv()).startswith('40{"sid":')
+            for _ in range(9):  # the CONNECT took one: the burst is spent, nothing dropped
+                await ws.send("6")
+            await ws.send('421["echo",1]')  # events are the socket's to charge
+            assert await asyncio.wait_for(ws.recv(), 5) == "431[1]"
+            assert reasons == []
+            for _ in range(6):  # five dropped (strikes), the sixth ends the session
+                await ws.send("6" + "x" * 1000)
+            await asyncio.wait_for(ws.wait_closed(), 5)
+        assert reasons == ["rate limit abuse"]
+        assert await send(http, server, bystander, '421["echo",1]') == 200
+        assert await poll(http, server, bystander) == "431[1]"
+
+
+async def test_polling_posts_count_against_the_rate_limits() -> None:
+    server = SmartSocket(rate_limit_bytes=1000, rate_limit_strikes=2)  # bytes burst: 2000
+    async with running(server), aiohttp.ClientSession() as http:
+        server._clock = lambda: 0
+        sid = await open_session(http, server)  # before any CONNECT: charged all the same
+        noops = RS.join(["6"] * 750)  # 1,499 bytes
+        assert await send(http, server, sid, noops) == 200  # under the burst
+        assert await send(http, server, sid, noops) == 429  # over it: not read
+        assert await send(http, server, sid, "6") == 200  # what still fits
+        assert await send(http, server, sid, noops) == 429  # second strike
+        assert await send(http, server, sid, noops) == 429  # third: the session ends
+        async with http.get(base(server), params=params(sid)) as resp:
+            assert resp.status == 200 and await resp.text() == "1"  # the close packet

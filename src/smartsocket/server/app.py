@@ -79,6 +79,7 @@ class SmartSocket:
             self._config, self.open_socket, self._cluster,
             sockets=lambda: len(self._connections.open),
             sockets_at=lambda ip: self._parts.admission.count(ip),
+            clock=lambda: self._socket_context.clock(),
         )
         parts.pending_at = self._socketio.pending_at  # sessions without a socket, per address
         # Started or not: the listener, the heartbeat, the sampler and sweeper, in order.

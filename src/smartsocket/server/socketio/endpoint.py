@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -33,6 +34,7 @@ from smartsocket.protocol.socketio.session import POLLING, WEBSOCKET
 from smartsocket.security import parse_origins
 from smartsocket.server.dispatch import EventRouter
 from smartsocket.server.socketio import polling
+from smartsocket.server.socketio.budget import SessionBudget
 from smartsocket.server.socketio.namespace import Namespace
 from smartsocket.server.socketio.relay import ClusterLink, PollRelay
 from smartsocket.server.socketio.session import ClientSession, Counters
@@ -106,15 +108,18 @@ class SocketIOEndpoint:
     (``SmartSocket.open_socket``)."""
 
     __slots__ = (
-        "_ips", "_open_socket", "_per_ip", "_sockets", "_sockets_at", "config", "counters",
+        "_clock", "_ips", "_open_socket", "_per_ip", "_sockets", "_sockets_at", "config",
+        "counters",
         "namespaces", "offsets", "options", "origins", "path", "relay", "sessions", "translator",
     )
 
     def __init__(
         self, config: Config, open_socket: OpenSocket, cluster: ClusterLink | None = None, *,
         sockets: Callable[[], int] = lambda: 0, sockets_at: Callable[[Any], int] = lambda ip: 0,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._open_socket = open_socket
+        self._clock = clock  # the rate limits' (integer ns): the server's, tests replace it
         # The server's open sockets (native and Socket.IO), in all and of one address: a
         # session without a socket counts beside them against max_connections(_per_ip).
         self._sockets = sockets
@@ -234,6 +239,7 @@ class SocketIOEndpoint:
             forget=self._forget, counters=self.counters, namespaces=self.namespaces.get,
             claim=self._claim, count=self._count, offsets=self.offsets and eio >= 4,
             max_refusals=self.config.socketio_max_connect_refusals,
+            budget=SessionBudget(config, self._clock),
         )
         self.sessions[sid] = session
         self.counters.sessions_total += 1

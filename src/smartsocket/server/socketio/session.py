@@ -46,6 +46,7 @@ from smartsocket.protocol.socketio import (
 from smartsocket.protocol.socketio.session import WEBSOCKET, State
 from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE
 from smartsocket.recovery.marks import ResumePoint, pid_of
+from smartsocket.server.socketio.budget import Charge, SessionBudget
 from smartsocket.server.socketio.link import NamespaceLink
 from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
 from smartsocket.transport import HandshakeRequest, HttpResponse
@@ -91,6 +92,7 @@ class ClientSession:
     """A Socket.IO client: its sessions' state, its socket, and its WebSocket."""
 
     __slots__ = (
+        "_budget",
         "_claim",
         "_count",
         "_deadline",
@@ -119,7 +121,10 @@ class ClientSession:
         counters: Counters, namespaces: Callable[[str], Namespace | None],
         claim: Callable[[str, Any], bool], offsets: bool = False, max_refusals: int = 10,
         count: Callable[[str, Any, bool], None] = lambda sid, remote, counted: None,
+        budget: SessionBudget | None = None,
     ) -> None:
+        # Rate limits of what no socket's own limits charge (budget.py); None: none.
+        self._budget = budget
         # Events carry their position's offset, CONNECT answers a pid (connection-state
         # recovery; Socket.IO v5 only): recovery/marks.py.
         self.offsets = offsets
@@ -168,12 +173,16 @@ class ClientSession:
 
     def websocket_message(self, payload: bytes | memoryview, binary: bool) -> None:
         if binary:
-            self.perform(self.engine.receive(bytes(payload)))
+            if self._charged(len(payload)):  # attachments: the socket charges their packet
+                self.perform(self.engine.receive(bytes(payload)))
             return
         text = str(payload, "utf-8")
         message = self.engine.message_text(text)  # the common frame: no actions to perform
         if message is None:
-            self.perform(self.engine.receive(text))
+            if self._charged(len(payload)):  # not a message: no socket charges it
+                self.perform(self.engine.receive(text))
+            return
+        if not self.links and not self._charged(len(payload)):  # before any socket
             return
         self._deliver(message)
         if self._timer is None:
@@ -207,9 +216,29 @@ class ClientSession:
             self._poll = None
             self.perform(self.engine.get_aborted())
 
-    def polling_post(self, body: bytes) -> None:
-        """A POST body (raises EngineIOError: perform its ``actions``, answer its status)."""
+    def polling_post(self, body: bytes) -> bool:
+        """A POST body (raises EngineIOError: perform its ``actions``, answer its status).
+        False: over the session's rates, not read (answer 429)."""
+        if not self._charged(len(body)):
+            return False
         self.perform(self.engine.post(body))
+        return True
+
+    def _charged(self, size: int) -> bool:
+        """Charges one message the sockets' limits do not see (False: drop it; refused too
+        often, the session ends: its sockets see 4008)."""
+        budget = self._budget
+        if budget is None:
+            return True
+        charge = budget.charge(size)
+        if charge is Charge.OK:
+            return True
+        if charge is Charge.ABUSE and self.engine.state is State.OPEN:
+            logger.info("session %s: rate limit abuse, closed", self.sid,
+                        extra={"event": "limit", "limit": "rate"})
+            self._drop_all(CloseCode.RATE_LIMITED, "rate limit abuse")
+            self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
+        return False
 
     def probe_opened(self, conn: ServerConnection) -> None:
         """A WebSocket to upgrade to. Raises EngineIOError (close ``conn``) when the session
@@ -362,8 +391,10 @@ class ClientSession:
         self, namespace: str, auth: dict[str, Any], pid: str | None = None,
         offset: str | None = None,
     ) -> None:
-        if self._refusals <= 0:
-            return  # refused too often: the session is closing, later CONNECTs are not read
+        if self._refusals <= 0 or (self.links and not self._charged(0)):
+            # Refused too often: the session is closing, later CONNECTs are not read. A
+            # CONNECT next to a socket is charged here (one before any is charged already).
+            return
         scope = None
         if namespace != DEFAULT_NAMESPACE:
             scope = self._namespaces(namespace)
