@@ -17,6 +17,7 @@ import pytest
 from clusters import BROKERS, Node, clients, node_processes
 from smartsocket import Client, SmartSocket
 from smartsocket.errors import ConfigError
+from smartsocket.server.api import BATCH_SLICE
 from smartsocket.server.api_schema import schema
 from smartsocket.testing import Recorder, running
 
@@ -109,6 +110,14 @@ async def test_refused_requests_name_the_problem() -> None:
         assert (status, body["error"]["code"]) == (415, "unsupported_media_type")
         status, body = await post(http, base, "publish", raw=b"{not json")
         assert (status, body["error"]["code"]) == (400, "invalid_json")
+        # nested past the decoder's depth (it was a 500 with a traceback in the log)
+        deep = b'{"room": "a", "event": "e", "data": ' + b"[" * 1200 + b"]" * 1200 + b"}"
+        status, body = await post(http, base, "publish", raw=deep)
+        assert (status, body["error"]["code"]) == (400, "invalid_json")
+        status, body = await post(http, base, "batch", raw=b'{"operations": [' + deep + b"]}")
+        assert (status, body["error"]["code"]) == (400, "invalid_json")
+        shallow = b'{"room": "a", "event": "e", "data": ' + b"[" * 500 + b"]" * 500 + b"}"
+        assert (await post(http, base, "publish", raw=shallow))[0] == 200
 
 
 @pytest.mark.parametrize(
@@ -344,6 +353,31 @@ async def test_batch_runs_each_operation_in_order() -> None:
             assert results[501] == {"result": {"sent": True}}
             assert results[502]["error"]["field"] == "room"
             assert [await rec.next("n") for _ in range(501)] == [*range(500), "last"]
+
+
+async def test_a_big_batch_gives_the_other_connections_their_turns() -> None:
+    # 20,000 publishes (1 MiB) ran in one turn of the event loop: ~0.4 s without serving any
+    # other connection. Now the loop turns every BATCH_SLICE operations (counted, not timed).
+    async with live() as (_, base, http):
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        ops = [{"op": "publish", "room": "r", "event": "n", "data": i}
+               for i in range(100 * BATCH_SLICE)]
+        counter = asyncio.create_task(count_turns())
+        try:
+            before = turns
+            status, body = await post(http, base, "batch", {"operations": ops})
+            during = turns - before
+        finally:
+            counter.cancel()
+        assert status == 200 and len(body["results"]) == len(ops)
+        assert during >= 99, during
 
 
 # a cluster of two node processes on the real Redis ------------------------------------------

@@ -233,6 +233,12 @@ async def test_unknown_version_is_dropped_and_counted(caplog: pytest.LogCaptureF
         b._cluster._receive(b._cluster.room_channel("r"), raw)
         b._cluster._receive(b._cluster.room_channel("r"), b"\xc1garbage")
         assert b._cluster.dropped_version == 1 and b._cluster.dropped_invalid == 1
+        # nested past the decoder's depth: its RecursionError used to escape into the broker
+        # link's reader (a Redis link broke and reconnected, per message)
+        delta = msgspec.msgpack.encode(messages.PresenceDelta("r", "s", True, "@@", b""))
+        deep = delta.replace(b"\xa2@@", b"\x91" * 1200 + b"\xc0")
+        b._cluster._receive(b._cluster.room_channel("r"), messages.encode("zz", msgspec.Raw(deep)))
+        assert b._cluster.dropped_invalid == 2
         assert "version 99" in caplog.text
         b._cluster._receive(b._cluster.room_channel("r"), messages.encode("zz", body))
         assert await rec.next("m") == 1

@@ -122,6 +122,10 @@ async def test_valid_token_in_each_place_names_the_user(how: str) -> None:
     (tk.sign(tk.claims(aud="someone-else")), "token_audience"),
     (tk.sign(tk.claims(iss="https://evil.example")), "token_issuer"),
     (tk.sign({"sub": "ann", "room": "chat:1", "exp": tk.NOW + 60}), "token_wrong_kind"),
+    # A header nested past the JSON decoder's depth (2.4 KB, under the size limit): it was an
+    # HTTP 500 at the upgrade and, through $auth, a socket left waiting for auth_timeout.
+    (tk.b64(b'{"alg":"HS256","x":' + b"[" * 1200 + b"]" * 1200 + b"}") + "."
+     + tk.b64(b"{}") + ".c2ln", "token_invalid"),
 ])
 async def test_wrong_tokens_are_refused_at_the_upgrade_and_in_auth(token: str,
                                                                    code: str) -> None:
@@ -240,6 +244,37 @@ async def test_jwks_unknown_kid_then_rotation() -> None:
                                                alg="RS256", kid="k9")) as ws:
                 assert await closed_with(ws) == (4001, "token_unknown_key")
             assert len(hits) == 2
+
+
+async def test_tokens_at_and_over_jwt_max_token_bytes() -> None:
+    clock = tk.FakeClock()
+    token = tk.sign(tk.claims(pad="x" * 300))
+    limit = len(token)
+    async with running(jwt_server(clock, jwt_max_token_bytes=limit)) as server, connect(
+        server, token
+    ) as ws:  # at the limit
+        await welcomed(ws)
+    async with running(jwt_server(clock, jwt_max_token_bytes=len(token) - 1)) as server:
+        assert await refused_at_upgrade(server, token) == "unauthorized: token_invalid"
+        async with connect(server, token, how="auth") as ws:
+            assert await closed_with(ws) == (4001, "token_invalid")
+        async with connect(server, tk.sign(tk.claims())) as ws:  # others still get in
+            await welcomed(ws)
+
+
+async def test_jwks_refresh_interval_bounds_reloads_by_unknown_kids() -> None:
+    key = tk.rsa_key("old")
+    clock = tk.FakeClock()
+    with jwks_server([tk.jwks(tk.jwk(key, "k1"))]) as (url, hits):
+        server = jwt_server(clock, jwt_secret=None, jwt_jwks=url, jwt_jwks_refresh_interval=2)
+        async with running(server):
+            assert hits == [1]
+            for step, kid, reloads in ((1.9, "k7", 1), (0.1, "k8", 2), (0.0, "k9", 2)):
+                clock.advance(step)  # under the interval no reload; at it one, then none
+                token = tk.sign(tk.claims(exp=tk.NOW + 3600), key=key, alg="RS256", kid=kid)
+                async with connect(server, token) as ws:
+                    assert await closed_with(ws) == (4001, "token_unknown_key")
+                assert len(hits) == reloads, kid
 
 
 # --- refresh and expiry

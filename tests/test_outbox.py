@@ -292,6 +292,24 @@ async def test_rows_the_server_would_refuse_are_dropped(dsn: str) -> None:
     assert consumer.dropped == 1
 
 
+async def test_a_row_nested_too_deeply_is_dropped_not_retried_forever(dsn: str) -> None:
+    # PostgreSQL takes jsonb nested deeper than the decoder goes: the RecursionError escaped
+    # the batch, the consumer reconnected and read the same row again, for good.
+    rec = Recorder()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO smartsocket_outbox (room, event, data) "
+                           "VALUES ('r', 'e', $1::jsonb)", "[" * 1200 + "]" * 1200)
+    finally:
+        await conn.close()
+    await insert_committed(dsn, [("r", "e", "after")])
+    async with OutboxConsumer(dsn, rec, **FAST) as consumer:  # type: ignore[arg-type]
+        await until(lambda: len(rec.calls) == 1)
+    assert rec.calls == [("r", "e", "after")]
+    assert (consumer.dropped, consumer.reconnects) == (1, 0)
+    assert await count_rows(dsn) == 0
+
+
 def test_encode_row_checks_names_before_the_database() -> None:
     assert encode_row("r", "e", {"a": [1, None]}) == ("r", "e", '{"a":[1,null]}')
     for room, event in (("", "e"), ("r", ""), ("r", "$welcome"), ("a\nb", "e")):

@@ -16,6 +16,7 @@ import socketio
 import websockets
 
 from smartsocket import AuthRequest, SmartSocket, Socket
+from smartsocket.protocol import envelope
 from smartsocket.testing import connected, running, wait_for
 
 
@@ -151,6 +152,54 @@ async def test_rooms_are_shared_with_native_clients() -> None:
         assert await asyncio.wait_for(everyone.get(), 5) == [1, 2]
 
 
+def nested(depth: int) -> list[Any]:
+    root: list[Any] = []
+    node = root
+    for _ in range(depth - 1):
+        node.append([])
+        node = node[0]
+    return root
+
+
+async def test_a_broadcast_nested_near_the_depth_limit_reaches_the_other_members() -> None:
+    # Data the sender encodes just under msgspec's depth limit is decoded again a few frames
+    # deeper to translate it for Socket.IO members: its RecursionError came out of the
+    # broadcast, and the members after the Socket.IO one missed it.
+    server = SmartSocket(rate_limit_messages=0, rate_limit_bytes=0)
+
+    @server.on("join")
+    def join(socket: Socket, room: str) -> bool:
+        socket.join(room)
+        return True
+
+    async with running(server), sio_client(server) as sio:
+        assert await sio.call("join", "deep", timeout=5) is True  # first in the fan-out
+        async with websockets.connect(server.url) as native:  # raw: no decoding here
+            assert str(await native.recv()).startswith('["$welcome"')
+            await native.send('["join","deep",1]')
+            assert await asyncio.wait_for(native.recv(), 5) == "[1,true]"
+            delivered = 0
+            for depth in range(1000, 900, -1):
+                try:
+                    server.room("deep").broadcast("m", nested(depth))
+                except RecursionError as exc:  # the caller's own value: too deep to encode
+                    assert "while serializing" in str(exc)
+                    continue
+                delivered += 1
+            assert delivered >= 10
+            for _ in range(delivered):
+                assert str(await asyncio.wait_for(native.recv(), 5)).startswith('["m",[[')
+        # The same, encoded elsewhere (a replay, a send from another node) for one socket.
+        socket = server.sockets[sio.get_sid()]
+        for depth in range(1000, 900, -1):
+            try:
+                payload = envelope.encode_event("m", nested(depth))
+            except RecursionError:
+                continue
+            socket.send_encoded(payload, False)  # sent, or skipped: never raised
+        assert await sio.call("join", "deep", timeout=5) is True  # the session carries on
+
+
 async def test_server_send_reaches_a_socketio_client_by_id() -> None:
     server = SmartSocket()
     ids: list[str] = []
@@ -283,7 +332,9 @@ async def test_the_native_heartbeat_leaves_socketio_sockets_to_engineio() -> Non
 
 @pytest.mark.parametrize(
     "packet",
-    ["4x", "42{not json", "42[]", "43", "9", "451-[\"a\"]", '42["connect"]'],
+    ["4x", "42{not json", "42[]", "43", "9", "451-[\"a\"]", '42["connect"]',
+     '4212345678901234567890["a"]', '429007199254740992["a"]',  # ack ids: 20 digits, 2**53
+     '42["a",' + "[" * 1200 + "]" * 1200 + "]"],  # nested past the decoder's depth
 )
 async def test_malformed_packets_close_only_their_session(packet: str) -> None:
     server = SmartSocket()

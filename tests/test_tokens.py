@@ -776,3 +776,20 @@ def test_hmac_signatures_are_checked_every_time(monkeypatch: pytest.MonkeyPatch)
     assert calls == ["HS256"] * 3
     head, body, sig = token.split(".")
     refused(verifier, f"{head}.{body}.{sig[:-4]}AAAA", Code.INVALID)
+
+
+async def test_jwks_refresh_interval_is_an_option(jwks_server: JwksServer) -> None:
+    clock = FakeClock()
+    jwks_server.body = jwks(jwk(rsa_key("a"), "k1"))
+    verifier = TokenVerifier.from_options(jwt_jwks=jwks_server.url, clock=clock,
+                                          monotonic=clock, jwt_jwks_refresh_interval=5.0)
+    await verifier.start()
+    clock.advance(4.9)  # just under: an unknown kid fetches nothing
+    with pytest.raises(TokenError):
+        await verifier.verify_async(rs("made-up-1"))
+    assert jwks_server.hits == 1
+    clock.advance(0.1)  # at the interval: one fetch, then none again until the next
+    for i in range(2, 5):
+        with pytest.raises(TokenError):
+            await verifier.verify_async(rs(f"made-up-{i}"))
+    assert jwks_server.hits == 2

@@ -145,6 +145,13 @@ class Config:
                                     "or a list (unset: tokens with an aud are refused)")
     jwt_issuer: str | None = _opt(None, "issuer a token's iss must equal")
     jwt_leeway: float = _opt(5.0, "seconds of clock skew allowed on exp, nbf and iat", min=0)
+    jwt_max_token_bytes: int = _opt(
+        8192, "longest connection or room token accepted, checked before any decoding (over: "
+        "token_invalid)", min=256)
+    jwt_jwks_refresh_interval: float = _opt(
+        30.0, "seconds between two fetches of a jwt_jwks URL (or reads of its file) that an "
+        "unknown kid may trigger: tokens with made-up kids cannot make it fetch in a loop",
+        min=1.0)
     rooms_deny_by_default: bool = _opt(False, "clients may not join or publish to rooms that no "
                                        "room policy matches")
     # Socket.IO clients (server/socketio/): Engine.IO v4 / Socket.IO v5 on the same port
@@ -153,6 +160,15 @@ class Config:
                               "`path` option)")
     socketio_connect_timeout: float = _opt(45.0, "seconds a Socket.IO client may take to send "
                                            "its CONNECT after opening the transport", min=0.01)
+    socketio_max_connect_refusals: int = _opt(
+        10, "CONNECTs refused (CONNECT_ERROR) on one Socket.IO session; the session ends with "
+        "the last (a bound on credential guesses per session)", min=1)
+    socketio_max_packets_per_post: int = _opt(
+        1000, "Engine.IO packets one long-polling POST body may carry (over: 400, the session "
+        "ends)", min=1)
+    socketio_max_attachments: int = _opt(
+        10, "binary attachments one Socket.IO packet may announce (over: the session ends, "
+        "\"parse error\")", min=0)
     socketio_recovery: bool = _opt(True, "with recovery_window: Socket.IO connection-state "
                                    "recovery (pid in CONNECT, an offset as the last argument "
                                    "of room events)")

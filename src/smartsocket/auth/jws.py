@@ -244,7 +244,7 @@ def _b64(segment: bytes, what: str) -> bytes:
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         value = _decode_json(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested ~1000 deep
         raise TokenInvalid(f"{what} is not JSON") from None
     if type(value) is not dict:
         raise TokenInvalid(f"{what} is not a JSON object")

@@ -213,6 +213,8 @@ class TokenVerifier:
         jwt_audience: str | None = None,
         jwt_issuer: str | None = None,
         jwt_leeway: float = 5.0,
+        jwt_jwks_refresh_interval: float = 30.0,
+        jwt_max_token_bytes: int = MAX_TOKEN_BYTES,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> TokenVerifier:
@@ -227,14 +229,17 @@ class TokenVerifier:
                 raise ValueError(f"cannot read {jwt_public_key}: {exc.strerror}") from None
         jwks = None
         if jwt_jwks is not None:
-            jwks = JwksKeys(jwt_jwks, monotonic=monotonic)
+            jwks = JwksKeys(jwt_jwks, min_refresh_interval=jwt_jwks_refresh_interval,
+                            monotonic=monotonic)
             if not jwks.url and not jwks.load_file():
                 raise ValueError(f"{jwt_jwks}: no usable key (see the log)")
         audience = None
         if jwt_audience is not None:
             audience = [a.strip() for a in jwt_audience.split(",") if a.strip()]
-        return cls(secret=jwt_secret, public_key=public_key, jwks=jwks, audience=audience,
-                   issuer=jwt_issuer, leeway=jwt_leeway, clock=clock)
+        verifier = cls(secret=jwt_secret, public_key=public_key, jwks=jwks,
+                       audience=audience, issuer=jwt_issuer, leeway=jwt_leeway, clock=clock)
+        verifier.max_token_bytes = jwt_max_token_bytes
+        return verifier
 
     @property
     def jwks(self) -> JwksKeys | None:

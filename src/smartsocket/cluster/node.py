@@ -451,9 +451,10 @@ class ClusterNode:
                 self._version_warned.add((exc.src, exc.version))
                 logger.warning("dropping cluster messages: %s", exc)
             return
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            # RecursionError: nested ~1000 deep; raised here it would break the broker link
             self.dropped_invalid += 1
-            logger.debug("dropping an invalid cluster message on %s: %s", channel, exc)
+            logger.debug("dropping an invalid cluster message on %s: %r", channel, exc)
             return
         self.received += 1
         src = env.src
@@ -509,9 +510,9 @@ class ClusterNode:
             epoch, offset, raw = parse_logged(data)
             env = m.decode_envelope(raw)
             body = m.decode_body(env)
-        except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (ValueError, msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             self.dropped_invalid += 1
-            logger.debug("dropping an invalid logged message on %s: %s", channel, exc)
+            logger.debug("dropping an invalid logged message on %s: %r", channel, exc)
             return
         if type(body) is not m.Broadcast or body.room is None or self.sync is None:
             self.dropped_invalid += 1

@@ -273,6 +273,8 @@ class OutboxConsumer:
                             data = msgspec.json.decode(text)
                         except msgspec.DecodeError as exc:  # jsonb's text should always decode
                             problem = f"data: {exc}"
+                        except RecursionError:  # jsonb nests deeper than msgspec decodes
+                            problem = "data: nested too deeply (~1000 levels)"
                     if problem is not None:
                         # Retrying cannot fix the row, and keeping it would hold up the rest.
                         log.error("outbox: dropping row %d: %s", row_id, problem)

@@ -55,8 +55,12 @@ class Admission:
     def __init__(
         self, config: Config, *, spawn: Callable[[Any], None], admit: Callable[[Socket], None],
         tokens: TokenSessions, stats: Stats | None = None, hook: Handler | None = None,
+        pending: Callable[[Any], int] = lambda ip: 0,
     ) -> None:
         self._config = config
+        # Connections of an address that are not sockets yet but count as theirs: Socket.IO
+        # sessions without a socket (server/socketio/endpoint.py).
+        self._pending = pending
         self._spawn = spawn
         self._admit = admit
         self._tokens = tokens
@@ -126,7 +130,7 @@ class Admission:
         ip = _ip(socket.remote_address)
         count = self._per_ip.get(ip, 0) + 1
         self._per_ip[ip] = count
-        if limit and count > limit:
+        if limit and count + self._pending(ip) > limit:
             logger.info(
                 "too many connections from %s", ip,
                 extra={"event": "limit", "limit": "connections_per_ip", "ip": str(ip)},
@@ -157,6 +161,10 @@ class Admission:
             "timeout": round(timeout * 1000),
             "message": f"this server requires authentication: send $auth within {timeout:g} s",
         }), False)
+
+    def count(self, ip: Any) -> int:
+        """Open sockets (native and Socket.IO) of the address ``ip``."""
+        return self._per_ip.get(ip, 0)
 
     def close(self, socket: Socket) -> None:
         ip = _ip(socket.remote_address)

@@ -75,7 +75,13 @@ class SmartSocket:
         self._broadcast = parts.broadcaster.send  # (Room.broadcast calls it)
         self._live = LiveStats(self.stats)  # /smartsocket/live connections
         # Socket.IO clients (server/socketio/): admitted through open_socket like the rest.
-        self._socketio = SocketIOEndpoint(self._config, self.open_socket, self._cluster)
+        self._socketio = SocketIOEndpoint(
+            self._config, self.open_socket, self._cluster,
+            sockets=lambda: len(self._connections.open),
+            sockets_at=lambda ip: self._parts.admission.count(ip),
+            clock=lambda: self._socket_context.clock(),
+        )
+        parts.pending_at = self._socketio.pending_at  # sessions without a socket, per address
         # Started or not: the listener, the heartbeat, the sampler and sweeper, in order.
         self._life = Lifecycle(
             parts, self._live, self._route,
@@ -418,7 +424,7 @@ class SmartSocket:
         """
         if self._connections.closing:
             return HttpResponse(503, b"server is shutting down\n", headers={"Retry-After": "1"})
-        if len(self._connections.open) >= self.config.max_connections:
+        if len(self._connections.open) + self._socketio.pending >= self.config.max_connections:
             return self._refuse(HttpResponse(503, b"server full\n", headers={"Retry-After": "5"}))
         admitted = self._parts.admission.check_upgrade(request)
         if isinstance(admitted, HttpResponse):

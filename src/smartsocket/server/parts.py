@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smartsocket.cluster.node import ClusterNode
 from smartsocket.handlers import Handler
@@ -76,6 +76,9 @@ class Parts:
         self.stats: Stats | None = None
         # With metrics off the stats keep their shape: counters that never move (zeros).
         self.still_stats = Stats()
+        # Socket.IO sessions without a socket, by address (the endpoint sets it): they count
+        # against max_connections_per_ip beside the sockets.
+        self.pending_at: Callable[[Any], int] = lambda ip: 0
         self.admission = self._new_admission(None)
         self.liveness = Liveness()  # the $ping/$pong in flight
         # What every Socket uses of this server (server/context.py). Its clock (integer ns)
@@ -126,4 +129,5 @@ class Parts:
         return Admission(
             self.config, spawn=self.tasks.spawn, admit=self.resumer.admit,
             tokens=self.access.tokens, stats=self.stats, hook=hook,
+            pending=lambda ip: self.pending_at(ip),
         )

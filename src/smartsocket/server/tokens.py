@@ -244,6 +244,8 @@ def verifier_for(config: Config, clock: Callable[[], float]) -> TokenVerifier | 
             jwt_secret=config.jwt_secret, jwt_public_key=config.jwt_public_key,
             jwt_jwks=config.jwt_jwks, jwt_audience=config.jwt_audience,
             jwt_issuer=config.jwt_issuer, jwt_leeway=config.jwt_leeway,
+            jwt_jwks_refresh_interval=config.jwt_jwks_refresh_interval,
+            jwt_max_token_bytes=config.jwt_max_token_bytes,
             clock=clock, monotonic=clock,
         )
     except ValueError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -33,6 +34,7 @@ from smartsocket.protocol.socketio.session import POLLING, WEBSOCKET
 from smartsocket.security import parse_origins
 from smartsocket.server.dispatch import EventRouter
 from smartsocket.server.socketio import polling
+from smartsocket.server.socketio.budget import SessionBudget
 from smartsocket.server.socketio.namespace import Namespace
 from smartsocket.server.socketio.relay import ClusterLink, PollRelay
 from smartsocket.server.socketio.session import ClientSession, Counters
@@ -97,6 +99,7 @@ def engine_options(config: Config) -> EngineOptions:
         max_payload=config.max_message_size,
         connect_timeout=config.socketio_connect_timeout,
         max_buffered=config.max_write_buffer,
+        max_packets_per_post=config.socketio_max_packets_per_post,
     )
 
 
@@ -105,21 +108,29 @@ class SocketIOEndpoint:
     (``SmartSocket.open_socket``)."""
 
     __slots__ = (
-        "_ips", "_open_socket", "_per_ip", "config", "counters", "namespaces", "offsets",
-        "options", "origins", "path", "relay", "sessions", "translator",
+        "_clock", "_ips", "_open_socket", "_per_ip", "_sockets", "_sockets_at", "config",
+        "counters",
+        "namespaces", "offsets", "options", "origins", "path", "relay", "sessions", "translator",
     )
 
     def __init__(
-        self, config: Config, open_socket: OpenSocket, cluster: ClusterLink | None = None
+        self, config: Config, open_socket: OpenSocket, cluster: ClusterLink | None = None, *,
+        sockets: Callable[[], int] = lambda: 0, sockets_at: Callable[[Any], int] = lambda ip: 0,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._open_socket = open_socket
+        self._clock = clock  # the rate limits' (integer ns): the server's, tests replace it
+        # The server's open sockets (native and Socket.IO), in all and of one address: a
+        # session without a socket counts beside them against max_connections(_per_ip).
+        self._sockets = sockets
+        self._sockets_at = sockets_at
         self.sessions: dict[str, ClientSession] = {}
         # Polling requests for sessions of other nodes go through the cluster (relay.py).
         self.relay = PollRelay(cluster, self.sessions) if cluster is not None else None
         self.translator = FrameTranslator()
         self.counters = Counters()
-        self._per_ip: dict[Any, int] = {}  # sessions by client address
-        self._ips: dict[str, Any] = {}  # each counted session's address
+        self._per_ip: dict[Any, int] = {}  # sessions without a socket, by client address
+        self._ips: dict[str, Any] = {}  # each such session's address
         self.namespaces: dict[str, Namespace] = {}  # the application's own, by name
         self.configure(config)
 
@@ -185,7 +196,16 @@ class SocketIOEndpoint:
                      max_body=self.options.max_payload, errors=errors)
 
     def _full(self) -> bool:
-        return len(self.sessions) >= self.config.max_connections
+        return self.pending + self._sockets() >= self.config.max_connections
+
+    @property
+    def pending(self) -> int:
+        """Sessions without a socket (they count against ``max_connections``)."""
+        return len(self._ips)
+
+    def pending_at(self, ip: Any) -> int:
+        """Sessions without a socket from address ``ip`` (``max_connections_per_ip``)."""
+        return self._per_ip.get(ip, 0)
 
     def _upgrade(
         self, request: HandshakeRequest, eio: int, transport: str, sid: str | None
@@ -209,13 +229,17 @@ class SocketIOEndpoint:
         loop = asyncio.get_running_loop()
         engine = EngineSession(sid, transport=transport, options=self.options, clock=loop.time,
                                eio=eio)
+        config = self.config
         sio = SocketIOConnection(
-            protocol=5 if eio >= 4 else 4, max_attachment_bytes=self.config.max_message_size
+            protocol=5 if eio >= 4 else 4, max_attachments=config.socketio_max_attachments,
+            max_attachment_bytes=config.max_message_size,
         )
         session = ClientSession(
             engine, sio, request, open_socket=self._open, translator=self.translator,
             forget=self._forget, counters=self.counters, namespaces=self.namespaces.get,
-            claim=self._claim, offsets=self.offsets and eio >= 4,
+            claim=self._claim, count=self._count, offsets=self.offsets and eio >= 4,
+            max_refusals=self.config.socketio_max_connect_refusals,
+            budget=SessionBudget(config, self._clock),
         )
         self.sessions[sid] = session
         self.counters.sessions_total += 1
@@ -227,28 +251,34 @@ class SocketIOEndpoint:
         return result
 
     def _claim(self, sid: str, remote: Any) -> bool:
-        """Counts a session against ``max_connections_per_ip`` (sessions that have not
-        connected a socket yet included: the per-IP rule of admission counts sockets)."""
+        """Counts a new session against ``max_connections_per_ip``, beside the address's
+        sockets (False: over it). Its first socket takes its place (``_count``)."""
         ip = remote[0] if remote else None
         limit = self.config.max_connections_per_ip
-        count = self._per_ip.get(ip, 0)
-        if limit and count >= limit:
+        if limit and self._per_ip.get(ip, 0) + self._sockets_at(ip) >= limit:
             logger.info("too many Socket.IO sessions from %s", ip,
                         extra={"event": "limit", "limit": "connections_per_ip", "ip": str(ip)})
             return False
-        self._per_ip[ip] = count + 1
-        self._ips[sid] = ip
+        self._count(sid, remote, True)
         return True
 
-    def _forget(self, sid: str) -> None:
-        self.sessions.pop(sid, None)
-        if sid in self._ips:
+    def _count(self, sid: str, remote: Any, counted: bool) -> None:
+        """Whether session ``sid`` counts as a connection itself: while it has no socket
+        (no limit checked here: admission checks its sockets)."""
+        if counted and sid not in self._ips:
+            ip = self._ips[sid] = remote[0] if remote else None
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        elif not counted and sid in self._ips:
             ip = self._ips.pop(sid)
             count = self._per_ip.get(ip, 0) - 1
             if count > 0:
                 self._per_ip[ip] = count
             else:
                 self._per_ip.pop(ip, None)
+
+    def _forget(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+        self._count(sid, None, False)
 
     def close_all(self) -> None:
         """Shutting down: end every session (their sockets see 1001, clients reconnect)."""

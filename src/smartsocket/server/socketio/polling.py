@@ -100,7 +100,9 @@ async def post(request: HttpRequest, session: ClientSession, cors: Mapping[str, 
 def answer_post(session: ClientSession, body: bytes, cors: Mapping[str, str]) -> HttpResponse:
     """A POST of packets to ``session``."""
     try:
-        session.polling_post(body)
+        read = session.polling_post(body)
     except EngineIOError as exc:
         return _failed(session, exc, cors)
+    if not read:  # over the session's rate limits (rate_limit_messages, rate_limit_bytes)
+        return engine_error(EngineErrorCode.BAD_REQUEST, 429, cors)
     return HttpResponse(200, b"ok", _OK_TYPE, dict(cors))

@@ -46,6 +46,7 @@ from smartsocket.protocol.socketio import (
 from smartsocket.protocol.socketio.session import WEBSOCKET, State
 from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE
 from smartsocket.recovery.marks import ResumePoint, pid_of
+from smartsocket.server.socketio.budget import Charge, SessionBudget
 from smartsocket.server.socketio.link import NamespaceLink
 from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
 from smartsocket.transport import HandshakeRequest, HttpResponse
@@ -91,13 +92,16 @@ class ClientSession:
     """A Socket.IO client: its sessions' state, its socket, and its WebSocket."""
 
     __slots__ = (
+        "_budget",
         "_claim",
+        "_count",
         "_deadline",
         "_forget",
         "_namespaces",
         "_open_socket",
         "_poll",
         "_probe",
+        "_refusals",
         "_remote",
         "_timer",
         "_translator",
@@ -115,12 +119,19 @@ class ClientSession:
         self, engine: EngineSession, sio: SocketIOConnection, request: HandshakeRequest, *,
         open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
         counters: Counters, namespaces: Callable[[str], Namespace | None],
-        claim: Callable[[str, Any], bool], offsets: bool = False,
+        claim: Callable[[str, Any], bool], offsets: bool = False, max_refusals: int = 10,
+        count: Callable[[str, Any, bool], None] = lambda sid, remote, counted: None,
+        budget: SessionBudget | None = None,
     ) -> None:
+        # Rate limits of what no socket's own limits charge (budget.py); None: none.
+        self._budget = budget
         # Events carry their position's offset, CONNECT answers a pid (connection-state
         # recovery; Socket.IO v5 only): recovery/marks.py.
         self.offsets = offsets
         self._claim = claim  # counts the session against its address's limit (False: over)
+        # Counts it (True) or not: a session without a socket is a connection of its own;
+        # with one, its sockets are (the endpoint's tallies, beside admission's).
+        self._count = count
         self._namespaces = namespaces  # the application's own namespaces, by name
         self.counters = counters
         self.engine = engine
@@ -137,6 +148,9 @@ class ClientSession:
         self._ws_close: tuple[int, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
+        # CONNECT_ERRORs left before the session ends (socketio_max_connect_refusals): each
+        # CONNECT is a try of the client's credentials, and one POST carries 1,000 of them.
+        self._refusals = max_refusals
 
     @property
     def sid(self) -> str:
@@ -159,12 +173,16 @@ class ClientSession:
 
     def websocket_message(self, payload: bytes | memoryview, binary: bool) -> None:
         if binary:
-            self.perform(self.engine.receive(bytes(payload)))
+            if self._charged(len(payload)):  # attachments: the socket charges their packet
+                self.perform(self.engine.receive(bytes(payload)))
             return
         text = str(payload, "utf-8")
         message = self.engine.message_text(text)  # the common frame: no actions to perform
         if message is None:
-            self.perform(self.engine.receive(text))
+            if self._charged(len(payload)):  # not a message: no socket charges it
+                self.perform(self.engine.receive(text))
+            return
+        if not self.links and not self._charged(len(payload)):  # before any socket
             return
         self._deliver(message)
         if self._timer is None:
@@ -198,19 +216,46 @@ class ClientSession:
             self._poll = None
             self.perform(self.engine.get_aborted())
 
-    def polling_post(self, body: bytes) -> None:
-        """A POST body (raises EngineIOError: perform its ``actions``, answer its status)."""
+    def polling_post(self, body: bytes) -> bool:
+        """A POST body (raises EngineIOError: perform its ``actions``, answer its status).
+        False: over the session's rates, not read (answer 429)."""
+        if not self._charged(len(body)):
+            return False
         self.perform(self.engine.post(body))
+        return True
+
+    def _charged(self, size: int) -> bool:
+        """Charges one message the sockets' limits do not see (False: drop it; refused too
+        often, the session ends: its sockets see 4008)."""
+        budget = self._budget
+        if budget is None:
+            return True
+        charge = budget.charge(size)
+        if charge is Charge.OK:
+            return True
+        if charge is Charge.ABUSE and self.engine.state is State.OPEN:
+            logger.info("session %s: rate limit abuse, closed", self.sid,
+                        extra={"event": "limit", "limit": "rate"})
+            self._drop_all(CloseCode.RATE_LIMITED, "rate limit abuse")
+            self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
+        return False
 
     def probe_opened(self, conn: ServerConnection) -> None:
+        """A WebSocket to upgrade to. Raises EngineIOError (close ``conn``) when the session
+        cannot take it now: the probe it has stays the one (taking the new one first would
+        orphan the old, open for good outside every timeout)."""
+        actions = self.engine.probe_opened()
         self._probe = conn
-        self.perform(self.engine.probe_opened())
+        self.perform(actions)
         self._schedule()  # the upgrade timeout may come before the armed deadline
 
     def probe_message(self, conn: ServerConnection, payload: bytes | memoryview,
                       binary: bool) -> None:
         if conn is self._ws:  # upgraded: it is the transport now
             self.websocket_message(payload, binary)
+            return
+        if conn is not self._probe:  # a failed probe's last words: it is closing
+            conn.close(CloseCode.POLICY_VIOLATION, "cannot upgrade this session")
             return
         data: str | bytes = bytes(payload) if binary else bytes(payload).decode()
         self.perform(self.engine.receive_probe(data))
@@ -249,7 +294,12 @@ class ClientSession:
                 if probe is not None:
                     probe.close(CloseCode.NORMAL)
             elif type(action) is Closed:
-                self._closed(action.reason)
+                if action.reason is CloseReason.SLOW_CONSUMER:
+                    # Found while sending, maybe amid a room's fan-out: the socket leaves its
+                    # rooms once that is over (a native socket is dropped at its flush too).
+                    asyncio.get_running_loop().call_soon(self._closed, action.reason)
+                else:
+                    self._closed(action.reason)
         if self._timer is None:
             self._schedule()
 
@@ -331,6 +381,7 @@ class ClientSession:
                 link = self.links.pop(event.namespace, None)
                 if link is not None:
                     link.drop(CloseCode.NORMAL, "client namespace disconnect")
+                    self._recount()
 
     def _socket_in(self, namespace: str) -> SocketIOSocket | None:
         link = self.links.get(namespace)
@@ -340,6 +391,10 @@ class ClientSession:
         self, namespace: str, auth: dict[str, Any], pid: str | None = None,
         offset: str | None = None,
     ) -> None:
+        if self._refusals <= 0 or (self.links and not self._charged(0)):
+            # Refused too often: the session is closing, later CONNECTs are not read. A
+            # CONNECT next to a socket is charged here (one before any is charged already).
+            return
         scope = None
         if namespace != DEFAULT_NAMESPACE:
             scope = self._namespaces(namespace)
@@ -348,6 +403,16 @@ class ClientSession:
                 return
         if namespace in self.links:
             return  # v4 clients may CONNECT to "/" they were put in: nothing to do
+        self._count(self.sid, self._remote, False)  # the socket takes the session's place
+        try:
+            self._open(namespace, scope, auth, pid, offset)
+        finally:
+            self._recount()
+
+    def _open(
+        self, namespace: str, scope: Namespace | None, auth: dict[str, Any], pid: str | None,
+        offset: str | None,
+    ) -> None:
         result = self._open_socket(self.request)
         if isinstance(result, HttpResponse):
             self._refuse(namespace, _refusal(result.status, result.body))
@@ -360,9 +425,20 @@ class ClientSession:
         if result.connected and not result.authenticated and link.socket is result:
             result.authenticate(auth)
 
+    def _recount(self) -> None:
+        """A session left without a socket counts as a connection again (until it ends)."""
+        if not self.links and self.engine.state is not State.CLOSED:
+            self._count(self.sid, self._remote, True)
+
     def _refuse(self, namespace: str, message: str) -> None:
         self.counters.connect_errors += 1
         self.write(self.sio.refuse(namespace, message))
+        self._refusals -= 1
+        if self._refusals == 0:
+            logger.info("session %s: too many CONNECTs refused (the last: %s), closed",
+                        self.sid, message,
+                        extra={"event": "limit", "limit": "socketio_max_connect_refusals"})
+            self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
 
     def admitted(self, link: NamespaceLink) -> None:
         """A socket passed admission (its ``$welcome``): answer its CONNECT."""
@@ -432,6 +508,7 @@ class ClientSession:
         if not link.admitted_socket:
             self._refuse(link.namespace, reason or "unauthorized")
             link.drop(code, reason)
+            self._recount()
             return
         final = code in NO_RECONNECT_CODES or code == CloseCode.RATE_LIMITED
         if final:
@@ -442,6 +519,7 @@ class ClientSession:
         if not final or not self.links:
             self.perform(self.engine.close(CloseReason.FORCED_CLOSE))
             self._schedule()  # polling: the close packet's deadline
+        self._recount()
 
     def abort(self) -> None:
         """Ends the session now (its sockets see 1001)."""

@@ -12,6 +12,7 @@ that frame into Socket.IO frames once per broadcast, however many Socket.IO memb
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -30,6 +31,8 @@ from smartsocket.server.socket import LOCAL_EVENTS, Socket
 if TYPE_CHECKING:
     from smartsocket.server.socketio.namespace import Namespace
 from smartsocket.transport import build_frame
+
+logger = logging.getLogger("smartsocket.socketio")
 
 _json_decode = msgspec.json.Decoder().decode
 _msgpack_decode = msgspec.msgpack.Decoder().decode
@@ -121,7 +124,9 @@ class FrameTranslator:
         payload, binary = frame_payload(frame)
         try:
             packet, mark = translate_marked(payload, binary, namespace, offsets)
-        except (msgspec.DecodeError, IndexError, TypeError):
+        except (msgspec.DecodeError, IndexError, TypeError, RecursionError):
+            # RecursionError: data the sender encoded just under the depth limit, decoded
+            # and encoded again here a few frames deeper; the other members still get it.
             packet, mark = None, None
         found = self._packets[key] = (
             (packet, mark) if isinstance(packet, EncodedPacket) else (None, None)
@@ -284,7 +289,12 @@ class SocketIOSocket(Socket):
         link = self._link
         if link is None or not self.connected:
             return
-        packet, mark = translate_marked(payload, binary, self.namespace, link.offsets)
+        try:
+            packet, mark = translate_marked(payload, binary, self.namespace, link.offsets)
+        except RecursionError:  # encoded just under the depth limit, decoded deeper here
+            logger.info("socket %s: a message nested too deeply to translate was not sent",
+                        self.id)
+            return
         if packet == WELCOME:
             link.admitted()
         elif isinstance(packet, EncodedPacket):
