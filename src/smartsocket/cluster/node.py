@@ -180,6 +180,8 @@ class ClusterNode:
         self.adapter = adapter
         self.active = True
         self.epoch = 1
+        if isinstance(adapter, BrokerAdapter):
+            adapter.max_queue = config.cluster_queue
         if config.recovery_window:
             # The server picks its session store (recovery/) once this returns.
             if not isinstance(adapter, BrokerAdapter) or not adapter.supports_scripts:

@@ -250,11 +250,14 @@ def _limit_error(exc: LimitExceeded) -> ApiError:
     return ApiError(status, exc.code, exc.message)
 
 
-async def make_room(ctx: Context) -> None:
+async def make_room(ctx: Context, timeout: float | None = None) -> None:
     """Backpressure: while the broker link's queue is full, wait for it to drain (a batch of
-    publishes would otherwise be refused as ``overloaded`` part way)."""
+    publishes would otherwise be refused as ``overloaded`` part way), at most ``timeout``
+    seconds (default ``message_timeout``); still full then: the publish is refused."""
     if ctx.cluster.congested:
-        await ctx.cluster.wait_writable(ctx.server.config.message_timeout)
+        wait = ctx.server.config.message_timeout if timeout is None else timeout
+        if wait > 0:
+            await ctx.cluster.wait_writable(wait)
 
 
 async def run(ctx: Context, op: Op, names: Names | None = None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ Receive = Callable[[str, bytes], None]
 StateCallback = Callable[[bool], None]
 # What a node queues for the broker: (channel, message) or (channel, script that publishes there)
 Outbound = tuple[str, "bytes | ScriptCall"]
+CLOSE_WAIT = 1.0  # seconds close() waits for the link's task, then for the disconnect
 
 
 class Adapter(abc.ABC):
@@ -112,12 +113,12 @@ class BrokerAdapter(Adapter):
     or in flight when the link broke.
     """
 
-    max_queue: ClassVar[int] = 10_000
     batch: ClassVar[int] = 512
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_queue: int = 10_000) -> None:
         super().__init__()
         self.url = url
+        self.max_queue = max_queue  # outbound messages (config: cluster_queue)
         self.lost = 0
         self.reconnects = 0
         self.last_error: str | None = None
@@ -229,12 +230,28 @@ class BrokerAdapter(Adapter):
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._wakeup is not None:
+                self._wakeup.set()  # a writer that swallowed its cancellation looks again
+            # Bounded: a client library may swallow a cancellation (seen: the writer back on
+            # its wake-up event after a cancelled pipeline), and waiting for it would keep
+            # the link down, or a closing node alive, for good. Left behind, it is harmless:
+            # the next link has its own tasks, and the stale writer is told to end.
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_WAIT)
+            for task in stuck:
+                logger.warning("%s broker link: a task ignored its cancellation: %r",
+                               self.name, task)
+            for task in tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved (the failure was raised above)
 
     async def _write(self) -> None:
         assert self._wakeup is not None
         queue = self._queue
+        task = asyncio.current_task()
+        assert task is not None
         while True:
+            if task.cancelling():  # a cancellation swallowed below (redis-py): end anyway
+                raise asyncio.CancelledError
             if not queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -365,9 +382,13 @@ class BrokerAdapter(Adapter):
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await self._disconnect()
+            # Bounded: a client library's read that ignores the cancellation (a broker that
+            # stopped answering) must not keep a shutting-down node alive.
+            await asyncio.wait({self._task}, timeout=CLOSE_WAIT)
+            if self._task.done() and not self._task.cancelled():
+                self._task.exception()  # retrieved: nothing to report while closing
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(self._disconnect(), CLOSE_WAIT)
         self.connected = False
         for waiters in self._waiters.values():
             for future in waiters:
