@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 logger = logging.getLogger("smartsocket.server")
 
-# Past ``shutdown_timeout``: the close handshakes (2.5 s at most) and the broker link's flush
-# and disconnect (Lifecycle.close), with room to spare.
-EXIT_MARGIN = 4.0
+# Past ``shutdown_timeout``: the close handshakes (2.5 s at most), the broker link's flush,
+# task and disconnect (1 s each), the listener (1 s): Lifecycle.close, with room to spare.
+EXIT_MARGIN = 10.0
 
 
 class ExitWatchdog:
