@@ -14,6 +14,7 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -65,6 +66,14 @@ class Member:
 
     def _gap(self, data: Any) -> None:
         self.gaps += 1
+
+
+def has_all(m: Member, count: int) -> bool:
+    return len(m.got) >= count or m.gaps > 0
+
+
+def got_last(m: Member) -> bool:
+    return m.got[-1:] == [-1]
 
 
 @contextlib.asynccontextmanager
@@ -119,11 +128,12 @@ async def test_a_batch_flood_reaches_the_other_node_or_is_refused(
             assert accepted == list(range(len(accepted)))  # refused from the first on
             # Every accepted publish reaches both members, in order, or the member is told.
             for m in (here, there):
-                await wait_for(lambda m=m: len(m.got) >= len(accepted) or m.gaps, 30)
+                await wait_for(partial(has_all, m, len(accepted)), 30)
             # What was refused reaches nobody: a last publish, once through, closes the count.
             await batch(a.port, {"operations": [
                 {"op": "publish", "room": "r", "event": "n", "data": -1}
             ]})
             for m in (here, there):
-                await wait_for(lambda m=m: m.got[-1:] == [-1], 30)
+                await wait_for(partial(has_all, m, len(accepted) + 1), 30)
+                await wait_for(partial(got_last, m), 30)
                 assert m.gaps or m.got == [*accepted, -1], (len(m.got), len(accepted))
