@@ -46,6 +46,7 @@ import msgspec
 from smartsocket.cluster import messages as m
 from smartsocket.cluster.brokers import Adapter, BrokerAdapter, create_adapter
 from smartsocket.cluster.catchup import RoomSync
+from smartsocket.cluster.gaps import LinkGaps
 from smartsocket.cluster.liveness import Liveness, RemoteNode
 from smartsocket.cluster.operations import Operations, node_of
 from smartsocket.cluster.presence import Presence
@@ -129,6 +130,7 @@ class ClusterNode:
         # Each room's history size and TTL in Redis (the server sets it: its room policies).
         self.history: HistoryLimits | None = None
         self.sync: RoomSync | None = None  # room positions across outages (catchup.py)
+        self.gaps = LinkGaps(self)  # without it: $gap for what an outage lost (gaps.py)
         # Sessions of this node's sockets that resumed on another node: sid -> that node.
         self.moved: dict[str, str] = {}
         self._receivers = self._receivers_by_type()
@@ -231,7 +233,8 @@ class ClusterNode:
                 self.sync.link_lost()
             return
         since, self.degraded_since = self.degraded_since, None
-        if self._connected_once:
+        reconnected = self._connected_once
+        if reconnected:
             logger.warning(
                 "node %s reconnected to the cluster broker after %.1f s; %d messages could not "
                 "be published meanwhile (%d in all)", self.node_id,
@@ -244,6 +247,8 @@ class ClusterNode:
         self.presence_state.resync()
         if self.sync is not None:
             self.sync.link_up()
+        elif reconnected:
+            self.gaps.link_up()
 
     @property
     def degraded(self) -> bool:
@@ -310,9 +315,12 @@ class ClusterNode:
         """Publish a broadcast the server delivered here already (``room`` None: to every
         socket), compressed or not as the server decided (server/fanout.py)."""
         channel = self.all_channel if room is None else self.room_channel(room)
-        return self.publish(
+        if self.publish(
             channel, m.Broadcast(room, payload, binary, deflated, tried, list(exclude))
-        )
+        ):
+            return True
+        self.gaps.not_published(room)
+        return False
 
     @property
     def logs_rooms(self) -> bool:
@@ -584,6 +592,8 @@ class ClusterNode:
             # Rooms whose history is still to be read after a broker outage (catchup.py):
             # until it is 0, live messages of those rooms are held back.
             "catchingUp": self.sync.catching_up if self.sync is not None else 0,
+            # Without recovery: $gap notices sent to local rooms after broker outages.
+            "gaps": self.gaps.sent,
         }
         if aggregate:
             now = time.monotonic()

@@ -120,6 +120,7 @@ class BrokerAdapter(Adapter):
         self.url = url
         self.max_queue = max_queue  # outbound messages (config: cluster_queue)
         self.lost = 0
+        self.lost_channels: set[str] = set()  # of the lost messages, until the node reads them
         self.reconnects = 0
         self.last_error: str | None = None
         # (channel, message) to publish, or (channel, script call) that publishes on channel
@@ -201,6 +202,7 @@ class BrokerAdapter(Adapter):
             finally:
                 self._set_state(False)
                 self.lost += len(self._queue)
+                self.lost_channels.update(channel for channel, _ in self._queue)
                 self._queue.clear()
                 if self._writable is not None:
                     self._writable.set()  # waiters see the link down
@@ -262,6 +264,7 @@ class BrokerAdapter(Adapter):
                 await self._send(batch)
             except BaseException:
                 self.lost += len(batch)
+                self.lost_channels.update(channel for channel, _ in batch)
                 raise
             writable = self._writable
             if writable is not None and len(queue) <= self.max_queue // 2:
