@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("smartsocket.cluster")
 
 _SAFE = re.compile(r"[A-Za-z0-9_\-]+")
+_URGENT = (m.Heartbeat, m.Bye, m.Reply)  # what a full broker queue still takes
 
 
 def channel_token(name: str) -> str:
@@ -289,7 +290,12 @@ class ClusterNode:
         adapter = self.adapter
         if adapter is None:
             return False
-        if adapter.publish(channel, m.encode(self.node_id, body)):
+        data = m.encode(self.node_id, body)
+        if type(body) in _URGENT and isinstance(adapter, BrokerAdapter):
+            sent = adapter.publish_urgent(channel, data)  # liveness: past a full queue
+        else:
+            sent = adapter.publish(channel, data)
+        if sent:
             self.published += 1
             return True
         self._refused(adapter)

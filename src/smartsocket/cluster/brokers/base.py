@@ -37,6 +37,7 @@ StateCallback = Callable[[bool], None]
 # What a node queues for the broker: (channel, message) or (channel, script that publishes there)
 Outbound = tuple[str, "bytes | ScriptCall"]
 CLOSE_WAIT = 1.0  # seconds close() waits for the link's task, then for the disconnect
+URGENT_ROOM = 64  # control messages a full outbound queue still takes (publish_urgent)
 
 
 class Adapter(abc.ABC):
@@ -288,7 +289,16 @@ class BrokerAdapter(Adapter):
     def publish(self, channel: str, data: bytes | ScriptCall) -> bool:
         """Queue ``data`` for ``channel`` (a ``ScriptCall``: run it, in the same order; its
         keys must live where ``channel`` does, e.g. hash-tagged with it on a Redis Cluster)."""
-        if not self.connected or len(self._queue) >= self.max_queue:
+        return self._enqueue(channel, data, self.max_queue)
+
+    def publish_urgent(self, channel: str, data: bytes) -> bool:
+        """``publish`` for the node's own few control messages (heartbeats, goodbyes,
+        replies): they may go URGENT_ROOM past a full queue, so a burst of broadcasts does
+        not make the other nodes drop this one as silent."""
+        return self._enqueue(channel, data, self.max_queue + URGENT_ROOM)
+
+    def _enqueue(self, channel: str, data: bytes | ScriptCall, cap: int) -> bool:
+        if not self.connected or len(self._queue) >= cap:
             return False
         self._queue.append((channel, data))
         if len(self._queue) == 1 and self._wakeup is not None:
