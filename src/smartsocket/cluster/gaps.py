@@ -11,13 +11,12 @@ publishes a ``$gap`` notice to those rooms, for the other nodes' members.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import TYPE_CHECKING
 
 from smartsocket.cluster import messages as m
 from smartsocket.cluster.brokers import BrokerAdapter
 from smartsocket.cluster.catchup import gap_notice
+from smartsocket.cluster.channels import token_room
 
 if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
@@ -52,19 +51,10 @@ class LinkGaps:
             lost, adapter.lost_channels = adapter.lost_channels, set()
             marker = f"{node.prefix}.room."
             for channel in lost:
-                name = room_of(channel[len(marker):]) if channel.startswith(marker) else None
+                name = token_room(channel[len(marker):]) if channel.startswith(marker) else None
                 if name is not None:
                     rooms.add(name)
         for room in rooms:
             if not node.publish(node.room_channel(room), m.Broadcast(room, gap(room), False)):
                 self.unpublished.add(room)  # the link broke again: at the next link_up
 
-
-def room_of(token: str) -> str | None:
-    """The room a channel token names (``node.channel_token`` inverted); None if invalid."""
-    if not token.startswith("~"):
-        return token or None
-    try:
-        return base64.urlsafe_b64decode(token[1:] + "=" * (-len(token[1:]) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None

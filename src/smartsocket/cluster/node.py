@@ -33,9 +33,7 @@ their history (or sends ``$gap``); the sessions themselves are ``recovery/``'s.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +44,7 @@ import msgspec
 from smartsocket.cluster import messages as m
 from smartsocket.cluster.brokers import Adapter, BrokerAdapter, create_adapter
 from smartsocket.cluster.catchup import RoomSync
+from smartsocket.cluster.channels import all_channel, channel_token, inbox_channel, room_channel
 from smartsocket.cluster.gaps import LinkGaps
 from smartsocket.cluster.liveness import Liveness, RemoteNode
 from smartsocket.cluster.operations import Operations, node_of
@@ -55,6 +54,8 @@ from smartsocket.cluster.roomlog import RoomLogs, parse_logged
 from smartsocket.cluster.users import UserOperations
 from smartsocket.handlers import Handler
 
+__all__ = ["ClusterNode", "all_channel", "channel_token", "inbox_channel", "room_channel"]
+
 if TYPE_CHECKING:
     from smartsocket.cluster.ports import LocalServer, LocalSocket
     from smartsocket.config import Config
@@ -62,35 +63,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("smartsocket.cluster")
 
-_SAFE = re.compile(r"[A-Za-z0-9_\-]+")
 _URGENT = (m.Heartbeat, m.Bye, m.Reply)  # what a full broker queue still takes
-
-
-def channel_token(name: str) -> str:
-    """A room name as one channel token, safe in a NATS subject; injective ('~' marks the
-    encoded ones, and plain tokens never contain it)."""
-    if _SAFE.fullmatch(name):
-        return name
-    return "~" + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-
-
-# The channels of a cluster whose ``cluster_prefix`` is ``prefix`` (also for publishers that
-# are no node, e.g. an emitter: ``all_channel(prefix)`` for ``messages.SendToUser``).
-
-
-def all_channel(prefix: str) -> str:
-    """What every node hears."""
-    return f"{prefix}.all"
-
-
-def inbox_channel(prefix: str, node: str) -> str:
-    """Node ``node``'s inbox."""
-    return f"{prefix}.node.{node}"
-
-
-def room_channel(prefix: str, room: str) -> str:
-    """Room ``room``'s broadcasts and presence changes."""
-    return f"{prefix}.room.{channel_token(room)}"
 
 
 class ClusterNode:
