@@ -10,6 +10,7 @@ a result schema in ``api_schema._RESULTS``, and a row in docs/api.md.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -254,10 +255,16 @@ async def make_room(ctx: Context, timeout: float | None = None) -> None:
     """Backpressure: while the broker link's queue is full, wait for it to drain (a batch of
     publishes would otherwise be refused as ``overloaded`` part way), at most ``timeout``
     seconds (default ``message_timeout``); still full then: the publish is refused."""
-    if ctx.cluster.congested:
-        wait = ctx.server.config.message_timeout if timeout is None else timeout
-        if wait > 0:
-            await ctx.cluster.wait_writable(wait)
+    cluster = ctx.cluster
+    if not cluster.congested:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (ctx.server.config.message_timeout if timeout is None else timeout)
+    # Again after each wake-up: concurrent requests woken with this one may fill it first.
+    while cluster.congested:
+        left = deadline - loop.time()
+        if left <= 0 or not await cluster.wait_writable(left):
+            return
 
 
 async def run(ctx: Context, op: Op, names: Names | None = None) -> dict[str, Any]:
