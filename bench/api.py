@@ -14,8 +14,13 @@ for the set-up and the idle latency).
   publishes/s answered 200.
 - Batched: the same with ``batch`` requests of ``--batch`` publishes each.
 - Under load (both runs): every 100th publish carries its send time; its delivery latency is
-  measured at the first member. Deliveries are counted at the end (every member gets every
-  publish: a lost one would show).
+  measured at the first member. Publishes are counted as accepted (200, or a batch result
+  without error) or refused (by error code, e.g. ``overloaded``); deliveries at the end
+  (every member gets every accepted publish: a lost one would show, and so would ``$gap``).
+- ``--recovery SECONDS``: the nodes' ``recovery_window``; ``--cluster-queue N``: their
+  broker queue (cross it with a small one); ``--batch-only``: skip the single publishes. In
+  two-node mode each node's broker figures follow, and how long each took to exit after
+  SIGTERM.
 
 With ``--nodes 2``: two ``smartsocket serve`` nodes joined by Redis (``--cluster-url``, a
 ``--cluster-prefix`` of their own), the members split evenly over them (each joined through
