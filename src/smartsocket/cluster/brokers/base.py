@@ -135,6 +135,7 @@ class BrokerAdapter(Adapter):
         self._control_ready: asyncio.Event | None = None
         self._closed = False
         self._backoff = Backoff()
+        self._link = 0  # bumped when a link ends: its writer must stop
 
     # what an implementation provides
 
@@ -222,7 +223,7 @@ class BrokerAdapter(Adapter):
     async def _run(self) -> None:
         tasks = [
             asyncio.ensure_future(self._serve()),
-            asyncio.ensure_future(self._write()),
+            asyncio.ensure_future(self._write(self._link)),
             asyncio.ensure_future(self._control_loop()),
         ]
         try:
@@ -231,6 +232,7 @@ class BrokerAdapter(Adapter):
                 task.result()  # raises the failure
             raise ConnectionError("link closed")
         finally:
+            self._link += 1  # this link's writer is stale from now on, cancelled or not
             for task in tasks:
                 task.cancel()
             if self._wakeup is not None:
@@ -247,13 +249,15 @@ class BrokerAdapter(Adapter):
                 if task.done() and not task.cancelled():
                     task.exception()  # retrieved (the failure was raised above)
 
-    async def _write(self) -> None:
+    async def _write(self, link: int) -> None:
         assert self._wakeup is not None
         queue = self._queue
         task = asyncio.current_task()
         assert task is not None
         while True:
-            if task.cancelling():  # a cancellation swallowed below (redis-py): end anyway
+            # A cancellation swallowed in _send (the client library): end anyway, and never
+            # write for a later link beside its own writer (order).
+            if task.cancelling() or link != self._link:
                 raise asyncio.CancelledError
             if not queue:
                 self._wakeup.clear()
