@@ -14,8 +14,13 @@ for the set-up and the idle latency).
   publishes/s answered 200.
 - Batched: the same with ``batch`` requests of ``--batch`` publishes each.
 - Under load (both runs): every 100th publish carries its send time; its delivery latency is
-  measured at the first member. Deliveries are counted at the end (every member gets every
-  publish: a lost one would show).
+  measured at the first member. Publishes are counted as accepted (200, or a batch result
+  without error) or refused (by error code, e.g. ``overloaded``); deliveries at the end
+  (every member gets every accepted publish: a lost one would show, and so would ``$gap``).
+- ``--recovery SECONDS``: the nodes' ``recovery_window``; ``--cluster-queue N``: their
+  broker queue (cross it with a small one); ``--batch-only``: skip the single publishes. In
+  two-node mode each node's broker figures follow, and how long each took to exit after
+  SIGTERM.
 
 With ``--nodes 2``: two ``smartsocket serve`` nodes joined by Redis (``--cluster-url``, a
 ``--cluster-prefix`` of their own), the members split evenly over them (each joined through
@@ -34,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -109,22 +115,25 @@ def server_process(extra: list[str] | None = None, pin: bool = True) -> Any:
         yield line.rsplit(" ", 1)[1].strip().replace("ws://", "").rstrip("/")
     finally:
         proc.terminate()
+        start = time.perf_counter()
         try:
-            proc.wait(10)
+            proc.wait(20)
+            print(f"  node {proc.pid} exited {time.perf_counter() - start:.1f} s after SIGTERM")
         except subprocess.TimeoutExpired:  # seen after a cross-node batch flood: say so
-            print(f"  a node did not stop within 10 s of SIGTERM: killed (pid {proc.pid})")
+            print(f"  a node did not stop within 20 s of SIGTERM: killed (pid {proc.pid})")
             proc.kill()
             proc.wait(10)
 
 
 @contextlib.contextmanager
-def cluster(nodes: int, redis: str) -> Any:
+def cluster(nodes: int, redis: str, options: list[str]) -> Any:
     """``nodes`` host:port addresses: one node alone, or nodes joined by Redis."""
     if nodes == 1:
-        with server_process() as host:
+        with server_process(options) as host:
             yield [host]
         return
-    extra = ["--cluster-url", redis, "--cluster-prefix", f"benchapi{uuid.uuid4().hex[:8]}"]
+    extra = ["--cluster-url", redis, "--cluster-prefix", f"benchapi{uuid.uuid4().hex[:8]}",
+             *options]
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(server_process(extra, pin=False)) for _ in range(nodes)]
 
@@ -211,12 +220,13 @@ class RawHttp(asyncio.Protocol):
             return
         status = bytes(self.buffer[9:12])
         self.closed = b"connection: close" in head
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
         del self.buffer[: end + 4 + length]
-        assert status == b"200", status
         if self.done is not None:
-            self.done.set_result(status)
+            self.done.set_result(status + b" " + body)
 
-    async def post(self, host: str, op: str, body: bytes) -> None:
+    async def post(self, host: str, op: str, body: bytes) -> bytes:
+        """The answer: status, a space, the body."""
         assert self.transport is not None
         self.done = asyncio.get_running_loop().create_future()
         self.transport.write(
@@ -224,18 +234,43 @@ class RawHttp(asyncio.Protocol):
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
             % (op.encode(), host.encode(), SECRET.encode(), len(body), body)
         )
-        await self.done
+        return await self.done
 
 
-async def load(host: str, seconds: float, connections: int, batch: int) -> int:
-    """Publishes answered 200 in ``seconds`` (``batch``: publishes per request, 0: single)."""
-    sent = 0
+class Outcome:
+    """Publishes accepted (answered OK) and refused (by error code) under load."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.refused: dict[str, int] = {}
+
+    def count(self, answer: bytes, publishes: int) -> None:
+        status, _, body = answer.partition(b" ")
+        if status != b"200":
+            code = json.loads(body)["error"]["code"]
+            self.refused[code] = self.refused.get(code, 0) + publishes
+            return
+        results = json.loads(body).get("results")
+        if results is None:
+            self.accepted += 1
+            return
+        for item in results:
+            if "result" in item:
+                self.accepted += 1
+            else:
+                code = item["error"]["code"]
+                self.refused[code] = self.refused.get(code, 0) + 1
+
+
+async def load(host: str, seconds: float, connections: int, batch: int) -> Outcome:
+    """Publishes sent in ``seconds`` (``batch``: publishes per request, 0: single), and how
+    many were accepted."""
+    outcome = Outcome()
     until = time.perf_counter() + seconds
     loop = asyncio.get_running_loop()
     address, port = host.rsplit(":", 1)
 
     async def worker() -> None:
-        nonlocal sent
         _, client = await loop.create_connection(RawHttp, address, int(port))
         n = 0
         while time.perf_counter() < until:
@@ -245,20 +280,21 @@ async def load(host: str, seconds: float, connections: int, batch: int) -> int:
                 ops = [{"op": "publish", "room": ROOM, "event": "t", "data": n + i}
                        for i in range(batch)]
                 ops[0]["data"] = {"at": time.perf_counter()}
-                await client.post(host, "batch", json.dumps({"operations": ops}).encode())
+                answer = await client.post(
+                    host, "batch", json.dumps({"operations": ops}).encode()
+                )
+                outcome.count(answer, batch)
                 n += batch
-                sent += batch
             else:
                 data: Any = {"at": time.perf_counter()} if n % 100 == 0 else n
                 body = {"room": ROOM, "event": "t", "data": data}
-                await client.post(host, "publish", json.dumps(body).encode())
+                outcome.count(await client.post(host, "publish", json.dumps(body).encode()), 1)
                 n += 1
-                sent += 1
         assert client.transport is not None
         client.transport.close()
 
     await asyncio.gather(*(worker() for _ in range(connections)))
-    return sent
+    return outcome
 
 
 async def drained(group: list[Member], expected: int) -> None:
@@ -272,10 +308,36 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def node_options(args: argparse.Namespace) -> list[str]:
+    options = []
+    if args.recovery:
+        options += ["--recovery-window", str(args.recovery), "--history-size",
+                    str(args.history_size)]
+    if args.cluster_queue:
+        options += ["--cluster-queue", str(args.cluster_queue)]
+    return options
+
+
+async def cluster_figures(http: aiohttp.ClientSession, hosts: list[str]) -> str:
+    """What each node counted: publishes refused or lost on the broker link, reconnects,
+    and with recovery the $gap notices it sent."""
+    parts = []
+    for host in hosts:
+        stats = (await post(http, f"http://{host}", "stats", {}))["result"]
+        c = stats.get("cluster", {})
+        r = stats.get("recovery") or {}
+        parts.append(
+            f"{host}: published {c.get('published')}, publishFailed {c.get('publishFailed')}, "
+            f"publishOverflowed {c.get('publishOverflowed')}, reconnects {c.get('reconnects')}, "
+            f"gaps {r.get('gaps', '-')}"
+        )
+    return "; ".join(parts)
+
+
 async def main(args: argparse.Namespace) -> None:
     if pinning_available() and args.nodes == 1:
         os.sched_setaffinity(0, {LOADGEN_CORE})
-    with cluster(args.nodes, args.redis) as hosts:
+    with cluster(args.nodes, args.redis, node_options(args)) as hosts:
         host, base = hosts[0], f"http://{hosts[0]}"
         connector = aiohttp.TCPConnector(limit=args.connections)
         async with aiohttp.ClientSession(connector=connector) as http, \
@@ -286,23 +348,28 @@ async def main(args: argparse.Namespace) -> None:
             print(f"idle latency ({args.samples} publishes, {where}): "
                   f"p50 {statistics.median(idle):.2f} ms, p99 {pct(idle, 0.99):.2f} ms")
             total = group[0].count
-            for label, batch in (("single", 0), (f"batch of {args.batch}", args.batch)):
+            modes = (("single", 0), (f"batch of {args.batch}", args.batch))
+            for label, batch in modes if not args.batch_only else modes[1:]:
                 for m in group:
                     m.latencies.clear()
                 start = time.perf_counter()
-                sent = await load(host, args.seconds, args.connections, batch)
+                outcome = await load(host, args.seconds, args.connections, batch)
                 elapsed = time.perf_counter() - start
-                total += sent
+                total += outcome.accepted
                 await drained(group, total)
                 lat = [value for m in firsts(group) for value in m.latencies]
                 delivered = min(m.count for m in group)
-                print(f"{label}: {sent / elapsed:,.0f} publishes/s over {elapsed:.1f} s "
-                      f"({args.connections} connections); delivery latency under load "
-                      f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms "
-                      f"({len(lat)} samples); every member got {delivered:,} of {total:,}")
-                if delivered < total:
+                refused = f", refused {outcome.refused}" if outcome.refused else ""
+                print(f"{label}: {outcome.accepted / elapsed:,.0f} publishes/s accepted over "
+                      f"{elapsed:.1f} s ({args.connections} connections{refused}); delivery "
+                      f"latency under load p50 {statistics.median(lat or [math.nan]):.1f} ms, "
+                      f"p99 {pct(lat, 0.99):.1f} ms ({len(lat)} samples); every member got "
+                      f"{delivered:,} of {total:,} accepted")
+                if delivered < total or any(m.other.get("$gap") for m in group):
                     print("  short: " + ", ".join(f"{m.host} got {m.count:,} {m.other}"
                                                 for m in group))
+            if args.nodes > 1:
+                print("  " + await cluster_figures(http, hosts))
 
 
 if __name__ == "__main__":
@@ -314,4 +381,10 @@ if __name__ == "__main__":
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--nodes", type=int, default=1, choices=(1, 2))
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
+    parser.add_argument("--recovery", type=float, default=0.0,
+                        help="the nodes' recovery_window (0: recovery off)")
+    parser.add_argument("--history-size", type=int, default=100)
+    parser.add_argument("--cluster-queue", type=int, default=0,
+                        help="the nodes' cluster_queue (0: the default)")
+    parser.add_argument("--batch-only", action="store_true", help="skip the single publishes")
     asyncio.run(main(parser.parse_args()))

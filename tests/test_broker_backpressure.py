@@ -17,6 +17,7 @@ import pytest
 from clusters import BROKERS, require_broker
 from smartsocket import Client, SmartSocket, Socket
 from smartsocket.cluster.brokers import BrokerAdapter
+from smartsocket.cluster.brokers.base import URGENT_ROOM
 from smartsocket.protocol.codes import ErrorCode
 from smartsocket.security import LimitExceeded
 from smartsocket.testing import Recorder, running, wait_for
@@ -111,3 +112,26 @@ async def test_wait_for_broker_is_immediate_when_there_is_room(timeout: float) -
         assert await alone.wait_for_broker(timeout)
     async with two_nodes() as (a, _):
         assert await a.wait_for_broker(timeout)
+
+
+async def test_heartbeats_still_go_out_while_the_queue_is_full() -> None:
+    """A burst of broadcasts must not make the other nodes drop this one as silent: control
+    messages take a little room past the full queue (URGENT_ROOM), broadcasts do not."""
+    async with two_nodes() as (a, _):
+        node = a._cluster
+        while True:  # one synchronous burst: the link's writer cannot run meanwhile
+            try:
+                a.room("r").broadcast("n", 0)
+            except LimitExceeded:
+                break
+        assert node.congested
+        overflowed = node.overflowed
+        assert node.publish(node.all_channel, node.liveness.heartbeat())
+        assert node.overflowed == overflowed
+        with pytest.raises(LimitExceeded):
+            a.room("r").broadcast("n", 1)
+        # the urgent room is bounded too: past it, even a heartbeat is refused (and counted)
+        for _ in range(URGENT_ROOM):
+            node.publish(node.all_channel, node.liveness.heartbeat())
+        assert not node.publish(node.all_channel, node.liveness.heartbeat())
+        assert node.overflowed > overflowed

@@ -127,6 +127,9 @@ class Config:
     cluster_heartbeat: float = _opt(1.0, "seconds between node heartbeats", min=0.01)
     node_timeout: float = _opt(5.0, "seconds without a heartbeat before a node is dropped from "
                                "counts and presence", min=0.05)
+    cluster_queue: int = _opt(10_000, "messages a node queues for the broker; while it is "
+                              "full broadcasts are refused (overloaded) and HTTP API batches "
+                              "wait", min=1)
     presence_rooms: str | None = _opt(None, "rooms or patterns (game:*) whose members get "
                                       "$presence updates, comma-separated or a list")
     # transactional outbox (src/smartsocket/outbox, docs/outbox.md)

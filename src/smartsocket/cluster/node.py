@@ -33,9 +33,7 @@ their history (or sends ``$gap``); the sessions themselves are ``recovery/``'s.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +44,8 @@ import msgspec
 from smartsocket.cluster import messages as m
 from smartsocket.cluster.brokers import Adapter, BrokerAdapter, create_adapter
 from smartsocket.cluster.catchup import RoomSync
+from smartsocket.cluster.channels import all_channel, channel_token, inbox_channel, room_channel
+from smartsocket.cluster.gaps import LinkGaps
 from smartsocket.cluster.liveness import Liveness, RemoteNode
 from smartsocket.cluster.operations import Operations, node_of
 from smartsocket.cluster.presence import Presence
@@ -54,6 +54,8 @@ from smartsocket.cluster.roomlog import RoomLogs, parse_logged
 from smartsocket.cluster.users import UserOperations
 from smartsocket.handlers import Handler
 
+__all__ = ["ClusterNode", "all_channel", "channel_token", "inbox_channel", "room_channel"]
+
 if TYPE_CHECKING:
     from smartsocket.cluster.ports import LocalServer, LocalSocket
     from smartsocket.config import Config
@@ -61,34 +63,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("smartsocket.cluster")
 
-_SAFE = re.compile(r"[A-Za-z0-9_\-]+")
-
-
-def channel_token(name: str) -> str:
-    """A room name as one channel token, safe in a NATS subject; injective ('~' marks the
-    encoded ones, and plain tokens never contain it)."""
-    if _SAFE.fullmatch(name):
-        return name
-    return "~" + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-
-
-# The channels of a cluster whose ``cluster_prefix`` is ``prefix`` (also for publishers that
-# are no node, e.g. an emitter: ``all_channel(prefix)`` for ``messages.SendToUser``).
-
-
-def all_channel(prefix: str) -> str:
-    """What every node hears."""
-    return f"{prefix}.all"
-
-
-def inbox_channel(prefix: str, node: str) -> str:
-    """Node ``node``'s inbox."""
-    return f"{prefix}.node.{node}"
-
-
-def room_channel(prefix: str, room: str) -> str:
-    """Room ``room``'s broadcasts and presence changes."""
-    return f"{prefix}.room.{channel_token(room)}"
+_URGENT = (m.Heartbeat, m.Bye, m.Reply)  # what a full broker queue still takes
 
 
 class ClusterNode:
@@ -129,6 +104,7 @@ class ClusterNode:
         # Each room's history size and TTL in Redis (the server sets it: its room policies).
         self.history: HistoryLimits | None = None
         self.sync: RoomSync | None = None  # room positions across outages (catchup.py)
+        self.gaps = LinkGaps(self)  # without it: $gap for what an outage lost (gaps.py)
         # Sessions of this node's sockets that resumed on another node: sid -> that node.
         self.moved: dict[str, str] = {}
         self._receivers = self._receivers_by_type()
@@ -180,6 +156,8 @@ class ClusterNode:
         self.adapter = adapter
         self.active = True
         self.epoch = 1
+        if isinstance(adapter, BrokerAdapter):
+            adapter.max_queue = config.cluster_queue
         if config.recovery_window:
             # The server picks its session store (recovery/) once this returns.
             if not isinstance(adapter, BrokerAdapter) or not adapter.supports_scripts:
@@ -229,7 +207,8 @@ class ClusterNode:
                 self.sync.link_lost()
             return
         since, self.degraded_since = self.degraded_since, None
-        if self._connected_once:
+        reconnected = self._connected_once
+        if reconnected:
             logger.warning(
                 "node %s reconnected to the cluster broker after %.1f s; %d messages could not "
                 "be published meanwhile (%d in all)", self.node_id,
@@ -242,6 +221,8 @@ class ClusterNode:
         self.presence_state.resync()
         if self.sync is not None:
             self.sync.link_up()
+        elif reconnected:
+            self.gaps.link_up()
 
     @property
     def degraded(self) -> bool:
@@ -282,7 +263,12 @@ class ClusterNode:
         adapter = self.adapter
         if adapter is None:
             return False
-        if adapter.publish(channel, m.encode(self.node_id, body)):
+        data = m.encode(self.node_id, body)
+        if type(body) in _URGENT and isinstance(adapter, BrokerAdapter):
+            sent = adapter.publish_urgent(channel, data)  # liveness: past a full queue
+        else:
+            sent = adapter.publish(channel, data)
+        if sent:
             self.published += 1
             return True
         self._refused(adapter)
@@ -308,9 +294,12 @@ class ClusterNode:
         """Publish a broadcast the server delivered here already (``room`` None: to every
         socket), compressed or not as the server decided (server/fanout.py)."""
         channel = self.all_channel if room is None else self.room_channel(room)
-        return self.publish(
+        if self.publish(
             channel, m.Broadcast(room, payload, binary, deflated, tried, list(exclude))
-        )
+        ):
+            return True
+        self.gaps.not_published(room)
+        return False
 
     @property
     def logs_rooms(self) -> bool:
@@ -583,6 +572,8 @@ class ClusterNode:
             # Rooms whose history is still to be read after a broker outage (catchup.py):
             # until it is 0, live messages of those rooms are held back.
             "catchingUp": self.sync.catching_up if self.sync is not None else 0,
+            # Without recovery: $gap notices sent to local rooms after broker outages.
+            "gaps": self.gaps.sent,
         }
         if aggregate:
             now = time.monotonic()

@@ -115,17 +115,21 @@ class HttpApi:
 
     async def _batch(self, batch: Batch) -> list[dict[str, Any]]:
         """Each operation in order, each with its own result or error (one failing does not
-        stop the others)."""
+        stop the others). The waits for a congested broker link add up to at most
+        ``message_timeout`` per batch: past it, what cannot go out is refused
+        (``overloaded``), so one client's batch cannot hold a request for hours."""
         results: list[dict[str, Any]] = []
         run_now, run_later, ctx = api_ops.run_now, api_ops.run_later, self._ctx
         names = api_ops.Names(ctx.server.config.max_name_length)
         cluster = ctx.cluster
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ctx.server.config.message_timeout
         for index, op in enumerate(batch.operations):
             if index and not index % BATCH_SLICE:
                 await asyncio.sleep(0)  # the other connections' turn
             try:
-                if cluster.congested:
-                    await api_ops.make_room(ctx)  # backpressure, not loss
+                if cluster.congested:  # backpressure, not loss
+                    await api_ops.make_room(ctx, max(0.0, deadline - loop.time()))
                 result = run_now(ctx, op, names)  # publishes: no coroutine per operation
                 if result is None:
                     result = await run_later(ctx, op)

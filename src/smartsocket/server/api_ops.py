@@ -10,6 +10,7 @@ a result schema in ``api_schema._RESULTS``, and a row in docs/api.md.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,11 +251,20 @@ def _limit_error(exc: LimitExceeded) -> ApiError:
     return ApiError(status, exc.code, exc.message)
 
 
-async def make_room(ctx: Context) -> None:
+async def make_room(ctx: Context, timeout: float | None = None) -> None:
     """Backpressure: while the broker link's queue is full, wait for it to drain (a batch of
-    publishes would otherwise be refused as ``overloaded`` part way)."""
-    if ctx.cluster.congested:
-        await ctx.cluster.wait_writable(ctx.server.config.message_timeout)
+    publishes would otherwise be refused as ``overloaded`` part way), at most ``timeout``
+    seconds (default ``message_timeout``); still full then: the publish is refused."""
+    cluster = ctx.cluster
+    if not cluster.congested:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (ctx.server.config.message_timeout if timeout is None else timeout)
+    # Again after each wake-up: concurrent requests woken with this one may fill it first.
+    while cluster.congested:
+        left = deadline - loop.time()
+        if left <= 0 or not await cluster.wait_writable(left):
+            return
 
 
 async def run(ctx: Context, op: Op, names: Names | None = None) -> dict[str, Any]:

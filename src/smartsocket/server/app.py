@@ -34,6 +34,7 @@ from smartsocket.server.rooms import Room, RoomsView
 from smartsocket.server.socket import Socket
 from smartsocket.server.socketio import Namespace, SocketIOEndpoint
 from smartsocket.server.users import check_user
+from smartsocket.server.watchdog import EXIT_MARGIN, ExitWatchdog
 from smartsocket.transport import (
     Accept,
     HandshakeRequest,
@@ -514,11 +515,20 @@ class SmartSocket:
     def listen(self, callback: Callable[[], Any] | None = None) -> None:
         """Run the server until SIGINT or SIGTERM, then close gracefully (blocking)."""
 
+        watchdog = ExitWatchdog(self.config.shutdown_timeout + EXIT_MARGIN)
+        closing: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references only
+
+        def stop() -> None:
+            loop = asyncio.get_running_loop()
+            watchdog.arm(loop)  # the process exits even if something never ends
+            if not closing:
+                closing.add(loop.create_task(self.close()))
+
         async def main() -> None:
             loop = asyncio.get_running_loop()
             await self.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, lambda: loop.create_task(self.close()))
+                loop.add_signal_handler(sig, stop)
             # The server owns this process: what exists now (modules, the app) lives as long
             # as it does, so the cyclic GC need not traverse it again. Without this, each full
             # collection walked ~100k start-up objects: 30-40 ms loop stalls under a
@@ -528,4 +538,7 @@ class SmartSocket:
                 callback()
             await self._life.wait_closed()
 
-        run(main())
+        try:
+            run(main())  # its end cancels and awaits every task left: watched too
+        finally:
+            watchdog.disarm()

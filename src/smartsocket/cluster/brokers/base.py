@@ -36,6 +36,8 @@ Receive = Callable[[str, bytes], None]
 StateCallback = Callable[[bool], None]
 # What a node queues for the broker: (channel, message) or (channel, script that publishes there)
 Outbound = tuple[str, "bytes | ScriptCall"]
+CLOSE_WAIT = 1.0  # seconds close() waits for the link's task, then for the disconnect
+URGENT_ROOM = 64  # control messages a full outbound queue still takes (publish_urgent)
 
 
 class Adapter(abc.ABC):
@@ -112,13 +114,14 @@ class BrokerAdapter(Adapter):
     or in flight when the link broke.
     """
 
-    max_queue: ClassVar[int] = 10_000
     batch: ClassVar[int] = 512
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_queue: int = 10_000) -> None:
         super().__init__()
         self.url = url
+        self.max_queue = max_queue  # outbound messages (config: cluster_queue)
         self.lost = 0
+        self.lost_channels: set[str] = set()  # of the lost messages, until the node reads them
         self.reconnects = 0
         self.last_error: str | None = None
         # (channel, message) to publish, or (channel, script call) that publishes on channel
@@ -132,6 +135,7 @@ class BrokerAdapter(Adapter):
         self._control_ready: asyncio.Event | None = None
         self._closed = False
         self._backoff = Backoff()
+        self._link = 0  # bumped when a link ends: its writer must stop
 
     # what an implementation provides
 
@@ -200,6 +204,7 @@ class BrokerAdapter(Adapter):
             finally:
                 self._set_state(False)
                 self.lost += len(self._queue)
+                self.lost_channels.update(channel for channel, _ in self._queue)
                 self._queue.clear()
                 if self._writable is not None:
                     self._writable.set()  # waiters see the link down
@@ -218,7 +223,7 @@ class BrokerAdapter(Adapter):
     async def _run(self) -> None:
         tasks = [
             asyncio.ensure_future(self._serve()),
-            asyncio.ensure_future(self._write()),
+            asyncio.ensure_future(self._write(self._link)),
             asyncio.ensure_future(self._control_loop()),
         ]
         try:
@@ -227,14 +232,33 @@ class BrokerAdapter(Adapter):
                 task.result()  # raises the failure
             raise ConnectionError("link closed")
         finally:
+            self._link += 1  # this link's writer is stale from now on, cancelled or not
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._wakeup is not None:
+                self._wakeup.set()  # a writer that swallowed its cancellation looks again
+            # Bounded: a client library may swallow a cancellation (seen: the writer back on
+            # its wake-up event after a cancelled pipeline), and waiting for it would keep
+            # the link down, or a closing node alive, for good. Left behind, it is harmless:
+            # the next link has its own tasks, and the stale writer is told to end.
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_WAIT)
+            for task in stuck:
+                logger.warning("%s broker link: a task ignored its cancellation: %r",
+                               self.name, task)
+            for task in tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved (the failure was raised above)
 
-    async def _write(self) -> None:
+    async def _write(self, link: int) -> None:
         assert self._wakeup is not None
         queue = self._queue
+        task = asyncio.current_task()
+        assert task is not None
         while True:
+            # A cancellation swallowed in _send (the client library): end anyway, and never
+            # write for a later link beside its own writer (order).
+            if task.cancelling() or link != self._link:
+                raise asyncio.CancelledError
             if not queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -245,6 +269,7 @@ class BrokerAdapter(Adapter):
                 await self._send(batch)
             except BaseException:
                 self.lost += len(batch)
+                self.lost_channels.update(channel for channel, _ in batch)
                 raise
             writable = self._writable
             if writable is not None and len(queue) <= self.max_queue // 2:
@@ -268,7 +293,16 @@ class BrokerAdapter(Adapter):
     def publish(self, channel: str, data: bytes | ScriptCall) -> bool:
         """Queue ``data`` for ``channel`` (a ``ScriptCall``: run it, in the same order; its
         keys must live where ``channel`` does, e.g. hash-tagged with it on a Redis Cluster)."""
-        if not self.connected or len(self._queue) >= self.max_queue:
+        return self._enqueue(channel, data, self.max_queue)
+
+    def publish_urgent(self, channel: str, data: bytes) -> bool:
+        """``publish`` for the node's own few control messages (heartbeats, goodbyes,
+        replies): they may go URGENT_ROOM past a full queue, so a burst of broadcasts does
+        not make the other nodes drop this one as silent."""
+        return self._enqueue(channel, data, self.max_queue + URGENT_ROOM)
+
+    def _enqueue(self, channel: str, data: bytes | ScriptCall, cap: int) -> bool:
+        if not self.connected or len(self._queue) >= cap:
             return False
         self._queue.append((channel, data))
         if len(self._queue) == 1 and self._wakeup is not None:
@@ -365,9 +399,13 @@ class BrokerAdapter(Adapter):
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await self._disconnect()
+            # Bounded: a client library's read that ignores the cancellation (a broker that
+            # stopped answering) must not keep a shutting-down node alive.
+            await asyncio.wait({self._task}, timeout=CLOSE_WAIT)
+            if self._task.done() and not self._task.cancelled():
+                self._task.exception()  # retrieved: nothing to report while closing
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(self._disconnect(), CLOSE_WAIT)
         self.connected = False
         for waiters in self._waiters.values():
             for future in waiters:
