@@ -80,3 +80,55 @@ async def test_own_messages_past_the_limit_are_not_matched_but_told() -> None:
         await wait_for(lambda: not sync.unlogged_rooms and not sync.overflowed)
         app.room("r").broadcast("said", "after")
         await wait_for(lambda: got[-1:] == ["after"])
+
+
+@pytest.mark.asyncio
+async def test_own_messages_forgotten_past_the_limit_and_never_logged_are_told() -> None:
+    """More own messages in flight than ``limit``: the oldest are forgotten. When the link
+    breaks before Redis ran any of them, the members got the ones still remembered (delivered
+    at the break) but never the forgotten ones: they get ``$gap`` at the catch-up."""
+    app = server()
+    async with running(app), connected(app) as c:
+        sync = app._cluster.sync
+        assert sync is not None
+        got: list[Any] = []
+        c.on("said", lambda n: got.append(n))
+        c.on("$gap", lambda info: got.append(("gap", info["room"])))
+        await c.call("join", "r")
+        sync.limit = 2
+        app.room("r").broadcast("said", 0)
+        await wait_for(lambda: got == [0])  # a position in the room's history
+        for n in range(1, 4):  # never published: Redis runs none of them
+            sync.sent("r", encode_event("said", n), False, [])
+        assert sync.forgotten == {"r"}
+        sync.link_lost()
+        await wait_for(lambda: got == [0, 2, 3])  # the remembered two, at the break
+        sync.link_up()
+        await wait_for(lambda: ("gap", "r") in got)
+        assert got == [0, 2, 3, ("gap", "r")]
+        await wait_for(lambda: not sync.forgotten and not sync.unlogged_rooms)
+
+
+@pytest.mark.asyncio
+async def test_a_forgotten_own_message_that_came_back_settles_the_room() -> None:
+    """An own message coming back settles the ones sent before it, forgotten ones included:
+    a later link break has nothing to tell."""
+    app = server()
+    async with running(app), connected(app) as c:
+        sync = app._cluster.sync
+        assert sync is not None
+        got: list[Any] = []
+        c.on("said", lambda n: got.append(n))
+        c.on("$gap", lambda info: got.append(("gap", info["room"])))
+        await c.call("join", "r")
+        sync.limit = 2
+        for n in range(3):  # the first one remembered is forgotten past the limit
+            app.room("r").broadcast("said", n)
+        await wait_for(lambda: got == [0, 1, 2])  # all came back through Redis
+        assert not sync.forgotten and not sync.pending.get("r")
+        sync.link_lost()
+        sync.link_up()
+        await wait_for(lambda: sync.catching_up == 0)
+        app.room("r").broadcast("said", 3)
+        await wait_for(lambda: got[-1:] == [3])
+        assert got == [0, 1, 2, 3]

@@ -95,6 +95,8 @@ class RoomSync:
         self.unlogged_rooms: set[str] = set()  # rooms with messages Redis never logged
         # Rooms whose uncertain messages went over ``limit``: $gap at catch-up.
         self.overflowed: set[str] = set()
+        # Rooms whose in-flight queue forgot own messages not back yet (over ``limit``).
+        self.forgotten: set[str] = set()
         # Rooms being caught up: logged messages held back meanwhile.
         self.holding: dict[str, list[tuple[str, int, m.Broadcast]]] = {}
         # Rooms (re)subscribed for a first local member, until the broker confirms it.
@@ -113,6 +115,11 @@ class RoomSync:
         queue = self.pending.get(room)
         if queue is None:
             queue = self.pending[room] = deque(maxlen=self.limit)
+        elif len(queue) == queue.maxlen:
+            # The oldest is forgotten. Redis runs one link's calls in order: if the link
+            # breaks, either it ran the forgotten one (the catch-up finds it in the history)
+            # or none of the later ones either, and then our members never had it: $gap.
+            self.forgotten.add(room)
         queue.append((payload, binary, excluded))
 
     def unlogged(self, room: str) -> None:
@@ -124,8 +131,8 @@ class RoomSync:
     def logged(self, room: str, epoch: str, offset: int, body: m.Broadcast, own: bool) -> None:
         if own:
             queue = self.pending.get(room)
-            if queue:
-                _back(queue, body.payload)
+            if queue and _back(queue, body.payload):
+                self.forgotten.discard(room)  # the forgotten ones were before it: settled
         held = self.holding.get(room)
         if held is not None:
             if len(held) < self.limit:
@@ -182,6 +189,7 @@ class RoomSync:
         self.pending.pop(room, None)
         self.subscribing.pop(room, None)
         self.overflowed.discard(room)
+        self.forgotten.discard(room)
 
     # the link
 
@@ -266,12 +274,15 @@ class RoomSync:
                     node.local.deliver(room, payload, entry.binary, entry.excluded)
                     self.logs.caught_up += 1
             self.positions[room] = (log.epoch, log.last)
-            if not log.current:
+            if not log.current or (room in self.forgotten and uncertain):
+                # A tail may be lost; or Redis never ran our last ones (still uncertain),
+                # so not the forgotten ones before them either, which our members never got.
                 self.gap(room)
                 self.positions.pop(room, None)
         else:
             self.gap(room)
             self.positions.pop(room, None)
+        self.forgotten.discard(room)
         if room in self.uncertain and not uncertain:
             del self.uncertain[room]  # all of them were logged: others had them
         for epoch, offset, body in held:
@@ -298,18 +309,19 @@ class RoomSync:
         return True
 
 
-def _back(queue: deque[tuple[bytes, bool, list[str]]], payload: bytes) -> None:
+def _back(queue: deque[tuple[bytes, bool, list[str]]], payload: bytes) -> bool:
     """Own message ``payload`` came back: it and the ones sent before it are settled (those
     never came back when the room's subscription was not confirmed yet, as for any message
-    then)."""
+    then). False if it was not in ``queue`` (forgotten)."""
     if queue[0][0] == payload:  # the usual case: in order
         queue.popleft()
-        return
+        return True
     for index, entry in enumerate(queue):
         if entry[0] == payload:
             for _ in range(index + 1):
                 queue.popleft()
-            return
+            return True
+    return False
 
 
 def _follows(log: RoomLog, last: tuple[str, int]) -> bool:
