@@ -41,7 +41,9 @@ Bounds
     adapter's outbound queue, ``max_queue``). Past it, the room's members get ``$gap``
     instead of a longer wait: the held-back messages are dropped (live delivery resumes
     with the next message), or the own messages are no longer matched (the room's epoch is
-    broken, as for messages Redis never logged).
+    broken, as for messages Redis never logged). Own messages in flight are remembered up to
+    ``limit`` too; if older ones were forgotten and Redis ran none of the remembered ones
+    when the link broke, the forgotten ones never reached our members: ``$gap``.
 
 Everything here is per broadcast, never per delivery.
 """
