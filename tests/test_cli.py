@@ -395,3 +395,62 @@ async def test_publish_mistakes_are_one_line() -> None:
     code, _, err = await run_publish(f"http://127.0.0.1:{port}", "r", "e", "1",
                                      "--api-secret", API_SECRET)
     assert_one_error_line(code, err, 1, "cannot reach")
+
+
+# smartsocket stats and publish: what a newcomer gets wrong -----------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "localhost:abc", "redis://127.0.0.1:6379"])
+@pytest.mark.parametrize("command", [["stats"], ["publish"]])
+def test_a_url_that_is_no_server_url_is_a_usage_error(url: str, command: list[str]) -> None:
+    args = [*command, url] + (["r", "e", "1", "--api-secret", API_SECRET]
+                              if command == ["publish"] else [])
+    assert_one_line(run_cli(args), 2, repr(url), "is not a server URL", "http://localhost:8080")
+
+
+def test_stats_of_a_server_that_is_down_says_so_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = run_cli(["stats", f"http://127.0.0.1:{port}"])
+    assert_one_line(result, 1, f"cannot reach http://127.0.0.1:{port}/smartsocket/stats",
+                    "Connection refused", "is a SmartSocket server running")
+    assert "Errno" not in result.stderr and "urlopen" not in result.stderr
+
+
+async def test_stats_behind_a_stats_token_names_the_flag() -> None:
+    from smartsocket.testing import running
+
+    async with running(stats_token="cli-stats-token") as server:
+        for extra, words in (([], "give --token"), (["--token", "wrong"], "refused --token")):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "smartsocket", "stats", server.url, *extra,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+            assert proc.returncode is not None
+            assert_one_error_line(proc.returncode, err.decode(), 1, "HTTP 401", words)
+
+
+def test_bad_option_values_name_where_they_came_from(tmp_path: Path) -> None:
+    env_run = subprocess.run(
+        [sys.executable, "-m", "smartsocket", "serve"], capture_output=True, text=True,
+        timeout=20, env={**os.environ, "SMARTSOCKET_MAX_CONNECTIONS": "-5"},
+    )
+    assert_one_line(env_run, 2, "max_connections (SMARTSOCKET_MAX_CONNECTIONS)", ">= 1")
+    assert_one_line(run_cli(["serve", "--max-connections", "0"]), 2,
+                    "max_connections (--max-connections)")
+    assert_one_line(run_cli(["serve", "--cluster-url", "redis://127.0.0.1:abc"]), 2,
+                    "cluster_url (--cluster-url)", "not a valid URL")
+    assert_one_line(run_cli(["serve", "--config", str(tmp_path / "none.toml")]), 2,
+                    f"config file {tmp_path / 'none.toml'}: cannot read")
+
+
+def test_a_certificate_without_encryption_is_refused(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("PEM\n")
+    result = run_cli(["serve", "--port", "0", "--ssl-certfile", str(cert),
+                      "--ssl-keyfile", str(cert)])
+    assert_one_line(result, 2, "ssl_certfile", "enable_encryption is off", "--encryption")

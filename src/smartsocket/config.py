@@ -179,6 +179,12 @@ class Config:
                 raise ConfigError(f.name, f"must be <= {high}, got {value!r}")
         if self.enable_encryption and not (self.ssl_certfile and self.ssl_keyfile):
             raise ConfigError("enable_encryption", "needs ssl_certfile and ssl_keyfile")
+        if not self.enable_encryption and (self.ssl_certfile or self.ssl_keyfile):
+            # a certificate but plain ws://: refuse rather than serve clear text unnoticed
+            name = "ssl_certfile" if self.ssl_certfile else "ssl_keyfile"
+            raise ConfigError(name, "set, but enable_encryption is off: turn it on to serve "
+                              "wss:// (--encryption, SMARTSOCKET_ENABLE_ENCRYPTION=true), or "
+                              f"unset {name}")
         if 0 < self.room_rate_limit_burst < 1:  # a bucket that never holds one broadcast
             raise ConfigError("room_rate_limit_burst", "must be 0 (twice the rate) or >= 1")
         if self.max_write_buffer < self.write_buffer_high:
@@ -199,6 +205,10 @@ class Config:
             "postgresql", "postgres"
         ):
             raise ConfigError("outbox_url", "must start with postgresql://")
+        for name in ("cluster_url", "outbox_url"):
+            problem = _url_problem(getattr(self, name))
+            if problem:  # the broker or database link would retry it forever
+                raise ConfigError(name, problem)
         if not self.cluster_prefix or not all(
             part.replace("-", "").replace("_", "").isalnum()
             for part in self.cluster_prefix.split(".")
@@ -251,6 +261,20 @@ def _join(name: str, items: Any) -> str:
     # A set has no order: sort it so equal configs compare (and print) alike.
     ordered = sorted(items) if isinstance(items, set | frozenset) else list(items)
     return ",".join(ordered)
+
+
+def _url_problem(url: str | None) -> str | None:
+    """Why ``url`` (a broker's or a database's) cannot be connected to, whatever the network
+    does; None if it may be."""
+    if url is None or url.partition("://")[0].lower() in ("memory", "unix"):
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        urlsplit(url).port  # noqa: B018 (a port that is no number raises here)
+    except ValueError as exc:
+        return f"not a valid URL ({exc}), e.g. {url.partition('://')[0]}://127.0.0.1:PORT"
+    return None
 
 
 def env_names(name: str) -> list[str]:
