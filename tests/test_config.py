@@ -103,6 +103,7 @@ def test_list_options_refuse_what_they_cannot_hold(value: object, message: str) 
         ({"cluster_url": "redis://127.0.0.1:abc"}, "cluster_url", "not a valid URL"),
         ({"cluster_url": "redis://[::1"}, "cluster_url", "Invalid IPv6 URL"),
         ({"cluster_url": "nats://127.0.0.1:70000"}, "cluster_url", "Port out of range"),
+        ({"cluster_url": "redis://h1:7000,h2:x?cluster=1"}, "cluster_url", "not a valid URL"),
         ({"outbox_url": "postgresql://app@db:port/app"}, "outbox_url", "not a valid URL"),
         ({"ssl_certfile": "cert.pem"}, "ssl_certfile", "enable_encryption is off"),
         ({"ssl_keyfile": "key.pem"}, "ssl_keyfile", "--encryption"),
@@ -120,6 +121,7 @@ def test_options_that_could_never_work_stop_the_start(
 
 def test_well_formed_urls_pass_whatever_the_network_does() -> None:
     for url in ("redis://127.0.0.1:6379?cluster=1", "rediss://u:p@h:1/0", "memory://x",
+                "redis://u:p@h1:7000,[::1]:7001,h3?cluster=1",
                 "nats://[::1]:4222", "unix:///run/redis.sock"):
         assert Config(cluster_url=url).cluster_url == url
     assert Config(outbox_url="postgresql://app@db/app").outbox_url

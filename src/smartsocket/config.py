@@ -270,10 +270,13 @@ def _url_problem(url: str | None) -> str | None:
         return None
     from urllib.parse import urlsplit
 
+    scheme = url.partition("://")[0]
     try:
-        urlsplit(url).port  # noqa: B018 (a port that is no number raises here)
+        hosts = urlsplit(url).netloc.rpartition("@")[2]
+        for host in hosts.split(","):  # a Redis Cluster's seed nodes: h1:7000,h2:7000
+            urlsplit(f"{scheme}://{host}").port  # noqa: B018 (a port that is no number raises)
     except ValueError as exc:
-        return f"not a valid URL ({exc}), e.g. {url.partition('://')[0]}://127.0.0.1:PORT"
+        return f"not a valid URL ({exc}), e.g. {scheme}://127.0.0.1:PORT"
     return None
 
 
