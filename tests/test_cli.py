@@ -454,3 +454,17 @@ def test_a_certificate_without_encryption_is_refused(tmp_path: Path) -> None:
     result = run_cli(["serve", "--port", "0", "--ssl-certfile", str(cert),
                       "--ssl-keyfile", str(cert)])
     assert_one_line(result, 2, "ssl_certfile", "enable_encryption is off", "--encryption")
+
+
+def test_an_app_that_listens_when_imported_is_told_to_guard_it(tmp_path: Path) -> None:
+    """README's first server ends in listen(): imported by --app unguarded, it would block the
+    import and serve with its own options, ignoring every flag. One line says what to do."""
+    (tmp_path / "server.py").write_text(
+        "from smartsocket import SmartSocket\nserver = SmartSocket(0)\nserver.listen()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "smartsocket", "serve", "--app", "server:server", "--port", "0"],
+        capture_output=True, text=True, timeout=20, cwd=tmp_path,
+    )
+    assert_one_line(result, 2, "--app server:server", "calls listen() when imported",
+                    'if __name__ == "__main__":')

@@ -24,6 +24,7 @@ from smartsocket.config_file import load as load_config_file
 from smartsocket.errors import ConfigError, MissingDependency
 from smartsocket.logs import JsonFormatter, SkipReadyRecord, error_line, ready_line
 from smartsocket.server import SmartSocket
+from smartsocket.server.app import ListenAtImport, importing_app
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -308,8 +309,11 @@ def load_app(spec: str, config: Config) -> SmartSocket:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UsageError(f"--app must look like module:attr (e.g. myapp:server), got {spec!r}")
+    importing = importing_app.set(spec)
     try:
         module = importlib.import_module(module_name)
+    except ListenAtImport as exc:
+        raise UsageError(str(exc)) from None
     except ModuleNotFoundError as exc:
         if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
             raise  # the module exists but imports something missing: its own bug, traceback
@@ -317,6 +321,8 @@ def load_app(spec: str, config: Config) -> SmartSocket:
             f"--app {spec}: no module named {module_name!r} in {os.getcwd()} or on "
             "PYTHONPATH (run smartsocket from the directory that holds it)"
         ) from None
+    finally:
+        importing_app.reset(importing)
     try:
         target = getattr(module, attr)
     except AttributeError:
