@@ -304,7 +304,7 @@ def test_workers_on_a_taken_port_say_so_in_one_line() -> None:
         taken.bind(("127.0.0.1", 0))  # bound without SO_REUSEPORT: the supervisor cannot share it
         port = str(taken.getsockname()[1])
         result = run_cli(["serve", "--host", "127.0.0.1", "--port", port, "--workers", "2",
-                          "--cluster-url", "memory://x"])
+                          "--cluster-url", "redis://127.0.0.1:6379"])
     assert_one_line(result, 1, f"cannot bind 127.0.0.1:{port}")
 
 
@@ -468,3 +468,15 @@ def test_an_app_that_listens_when_imported_is_told_to_guard_it(tmp_path: Path) -
     )
     assert_one_line(result, 2, "--app server:server", "calls listen() when imported",
                     'if __name__ == "__main__":')
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--workers", "0"], ["--workers must be 1 or more, got 0"]),
+    (["--workers", "2", "--cluster-url", "memory://x"], ["memory://", "redis://"]),
+    (["--log-file", "/nonexistent/dir/x.log"], ["--log-file /nonexistent/dir/x.log",
+                                                "No such file or directory"]),
+    (["--jwt-jwks", "/nonexistent/jwks.json"], ["jwt_jwks (--jwt-jwks)",
+                                                "No such file or directory"]),
+])
+def test_serve_option_mistakes_are_one_line(args: list[str], words: list[str]) -> None:
+    assert_one_line(run_cli(["serve", "--port", "0", *args]), 2, *words)

@@ -453,7 +453,13 @@ def _stop(args: argparse.Namespace, message: str, code: int) -> int:
 
 
 def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    log_file = _log_file(args.log_file) if args.log_file else None
+    if args.workers < 1:
+        raise UsageError(f"--workers must be 1 or more, got {args.workers}")
+    try:
+        log_file = _log_file(args.log_file) if args.log_file else None
+    except OSError as exc:
+        raise UsageError(f"--log-file {args.log_file}: cannot open it: "
+                         f"{exc.strerror or exc} (give a writable file path)") from None
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[log_file] if log_file is not None else None,

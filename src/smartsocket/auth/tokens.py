@@ -228,8 +228,9 @@ class TokenVerifier:
         jwks = None
         if jwt_jwks is not None:
             jwks = JwksKeys(jwt_jwks, monotonic=monotonic)
-            if not jwks.url and not jwks.load_file():
-                raise ValueError(f"{jwt_jwks}: no usable key (see the log)")
+            problem = None if jwks.url else jwks.read_file(log=False)
+            if problem is not None:
+                raise ValueError(problem)
         audience = None
         if jwt_audience is not None:
             audience = [a.strip() for a in jwt_audience.split(",") if a.strip()]
