@@ -480,3 +480,14 @@ def test_an_app_that_listens_when_imported_is_told_to_guard_it(tmp_path: Path) -
 ])
 def test_serve_option_mistakes_are_one_line(args: list[str], words: list[str]) -> None:
     assert_one_line(run_cli(["serve", "--port", "0", *args]), 2, *words)
+
+
+async def test_a_misspelled_env_var_is_named_with_the_right_one() -> None:
+    env = {"SMARTSOCKET_MAX_CONECTIONS": "5", "SMARTSOCKET_SERVICE_HOST": "10.0.0.1"}
+    async with serve(env=env) as (proc, _):
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    warnings = [line for line in err.decode().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings  # Kubernetes' service variables are no typo
+    assert "SMARTSOCKET_MAX_CONECTIONS" in warnings[0]
+    assert "did you mean SMARTSOCKET_MAX_CONNECTIONS?" in warnings[0]

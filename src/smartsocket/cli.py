@@ -303,6 +303,26 @@ def config_from_args(
     return Config(**layered(file, os.environ if environ is None else environ, overrides))
 
 
+# SMARTSOCKET_* variables the CLI reads that are not options.
+_OTHER_ENV = ("SMARTSOCKET_CONFIG", "SMARTSOCKET_WORKER_ID")
+
+
+def _warn_misspelled_env(environ: Mapping[str, str]) -> None:
+    """A warning for SMARTSOCKET_PORTT and the like: an unknown variable close to a known one
+    (others, such as those Kubernetes derives from a service's name, are no concern of ours)."""
+    import difflib
+
+    known = [*(var for f in option_fields() for var in env_names(f.name)), *_OTHER_ENV]
+    for var in sorted(environ):
+        if var.startswith("SMARTSOCKET_") and var not in known:
+            close = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
+            if close:
+                logging.getLogger("smartsocket.cli").warning(
+                    "ignoring the environment variable %s: no such option (did you mean %s?)",
+                    var, close[0],
+                )
+
+
 def load_app(spec: str, config: Config) -> SmartSocket:
     """``module:attr``: a SmartSocket (given the CLI's config) or a factory taking a Config.
     Raises UsageError with what is wrong when ``spec`` does not name one."""
@@ -473,6 +493,7 @@ def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connection at INFO
     file = config_file_from_args(args)
     config = config_from_args(args, file=file)
+    _warn_misspelled_env(os.environ)
     if args.workers > 1:
         from smartsocket.supervisor import SupervisorError, run_workers
 
