@@ -125,3 +125,10 @@ def test_well_formed_urls_pass_whatever_the_network_does() -> None:
                 "nats://[::1]:4222", "unix:///run/redis.sock"):
         assert Config(cluster_url=url).cluster_url == url
     assert Config(outbox_url="postgresql://app@db/app").outbox_url
+
+
+def test_kubernetes_service_link_in_smartsocket_port_is_explained() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"SMARTSOCKET_PORT": "tcp://10.96.0.12:8080"})
+    assert info.value.option == "SMARTSOCKET_PORT"
+    assert "enableServiceLinks: false" in str(info.value)

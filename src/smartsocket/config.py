@@ -317,7 +317,12 @@ def parse_value(name: str, raw: str, *, source: str | None = None) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise ConfigError(label, f"expected {kind.__name__}, got {raw!r}") from None
+        hint = ""
+        if raw.startswith("tcp://") and label.startswith("SMARTSOCKET_"):
+            # Kubernetes' service links: a Service named "smartsocket" sets SMARTSOCKET_PORT
+            hint = (" (Kubernetes sets it for a Service named smartsocket: set the pod's "
+                    "enableServiceLinks: false, or rename the Service)")
+        raise ConfigError(label, f"expected {kind.__name__}, got {raw!r}{hint}") from None
 
 
 def option_fields() -> tuple[dataclasses.Field[Any], ...]:
