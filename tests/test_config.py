@@ -132,3 +132,14 @@ def test_kubernetes_service_link_in_smartsocket_port_is_explained() -> None:
         Config.from_env({"SMARTSOCKET_PORT": "tcp://10.96.0.12:8080"})
     assert info.value.option == "SMARTSOCKET_PORT"
     assert "enableServiceLinks: false" in str(info.value)
+
+
+@pytest.mark.parametrize(("option", "meant"), [
+    ("cors_allowed_origins", "allowed_origins"),  # python-socketio's names
+    ("max_http_buffer_size", "max_message_size"),
+    ("max_conections", "max_connections"),
+    ("compression", "enable_compression"),  # the CLI flag's name
+])
+def test_an_unknown_keyword_names_the_option_meant(option: str, meant: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown option \\(did you mean '{meant}'\\?\\)"):
+        SmartSocket(8080, **{option: 1})

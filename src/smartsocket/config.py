@@ -342,7 +342,18 @@ _TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
 _FIELDS = {f.name: f for f in fields(Config)}
 
 
+# python-socketio's names for options that have another name here (docs/socketio.md).
+_SOCKETIO_NAMES = {"cors_allowed_origins": "allowed_origins",
+                   "max_http_buffer_size": "max_message_size"}
+
+
 def _check_names(values: Mapping[str, Any]) -> None:
+    import difflib
+
     for name in values:
         if name not in _FIELDS:
-            raise ConfigError(name, "unknown option")
+            enable = f"enable_{name}"  # compression=False: the CLI's --compression
+            close = _SOCKETIO_NAMES.get(name) or (enable if enable in _FIELDS else None) or next(
+                iter(difflib.get_close_matches(name, list(_FIELDS), n=1, cutoff=0.6)), None)
+            hint = f" (did you mean {close!r}?)" if close else ""
+            raise ConfigError(name, "unknown option" + hint)
