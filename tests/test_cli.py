@@ -304,7 +304,7 @@ def test_workers_on_a_taken_port_say_so_in_one_line() -> None:
         taken.bind(("127.0.0.1", 0))  # bound without SO_REUSEPORT: the supervisor cannot share it
         port = str(taken.getsockname()[1])
         result = run_cli(["serve", "--host", "127.0.0.1", "--port", port, "--workers", "2",
-                          "--cluster-url", "memory://x"])
+                          "--cluster-url", "redis://127.0.0.1:6379"])
     assert_one_line(result, 1, f"cannot bind 127.0.0.1:{port}")
 
 
@@ -395,3 +395,99 @@ async def test_publish_mistakes_are_one_line() -> None:
     code, _, err = await run_publish(f"http://127.0.0.1:{port}", "r", "e", "1",
                                      "--api-secret", API_SECRET)
     assert_one_error_line(code, err, 1, "cannot reach")
+
+
+# smartsocket stats and publish: what a newcomer gets wrong -----------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "localhost:abc", "redis://127.0.0.1:6379"])
+@pytest.mark.parametrize("command", [["stats"], ["publish"]])
+def test_a_url_that_is_no_server_url_is_a_usage_error(url: str, command: list[str]) -> None:
+    args = [*command, url] + (["r", "e", "1", "--api-secret", API_SECRET]
+                              if command == ["publish"] else [])
+    assert_one_line(run_cli(args), 2, repr(url), "is not a server URL", "http://localhost:8080")
+
+
+def test_stats_of_a_server_that_is_down_says_so_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = run_cli(["stats", f"http://127.0.0.1:{port}"])
+    assert_one_line(result, 1, f"cannot reach http://127.0.0.1:{port}/smartsocket/stats",
+                    "Connection refused", "is a SmartSocket server running")
+    assert "Errno" not in result.stderr and "urlopen" not in result.stderr
+
+
+async def test_stats_behind_a_stats_token_names_the_flag() -> None:
+    from smartsocket.testing import running
+
+    async with running(stats_token="cli-stats-token") as server:
+        for extra, words in (([], "give --token"), (["--token", "wrong"], "refused --token")):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "smartsocket", "stats", server.url, *extra,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+            assert proc.returncode is not None
+            assert_one_error_line(proc.returncode, err.decode(), 1, "HTTP 401", words)
+
+
+def test_bad_option_values_name_where_they_came_from(tmp_path: Path) -> None:
+    env_run = subprocess.run(
+        [sys.executable, "-m", "smartsocket", "serve"], capture_output=True, text=True,
+        timeout=20, env={**os.environ, "SMARTSOCKET_MAX_CONNECTIONS": "-5"},
+    )
+    assert_one_line(env_run, 2, "max_connections (SMARTSOCKET_MAX_CONNECTIONS)", ">= 1")
+    assert_one_line(run_cli(["serve", "--max-connections", "0"]), 2,
+                    "max_connections (--max-connections)")
+    assert_one_line(run_cli(["serve", "--cluster-url", "redis://127.0.0.1:abc"]), 2,
+                    "cluster_url (--cluster-url)", "not a valid URL")
+    assert_one_line(run_cli(["serve", "--config", str(tmp_path / "none.toml")]), 2,
+                    f"config file {tmp_path / 'none.toml'}: cannot read")
+
+
+def test_a_certificate_without_encryption_is_refused(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("PEM\n")
+    result = run_cli(["serve", "--port", "0", "--ssl-certfile", str(cert),
+                      "--ssl-keyfile", str(cert)])
+    assert_one_line(result, 2, "ssl_certfile", "enable_encryption is off", "--encryption")
+
+
+def test_an_app_that_listens_when_imported_is_told_to_guard_it(tmp_path: Path) -> None:
+    """README's first server ends in listen(): imported by --app unguarded, it would block the
+    import and serve with its own options, ignoring every flag. One line says what to do."""
+    (tmp_path / "server.py").write_text(
+        "from smartsocket import SmartSocket\nserver = SmartSocket(0)\nserver.listen()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "smartsocket", "serve", "--app", "server:server", "--port", "0"],
+        capture_output=True, text=True, timeout=20, cwd=tmp_path,
+    )
+    assert_one_line(result, 2, "--app server:server", "calls listen() when imported",
+                    'if __name__ == "__main__":')
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--workers", "0"], ["--workers must be 1 or more, got 0"]),
+    (["--workers", "2", "--cluster-url", "memory://x"], ["memory://", "redis://"]),
+    (["--log-file", "/nonexistent/dir/x.log"], ["--log-file /nonexistent/dir/x.log",
+                                                "No such file or directory"]),
+    (["--jwt-jwks", "/nonexistent/jwks.json"], ["jwt_jwks (--jwt-jwks)",
+                                                "No such file or directory"]),
+])
+def test_serve_option_mistakes_are_one_line(args: list[str], words: list[str]) -> None:
+    assert_one_line(run_cli(["serve", "--port", "0", *args]), 2, *words)
+
+
+async def test_a_misspelled_env_var_is_named_with_the_right_one() -> None:
+    env = {"SMARTSOCKET_MAX_CONECTIONS": "5", "SMARTSOCKET_SERVICE_HOST": "10.0.0.1"}
+    async with serve(env=env) as (proc, _):
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    warnings = [line for line in err.decode().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings  # Kubernetes' service variables are no typo
+    assert "SMARTSOCKET_MAX_CONECTIONS" in warnings[0]
+    assert "did you mean SMARTSOCKET_MAX_CONNECTIONS?" in warnings[0]

@@ -197,3 +197,22 @@ async def test_a_silent_redis_subscription_that_answers_its_ping_keeps_the_link(
     finally:
         await adapter.close()
         broker.kill()
+
+
+async def test_a_broker_that_stays_down_is_reported_once_not_every_retry(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One WARNING naming the cause, then the same failure at DEBUG only (NATS logged every
+    retry: its error callback overwrote the error the repeat check compares)."""
+    caplog.set_level(logging.DEBUG, "smartsocket.cluster")
+    broker.kill()
+    server = node(broker.url, "quiet")
+
+    def failures() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "cannot connect" in r.getMessage()]
+
+    async with running(server):
+        await wait_for(lambda: len(failures()) >= 4, timeout=20)  # backoff 50 ms doubling
+    warnings = [r for r in failures() if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in failures()]
+    assert "no servers available" not in warnings[0].getMessage()  # the cause: refused

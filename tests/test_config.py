@@ -95,3 +95,51 @@ def test_list_options_refuse_what_they_cannot_hold(value: object, message: str) 
     with pytest.raises(ConfigError, match=message) as info:
         Config(api_keys=value)  # type: ignore[arg-type]
     assert info.value.option == "api_keys"
+
+
+@pytest.mark.parametrize(
+    ("options", "option", "words"),
+    [
+        ({"cluster_url": "redis://127.0.0.1:abc"}, "cluster_url", "not a valid URL"),
+        ({"cluster_url": "redis://[::1"}, "cluster_url", "Invalid IPv6 URL"),
+        ({"cluster_url": "nats://127.0.0.1:70000"}, "cluster_url", "Port out of range"),
+        ({"cluster_url": "redis://h1:7000,h2:x?cluster=1"}, "cluster_url", "not a valid URL"),
+        ({"outbox_url": "postgresql://app@db:port/app"}, "outbox_url", "not a valid URL"),
+        ({"ssl_certfile": "cert.pem"}, "ssl_certfile", "enable_encryption is off"),
+        ({"ssl_keyfile": "key.pem"}, "ssl_keyfile", "--encryption"),
+    ],
+)
+def test_options_that_could_never_work_stop_the_start(
+    options: dict[str, str], option: str, words: str
+) -> None:
+    """A broker or database URL that cannot be parsed would be retried forever, and a
+    certificate without enable_encryption would serve clear text unnoticed: both refused."""
+    with pytest.raises(ConfigError) as info:
+        Config(**options)
+    assert info.value.option == option and words in str(info.value)
+
+
+def test_well_formed_urls_pass_whatever_the_network_does() -> None:
+    for url in ("redis://127.0.0.1:6379?cluster=1", "rediss://u:p@h:1/0", "memory://x",
+                "redis://u:p@h1:7000,[::1]:7001,h3?cluster=1",
+                "nats://[::1]:4222", "unix:///run/redis.sock"):
+        assert Config(cluster_url=url).cluster_url == url
+    assert Config(outbox_url="postgresql://app@db/app").outbox_url
+
+
+def test_kubernetes_service_link_in_smartsocket_port_is_explained() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"SMARTSOCKET_PORT": "tcp://10.96.0.12:8080"})
+    assert info.value.option == "SMARTSOCKET_PORT"
+    assert "enableServiceLinks: false" in str(info.value)
+
+
+@pytest.mark.parametrize(("option", "meant"), [
+    ("cors_allowed_origins", "allowed_origins"),  # python-socketio's names
+    ("max_http_buffer_size", "max_message_size"),
+    ("max_conections", "max_connections"),
+    ("compression", "enable_compression"),  # the CLI flag's name
+])
+def test_an_unknown_keyword_names_the_option_meant(option: str, meant: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown option \\(did you mean '{meant}'\\?\\)"):
+        SmartSocket(8080, **{option: 1})

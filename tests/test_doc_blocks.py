@@ -6,7 +6,9 @@ Each fenced block (python, html, js) is preceded by an HTML comment that says wh
   (``python NAME``, or ``CMD``) and kept running for the blocks after it; it must accept
   connections (a client connects to ``url`` when given) and exit 0 on SIGINT;
 - ``<!-- doc-test: client -->``: run against that server; it exits 0, and each ``print(...)``
-  line's comment is the line it prints (``...`` matches anything: a socket id);
+  line's comment is the line it prints (``...`` matches anything: a socket id); a server
+  marked ``clients=previous`` runs the clients of the server before it again, unchanged (a
+  side-by-side: python-socketio's server and ours, one client for both);
 - ``<!-- doc-test: script -->``: runs and exits 0;
 - ``<!-- doc-test: pytest NAME (...) -->``: written as NAME; a file's pytest blocks run together
   (a ``myapp`` they import is the demo app);
@@ -231,6 +233,7 @@ def test_python_blocks_run_as_written(doc: Path, tmp_path: Path) -> None:
 def run_in_order(python: list[Block], port: int, workdir: Path) -> None:
     """Run the blocks in order: each server until the next one, clients against it."""
     index = 0
+    clients: list[Block] = []  # those of the last server
     while index < len(python):
         block = python[index]
         index += 1
@@ -240,7 +243,12 @@ def run_in_order(python: list[Block], port: int, workdir: Path) -> None:
         elif block.role == "client":
             raise AssertionError(f"{block.where()}: a client block with no server before it")
         elif block.role == "server":
+            again = clients if block.option("clients") == "previous" else []
+            assert again or not block.option("clients"), f"{block.where()}: no clients to rerun"
             with serving(block, port, workdir):
+                clients = list(again)
                 while index < len(python) and python[index].role == "client":
-                    run_client(python[index], port, workdir)
+                    clients.append(python[index])
                     index += 1
+                for client in clients:
+                    run_client(client, port, workdir)

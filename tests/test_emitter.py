@@ -263,6 +263,29 @@ async def test_close_sends_what_was_emitted_before_it(tmp_path: Path) -> None:
             assert got == list(range(3000))
 
 
+@pytest.mark.parametrize("broker", ["up", "down"])
+def test_a_script_that_never_closes_its_emitter_ends_quietly(broker: str) -> None:
+    """README's emitter snippet has no close(): the interpreter's exit closes the emitter
+    (its loop thread used to die mid-task: "Task was destroyed but it is pending!")."""
+    url = BROKERS["redis"] if broker == "up" else f"redis://127.0.0.1:{free_port()}"
+    script = (
+        "from smartsocket import Emitter, EmitterError\n"
+        f"emitter = Emitter({url!r}, prefix={prefix()!r}, timeout=1)\n"
+        "try:\n"
+        "    emitter.publish('orders:42', 'order.shipped', {'id': 42})\n"
+        "    print('sent')\n"
+        "except EmitterError:\n"
+        "    print('refused')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("sent\n" if broker == "up" else "refused\n")
+    assert "Task was destroyed" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    if broker == "up":
+        assert done.stderr == ""
+
+
 def _publish_in_child(emitter: Emitter, sid: str) -> None:
     emitter.send(sid, "news", "from the child")
     emitter.close()

@@ -360,3 +360,28 @@ async def test_stop_and_consumer_arguments(dsn: str) -> None:
         await consumer.start()
     await consumer.stop()
     assert not consumer.is_leader
+
+
+async def test_a_database_that_stays_down_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One WARNING for the outage (with its cause), then DEBUG: a warning every few seconds
+    for as long as the database is down was noise that hid everything else."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    caplog.set_level(logging.DEBUG, "smartsocket.outbox")
+
+    async def publish(room: str, event: str, data: Any) -> None:
+        raise AssertionError("no database: nothing to publish")
+
+    consumer = OutboxConsumer(f"postgresql://nobody@127.0.0.1:{port}/none", publish,
+                              reconnect_delay=(0.01, 0.05))
+    async with consumer:
+        await until(lambda: consumer.reconnects >= 4, what="reconnect attempts")
+    failures = [r for r in caplog.records if "database unavailable" in r.getMessage()]
+    warnings = [r for r in failures if r.levelno == logging.WARNING]
+    assert len(failures) >= 4 and len(warnings) == 1, [r.getMessage() for r in failures]
+    assert "ConnectionRefusedError" in warnings[0].getMessage()

@@ -499,8 +499,10 @@ async def test_jwks_file_broken_on_disk_keeps_the_old_keys(tmp_path: Path) -> No
 def test_jwks_file_unusable_at_start(tmp_path: Path) -> None:
     path = tmp_path / "jwks.json"
     path.write_text('{"keys": []}')
-    with pytest.raises(ValueError, match="no usable key"):
+    with pytest.raises(ValueError, match="no usable signing key"):
         TokenVerifier.from_options(jwt_jwks=str(path))
+    with pytest.raises(ValueError, match="No such file or directory"):  # the cause, not "see log"
+        TokenVerifier.from_options(jwt_jwks=str(tmp_path / "missing.json"))
 
 
 class JwksServer:

@@ -19,11 +19,12 @@ from typing import Any, NoReturn
 
 from smartsocket._version import __version__
 from smartsocket.config import Config, env_names, field_type, option_fields, parse_value
-from smartsocket.config_file import ConfigFile, layered
+from smartsocket.config_file import ConfigFile, ConfigFileError, layered
 from smartsocket.config_file import load as load_config_file
 from smartsocket.errors import ConfigError, MissingDependency
 from smartsocket.logs import JsonFormatter, SkipReadyRecord, error_line, ready_line
 from smartsocket.server import SmartSocket
+from smartsocket.server.app import ListenAtImport, importing_app
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -145,12 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def http_url(url: str, path: str) -> str:
-    """``path`` on the server at ``url`` (http, https, ws, wss or a bare host:port)."""
+    """``path`` on the server at ``url`` (http, https, ws, wss or a bare host:port). Raises
+    UsageError for what is no such URL."""
     from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    try:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        parts.port  # noqa: B018 (a port that is no number raises here)
+    except ValueError as exc:
+        raise UsageError(f"{url!r} is not a server URL ({exc}): e.g. http://localhost:8080"
+                         ) from None
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{url!r} is not a server URL: give http://, https://, ws:// or "
+                         "wss:// and a host, e.g. http://localhost:8080")
     return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _unreachable(url: str, exc: BaseException) -> Failure:
+    """``cannot reach URL: Connection refused (...)``: the OS's words, not urllib's repr."""
+    reason: Any = getattr(exc, "reason", exc)
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    return Failure(f"cannot reach {url}: {text} (is a SmartSocket server running at that "
+                   "address? check the host, the port and http/https)")
 
 
 def publish_command(args: argparse.Namespace) -> int:
@@ -180,9 +198,8 @@ def publish_command(args: argparse.Namespace) -> int:
             return 0
     except urllib.error.HTTPError as exc:
         raise Failure(f"publish refused by {url}: {_api_error(exc)}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise Failure(f"cannot reach {url}: {reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise _unreachable(url, exc) from None
 
 
 def _api_error(exc: Any) -> str:
@@ -211,9 +228,16 @@ def stats_command(args: argparse.Namespace) -> int:
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             stats = json.load(response)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"smartsocket: cannot read {url}: {exc}", file=sys.stderr)
-        return 1
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            what = "refused --token" if args.token else "needs its stats_token: give --token"
+            raise Failure(f"{url}: HTTP 401: the server {what}") from None
+        raise Failure(f"{url}: HTTP {exc.code} {exc.reason} (is it a SmartSocket server?)"
+                      ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _unreachable(url, exc) from None
+    except ValueError:
+        raise Failure(f"{url} did not answer JSON (is it a SmartSocket server?)") from None
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -279,14 +303,37 @@ def config_from_args(
     return Config(**layered(file, os.environ if environ is None else environ, overrides))
 
 
+# SMARTSOCKET_* variables the CLI reads that are not options.
+_OTHER_ENV = ("SMARTSOCKET_CONFIG", "SMARTSOCKET_WORKER_ID")
+
+
+def _warn_misspelled_env(environ: Mapping[str, str]) -> None:
+    """A warning for SMARTSOCKET_PORTT and the like: an unknown variable close to a known one
+    (others, such as those Kubernetes derives from a service's name, are no concern of ours)."""
+    import difflib
+
+    known = [*(var for f in option_fields() for var in env_names(f.name)), *_OTHER_ENV]
+    for var in sorted(environ):
+        if var.startswith("SMARTSOCKET_") and var not in known:
+            close = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
+            if close:
+                logging.getLogger("smartsocket.cli").warning(
+                    "ignoring the environment variable %s: no such option (did you mean %s?)",
+                    var, close[0],
+                )
+
+
 def load_app(spec: str, config: Config) -> SmartSocket:
     """``module:attr``: a SmartSocket (given the CLI's config) or a factory taking a Config.
     Raises UsageError with what is wrong when ``spec`` does not name one."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UsageError(f"--app must look like module:attr (e.g. myapp:server), got {spec!r}")
+    importing = importing_app.set(spec)
     try:
         module = importlib.import_module(module_name)
+    except ListenAtImport as exc:
+        raise UsageError(str(exc)) from None
     except ModuleNotFoundError as exc:
         if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
             raise  # the module exists but imports something missing: its own bug, traceback
@@ -294,6 +341,8 @@ def load_app(spec: str, config: Config) -> SmartSocket:
             f"--app {spec}: no module named {module_name!r} in {os.getcwd()} or on "
             "PYTHONPATH (run smartsocket from the directory that holds it)"
         ) from None
+    finally:
+        importing_app.reset(importing)
     try:
         target = getattr(module, attr)
     except AttributeError:
@@ -378,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "stats":
         try:
             return stats_command(args)
+        except Failure as exc:
+            print(error_line(str(exc), as_json=False), file=sys.stderr)
+            return exc.code
         except BrokenPipeError:
             # `smartsocket stats URL | head`: the reader left, as intended. Quiet, like other
             # tools; stdout goes to /dev/null so the interpreter's final flush fails no more.
@@ -391,12 +443,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.code
     try:
         return serve_command(args, argv)
+    except ConfigFileError as exc:
+        return _stop(args, f"config file {exc}", 2)
     except ConfigError as exc:
-        return _stop(args, f"invalid option {exc}", 2)
+        return _stop(args, f"invalid option {_with_source(args, exc)}", 2)
     except MissingDependency as exc:
         return _stop(args, str(exc), 1)
     except Failure as exc:
         return _stop(args, str(exc), exc.code)
+
+
+def _with_source(args: argparse.Namespace, exc: ConfigError) -> str:
+    """``max_connections (SMARTSOCKET_MAX_CONNECTIONS): must be >= 1``: where the value came
+    from, so that the user knows what to change (a flag wins over env vars)."""
+    names = {f.name for f in option_fields()}
+    if exc.option not in names:
+        return str(exc)  # names its source already (an env var or flag that did not parse)
+    message = str(exc).removeprefix(f"{exc.option}: ")
+    if getattr(args, exc.option, None) is not None:
+        return f"{exc.option} (--{exc.option.replace('_', '-')}): {message}"
+    source = next((var for var in env_names(exc.option) if os.environ.get(var)), None)
+    return f"{exc.option} ({source}): {message}" if source else str(exc)
 
 
 def _stop(args: argparse.Namespace, message: str, code: int) -> int:
@@ -406,7 +473,13 @@ def _stop(args: argparse.Namespace, message: str, code: int) -> int:
 
 
 def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    log_file = _log_file(args.log_file) if args.log_file else None
+    if args.workers < 1:
+        raise UsageError(f"--workers must be 1 or more, got {args.workers}")
+    try:
+        log_file = _log_file(args.log_file) if args.log_file else None
+    except OSError as exc:
+        raise UsageError(f"--log-file {args.log_file}: cannot open it: "
+                         f"{exc.strerror or exc} (give a writable file path)") from None
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[log_file] if log_file is not None else None,
@@ -420,6 +493,7 @@ def serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connection at INFO
     file = config_file_from_args(args)
     config = config_from_args(args, file=file)
+    _warn_misspelled_env(os.environ)
     if args.workers > 1:
         from smartsocket.supervisor import SupervisorError, run_workers
 

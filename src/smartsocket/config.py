@@ -198,6 +198,12 @@ class Config:
                 raise ConfigError(f.name, f"must be <= {high}, got {value!r}")
         if self.enable_encryption and not (self.ssl_certfile and self.ssl_keyfile):
             raise ConfigError("enable_encryption", "needs ssl_certfile and ssl_keyfile")
+        if not self.enable_encryption and (self.ssl_certfile or self.ssl_keyfile):
+            # a certificate but plain ws://: refuse rather than serve clear text unnoticed
+            name = "ssl_certfile" if self.ssl_certfile else "ssl_keyfile"
+            raise ConfigError(name, "set, but enable_encryption is off: turn it on to serve "
+                              "wss:// (--encryption, SMARTSOCKET_ENABLE_ENCRYPTION=true), or "
+                              f"unset {name}")
         if 0 < self.room_rate_limit_burst < 1:  # a bucket that never holds one broadcast
             raise ConfigError("room_rate_limit_burst", "must be 0 (twice the rate) or >= 1")
         if self.max_write_buffer < self.write_buffer_high:
@@ -218,6 +224,10 @@ class Config:
             "postgresql", "postgres"
         ):
             raise ConfigError("outbox_url", "must start with postgresql://")
+        for name in ("cluster_url", "outbox_url"):
+            problem = _url_problem(getattr(self, name))
+            if problem:  # the broker or database link would retry it forever
+                raise ConfigError(name, problem)
         if not self.cluster_prefix or not all(
             part.replace("-", "").replace("_", "").isalnum()
             for part in self.cluster_prefix.split(".")
@@ -272,6 +282,23 @@ def _join(name: str, items: Any) -> str:
     return ",".join(ordered)
 
 
+def _url_problem(url: str | None) -> str | None:
+    """Why ``url`` (a broker's or a database's) cannot be connected to, whatever the network
+    does; None if it may be."""
+    if url is None or url.partition("://")[0].lower() in ("memory", "unix"):
+        return None
+    from urllib.parse import urlsplit
+
+    scheme = url.partition("://")[0]
+    try:
+        hosts = urlsplit(url).netloc.rpartition("@")[2]
+        for host in hosts.split(","):  # a Redis Cluster's seed nodes: h1:7000,h2:7000
+            urlsplit(f"{scheme}://{host}").port  # noqa: B018 (a port that is no number raises)
+    except ValueError as exc:
+        return f"not a valid URL ({exc}), e.g. {scheme}://127.0.0.1:PORT"
+    return None
+
+
 def env_names(name: str) -> list[str]:
     """Env vars that set option ``name``, highest precedence first."""
     names = [f"SMARTSOCKET_{name.upper()}"]
@@ -309,7 +336,12 @@ def parse_value(name: str, raw: str, *, source: str | None = None) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise ConfigError(label, f"expected {kind.__name__}, got {raw!r}") from None
+        hint = ""
+        if raw.startswith("tcp://") and label.startswith("SMARTSOCKET_"):
+            # Kubernetes' service links: a Service named "smartsocket" sets SMARTSOCKET_PORT
+            hint = (" (Kubernetes sets it for a Service named smartsocket: set the pod's "
+                    "enableServiceLinks: false, or rename the Service)")
+        raise ConfigError(label, f"expected {kind.__name__}, got {raw!r}{hint}") from None
 
 
 def option_fields() -> tuple[dataclasses.Field[Any], ...]:
@@ -329,7 +361,18 @@ _TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
 _FIELDS = {f.name: f for f in fields(Config)}
 
 
+# python-socketio's names for options that have another name here (docs/socketio.md).
+_SOCKETIO_NAMES = {"cors_allowed_origins": "allowed_origins",
+                   "max_http_buffer_size": "max_message_size"}
+
+
 def _check_names(values: Mapping[str, Any]) -> None:
+    import difflib
+
     for name in values:
         if name not in _FIELDS:
-            raise ConfigError(name, "unknown option")
+            enable = f"enable_{name}"  # compression=False: the CLI's --compression
+            close = _SOCKETIO_NAMES.get(name) or (enable if enable in _FIELDS else None) or next(
+                iter(difflib.get_close_matches(name, list(_FIELDS), n=1, cutoff=0.6)), None)
+            hint = f" (did you mean {close!r}?)" if close else ""
+            raise ConfigError(name, "unknown option" + hint)

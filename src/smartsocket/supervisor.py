@@ -106,6 +106,9 @@ def run_workers(
     if not config.cluster_url:
         raise SupervisorError("--workers needs --cluster-url (redis://... or nats://...) so "
                               "the workers act as one server", 2)
+    if config.cluster_url.partition("://")[0].lower() == "memory":
+        raise SupervisorError("--workers cannot join through memory:// (it lives inside one "
+                              "process): give redis://... or nats://...", 2)
     if not hasattr(socket, "SO_REUSEPORT"):
         raise SupervisorError("--workers needs SO_REUSEPORT (Linux, BSD, macOS)", 2)
     from smartsocket.cluster.brokers import create_adapter

@@ -154,13 +154,25 @@ class JwksKeys:
 
     def load_file(self) -> bool:
         """Read a file source now (synchronous; also used by ``refresh``)."""
+        return self.read_file() is None
+
+    def read_file(self, *, log: bool = True) -> str | None:
+        """``load_file``, returning why it failed (None: loaded). ``log=False`` at start-up,
+        where the caller reports it in its own words."""
         assert not self.url
         self._tried_at = self._monotonic()
         try:
-            data = Path(self.source).read_bytes()
+            keys = parse_jwks(Path(self.source).read_bytes(), self.source)
         except OSError as exc:
-            return self._failed(KeySetError(f"{self.source}: {exc.strerror or exc}"))
-        return self._install(data)
+            problem = KeySetError(f"{self.source}: {exc.strerror or exc}")
+        except KeySetError as exc:
+            problem = exc
+        else:
+            self._install_keys(keys)
+            return None
+        if log:
+            self._failed(problem)
+        return str(problem)
 
     def refresh_soon(self) -> None:
         """Start a refresh in the background unless one runs or the rate limit says no."""
@@ -210,6 +222,10 @@ class JwksKeys:
             keys = parse_jwks(data, self.source)
         except KeySetError as exc:
             return self._failed(exc)
+        self._install_keys(keys)
+        return True
+
+    def _install_keys(self, keys: dict[str | None, jws.VerifyKey]) -> None:
         old = set(self._keys)
         self._keys = keys
         self._loaded_at = self._monotonic()
@@ -217,7 +233,6 @@ class JwksKeys:
         self.generation += 1
         if set(keys) != old:
             logger.info("JWKS %s: keys %s", self.source, sorted(map(str, keys)))
-        return True
 
     def _failed(self, exc: KeySetError) -> bool:
         # Keep what we had: a JWKS endpoint down for a minute must not lock everyone out.

@@ -231,8 +231,9 @@ class TokenVerifier:
         if jwt_jwks is not None:
             jwks = JwksKeys(jwt_jwks, min_refresh_interval=jwt_jwks_refresh_interval,
                             monotonic=monotonic)
-            if not jwks.url and not jwks.load_file():
-                raise ValueError(f"{jwt_jwks}: no usable key (see the log)")
+            problem = None if jwks.url else jwks.read_file(log=False)
+            if problem is not None:
+                raise ValueError(problem)
         audience = None
         if jwt_audience is not None:
             audience = [a.strip() for a in jwt_audience.split(",") if a.strip()]

@@ -5,9 +5,11 @@ private event loop thread). See the package's doc and docs/emitter.md."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -292,12 +294,24 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
+# Sync emitters whose thread runs: closed at exit, so that a script that never calls close()
+# ends quietly (a daemon thread killed mid-loop prints "Task was destroyed but it is pending").
+_open: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_emitters() -> None:
+    for emitter in list(_open):
+        with contextlib.suppress(Exception):  # the broker's fault: nothing to do at exit
+            emitter.close()
+
+
 class Emitter(Operations[None]):
     """``emitter.publish(room, event, data)`` and the other operations, blocking until the
     broker took the message. Options as for ``AsyncEmitter``. Thread-safe: one emitter per
     process is enough (create it at import time; it connects on first use, and again in a
-    forked child). ``close()`` (or ``with``) when done; an emitter left open is closed with
-    the interpreter (its thread is a daemon).
+    forked child). ``close()`` (or ``with``) when done; an emitter left open is closed when
+    the interpreter exits (what was emitted goes out, waiting up to ``timeout``).
     """
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -355,6 +369,7 @@ class Emitter(Operations[None]):
                 self._thread.start()
                 self._loop, self._pid = loop, os.getpid()
                 self._async = AsyncEmitter(self._url, **self._options)
+                _open.add(self)
             assert self._loop is not None
             return self._async, self._loop
 
@@ -366,6 +381,7 @@ class Emitter(Operations[None]):
             self._closed = True
             emitter, loop = self._async, self._loop
             self._async = self._loop = None
+            _open.discard(self)
         if emitter is None or loop is None or self._pid != os.getpid():
             return
         try:

@@ -160,6 +160,7 @@ class OutboxConsumer:
         self.dropped = 0
         #: Connections lost or refused since start.
         self.reconnects = 0
+        self._last_failure: str | None = None  # the database error logged last
 
     @property
     def is_leader(self) -> bool:
@@ -208,13 +209,18 @@ class OutboxConsumer:
                 if self._create_table:
                     await apply_schema(conn)
                 if await self._lead(conn):
-                    attempt = 0
+                    attempt, self._last_failure = 0, None
                     delay = backoff_delay(1, base=self._delay_min, maximum=self._delay_max)
                     await self._consume(conn)
             except _DB_ERRORS as exc:
                 self.reconnects += 1
-                log.warning("outbox: database unavailable (%s); retrying in %.2fs",
-                            exc.__class__.__name__, delay)
+                # Once per outage (and per new cause), then DEBUG: a database down for an hour
+                # must not write a warning every few seconds.
+                failure = f"{exc.__class__.__name__}: {exc}"
+                level = logging.DEBUG if failure == self._last_failure else logging.WARNING
+                self._last_failure = failure
+                log.log(level, "outbox: database unavailable (%s); retrying with backoff "
+                        "(next in %.2fs)", failure, delay)
             except Exception:  # a bug must not end publishing for good: log it and start over
                 self.reconnects += 1
                 log.exception("outbox: unexpected error; reconnecting in %.2fs", delay)

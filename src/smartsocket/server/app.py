@@ -4,6 +4,7 @@ stats and HTTP; it composes its parts (server/parts.py) and delegates to them.""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import signal
@@ -43,6 +44,19 @@ from smartsocket.transport import (
 )
 
 logger = logging.getLogger("smartsocket.server")
+
+
+# Set by the CLI while it imports the module of ``--app``: a ``listen()`` at that module's top
+# level would run the server with the module's options instead of the command line's, and the
+# import would never return.
+importing_app: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "smartsocket_importing_app", default=None
+)
+
+
+class ListenAtImport(RuntimeError):
+    """``listen()`` ran while ``smartsocket serve --app`` imported the module."""
+
 
 class SmartSocket:
     """A real-time WebSocket server: named events, acks, rooms and broadcasts.
@@ -514,6 +528,13 @@ class SmartSocket:
 
     def listen(self, callback: Callable[[], Any] | None = None) -> None:
         """Run the server until SIGINT or SIGTERM, then close gracefully (blocking)."""
+        spec = importing_app.get()
+        if spec is not None:
+            raise ListenAtImport(
+                f"--app {spec}: the module calls listen() when imported, but smartsocket serve "
+                "runs the server itself (with its flags): put that call under "
+                "`if __name__ == \"__main__\":`"
+            )
 
         watchdog = ExitWatchdog(self.config.shutdown_timeout + EXIT_MARGIN)
         closing: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references only

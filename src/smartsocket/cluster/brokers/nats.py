@@ -28,6 +28,9 @@ class NatsAdapter(BrokerAdapter):
         self._nc: Any = None
         self._subs: dict[str, Any] = {}
         self._gone: asyncio.Event | None = None
+        # What nats-py's error callback last said: the cause behind its generic errors. Kept
+        # apart from last_error, which _note_failure compares to log a repeated failure once.
+        self._cause: str | None = None
 
     async def _connect(self) -> None:
         import nats
@@ -38,14 +41,20 @@ class NatsAdapter(BrokerAdapter):
             gone.set()
 
         async def error(exc: Exception) -> None:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._cause = f"{type(exc).__name__}: {exc}"
 
-        self._nc = await nats.connect(
-            self.url, allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
-            connect_timeout=2,
-            ping_interval=2, max_outstanding_pings=2, no_echo=True,
-            disconnected_cb=lost, closed_cb=lost, error_cb=error,
-        )
+        self._cause = None
+        try:
+            self._nc = await nats.connect(
+                self.url, allow_reconnect=False, max_reconnect_attempts=1,
+                reconnect_time_wait=0, connect_timeout=2,
+                ping_interval=2, max_outstanding_pings=2, no_echo=True,
+                disconnected_cb=lost, closed_cb=lost, error_cb=error,
+            )
+        except Exception as exc:  # "no servers available": say why (refused, timed out, ...)
+            if self._cause is None:
+                raise
+            raise ConnectionError(self._cause) from exc
         self._subs = {}
         for channel in sorted(self._channels):
             self._subs[channel] = await self._nc.subscribe(channel, cb=self._on_message)
@@ -59,7 +68,7 @@ class NatsAdapter(BrokerAdapter):
     async def _serve(self) -> None:
         assert self._gone is not None
         await self._gone.wait()
-        raise ConnectionError(self.last_error or "NATS connection closed")
+        raise ConnectionError(self._cause or "NATS connection closed")
 
     async def _send(self, batch: list[Outbound]) -> None:
         nc = self._nc
