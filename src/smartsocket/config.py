@@ -127,6 +127,10 @@ class Config:
     cluster_heartbeat: float = _opt(1.0, "seconds between node heartbeats", min=0.01)
     node_timeout: float = _opt(5.0, "seconds without a heartbeat before a node is dropped from "
                                "counts and presence", min=0.05)
+    cluster_link_timeout: float = _opt(5.0, "seconds: the broker link is pinged every period "
+                                       "and is down (the node degraded) after a whole period "
+                                       "without an answer, or a publish unanswered for two",
+                                       min=0.05)
     presence_rooms: str | None = _opt(None, "rooms or patterns (game:*) whose members get "
                                       "$presence updates, comma-separated or a list")
     # transactional outbox (src/smartsocket/outbox, docs/outbox.md)
