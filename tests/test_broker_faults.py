@@ -263,6 +263,7 @@ async def test_a_paused_redis_is_found_dead_and_members_catch_up_or_are_told(
             await until_health(a, linked)
             await until_health(b, linked)
             await wait_for(lambda: far.gaps != [], timeout=10)
-            assert far.gaps == [{"room": "r"}] and far.got == [0]
+            # (told once or twice: by its node's catch-up, and when A says what it lost)
+            assert set(map(str, far.gaps)) == {str({"room": "r"})} and far.got == [0]
             await say(sender, [3])
             await wait_for(lambda: far.got == [0, 3] and near.got == [0, 1, 2, 3], timeout=10)
