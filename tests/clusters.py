@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO
 
+import redis
+
 from smartsocket import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,6 +170,107 @@ class Broker:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+class ThrowawayRedis:
+    """A redis-server on a free port with its own directory (dump.rdb there on SAVE only), to
+    kill, restart, restore from a snapshot, pause (SIGSTOP) and resume (SIGCONT)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *options: str) -> None:
+        self.proc = subprocess.Popen(
+            [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.dir), "--dbfilename", "dump.rdb", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", *options],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        with contextlib.closing(self.client()) as r:
+            while True:
+                try:
+                    r.ping()  # answered once the dump is loaded
+                    return
+                except redis.exceptions.BusyLoadingError:
+                    assert time.monotonic() < deadline, f"redis did not load on {self.port}"
+                    time.sleep(0.02)
+
+    def client(self) -> redis.Redis:
+        deadline = time.monotonic() + 10
+        while not answers(self.port):
+            assert time.monotonic() < deadline, f"redis does not answer on {self.port}"
+            time.sleep(0.02)
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def snapshot(self, name: str) -> None:
+        with contextlib.closing(self.client()) as r:
+            r.save()
+        shutil.copy(self.dir / "dump.rdb", self.dir / name)
+
+    def restore(self, name: str) -> None:
+        assert self.proc is None, "stop it first"
+        shutil.copy(self.dir / name, self.dir / "dump.rdb")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class ThrowawayRedisCluster:
+    """A 3-primary Redis Cluster of ``ThrowawayRedis`` nodes on free ports (never the shared
+    one on 7101-7103), each its own process: a test may pause one shard's primary."""
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.nodes = [ThrowawayRedis(directory / f"n{i}") for i in range(size)]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}?cluster=1"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start("--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                       "--cluster-config-file", str(node.dir / "nodes.conf"),
+                       "--cluster-node-timeout", "60000")  # a paused primary fails no one over
+        subprocess.run(
+            [_binary("redis-cli"), "--cluster", "create",
+             *(f"127.0.0.1:{node.port}" for node in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            with contextlib.closing(node.client()) as r:
+                while r.cluster("info")["cluster_state"] != "ok":
+                    assert time.monotonic() < deadline, f"cluster on {node.port} is not ok"
+                    time.sleep(0.05)
+
+    def owner(self, slot: int) -> ThrowawayRedis:
+        """The node that serves ``slot``."""
+        with contextlib.closing(self.nodes[0].client()) as r:
+            slots = r.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            for start, end, primary, *_ in slots:
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise AssertionError(f"slot {slot} is not served")
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
 
 def _binary(name: str) -> str:

@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -20,72 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from clusters import Node, _binary, answers, free_port, node_processes
+from clusters import Node, ThrowawayRedis, node_processes
 from smartsocket import Client
 from smartsocket.testing import wait_for
 
 pytestmark = pytest.mark.asyncio
 
 FAST = {"reconnect_delay": 0.05, "reconnect_delay_max": 0.1}
-
-
-class ThrowawayRedis:
-    """A redis-server on a free port with its own directory (dump.rdb there on SAVE only)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.dir.mkdir(exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.dir), "--dbfilename", "dump.rdb", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        with contextlib.closing(self.client()) as r:
-            while True:
-                try:
-                    r.ping()  # answered once the dump is loaded
-                    return
-                except redis.exceptions.BusyLoadingError:
-                    assert time.monotonic() < deadline, f"redis did not load on {self.port}"
-                    time.sleep(0.02)
-
-    def client(self) -> redis.Redis:
-        deadline = time.monotonic() + 10
-        while not answers(self.port):
-            assert time.monotonic() < deadline, f"redis does not answer on {self.port}"
-            time.sleep(0.02)
-        return redis.Redis(port=self.port, socket_timeout=5)
-
-    def snapshot(self, name: str) -> None:
-        with contextlib.closing(self.client()) as r:
-            r.save()
-        shutil.copy(self.dir / "dump.rdb", self.dir / name)
-
-    def restore(self, name: str) -> None:
-        assert self.proc is None, "stop it first"
-        shutil.copy(self.dir / name, self.dir / "dump.rdb")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture
@@ -291,3 +231,39 @@ async def test_a_node_cut_off_from_redis_catches_up_from_the_history(
             await wait_for(lambda: len(member.got) == 26, timeout=10)
             assert member.got == list(range(26))
             assert member.gaps == []
+
+
+async def test_a_paused_redis_is_found_dead_and_members_catch_up_or_are_told(
+    broker: ThrowawayRedis, tmp_path: Path
+) -> None:
+    """Redis paused (TCP open, nothing answers; a network black hole looks the same): both
+    nodes find it within their watchdog's bound (here ``cluster_link_timeout`` 0.5 s) and
+    report degraded; what A sends meanwhile reaches its own members and is counted failed
+    (never logged: Redis does not answer); once Redis answers again both relink, and B's
+    member, who missed it, gets a ``$gap`` notice, never a silent loss."""
+    with node_processes(broker.url, 2, tmp_path, None, "--recovery-window", "10",
+                        "--cluster-link-timeout", "0.5") as (a, b):
+        async with client(a.url) as ca, client(b.url) as cb, client(a.url) as sender:
+            near, far = Member(ca), Member(cb)
+            for member in (near, far):
+                await member.join()
+            await say(sender, [0])
+            await wait_for(lambda: near.got == far.got == [0], timeout=10)
+            failed = health(a)["publishFailed"]
+            broker.signal(signal.SIGSTOP)
+            try:
+                await until_health(a, degraded)
+                await until_health(b, degraded)
+                for text in (1, 2):  # its own members get them at once
+                    assert await sender.call("say", {"room": "r", "text": text}) == 1
+                await wait_for(lambda: near.got == [0, 1, 2], timeout=10)
+                assert health(a)["publishFailed"] > failed  # counted, not silently dropped
+            finally:
+                broker.signal(signal.SIGCONT)
+            await until_health(a, linked)
+            await until_health(b, linked)
+            await wait_for(lambda: far.gaps != [], timeout=10)
+            # (told once or twice: by its node's catch-up, and when A says what it lost)
+            assert set(map(str, far.gaps)) == {str({"room": "r"})} and far.got == [0]
+            await say(sender, [3])
+            await wait_for(lambda: far.got == [0, 3] and near.got == [0, 1, 2, 3], timeout=10)

@@ -326,3 +326,23 @@ async def test_set_presence_updates_members_on_one_node() -> None:
         assert {m.sid: m.info for m in listed}[bob.sid] == {"name": "bob", "away": True}
         server.sockets[ann.sid or ""].set_presence({"name": "ann"})  # the same info: still told
         assert (await rec.next("$presence"))["updated"]["sid"] == ann.sid
+
+
+async def test_a_stalled_event_loop_does_not_drop_the_nodes_it_did_not_read() -> None:
+    """A node's loop blocked for longer than ``node_timeout`` (a long handler, a busy
+    machine): the heartbeats that came in meanwhile are not read yet when its liveness round
+    runs, late. Their senders only look silent: the round does not count its own lateness.
+    Before, the first round after the stall dropped every other node (and their presence)."""
+    import time
+
+    async with nodes(2) as (a, b):
+        stalled_at = time.monotonic()
+        time.sleep(2 * FAST["node_timeout"])  # noqa: ASYNC251 (the stall is the point)
+
+        def heard_since(server: SmartSocket, other: SmartSocket) -> bool:
+            known = server._cluster.liveness.nodes.get(other.node_id)
+            return known is not None and known.last_seen > stalled_at + 0.1
+
+        await wait_for(lambda: heard_since(a, b) and heard_since(b, a), timeout=10)
+        assert a.stats()["cluster"]["nodesDropped"] == 0
+        assert b.stats()["cluster"]["nodesDropped"] == 0

@@ -130,6 +130,10 @@ class Config:
     cluster_queue: int = _opt(10_000, "messages a node queues for the broker; while it is "
                               "full broadcasts are refused (overloaded) and HTTP API batches "
                               "wait", min=1)
+    cluster_link_timeout: float = _opt(5.0, "seconds: the broker link is pinged every period "
+                                       "and is down (the node degraded) after a whole period "
+                                       "without an answer, or a publish unanswered for two",
+                                       min=0.05)
     presence_rooms: str | None = _opt(None, "rooms or patterns (game:*) whose members get "
                                       "$presence updates, comma-separated or a list")
     # transactional outbox (src/smartsocket/outbox, docs/outbox.md)

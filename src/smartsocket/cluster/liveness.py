@@ -45,9 +45,12 @@ class Liveness:
 
     async def run(self) -> None:
         node = self.node
+        due = time.monotonic()
         while True:
+            now = time.monotonic()
             node.publish(node.all_channel, self.heartbeat())
-            self._expire()
+            self._expire(now, late=max(0.0, now - due))
+            due = now + node.heartbeat_interval
             await asyncio.sleep(node.heartbeat_interval)
 
     def heartbeat(self) -> m.Heartbeat:
@@ -71,9 +74,11 @@ class Liveness:
         known.interval = beat.interval
         return resync
 
-    def _expire(self) -> None:
-        now = time.monotonic()
-        timeout = self.node.node_timeout
+    def _expire(self, now: float, late: float) -> None:
+        """Drop the nodes silent for longer than ``node_timeout``, not counting ``late``, how
+        late this round runs: a stalled event loop (a long handler, a busy machine) has not
+        read the heartbeats that came in meanwhile, so their senders only look silent."""
+        timeout = self.node.node_timeout + late
         for known in [n for n in self.nodes.values() if now - n.last_seen > timeout]:
             logger.warning("node %s silent for %.1f s: dropped from the cluster", known.id,
                            now - known.last_seen)

@@ -150,7 +150,7 @@ class ClusterNode:
     async def start(self, config: Config, adapter: Adapter | None = None) -> None:
         self.configure(config)
         if adapter is None and config.cluster_url:
-            adapter = create_adapter(config.cluster_url)
+            adapter = create_adapter(config.cluster_url, config.cluster_link_timeout)
         if adapter is None:
             return
         self.adapter = adapter

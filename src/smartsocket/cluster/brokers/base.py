@@ -24,13 +24,15 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
 
 from smartsocket.backoff import backoff_delay
 from smartsocket.cluster.brokers.scripts import Script, ScriptCall
 
 logger = logging.getLogger("smartsocket.cluster")
+
+LINK_TIMEOUT = 5.0  # seconds: the default liveness period of a broker link (see BrokerAdapter)
 
 Receive = Callable[[str, bytes], None]
 StateCallback = Callable[[bool], None]
@@ -38,6 +40,7 @@ StateCallback = Callable[[bool], None]
 Outbound = tuple[str, "bytes | ScriptCall"]
 CLOSE_WAIT = 1.0  # seconds close() waits for the link's task, then for the disconnect
 URGENT_ROOM = 64  # control messages a full outbound queue still takes (publish_urgent)
+T = TypeVar("T")
 
 
 class Adapter(abc.ABC):
@@ -116,10 +119,17 @@ class BrokerAdapter(Adapter):
 
     batch: ClassVar[int] = 512
 
-    def __init__(self, url: str, max_queue: int = 10_000) -> None:
+    def __init__(
+        self, url: str, idle_timeout: float = LINK_TIMEOUT, *, max_queue: int = 10_000
+    ) -> None:
         super().__init__()
         self.url = url
         self.max_queue = max_queue  # outbound messages (config: cluster_queue)
+        # The liveness period (``cluster_link_timeout``): each adapter finds a silent broker
+        # within two of them (its watchdog), and a send or command unanswered for two is
+        # taken as a dead link (a paused broker, a black hole: TCP takes the bytes, nothing
+        # answers, and nothing else would ever end the wait).
+        self.idle_timeout = idle_timeout
         self.lost = 0
         self.lost_channels: set[str] = set()  # of the lost messages, until the node reads them
         self.reconnects = 0
@@ -266,7 +276,7 @@ class BrokerAdapter(Adapter):
             size = min(len(queue), self.batch)
             batch = [queue.popleft() for _ in range(size)]
             try:
-                await self._send(batch)
+                await self._bounded(self._send(batch))
             except BaseException:
                 self.lost += len(batch)
                 self.lost_channels.update(channel for channel, _ in batch)
@@ -336,10 +346,21 @@ class BrokerAdapter(Adapter):
         """Publish ``batch`` at once, in order, past the queue, and return when the broker
         took it: for a caller that must know (the emitter, ``smartsocket/emitter/``), where
         ``publish`` is fire and forget. Raises ConnectionError while the link is down, or what
-        the link raised (then some of the batch may have gone out)."""
+        the link raised (then some of the batch may have gone out), or TimeoutError when the broker
+        does not answer for two liveness periods."""
         if not self.connected:
             raise ConnectionError(f"the link to the {self.name} broker is down")
-        await self._send(batch)
+        await self._bounded(self._send(batch))
+
+    async def _bounded(self, work: Awaitable[T]) -> T:
+        """``work``, or TimeoutError after two liveness periods without its answer."""
+        try:
+            async with asyncio.timeout(2 * self.idle_timeout):  # no task, unlike wait_for
+                return await work
+        except TimeoutError:
+            raise TimeoutError(
+                f"the {self.name} broker did not answer for {2 * self.idle_timeout:g} s"
+            ) from None
 
     supports_scripts: ClassVar[bool] = False
 

@@ -4,6 +4,11 @@
 the node). The client's own reconnect is off: like the Redis adapter, the link is owned by
 ``BrokerAdapter``, which reports the node degraded, reconnects with backoff and resubscribes.
 ``no_echo`` keeps the server from sending a node its own messages.
+
+A dead server (a paused process, a black hole: TCP stays open, nothing answers) is found by the
+client's pings: one every ``idle_timeout`` (``cluster_link_timeout``), and the link is stale at
+the first one sent while the previous is unanswered, one to two periods after the server last
+answered (as the Redis adapters' watchdog).
 """
 
 from __future__ import annotations
@@ -12,15 +17,15 @@ import asyncio
 import contextlib
 from typing import Any
 
-from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound
+from smartsocket.cluster.brokers.base import LINK_TIMEOUT, BrokerAdapter, Outbound
 from smartsocket.errors import MissingDependency
 
 
 class NatsAdapter(BrokerAdapter):
     name = "nats"
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, idle_timeout: float = LINK_TIMEOUT) -> None:
+        super().__init__(url, idle_timeout)
         try:
             import nats  # noqa: F401
         except ImportError as exc:
@@ -48,7 +53,7 @@ class NatsAdapter(BrokerAdapter):
             self._nc = await nats.connect(
                 self.url, allow_reconnect=False, max_reconnect_attempts=1,
                 reconnect_time_wait=0, connect_timeout=2,
-                ping_interval=2, max_outstanding_pings=2, no_echo=True,
+                ping_interval=self.idle_timeout, max_outstanding_pings=1, no_echo=True,
                 disconnected_cb=lost, closed_cb=lost, error_cb=error,
             )
         except Exception as exc:  # "no servers available": say why (refused, timed out, ...)
@@ -68,6 +73,9 @@ class NatsAdapter(BrokerAdapter):
     async def _serve(self) -> None:
         assert self._gone is not None
         await self._gone.wait()
+        why = self._nc.last_error if self._nc is not None else None  # e.g. stale: no PONG
+        if why is not None:
+            raise ConnectionError(f"NATS connection closed ({type(why).__name__}: {why})")
         raise ConnectionError(self._cause or "NATS connection closed")
 
     async def _send(self, batch: list[Outbound]) -> None:

@@ -18,24 +18,23 @@ import contextlib
 import logging
 from typing import Any
 
-from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound, safe_url
+from smartsocket.cluster.brokers.base import LINK_TIMEOUT, BrokerAdapter, Outbound, safe_url
 from smartsocket.cluster.brokers.scripts import SCRIPTS, ScriptCall
 from smartsocket.errors import MissingDependency
 
 logger = logging.getLogger("smartsocket.cluster")
 
-# The watchdog's period: a subscription that heard nothing for this long (not even our own
-# heartbeat) is pinged; one that heard nothing for as long again, not even the answer, is dead
-# (a half-open TCP connection would never say so).
-IDLE_TIMEOUT = 5.0
+# The watchdog's period (``cluster_link_timeout``): every round pings the subscription, and one
+# that heard nothing since the last round, not even the answer to its ping, is dead (a
+# half-open TCP connection, a paused server: neither would ever say so).
+IDLE_TIMEOUT = LINK_TIMEOUT
 
 
 class RedisAdapter(BrokerAdapter):
     name = "redis"
 
     def __init__(self, url: str, idle_timeout: float = IDLE_TIMEOUT) -> None:
-        super().__init__(url)
-        self.idle_timeout = idle_timeout
+        super().__init__(url, idle_timeout)
         try:
             import redis.asyncio  # noqa: F401
         except ImportError as exc:
@@ -44,6 +43,7 @@ class RedisAdapter(BrokerAdapter):
         self._sub: Any = None
         self._pubsub: Any = None
         self._heard = False  # read something since the watchdog's last round
+        self.pings = 0  # sent by the watchdog (tests)
         self._checked_mode = False
         self._incarnation = ""
 
@@ -59,7 +59,7 @@ class RedisAdapter(BrokerAdapter):
 
     async def _connect(self) -> None:
         self._pub = self._client()
-        await self._pub.ping()
+        await self._bounded(self._pub.ping())  # TCP connects to a paused server, too
         for script in SCRIPTS:
             await self._pub.script_load(script.source)
         self._incarnation = await read_incarnation(self._pub, safe_url(self.url))
@@ -80,7 +80,7 @@ class RedisAdapter(BrokerAdapter):
                     waiting.discard(message["channel"].decode())
                 self._handle(message)
         else:
-            await self._pubsub.ping()
+            await self._bounded(self._pubsub.ping())
 
     async def _warn_if_cluster(self) -> None:
         with contextlib.suppress(Exception):  # INFO may be renamed or denied: no matter
@@ -102,27 +102,20 @@ class RedisAdapter(BrokerAdapter):
 
     async def _serve(self) -> None:
         """Read messages (blocking reads: a read timeout per message costs more than the
-        message); a watchdog pings when nothing arrived for a round of ``idle_timeout``.
-        (Heard or not is a flag, not a time: see ``RedisClusterAdapter._watch``.)"""
+        message); a watchdog round every ``idle_timeout`` pings (see ``silence``)."""
         self._heard = True
         reader = asyncio.ensure_future(self._read())
-        probing = False
         try:
             while True:
                 done, _ = await asyncio.wait({reader}, timeout=self.idle_timeout)
                 if done:
                     reader.result()
                     raise ConnectionError("Redis closed the subscription")
-                if self._heard:
-                    self._heard = probing = False
-                elif probing:
-                    raise TimeoutError(
-                        f"Redis sent nothing for {2 * self.idle_timeout:g} s, "
-                        "not even the answer to a ping"
-                    )
-                else:
-                    probing = True
-                    await self._pubsub.ping()
+                if not self._heard:
+                    raise TimeoutError(silence(self.idle_timeout))
+                self._heard = False
+                self.pings += 1
+                await self._bounded(self._pubsub.ping())
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -162,7 +155,7 @@ class RedisAdapter(BrokerAdapter):
     async def execute(self, key: str, *command: Any) -> Any:
         if not self.connected or self._pub is None:
             raise ConnectionError("the link to Redis is down")
-        return await self._pub.execute_command(*command)
+        return await self._bounded(self._pub.execute_command(*command))
 
     async def _apply(self, subscribe: bool, channel: str) -> None:
         if subscribe:
@@ -178,6 +171,16 @@ class RedisAdapter(BrokerAdapter):
             with contextlib.suppress(Exception):
                 await close()
         self._pub = self._sub = self._pubsub = None
+
+
+def silence(period: float, where: str = "") -> str:
+    """Why a watchdog round declared a subscription dead. (A round pings; the next one finds
+    whether anything, at least the answer, was read in between: a flag the reader sets, not a
+    time. As "read within the period", the answer, read 1 ms after the ping, was too old at
+    the next round whenever that round's timer ran a few ms late.) So a dead link is found one
+    to two periods after it last answered, whatever the timers' lateness."""
+    return (f"Redis{' ' + where if where else ''} answered nothing for a whole round of "
+            f"{period:g} s, not even a ping")
 
 
 async def read_incarnation(client: Any, where: str) -> str:

@@ -55,7 +55,7 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound
-from smartsocket.cluster.brokers.redis import IDLE_TIMEOUT, read_incarnation
+from smartsocket.cluster.brokers.redis import IDLE_TIMEOUT, read_incarnation, silence
 from smartsocket.cluster.brokers.scripts import SCRIPTS, ScriptCall
 from smartsocket.errors import MissingDependency
 
@@ -154,8 +154,8 @@ class _Shard:
     """One primary: its client (publishing) and, while this node has channels there, a
     subscribed connection with the task reading it."""
 
-    __slots__ = ("addr", "channels", "client", "heard", "incarnation", "leaving", "probing",
-                 "pubsub", "reader")
+    __slots__ = ("addr", "channels", "client", "heard", "incarnation", "leaving", "pubsub",
+                 "reader")
 
     def __init__(self, addr: str, client: Any) -> None:
         self.addr = addr
@@ -165,7 +165,6 @@ class _Shard:
         self.channels: set[str] = set()  # subscribed here (or on the way)
         self.leaving: dict[str, int] = {}  # SUNSUBSCRIBEs we sent, not yet confirmed
         self.heard = False  # read something since the watchdog's last round
-        self.probing = False  # pinged by the watchdog's last round
         self.incarnation: str | None = None  # read_incarnation, once connected
 
 
@@ -173,13 +172,12 @@ class RedisClusterAdapter(BrokerAdapter):
     name = "redis-cluster"
 
     def __init__(self, url: str, idle_timeout: float = IDLE_TIMEOUT) -> None:
-        super().__init__(url)
+        super().__init__(url, idle_timeout)  # idle_timeout: the watchdog's period (_watch)
         try:
             import redis.asyncio  # noqa: F401
         except ImportError as exc:
             raise MissingDependency("cluster_url redis://...?cluster=1 needs redis-py",
                                     "redis") from exc
-        self.idle_timeout = idle_timeout  # the watchdog's period (see _watch)
         self._seeds, self._scheme, self._userinfo, self._query = parse_url(url)
         self._owners: list[str] = []  # slot -> primary address
         self._shards: dict[str, _Shard] = {}
@@ -187,6 +185,7 @@ class RedisClusterAdapter(BrokerAdapter):
         self._stale: str | None = None  # a slot moved away from this address: re-read
         self._broken: asyncio.Event | None = None
         self._failure: BaseException | None = None
+        self.pings: dict[str, int] = {}  # sent by the watchdog, by primary (tests)
 
     # topology
 
@@ -217,8 +216,8 @@ class RedisClusterAdapter(BrokerAdapter):
         for addr in candidates:
             shard = self._shards.get(addr)
             client = shard.client if shard is not None else self._client(addr)
-            try:
-                reply = await client.execute_command("CLUSTER", "SHARDS")
+            try:  # bounded: a paused seed must not keep us from asking the next one
+                reply = await self._bounded(client.execute_command("CLUSTER", "SHARDS"))
             except Exception as exc:
                 errors.append(f"{addr}: {type(exc).__name__}: {exc}")
                 continue
@@ -243,7 +242,10 @@ class RedisClusterAdapter(BrokerAdapter):
         self._where.clear()
         await self._read_topology()
         primaries = sorted(set(self._owners))
-        await asyncio.gather(*(self._shard(addr).client.ping() for addr in primaries))
+        # bounded: TCP connects to a paused primary too (then a failover may replace it)
+        await asyncio.gather(
+            *(self._bounded(self._shard(addr).client.ping()) for addr in primaries)
+        )
         for addr in primaries:
             shard = self._shard(addr)
             for script in SCRIPTS:
@@ -286,7 +288,6 @@ class RedisClusterAdapter(BrokerAdapter):
 
     def _start_reader(self, shard: _Shard, loop: asyncio.AbstractEventLoop) -> None:
         shard.heard = True
-        shard.probing = False
         shard.reader = loop.create_task(self._read(shard))
         shard.reader.add_done_callback(self._reader_done)
 
@@ -372,12 +373,9 @@ class RedisClusterAdapter(BrokerAdapter):
             await self._watch()
 
     async def _watch(self) -> None:
-        """One watchdog round: ping each subscription that heard nothing since the last round
-        (a half-open TCP connection would never say so); raise if one heard nothing since its
-        ping, not even the answer; close the ones left without channels. ("Heard" is a flag
-        the reader sets, not a time: as "read within ``idle_timeout``", the answer to a ping,
-        read 1 ms after it, was too old at the next round whenever that round's timer ran a
-        few ms late, and a shard with silent channels took the link down every 10 s.)"""
+        """One watchdog round: raise if a subscription heard nothing since the last round,
+        not even the answer to its ping (``redis.silence``); ping each; close the ones left
+        without channels."""
         primaries = set(self._owners)
         for shard in list(self._shards.values()):
             if not shard.channels:
@@ -389,16 +387,11 @@ class RedisClusterAdapter(BrokerAdapter):
                 continue
             if shard.pubsub is None or shard.reader is None:
                 continue
-            if shard.heard:
-                shard.heard = shard.probing = False
-            elif shard.probing:
-                raise TimeoutError(
-                    f"Redis {shard.addr} sent nothing for {2 * self.idle_timeout:g} s, "
-                    "not even the answer to a ping"
-                )
-            else:
-                shard.probing = True
-                await shard.pubsub.ping()
+            if not shard.heard:
+                raise TimeoutError(silence(self.idle_timeout, shard.addr))
+            shard.heard = False
+            self.pings[shard.addr] = self.pings.get(shard.addr, 0) + 1
+            await self._bounded(shard.pubsub.ping())
 
     async def _close_subscription(self, shard: _Shard) -> None:
         pubsub, shard.pubsub = shard.pubsub, None
@@ -442,9 +435,8 @@ class RedisClusterAdapter(BrokerAdapter):
     async def execute(self, key: str, *command: Any) -> Any:
         if not self.connected or not self._owners:
             raise ConnectionError("the link to the Redis Cluster is down")
-        return await self._shard(self._owners[channel_slot(key)]).client.execute_command(
-            *command
-        )
+        client = self._shard(self._owners[channel_slot(key)]).client
+        return await self._bounded(client.execute_command(*command))
 
     def incarnation(self, key: str) -> str:
         shard = self._shards.get(self._owners[channel_slot(key)]) if self._owners else None
