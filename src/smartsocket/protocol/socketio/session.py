@@ -313,15 +313,16 @@ class EngineSession:
             return self._finish(CloseReason.PARSE_ERROR)
         return self._on_packet(packet)
 
-    def message_text(self, data: str) -> str | None:
-        """The fast path of ``receive`` for its common frame, a text MESSAGE ("4..."): its
-        data, to hand to the Socket.IO layer as ``Deliver`` would (None: any other frame, or a
-        session not open: call ``receive``). No action list, no ``Packet``."""
+    def is_message(self, data: str) -> bool:
+        """The fast path of ``receive`` for its common frame, a text MESSAGE ("4..."): True
+        when ``data`` is one on an open session, its data (``data[1:]``) to hand to the
+        Socket.IO layer as ``Deliver`` would (False: any other frame, or a session not open:
+        call ``receive``). No action list, no ``Packet``, no slice."""
         if data[:1] != "4" or self.state is not State.OPEN:
-            return None
+            return False
         if self.eio < 4:  # v3: any packet keeps the session alive
             self._last_seen = self._clock()
-        return data[1:]
+        return True
 
     def connection_lost(self) -> list[Action]:
         """The WebSocket transport closed (or failed) under the session."""
