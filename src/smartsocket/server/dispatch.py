@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -77,8 +78,10 @@ class EventRouter:
                     )
                 return
         # Every handler runs; the first one's return value is the ack reply.
-        for index, handler in enumerate(handlers):
-            self._invoke(socket, handler, with_socket, packet, index == 0)
+        self._invoke(socket, handlers[0], with_socket, packet, True)
+        if len(handlers) > 1:  # the rest, from the list as it is now (as enumerate did)
+            for handler in islice(handlers, 1, None):
+                self._invoke(socket, handler, with_socket, packet, False)
 
     def _invoke(
         self, socket: Socket, handler: Handler, with_socket: bool, packet: Event, answer: bool
@@ -95,8 +98,12 @@ class EventRouter:
             return
         try:
             data = packet.data if handler.data_type is None else handler.convert(packet.data)
-            args = (socket, data) if with_socket else (data,)
-            result = handler.fn(*args[: handler.arity])
+            arity = handler.arity
+            if arity == 2 and with_socket:  # the common handler: (socket, data)
+                result = handler.fn(socket, data)
+            else:
+                args = (socket, data) if with_socket else (data,)
+                result = handler.fn(*args[:arity])
         except msgspec.ValidationError as exc:
             socket.reject(
                 ErrorCode.INVALID_PAYLOAD, str(exc), event=packet.name, ack_id=ack_id,

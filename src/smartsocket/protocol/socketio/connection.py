@@ -24,6 +24,7 @@ import msgspec
 from smartsocket.protocol.socketio.errors import SocketIOPacketError
 from smartsocket.protocol.socketio.socketio import (
     DEFAULT_NAMESPACE,
+    EVENT,
     BinaryReassembler,
     ConnectRequest,
     EncodedPacket,
@@ -124,7 +125,7 @@ class SocketIOConnection:
         if plain is None:
             return None
         kind, ack_id, args = plain
-        if kind is PacketKind.EVENT:
+        if kind is EVENT:
             # args_to_data(args[1:]), without the slice for the common one argument
             n = len(args)
             data = None if n == 1 else args[1] if n == 2 else tuple(args[1:])

@@ -63,6 +63,10 @@ class PacketKind(IntEnum):
 
 
 _KINDS: Final = tuple(PacketKind)  # by value: indexing is cheaper than the enum call
+# For the per-packet paths: on Python 3.11 every attribute of an Enum class is looked up
+# through EnumMeta.__getattr__ (~1,000 instructions), a module global is not.
+EVENT: Final = PacketKind.EVENT
+ACK: Final = PacketKind.ACK
 # Values that hold no bytes: most event arguments, skipped without walking them.
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
@@ -180,10 +184,10 @@ def decode_plain(text: str, start: int = 0) -> tuple[PacketKind, int | None, lis
     if head == "2":
         if not args or type(args[0]) is not str or args[0] in RESERVED_EVENTS:
             return None
-        return PacketKind.EVENT, ack_id, args
+        return EVENT, ack_id, args
     if ack_id is None:
         return None
-    return PacketKind.ACK, ack_id, args
+    return ACK, ack_id, args
 
 
 def _check_payload(packet: SioPacket, has_payload: bool) -> None:
@@ -250,7 +254,9 @@ class BinaryReassembler:
     nobody announced, is an ``AttachmentError`` (the connection closes: "parse error").
     """
 
-    __slots__ = ("_buffers", "_max_attachment_bytes", "_max_attachments", "_packet", "_size")
+    __slots__ = (
+        "_buffers", "_max_attachment_bytes", "_max_attachments", "_packet", "_size", "pending"
+    )
 
     def __init__(self, *, max_attachments: int = 10, max_attachment_bytes: int = 1_000_000):
         self._max_attachments = max_attachments
@@ -258,10 +264,9 @@ class BinaryReassembler:
         self._packet: SioPacket | None = None
         self._buffers: list[bytes] = []
         self._size = 0
-
-    @property
-    def pending(self) -> bool:
-        return self._packet is not None
+        # A binary packet awaits its attachments (an attribute, not a property: it is read
+        # for every packet).
+        self.pending = False
 
     @property
     def buffered(self) -> int:
@@ -277,6 +282,7 @@ class BinaryReassembler:
                 packet.data = _replace_placeholders(packet.data, [])
             return packet
         self._packet = packet
+        self.pending = True
         return None
 
     def feed_binary(self, data: bytes) -> SioPacket | None:
@@ -290,6 +296,7 @@ class BinaryReassembler:
         if len(self._buffers) < packet.attachments:
             return None
         buffers, self._packet, self._buffers, self._size = self._buffers, None, [], 0
+        self.pending = False
         packet.data = _replace_placeholders(packet.data, buffers)
         return packet
 

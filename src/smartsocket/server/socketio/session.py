@@ -44,7 +44,7 @@ from smartsocket.protocol.socketio import (
     WriteWebSocket,
     websocket_payload,
 )
-from smartsocket.protocol.socketio.session import WEBSOCKET, State
+from smartsocket.protocol.socketio.session import OPEN, WEBSOCKET
 from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE
 from smartsocket.recovery.marks import ResumePoint, pid_of
 from smartsocket.server.socketio.link import NamespaceLink
@@ -402,7 +402,7 @@ class ClientSession:
         self.counters.packets_out += 1
         ws = self._ws
         engine = self.engine
-        if ws is not None and engine.transport == WEBSOCKET and engine.state is State.OPEN:
+        if ws is not None and engine.transport == WEBSOCKET and engine.state is OPEN:
             # What engine.send would ask for (a WebSocket session buffers nothing), minus the
             # action objects: the hot path of acks and direct sends.
             frames = packet.frames
@@ -421,7 +421,7 @@ class ClientSession:
         self.counters.packets_out += 1
         ws = self._ws
         engine = self.engine
-        if ws is not None and engine.transport == WEBSOCKET and engine.state is State.OPEN:
+        if ws is not None and engine.transport == WEBSOCKET and engine.state is OPEN:
             if ws.deflater is None:  # what ws.send_message does uncompressed, two calls less
                 ws.send_frame(build_frame(payload))
             else:
