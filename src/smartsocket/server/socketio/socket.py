@@ -236,6 +236,9 @@ class SocketIOSocket(Socket):
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved", event=name, ack_id=ack_id
             )
             return
+        if not name:  # Socket.IO allows "", SmartSocket's names do not (and _handle reads name[0])
+            self.refuse(ErrorCode.INVALID_NAME, name_problem("event", name) or "", ack_id=ack_id)
+            return
         # receive_packet, with its common case (no rate limits, nothing held, in "/") going
         # straight to Socket's dispatch: two calls and a super() less per event.
         packet = Event(name, data, ack_id)
