@@ -323,7 +323,7 @@ class EngineSession:
         when ``data`` is one on an open session, its data (``data[1:]``) to hand to the
         Socket.IO layer as ``Deliver`` would (False: any other frame, or a session not open:
         call ``receive``). No action list, no ``Packet``, no slice."""
-        if data[:1] != "4" or self.state is not OPEN:
+        if not data or data[0] != "4" or self.state is not OPEN:
             return False
         if self.eio < 4:  # v3: any packet keeps the session alive
             self._last_seen = self._clock()

@@ -162,7 +162,9 @@ def decode_plain(text: str, start: int = 0) -> tuple[PacketKind, int | None, lis
     ``decode`` checks it; None for anything else (binary packets, namespaces, bad ids or
     payloads): ``decode`` then decodes it, or says what is wrong. No ``SioPacket``, no regular
     expression (str methods cost half as much), no intermediate slices but the JSON's."""
-    head = text[start : start + 1]
+    if len(text) <= start:
+        return None
+    head = text[start]  # an index, not a slice: no slice object
     if head != "2" and head != "3":
         return None
     i = start + 1

@@ -174,8 +174,16 @@ class ClientSession:
         plain = self.sio.receive_plain(text, 1)
         if plain is None:
             self._packet(text[1:])
-        else:
-            self._plain(plain, len(text) - 1)
+        else:  # _plain, inline
+            self.counters.packets_in += 1
+            link = self.links.get(DEFAULT_NAMESPACE)
+            socket = link.socket if link is not None else None
+            if socket is None:
+                pass
+            elif isinstance(plain, EventReceived):
+                socket.receive_event(plain.name, plain.data, plain.ack_id, len(text) - 1)
+            else:
+                socket.receive_ack(plain.ack_id, plain.data, len(text) - 1)
         if self._timer is None:
             self._schedule()
 

@@ -231,13 +231,13 @@ class SocketIOSocket(Socket):
             self._handle(packet)
 
     def receive_event(self, name: str, data: Any, ack_id: int | None, size: int) -> None:
-        if name[:1] == "$":  # the native protocol's system events are not the client's
+        if not name:  # Socket.IO allows "", SmartSocket's names do not (and _handle reads name[0])
+            self.refuse(ErrorCode.INVALID_NAME, name_problem("event", name) or "", ack_id=ack_id)
+            return
+        if name[0] == "$":  # the native protocol's system events are not the client's
             self.refuse(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved", event=name, ack_id=ack_id
             )
-            return
-        if not name:  # Socket.IO allows "", SmartSocket's names do not (and _handle reads name[0])
-            self.refuse(ErrorCode.INVALID_NAME, name_problem("event", name) or "", ack_id=ack_id)
             return
         # receive_packet, with its common case (no rate limits, nothing held, in "/") going
         # straight to Socket's dispatch: two calls and a super() less per event.
