@@ -4,10 +4,12 @@ Fixtures are the example encodings of socket.io/docs/v4/socket-io-protocol."""
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Any
 
 import pytest
 
+from smartsocket.protocol.envelope import ENCODE_ERRORS
 from smartsocket.protocol.socketio.engineio import OutFrame
 from smartsocket.protocol.socketio.errors import AttachmentError, SocketIOPacketError
 from smartsocket.protocol.socketio.socketio import (
@@ -25,6 +27,7 @@ from smartsocket.protocol.socketio.socketio import (
     encode_connect_error,
     encode_disconnect,
     encode_event,
+    plain_ack,
 )
 
 C, D, E, A, CE, BE, BA = (
@@ -285,6 +288,35 @@ def test_multiple_arguments_on_the_wire() -> None:
     assert encode_ack(5, None).text == b"35[]"
     assert encode_ack(5, [1, 2]).text == b"35[[1,2]]"  # one list argument
     assert encode_event("n").text == b'2["n"]'
+
+
+Point = namedtuple("Point", "x y")
+
+
+@pytest.mark.parametrize(
+    "result",
+    [None, 1, "s", 1.5, True, 2**64, [1, 2], {"a": [1, None]}, {1: 2}, (), ("ok", 7),
+     (1, [2], None), Point(1, 2), "\u00e9\u2028"],
+)
+def test_plain_ack_is_encode_ack(result: Any) -> None:
+    assert plain_ack(5, result) == encode_ack(5, result).frames[0].payload
+    assert len(encode_ack(5, result).frames) == 1
+
+
+@pytest.mark.parametrize(
+    "result", [b"x", ("ok", b"x"), [bytearray(b"x")], {"a": memoryview(b"x")}]
+)
+def test_plain_ack_leaves_attachments_to_encode_ack(result: Any) -> None:
+    assert plain_ack(5, result) is None
+
+
+@pytest.mark.parametrize("bad", [{(1, 2): 3}, {None: 1}, {"a": object()}, object()])
+def test_plain_ack_fails_as_encode_ack(bad: Any) -> None:
+    with pytest.raises(ENCODE_ERRORS):
+        encode_ack(5, bad)
+    with pytest.raises(ENCODE_ERRORS):  # raises, or leaves it to encode_ack, which raises
+        if plain_ack(5, bad) is None:
+            encode_ack(5, bad)
 
 
 def test_recovery_offset_is_the_last_argument() -> None:

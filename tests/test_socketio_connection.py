@@ -129,11 +129,14 @@ def test_receive_plain_is_receive(text: str) -> None:
     conn = joined()
     [event] = joined().receive(text)
     assert conn.receive_plain(text) == event
+    assert conn.receive_plain("4" + text, 1) == event  # in its Engine.IO message
 
 
-@pytest.mark.parametrize("text", NOT_PLAIN)
+# Digits that are not ASCII ("²", Arabic-Indic one) make no ack id.
+@pytest.mark.parametrize("text", [*NOT_PLAIN, '2\u00b2["x"]', '2\u0661["x"]', '2"["x"]'])
 def test_receive_plain_leaves_the_rest_to_receive(text: str) -> None:
     assert joined().receive_plain(text) is None
+    assert joined().receive_plain("4" + text, 1) is None
 
 
 def test_receive_plain_only_in_a_joined_root_and_between_packets() -> None:

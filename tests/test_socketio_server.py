@@ -330,6 +330,22 @@ async def test_the_native_heartbeat_leaves_socketio_sockets_to_engineio() -> Non
         assert not server._liveness.pending
 
 
+async def test_an_empty_event_name_is_refused_and_the_session_stays() -> None:
+    # Socket.IO allows "" as an event name; SmartSocket's names are never empty (it used to
+    # fail inside the server and drop the connection with 1011).
+    server = SmartSocket()
+    server.on("ping-me", lambda socket, data: "pong")
+    async with running(server), websockets.connect(ws_url(server)) as ws:
+        await ws.recv()
+        await ws.send("40")
+        await ws.recv()
+        await ws.send('421[""]')
+        answer = json.loads(str(await asyncio.wait_for(ws.recv(), 5))[3:])
+        assert answer[0]["error"]["code"] == "invalid_name"
+        await ws.send('422["ping-me"]')
+        assert await asyncio.wait_for(ws.recv(), 5) == '432["pong"]'
+
+
 @pytest.mark.parametrize(
     "packet",
     ["4x", "42{not json", "42[]", "43", "9", "451-[\"a\"]", '42["connect"]',

@@ -426,6 +426,9 @@ class Socket:
                     ack_id=None,
                 )
 
+    # Socket's own dispatch, for a subclass that overrides ``_handle`` (no super() per call).
+    _handle_native = _handle
+
     def handlers_for(self, event: str) -> list[Handler] | None:
         """This socket's own handlers of ``event`` (``on``), or None: the server's apply."""
         if self._handlers is not None:

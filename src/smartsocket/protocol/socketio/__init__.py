@@ -94,6 +94,7 @@ from smartsocket.protocol.socketio.socketio import (
     encode_connect_error,
     encode_disconnect,
     encode_event,
+    plain_ack,
 )
 
 __all__ = [
@@ -153,5 +154,6 @@ __all__ = [
     "encode_payload_v3",
     "error_body",
     "message_frame",
+    "plain_ack",
     "websocket_payload",
 ]

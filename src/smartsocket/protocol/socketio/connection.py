@@ -24,6 +24,7 @@ import msgspec
 from smartsocket.protocol.socketio.errors import SocketIOPacketError
 from smartsocket.protocol.socketio.socketio import (
     DEFAULT_NAMESPACE,
+    EVENT,
     BinaryReassembler,
     ConnectRequest,
     EncodedPacket,
@@ -113,18 +114,22 @@ class SocketIOConnection:
             packet = self._reassembler.feed_binary(data)
         return [] if packet is None else self._dispatch(packet)
 
-    def receive_plain(self, text: str) -> EventReceived | AckReceived | None:
+    def receive_plain(self, text: str, start: int = 0) -> EventReceived | AckReceived | None:
         """The fast path of ``receive`` for its common message, an EVENT or ACK in ``/``
-        (``decode_plain``): its event. None: anything else (or no plain packet may come now):
-        call ``receive``, which decodes it or raises what is wrong."""
+        (``decode_plain``; the packet starts at ``text[start]``): its event. None: anything
+        else (or no plain packet may come now): call ``receive``, which decodes it or raises
+        what is wrong."""
         if DEFAULT_NAMESPACE not in self._joined or self._reassembler.pending:
             return None
-        plain = decode_plain(text)
+        plain = decode_plain(text, start)
         if plain is None:
             return None
         kind, ack_id, args = plain
-        if kind is PacketKind.EVENT:
-            return EventReceived(DEFAULT_NAMESPACE, args[0], args_to_data(args[1:]), ack_id)
+        if kind is EVENT:
+            # args_to_data(args[1:]), without the slice for the common one argument
+            n = len(args)
+            data = None if n == 1 else args[1] if n == 2 else tuple(args[1:])
+            return EventReceived(DEFAULT_NAMESPACE, args[0], data, ack_id)
         assert ack_id is not None  # decode_plain refuses an ACK without id
         return AckReceived(DEFAULT_NAMESPACE, ack_id, args_to_data(args))
 

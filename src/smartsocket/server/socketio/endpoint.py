@@ -50,16 +50,17 @@ OpenSocket = Callable[[HandshakeRequest, type[SocketIOSocket]], "HttpResponse | 
 class _WebSocketHandler:
     """The transport's handler of a session's WebSocket (``transport.ConnectionHandler``)."""
 
-    __slots__ = ("_session",)
+    __slots__ = ("_session", "on_message")
 
     def __init__(self, session: ClientSession) -> None:
         self._session = session
+        # Every message goes straight to the session: no call of ours in between.
+        self.on_message: Callable[[bytes | memoryview, bool, int], None] = (
+            session.websocket_message
+        )
 
     def on_open(self, conn: ServerConnection) -> None:
         self._session.websocket_opened(conn)
-
-    def on_message(self, payload: bytes | memoryview, binary: bool, wire_size: int) -> None:
-        self._session.websocket_message(payload, binary)
 
     def on_close(self, code: int, reason: str) -> None:
         self._session.websocket_closed(code, reason)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class NamespaceLink:
     """What a socket in ``namespace`` writes, and how it closes, through ``session``."""
 
-    __slots__ = ("admitted_socket", "namespace", "session", "socket", "write")
+    __slots__ = ("admitted_socket", "namespace", "session", "socket", "write", "write_text")
 
     def __init__(self, session: ClientSession, namespace: str, socket: SocketIOSocket) -> None:
         self.session = session
@@ -27,6 +27,7 @@ class NamespaceLink:
         self.admitted_socket = False  # its CONNECT was answered
         # SocketIOLink.write: the session's own (every ack goes through it: no extra call)
         self.write: Callable[[EncodedPacket], None] = session.write
+        self.write_text: Callable[[bytes], None] = session.write_text
 
     def drop(self, code: int, reason: str) -> None:
         """The socket is over: tell it (and, through it, the application) once."""

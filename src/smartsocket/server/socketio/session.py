@@ -36,6 +36,7 @@ from smartsocket.protocol.socketio import (
     EngineSession,
     EventReceived,
     NamespaceLeft,
+    OutFrame,
     SocketIOConnection,
     SocketIOPacketError,
     Upgraded,
@@ -43,13 +44,13 @@ from smartsocket.protocol.socketio import (
     WriteWebSocket,
     websocket_payload,
 )
-from smartsocket.protocol.socketio.session import WEBSOCKET, State
+from smartsocket.protocol.socketio.session import OPEN, WEBSOCKET, State
 from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE
 from smartsocket.recovery.marks import ResumePoint, pid_of
 from smartsocket.server.socketio.budget import Charge, SessionBudget
 from smartsocket.server.socketio.link import NamespaceLink
 from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
-from smartsocket.transport import HandshakeRequest, HttpResponse
+from smartsocket.transport import HandshakeRequest, HttpResponse, build_frame
 
 if TYPE_CHECKING:
     from smartsocket.server.socketio.namespace import Namespace
@@ -171,20 +172,36 @@ class ClientSession:
             # admission runs now, on the handshake's headers and query.
             self._connect(DEFAULT_NAMESPACE, {})
 
-    def websocket_message(self, payload: bytes | memoryview, binary: bool) -> None:
+    def websocket_message(
+        self, payload: bytes | memoryview, binary: bool, wire_size: int = 0
+    ) -> None:
+        """A message on the session's WebSocket (``wire_size``: the transport's, unused)."""
         if binary:
             if self._charged(len(payload)):  # attachments: the socket charges their packet
                 self.perform(self.engine.receive(bytes(payload)))
             return
         text = str(payload, "utf-8")
-        message = self.engine.message_text(text)  # the common frame: no actions to perform
-        if message is None:
+        if not self.engine.is_message(text):
             if self._charged(len(payload)):  # not a message: no socket charges it
                 self.perform(self.engine.receive(text))
             return
         if not self.links and not self._charged(len(payload)):  # before any socket
             return
-        self._deliver(message)
+        # The common frame, a MESSAGE (no actions to perform) holding an EVENT or ACK in "/":
+        # decoded from the Engine.IO text as it is, straight to the socket.
+        plain = self.sio.receive_plain(text, 1)
+        if plain is None:
+            self._packet(text[1:])
+        else:  # _plain, inline
+            self.counters.packets_in += 1
+            link = self.links.get(DEFAULT_NAMESPACE)
+            socket = link.socket if link is not None else None
+            if socket is None:
+                pass
+            elif isinstance(plain, EventReceived):
+                socket.receive_event(plain.name, plain.data, plain.ack_id, len(text) - 1)
+            else:
+                socket.receive_ack(plain.ack_id, plain.data, len(text) - 1)
         if self._timer is None:
             self._schedule()
 
@@ -233,7 +250,7 @@ class ClientSession:
         charge = budget.charge(size)
         if charge is Charge.OK:
             return True
-        if charge is Charge.ABUSE and self.engine.state is State.OPEN:
+        if charge is Charge.ABUSE and self.engine.state is OPEN:
             logger.info("session %s: rate limit abuse, closed", self.sid,
                         extra={"event": "limit", "limit": "rate"})
             self._drop_all(CloseCode.RATE_LIMITED, "rate limit abuse")
@@ -345,19 +362,29 @@ class ClientSession:
     # -- Socket.IO packets ---------------------------------------------------------------
 
     def _deliver(self, data: str | bytes) -> None:
-        self.counters.packets_in += 1
         if type(data) is str:
             plain = self.sio.receive_plain(data)  # an EVENT or ACK in "/": no list, no packet
             if plain is not None:
-                link = self.links.get(DEFAULT_NAMESPACE)
-                socket = link.socket if link is not None else None
-                if socket is None:
-                    pass
-                elif isinstance(plain, EventReceived):
-                    socket.receive_event(plain.name, plain.data, plain.ack_id, len(data))
-                else:
-                    socket.receive_ack(plain.ack_id, plain.data, len(data))
+                self._plain(plain, len(data))
                 return
+        self._packet(data)
+
+    def _plain(self, plain: EventReceived | AckReceived, size: int) -> None:
+        """An EVENT or ACK in "/" (``receive_plain``), ``size`` characters long."""
+        self.counters.packets_in += 1
+        link = self.links.get(DEFAULT_NAMESPACE)
+        socket = link.socket if link is not None else None
+        if socket is None:
+            return
+        if isinstance(plain, EventReceived):
+            socket.receive_event(plain.name, plain.data, plain.ack_id, size)
+        else:
+            socket.receive_ack(plain.ack_id, plain.data, size)
+
+    def _packet(self, data: str | bytes) -> None:
+        """Any Engine.IO message's data: the generic path, which decodes it or closes the
+        session on what is wrong."""
+        self.counters.packets_in += 1
         try:
             events = self.sio.receive(data)
         except SocketIOPacketError as exc:
@@ -459,7 +486,7 @@ class ClientSession:
         self.counters.packets_out += 1
         ws = self._ws
         engine = self.engine
-        if ws is not None and engine.transport == WEBSOCKET and engine.state is State.OPEN:
+        if ws is not None and engine.transport == WEBSOCKET and engine.state is OPEN:
             # What engine.send would ask for (a WebSocket session buffers nothing), minus the
             # action objects: the hot path of acks and direct sends.
             frames = packet.frames
@@ -471,6 +498,20 @@ class ClientSession:
                 ws.send_message(websocket_payload(frame, eio), frame.binary)
             return
         self.perform(engine.send(packet.frames))
+
+    def write_text(self, payload: bytes) -> None:
+        """``write`` for a packet of one text message (``payload``: its Engine.IO bytes, as
+        ``plain_ack`` makes them): the hot path of acks, no packet objects."""
+        self.counters.packets_out += 1
+        ws = self._ws
+        engine = self.engine
+        if ws is not None and engine.transport == WEBSOCKET and engine.state is OPEN:
+            if ws.deflater is None:  # what ws.send_message does uncompressed, two calls less
+                ws.send_frame(build_frame(payload))
+            else:
+                ws.send_message(payload, False)
+            return
+        self.perform(engine.send((OutFrame(payload),)))
 
     @property
     def connected_sockets(self) -> int:

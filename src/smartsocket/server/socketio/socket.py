@@ -23,7 +23,12 @@ from smartsocket.protocol.codes import ErrorCode
 from smartsocket.protocol.envelope import ENCODE_ERRORS, AckReply, Event, Packet
 from smartsocket.protocol.names import check_event, name_problem
 from smartsocket.protocol.socketio import EncodedPacket, PacketKind, encode, encode_event
-from smartsocket.protocol.socketio.socketio import DEFAULT_NAMESPACE, data_to_args, encode_ack
+from smartsocket.protocol.socketio.socketio import (
+    DEFAULT_NAMESPACE,
+    data_to_args,
+    encode_ack,
+    plain_ack,
+)
 from smartsocket.recovery.marks import ResumePoint, mark_of, record
 from smartsocket.security import LimitExceeded
 from smartsocket.server.socket import LOCAL_EVENTS, Socket
@@ -47,6 +52,9 @@ class SocketIOLink(Protocol):
     """What a ``SocketIOSocket`` needs of its client's session (and ``SocketConnection``)."""
 
     def write(self, packet: EncodedPacket) -> None: ...
+
+    def write_text(self, payload: bytes) -> None:
+        """A packet of one text message: its Engine.IO bytes (``plain_ack``)."""
 
     def admitted(self) -> None: ...
 
@@ -200,15 +208,18 @@ class SocketIOSocket(Socket):
     def receive_packet(self, packet: Packet, size: int) -> None:
         """A packet the session decoded: the checks of ``Socket.on_message`` after decoding
         (stats, rate limits, held until on_connection ran)."""
-        ctx = self._ctx
-        stats = ctx.stats
+        stats = self._ctx.stats
         if stats is not None:
             stats.messages_in += 1
             stats.bytes_in += size
             stats.bytes_in_wire += size
+        self._admit(packet, size)
+
+    def _admit(self, packet: Packet, size: int) -> None:
+        """Rate limits, then handled now or held until on_connection ran."""
         limiter = self._limiter
         if limiter is not None:
-            now = ctx.clock()
+            now = self._ctx.clock()
             if type(packet) is Event:
                 wait = limiter.check(packet.name, size, now)
                 if wait:
@@ -225,12 +236,26 @@ class SocketIOSocket(Socket):
             self._handle(packet)
 
     def receive_event(self, name: str, data: Any, ack_id: int | None, size: int) -> None:
-        if name[:1] == "$":  # the native protocol's system events are not the client's
+        if not name:  # Socket.IO allows "", SmartSocket's names do not (and _handle reads name[0])
+            self.refuse(ErrorCode.INVALID_NAME, name_problem("event", name) or "", ack_id=ack_id)
+            return
+        if name[0] == "$":  # the native protocol's system events are not the client's
             self.refuse(
                 ErrorCode.RESERVED_EVENT, f"{name!r} is reserved", event=name, ack_id=ack_id
             )
             return
-        self.receive_packet(Event(name, data, ack_id), size)
+        # receive_packet, with its common case (no rate limits, nothing held, in "/") going
+        # straight to Socket's dispatch: two calls and a super() less per event.
+        packet = Event(name, data, ack_id)
+        stats = self._ctx.stats
+        if stats is not None:
+            stats.messages_in += 1
+            stats.bytes_in += size
+            stats.bytes_in_wire += size
+        if self._limiter is None and self._inbox is None and self._scope is None:
+            self._handle_native(packet)
+        else:
+            self._admit(packet, size)
 
     def receive_ack(self, ack_id: int, data: Any, size: int) -> None:
         self.receive_packet(AckReply(ack_id, data), size)
@@ -279,11 +304,22 @@ class SocketIOSocket(Socket):
 
     def answer(self, ack_id: int, result: Any, binary: bool) -> None:
         try:
-            packet = encode_ack(ack_id, result, namespace=self.namespace)
+            # The common ack, in "/" without attachments: its bytes, no packet objects.
+            payload = plain_ack(ack_id, result) if self.namespace == DEFAULT_NAMESPACE else None
+            packet = (
+                encode_ack(ack_id, result, namespace=self.namespace) if payload is None else None
+            )
         except ENCODE_ERRORS:
             self.reject(ErrorCode.INTERNAL_ERROR, "the reply could not be encoded", ack_id=ack_id)
             return
-        self._write(packet)
+        link = self._link
+        if link is None or not self.connected:
+            return
+        if packet is None:
+            assert payload is not None
+            link.write_text(payload)
+        else:
+            link.write(packet)
 
     def _send_payload(self, payload: bytes, binary: bool) -> None:
         link = self._link
