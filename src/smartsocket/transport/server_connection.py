@@ -182,7 +182,11 @@ class ServerConnection(Connection):
         # later frame (an oversized one, say) makes picows fail the connection and drop TCP
         # itself 10 ms on, with bytes unread.
         raw.set_protocol(Linger(raw.get_protocol()))
-        raw.write_eof()  # FIN after the queued close frame
+        try:
+            raw.write_eof()  # FIN after the queued close frame
+        except OSError:  # the peer is gone already (ENOTCONN after its reset): just drop it
+            self.abort()
+            return
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._close_timer = close_timer(self.abort)
