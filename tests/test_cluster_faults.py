@@ -159,3 +159,28 @@ async def test_channels_wanted_while_the_link_connects_are_subscribed(broker: Br
     finally:
         await sender.close()
         await adapter.close()
+
+
+async def test_a_cancel_swallowed_by_the_broker_client_still_ends_the_link_loops() -> None:
+    """redis-py (8.1) returns a command's reply when a cancel lands as the reply arrives, and
+    the task runs on. The adapter's loops check after each call (``honour_cancel``): a node's
+    close waited forever for a broker writer that had eaten its cancel."""
+    from smartsocket.cluster.brokers.base import honour_cancel
+
+    async def swallowing_call() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "reply"
+        return "late"
+
+    async def link_loop() -> None:
+        while True:
+            await swallowing_call()
+            honour_cancel()
+
+    task = asyncio.ensure_future(link_loop())
+    await asyncio.sleep(0)  # in the call
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)

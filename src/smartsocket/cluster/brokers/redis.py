@@ -18,7 +18,7 @@ import contextlib
 import logging
 from typing import Any
 
-from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound, safe_url
+from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound, honour_cancel, safe_url
 from smartsocket.cluster.brokers.scripts import SCRIPTS, ScriptCall
 from smartsocket.errors import MissingDependency
 
@@ -118,6 +118,7 @@ class RedisAdapter(BrokerAdapter):
                 else:
                     probing = True
                     await self._pubsub.ping()
+                    honour_cancel()
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -128,6 +129,7 @@ class RedisAdapter(BrokerAdapter):
         loop = asyncio.get_running_loop()
         while True:
             message = await pubsub.get_message(timeout=None)
+            honour_cancel()
             if message is None:
                 continue
             self._last_read = loop.time()

@@ -54,7 +54,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode
 
-from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound
+from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound, honour_cancel
 from smartsocket.cluster.brokers.redis import IDLE_TIMEOUT, read_incarnation
 from smartsocket.cluster.brokers.scripts import SCRIPTS, ScriptCall
 from smartsocket.errors import MissingDependency
@@ -309,6 +309,7 @@ class RedisClusterAdapter(BrokerAdapter):
             except MovedError as exc:  # an SSUBSCRIBE sent to a former owner of the slot
                 self._redirected(shard, exc.slot_id, _addr(exc.host, int(exc.port)))
                 continue
+            honour_cancel()
             if message is None:
                 continue
             shard.last_read = loop.time()
@@ -392,6 +393,7 @@ class RedisClusterAdapter(BrokerAdapter):
                 else:
                     shard.probing = True
                     await shard.pubsub.ping()
+                    honour_cancel()
 
     async def _close_subscription(self, shard: _Shard) -> None:
         pubsub, shard.pubsub = shard.pubsub, None
