@@ -126,9 +126,11 @@ async def test_authentication_origin_and_message_size() -> None:
 
 async def test_app_shutdown_finishes_handlers_then_closes_1001() -> None:
     server = SmartSocket()
+    started = asyncio.Event()
 
     @server.on("slow")
     async def slow(socket: Socket, data: Any) -> str:
+        started.set()
         await asyncio.sleep(0.3)
         return "done"
 
@@ -138,7 +140,7 @@ async def test_app_shutdown_finishes_handlers_then_closes_1001() -> None:
         closed = Recorder(client, "disconnect")
         await client.connect()
         call = asyncio.ensure_future(client.call("slow"))
-        await asyncio.sleep(0.05)
+        await started.wait()  # running when the shutdown starts (not a guess)
     # Leaving running_aiohttp ran the app's shutdown: the call got its answer first.
     assert await call == "done"
     assert (await closed.next("disconnect")).code == 1001

@@ -200,9 +200,11 @@ async def test_message_over_max_message_size_closes_1009() -> None:
 
 async def test_graceful_shutdown_finishes_handlers_then_closes_1001() -> None:
     server = SmartSocket()
+    started = asyncio.Event()
 
     @server.on("slow")
     async def slow(socket: Socket, data: Any) -> str:
+        started.set()
         await asyncio.sleep(0.3)
         return "done"
 
@@ -212,7 +214,7 @@ async def test_graceful_shutdown_finishes_handlers_then_closes_1001() -> None:
         closed = Recorder(client, "disconnect")
         await client.connect()
         call = asyncio.ensure_future(client.call("slow"))
-        await asyncio.sleep(0.05)
+        await started.wait()  # running when the shutdown starts (not a guess)
         shutdown = asyncio.ensure_future(mount.shutdown())
         assert await call == "done"
         assert (await closed.next("disconnect")).code == 1001

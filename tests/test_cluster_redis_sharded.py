@@ -189,6 +189,9 @@ async def test_room_broadcasts_on_every_shard(cluster: tuple[str, list[Node]]) -
 async def test_server_broadcast_and_remote_sockets(cluster: tuple[str, list[Node]]) -> None:
     name, nodes = cluster
     async with clients(*nodes) as (c0, c1, c2):
+        # Counted from here: a node whose first connect took over 5 s (a loaded machine) runs
+        # its heartbeat before its link is up, and that refused heartbeat counts as failed.
+        failed = get_json(nodes[0].http + "/smartsocket/stats")["cluster"]["publishFailed"]
         ids = [await c.call("node") for c in (c0, c1, c2)]
         # the node-wide channels are shard channels too: one shard each
         everyone = f"{name}.all"
@@ -210,7 +213,7 @@ async def test_server_broadcast_and_remote_sockets(cluster: tuple[str, list[Node
         assert mine == {c0.sid: ids[0], c1.sid: ids[1], c2.sid: ids[2]}
         stats = get_json(nodes[0].http + "/smartsocket/stats")["cluster"]
         assert stats["adapter"] == "redis-cluster" and stats["status"] == "ok"
-        assert stats["nodes"] == 3 and stats["publishFailed"] == 0
+        assert stats["nodes"] == 3 and stats["publishFailed"] == failed
 
 
 async def test_presence_across_nodes(cluster: tuple[str, list[Node]]) -> None:
@@ -242,6 +245,9 @@ async def test_a_room_follows_its_slot_to_another_shard(cluster: tuple[str, list
         await c0.call("join", {"room": room})
         await c1.call("join", {"room": room})
         assert numsub(home, channel) == 2
+        # What the move costs, counted from here: a heartbeat refused before a slow first
+        # connect was up (see test_server_broadcast_and_remote_sockets) is not the move's.
+        before = [get_json(node.http + "/smartsocket/stats")["cluster"] for node in nodes]
         try:
             move_slot(slot, target)
             # Redis unsubscribed the nodes on the old owner; they subscribe on the new one
@@ -255,9 +261,10 @@ async def test_a_room_follows_its_slot_to_another_shard(cluster: tuple[str, list
         await eventually(lambda: numsub(home, channel) == 2, "not back on the old owner")
         await c0.call("say", {"room": room, "text": "home", "not_me": True})
         assert await rec.next("said") == "home"
-        for node in nodes:  # handled without dropping the link
+        for node, then in zip(nodes, before, strict=True):  # handled without dropping the link
             stats = get_json(node.http + "/smartsocket/stats")["cluster"]
-            assert stats["reconnects"] == 0 and stats["publishFailed"] == 0
+            assert stats["reconnects"] == then["reconnects"] == 0
+            assert stats["publishFailed"] == then["publishFailed"]
 
 
 async def test_a_broken_shard_connection_reconnects_and_resubscribes(redis_cluster: None) -> None:

@@ -38,6 +38,10 @@ DEPLOY_FILES = [
 ]
 KNOWN_ENV = {name for f in option_fields() for name in env_names(f.name)}
 
+# Upper bound for a server process to start, answer or exit: a loaded 2-core machine took
+# over 10 s just to start one (imports alone: 5 s). A bound, never a sleep.
+PROCESS = 30.0
+
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
@@ -184,7 +188,7 @@ async def serve(
     )
     try:
         assert proc.stdout is not None and proc.stderr is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        line = (await asyncio.wait_for(proc.stdout.readline(), PROCESS)).decode()
         assert "listening on" in line, line + (await proc.stderr.read()).decode()
         yield proc, line.rsplit(" ", 1)[1].strip()
     finally:
@@ -199,7 +203,7 @@ async def healthcheck(port: int) -> int:
         env={**os.environ, "SMARTSOCKET_PORT": str(port)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    return await asyncio.wait_for(proc.wait(), 10)
+    return await asyncio.wait_for(proc.wait(), PROCESS)
 
 
 async def test_healthcheck_follows_the_server() -> None:
@@ -207,7 +211,7 @@ async def test_healthcheck_follows_the_server() -> None:
         port = int(url.rsplit(":", 1)[1].strip("/"))
         assert await healthcheck(port) == 0
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), PROCESS) == 0
     assert await healthcheck(port) == 1
 
 
@@ -230,7 +234,7 @@ async def test_log_file_is_reopened_on_sighup(tmp_path: Path) -> None:
         assert sid is not None
         await client.close()
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), PROCESS) == 0
         assert proc.stderr is not None
         assert b"listening" not in await proc.stderr.read()  # logs went to the file only
     new, old = log.read_text(), rotated.read_text()

@@ -148,19 +148,23 @@ async def test_server_to_client_call_and_timeout() -> None:
 
         client.on("client_refuses", lambda data: (_ for _ in ()).throw(AckError("no", "x")))
         sock = sockets[0]
-        assert await sock.call("question", 21) == 42
-        assert await sock.call("async_question", 1) == 2
+        # Answered calls get a generous timeout of their own: message_timeout (0.2 s) is
+        # crossed only by the call that is never answered (a loaded machine can stall 0.2 s).
+        assert await sock.call("question", 21, timeout=30) == 42
+        assert await sock.call("async_question", 1, timeout=30) == 2
         with pytest.raises(AckError) as info:
-            await sock.call("client_refuses")
+            await sock.call("client_refuses", timeout=30)
         assert info.value.code == "no"
         with pytest.raises(AckError) as info:
-            await sock.call("unhandled")
+            await sock.call("unhandled", timeout=30)
         assert info.value.code == "unknown_event"
 
         async def hang(data: Any) -> None:
             await asyncio.sleep(10)
 
         client.on("hang", hang)
+        with pytest.raises(AckTimeout):
+            await sock.call("hang")  # message_timeout is the default
         with pytest.raises(AckTimeout):
             await sock.call("hang", timeout=0.1)
 
@@ -337,9 +341,11 @@ async def _not_ping(ws: Any) -> Any:
 async def test_graceful_close_finishes_handlers_then_sends_1001() -> None:
     server = SmartSocket()
     finished: list[str] = []
+    started = asyncio.Event()
 
     @server.on("work")
     async def work(socket: Socket, data: Any) -> str:
+        started.set()
         await asyncio.sleep(0.2)
         finished.append("done")
         return "done"
@@ -348,8 +354,8 @@ async def test_graceful_close_finishes_handlers_then_sends_1001() -> None:
         client = await _connect(server)
         rec = Recorder(client, "disconnect")
         pending = asyncio.ensure_future(client.call("work"))
-        await asyncio.sleep(0.05)
-        await server.close(timeout=2)
+        await started.wait()  # the handler runs: the close must wait for it (not a guess)
+        await server.close(timeout=10)
         assert await pending == "done"  # the reply went out before the close
         closed = await rec.next("disconnect")
         assert closed.code == 1001

@@ -43,6 +43,17 @@ URGENT_ROOM = 64  # control messages a full outbound queue still takes (publish_
 T = TypeVar("T")
 
 
+def honour_cancel() -> None:
+    """Raise CancelledError if the running task was cancelled but runs on: redis-py (8.1)
+    swallows a cancel that lands as a command's reply arrives (the command returns its reply;
+    ``Task.cancelling()`` stays > 0). A loop that awaits the client calls this after each call,
+    or a swallowed cancel keeps it looping forever: a node's close then waited, with no timer
+    left, for its broker writer (the test_broker_backpressure and test_cluster_faults hangs)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Adapter(abc.ABC):
     """A pub/sub link to the other nodes of a cluster."""
 
@@ -187,6 +198,7 @@ class BrokerAdapter(Adapter):
                 self._control.clear()  # _connect subscribes to every wanted channel
                 wanted = set(self._channels)
                 await self._connect()
+                honour_cancel()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -281,6 +293,7 @@ class BrokerAdapter(Adapter):
                 self.lost += len(batch)
                 self.lost_channels.update(channel for channel, _ in batch)
                 raise
+            honour_cancel()
             writable = self._writable
             if writable is not None and len(queue) <= self.max_queue // 2:
                 writable.set()
@@ -291,6 +304,7 @@ class BrokerAdapter(Adapter):
             while self._control:
                 subscribe, channel = self._control.popleft()
                 await self._apply(subscribe, channel)
+                honour_cancel()
             ready.clear()
             if not self._control:
                 await ready.wait()

@@ -18,7 +18,13 @@ import contextlib
 import logging
 from typing import Any
 
-from smartsocket.cluster.brokers.base import LINK_TIMEOUT, BrokerAdapter, Outbound, safe_url
+from smartsocket.cluster.brokers.base import (
+    LINK_TIMEOUT,
+    BrokerAdapter,
+    Outbound,
+    honour_cancel,
+    safe_url,
+)
 from smartsocket.cluster.brokers.scripts import SCRIPTS, ScriptCall
 from smartsocket.errors import MissingDependency
 
@@ -116,6 +122,7 @@ class RedisAdapter(BrokerAdapter):
                 self._heard = False
                 self.pings += 1
                 await self._bounded(self._pubsub.ping())
+                honour_cancel()
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -125,6 +132,7 @@ class RedisAdapter(BrokerAdapter):
         receive = self._receive
         while True:
             message = await pubsub.get_message(timeout=None)
+            honour_cancel()
             if message is None:
                 continue
             self._heard = True

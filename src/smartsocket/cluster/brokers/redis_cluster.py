@@ -54,7 +54,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode
 
-from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound
+from smartsocket.cluster.brokers.base import BrokerAdapter, Outbound, honour_cancel
 from smartsocket.cluster.brokers.redis import IDLE_TIMEOUT, read_incarnation, silence
 from smartsocket.cluster.brokers.scripts import SCRIPTS, ScriptCall
 from smartsocket.errors import MissingDependency
@@ -310,6 +310,7 @@ class RedisClusterAdapter(BrokerAdapter):
             except MovedError as exc:  # an SSUBSCRIBE sent to a former owner of the slot
                 self._redirected(shard, exc.slot_id, _addr(exc.host, int(exc.port)))
                 continue
+            honour_cancel()
             if message is None:
                 continue
             shard.heard = True
@@ -392,6 +393,7 @@ class RedisClusterAdapter(BrokerAdapter):
             shard.heard = False
             self.pings[shard.addr] = self.pings.get(shard.addr, 0) + 1
             await self._bounded(shard.pubsub.ping())
+            honour_cancel()
 
     async def _close_subscription(self, shard: _Shard) -> None:
         pubsub, shard.pubsub = shard.pubsub, None
