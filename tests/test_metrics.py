@@ -265,7 +265,7 @@ def test_cli_stats_table_and_json_and_log_json() -> None:
             [sys.executable, "-m", "smartsocket", "stats", "http://127.0.0.1:1"],
             capture_output=True, text=True, timeout=20,
         )
-        assert bad.returncode == 1 and "cannot read" in bad.stderr
+        assert bad.returncode == 1 and "cannot reach" in bad.stderr
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
