@@ -20,86 +20,25 @@ valgrind; 127.0.0.1 only; about a minute per checkout.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
-from bench import loadgen
-from bench.common import HOST, REPO_ROOT, free_port, port_open, project_python
-from bench.servers import SmartSocketPeer
+from bench.tools.callgrind import checkouts, window_instructions
 
 
 def measure(
     tree: Path, python: str, members: int, window: int, duration: float
 ) -> dict[str, float]:
     """Instructions per delivery of one checkout (``tree``, run by ``python``)."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="fanout-ir-") as tmp:
-        out = Path(tmp) / "callgrind.out"
-        # no heartbeat inside the window: 1,000 $pings would be counted as deliveries' cost
-        serve = [
-            "-m", "smartsocket", "serve", "--port", str(port), "--host", HOST,
-            *SmartSocketPeer.FLAGS, "--ping-interval", "3600",
-        ]
-        server = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, *serve],
-            cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while not port_open(port):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the server under valgrind did not start ({tree})")
-                time.sleep(0.5)
-            result = _drive(server.pid, port, members, window, duration)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
-        dumps = sorted(Path(tmp).glob("callgrind.out.*"))
-        if not dumps:
-            raise SystemExit("callgrind wrote no dump for the measured window")
-        instructions = _total(dumps[-1])
+    instructions, result = window_instructions(tree, python, [
+        "--proto", "smartsocket", "--workload", "fanout", "--members", str(members),
+        "--window", str(window), "--duration", str(duration),
+    ])
     deliveries = float(result["deliveries_window"])
     return {
         "instructions": instructions,
         "deliveries": deliveries,
         "per_delivery": instructions / deliveries if deliveries else 0.0,
     }
-
-
-def _drive(pid: int, port: int, members: int, window: int, duration: float) -> dict[str, int]:
-    binary = loadgen.ensure_built()
-    args = [
-        str(binary), "--proto", "smartsocket", "--port", str(port), "--workload", "fanout",
-        "--members", str(members), "--window", str(window), "--payload-size", "64",
-        "--duration", str(duration), "--warmup", "1", "--connect-timeout", "300",
-        "--drain-timeout", "120",
-    ]
-    gen = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    assert gen.stdout is not None
-    result: dict[str, int] = {}
-    for line in gen.stdout:
-        line = line.strip()
-        if line == "#MEASURE_START":
-            subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
-        elif line == "#MEASURE_END":
-            subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
-        elif line.startswith("{"):
-            result = json.loads(line)
-    gen.wait()
-    if not result.get("ok"):
-        raise SystemExit(f"the generator failed: {result.get('error')}")
-    return result
-
-
-def _total(dump: Path) -> float:
-    for line in dump.read_text().splitlines():
-        if line.startswith("summary:"):  # what callgrind_annotate shows as PROGRAM TOTALS
-            return float(line.split()[1])
-    raise SystemExit(f"no totals in {dump}")
 
 
 def main() -> None:
@@ -109,16 +48,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1)
     ap.add_argument("--duration", type=float, default=10.0, help="measured window, seconds")
     a = ap.parse_args()
-    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
-        raise SystemExit("valgrind (callgrind) is not installed")
-    runs = [("this checkout", REPO_ROOT, project_python())]
-    if a.base:
-        from bench.compare import prepare_base, resolve
-
-        tree = prepare_base(resolve(a.base))
-        runs.append((a.base, tree, str(tree / ".venv" / "bin" / "python")))
     rows = []
-    for name, tree, python in runs:
+    for name, tree, python in checkouts(a.base):
         r = measure(tree, python, a.members, a.window, a.duration)
         rows.append((name, r))
         print(
