@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from smartsocket import SmartSocket, Socket
+from smartsocket import Client, SmartSocket, Socket
 from smartsocket.protocol.envelope import encode_event
 from smartsocket.testing import connected, running, wait_for
 
@@ -29,15 +29,21 @@ def server() -> SmartSocket:
     return app
 
 
+def record(c: Client) -> list[Any]:
+    """What ``c`` gets: ``said`` data, and ``("gap", room)`` for each ``$gap``."""
+    got: list[Any] = []
+    c.on("said", got.append)
+    c.on("$gap", lambda info: got.append(("gap", info["room"])))
+    return got
+
+
 @pytest.mark.asyncio
 async def test_messages_held_back_past_the_limit_become_a_gap() -> None:
     app = server()
     async with running(app), connected(app) as c:
         sync = app._cluster.sync
         assert sync is not None
-        got: list[Any] = []
-        c.on("said", lambda n: got.append(n))
-        c.on("$gap", lambda info: got.append(("gap", info["room"])))
+        got = record(c)
         await c.call("join", "r")
         app.room("r").broadcast("said", 0)
         await wait_for(lambda: got == [0])
@@ -60,9 +66,7 @@ async def test_own_messages_past_the_limit_are_not_matched_but_told() -> None:
     async with running(app), connected(app) as c:
         sync = app._cluster.sync
         assert sync is not None
-        got: list[Any] = []
-        c.on("said", lambda n: got.append(n))
-        c.on("$gap", lambda info: got.append(("gap", info["room"])))
+        got = record(c)
         await c.call("join", "r")
         sync.limit = 2
         # Own messages on their way through Redis when the link broke, twice over: more
@@ -91,9 +95,7 @@ async def test_own_messages_forgotten_past_the_limit_and_never_logged_are_told()
     async with running(app), connected(app) as c:
         sync = app._cluster.sync
         assert sync is not None
-        got: list[Any] = []
-        c.on("said", lambda n: got.append(n))
-        c.on("$gap", lambda info: got.append(("gap", info["room"])))
+        got = record(c)
         await c.call("join", "r")
         sync.limit = 2
         app.room("r").broadcast("said", 0)
@@ -117,9 +119,7 @@ async def test_a_forgotten_own_message_that_came_back_settles_the_room() -> None
     async with running(app), connected(app) as c:
         sync = app._cluster.sync
         assert sync is not None
-        got: list[Any] = []
-        c.on("said", lambda n: got.append(n))
-        c.on("$gap", lambda info: got.append(("gap", info["room"])))
+        got = record(c)
         await c.call("join", "r")
         sync.limit = 2
         for n in range(3):  # the first one remembered is forgotten past the limit
