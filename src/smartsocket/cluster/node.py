@@ -232,8 +232,11 @@ class ClusterNode:
     def congested(self) -> bool:
         """The broker link is up but its outbound queue is full: a publish now would be
         refused (the server refuses the broadcast instead: ``overloaded``)."""
-        adapter = self.adapter
-        return isinstance(adapter, BrokerAdapter) and adapter.connected and adapter.full
+        adapter = self.adapter  # None on one node: no isinstance (an ABC's) per publish
+        return (
+            adapter is not None and isinstance(adapter, BrokerAdapter) and adapter.connected
+            and adapter.full
+        )
 
     async def wait_writable(self, timeout: float) -> bool:
         """Wait until the broker link can take a burst (see ``BrokerAdapter.wait_writable``);

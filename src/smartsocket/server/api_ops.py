@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from smartsocket.cluster.node import ClusterNode
     from smartsocket.recovery.store import SessionStore
     from smartsocket.server.app import SmartSocket
+    from smartsocket.server.rooms import Room as RoomHandle
 
 Timeout = Annotated[float, msgspec.Meta(
     gt=0, le=60, description="seconds to wait for the other nodes (default 2)"
@@ -244,6 +245,32 @@ class Names:
         if event is not None and event not in self.events:
             _check_event(event, self.max_length)
             self.events.add(event)
+
+
+class Publisher:
+    """The publishes of one request (a batch repeats rooms and events): each room's handle
+    made, and its name checked, once; each event name checked once."""
+
+    __slots__ = ("events", "names", "rooms", "server")
+
+    def __init__(self, server: SmartSocket, names: Names) -> None:
+        self.server = server
+        self.names = names
+        self.events = names.events
+        self.rooms: dict[str, RoomHandle] = {}
+
+    def publish(self, op: Publish) -> None:
+        """``op`` carried out (its result is ``{}``), or ApiError."""
+        room = self.rooms.get(op.room)
+        if room is None:
+            self.names.check(op)
+            room = self.rooms[op.room] = self.server.room(op.room)
+        elif op.event not in self.events:
+            self.names.check(op)
+        try:
+            room.broadcast(op.event, op.data, exclude=op.exclude, binary=False)
+        except LimitExceeded as exc:
+            raise _limit_error(exc) from exc
 
 
 def _limit_error(exc: LimitExceeded) -> ApiError:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 class Broadcaster:
     """Broadcasts made on this node. ``fanout`` and ``recovery`` follow the configuration."""
 
-    __slots__ = ("cluster", "fanout", "recovery", "sockets")
+    __slots__ = ("checked", "cluster", "fanout", "recovery", "sockets")
 
     def __init__(
         self, sockets: Mapping[str, Socket], cluster: ClusterNode, fanout: Fanout,
@@ -44,6 +44,7 @@ class Broadcaster:
         self.cluster = cluster
         self.fanout = fanout
         self.recovery = recovery
+        self.checked = ""  # the event name checked last: a run of broadcasts repeats it
 
     def send(
         self, members: Mapping[Socket, SendFrame], event: str, data: Any,
@@ -52,15 +53,19 @@ class Broadcaster:
         """Encode once, deliver here (server/fanout.py), then in a cluster publish the encoded
         payload to the other nodes (``room`` None: to every socket). Returns the deliveries
         made on this node."""
-        check_event(event)
+        if type(event) is not str or event != self.checked:  # a str subclass: every time
+            check_event(event)
+            if type(event) is str:
+                self.checked = event
         cluster = self.cluster
+        active = cluster.active
         recovery = self.recovery
         # With recovery a room message is logged even with no member here: a dropped member
         # may resume and want it (on one node the store logs it; in a cluster, Redis).
         logged = recovery is not None and room is not None
-        if not members and not cluster.active and not logged:
+        if not members and not active and not logged:
             return 0
-        if cluster.active and cluster.congested:
+        if active and cluster.congested:
             # Refused as a whole, before it is logged or delivered here: never here (or in a
             # history) only and lost for the other nodes.
             raise LimitExceeded(
@@ -81,7 +86,7 @@ class Broadcaster:
             )
         else:
             payload = envelope.encode_event(event, data, binary=binary)
-        if not cluster.active:
+        if not active:
             return self.fanout.deliver(members, payload, binary, skip)
         return self._publish(members, room, payload, binary, skip, exclude_ids(exclude))
 
