@@ -52,7 +52,7 @@ async def _run_batches(client: RawHttp, host: str, batches: int, batch: int,
                        group: list[RawMember]) -> None:
     head, tail = batch_body(batch)
     outcome = Outcome()
-    expected = group[0].count
+    expected = group[0].count if group else 0
     for _ in range(batches):
         stamp = b'{"at": %r}' % time.perf_counter()
         outcome.count(await client.post(host, "batch", head + stamp + tail), batch)
