@@ -179,3 +179,29 @@ def test_room_registry_membership_and_hooks() -> None:
         ("joined", "s", "b", "True"), ("left", "r", "a", "False"),
         ("left", "r", "b", "True"), ("removed", "s", "b"),
     ]
+
+
+class Sneaky(str):
+    """A str subclass that says it equals anything: the name check must not trust it."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    __hash__ = str.__hash__
+
+
+def test_every_broadcast_checks_its_event_name_even_in_a_run_of_the_same() -> None:
+    from smartsocket import SmartSocket
+
+    room = SmartSocket().room("r")
+    assert room.broadcast("ok", 1) == 0
+    assert room.broadcast("ok", 2) == 0  # the same name: checked once, still fine
+    for bad in ("$welcome", "a\nb", "", Sneaky("$x"), 5):
+        with pytest.raises(ValueError):
+            room.broadcast(bad, 3)  # type: ignore[arg-type]
+    assert room.broadcast("ok", 4) == 0
+    with pytest.raises(ValueError, match="reserved"):
+        room.broadcast("$ok", 5)
