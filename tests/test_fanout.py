@@ -197,6 +197,8 @@ def test_every_broadcast_checks_its_event_name_even_in_a_run_of_the_same() -> No
     from smartsocket import SmartSocket
 
     room = SmartSocket().room("r")
+    with pytest.raises(ValueError):
+        room.broadcast("", 0)  # the first broadcast: nothing checked yet
     assert room.broadcast("ok", 1) == 0
     assert room.broadcast("ok", 2) == 0  # the same name: checked once, still fine
     for bad in ("$welcome", "a\nb", "", Sneaky("$x"), 5):

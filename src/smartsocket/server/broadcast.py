@@ -44,7 +44,7 @@ class Broadcaster:
         self.cluster = cluster
         self.fanout = fanout
         self.recovery = recovery
-        self.checked = ""  # the event name checked last: a run of broadcasts repeats it
+        self.checked: str | None = None  # the event name checked last: a run repeats it
 
     def send(
         self, members: Mapping[Socket, SendFrame], event: str, data: Any,

@@ -79,7 +79,7 @@ class Fanout:
         """Frame once (compress at most once; ``tried``: ``deflated`` is the compressed payload
         already made, or None if it does not pay), then hand the same bytes to each member
         (hot path: one bound-method call per delivery). Returns the deliveries made."""
-        frame = build_frame(payload, binary=binary)
+        frame = build_frame(payload, binary)  # positional: the cheapest call
         size = len(payload)
         if not self.compress or size < self.threshold:
             # No member can get a compressed frame: the tightest loop.

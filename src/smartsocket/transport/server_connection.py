@@ -27,7 +27,7 @@ _pack_64 = struct.Struct("!BBQ").pack
 _SENT_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
-def build_frame(payload: bytes, *, binary: bool = False, rsv1: bool = False) -> bytes:
+def build_frame(payload: bytes, binary: bool = False, rsv1: bool = False) -> bytes:
     """An unmasked (server-to-client) data frame carrying ``payload`` in one piece."""
     b0 = (0x82 if binary else 0x81) | (0x40 if rsv1 else 0)
     n = len(payload)
