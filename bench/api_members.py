@@ -48,6 +48,7 @@ class RawMember(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.upgraded = False
+        self.closing = False  # our close frame is sent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -123,7 +124,8 @@ class RawMember(asyncio.Protocol):
         if opcode == 9:
             self.transport.write(_client_frame(10, payload))
         elif opcode == 8:
-            self.transport.write(_client_frame(8, payload[:2]))
+            if not self.closing:  # the server's close: answered (ours: this is the answer)
+                self.transport.write(_client_frame(8, payload[:2]))
             self.transport.close()
 
     def send(self, message: bytes) -> None:
@@ -134,6 +136,7 @@ class RawMember(asyncio.Protocol):
         """The close handshake (the server's answer awaited at most 5 s)."""
         if self.transport is None or self.transport.is_closing():
             return
+        self.closing = True
         self.transport.write(_client_frame(8, (1000).to_bytes(2, "big")))
         try:
             await asyncio.wait_for(asyncio.shield(self.closed), 5)

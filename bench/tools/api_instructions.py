@@ -81,7 +81,7 @@ async def _drive(pid: int, host: str, args: argparse.Namespace) -> int:
     finally:
         transport.close()
         await asyncio.gather(*(m.close() for m in group))
-    return args.batches * args.batch
+    return int(args.batches) * int(args.batch)
 
 
 def measure(tree: Path, python: str, args: argparse.Namespace) -> float:
