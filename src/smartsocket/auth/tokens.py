@@ -80,12 +80,10 @@ class RoomGrants:
         if type(value) is list:
             exact: dict[str, frozenset[str]] = {}
             for pattern in value:
-                # A valid pattern (room_patterns.pattern_problem) in one expression; the
-                # rest get the full check, which says what is wrong.
-                if not (type(pattern) is str and pattern and "*" not in pattern[:-1]
-                        and pattern.isprintable()):
-                    _check_grant_pattern(pattern)
-                if pattern[-1] == "*":
+                # A valid room name (room_patterns.pattern_problem without a "*") in one
+                # expression; a prefix, or anything wrong, takes the full path below.
+                if type(pattern) is not str or not pattern or "*" in pattern or (
+                        not pattern.isprintable()):
                     break
                 exact[pattern] = _JOIN
             else:  # names only (the common case): no second pass over them
