@@ -1,10 +1,12 @@
 """JWS compact tokens: parsing, keys and signature checks (RFC 7515, 7517, 7518).
 
 The only module that imports PyJWT and ``cryptography`` (like ``transport/`` keeps picows):
-PyJWT's algorithm objects do the signature math and read JWKs; the compact form is split and
-checked here, strictly, before any signature work. Keys are prepared once when loaded: PyJWT's
-``decode()`` prepares the key again on every call (for an HMAC secret that means trying to
-parse it as JSON, PEM and DER), which would be most of the cost of a verify.
+PyJWT reads JWKs and checks secrets, ``cryptography`` verifies RSA signatures (one call, the
+padding and hash built once per key), hashlib's OpenSSL HMAC the HS* ones, PyJWT's algorithm
+objects the ES* ones; the compact form is split and checked here, strictly, before any
+signature work. Keys are prepared once when loaded: PyJWT's ``decode()`` prepares the key
+again on every call (for an HMAC secret that means trying to parse it as JSON, PEM and DER),
+which would be most of the cost of a verify.
 
 Each key is bound to the algorithms its type allows (RFC 8725 3.1): an HMAC secret to HS*, an
 RSA key to RS*/PS*, an EC key to the one ES* of its curve. A token's ``alg`` is checked
