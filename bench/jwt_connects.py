@@ -1,16 +1,27 @@
 """Server CPU per connect: no auth, API keys, and JWTs (HS256, RS256, ES256) end to end.
 
     .venv/bin/python -m bench.jwt_connects [--connects 5000] [--modes none,apikey,hs256,rs256,es256]
+        [--rounds 1] [--slices 10]
 
 The issue's target: 10,000 JWT-authenticated connects no slower than 1.2x API-key ones.
 The JWT rows configure the server with ``jwt_secret`` / ``jwt_public_key`` (checked at the
 upgrade, like an API key; each socket then holds its claims and an expiry deadline). Each
-mode runs a fresh server process pinned to core 0 (``python -m smartsocket``-like, uvloop);
-this process, on core 1, opens ``--connects``
-connections (64 at a time; each: TCP connect, upgrade with ``?token=...``, read the 101,
-close) after 300 for warm-up. The figure is the server process's CPU time (utime + stime
-from /proc) per connect: it does not depend on how fast this client is. Every client uses
-its own token (a verify cache would not help a storm of distinct users).
+round starts a fresh server process per mode, all pinned to core 0 (``python -m
+smartsocket``-like, uvloop); this process, on core 1, warms each with 300 connections, then
+opens ``--connects`` per mode (64 at a time; each: TCP connect, upgrade with ``?token=...``,
+read the 101, close) in ``--slices`` short windows, the modes taking turns window by window
+(the order reversed every other window). The figure is a server's CPU time per connect
+(``/proc/PID/schedstat``, user + system in ns; ``/proc/PID/stat`` ticks where absent): it does
+not depend on how fast this client is. Every client uses its own token (a verify cache would
+not help a storm of distinct users).
+
+How to read it: on a shared machine a window's CPU per connect moves with whatever else runs
+(rounds of one mode differed by up to 30%), but two windows run back to back see nearly the
+same machine. So the ratio to read is ``ratio to API keys``: for each window, the mode's µs
+per connect over the API-key window next to it; printed is the median of those ratios over
+every window of every round, with the lower and upper quartiles (a spread of a few percent is
+the noise left). The per-mode medians of µs per connect are printed too, but compare those
+only within one run.
 """
 
 from __future__ import annotations
@@ -103,12 +114,52 @@ def make_tokens(mode: str, count: int, keys: dict[str, Any], prefix: str = "user
                         "rooms": ["chat:lobby"]}, key, alg) for i in range(count)]
 
 
+def server_cpu_ns(pid: int) -> int:
+    """CPU time the process has used, in ns: /proc/PID/schedstat (ns), else /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return int(cpu_seconds(pid) * 1e9)
+
+
+def settle(pid: int, cap: float = 2.0) -> int:
+    """Wait until the server is idle (its last closes done); its CPU ns then."""
+    deadline = time.monotonic() + cap
+    last = server_cpu_ns(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = server_cpu_ns(pid)
+        if now - last < 1_000_000:  # under 1 ms of CPU in 50 ms: idle
+            return now
+        last = now
+    return last
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def start_server(mode: str, keyfile: str | None) -> tuple[subprocess.Popen[str], int]:
+    command = [sys.executable, "-m", "bench.jwt_connects", "--serve", mode]
+    if keyfile:
+        command += ["--keyfile", keyfile]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connects", type=int, default=5000)
+    parser.add_argument("--connects", type=int, default=5000, help="per mode and round")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--rounds", type=int, default=1,
-                        help="run the modes this many times, alternating; medians reported")
+                        help="fresh servers this many times; every window of every round counts")
+    parser.add_argument("--slices", type=int, default=10,
+                        help="windows per round: the modes take turns window by window")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--keyfile", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -120,50 +171,62 @@ def main(argv: list[str] | None = None) -> int:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     os.sched_setaffinity(0, {1})
+    modes = args.modes.split(",")
     keys: dict[str, Any] = {"rsa": rsa.generate_private_key(public_exponent=65537,
                                                             key_size=2048),
                             "ec": ec.generate_private_key(ec.SECP256R1())}
-    samples: dict[str, list[float]] = {}
-    for mode in [m for _ in range(args.rounds) for m in args.modes.split(",")]:
-        keyfile = None
-        if mode in ("rs256", "es256"):
-            keyfile = f"/tmp/bench-jwt-connects-{os.getpid()}.pem"
-            with open(keyfile, "wb") as f:
-                f.write(keys["rsa" if mode == "rs256" else "ec"].public_key().public_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PublicFormat.SubjectPublicKeyInfo))
-        command = [sys.executable, "-m", "bench.jwt_connects", "--serve", mode]
-        if keyfile:
-            command += ["--keyfile", keyfile]
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    slices = max(1, min(args.slices, args.connects))
+    per_slice = args.connects // slices
+    samples: dict[str, list[float]] = {m: [] for m in modes}
+    ratios: dict[str, list[float]] = {m: [] for m in modes if m != "apikey"}
+    failures = 0
+    for r in range(args.rounds):
+        keyfiles: dict[str, str] = {}
+        servers: dict[str, tuple[subprocess.Popen[str], int]] = {}
         try:
-            assert proc.stdout is not None
-            port = int(proc.stdout.readline())
-            warm = make_tokens(mode, 300, keys, "warm")  # other users: no verdict cache hits
-            tokens = make_tokens(mode, args.connects, keys)
-            asyncio.run(connect_all(port, warm))
-            time.sleep(0.5)
-            before = cpu_seconds(proc.pid)
-            start = time.perf_counter()
-            failures = asyncio.run(connect_all(port, tokens))
-            wall = time.perf_counter() - start
-            time.sleep(0.5)  # the last closes
-            used = cpu_seconds(proc.pid) - before
+            for mode in modes:
+                if mode in ("rs256", "es256"):
+                    keyfiles[mode] = f"/tmp/bench-jwt-connects-{os.getpid()}-{mode}.pem"
+                    with open(keyfiles[mode], "wb") as f:
+                        f.write(keys["rsa" if mode == "rs256" else "ec"].public_key()
+                                .public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+                servers[mode] = start_server(mode, keyfiles.get(mode))
+            tokens = {m: make_tokens(m, per_slice * slices, keys, f"user-{r}") for m in modes}
+            for mode in modes:  # other users than the measured ones: no verdict cache hits
+                asyncio.run(connect_all(servers[mode][1], make_tokens(mode, 300, keys,
+                                                                      f"warm-{r}")))
+            round_samples: dict[str, list[float]] = {m: [] for m in modes}
+            for i in range(slices):
+                window: dict[str, float] = {}
+                for mode in (modes if i % 2 == 0 else modes[::-1]):
+                    proc, port = servers[mode]
+                    before = settle(proc.pid)
+                    batch = tokens[mode][i * per_slice:(i + 1) * per_slice]
+                    failures += asyncio.run(connect_all(port, batch))
+                    window[mode] = (settle(proc.pid) - before) / per_slice / 1000
+                    round_samples[mode].append(window[mode])
+                    samples[mode].append(window[mode])
+                if "apikey" in window:
+                    for mode in ratios:
+                        ratios[mode].append(window[mode] / window["apikey"])
         finally:
-            proc.terminate()
-            proc.wait()
-            if keyfile:
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait()
+            for keyfile in keyfiles.values():
                 os.unlink(keyfile)
-        samples.setdefault(mode, []).append(used / args.connects * 1e6)
-        print(f"{mode:<8} server CPU {samples[mode][-1]:7.1f} µs/connect   wall "
-              f"{args.connects / wall:8.0f} connects/s   failures {failures}", flush=True)
-    results = {mode: statistics.median(values) for mode, values in samples.items()}
-    if args.rounds > 1:
-        print("\nmedians: " + ", ".join(f"{m} {v:.0f} µs" for m, v in results.items()))
-    if "apikey" in results:
-        base = results["apikey"]
-        print("\nvs API keys: " + ", ".join(f"{m} x{v / base:.2f}" for m, v in results.items()))
-    return 0
+        print(f"round {r + 1}: " + ", ".join(
+            f"{m} {statistics.median(v):.0f} µs" for m, v in round_samples.items())
+            + f"  (median of {slices} windows of {per_slice} connects; failures {failures})",
+            flush=True)
+    print("\nserver CPU per connect, median of all windows: " + ", ".join(
+        f"{m} {statistics.median(v):.0f} µs" for m, v in samples.items()))
+    if ratios and samples.get("apikey"):
+        spreads = {m: quartiles(v) for m, v in ratios.items()}
+        print("ratio to API keys, window by window (median [quartiles]): " + ", ".join(
+            f"{m} x{q2:.3f} [{q1:.3f}-{q3:.3f}]" for m, (q1, q2, q3) in spreads.items()))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -254,9 +254,39 @@ def test_rooms_claim_name_is_configurable() -> None:
     assert grants.allows("news", "join")
 
 
-@pytest.mark.parametrize("rooms", ["chat:*", [1], ["a*b"], {"x": "join"}, {"x": ["own"]}, [""]])
+def test_room_grants_of_names_only_and_mixed_lists() -> None:
+    # A list of names takes a one-pass path; a prefix anywhere, the general one: same answers.
+    names = hs().verify(sign(claims(rooms=["news", "chat:lobby", "news"]))).grants
+    assert names.allows("news", "join") and names.allows("chat:lobby", "join")
+    assert not names.allows("chat:lobbyx", "join") and not names.allows("news", "publish")
+    assert dict(names.patterns()) == {"news": frozenset({"join"}),
+                                      "chat:lobby": frozenset({"join"})}
+    mixed = hs().verify(sign(claims(rooms=["news", "chat:*", "*"]))).grants
+    assert mixed.allows("news", "join") and mixed.allows("chat:x", "join")
+    assert mixed.allows("other", "join")
+    assert list(mixed.patterns()) == ["news", "chat:*", "*"]
+
+
+@pytest.mark.parametrize("rooms", [
+    "chat:*", [1], ["a*b"], {"x": "join"}, {"x": ["own"]}, [""], ["news", 1], ["news", "a\x00b"],
+    ["ok\u202e"], ["news", "chat:*", "**"], ["news", ["x"]], [None],
+])
 def test_malformed_room_grants(rooms: object) -> None:
     refused(hs(), sign(claims(rooms=rooms)), Code.INVALID)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"])
+def test_rsa_signatures_of_every_algorithm(alg: str) -> None:
+    # RSA verifies straight through cryptography, padding and hash built once per algorithm.
+    key = rsa_key()
+    verifier = TokenVerifier(public_key=public_pem(key), clock=FakeClock())
+    token = sign(claims(), private_pem(key), alg)
+    assert verifier.verify(token).algorithm == alg
+    head, body, sig = token.split(".")
+    refused(verifier, f"{head}.{body}.{sig[:-4]}AAAA", Code.INVALID)  # a changed signature
+    other = "RS256" if alg != "RS256" else "RS384"  # the header names another hash
+    refused(verifier, sign(claims(), private_pem(key), other).split(".")[0]
+            + f".{body}.{sig}", Code.INVALID)
 
 
 # --- malformed tokens -----------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """JWS compact tokens: parsing, keys and signature checks (RFC 7515, 7517, 7518).
 
 The only module that imports PyJWT and ``cryptography`` (like ``transport/`` keeps picows):
-PyJWT's algorithm objects do the signature math and read JWKs; the compact form is split and
-checked here, strictly, before any signature work. Keys are prepared once when loaded: PyJWT's
-``decode()`` prepares the key again on every call (for an HMAC secret that means trying to
-parse it as JSON, PEM and DER), which would be most of the cost of a verify.
+PyJWT reads JWKs and checks secrets, ``cryptography`` verifies RSA signatures (one call, the
+padding and hash built once per key), hashlib's OpenSSL HMAC the HS* ones, PyJWT's algorithm
+objects the ES* ones; the compact form is split and checked here, strictly, before any
+signature work. Keys are prepared once when loaded: PyJWT's ``decode()`` prepares the key
+again on every call (for an HMAC secret that means trying to parse it as JSON, PEM and DER),
+which would be most of the cost of a verify.
 
 Each key is bound to the algorithms its type allows (RFC 8725 3.1): an HMAC secret to HS*, an
 RSA key to RS*/PS*, an EC key to the one ES* of its curve. A token's ``alg`` is checked
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import binascii
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -25,7 +27,9 @@ from smartsocket.auth.errors import TokenErrorCode, TokenInvalid
 from smartsocket.errors import MissingDependency
 
 try:
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
     from jwt.algorithms import Algorithm, ECAlgorithm, RSAAlgorithm, get_default_algorithms
     from jwt.exceptions import InvalidKeyError
@@ -56,6 +60,13 @@ if AVAILABLE:
 _TO_BASE64 = bytes.maketrans(b"-_+/=", b"+/***")
 _decode_json = msgspec.json.Decoder().decode
 _HMAC_DIGEST = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
+_hmac_new: Callable[..., Any] = hmac.new
+try:  # the C HMAC object the stdlib's hmac.HMAC wraps: copy/update/digest without Python frames
+    import _hashlib
+
+    _hmac_new = _hashlib.hmac_new
+except ImportError:  # pragma: no cover - a Python built without OpenSSL's hashlib
+    pass
 # Tokens from one issuer share a few headers: parse each once. Bounded (cleared when full),
 # since anyone can send headers.
 _HEADERS: dict[bytes, tuple[dict[str, Any], str, str | None]] = {}
@@ -71,38 +82,58 @@ def require() -> None:
 class VerifyKey:
     """One verification key and the algorithms it may verify."""
 
-    __slots__ = ("_key", "_macs", "algorithms", "kid", "kind")
+    __slots__ = ("_key", "_macs", "_rsa", "algorithms", "kid", "kind", "symmetric")
 
     def __init__(self, key: Any, algorithms: frozenset[str], kid: str | None, kind: str) -> None:
         self._key = key
         self.algorithms = algorithms
         self.kid = kid
         self.kind = kind  # "hmac", "rsa" or "ec": for messages and logs
+        # An HMAC secret: verifying costs no more than remembering a verified signature would.
+        self.symmetric = kind == "hmac"
         # An HMAC secret keyed once per algorithm it may verify (the padded key's hash state):
         # each verify copies that state instead of hashing the key again.
-        self._macs: dict[str, hmac.HMAC] = {
-            alg: hmac.new(key, digestmod=_HMAC_DIGEST[alg]) for alg in algorithms
+        self._macs: dict[str, Any] = {
+            alg: _hmac_new(key, digestmod=_HMAC_DIGEST[alg]) for alg in algorithms
             if alg in _HMAC_DIGEST
         } if kind == "hmac" else {}
-
-    @property
-    def symmetric(self) -> bool:
-        """An HMAC secret: verifying costs no more than remembering a verified signature would."""
-        return self.kind == "hmac"
+        # An RSA key's (padding, hash) per algorithm, built once: a verify is one call into
+        # cryptography (what PyJWT's RSAAlgorithm/RSAPSSAlgorithm.verify do, objects rebuilt).
+        self._rsa: dict[str, tuple[Any, Any]] = {
+            alg: _rsa_scheme(alg) for alg in algorithms if alg in RSA_ALGORITHMS
+        } if kind == "rsa" else {}
 
     def verify(self, alg: str, signing_input: bytes, signature: bytes) -> bool:
         if alg not in self.algorithms:  # the binding: never verify with another key type
             return False
         mac = self._macs.get(alg)
         if mac is not None:
-            # The stdlib's HMAC (OpenSSL) from the keyed state, compared in constant time.
+            # OpenSSL's HMAC from the keyed state, compared in constant time.
             mac = mac.copy()
             mac.update(signing_input)
             return hmac.compare_digest(mac.digest(), signature)
+        scheme = self._rsa.get(alg)
+        if scheme is not None:
+            try:
+                self._key.verify(signature, signing_input, scheme[0], scheme[1])
+            except InvalidSignature:
+                return False
+            return True
         return bool(_ALGORITHMS[alg].verify(signing_input, self._key, signature))
 
     def __repr__(self) -> str:
         return f"VerifyKey({self.kind}, kid={self.kid!r}, {sorted(self.algorithms)})"
+
+
+def _rsa_scheme(alg: str) -> tuple[Any, Any]:
+    """(padding, hash) of an RS*/PS* algorithm (RFC 7518 3.3, 3.5): PKCS #1 v1.5, or PSS with
+    MGF1 of the same hash and a salt as long as the hash (as PyJWT signs and verifies)."""
+    kinds: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+        "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+    digest = kinds[alg[2:]]()
+    if alg.startswith("RS"):
+        return padding.PKCS1v15(), digest
+    return padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size), digest
 
 
 def hmac_key(secret: str | bytes, kid: str | None = None) -> VerifyKey:
@@ -208,12 +239,28 @@ class Compact:
             _HEADERS[head] = cached
         self.header, self.alg, self.kid = cached
         self.signing_input = signing_input
-        self.signature = _b64(signature, "signature")
+        try:  # _b64(), inline: once per connect
+            self.signature = binascii.a2b_base64(
+                signature.translate(_TO_BASE64) + b"=" * (-len(signature) % 4), strict_mode=True
+            )
+        except binascii.Error:
+            raise TokenInvalid("signature is not base64url") from None
 
     def claims(self) -> dict[str, Any]:
         """The payload as a JSON object (RFC 7519 7.2 step 10); call after the signature
         check, so nothing unauthenticated is parsed beyond the header."""
-        return _json_object(_b64(self.payload, "payload"), "payload")
+        payload = self.payload
+        try:  # _b64() and _json_object(), inline: once per connect
+            value = _decode_json(binascii.a2b_base64(
+                payload.translate(_TO_BASE64) + b"=" * (-len(payload) % 4), strict_mode=True
+            ))
+        except binascii.Error:
+            raise TokenInvalid("payload is not base64url") from None
+        except (msgspec.DecodeError, RecursionError):
+            raise TokenInvalid("payload is not JSON") from None
+        if type(value) is not dict:
+            raise TokenInvalid("payload is not a JSON object")
+        return value
 
 
 def _read_header(segment: bytes) -> tuple[dict[str, Any], str, str | None]:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from smartsocket.auth import jws
 from smartsocket.auth.errors import (
@@ -55,7 +55,12 @@ class RoomGrants:
 
     __slots__ = ("_exact", "_prefixes")
 
-    def __init__(self, raw: Mapping[str, frozenset[str]]) -> None:
+    def __init__(self, raw: Mapping[str, frozenset[str]], *, names_only: bool = False) -> None:
+        if names_only:  # from_claim: a dict of exact names, ours to keep
+            assert type(raw) is dict
+            self._exact: dict[str, frozenset[str]] = raw
+            self._prefixes: list[tuple[str, frozenset[str]]] = []
+            return
         exact: dict[str, frozenset[str]] = {}
         prefixes: list[tuple[str, frozenset[str]]] = []
         for pattern, perms in raw.items():
@@ -73,6 +78,16 @@ class RoomGrants:
         """Raises TokenInvalid when the claim has the wrong shape."""
         grants: dict[str, frozenset[str]] = {}
         if type(value) is list:
+            exact: dict[str, frozenset[str]] = {}
+            for pattern in value:
+                # A valid room name (room_patterns.pattern_problem without a "*") in one
+                # expression; a prefix, or anything wrong, takes the full path below.
+                if type(pattern) is not str or not pattern or "*" in pattern or (
+                        not pattern.isprintable()):
+                    break
+                exact[pattern] = _JOIN
+            else:  # names only (the common case): no second pass over them
+                return cls(exact, names_only=True)
             for pattern in value:
                 _check_grant_pattern(pattern)
                 grants[pattern] = _JOIN
@@ -119,10 +134,13 @@ def _check_grant_pattern(pattern: object) -> None:
         raise TokenInvalid(f"rooms claim: {problem}")
 
 
-@dataclass(frozen=True, slots=True)
-class TokenClaims:
+class TokenClaims(NamedTuple):
     """A verified connection token. ``expires`` is the ``exp`` claim (Unix seconds) or None;
-    ``claims`` holds every claim, read-only."""
+    ``claims`` holds every claim, read-only.
+
+    Immutable, and a named tuple rather than a frozen dataclass: one is built per JWT
+    connect, and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) cost
+    four times as much (bench/tools/jwt_connect_instructions.py)."""
 
     user: str
     expires: float | None
@@ -257,29 +275,30 @@ class TokenVerifier:
 
     def verify(self, token: str | bytes) -> TokenClaims:
         """A connection token's claims, or TokenError."""
-        return self._connection(self._checked(token))
+        # _checked() in one frame for the common case, a static key (the connect path)
+        compact = jws.Compact(token, self.max_token_bytes)
+        key = self._static
+        if key is None or compact.alg not in key.algorithms:
+            key = self._key(compact)
+        return self._connection(compact, self._verified(compact, key))
 
     async def verify_async(self, token: str | bytes) -> TokenClaims:
-        return self._connection(await self._checked_async(token))
+        return self._connection(*await self._checked_async(token))
 
-    def _connection(self, verified: tuple[jws.Compact, dict[str, Any]]) -> TokenClaims:
-        compact, claims = verified
+    def _connection(self, compact: jws.Compact, claims: dict[str, Any]) -> TokenClaims:
         if "room" in claims:
             raise TokenInvalid("a subscription token cannot open a connection",
                                TokenErrorCode.WRONG_KIND)
         user = claims.get("sub")
         if type(user) is not str or not user:
             raise TokenInvalid("sub claim missing or not a non-empty string")
-        grants = NO_GRANTS
         raw = claims.get(self.rooms_claim)
-        if raw is not None:
-            grants = RoomGrants.from_claim(raw)
         iat = claims.get("iat")
         exp = claims.get("exp")
         return TokenClaims(
-            user=user, expires=None if exp is None else float(exp),
-            issued_at=None if iat is None else float(iat), grants=grants,
-            claims=MappingProxyType(claims), key_id=compact.kid, algorithm=compact.alg,
+            user, None if exp is None else float(exp), None if iat is None else float(iat),
+            NO_GRANTS if raw is None else RoomGrants.from_claim(raw),
+            MappingProxyType(claims), compact.kid, compact.alg,
         )
 
     # --- subscription tokens
@@ -360,8 +379,11 @@ class TokenVerifier:
         return key
 
     def _verified(self, compact: jws.Compact, key: jws.VerifyKey) -> dict[str, Any]:
-        cache = self._verified_cache
-        if self._verified_cache_size and not key.symmetric:
+        if key.symmetric or not self._verified_cache_size:
+            if not key.verify(compact.alg, compact.signing_input, compact.signature):
+                raise TokenInvalid("signature does not verify")
+        else:
+            cache = self._verified_cache
             if self._jwks is not None and self._jwks.generation != self._cache_generation:
                 cache.clear()  # a key may have been withdrawn
                 self._cache_generation = self._jwks.generation
@@ -374,8 +396,6 @@ class TokenVerifier:
                 if len(cache) >= self._verified_cache_size:
                     cache.clear()
                 cache[seen] = None
-        elif not key.verify(compact.alg, compact.signing_input, compact.signature):
-            raise TokenInvalid("signature does not verify")
         claims = compact.claims()
         self._check_claims(claims)
         return claims
@@ -387,19 +407,19 @@ class TokenVerifier:
         if exp is None:
             if self.require_exp:
                 raise TokenInvalid("exp claim missing")
-        elif not _is_number(exp):
+        elif type(exp) not in _NUMBER:
             raise TokenInvalid("exp claim is not a number")
         elif now >= exp + leeway:  # RFC 7519 4.1.4: valid only before exp
             raise TokenExpired(f"expired {now - exp:.0f} s ago")
         nbf = claims.get("nbf")
         if nbf is not None:
-            if not _is_number(nbf):
+            if type(nbf) not in _NUMBER:
                 raise TokenInvalid("nbf claim is not a number")
             if now + leeway < nbf:  # RFC 7519 4.1.5: valid from nbf on
                 raise TokenNotYetValid(f"valid in {nbf - now:.0f} s")
         iat = claims.get("iat")
         if iat is not None:
-            if not _is_number(iat):
+            if type(iat) not in _NUMBER:
                 raise TokenInvalid("iat claim is not a number")
             if now + leeway < iat:  # issued in our future: a clock problem or a forgery
                 raise TokenNotYetValid(f"issued {iat - now:.0f} s in the future")
@@ -416,6 +436,5 @@ class TokenVerifier:
             raise TokenInvalid("iss is not the configured issuer", TokenErrorCode.ISSUER)
 
 
-def _is_number(value: object) -> bool:
-    return type(value) is int or type(value) is float
+_NUMBER = (int, float)  # NumericDate: the exact types msgspec decodes (not bool, a subclass)
 

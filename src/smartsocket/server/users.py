@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from smartsocket.auth.tokens import TokenClaims
 from smartsocket.protocol.names import check_user
 
 __all__ = ["Users", "check_user", "user_of"]
@@ -28,6 +29,8 @@ def user_of(identity: Any) -> str | None:
     """The user an authentication hook's result names: ``identity["user"]`` for a mapping,
     ``identity.user`` for an object (``auth.TokenClaims``: the token's ``sub``); a str, or an
     int (made a str). None when there is none; any other value is logged and ignored."""
+    if type(identity) is TokenClaims:
+        return identity.user  # the token's sub: verified a non-empty str
     if identity is None or isinstance(identity, str | bytes):
         return None  # a bare str names the credentials (API keys: "key:<hash>"), not a user
     if isinstance(identity, Mapping):
