@@ -20,11 +20,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import redis
 
-from smartsocket import Client
+from smartsocket import Client, SmartSocket, Socket
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = {"redis": "redis://127.0.0.1:6379/0", "nats": "nats://127.0.0.1:4222"}
@@ -271,6 +271,32 @@ class ThrowawayRedisCluster:
     def kill(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+@contextlib.contextmanager
+def paused(server: Broker | ThrowawayRedis) -> Iterator[None]:
+    """SIGSTOP ``server`` (its TCP connections stay open, nothing answers); SIGCONT on leaving,
+    whatever happens."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+
+
+def joining_app(**options: Any) -> SmartSocket:
+    """``SmartSocket(**options)`` whose ``join`` event joins the room and answers True once the
+    room's broker subscription is up (a broadcast from another node reaches the member)."""
+    server = SmartSocket(**options)
+
+    @server.on("join")
+    async def join(socket: Socket, room: str) -> bool:
+        socket.join(room)
+        assert await server.room(room).subscribed()
+        return True
+
+    return server
 
 
 def _binary(name: str) -> str:

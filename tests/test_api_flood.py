@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
 import aiohttp
 import pytest
 
-from clusters import Broker
-from smartsocket import Client, SmartSocket, Socket
+from clusters import ThrowawayRedis, joining_app, paused
+from smartsocket import Client, SmartSocket
 from smartsocket.testing import running, wait_for
 
 pytestmark = pytest.mark.asyncio
@@ -30,29 +28,6 @@ pytestmark = pytest.mark.asyncio
 SECRET = "flood-secret-0123456789"
 QUEUE = 16  # node A's outbound broker queue, in messages
 TOTAL = 400  # publishes in the batch: far more than the queue and one writer batch
-
-
-@pytest.fixture
-def redis_server() -> Iterator[Broker]:
-    broker = Broker("redis")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        if broker.proc is not None:
-            os.kill(broker.proc.pid, signal.SIGCONT)
-        broker.kill()
-
-
-def app(**options: Any) -> SmartSocket:
-    server = SmartSocket(**options)
-
-    @server.on("join")
-    async def join(socket: Socket, room: str) -> None:
-        socket.join(room)
-        assert await server.room(room).subscribed()
-
-    return server
 
 
 class Member:
@@ -100,7 +75,7 @@ async def batch(port: int, body: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("recovery", [0.0, 30.0], ids=["plain", "recovery"])
 async def test_a_batch_flood_reaches_the_other_node_or_is_refused(
-    redis_server: Broker, recovery: float
+    redis_server: ThrowawayRedis, recovery: float
 ) -> None:
     options = {
         "cluster_url": redis_server.url, "cluster_prefix": "fl" + uuid.uuid4().hex[:10],
@@ -109,20 +84,16 @@ async def test_a_batch_flood_reaches_the_other_node_or_is_refused(
     }
     # message_timeout: what a batch waits in all for the congested link before refusing
     async with (
-        running(app(**options, cluster_queue=QUEUE, message_timeout=0.3)) as a,
-        running(app(**options)) as b,
+        running(joining_app(**options, cluster_queue=QUEUE, message_timeout=0.3)) as a,
+        running(joining_app(**options)) as b,
     ):
         await wait_for(lambda: len(a.cluster_nodes()) == len(b.cluster_nodes()) == 2, 10)
         async with member(a) as here, member(b) as there:
-            assert redis_server.proc is not None
             body = {"operations": [
                 {"op": "publish", "room": "r", "event": "n", "data": n} for n in range(TOTAL)
             ]}
-            os.kill(redis_server.proc.pid, signal.SIGSTOP)  # the queue cannot drain now
-            try:
+            with paused(redis_server):  # the queue cannot drain now
                 results = await batch(a.port, body)
-            finally:
-                os.kill(redis_server.proc.pid, signal.SIGCONT)
             accepted = [n for n, item in enumerate(results) if "result" in item]
             refused = [item["error"]["code"] for item in results if "error" in item]
             assert refused and set(refused) == {"overloaded"}  # the limit was crossed
@@ -141,7 +112,7 @@ async def test_a_batch_flood_reaches_the_other_node_or_is_refused(
 
 
 async def test_concurrent_batches_wait_for_the_link_instead_of_being_refused(
-    redis_server: Broker,
+    redis_server: ThrowawayRedis,
 ) -> None:
     """Backpressure with several batches at once: a batch woken when the queue drained may
     find it full again (another batch filled it first); it waits again, within its
@@ -151,8 +122,8 @@ async def test_concurrent_batches_wait_for_the_link_instead_of_being_refused(
         "cluster_heartbeat": 0.1, "node_timeout": 30.0, "api_secret": SECRET,
     }
     async with (
-        running(app(**options, cluster_queue=QUEUE, message_timeout=60.0)) as a,
-        running(app(**options)) as b,
+        running(joining_app(**options, cluster_queue=QUEUE, message_timeout=60.0)) as a,
+        running(joining_app(**options)) as b,
     ):
         await wait_for(lambda: len(a.cluster_nodes()) == len(b.cluster_nodes()) == 2, 10)
         async with member(b) as there:

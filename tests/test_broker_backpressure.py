@@ -9,13 +9,12 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
-from clusters import BROKERS, require_broker
-from smartsocket import Client, SmartSocket, Socket
+from clusters import BROKERS, joining_app, require_broker
+from smartsocket import Client, SmartSocket
 from smartsocket.cluster.brokers import BrokerAdapter
 from smartsocket.cluster.brokers.base import URGENT_ROOM
 from smartsocket.protocol.codes import ErrorCode
@@ -26,17 +25,6 @@ SECRET = "backpressure-secret-0123"
 QUEUE = 20  # node A's outbound queue, in messages
 
 
-def app(**options: Any) -> SmartSocket:
-    server = SmartSocket(**options)
-
-    @server.on("join")
-    async def join(socket: Socket, room: str) -> None:
-        socket.join(room)
-        assert await server.room(room).subscribed()
-
-    return server
-
-
 @contextlib.asynccontextmanager
 async def two_nodes() -> AsyncIterator[tuple[SmartSocket, SmartSocket]]:
     url = BROKERS["redis"]
@@ -45,7 +33,7 @@ async def two_nodes() -> AsyncIterator[tuple[SmartSocket, SmartSocket]]:
         "cluster_url": url, "cluster_prefix": "bp" + uuid.uuid4().hex[:10],
         "cluster_heartbeat": 0.05, "node_timeout": 0.4, "api_secret": SECRET,
     }
-    async with running(app(**options)) as a, running(app(**options)) as b:
+    async with running(joining_app(**options)) as a, running(joining_app(**options)) as b:
         await wait_for(lambda: len(a.cluster_nodes()) == len(b.cluster_nodes()) == 2, 10)
         adapter = a._cluster.adapter
         assert isinstance(adapter, BrokerAdapter)

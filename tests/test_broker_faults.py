@@ -13,7 +13,7 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +28,8 @@ pytestmark = pytest.mark.asyncio
 FAST = {"reconnect_delay": 0.05, "reconnect_delay_max": 0.1}
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[ThrowawayRedis]:
-    server = ThrowawayRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def nodes(broker: ThrowawayRedis, logs: Path) -> Any:
-    return node_processes(broker.url, 2, logs, None, "--recovery-window", "10")
+def nodes(redis_server: ThrowawayRedis, logs: Path) -> Any:
+    return node_processes(redis_server.url, 2, logs, None, "--recovery-window", "10")
 
 
 def health(node: Node) -> dict[str, Any]:
@@ -98,13 +88,13 @@ async def say(publisher: Client, texts: Iterable[int]) -> None:
 
 
 async def test_a_restore_from_an_older_snapshot_starts_new_epochs(
-    broker: ThrowawayRedis, tmp_path: Path
+    redis_server: ThrowawayRedis, tmp_path: Path
 ) -> None:
     """Offsets given again after the restore must not look like duplicates, and members that
     missed messages the restore lost are told (item 5). Node B is cut off before the snapshot
     and comes back after the restore: its history after B's position looks whole, but the
     messages after the snapshot are gone."""
-    with nodes(broker, tmp_path) as (a, b):
+    with nodes(redis_server, tmp_path) as (a, b):
         async with client(a.url) as ca, client(b.url) as cb, client(a.url) as publisher:
             near, far = Member(ca), Member(cb)
             for member in (near, far):
@@ -113,18 +103,18 @@ async def test_a_restore_from_an_older_snapshot_starts_new_epochs(
             await wait_for(lambda: len(near.got) == len(far.got) == 20, timeout=10)
             os.kill(b.proc.pid, signal.SIGSTOP)
             try:
-                with contextlib.closing(broker.client()) as r:
+                with contextlib.closing(redis_server.client()) as r:
                     r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
                 await until_health(a, linked)
                 await say(publisher, range(20, 40))
                 await wait_for(lambda: len(near.got) == 40, timeout=10)  # all logged
-                broker.snapshot("old.rdb")
+                redis_server.snapshot("old.rdb")
                 await say(publisher, range(40, 60))
                 await wait_for(lambda: len(near.got) == 60, timeout=10)
-                broker.kill()
+                redis_server.kill()
                 await until_health(a, degraded)
-                broker.restore("old.rdb")  # the room's counter goes back from 60 to 40
-                broker.start()
+                redis_server.restore("old.rdb")  # the room's counter goes back from 60 to 40
+                redis_server.start()
             finally:
                 os.kill(b.proc.pid, signal.SIGCONT)
             await until_health(a, lambda body: body["status"] == "ok" and body["catchingUp"] == 0)
@@ -138,11 +128,11 @@ async def test_a_restore_from_an_older_snapshot_starts_new_epochs(
 
 
 async def test_a_session_resumes_with_positions_of_the_epoch_after_a_restart(
-    broker: ThrowawayRedis, tmp_path: Path
+    redis_server: ThrowawayRedis, tmp_path: Path
 ) -> None:
     """A session joined before Redis restarted and got messages after it: it resumes, from
     those positions, on the other node (item 6)."""
-    with nodes(broker, tmp_path) as (a, b):
+    with nodes(redis_server, tmp_path) as (a, b):
         async with client(a.url) as watcher, client(b.url) as publisher:
             heard = Member(watcher)
             await heard.join()  # node A hears the room: its joins get a position
@@ -154,9 +144,9 @@ async def test_a_session_resumes_with_positions_of_the_epoch_after_a_restart(
                 await say(publisher, range(5, 10))
                 await wait_for(lambda: len(subject.got) == 5, timeout=10)
 
-                broker.kill()
+                redis_server.kill()
                 await until_health(a, degraded)
-                broker.start()  # empty: a new epoch
+                redis_server.start()  # empty: a new epoch
                 await until_health(a, linked)
                 await until_health(b, linked)
                 await say(publisher, range(10, 20))
@@ -173,12 +163,12 @@ async def test_a_session_resumes_with_positions_of_the_epoch_after_a_restart(
 
 
 async def test_a_message_in_flight_when_redis_dies_reaches_the_senders_node(
-    broker: ThrowawayRedis, tmp_path: Path
+    redis_server: ThrowawayRedis, tmp_path: Path
 ) -> None:
     """The ack counts the members on the sender's node: they get the message although Redis
     died with it (item 7); members on the other node are told (item 8), as for messages sent
     while Redis was down."""
-    with nodes(broker, tmp_path) as (a, b):
+    with nodes(redis_server, tmp_path) as (a, b):
         async with (
             client(a.url) as c1, client(a.url) as c2, client(b.url) as c3,
             client(a.url) as sender,
@@ -189,15 +179,15 @@ async def test_a_message_in_flight_when_redis_dies_reaches_the_senders_node(
             await say(sender, [0])
             await wait_for(lambda: all(m.got == [0] for m in (*near, far)), timeout=10)
 
-            broker.signal(signal.SIGSTOP)  # the script call goes out, no answer comes
+            redis_server.signal(signal.SIGSTOP)  # the script call goes out, no answer comes
             assert await sender.call("say", {"room": "r", "text": 1}) == 2
-            broker.kill()
+            redis_server.kill()
             await wait_for(lambda: all(m.got == [0, 1] for m in near), timeout=10)
             await until_health(a, degraded)
             assert await sender.call("say", {"room": "r", "text": 2}) == 2  # while down
             await wait_for(lambda: all(m.got == [0, 1, 2] for m in near), timeout=10)
 
-            broker.start()
+            redis_server.start()
             await until_health(a, linked)
             await until_health(b, linked)
             await wait_for(lambda: far.gaps != [], timeout=10)
@@ -208,11 +198,11 @@ async def test_a_message_in_flight_when_redis_dies_reaches_the_senders_node(
 
 
 async def test_a_node_cut_off_from_redis_catches_up_from_the_history(
-    broker: ThrowawayRedis, tmp_path: Path
+    redis_server: ThrowawayRedis, tmp_path: Path
 ) -> None:
     """Node B loses its link while node A goes on publishing: B's members get what they
     missed from the room's history, in order, once, without a notice (item 8)."""
-    with nodes(broker, tmp_path) as (a, b):
+    with nodes(redis_server, tmp_path) as (a, b):
         async with client(a.url) as publisher, client(b.url) as c:
             member = Member(c)
             await member.join()
@@ -220,7 +210,7 @@ async def test_a_node_cut_off_from_redis_catches_up_from_the_history(
             await wait_for(lambda: len(member.got) == 5, timeout=10)
             os.kill(b.proc.pid, signal.SIGSTOP)
             try:
-                with contextlib.closing(broker.client()) as r:
+                with contextlib.closing(redis_server.client()) as r:
                     r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # A's and B's
                 await until_health(a, linked)  # A is back; B (stopped) is not
                 await say(publisher, range(5, 25))
@@ -234,14 +224,14 @@ async def test_a_node_cut_off_from_redis_catches_up_from_the_history(
 
 
 async def test_a_paused_redis_is_found_dead_and_members_catch_up_or_are_told(
-    broker: ThrowawayRedis, tmp_path: Path
+    redis_server: ThrowawayRedis, tmp_path: Path
 ) -> None:
     """Redis paused (TCP open, nothing answers; a network black hole looks the same): both
     nodes find it within their watchdog's bound (here ``cluster_link_timeout`` 0.5 s) and
     report degraded; what A sends meanwhile reaches its own members and is counted failed
     (never logged: Redis does not answer); once Redis answers again both relink, and B's
     member, who missed it, gets a ``$gap`` notice, never a silent loss."""
-    with node_processes(broker.url, 2, tmp_path, None, "--recovery-window", "10",
+    with node_processes(redis_server.url, 2, tmp_path, None, "--recovery-window", "10",
                         "--cluster-link-timeout", "0.5") as (a, b):
         async with client(a.url) as ca, client(b.url) as cb, client(a.url) as sender:
             near, far = Member(ca), Member(cb)
@@ -250,7 +240,7 @@ async def test_a_paused_redis_is_found_dead_and_members_catch_up_or_are_told(
             await say(sender, [0])
             await wait_for(lambda: near.got == far.got == [0], timeout=10)
             failed = health(a)["publishFailed"]
-            broker.signal(signal.SIGSTOP)
+            redis_server.signal(signal.SIGSTOP)
             try:
                 await until_health(a, degraded)
                 await until_health(b, degraded)
@@ -259,7 +249,7 @@ async def test_a_paused_redis_is_found_dead_and_members_catch_up_or_are_told(
                 await wait_for(lambda: near.got == [0, 1, 2], timeout=10)
                 assert health(a)["publishFailed"] > failed  # counted, not silently dropped
             finally:
-                broker.signal(signal.SIGCONT)
+                redis_server.signal(signal.SIGCONT)
             await until_health(a, linked)
             await until_health(b, linked)
             await wait_for(lambda: far.gaps != [], timeout=10)

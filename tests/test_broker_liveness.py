@@ -10,14 +10,11 @@ generous upper bounds."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from clusters import Broker, ThrowawayRedis, ThrowawayRedisCluster, prefix
+from clusters import Broker, ThrowawayRedis, ThrowawayRedisCluster, paused, prefix
 from smartsocket.cluster.brokers.base import BrokerAdapter
 from smartsocket.cluster.brokers.nats import NatsAdapter
 from smartsocket.cluster.brokers.redis import RedisAdapter
@@ -28,16 +25,6 @@ pytestmark = pytest.mark.asyncio
 
 IDLE = 0.5  # the adapters' liveness period here (5 s by default)
 WAIT = 30.0  # a generous upper bound on any wait (a loaded machine runs timers late)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[ThrowawayRedis]:
-    server = ThrowawayRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture(scope="module")
@@ -71,22 +58,6 @@ class Link:
         """A message published now comes back (the link is up and subscribed)."""
         await wait_for(lambda: self.adapter.publish(channel, data), timeout=WAIT)
         await self.until(lambda: data in self.got)
-
-
-def paused(server: Any) -> Any:
-    """SIGSTOP ``server`` (ThrowawayRedis or Broker); SIGCONT on leaving, whatever happens."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def pause() -> Iterator[None]:
-        assert server.proc is not None
-        server.proc.send_signal(signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            server.proc.send_signal(signal.SIGCONT)
-
-    return pause()
 
 
 async def test_a_paused_redis_is_found_dead_within_two_rounds_and_the_link_comes_back(

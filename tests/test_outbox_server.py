@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from clusters import BROKERS, ROOT, free_port, prefix
+from clusters import BROKERS, ROOT, free_port, joining_app, prefix
 from outboxdb import SHARED, admin_execute, asyncpg, database, until
-from smartsocket import Client, SmartSocket, Socket
+from smartsocket import Client
 from smartsocket.outbox import insert_row
 from smartsocket.testing import connected, running
 
@@ -24,17 +24,6 @@ from smartsocket.testing import connected, running
 async def dsn() -> AsyncIterator[str]:
     async with database() as url:
         yield url
-
-
-def app(**options: Any) -> SmartSocket:
-    server = SmartSocket(**options)
-
-    @server.on("join")
-    async def join(socket: Socket, room: str) -> bool:
-        socket.join(room)
-        return await server.room(room).subscribed()
-
-    return server
 
 
 async def insert(dsn: str, rows: list[tuple[str, Any]], *, commit: bool = True) -> None:
@@ -60,7 +49,7 @@ def first_seen(values: list[Any]) -> list[Any]:
 
 
 async def test_committed_rows_reach_a_client_once_in_order_rolled_back_never(dsn: str) -> None:
-    async with running(app(outbox_url=dsn)) as server, connected(server) as client:
+    async with running(joining_app(outbox_url=dsn)) as server, connected(server) as client:
         got = collect(client)
         await client.call("join", "orders")
         await insert(dsn, [("orders", n) for n in range(10)])
@@ -75,7 +64,7 @@ async def test_committed_rows_reach_a_client_once_in_order_rolled_back_never(dsn
 
 
 async def test_a_lost_database_connection_loses_nothing(dsn: str) -> None:
-    async with running(app(outbox_url=dsn)) as server, connected(server) as client:
+    async with running(joining_app(outbox_url=dsn)) as server, connected(server) as client:
         got = collect(client)
         await client.call("join", "r")
         await until(lambda: server.stats()["outbox"]["leader"], what="leadership")
@@ -99,7 +88,7 @@ async def test_a_lost_database_connection_loses_nothing(dsn: str) -> None:
 
 async def test_two_servers_of_a_cluster_deliver_each_row_once(dsn: str) -> None:
     options = {"outbox_url": dsn, "cluster_url": BROKERS["redis"], "cluster_prefix": prefix()}
-    async with running(app(**options)) as a, running(app(**options)) as b, \
+    async with running(joining_app(**options)) as a, running(joining_app(**options)) as b, \
             connected(a) as on_a, connected(b) as on_b:
         got_a, got_b = collect(on_a), collect(on_b)
         for client in (on_a, on_b):
@@ -119,7 +108,7 @@ async def test_two_servers_of_a_cluster_deliver_each_row_once(dsn: str) -> None:
 
 async def test_an_unreachable_database_does_not_stop_the_server() -> None:
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
-    async with running(app(outbox_url=url)) as server, connected(server) as client:
+    async with running(joining_app(outbox_url=url)) as server, connected(server) as client:
         assert await client.call("join", "r")
         assert not server.stats()["outbox"]["leader"]  # it keeps retrying with backoff
 
@@ -171,7 +160,7 @@ async def test_a_consumer_of_its_own_publishes_through_an_emitter(dsn: str) -> N
     from smartsocket.outbox import OutboxConsumer
 
     options = {"cluster_url": BROKERS["redis"], "cluster_prefix": prefix()}
-    async with running(app(**options)) as server, connected(server) as client, \
+    async with running(joining_app(**options)) as server, connected(server) as client, \
             AsyncEmitter(BROKERS["redis"], prefix=options["cluster_prefix"]) as emitter, \
             OutboxConsumer(dsn, emitter.publish):
         got = collect(client)

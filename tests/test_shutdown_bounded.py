@@ -13,13 +13,12 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from clusters import Broker, Node, prefix
+from clusters import Node, ThrowawayRedis, prefix
 from smartsocket.cluster.brokers.base import Outbound
 from smartsocket.cluster.brokers.redis import RedisAdapter
 from smartsocket.server.watchdog import ExitWatchdog
@@ -27,18 +26,6 @@ from smartsocket.testing import wait_for
 
 SECRET = "shutdown-secret-0123456789"
 BOUND = 60.0  # generous: a hang is forever, a bounded close takes seconds
-
-
-@pytest.fixture
-def redis_server() -> Iterator[Broker]:
-    broker = Broker("redis")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        if broker.proc is not None:
-            os.kill(broker.proc.pid, signal.SIGCONT)
-        broker.kill()
 
 
 class SwallowingAdapter(RedisAdapter):
@@ -54,7 +41,7 @@ class SwallowingAdapter(RedisAdapter):
 
 @pytest.mark.asyncio
 async def test_the_link_closes_when_its_writer_swallows_the_cancellation(
-    redis_server: Broker,
+    redis_server: ThrowawayRedis,
 ) -> None:
     adapter = SwallowingAdapter(redis_server.url)
     await adapter.start(lambda channel, data: None, lambda connected: None)
@@ -93,7 +80,7 @@ def exit_code_within(proc: subprocess.Popen[bytes], bound: float) -> int | None:
 
 @pytest.mark.parametrize("recovery", ["0", "30"], ids=["plain", "recovery"])
 def test_sigterm_ends_a_node_while_its_broker_is_paused_under_a_flood(
-    redis_server: Broker, tmp_path: Path, recovery: str
+    redis_server: ThrowawayRedis, tmp_path: Path, recovery: str
 ) -> None:
     node = Node(
         redis_server.url, prefix(), tmp_path / "node.log", "--api-secret", SECRET,
