@@ -135,3 +135,47 @@ async def test_heartbeats_still_go_out_while_the_queue_is_full() -> None:
             node.publish(node.all_channel, node.liveness.heartbeat())
         assert not node.publish(node.all_channel, node.liveness.heartbeat())
         assert node.overflowed > overflowed
+
+
+async def test_a_burst_in_the_queue_goes_out_as_the_same_messages_in_order() -> None:
+    """A node's queued burst goes to Redis in runs (PUBLISH_MANY, brokers/runs.py): an
+    independent redis-py subscriber sees every message, byte for byte (any byte value, any
+    size: the MessagePack string headers of 1, 2 and 4 bytes), on its channel, in order."""
+    import redis.asyncio
+
+    from smartsocket.cluster.brokers.redis import RedisAdapter
+
+    url = BROKERS["redis"]
+    require_broker(url)
+    name = "bp" + uuid.uuid4().hex[:10]
+    channels = [f"{name}.a", f"{name}.b"]
+    sizes = [0, 1, 30, 31, 254, 255, 65534, 70_000]  # + the number: the header's limits
+    sent = [
+        (channels[(n // 7) % 2], bytes([n % 256]) * sizes[n % 6] + b"%d" % n)
+        for n in range(1300)
+    ]
+    sent[100:102] = [(channels[0], b"\xff" * sizes[6] + b"a"), (channels[1], b"\x00" * sizes[7])]
+    subscriber = redis.asyncio.Redis.from_url(url)
+    pubsub = subscriber.pubsub()
+    await pubsub.subscribe(*channels)
+    for _ in channels:  # confirmed: Redis sends it what is published from now on
+        message = await pubsub.get_message(timeout=10)
+        assert message is not None and message["type"] == "subscribe"
+    adapter = RedisAdapter(url)
+    await adapter.start(lambda channel, data: None, lambda connected: None)
+    try:
+        assert adapter.connected
+        for channel, data in sent:  # one synchronous burst: the writer takes it in batches
+            assert adapter.publish(channel, data)
+        seen: list[tuple[str, bytes]] = []
+        while len(seen) < len(sent):
+            message = await pubsub.get_message(timeout=10)
+            assert message is not None, len(seen)
+            if message["type"] == "message":
+                seen.append((message["channel"].decode(), message["data"]))
+        assert seen == sent
+        assert adapter.lost == 0
+    finally:
+        await adapter.close()
+        await pubsub.aclose()
+        await subscriber.aclose()
