@@ -72,6 +72,7 @@ class ClusterNode:
     def __init__(self, local: LocalServer) -> None:
         self.local = local  # this node's sockets and rooms (cluster/ports.py)
         self.node_id = secrets.token_urlsafe(6).replace(".", "_")
+        self._own = m.head(self.node_id)  # how this node's messages start (see _receive)
         self.adapter: Adapter | None = None
         self.active = False  # an adapter is attached: publish and listen
         self.prefix = "smartsocket"
@@ -432,6 +433,8 @@ class ClusterNode:
         if data[:1] == b"P":  # a room message logged by Redis (roomlog.py)
             self._on_logged(channel, data)
             return
+        if data.startswith(self._own):
+            return  # our own message, back from the broker (Redis: every one to a room here)
         try:
             env = m.decode_envelope(data)
             if env.src == self.node_id:
