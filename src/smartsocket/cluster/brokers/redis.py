@@ -54,14 +54,14 @@ class RedisAdapter(BrokerAdapter):
         self._checked_mode = False
         self._incarnation = ""
 
-    def _client(self) -> Any:
+    def _client(self, **options: Any) -> Any:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         return aioredis.Redis.from_url(
             self.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0,
-            socket_keepalive=True,
+            socket_keepalive=True, **options,
         )
 
     async def _connect(self) -> None:
@@ -73,7 +73,11 @@ class RedisAdapter(BrokerAdapter):
         if not self._checked_mode:
             self._checked_mode = True
             await self._warn_if_cluster()
-        self._sub = self._client()
+        # RESP2 for the subscription: redis-py (8.1) speaks RESP3 by default, where every
+        # message is a push its parser hands to a handler that formats it for a debug log
+        # (str() of the whole message, logged or not): a third of a node's CPU per received
+        # message, its own back from Redis included. RESP2 messages are plain replies.
+        self._sub = self._client(protocol=2)
         self._pubsub = self._sub.pubsub()
         channels = sorted(self._channels)
         if channels:
