@@ -179,3 +179,45 @@ async def test_a_burst_in_the_queue_goes_out_as_the_same_messages_in_order() -> 
         await adapter.close()
         await pubsub.aclose()
         await subscriber.aclose()
+
+
+
+def test_a_run_ends_at_its_message_or_byte_limit() -> None:
+    """PUBLISH_MANY runs hold at most ``messages`` messages and end once they hold ``size``
+    bytes; a script call ends a run; a run of one stays a plain message."""
+    import msgspec
+
+    from smartsocket.cluster.brokers.runs import PUBLISH_MANY, RUN, RUN_BYTES, pack_runs
+    from smartsocket.cluster.brokers.scripts import ScriptCall
+
+    logged = ScriptCall(PUBLISH_MANY, [], [b""])  # stands in for a logged message's call
+
+    def runs(packed: list[Any]) -> list[Any]:
+        """Each item as the messages it carries, or the stand-in call itself."""
+        out: list[Any] = []
+        for _, data in packed:
+            if type(data) is bytes:
+                out.append([data.decode()])
+            elif data is logged:
+                out.append(data)
+            else:
+                assert data.script is PUBLISH_MANY
+                out.append(msgspec.msgpack.decode(data.args[0])[1::2])
+        return out
+
+    small = [("c", b"%d" % n) for n in range(10)]
+    assert runs(pack_runs(small, messages=4)) == [
+        ["0", "1", "2", "3"], ["4", "5", "6", "7"], ["8", "9"],
+    ]
+    assert runs(pack_runs(small[:9], messages=4)) == [
+        ["0", "1", "2", "3"], ["4", "5", "6", "7"], ["8"],
+    ]
+    big = [("c", bytes([65 + n]) * 400) for n in range(5)]
+    assert [len(run) for run in runs(pack_runs(big, size=1000))] == [3, 2]  # 1,200 >= 1,000
+    assert [len(run) for run in runs(pack_runs(big, size=1200))] == [3, 2]
+    assert [len(run) for run in runs(pack_runs(big, size=1201))] == [4, 1]
+    assert runs(pack_runs([small[0], small[1], ("c", logged), small[2]])) == [
+        ["0", "1"], logged, ["2"],
+    ]
+    assert pack_runs(small[:1]) == small[:1]
+    assert (RUN, RUN_BYTES) == (256, 1 << 20)  # the defaults RedisAdapter._send uses

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from smartsocket.cluster.brokers.base import Outbound
 
 RUN = 256  # messages per PUBLISH_MANY call
+# Bytes of messages per call (a run ends once it holds this many): one call is one Redis
+# argument (at most proto-max-bulk-len, 512 MB by default) and Redis runs it at once.
+RUN_BYTES = 1 << 20
 
 # ARGV: MessagePack [channel, message, channel, message, ...], the incarnation (ignored).
 PUBLISH_MANY = Script("""
@@ -31,21 +34,27 @@ return 1
 """)
 
 
-def pack_runs(batch: list[Outbound]) -> list[Outbound]:
-    """Runs of plain messages (up to ``RUN``) as PUBLISH_MANY calls, in the same order;
-    script calls (logged room messages) stay where they are. A run of one stays plain."""
+def pack_runs(
+    batch: list[Outbound], messages: int = RUN, size: int = RUN_BYTES
+) -> list[Outbound]:
+    """Runs of plain messages (up to ``messages`` of them, ending once they hold ``size``
+    bytes) as PUBLISH_MANY calls, in the same order; script calls (logged room messages) stay
+    where they are. A run of one stays plain."""
     if len(batch) < 2:
         return batch
     out: list[Outbound] = []
     run: list[Any] = []
+    held = 0
     for channel, data in batch:
         if type(data) is bytes:
             run += (channel, data)
-            if len(run) < 2 * RUN:
+            held += len(data)
+            if len(run) < 2 * messages and held < size:
                 continue
         if run:
             out.append(_publish_many(run))
             run = []
+            held = 0
         if type(data) is not bytes:
             out.append((channel, data))
     if run:
