@@ -123,3 +123,89 @@ async def test_heartbeats_still_go_out_while_the_queue_is_full() -> None:
             node.publish(node.all_channel, node.liveness.heartbeat())
         assert not node.publish(node.all_channel, node.liveness.heartbeat())
         assert node.overflowed > overflowed
+
+
+async def test_a_burst_in_the_queue_goes_out_as_the_same_messages_in_order() -> None:
+    """A node's queued burst goes to Redis in runs (PUBLISH_MANY, brokers/runs.py): an
+    independent redis-py subscriber sees every message, byte for byte (any byte value, any
+    size: the MessagePack string headers of 1, 2 and 4 bytes), on its channel, in order."""
+    import redis.asyncio
+
+    from smartsocket.cluster.brokers.redis import RedisAdapter
+
+    url = BROKERS["redis"]
+    require_broker(url)
+    name = "bp" + uuid.uuid4().hex[:10]
+    channels = [f"{name}.a", f"{name}.b"]
+    sizes = [0, 1, 30, 31, 254, 255, 65534, 70_000]  # + the number: the header's limits
+    sent = [
+        (channels[(n // 7) % 2], bytes([n % 256]) * sizes[n % 6] + b"%d" % n)
+        for n in range(1300)
+    ]
+    sent[100:102] = [(channels[0], b"\xff" * sizes[6] + b"a"), (channels[1], b"\x00" * sizes[7])]
+    subscriber = redis.asyncio.Redis.from_url(url)
+    pubsub = subscriber.pubsub()
+    await pubsub.subscribe(*channels)
+    for _ in channels:  # confirmed: Redis sends it what is published from now on
+        message = await pubsub.get_message(timeout=10)
+        assert message is not None and message["type"] == "subscribe"
+    adapter = RedisAdapter(url)
+    await adapter.start(lambda channel, data: None, lambda connected: None)
+    try:
+        assert adapter.connected
+        for channel, data in sent:  # one synchronous burst: the writer takes it in batches
+            assert adapter.publish(channel, data)
+        seen: list[tuple[str, bytes]] = []
+        while len(seen) < len(sent):
+            message = await pubsub.get_message(timeout=10)
+            assert message is not None, len(seen)
+            if message["type"] == "message":
+                seen.append((message["channel"].decode(), message["data"]))
+        assert seen == sent
+        assert adapter.lost == 0
+    finally:
+        await adapter.close()
+        await pubsub.aclose()
+        await subscriber.aclose()
+
+
+
+def test_a_run_ends_at_its_message_or_byte_limit() -> None:
+    """PUBLISH_MANY runs hold at most ``messages`` messages and end once they hold ``size``
+    bytes; a script call ends a run; a run of one stays a plain message."""
+    import msgspec
+
+    from smartsocket.cluster.brokers.runs import PUBLISH_MANY, RUN, RUN_BYTES, pack_runs
+    from smartsocket.cluster.brokers.scripts import ScriptCall
+
+    logged = ScriptCall(PUBLISH_MANY, [], [b""])  # stands in for a logged message's call
+
+    def runs(packed: list[Any]) -> list[Any]:
+        """Each item as the messages it carries, or the stand-in call itself."""
+        out: list[Any] = []
+        for _, data in packed:
+            if type(data) is bytes:
+                out.append([data.decode()])
+            elif data is logged:
+                out.append(data)
+            else:
+                assert data.script is PUBLISH_MANY
+                out.append(msgspec.msgpack.decode(data.args[0])[1::2])
+        return out
+
+    small = [("c", b"%d" % n) for n in range(10)]
+    assert runs(pack_runs(small, messages=4)) == [
+        ["0", "1", "2", "3"], ["4", "5", "6", "7"], ["8", "9"],
+    ]
+    assert runs(pack_runs(small[:9], messages=4)) == [
+        ["0", "1", "2", "3"], ["4", "5", "6", "7"], ["8"],
+    ]
+    big = [("c", bytes([65 + n]) * 400) for n in range(5)]
+    assert [len(run) for run in runs(pack_runs(big, size=1000))] == [3, 2]  # 1,200 >= 1,000
+    assert [len(run) for run in runs(pack_runs(big, size=1200))] == [3, 2]
+    assert [len(run) for run in runs(pack_runs(big, size=1201))] == [4, 1]
+    assert runs(pack_runs([small[0], small[1], ("c", logged), small[2]])) == [
+        ["0", "1"], logged, ["2"],
+    ]
+    assert pack_runs(small[:1]) == small[:1]
+    assert (RUN, RUN_BYTES) == (256, 1 << 20)  # the defaults RedisAdapter._send uses

@@ -53,3 +53,16 @@ def test_an_unknown_kind_is_invalid() -> None:
     data = msgspec.msgpack.encode(m.Envelope(m.VERSION, "node2", msgspec.Raw(raw)))
     with pytest.raises(msgspec.ValidationError):
         m.decode_body(m.decode_envelope(data))
+
+
+@pytest.mark.parametrize("src", ["a", "n0de_Id1", "x" * 31, "y" * 32, "z" * 300])
+def test_a_nodes_messages_start_with_its_head_and_no_other_nodes_do(src: str) -> None:
+    """A node drops its own messages back from the broker by ``head(src)``, undecoded: every
+    message it encodes starts with it, a message of a node whose id extends or prefixes it
+    does not."""
+    for body in KINDS:
+        data = m.encode(src, body)
+        assert data.startswith(m.head(src))
+        assert m.decode_envelope(data).src == src
+        for other in (src + "a", src[:-1] or "b", "Q" + src[1:]):
+            assert not m.encode(other, body).startswith(m.head(src))

@@ -324,9 +324,9 @@ async def test_runs_of_messages_keep_their_order_around_logged_ones() -> None:
     import redis.asyncio
 
     from smartsocket.cluster import messages
+    from smartsocket.cluster.brokers.runs import pack_runs
     from smartsocket.cluster.brokers.scripts import ScriptCall
     from smartsocket.cluster.roomlog import parse_logged
-    from smartsocket.emitter.emitters import pack_runs
 
     name = prefix()
     core = EmitterCore(prefix=name, recovery_window=5)

@@ -229,6 +229,12 @@ def encode(src: str, body: Body) -> bytes:
     return _encode(Envelope(VERSION, src, msgspec.Raw(_encode(body))))
 
 
+def head(src: str) -> bytes:
+    """The bytes every message ``encode(src, ...)`` makes starts with (the envelope up to its
+    body): a node drops its own messages back from the broker by them, undecoded."""
+    return _encode(Envelope(VERSION, src, msgspec.Raw(b"\xc0")))[:-1]
+
+
 def decode_envelope(data: bytes) -> Envelope:
     """The envelope only (cheap): check ``v`` and ``src`` before decoding the body."""
     return _envelope_decoder.decode(data)

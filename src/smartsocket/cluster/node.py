@@ -72,7 +72,9 @@ class ClusterNode:
     def __init__(self, local: LocalServer) -> None:
         self.local = local  # this node's sockets and rooms (cluster/ports.py)
         self.node_id = secrets.token_urlsafe(6).replace(".", "_")
+        self._own = m.head(self.node_id)  # how this node's messages start (see _receive)
         self.adapter: Adapter | None = None
+        self._broker: BrokerAdapter | None = None  # the adapter, if a network broker's
         self.active = False  # an adapter is attached: publish and listen
         self.prefix = "smartsocket"
         self.heartbeat_interval = 1.0
@@ -154,6 +156,7 @@ class ClusterNode:
         if adapter is None:
             return
         self.adapter = adapter
+        self._broker = adapter if isinstance(adapter, BrokerAdapter) else None
         self.active = True
         self.epoch = 1
         if isinstance(adapter, BrokerAdapter):
@@ -184,6 +187,7 @@ class ClusterNode:
         for task in list(self._tasks):
             task.cancel()
         adapter, self.adapter = self.adapter, None
+        self._broker = None
         self.active = False  # before the adapter reports its link down: no "degraded" alarm
         if self.sync is not None:
             self.sync.close()
@@ -232,11 +236,8 @@ class ClusterNode:
     def congested(self) -> bool:
         """The broker link is up but its outbound queue is full: a publish now would be
         refused (the server refuses the broadcast instead: ``overloaded``)."""
-        adapter = self.adapter  # None on one node: no isinstance (an ABC's) per publish
-        return (
-            adapter is not None and isinstance(adapter, BrokerAdapter) and adapter.connected
-            and adapter.full
-        )
+        broker = self._broker  # checked twice per publish: no isinstance (an ABC's) here
+        return broker is not None and broker.connected and broker.full
 
     async def wait_writable(self, timeout: float) -> bool:
         """Wait until the broker link can take a burst (see ``BrokerAdapter.wait_writable``);
@@ -432,6 +433,8 @@ class ClusterNode:
         if data[:1] == b"P":  # a room message logged by Redis (roomlog.py)
             self._on_logged(channel, data)
             return
+        if data.startswith(self._own):
+            return  # our own message, back from the broker (Redis: every one to a room here)
         try:
             env = m.decode_envelope(data)
             if env.src == self.node_id:

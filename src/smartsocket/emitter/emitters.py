@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from smartsocket.cluster.brokers import BrokerAdapter, create_adapter
-from smartsocket.cluster.brokers.scripts import Script, ScriptCall
 from smartsocket.emitter.core import Batch, EmitterCore, Operations
 from smartsocket.errors import EmitterError
 
@@ -26,20 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["AsyncEmitter", "Emitter"]
 
 _MAX_BATCH = 1000  # messages per pipeline
-_RUN = 256  # messages per PUBLISH_MANY call
-
-# Plain Redis: consecutive messages as one command. redis-py packs, sends and reads each entry
-# of a pipeline in Python (~15 us per PUBLISH measured here: the emitter's bound); one EVALSHA
-# carrying many messages, packed by msgspec as one argument, costs a fraction of that per
-# message (bench/emitter.py). ARGV: MessagePack [channel, message, channel, message, ...], the
-# incarnation (ignored).
-PUBLISH_MANY = Script("""
-local run = cmsgpack.unpack(ARGV[1])
-for i = 1, #run, 2 do
-  redis.call('PUBLISH', run[i], run[i + 1])
-end
-return 1
-""")
+# Plain Redis: the adapter sends runs of consecutive messages as one script call
+# (``PUBLISH_MANY``, cluster/brokers/runs.py), as it does for a node's own queue.
 
 
 def _options(config: Config) -> dict[str, Any]:
@@ -86,8 +73,6 @@ class AsyncEmitter(Operations[Awaitable[None]]):
         self._starting: asyncio.Task[None] | None = None
         self._closed = False
         self.sent = 0  # messages the broker took
-        # Plain Redis takes runs of messages as one script call (PUBLISH_MANY).
-        self._pack = pack_runs if adapter.name == "redis" else _as_is
 
     @classmethod
     def from_config(cls, config: Config, *, timeout: float = 5.0) -> AsyncEmitter:
@@ -178,7 +163,7 @@ class AsyncEmitter(Operations[Awaitable[None]]):
                 for start in range(0, len(batch), _MAX_BATCH):  # a big Batch: in slices
                     await self._wait_up()
                     await asyncio.wait_for(
-                        self._adapter.send_now(self._pack(batch[start:start + _MAX_BATCH])),
+                        self._adapter.send_now(batch[start:start + _MAX_BATCH]),
                         self.timeout,
                     )
             except asyncio.CancelledError:  # close() gave up waiting: no caller waits forever
@@ -230,59 +215,6 @@ def _fail(futures: list[asyncio.Future[None]], error: BaseException) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(error)
-
-
-def pack_runs(batch: list[Outbound]) -> list[Outbound]:
-    """Runs of plain messages (up to ``_RUN``) as PUBLISH_MANY calls, in the same order;
-    script calls (logged room messages) stay where they are."""
-    if len(batch) < 2:
-        return batch
-    out: list[Outbound] = []
-    run: list[Any] = []
-    for channel, data in batch:
-        if type(data) is bytes:
-            run += (channel, data)
-            if len(run) < 2 * _RUN:
-                continue
-        if run:
-            out.append(_publish_many(run))
-            run = []
-        if type(data) is not bytes:
-            out.append((channel, data))
-    if run:
-        out.append(_publish_many(run))
-    return out
-
-
-def _as_is(batch: list[Outbound]) -> list[Outbound]:
-    return batch
-
-
-def _publish_many(run: list[Any]) -> Outbound:
-    if len(run) == 2:
-        return run[0], run[1]
-    return run[0], ScriptCall(PUBLISH_MANY, [], [_strings(run)])
-
-
-def _strings(items: list[Any]) -> bytes:
-    """A MessagePack array of raw strings (Redis' cmsgpack decodes no bin type; a Lua string
-    holds any bytes)."""
-    out = [_header(len(items), 0x90, b"\xdc", b"\xdd", 16)]
-    for item in items:
-        data = item if type(item) is bytes else item.encode()
-        out.append(_header(len(data), 0xa0, b"\xda", b"\xdb", 32))
-        out.append(data)
-    return b"".join(out)
-
-
-def _header(n: int, fix: int, two: bytes, four: bytes, fix_limit: int) -> bytes:
-    if n < fix_limit:
-        return bytes((fix | n,))
-    if fix == 0xa0 and n < 256:
-        return b"\xd9" + bytes((n,))
-    if n < 65536:
-        return two + n.to_bytes(2, "big")
-    return four + n.to_bytes(4, "big")
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -25,6 +25,7 @@ from smartsocket.cluster.brokers.base import (
     honour_cancel,
     safe_url,
 )
+from smartsocket.cluster.brokers.runs import pack_runs
 from smartsocket.cluster.brokers.scripts import SCRIPTS, ScriptCall
 from smartsocket.errors import MissingDependency
 
@@ -53,14 +54,14 @@ class RedisAdapter(BrokerAdapter):
         self._checked_mode = False
         self._incarnation = ""
 
-    def _client(self) -> Any:
+    def _client(self, **options: Any) -> Any:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         return aioredis.Redis.from_url(
             self.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0,
-            socket_keepalive=True,
+            socket_keepalive=True, **options,
         )
 
     async def _connect(self) -> None:
@@ -72,7 +73,11 @@ class RedisAdapter(BrokerAdapter):
         if not self._checked_mode:
             self._checked_mode = True
             await self._warn_if_cluster()
-        self._sub = self._client()
+        # RESP2 for the subscription: redis-py (8.1) speaks RESP3 by default, where every
+        # message is a push its parser hands to a handler that formats it for a debug log
+        # (str() of the whole message, logged or not): a third of a node's CPU per received
+        # message, its own back from Redis included. RESP2 messages are plain replies.
+        self._sub = self._client(protocol=2)
         self._pubsub = self._sub.pubsub()
         channels = sorted(self._channels)
         if channels:
@@ -130,9 +135,12 @@ class RedisAdapter(BrokerAdapter):
     async def _read(self) -> None:
         pubsub = self._pubsub
         receive = self._receive
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             message = await pubsub.get_message(timeout=None)
-            honour_cancel()
+            if task.cancelling():  # honour_cancel, without looking the task up per message
+                raise asyncio.CancelledError
             if message is None:
                 continue
             self._heard = True
@@ -145,6 +153,9 @@ class RedisAdapter(BrokerAdapter):
         if len(batch) == 1 and type(batch[0][1]) is bytes:
             await self._pub.publish(*batch[0])
             return
+        # Runs of plain messages as PUBLISH_MANY calls (runs.py): redis-py's per-command
+        # packing and reply parsing was most of a node's cost per cross-node publish.
+        batch = pack_runs(batch)
         pipe = self._pub.pipeline(transaction=False)
         for channel, data in batch:
             if type(data) is bytes:
