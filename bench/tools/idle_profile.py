@@ -7,7 +7,10 @@ RSS growth.  The difference between the two is memory allocated outside
 Python's allocator (uvloop/libuv handles, the kernel's socket accounting is not
 in RSS).  127.0.0.1 only; everything is bounded in time.
 
-    .venv/bin/python -m bench.tools.idle_profile [--connections 10000] [--top 25]
+    .venv/bin/python -m bench.tools.idle_profile [--connections 10000] [--top 25] [--socketio]
+
+``--socketio``: the connections are Socket.IO clients on ``/socket.io/`` (WebSocket transport,
+CONNECT to ``/``), as the bench's ``smartsocket-socketio`` peer drives them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from bench import loadgen
 from bench.common import free_port, port_open
-from bench.servers import SmartSocketPeer
+from bench.servers import SIO_PATH, SmartSocketPeer
 
 
 def rss_kib() -> int:
@@ -46,7 +49,10 @@ def main() -> int:
         action="store_true",
         help="experiment: make picows use the event loop's own transport instead of aiofastnet's",
     )
+    ap.add_argument("--socketio", action="store_true", help="Socket.IO clients on /socket.io/")
     args = ap.parse_args()
+    proto = ["--proto", "socketio", "--path", SIO_PATH] if args.socketio else [
+        "--proto", "smartsocket"]
 
     port = free_port()
     gen = loadgen.ensure_built()
@@ -60,7 +66,7 @@ def main() -> int:
         base = tracemalloc.take_snapshot() if not args.no_trace else None
         rss0 = rss_kib()
         proc = subprocess.Popen(
-            [str(gen), "--proto", "smartsocket", "--port", str(port), "--workload", "idle",
+            [str(gen), *proto, "--port", str(port), "--workload", "idle",
              "--clients", str(args.connections), "--warmup", "2", "--duration", "6"],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip

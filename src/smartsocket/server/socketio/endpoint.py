@@ -35,6 +35,7 @@ from smartsocket.security import parse_origins
 from smartsocket.server.dispatch import EventRouter
 from smartsocket.server.socketio import polling
 from smartsocket.server.socketio.budget import SessionBudget
+from smartsocket.server.socketio.deadlines import Deadlines
 from smartsocket.server.socketio.namespace import Namespace
 from smartsocket.server.socketio.relay import ClusterLink, PollRelay
 from smartsocket.server.socketio.session import ClientSession, Counters
@@ -109,8 +110,8 @@ class SocketIOEndpoint:
     (``SmartSocket.open_socket``)."""
 
     __slots__ = (
-        "_clock", "_ips", "_open_socket", "_per_ip", "_sockets", "_sockets_at", "config",
-        "counters",
+        "_clock", "_ips", "_loop_time", "_open_socket", "_per_ip", "_sockets", "_sockets_at",
+        "config", "counters", "deadlines",
         "namespaces", "offsets", "options", "origins", "path", "relay", "sessions", "translator",
     )
 
@@ -126,6 +127,9 @@ class SocketIOEndpoint:
         self._sockets = sockets
         self._sockets_at = sockets_at
         self.sessions: dict[str, ClientSession] = {}
+        self.deadlines = Deadlines(self.sessions)  # every session's heartbeat and timeouts
+        # The sessions' clock: one bound method for all (one each was 64 bytes per session).
+        self._loop_time: tuple[asyncio.AbstractEventLoop, Callable[[], float]] | None = None
         # Polling requests for sessions of other nodes go through the cluster (relay.py).
         self.relay = PollRelay(cluster, self.sessions) if cluster is not None else None
         self.translator = FrameTranslator()
@@ -175,8 +179,8 @@ class SocketIOEndpoint:
 
             def new_session(served: HttpRequest) -> ClientSession | None:
                 session = self._new_session(request, checked.eio, POLLING)
-                if not self._claim(session.sid, served.peer):
-                    self._forget(session.sid)
+                if not self.claim(session.sid, served.peer):
+                    self.forget(session.sid)
                     return None
                 session.polling_opened(served.peer)
                 return session
@@ -228,17 +232,18 @@ class SocketIOEndpoint:
     def _new_session(self, request: HandshakeRequest, eio: int, transport: str) -> ClientSession:
         sid = self.relay.new_sid() if self.relay is not None else secrets.token_urlsafe(15)
         loop = asyncio.get_running_loop()
-        engine = EngineSession(sid, transport=transport, options=self.options, clock=loop.time,
-                               eio=eio)
+        if self._loop_time is None or self._loop_time[0] is not loop:
+            self._loop_time = (loop, loop.time)
+        engine = EngineSession(sid, transport=transport, options=self.options,
+                               clock=self._loop_time[1], eio=eio)
         config = self.config
         sio = SocketIOConnection(
             protocol=5 if eio >= 4 else 4, max_attachments=config.socketio_max_attachments,
             max_attachment_bytes=config.max_message_size,
         )
         session = ClientSession(
-            engine, sio, request, open_socket=self._open, translator=self.translator,
-            forget=self._forget, counters=self.counters, namespaces=self.namespaces.get,
-            claim=self._claim, count=self._count, offsets=self.offsets and eio >= 4,
+            engine, sio, request, host=self, translator=self.translator, counters=self.counters,
+            offsets=self.offsets and eio >= 4,
             max_refusals=self.config.socketio_max_connect_refusals,
             budget=SessionBudget(config, self._clock),
         )
@@ -246,24 +251,26 @@ class SocketIOEndpoint:
         self.counters.sessions_total += 1
         return session
 
-    def _open(self, request: HandshakeRequest) -> HttpResponse | SocketIOSocket:
+    # SessionHost (session.py)
+
+    def open_socket_for(self, request: HandshakeRequest) -> HttpResponse | SocketIOSocket:
         result = self._open_socket(request, SocketIOSocket)
         assert isinstance(result, HttpResponse | SocketIOSocket)
         return result
 
-    def _claim(self, sid: str, remote: Any) -> bool:
+    def claim(self, sid: str, remote: Any) -> bool:
         """Counts a new session against ``max_connections_per_ip``, beside the address's
-        sockets (False: over it). Its first socket takes its place (``_count``)."""
+        sockets (False: over it). Its first socket takes its place (``count``)."""
         ip = remote[0] if remote else None
         limit = self.config.max_connections_per_ip
         if limit and self._per_ip.get(ip, 0) + self._sockets_at(ip) >= limit:
             logger.info("too many Socket.IO sessions from %s", ip,
                         extra={"event": "limit", "limit": "connections_per_ip", "ip": str(ip)})
             return False
-        self._count(sid, remote, True)
+        self.count(sid, remote, True)
         return True
 
-    def _count(self, sid: str, remote: Any, counted: bool) -> None:
+    def count(self, sid: str, remote: Any, counted: bool) -> None:
         """Whether session ``sid`` counts as a connection itself: while it has no socket
         (no limit checked here: admission checks its sockets)."""
         if counted and sid not in self._ips:
@@ -277,9 +284,9 @@ class SocketIOEndpoint:
             else:
                 self._per_ip.pop(ip, None)
 
-    def _forget(self, sid: str) -> None:
+    def forget(self, sid: str) -> None:
         self.sessions.pop(sid, None)
-        self._count(sid, None, False)
+        self.count(sid, None, False)
 
     def close_all(self) -> None:
         """Shutting down: end every session (their sockets see 1001, clients reconnect)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode
 from smartsocket.protocol.socketio import (
@@ -53,12 +53,33 @@ from smartsocket.server.socketio.socket import FrameTranslator, SocketIOSocket
 from smartsocket.transport import HandshakeRequest, HttpResponse, build_frame
 
 if TYPE_CHECKING:
+    from smartsocket.server.socketio.deadlines import Deadlines
     from smartsocket.server.socketio.namespace import Namespace
     from smartsocket.transport import ServerConnection
 
 logger = logging.getLogger("smartsocket.socketio")
 
 OpenSocket = Callable[[HandshakeRequest], "HttpResponse | SocketIOSocket"]
+
+
+class SessionHost(Protocol):
+    """What a session asks of its endpoint (one reference per session, not a bound method
+    per callback: an idle session's memory counts)."""
+
+    namespaces: dict[str, Namespace]  # the application's own, by name
+    deadlines: Deadlines  # the sessions' one timer
+
+    def open_socket_for(self, request: HandshakeRequest) -> HttpResponse | SocketIOSocket:
+        """Admission for a CONNECT: the socket, or the HTTP refusal."""
+
+    def claim(self, sid: str, remote: Any) -> bool:
+        """Counts the session against its address's limit (False: over it)."""
+
+    def count(self, sid: str, remote: Any, counted: bool) -> None:
+        """Whether the session counts as a connection itself (True while it has no socket)."""
+
+    def forget(self, sid: str) -> None:
+        """The session is over."""
 
 # What the application's "disconnect" handlers and close codes see for each session end.
 _CLOSE_CODES: dict[CloseReason, int] = {
@@ -94,17 +115,12 @@ class ClientSession:
 
     __slots__ = (
         "_budget",
-        "_claim",
-        "_count",
         "_deadline",
-        "_forget",
-        "_namespaces",
-        "_open_socket",
+        "_host",
         "_poll",
         "_probe",
         "_refusals",
         "_remote",
-        "_timer",
         "_translator",
         "_ws",
         "_ws_close",
@@ -118,37 +134,29 @@ class ClientSession:
 
     def __init__(
         self, engine: EngineSession, sio: SocketIOConnection, request: HandshakeRequest, *,
-        open_socket: OpenSocket, translator: FrameTranslator, forget: Callable[[str], None],
-        counters: Counters, namespaces: Callable[[str], Namespace | None],
-        claim: Callable[[str, Any], bool], offsets: bool = False, max_refusals: int = 10,
-        count: Callable[[str, Any, bool], None] = lambda sid, remote, counted: None,
-        budget: SessionBudget | None = None,
+        host: SessionHost, translator: FrameTranslator, counters: Counters,
+        offsets: bool = False, max_refusals: int = 10, budget: SessionBudget | None = None,
     ) -> None:
         # Rate limits of what no socket's own limits charge (budget.py); None: none.
         self._budget = budget
         # Events carry their position's offset, CONNECT answers a pid (connection-state
         # recovery; Socket.IO v5 only): recovery/marks.py.
         self.offsets = offsets
-        self._claim = claim  # counts the session against its address's limit (False: over)
-        # Counts it (True) or not: a session without a socket is a connection of its own;
-        # with one, its sockets are (the endpoint's tallies, beside admission's).
-        self._count = count
-        self._namespaces = namespaces  # the application's own namespaces, by name
+        # Admission, the address tallies (a session without a socket is a connection of its
+        # own; with one, its sockets are), namespaces, the deadline timer: the endpoint's.
+        self._host = host
         self.counters = counters
         self.engine = engine
         self.sio = sio
         self.request = request
         self.links: dict[str, NamespaceLink] = {}  # by namespace: its socket
-        self._open_socket = open_socket
         self._translator = translator
-        self._forget = forget
         self._ws: ServerConnection | None = None
         self._remote: tuple[Any, ...] | None = None  # kept after the transport closes
         self._poll: asyncio.Future[AnswerPoll] | None = None  # the held polling GET
         self._probe: ServerConnection | None = None  # a WebSocket upgrading a polling session
         self._ws_close: tuple[int, str] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline: float | None = None
+        self._deadline: float | None = None  # armed with the host's deadlines
         # CONNECT_ERRORs left before the session ends (socketio_max_connect_refusals): each
         # CONNECT is a try of the client's credentials, and one POST carries 1,000 of them.
         self._refusals = max_refusals
@@ -160,8 +168,8 @@ class ClientSession:
     # -- the WebSocket transport ---------------------------------------------------------
 
     def websocket_opened(self, conn: ServerConnection) -> None:
-        if not self._claim(self.sid, conn.remote_address):
-            self._forget(self.sid)
+        if not self._host.claim(self.sid, conn.remote_address):
+            self._host.forget(self.sid)
             conn.close(CloseCode.TRY_AGAIN_LATER, "too many connections from your address")
             return
         self._ws = conn
@@ -202,7 +210,7 @@ class ClientSession:
                 socket.receive_event(plain.name, plain.data, plain.ack_id, len(text) - 1)
             else:
                 socket.receive_ack(plain.ack_id, plain.data, len(text) - 1)
-        if self._timer is None:
+        if self._deadline is None:
             self._schedule()
 
     def websocket_closed(self, code: int, reason: str) -> None:
@@ -317,34 +325,30 @@ class ClientSession:
                     asyncio.get_running_loop().call_soon(self._closed, action.reason)
                 else:
                     self._closed(action.reason)
-        if self._timer is None:
+        if self._deadline is None:
             self._schedule()
 
     def _schedule(self) -> None:
-        """Arms the timer at the session's next deadline. Deadlines that move later (a pong,
-        any packet for v3, a CONNECT) are left to the armed timer: it fires, ``tick`` finds
-        nothing due and the timer is re-armed; only what moves a deadline earlier (open,
-        tick, a probe, a close) re-arms at once."""
+        """Arms the session's next deadline. Deadlines that move later (a pong, any packet
+        for v3, a CONNECT) are left to the armed one: it comes, ``tick`` finds nothing due
+        and the next is armed; only what moves a deadline earlier (open, tick, a probe, a
+        close) arms at once (the later entry is skipped when it comes: deadlines.py)."""
         deadline = self.engine.next_deadline()
-        if deadline == self._deadline and self._timer is not None:
+        if deadline == self._deadline:
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._deadline = deadline
         if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._tick)
+            self._host.deadlines.arm(self.sid, deadline)
 
-    def _tick(self) -> None:
-        self._timer = None
+    def deadline_due(self, deadline: float) -> None:
+        if deadline != self._deadline:
+            return  # a deadline since moved earlier, or ended
         self._deadline = None
         self.perform(self.engine.tick())
 
     def _closed(self, reason: CloseReason) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._forget(self.sid)
+        self._deadline = None
+        self._host.forget(self.sid)
         probe, self._probe = self._probe, None
         if probe is not None:
             probe.close(CloseCode.GOING_AWAY)
@@ -424,13 +428,13 @@ class ClientSession:
             return
         scope = None
         if namespace != DEFAULT_NAMESPACE:
-            scope = self._namespaces(namespace)
+            scope = self._host.namespaces.get(namespace)
             if scope is None:
                 self._refuse(namespace, "Invalid namespace")
                 return
         if namespace in self.links:
             return  # v4 clients may CONNECT to "/" they were put in: nothing to do
-        self._count(self.sid, self._remote, False)  # the socket takes the session's place
+        self._host.count(self.sid, self._remote, False)  # the socket takes the session's place
         try:
             self._open(namespace, scope, auth, pid, offset)
         finally:
@@ -440,7 +444,7 @@ class ClientSession:
         self, namespace: str, scope: Namespace | None, auth: dict[str, Any], pid: str | None,
         offset: str | None,
     ) -> None:
-        result = self._open_socket(self.request)
+        result = self._host.open_socket_for(self.request)
         if isinstance(result, HttpResponse):
             self._refuse(namespace, _refusal(result.status, result.body))
             return
@@ -455,7 +459,7 @@ class ClientSession:
     def _recount(self) -> None:
         """A session left without a socket counts as a connection again (until it ends)."""
         if not self.links and self.engine.state is not State.CLOSED:
-            self._count(self.sid, self._remote, True)
+            self._host.count(self.sid, self._remote, True)
 
     def _refuse(self, namespace: str, message: str) -> None:
         self.counters.connect_errors += 1
