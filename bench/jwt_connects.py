@@ -123,14 +123,15 @@ def server_cpu_ns(pid: int) -> int:
         return int(cpu_seconds(pid) * 1e9)
 
 
-def settle(pid: int, cap: float = 2.0) -> int:
-    """Wait until the server is idle (its last closes done); its CPU ns then."""
+def settle(pid: int, cap: float = 2.0, every: float = 0.05, idle_ns: int = 1_000_000) -> int:
+    """Wait (at most ``cap`` seconds) until the server is idle, its last closes done: under
+    ``idle_ns`` of CPU in ``every`` seconds. Its CPU ns then."""
     deadline = time.monotonic() + cap
     last = server_cpu_ns(pid)
     while time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(every)
         now = server_cpu_ns(pid)
-        if now - last < 1_000_000:  # under 1 ms of CPU in 50 ms: idle
+        if now - last < idle_ns:
             return now
         last = now
     return last

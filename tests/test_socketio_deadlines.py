@@ -25,14 +25,19 @@ class Owner:
             self.deadlines.arm(self.sid, deadline)
 
 
-async def test_deadlines_come_in_order_and_a_gone_session_is_skipped() -> None:
-    loop = asyncio.get_running_loop()
+def wheel(*sids: str) -> tuple[Deadlines, dict[str, Owner], list[tuple[str, float]]]:
+    """A ``Deadlines`` with an ``Owner`` session for each sid, and the list they record."""
     sessions: dict[str, Owner] = {}
     deadlines = Deadlines(sessions)
     got: list[tuple[str, float]] = []
-    sessions["a"] = Owner("a", deadlines, got)
-    sessions["b"] = Owner("b", deadlines, got)
-    now = loop.time()
+    for sid in sids:
+        sessions[sid] = Owner(sid, deadlines, got)
+    return deadlines, sessions, got
+
+
+async def test_deadlines_come_in_order_and_a_gone_session_is_skipped() -> None:
+    deadlines, _, got = wheel("a", "b")
+    now = asyncio.get_running_loop().time()
     deadlines.arm("a", now + 0.03)
     deadlines.arm("gone", now + 0.02)  # its session ended: never called, held by sid only
     deadlines.arm("b", now + 0.01)
@@ -41,13 +46,8 @@ async def test_deadlines_come_in_order_and_a_gone_session_is_skipped() -> None:
 
 
 async def test_an_earlier_deadline_rearms_the_timer() -> None:
-    loop = asyncio.get_running_loop()
-    sessions: dict[str, Owner] = {}
-    deadlines = Deadlines(sessions)
-    got: list[tuple[str, float]] = []
-    sessions["late"] = Owner("late", deadlines, got)
-    sessions["soon"] = Owner("soon", deadlines, got)
-    now = loop.time()
+    deadlines, _, got = wheel("late", "soon")
+    now = asyncio.get_running_loop().time()
     deadlines.arm("late", now + 3600)  # the timer is armed for an hour from now
     deadlines.arm("soon", now + 0.01)  # comes first all the same
     await wait_for(lambda: got == [("soon", now + 0.01)], timeout=10)
@@ -58,9 +58,7 @@ async def test_an_owner_that_arms_the_same_deadline_again_is_served_by_the_next_
     """A loop timer may fire before the deadline by the owner's clock: the owner arms it
     again, and is called again on a later turn of the loop, not in a loop within one."""
     loop = asyncio.get_running_loop()
-    sessions: dict[str, Owner] = {}
-    deadlines = Deadlines(sessions)
-    got: list[tuple[str, float]] = []
+    deadlines, sessions, got = wheel()
     turns: list[int] = []  # for each call, how many loop turns had passed
     passed = 0
 
