@@ -79,3 +79,15 @@ async def test_an_owner_that_arms_the_same_deadline_again_is_served_by_the_next_
     assert got == [("a", deadline)] * 4
     assert turns == sorted(set(turns))  # each call on a turn of its own
     assert len(deadlines) == 0
+
+
+async def test_entries_of_gone_sessions_are_dropped_once_they_pile_up() -> None:
+    """A storm of short sessions: their entries go before their deadlines come, a live
+    session's stay."""
+    deadlines, _, got = wheel("live")
+    now = asyncio.get_running_loop().time()
+    deadlines.arm("live", now + 0.05)
+    for i in range(10_000):
+        deadlines.arm(f"gone-{i}", now + 3600)  # sessions that ended at once
+        assert len(deadlines) <= 2_048 + 1
+    await wait_for(lambda: got == [("live", now + 0.05)], timeout=10)

@@ -6,7 +6,9 @@ deadline is an entry ``(deadline, seq, sid)`` in one heap, and one timer is arme
 earliest. Entries are never removed: a session that arms an earlier deadline, or closes,
 leaves a stale one behind, skipped when it comes up (the session no longer holds that
 deadline, or is gone from ``sessions``). An entry holds the sid, not the session: a closed
-session is freed at once.
+session is freed at once. A storm of short sessions leaves many entries of gone sessions
+(each for up to its connect timeout): when the heap has doubled since it was last cleaned,
+those are dropped (amortized O(1) per entry).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import itertools
 from collections.abc import Mapping
 from typing import Protocol
 
+_MIN_LIMIT = 1024
+
 
 class DeadlineOwner(Protocol):
     def deadline_due(self, deadline: float) -> None:
@@ -26,7 +30,7 @@ class DeadlineOwner(Protocol):
 class Deadlines:
     """Deadlines of the sessions in ``sessions`` (by sid), on the running loop's clock."""
 
-    __slots__ = ("_at", "_heap", "_seq", "_sessions", "_timer")
+    __slots__ = ("_at", "_heap", "_limit", "_seq", "_sessions", "_timer")
 
     def __init__(self, sessions: Mapping[str, DeadlineOwner]) -> None:
         self._sessions = sessions
@@ -34,6 +38,7 @@ class Deadlines:
         self._seq = itertools.count()  # ties in order of arming; sids never compared
         self._timer: asyncio.TimerHandle | None = None
         self._at: float | None = None  # when the timer fires
+        self._limit = _MIN_LIMIT  # entries above which gone sessions' are dropped
 
     def __len__(self) -> int:
         """Entries held, stale ones included."""
@@ -42,8 +47,16 @@ class Deadlines:
     def arm(self, sid: str, deadline: float) -> None:
         """Call ``sessions[sid].deadline_due(deadline)`` once ``deadline`` comes."""
         heapq.heappush(self._heap, (deadline, next(self._seq), sid))
+        if len(self._heap) > self._limit:
+            self._clean()
         if self._at is None or deadline < self._at:
             self._rearm(deadline)
+
+    def _clean(self) -> None:
+        sessions = self._sessions
+        self._heap = [entry for entry in self._heap if entry[2] in sessions]
+        heapq.heapify(self._heap)
+        self._limit = max(_MIN_LIMIT, 2 * len(self._heap))
 
     def _rearm(self, at: float) -> None:
         if self._timer is not None:
