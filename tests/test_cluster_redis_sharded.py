@@ -1,6 +1,7 @@
 """Nodes over a real Redis Cluster with sharded pub/sub (``redis://...?cluster=1``): 3 node
 processes on the throwaway 3-primary cluster of scripts/redis-cluster (127.0.0.1:7101-7103,
-started here when it is not answering). What the shards hold is checked with redis-cli."""
+started here when it is not answering; the test that moves a slot has a throwaway cluster of
+its own). What the shards hold is checked with redis-cli."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from clusters import ROOT, Node, clients, node_processes, prefix
+from clusters import ROOT, Node, ThrowawayRedisCluster, clients, node_processes, prefix
 from smartsocket.cluster import create_adapter
 from smartsocket.cluster.brokers.redis_cluster import (
     RedisClusterAdapter,
@@ -38,13 +39,13 @@ def cli(port: int, *args: str) -> list[str]:
     return done.stdout.split()
 
 
-def keyslot(channel: str) -> int:
-    return int(cli(PORTS[0], "CLUSTER", "KEYSLOT", channel)[0])
+def keyslot(channel: str, ports: tuple[int, ...] = PORTS) -> int:
+    return int(cli(ports[0], "CLUSTER", "KEYSLOT", channel)[0])
 
 
-def primaries() -> list[list[str]]:
-    """The CLUSTER NODES lines of the primaries, split into fields."""
-    done = subprocess.run(["redis-cli", "-p", str(PORTS[0]), "CLUSTER", "NODES"],
+def primaries(ports: tuple[int, ...] = PORTS) -> list[list[str]]:
+    """The CLUSTER NODES lines of the primaries, split into fields (``ports``: a cluster's)."""
+    done = subprocess.run(["redis-cli", "-p", str(ports[0]), "CLUSTER", "NODES"],
                           capture_output=True, text=True, timeout=10, check=True)
     lines = [line.split() for line in done.stdout.splitlines()]
     return [fields for fields in lines if "master" in fields[2]]
@@ -54,9 +55,9 @@ def port_of(fields: list[str]) -> int:
     return int(fields[1].split(":")[1].split("@")[0])
 
 
-def owner(slot: int) -> int:
+def owner(slot: int, ports: tuple[int, ...] = PORTS) -> int:
     """The port of the primary serving ``slot``."""
-    for fields in primaries():
+    for fields in primaries(ports):
         for spec in fields[8:]:
             if spec.startswith("["):
                 continue  # a slot being migrated
@@ -66,14 +67,15 @@ def owner(slot: int) -> int:
     raise AssertionError(f"no primary serves slot {slot}")
 
 
-def node_ids() -> dict[int, str]:
-    return {port_of(fields): fields[0] for fields in primaries()}
+def node_ids(ports: tuple[int, ...] = PORTS) -> dict[int, str]:
+    return {port_of(fields): fields[0] for fields in primaries(ports)}
 
 
-def move_slot(slot: int, port: int) -> None:
-    """Assign ``slot`` (which holds no keys) to the primary on ``port``."""
-    target = node_ids()[port]
-    for each in (port, *(p for p in PORTS if p != port)):  # the new owner first
+def move_slot(slot: int, port: int, ports: tuple[int, ...]) -> None:
+    """Assign ``slot`` (which holds no keys) to the primary on ``port`` of the cluster on
+    ``ports`` (never the shared one: other test files may be using it at the same time)."""
+    target = node_ids(ports)[port]
+    for each in (port, *(p for p in ports if p != port)):  # the new owner first
         cli(each, "CLUSTER", "SETSLOT", str(slot), "NODE", target)
 
 
@@ -117,6 +119,26 @@ def cluster(
     name = prefix()
     with node_processes(URL, 3, tmp_path_factory.mktemp("sharded"), name) as nodes:
         yield name, nodes
+
+
+@pytest.fixture
+def own_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, list[Node], tuple[int, ...]]]:
+    """Three nodes on a throwaway Redis Cluster of this test's own: its slots may move while
+    other test files use the shared one. Yields (cluster_prefix, nodes, the cluster's ports)."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server is not installed: no Redis Cluster to test sharded pub/sub")
+    redis = ThrowawayRedisCluster(tmp_path_factory.mktemp("own-cluster"))
+    redis.start()
+    try:
+        ports = tuple(node.port for node in redis.nodes)
+        name = prefix()
+        url = f"redis://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}?cluster=1"
+        with node_processes(url, 3, tmp_path_factory.mktemp("moving"), name) as nodes:
+            yield name, nodes, ports
+    finally:
+        redis.kill()
 
 
 def rooms_by_shard(cluster_prefix: str) -> dict[int, str]:
@@ -235,13 +257,15 @@ async def test_presence_across_nodes(cluster: tuple[str, list[Node]]) -> None:
         assert (await r0.next("$presence"))["left"]["sid"] == c1.sid
 
 
-async def test_a_room_follows_its_slot_to_another_shard(cluster: tuple[str, list[Node]]) -> None:
-    name, nodes = cluster
+async def test_a_room_follows_its_slot_to_another_shard(
+    own_cluster: tuple[str, list[Node], tuple[int, ...]],
+) -> None:
+    name, nodes, ports = own_cluster
     room = "r-" + uuid.uuid4().hex[:8]
     channel = f"{name}.room.{room}"
-    slot = keyslot(channel)
-    home = owner(slot)
-    target = next(p for p in PORTS if p != home)
+    slot = keyslot(channel, ports)
+    home = owner(slot, ports)
+    target = next(p for p in ports if p != home)
     async with clients(*nodes) as (c0, c1, _):
         rec = Recorder(c1, "said")
         await c0.call("join", {"room": room})
@@ -251,7 +275,7 @@ async def test_a_room_follows_its_slot_to_another_shard(cluster: tuple[str, list
         # connect was up (see test_server_broadcast_and_remote_sockets) is not the move's.
         before = [get_json(node.http + "/smartsocket/stats")["cluster"] for node in nodes]
         try:
-            move_slot(slot, target)
+            move_slot(slot, target, ports)
             # Redis unsubscribed the nodes on the old owner; they subscribe on the new one
             await eventually(lambda: numsub(target, channel) == 2, "not resubscribed")
             assert shard_channels(home, channel) == []
@@ -259,7 +283,7 @@ async def test_a_room_follows_its_slot_to_another_shard(cluster: tuple[str, list
             await c0.call("say", {"room": room, "text": "moved", "not_me": True})
             assert await rec.next("said") == "moved"
         finally:
-            move_slot(slot, home)
+            move_slot(slot, home, ports)
         await eventually(lambda: numsub(home, channel) == 2, "not back on the old owner")
         await c0.call("say", {"room": room, "text": "home", "not_me": True})
         assert await rec.next("said") == "home"
