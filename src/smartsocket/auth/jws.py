@@ -239,28 +239,12 @@ class Compact:
             _HEADERS[head] = cached
         self.header, self.alg, self.kid = cached
         self.signing_input = signing_input
-        try:  # _b64(), inline: once per connect
-            self.signature = binascii.a2b_base64(
-                signature.translate(_TO_BASE64) + b"=" * (-len(signature) % 4), strict_mode=True
-            )
-        except binascii.Error:
-            raise TokenInvalid("signature is not base64url") from None
+        self.signature = _b64(signature, "signature")
 
     def claims(self) -> dict[str, Any]:
         """The payload as a JSON object (RFC 7519 7.2 step 10); call after the signature
         check, so nothing unauthenticated is parsed beyond the header."""
-        payload = self.payload
-        try:  # _b64() and _json_object(), inline: once per connect
-            value = _decode_json(binascii.a2b_base64(
-                payload.translate(_TO_BASE64) + b"=" * (-len(payload) % 4), strict_mode=True
-            ))
-        except binascii.Error:
-            raise TokenInvalid("payload is not base64url") from None
-        except (msgspec.DecodeError, RecursionError):
-            raise TokenInvalid("payload is not JSON") from None
-        if type(value) is not dict:
-            raise TokenInvalid("payload is not a JSON object")
-        return value
+        return _json_object(_b64(self.payload, "payload"), "payload")
 
 
 def _read_header(segment: bytes) -> tuple[dict[str, Any], str, str | None]:

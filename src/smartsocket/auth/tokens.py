@@ -275,12 +275,7 @@ class TokenVerifier:
 
     def verify(self, token: str | bytes) -> TokenClaims:
         """A connection token's claims, or TokenError."""
-        # _checked() in one frame for the common case, a static key (the connect path)
-        compact = jws.Compact(token, self.max_token_bytes)
-        key = self._static
-        if key is None or compact.alg not in key.algorithms:
-            key = self._key(compact)
-        return self._connection(compact, self._verified(compact, key))
+        return self._connection(*self._checked(token))
 
     async def verify_async(self, token: str | bytes) -> TokenClaims:
         return self._connection(*await self._checked_async(token))

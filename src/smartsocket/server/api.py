@@ -130,8 +130,7 @@ class HttpApi:
             if index and not index % BATCH_SLICE:
                 await asyncio.sleep(0)  # the other connections' turn
             try:
-                # backpressure, not loss (a node without broker link never congests)
-                if cluster.active and cluster.congested:
+                if cluster.congested:  # backpressure, not loss
                     await api_ops.make_room(ctx, max(0.0, deadline - loop.time()))
                 if type(op) is Publish:  # the hot path: no coroutine, no dict per publish
                     publish(op)

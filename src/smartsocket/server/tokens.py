@@ -72,8 +72,7 @@ class TokenSessions:
 
     def accepts(self, token: str | None) -> bool:
         """Whether ``token`` is for the verifier (JWT on and the token JWT-shaped)."""
-        # looks_like_jwt(), inline: once per connect
-        return self.verifier is not None and token is not None and token.count(".") == 2
+        return self.verifier is not None and token is not None and looks_like_jwt(token)
 
     async def start(self) -> None:
         if self.verifier is not None:
@@ -90,20 +89,7 @@ class TokenSessions:
         """``socket`` was admitted with ``claims``: it is that user until the token ends."""
         socket.user = claims.user
         socket.token_claims = claims
-        expires = claims.expires
-        if expires is None:
-            self._schedule(socket, None, None)
-            return
-        # _schedule(socket, None, expires), inline: once per connect
-        assert self.verifier is not None
-        deadline = expires + self.verifier.leeway
-        ident = id(socket)
-        self._deadlines[(ident, None)] = (deadline, socket)
-        heapq.heappush(self._heap, (deadline, next(self._seq), ident, None))
-        if len(self._heap) > 2 * len(self._deadlines) + 1024:
-            self._compact()
-        if self._timer is None:
-            self._arm()
+        self._schedule(socket, None, claims.expires)
 
     def forget(self, socket: Socket) -> None:
         """``socket`` closed: its deadlines go (the heap entries are skipped, then compacted)."""

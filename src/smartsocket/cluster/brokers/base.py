@@ -43,13 +43,15 @@ URGENT_ROOM = 64  # control messages a full outbound queue still takes (publish_
 T = TypeVar("T")
 
 
-def honour_cancel() -> None:
+def honour_cancel(task: asyncio.Task[Any] | None = None) -> None:
     """Raise CancelledError if the running task was cancelled but runs on: redis-py (8.1)
     swallows a cancel that lands as a command's reply arrives (the command returns its reply;
     ``Task.cancelling()`` stays > 0). A loop that awaits the client calls this after each call,
     or a swallowed cancel keeps it looping forever: a node's close then waited, with no timer
-    left, for its broker writer (the test_broker_backpressure and test_cluster_faults hangs)."""
-    task = asyncio.current_task()
+    left, for its broker writer (the test_broker_backpressure and test_cluster_faults hangs).
+    ``task``: the running task, when a per-message loop has it already."""
+    if task is None:
+        task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
 

@@ -139,8 +139,7 @@ class RedisAdapter(BrokerAdapter):
         assert task is not None
         while True:
             message = await pubsub.get_message(timeout=None)
-            if task.cancelling():  # honour_cancel, without looking the task up per message
-                raise asyncio.CancelledError
+            honour_cancel(task)  # the task looked up once, not per message
             if message is None:
                 continue
             self._heard = True

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smartsocket.protocol.codes import NO_RECONNECT_CODES, CloseCode
@@ -58,8 +57,6 @@ if TYPE_CHECKING:
     from smartsocket.transport import ServerConnection
 
 logger = logging.getLogger("smartsocket.socketio")
-
-OpenSocket = Callable[[HandshakeRequest], "HttpResponse | SocketIOSocket"]
 
 
 class SessionHost(Protocol):
